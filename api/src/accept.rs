@@ -1,0 +1,245 @@
+//! Accepting runs with group commit (design §3.1, §8).
+//!
+//! Concurrent requests hand their run to a few committer tasks. Each commits
+//! everything that queued up while the previous commit was in flight in one
+//! transaction (tenant by tenant under RLS): run rows and outbox rows
+//! together. Only then does the request get its `202`. Publishing follows,
+//! with a confirm window, and confirmed outbox rows are deleted in batches;
+//! whatever is not confirmed stays in the outbox for the scheduler's sweep.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use floq_shared::db;
+use floq_shared::queue::{Envelope, INLINE_INPUT_MAX, Publisher};
+use floq_shared::telemetry::METRICS;
+
+const MAX_BATCH: usize = 1000;
+const COMMITTERS: usize = 4;
+
+struct Request {
+    company_id: Uuid,
+    flow_id: Uuid,
+    run_id: Uuid,
+    input: Value,
+    trigger: &'static str,
+    reply: oneshot::Sender<Result<Option<i32>, Arc<sqlx::Error>>>,
+}
+
+/// A run that was committed, with the flow version it pinned.
+pub struct Accepted {
+    pub run_id: Uuid,
+    pub version: i32,
+}
+
+#[derive(Clone)]
+pub struct Acceptor {
+    tx: mpsc::Sender<Request>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("the flow does not exist or has no deployed version")]
+    NotRunnable,
+    #[error("database error while accepting a run")]
+    Database(#[source] Arc<sqlx::Error>),
+    #[error("the API is shutting down")]
+    ShuttingDown,
+}
+
+impl Acceptor {
+    /// Starts the committer, publisher and outbox-cleaner tasks. They finish
+    /// after every `Acceptor` clone is dropped and all accepted work is flushed.
+    pub fn start(pool: PgPool, publisher: Arc<Publisher>) -> (Self, JoinSet<()>) {
+        let (tx, rx) = mpsc::channel::<Request>(MAX_BATCH * COMMITTERS * 2);
+        let rx = Arc::new(Mutex::new(rx));
+        let (publish_tx, publish_rx) = mpsc::channel::<Vec<(Uuid, i64, Envelope)>>(1024);
+        let (clean_tx, clean_rx) = mpsc::channel::<Vec<(Uuid, i64)>>(1024);
+        let mut tasks = JoinSet::new();
+        for _ in 0..COMMITTERS {
+            tasks.spawn(commit_loop(pool.clone(), rx.clone(), publish_tx.clone()));
+        }
+        drop(publish_tx);
+        tasks.spawn(publish_loop(publisher, publish_rx, clean_tx));
+        tasks.spawn(clean_loop(pool, clean_rx));
+        (Self { tx }, tasks)
+    }
+
+    pub async fn accept(
+        &self,
+        company_id: Uuid,
+        flow_id: Uuid,
+        input: Value,
+        trigger: &'static str,
+    ) -> Result<Accepted, AcceptError> {
+        let (reply, rx) = oneshot::channel();
+        let run_id = Uuid::now_v7();
+        self.tx
+            .send(Request {
+                company_id,
+                flow_id,
+                run_id,
+                input,
+                trigger,
+                reply,
+            })
+            .await
+            .map_err(|_| AcceptError::ShuttingDown)?;
+        match rx.await.map_err(|_| AcceptError::ShuttingDown)? {
+            Ok(Some(version)) => {
+                METRICS.runs_enqueued.with_label_values(&[trigger]).inc();
+                Ok(Accepted { run_id, version })
+            }
+            Ok(None) => Err(AcceptError::NotRunnable),
+            Err(e) => Err(AcceptError::Database(e)),
+        }
+    }
+}
+
+async fn commit_loop(
+    pool: PgPool,
+    rx: Arc<Mutex<mpsc::Receiver<Request>>>,
+    publish: mpsc::Sender<Vec<(Uuid, i64, Envelope)>>,
+) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        match commit(&pool, &batch).await {
+            Ok(committed) => {
+                let mut to_publish = Vec::with_capacity(committed.len());
+                for req in batch {
+                    let hit = committed.get(&req.run_id);
+                    if let Some((outbox_id, envelope)) = hit {
+                        to_publish.push((req.company_id, *outbox_id, envelope.clone()));
+                    }
+                    let _ = req.reply.send(Ok(hit.map(|(_, e)| match e {
+                        Envelope::RunFlowV1(m) => m.version,
+                    })));
+                }
+                // If the publisher is gone (shutdown) the rows stay in the outbox for the sweep.
+                let _ = publish.send(to_publish).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, runs = batch.len(), "accepting a batch of runs failed");
+                let e = Arc::new(e);
+                for req in batch {
+                    let _ = req.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the whole batch, one insert statement per company.
+async fn commit(pool: &PgPool, batch: &[Request]) -> Result<BTreeMap<Uuid, (i64, Envelope)>, sqlx::Error> {
+    let mut by_company: BTreeMap<Uuid, Vec<&Request>> = BTreeMap::new();
+    for req in batch {
+        by_company.entry(req.company_id).or_default().push(req);
+    }
+    let mut tx = db::multi_tenant_tx(pool).await?;
+    let mut committed = BTreeMap::new();
+    for (company_id, reqs) in by_company {
+        db::set_tenant(&mut tx, company_id).await?;
+        let ids: Vec<Uuid> = reqs.iter().map(|r| r.run_id).collect();
+        let flows: Vec<Uuid> = reqs.iter().map(|r| r.flow_id).collect();
+        let triggers: Vec<&str> = reqs.iter().map(|r| r.trigger).collect();
+        let inputs: Vec<&Value> = reqs.iter().map(|r| &r.input).collect();
+        let rows: Vec<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(
+            "WITH ins AS (
+                INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input)
+                SELECT r.id, f.company_id, f.id, f.latest_version, 'queued', r.trigger, r.input
+                  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[]) AS r(id, flow_id, trigger, input)
+                  JOIN flows f ON f.id = r.flow_id AND f.latest_version IS NOT NULL AND f.deleted_at IS NULL
+                RETURNING id, company_id, flow_id, version, attempt, trigger, input
+             )
+             INSERT INTO outbox (company_id, run_id, payload)
+             SELECT company_id, id, jsonb_build_object(
+                        'kind', 'run_flow.v1', 'run_id', id, 'company_id', company_id,
+                        'flow_id', flow_id, 'version', version, 'attempt', attempt, 'trigger', trigger)
+                    || CASE WHEN octet_length(input::text) <= $5 THEN jsonb_build_object('input', input)
+                            ELSE '{}'::jsonb END
+               FROM ins
+             RETURNING id, payload",
+        )
+        .bind(&ids)
+        .bind(&flows)
+        .bind(&triggers)
+        .bind(&inputs)
+        .bind(INLINE_INPUT_MAX)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (outbox_id, envelope) in rows {
+            committed.insert(envelope.0.run_id(), (outbox_id, envelope.0));
+        }
+    }
+    tx.commit().await?;
+    Ok(committed)
+}
+
+async fn publish_loop(
+    publisher: Arc<Publisher>,
+    mut rx: mpsc::Receiver<Vec<(Uuid, i64, Envelope)>>,
+    clean: mpsc::Sender<Vec<(Uuid, i64)>>,
+) {
+    let mut batches = Vec::new();
+    while rx.recv_many(&mut batches, 64).await > 0 {
+        let items: Vec<(Uuid, i64, Envelope)> = batches.drain(..).flatten().collect();
+        let envelopes: Vec<Envelope> = items.iter().map(|(_, _, e)| e.clone()).collect();
+        match publisher.publish(&envelopes).await {
+            Ok(()) => {
+                let _ = clean.send(items.into_iter().map(|(c, id, _)| (c, id)).collect()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, runs = envelopes.len(), "publishing runs failed; the outbox sweep will retry");
+            }
+        }
+    }
+}
+
+/// Deletes outbox rows whose messages the broker confirmed, batched across
+/// publishes. A crash here only means the sweep publishes them again, and
+/// workers treat duplicates as no-ops.
+async fn clean_loop(pool: PgPool, mut rx: mpsc::Receiver<Vec<(Uuid, i64)>>) {
+    let mut batches = Vec::new();
+    while rx.recv_many(&mut batches, 256).await > 0 {
+        let mut by_company: BTreeMap<Uuid, Vec<i64>> = BTreeMap::new();
+        for (company, id) in batches.drain(..).flatten() {
+            by_company.entry(company).or_default().push(id);
+        }
+        for attempt in 0..3 {
+            match delete_published(&pool, &by_company).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "deleting published outbox rows failed");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        // Let confirmations pile up a little so each delete covers many rows.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn delete_published(pool: &PgPool, by_company: &BTreeMap<Uuid, Vec<i64>>) -> Result<(), sqlx::Error> {
+    let mut tx = db::multi_tenant_tx(pool).await?;
+    for (company_id, ids) in by_company {
+        db::set_tenant(&mut tx, *company_id).await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}

@@ -1,0 +1,96 @@
+//! `floq-api`: authenticates, authorizes, validates, writes, enqueues and
+//! answers. It never executes user code and never decrypts credentials.
+
+pub mod accept;
+pub mod admin;
+pub mod auth;
+pub mod authz;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use floq_shared::queue::{Publisher, Topology};
+use floq_shared::{Config, db, ops, queue};
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Boots the API and returns once it listens; the handle finishes after
+/// `shutdown` fires and in-flight requests and accepted runs are flushed.
+pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let pool = db::connect(&config)
+        .await
+        .context("cannot connect to PostgreSQL: check FLOQ_DATABASE_URL and that the server is up")?;
+    if config.auto_migrate {
+        db::migrate(&pool).await.context("applying migrations failed")?;
+    }
+    let topology = Topology::new(&config.queue_prefix);
+    let conn = queue::connect(config.amqp_url.expose())
+        .await
+        .context("cannot connect to RabbitMQ: check FLOQ_AMQP_URL and that the broker is up")?;
+    topology
+        .declare(&conn.create_channel().await?, config.queue_delivery_limit)
+        .await
+        .context("declaring the RabbitMQ topology failed")?;
+    let publisher = Arc::new(Publisher::new(config.amqp_url.expose(), &topology));
+    publisher
+        .ensure_connected()
+        .await
+        .context("cannot open a publishing channel on RabbitMQ")?;
+
+    let (acceptor, accept_tasks) = accept::Acceptor::start(pool.clone(), publisher.clone());
+    let state = state::AppState {
+        pool: pool.clone(),
+        keys: Arc::new(auth::Keys::new(config.jwt_secret.expose())),
+        config: Arc::new(config.clone()),
+        acceptor,
+    };
+    let broker_up = {
+        let publisher = publisher.clone();
+        Arc::new(move || publisher.is_connected())
+    };
+    let app = Router::new()
+        .merge(routes::router())
+        .fallback(|| async { error::ApiError::not_found("route") })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(config.body_limit_bytes))
+        .layer(axum::middleware::from_fn(middleware::envelope))
+        .merge(ops::router(ops::db_and_broker_ready(pool.clone(), broker_up)));
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (FLOQ_HTTP_ADDR)", config.http_addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "floq-api listening");
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("HTTP server failed")?;
+        // The router (and every Acceptor clone in it) is gone: committers drain and stop.
+        let mut accept_tasks = accept_tasks;
+        while accept_tasks.join_next().await.is_some() {}
+        drop(conn);
+        pool.close().await;
+        tracing::info!("floq-api stopped");
+        Ok(())
+    });
+    Ok(Running { addr, handle })
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    spawn(config, shutdown).await?.handle.await?
+}

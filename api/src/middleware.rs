@@ -1,0 +1,104 @@
+//! The request envelope: a request id on every request and response, one
+//! log line and metrics per request, and a structured error body for every
+//! error status, whoever produced it.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::ErrorBody;
+use floq_shared::telemetry::METRICS;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+pub async fn envelope(mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=64).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map(str::to_string)
+        .unwrap_or_else(|| Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+
+    let mut response = next.run(req).await;
+
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        response = with_error_body(response, &request_id, &method, &route);
+    }
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+
+    let elapsed = started.elapsed();
+    let status_label = status.as_u16().to_string();
+    METRICS
+        .http_requests
+        .with_label_values(&[method.as_str(), route.as_str(), status_label.as_str()])
+        .inc();
+    METRICS
+        .http_duration
+        .with_label_values(&[method.as_str(), route.as_str()])
+        .observe(elapsed.as_secs_f64());
+    tracing::debug!(
+        request_id = %request_id,
+        http.method = %method,
+        http.route = %route,
+        http.status = status.as_u16(),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+fn with_error_body(response: Response, request_id: &str, method: &axum::http::Method, route: &str) -> Response {
+    let status = response.status();
+    let body = response.extensions().get::<ErrorBody>().cloned().unwrap_or_else(|| {
+        // Errors produced outside our handlers (unknown route, wrong method, limits).
+        let (code, message) = match status {
+            StatusCode::NOT_FOUND => ("not_found", "no such resource"),
+            StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this resource"),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
+            s if s.is_server_error() => ("internal", "internal error; quote the request id when reporting it"),
+            _ => ("bad_request", "the request could not be processed"),
+        };
+        ErrorBody {
+            code,
+            message: message.into(),
+            details: Value::Null,
+            cause: None,
+        }
+    });
+    if let Some(cause) = &body.cause {
+        tracing::error!(request_id, http.method = %method, http.route = route, error = format!("{cause:#}"), "request failed");
+    }
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let rendered = body.render(request_id).to_string();
+    let mut response = Response::from_parts(parts, Body::from(rendered));
+    response.extensions_mut().insert(body);
+    response.into_response()
+}

@@ -1,0 +1,212 @@
+//! `/api/v1/flows`: drafts, and deploying them as immutable numbered versions.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::authz::{Authorized, FlowEdit, FlowRead};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery, Id, page_limit};
+use crate::state::AppState;
+use floq_shared::db;
+use floq_shared::flow;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/flows", get(list).post(create))
+        .route("/api/v1/flows/{id}", get(show).put(update).delete(remove))
+        .route("/api/v1/flows/{id}/deploy", post(deploy))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Flow {
+    id: Uuid,
+    name: String,
+    definition: Value,
+    latest_version: Option<i32>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const FLOW_COLUMNS: &str = "id, name, definition, latest_version, created_at, updated_at";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateFlow {
+    name: String,
+    definition: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateFlow {
+    name: Option<String>,
+    definition: Option<Value>,
+}
+
+fn flow_name(raw: &str) -> ApiResult<String> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::validation(
+            "the flow name is invalid",
+            json!([{"field": "name", "message": "must be 1 to 200 characters"}]),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+fn definition(raw: &Value) -> ApiResult<Value> {
+    let def = flow::validate(raw).map_err(|errors| {
+        ApiError::validation(
+            "the flow definition is invalid",
+            serde_json::to_value(errors).unwrap_or_default(),
+        )
+    })?;
+    Ok(serde_json::to_value(def).expect("definitions serialize"))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    auth: Authorized<FlowEdit>,
+    ApiJson(body): ApiJson<CreateFlow>,
+) -> ApiResult<(StatusCode, Json<Flow>)> {
+    let name = flow_name(&body.name)?;
+    let definition = definition(&body.definition)?;
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let flow: Flow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO flows (id, company_id, name, definition) VALUES ($1, $2, $3, $4) RETURNING {FLOW_COLUMNS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(company_id)
+    .bind(&name)
+    .bind(&definition)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(flow)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<Uuid>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    auth: Authorized<FlowRead>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = page_limit(q.limit)?;
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let flows: Vec<Flow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {FLOW_COLUMNS} FROM flows
+          WHERE deleted_at IS NULL AND ($1::uuid IS NULL OR id < $1)
+          ORDER BY id DESC LIMIT $2"
+    )))
+    .bind(q.cursor)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let next_cursor = (flows.len() as i64 == limit)
+        .then(|| flows.last().map(|f| f.id))
+        .flatten();
+    Ok(Json(json!({"items": flows, "next_cursor": next_cursor})))
+}
+
+async fn show(State(state): State<AppState>, auth: Authorized<FlowRead>, Id(id): Id) -> ApiResult<Json<Flow>> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let flow = fetch(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(flow))
+}
+
+async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Flow> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {FLOW_COLUMNS} FROM flows WHERE id = $1 AND deleted_at IS NULL"
+    )))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("flow"))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    auth: Authorized<FlowEdit>,
+    Id(id): Id,
+    ApiJson(body): ApiJson<UpdateFlow>,
+) -> ApiResult<Json<Flow>> {
+    let name = body.name.as_deref().map(flow_name).transpose()?;
+    let definition = body.definition.as_ref().map(definition).transpose()?;
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let flow: Flow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE flows SET name = COALESCE($2, name), definition = COALESCE($3, definition), updated_at = now()
+          WHERE id = $1 AND deleted_at IS NULL RETURNING {FLOW_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(name)
+    .bind(definition)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("flow"))?;
+    tx.commit().await?;
+    Ok(Json(flow))
+}
+
+/// Deleting keeps the row (and its versions) so past runs stay readable.
+async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let hit = sqlx::query("UPDATE flows SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if hit.rows_affected() == 0 {
+        return Err(ApiError::not_found("flow"));
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct Deployed {
+    flow_id: Uuid,
+    version: i32,
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    auth: Authorized<FlowEdit>,
+    Id(id): Id,
+) -> ApiResult<(StatusCode, Json<Deployed>)> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    // The row lock serializes concurrent deploys of one flow, so numbers never collide.
+    let version: i32 = sqlx::query_scalar(
+        "UPDATE flows SET latest_version = COALESCE(latest_version, 0) + 1
+          WHERE id = $1 AND deleted_at IS NULL RETURNING latest_version",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("flow"))?;
+    sqlx::query(
+        "INSERT INTO flow_versions (company_id, flow_id, version, definition)
+         SELECT company_id, id, $2, definition FROM flows WHERE id = $1",
+    )
+    .bind(id)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(Deployed { flow_id: id, version })))
+}

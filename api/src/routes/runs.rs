@@ -1,0 +1,183 @@
+//! Starting runs and reading their outcome.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::accept::AcceptError;
+use crate::authz::{Authorized, FlowExecute, RunRead};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, ApiQuery, Id, page_limit};
+use crate::state::AppState;
+use floq_shared::db;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/flows/{id}/runs", post(start))
+        .route("/api/v1/runs", get(list))
+        .route("/api/v1/runs/{id}", get(show))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRun {
+    #[serde(default = "empty_object")]
+    input: Value,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+async fn start(
+    State(state): State<AppState>,
+    auth: Authorized<FlowExecute>,
+    Id(flow_id): Id,
+    ApiJson(body): ApiJson<StartRun>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let company_id = auth.principal.company_id;
+    match state.acceptor.accept(company_id, flow_id, body.input, "api").await {
+        Ok(accepted) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"run_id": accepted.run_id, "version": accepted.version, "status": "queued"})),
+        )),
+        Err(AcceptError::NotRunnable) => Err(not_runnable(&state, company_id, flow_id).await),
+        Err(e @ AcceptError::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+/// Tells a missing flow (`404`) from one never deployed (`409`); only on the failure path.
+async fn not_runnable(state: &AppState, company_id: Uuid, flow_id: Uuid) -> ApiError {
+    let lookup = async {
+        let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+        let exists: Option<Option<i32>> =
+            sqlx::query_scalar("SELECT latest_version FROM flows WHERE id = $1 AND deleted_at IS NULL")
+                .bind(flow_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(exists)
+    };
+    match lookup.await {
+        Ok(None) => ApiError::not_found("flow"),
+        Ok(Some(_)) => ApiError::new(
+            StatusCode::CONFLICT,
+            "not_deployed",
+            "the flow has no deployed version; deploy it first",
+        ),
+        Err(e) => e.into(),
+    }
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Run {
+    id: Uuid,
+    flow_id: Uuid,
+    version: i32,
+    status: String,
+    trigger: String,
+    input: Value,
+    output: Option<Value>,
+    error: Option<Value>,
+    attempt: i32,
+    queued_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+const RUN_COLUMNS: &str =
+    "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at";
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Step {
+    node_id: String,
+    status: String,
+    output: Option<Value>,
+    error: Option<Value>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+struct RunWithSteps {
+    #[serde(flatten)]
+    run: Run,
+    steps: Vec<Step>,
+}
+
+async fn show(State(state): State<AppState>, auth: Authorized<RunRead>, Id(id): Id) -> ApiResult<Json<RunWithSteps>> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let run: Run = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("run"))?;
+    let steps: Vec<Step> = sqlx::query_as(
+        "SELECT node_id, status, output, error, started_at, finished_at
+           FROM run_steps WHERE run_id = $1 ORDER BY seq",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(RunWithSteps { run, steps }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    flow_id: Option<Uuid>,
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<Uuid>,
+}
+
+const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+async fn list(
+    State(state): State<AppState>,
+    auth: Authorized<RunRead>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = page_limit(q.limit)?;
+    if let Some(s) = &q.status
+        && !STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::validation(
+            "unknown run status",
+            json!([{"field": "status", "message": format!("must be one of {}", STATUSES.join(", "))}]),
+        ));
+    }
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let runs: Vec<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {RUN_COLUMNS} FROM runs
+          WHERE ($1::uuid IS NULL OR flow_id = $1)
+            AND ($2::text IS NULL OR status = $2)
+            AND ($3::uuid IS NULL OR id < $3)
+          ORDER BY id DESC LIMIT $4"
+    )))
+    .bind(q.flow_id)
+    .bind(q.status)
+    .bind(q.cursor)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let next_cursor = (runs.len() as i64 == limit)
+        .then(|| runs.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(json!({"items": runs, "next_cursor": next_cursor})))
+}

@@ -1,0 +1,118 @@
+//! `floq-scheduler`: the only process with cross-tenant background duties.
+//! Many may run; one leads (advisory lock) and the rest stand by.
+//! Duties so far: the outbox sweep.
+
+mod leader;
+pub mod outbox;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use floq_shared::queue::{Publisher, Topology};
+use floq_shared::telemetry::METRICS;
+use floq_shared::{Config, db, ops, queue};
+
+pub struct Running {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub addr: SocketAddr,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// How often a standby tries to take the lead.
+const STANDBY_RETRY: Duration = Duration::from_secs(1);
+
+pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let pool = db::connect(&config)
+        .await
+        .context("cannot connect to PostgreSQL: check FLOQ_DATABASE_URL and that the server is up")?;
+    if config.auto_migrate {
+        db::migrate(&pool).await.context("applying migrations failed")?;
+    }
+    let topology = Topology::new(&config.queue_prefix);
+    let conn = queue::connect(config.amqp_url.expose())
+        .await
+        .context("cannot connect to RabbitMQ: check FLOQ_AMQP_URL and that the broker is up")?;
+    topology
+        .declare(&conn.create_channel().await?, config.queue_delivery_limit)
+        .await
+        .context("declaring the RabbitMQ topology failed")?;
+    drop(conn);
+    let publisher = Arc::new(Publisher::new(config.amqp_url.expose(), &topology));
+    publisher
+        .ensure_connected()
+        .await
+        .context("cannot open a publishing channel on RabbitMQ")?;
+
+    let broker_up = {
+        let publisher = publisher.clone();
+        Arc::new(move || publisher.is_connected())
+    };
+    let ops_shutdown = CancellationToken::new();
+    let (addr, ops_task) = ops::serve(
+        config.scheduler_http_addr,
+        ops::router(ops::db_and_broker_ready(pool.clone(), broker_up)),
+        ops_shutdown.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot listen on {} (FLOQ_SCHEDULER_HTTP_ADDR)",
+            config.scheduler_http_addr
+        )
+    })?;
+    tracing::info!(%addr, "floq-scheduler serving health and metrics");
+
+    let handle = tokio::spawn(async move {
+        lead_or_stand_by(&config, &pool, &publisher, &shutdown).await;
+        METRICS.scheduler_is_leader.set(0);
+        ops_shutdown.cancel();
+        let _ = ops_task.await;
+        pool.close().await;
+        tracing::info!("floq-scheduler stopped");
+        Ok(())
+    });
+    Ok(Running { addr, handle })
+}
+
+async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publisher, shutdown: &CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match leader::Leadership::try_acquire(config).await {
+            Ok(Some(mut leadership)) => {
+                tracing::info!("this scheduler is now the leader");
+                METRICS.scheduler_is_leader.set(1);
+                let mut tick = tokio::time::interval(config.outbox_sweep_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    if !leadership.still_held().await {
+                        tracing::warn!("lost the leadership connection; standing by");
+                        break;
+                    }
+                    if let Err(e) = outbox::sweep(pool, publisher, config.outbox_sweep_after).await {
+                        tracing::warn!(error = format!("{e:#}"), "outbox sweep failed; retrying next tick");
+                    }
+                }
+                METRICS.scheduler_is_leader.set(0);
+                leadership.release().await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot reach PostgreSQL for leader election"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(STANDBY_RETRY) => {}
+        }
+    }
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    spawn(config, shutdown).await?.handle.await?
+}

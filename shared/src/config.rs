@@ -1,0 +1,237 @@
+//! One typed configuration, loaded once from `FLOQ_*` environment variables.
+//!
+//! Nothing else in floq reads the environment. A bad value stops start-up with
+//! one line naming the variable; secrets live in [`Secret`] and never print.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A value that must never reach a log line, an error or `config check` output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: Secret,
+    pub db_max_connections: u32,
+    pub amqp_url: Secret,
+    pub queue_prefix: String,
+    pub jwt_secret: Secret,
+    pub api_key_ttl: Duration,
+    pub http_addr: SocketAddr,
+    pub worker_http_addr: SocketAddr,
+    pub scheduler_http_addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    pub auto_migrate: bool,
+    pub worker_prefetch: u16,
+    pub queue_delivery_limit: u32,
+    pub outbox_sweep_after: Duration,
+    pub outbox_sweep_interval: Duration,
+    pub running_mark_after: Duration,
+    pub delay_max: Duration,
+    pub http_node_max_timeout: Duration,
+    pub http_node_max_response_bytes: usize,
+    pub log_filter: String,
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Loads from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars().collect())
+    }
+
+    /// Loads from an explicit map (tests build configs this way, never touching the environment).
+    pub fn from_vars(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let v = Vars(vars);
+        let jwt_secret = v.required("FLOQ_JWT_SECRET")?;
+        if jwt_secret.len() < 32 {
+            return Err(ConfigError {
+                var: "FLOQ_JWT_SECRET",
+                problem: "must be at least 32 characters (try `openssl rand -hex 32`)".into(),
+            });
+        }
+        let queue_prefix = v.string("FLOQ_QUEUE_PREFIX", "floq");
+        if queue_prefix.is_empty()
+            || !queue_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(ConfigError {
+                var: "FLOQ_QUEUE_PREFIX",
+                problem: "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),
+            });
+        }
+        let database_url = v.string("FLOQ_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/floq");
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            return Err(ConfigError {
+                var: "FLOQ_DATABASE_URL",
+                problem: "must be a postgres:// URL".into(),
+            });
+        }
+        let amqp_url = v.string("FLOQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
+            return Err(ConfigError {
+                var: "FLOQ_AMQP_URL",
+                problem: "must be an amqp:// or amqps:// URL".into(),
+            });
+        }
+        Ok(Self {
+            database_url: Secret(database_url),
+            db_max_connections: v.parse_in("FLOQ_DB_MAX_CONNECTIONS", 16, 1..=1000)?,
+            amqp_url: Secret(amqp_url),
+            queue_prefix,
+            jwt_secret: Secret(jwt_secret),
+            api_key_ttl: v.seconds("FLOQ_API_KEY_TTL", 86_400)?,
+            http_addr: v.parse("FLOQ_HTTP_ADDR", "127.0.0.1:8080")?,
+            worker_http_addr: v.parse("FLOQ_WORKER_HTTP_ADDR", "127.0.0.1:8081")?,
+            scheduler_http_addr: v.parse("FLOQ_SCHEDULER_HTTP_ADDR", "127.0.0.1:8082")?,
+            body_limit_bytes: v.parse_in("FLOQ_BODY_LIMIT_BYTES", 1 << 20, 1024..=(64 << 20))?,
+            auto_migrate: v.parse("FLOQ_AUTO_MIGRATE", "true")?,
+            worker_prefetch: v.parse_in("FLOQ_WORKER_PREFETCH", 256, 1..=10_000)?,
+            queue_delivery_limit: v.parse_in("FLOQ_QUEUE_DELIVERY_LIMIT", 5, 1..=1000)?,
+            outbox_sweep_after: v.millis("FLOQ_OUTBOX_SWEEP_AFTER_MS", 5_000)?,
+            outbox_sweep_interval: v.millis("FLOQ_OUTBOX_SWEEP_INTERVAL_MS", 1_000)?,
+            running_mark_after: v.millis("FLOQ_RUNNING_MARK_AFTER_MS", 500)?,
+            delay_max: v.millis("FLOQ_DELAY_MAX_MS", 300_000)?,
+            http_node_max_timeout: v.millis("FLOQ_HTTP_NODE_MAX_TIMEOUT_MS", 30_000)?,
+            http_node_max_response_bytes: v.parse_in(
+                "FLOQ_HTTP_NODE_MAX_RESPONSE_BYTES",
+                5 << 20,
+                1024..=(256 << 20),
+            )?,
+            log_filter: v.string("FLOQ_LOG", "info"),
+            log_json: match v.string("FLOQ_LOG_FORMAT", "json").as_str() {
+                "json" => true,
+                "pretty" => false,
+                other => {
+                    return Err(ConfigError {
+                        var: "FLOQ_LOG_FORMAT",
+                        problem: format!("must be `json` or `pretty`, got `{other}`"),
+                    });
+                }
+            },
+        })
+    }
+
+    /// The effective configuration with secrets masked, one `NAME=value` per line.
+    pub fn describe(&self) -> String {
+        format!("{self:#?}")
+    }
+}
+
+struct Vars(HashMap<String, String>);
+
+impl Vars {
+    fn get(&self, var: &str) -> Option<&str> {
+        self.0.get(var).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+
+    fn string(&self, var: &str, default: &str) -> String {
+        self.get(var).unwrap_or(default).to_string()
+    }
+
+    fn required(&self, var: &'static str) -> Result<String, ConfigError> {
+        self.get(var).map(str::to_string).ok_or(ConfigError {
+            var,
+            problem: "is required but not set".into(),
+        })
+    }
+
+    fn parse<T: std::str::FromStr>(&self, var: &'static str, default: &str) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        let raw = self.get(var).unwrap_or(default);
+        raw.parse().map_err(|e| ConfigError {
+            var,
+            problem: format!("cannot parse `{raw}`: {e}"),
+        })
+    }
+
+    fn parse_in<T>(&self, var: &'static str, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        let value = self.parse(var, &default.to_string())?;
+        if !range.contains(&value) {
+            return Err(ConfigError {
+                var,
+                problem: format!("must be between {} and {}, got {value}", range.start(), range.end()),
+            });
+        }
+        Ok(value)
+    }
+
+    fn millis(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(self.parse_in(var, default, 1..=86_400_000)?))
+    }
+
+    fn seconds(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(self.parse_in(var, default, 1..=31_536_000)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HashMap<String, String> {
+        HashMap::from([("FLOQ_JWT_SECRET".into(), "x".repeat(40))])
+    }
+
+    #[test]
+    fn defaults_load_when_only_the_secret_is_set() {
+        let c = Config::from_vars(base()).unwrap();
+        assert_eq!(c.queue_prefix, "floq");
+        assert_eq!(c.body_limit_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_variable() {
+        let e = Config::from_vars(HashMap::new()).unwrap_err();
+        assert_eq!(e.to_string(), "FLOQ_JWT_SECRET: is required but not set");
+    }
+
+    #[test]
+    fn a_malformed_value_names_the_variable() {
+        let mut vars = base();
+        vars.insert("FLOQ_WORKER_PREFETCH".into(), "lots".into());
+        let e = Config::from_vars(vars).unwrap_err();
+        assert!(
+            e.to_string().starts_with("FLOQ_WORKER_PREFETCH: cannot parse `lots`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::from_vars(base()).unwrap();
+        assert!(!c.describe().contains(&"x".repeat(40)));
+    }
+}

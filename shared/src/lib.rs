@@ -1,0 +1,12 @@
+//! Code shared by floq's three services: configuration, database access with
+//! tenant-scoped transactions, the flow model, queue topology and envelopes,
+//! and telemetry.
+
+pub mod config;
+pub mod db;
+pub mod flow;
+pub mod ops;
+pub mod queue;
+pub mod telemetry;
+
+pub use config::{Config, ConfigError, Secret};

@@ -1,0 +1,99 @@
+//! Logging and metrics. Metric names start with `floq_`; every service serves
+//! the same registry at `/metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+/// Installs the global tracing subscriber (JSON lines by default). Safe to call twice.
+pub fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.log_json {
+        builder.json().flatten_event(true).with_current_span(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub runs_enqueued: IntCounterVec,
+    pub runs_completed: IntCounterVec,
+    pub run_duration: Histogram,
+    pub run_queue_wait: Histogram,
+    pub node_duration: HistogramVec,
+    pub worker_inflight: IntGauge,
+    pub outbox_pending: IntGauge,
+    pub scheduler_is_leader: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        registry.register(Box::new(c.clone())).expect("unique metric");
+        c
+    };
+    let histogram = |name: &str, help: &str, labels: &[&str]| {
+        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+            .expect("valid metric");
+        registry.register(Box::new(h.clone())).expect("unique metric");
+        h
+    };
+    let plain_histogram = |name: &str, help: &str| {
+        let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+            .expect("valid metric");
+        registry.register(Box::new(h.clone())).expect("unique metric");
+        h
+    };
+    let gauge = |name: &str, help: &str| {
+        let g = IntGauge::new(name, help).expect("valid metric");
+        registry.register(Box::new(g.clone())).expect("unique metric");
+        g
+    };
+    Metrics {
+        http_requests: counter(
+            "floq_http_requests_total",
+            "HTTP requests served",
+            &["method", "route", "status"],
+        ),
+        http_duration: histogram(
+            "floq_http_request_duration_seconds",
+            "HTTP request latency",
+            &["method", "route"],
+        ),
+        runs_enqueued: counter("floq_runs_enqueued_total", "Runs accepted", &["trigger"]),
+        runs_completed: counter("floq_runs_completed_total", "Runs finished", &["status"]),
+        run_duration: plain_histogram("floq_run_duration_seconds", "Run execution time"),
+        run_queue_wait: plain_histogram(
+            "floq_run_queue_wait_seconds",
+            "Time from acceptance to a worker starting the run",
+        ),
+        node_duration: histogram("floq_node_duration_seconds", "Node execution time", &["type", "status"]),
+        worker_inflight: gauge("floq_worker_inflight_runs", "Runs a worker holds right now"),
+        outbox_pending: gauge("floq_outbox_pending", "Outbox rows not yet published"),
+        scheduler_is_leader: gauge("floq_scheduler_is_leader", "1 while this scheduler leads"),
+        registry,
+    }
+});
+
+pub fn render_metrics() -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&METRICS.registry.gather(), &mut buf)
+        .expect("text encoding never fails");
+    String::from_utf8(buf).expect("prometheus text is utf-8")
+}

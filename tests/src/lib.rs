@@ -1,0 +1,368 @@
+//! Test support: boots api + worker + scheduler in-process against the real
+//! PostgreSQL and RabbitMQ, each app with its own database (cloned from a
+//! migrated template) and its own queue prefix, so tests run in parallel.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use floq_api::admin::Bootstrapped;
+use floq_shared::Config;
+
+pub fn admin_database_url() -> String {
+    std::env::var("FLOQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("FLOQ_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn database_url(name: &str) -> String {
+    let base = admin_database_url();
+    let cut = base.rfind('/').expect("database URL has a path");
+    format!("{}/{name}", &base[..cut])
+}
+
+/// The template's name changes whenever a migration changes.
+fn template_name() -> String {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for m in floq_shared::db::MIGRATOR.iter() {
+        for b in m.checksum.iter() {
+            hash = (hash ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("floq_tmpl_{hash:016x}")
+}
+
+async fn ensure_template() -> anyhow::Result<String> {
+    let name = template_name();
+    let mut admin = PgConnection::connect(&admin_database_url()).await?;
+    // One process builds the template; the others wait here, then reuse it.
+    sqlx::query("SELECT pg_advisory_lock(hashtext('floq-test-template'))")
+        .execute(&mut admin)
+        .await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let building = format!("{name}_building");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {building} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {building}")))
+            .execute(&mut admin)
+            .await?;
+        let pool = PgPool::connect(&database_url(&building)).await?;
+        floq_shared::db::migrate(&pool).await?;
+        pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {building} RENAME TO {name}"
+        )))
+        .execute(&mut admin)
+        .await?;
+    }
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('floq-test-template'))")
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    Ok(name)
+}
+
+async fn create_database() -> anyhow::Result<String> {
+    let template = ensure_template().await?;
+    let name = format!("floq_t_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&admin_database_url()).await?;
+    let mut attempt = 0;
+    loop {
+        // Concurrent clones of one template can collide briefly; retry.
+        match sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE {template}"
+        )))
+        .execute(&mut admin)
+        .await
+        {
+            Ok(_) => break,
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(name)
+}
+
+pub struct Service {
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle
+            .await
+            .expect("service task panicked")
+            .expect("service failed");
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct Options {
+    pub worker: bool,
+    pub scheduler: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            scheduler: true,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub config: Config,
+    pub db_name: String,
+    /// A pool on the test database as its owner (bypasses nothing: RLS is forced).
+    pub pool: PgPool,
+    pub admin: Bootstrapped,
+    pub client: reqwest::Client,
+    pub api: Option<Service>,
+    pub worker: Option<Service>,
+    pub scheduler: Option<Service>,
+}
+
+pub fn test_config(db_name: &str, prefix: &str) -> Config {
+    let vars: HashMap<String, String> = [
+        ("FLOQ_DATABASE_URL", database_url(db_name)),
+        ("FLOQ_AMQP_URL", amqp_url()),
+        ("FLOQ_JWT_SECRET", format!("test-secret-{}", Uuid::new_v4().simple())),
+        ("FLOQ_QUEUE_PREFIX", prefix.to_string()),
+        ("FLOQ_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("FLOQ_WORKER_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("FLOQ_SCHEDULER_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("FLOQ_DB_MAX_CONNECTIONS", "8".into()),
+        ("FLOQ_OUTBOX_SWEEP_AFTER_MS", "1000".into()),
+        ("FLOQ_OUTBOX_SWEEP_INTERVAL_MS", "200".into()),
+        ("FLOQ_AUTO_MIGRATE", "false".into()),
+        (
+            "FLOQ_LOG",
+            if std::env::var("TEST_LOG").is_ok() {
+                "debug"
+            } else {
+                "error"
+            }
+            .into(),
+        ),
+        ("FLOQ_LOG_FORMAT", "pretty".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Config::from_vars(vars).expect("test config is valid")
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        Self::spawn_configured(options, |_| {}).await
+    }
+
+    pub async fn spawn_configured(options: Options, tweak: impl FnOnce(&mut Config)) -> Self {
+        let db_name = create_database().await.expect("creating the test database");
+        let prefix = format!("t{}", Uuid::new_v4().simple());
+        let mut config = test_config(&db_name, &prefix);
+        tweak(&mut config);
+        floq_shared::telemetry::init_tracing(&config);
+        let pool = PgPool::connect(config.database_url.expose()).await.expect("test pool");
+        let admin = floq_api::admin::bootstrap(&pool, &config, "Acme", "admin@acme.test")
+            .await
+            .expect("bootstrap");
+        let api_shutdown = CancellationToken::new();
+        let api = floq_api::spawn(config.clone(), api_shutdown.clone())
+            .await
+            .expect("api starts");
+        let mut app = TestApp {
+            base: format!("http://{}", api.addr),
+            config,
+            db_name,
+            pool,
+            admin,
+            client: reqwest::Client::new(),
+            api: Some(Service {
+                shutdown: api_shutdown,
+                handle: api.handle,
+            }),
+            worker: None,
+            scheduler: None,
+        };
+        if options.worker {
+            app.start_worker().await;
+        }
+        if options.scheduler {
+            app.start_scheduler().await;
+        }
+        app
+    }
+
+    pub async fn start_worker(&mut self) -> std::net::SocketAddr {
+        let shutdown = CancellationToken::new();
+        let w = floq_worker::spawn(self.config.clone(), shutdown.clone())
+            .await
+            .expect("worker starts");
+        self.worker = Some(Service {
+            shutdown,
+            handle: w.handle,
+        });
+        w.addr
+    }
+
+    pub async fn start_scheduler(&mut self) -> std::net::SocketAddr {
+        let shutdown = CancellationToken::new();
+        let s = floq_scheduler::spawn(self.config.clone(), shutdown.clone())
+            .await
+            .expect("scheduler starts");
+        self.scheduler = Some(Service {
+            shutdown,
+            handle: s.handle,
+        });
+        s.addr
+    }
+
+    /// Another company with its own admin, in the same deployment.
+    pub async fn other_company(&self) -> Bootstrapped {
+        floq_api::admin::bootstrap(&self.pool, &self.config, "Globex", "admin@globex.test")
+            .await
+            .expect("bootstrap")
+    }
+
+    /// A member of the main company with exactly these roles.
+    pub async fn member(&self, roles: &[&str]) -> Bootstrapped {
+        let email = format!("{}@acme.test", Uuid::new_v4().simple());
+        floq_api::admin::add_member(&self.pool, &self.config, self.admin.company_id, &email, roles)
+            .await
+            .expect("add member")
+    }
+
+    pub async fn request(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.request(Method::GET, path, key, None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.request(Method::POST, path, key, Some(body)).await
+    }
+
+    /// Creates and deploys a flow as the main admin; returns its id.
+    pub async fn deployed_flow(&self, definition: Value) -> String {
+        let key = self.admin.api_key.clone();
+        let (status, flow) = self
+            .post(
+                "/api/v1/flows",
+                &key,
+                json!({"name": "test flow", "definition": definition}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{flow}");
+        let id = flow["id"].as_str().expect("flow id").to_string();
+        let (status, body) = self.post(&format!("/api/v1/flows/{id}/deploy"), &key, json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        id
+    }
+
+    pub async fn start_run(&self, flow_id: &str, input: Value) -> String {
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/flows/{flow_id}/runs"),
+                &self.admin.api_key,
+                json!({"input": input}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["run_id"].as_str().expect("run id").to_string()
+    }
+
+    /// Polls until the run is `succeeded`, `failed` or `cancelled`.
+    pub async fn wait_run(&self, run_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, run) = self.get(&format!("/api/v1/runs/{run_id}"), &self.admin.api_key).await;
+            assert_eq!(status, StatusCode::OK, "{run}");
+            if matches!(run["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                return run;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {run_id} did not finish: {run}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Stops every service, deletes the queues and drops the database.
+    pub async fn teardown(mut self) {
+        for service in [self.api.take(), self.worker.take(), self.scheduler.take()]
+            .into_iter()
+            .flatten()
+        {
+            service.stop().await;
+        }
+        self.pool.close().await;
+        if let Ok(conn) = floq_shared::queue::connect(&amqp_url()).await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let t = floq_shared::queue::Topology::new(&self.config.queue_prefix);
+            for q in [&t.runs, &t.dead] {
+                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            }
+            let _ = ch
+                .exchange_delete(t.dead_exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}

@@ -1,0 +1,1 @@
+use floq_tests as _;

@@ -1,0 +1,259 @@
+//! Consumes the runs queue: manual ack, bounded prefetch, one task per
+//! delivery. The database is consulted before executing only when the broker
+//! says the delivery is a redelivery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::executor::{self, Outcome, RunInput};
+use crate::flow_cache::FlowCache;
+use crate::nodes::NodeEnv;
+use crate::outcome_writer::{OutcomeWriter, Write};
+use floq_shared::Config;
+use floq_shared::db;
+use floq_shared::queue::{self, Envelope, RunFlowV1, Topology};
+use floq_shared::telemetry::METRICS;
+
+pub struct Worker {
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub cache: FlowCache,
+    pub env: Arc<NodeEnv>,
+    pub writer: OutcomeWriter,
+}
+
+/// How long shutdown waits for in-flight runs before leaving them to the broker.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Consumes until `shutdown`, reconnecting after broker failures.
+pub async fn consume(
+    worker: Arc<Worker>,
+    topology: Topology,
+    shutdown: CancellationToken,
+    broker_up: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut in_flight = JoinSet::new();
+    while !shutdown.is_cancelled() {
+        match consume_once(&worker, &topology, &shutdown, &mut in_flight, &broker_up).await {
+            Ok(()) => {}
+            Err(e) => {
+                broker_up.store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(error = %e, "consuming from RabbitMQ failed; reconnecting in 1 s");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    // Stop taking work, finish what we hold; anything unfinished goes back to the queue when the channel closes.
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while in_flight.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            runs = in_flight.len(),
+            "in-flight runs did not finish in time; they return to the queue"
+        );
+        in_flight.abort_all();
+    }
+}
+
+async fn consume_once(
+    worker: &Arc<Worker>,
+    topology: &Topology,
+    shutdown: &CancellationToken,
+    in_flight: &mut JoinSet<()>,
+    broker_up: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    let conn = queue::connect(worker.config.amqp_url.expose()).await?;
+    let channel = conn.create_channel().await?;
+    topology.declare(&channel, worker.config.queue_delivery_limit).await?;
+    channel
+        .basic_qos(worker.config.worker_prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("floq-worker-{}", Uuid::new_v4());
+    let mut consumer = channel
+        .basic_consume(
+            topology.runs.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    broker_up.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(queue = %topology.runs, prefetch = worker.config.worker_prefetch, "consuming runs");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                // Keep the channel open while in-flight runs finish, so their acks land.
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while in_flight.join_next().await.is_some() {} }).await;
+                return Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let worker = worker.clone();
+                    in_flight.spawn(async move { handle(&worker, delivery).await });
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("the broker closed the consumer"),
+            },
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+        }
+    }
+}
+
+async fn handle(worker: &Worker, delivery: Delivery) {
+    METRICS.worker_inflight.inc();
+    let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable message; dead-lettering it");
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            METRICS.worker_inflight.dec();
+            return;
+        }
+    };
+    let Envelope::RunFlowV1(msg) = envelope;
+    let span = tracing::info_span!("run", run.id = %msg.run_id, company.id = %msg.company_id, flow.id = %msg.flow_id);
+    let _ = tracing::Instrument::instrument(run(worker, msg, delivery), span).await;
+    METRICS.worker_inflight.dec();
+}
+
+async fn run(worker: &Worker, msg: RunFlowV1, delivery: Delivery) {
+    if delivery.redelivered {
+        match already_finished(&worker.pool, &msg).await {
+            Ok(true) => {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check a redelivered run; returning it to the queue");
+                let _ = delivery
+                    .acker
+                    .nack(lapin::options::BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+    if let Some(ts) = msg.run_id.get_timestamp() {
+        let (secs, nanos) = ts.to_unix();
+        let queued = Duration::new(secs, nanos);
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            METRICS.run_queue_wait.observe(now.saturating_sub(queued).as_secs_f64());
+        }
+    }
+    let outcome = match worker
+        .cache
+        .get(&worker.pool, msg.company_id, msg.flow_id, msg.version)
+        .await
+    {
+        Ok(Some(flow)) => {
+            let input = match inline_or_load_input(&worker.pool, &msg).await {
+                Ok(Some(input)) => input,
+                Ok(None) => {
+                    // The run row is gone (company deleted): nothing to do.
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load the run's input; returning it to the queue");
+                    let _ = delivery
+                        .acker
+                        .nack(lapin::options::BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                    return;
+                }
+            };
+            let exec = executor::execute(
+                &flow,
+                RunInput {
+                    run_id: msg.run_id,
+                    flow_id: msg.flow_id,
+                    trigger: &msg.trigger,
+                    attempt: msg.attempt,
+                    input: &input,
+                },
+                worker.env.clone(),
+            );
+            tokio::pin!(exec);
+            tokio::select! {
+                outcome = &mut exec => outcome,
+                _ = tokio::time::sleep(worker.config.running_mark_after) => {
+                    worker.writer.send(Write::Started { company_id: msg.company_id, run_id: msg.run_id, at: Utc::now() }).await;
+                    exec.await
+                }
+            }
+        }
+        Ok(None) => Outcome::failed_early(
+            "flow_version_missing",
+            "the flow version this run pinned does not exist",
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load the flow version; returning the run to the queue");
+            let _ = delivery
+                .acker
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+    };
+    METRICS.run_duration.observe(
+        (outcome.finished_at - outcome.started_at)
+            .to_std()
+            .unwrap_or_default()
+            .as_secs_f64(),
+    );
+    worker
+        .writer
+        .send(Write::Finished {
+            company_id: msg.company_id,
+            run_id: msg.run_id,
+            outcome: Box::new(outcome),
+            acker: delivery.acker,
+        })
+        .await;
+}
+
+async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::Error> {
+    let mut tx = db::tenant_tx(pool, msg.company_id).await?;
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+        .bind(msg.run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(!matches!(status.as_deref(), Some("queued" | "running")))
+}
+
+async fn inline_or_load_input(pool: &PgPool, msg: &RunFlowV1) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    if let Some(input) = &msg.input {
+        return Ok(Some(input.clone()));
+    }
+    let mut tx = db::tenant_tx(pool, msg.company_id).await?;
+    let input = sqlx::query_scalar("SELECT input FROM runs WHERE id = $1")
+        .bind(msg.run_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(input)
+}

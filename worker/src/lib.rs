@@ -1,0 +1,89 @@
+//! `floq-worker`: the only process that runs user-defined nodes. It consumes
+//! runs from RabbitMQ, executes them, records their outcome with group
+//! commit, and acks only after the commit.
+
+mod consumer;
+pub mod executor;
+pub mod flow_cache;
+pub mod nodes;
+mod outcome_writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use floq_shared::queue::Topology;
+use floq_shared::{Config, db, ops};
+
+pub struct Running {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub addr: SocketAddr,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let pool = db::connect(&config)
+        .await
+        .context("cannot connect to PostgreSQL: check FLOQ_DATABASE_URL and that the server is up")?;
+    if config.auto_migrate {
+        db::migrate(&pool).await.context("applying migrations failed")?;
+    }
+    let topology = Topology::new(&config.queue_prefix);
+    // Fail fast at start if the broker is unreachable; later outages are retried.
+    floq_shared::queue::connect(config.amqp_url.expose())
+        .await
+        .context("cannot connect to RabbitMQ: check FLOQ_AMQP_URL and that the broker is up")?;
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent("floq-worker")
+        .build()
+        .context("building the HTTP client failed")?;
+    let env = Arc::new(nodes::NodeEnv {
+        http,
+        delay_max: config.delay_max,
+        http_max_timeout: config.http_node_max_timeout,
+        http_max_response_bytes: config.http_node_max_response_bytes,
+    });
+    let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone());
+    let worker = Arc::new(consumer::Worker {
+        pool: pool.clone(),
+        config: Arc::new(config.clone()),
+        cache: flow_cache::FlowCache::default(),
+        env,
+        writer,
+    });
+
+    let broker_up = Arc::new(AtomicBool::new(false));
+    let ready = {
+        let broker_up = broker_up.clone();
+        ops::db_and_broker_ready(pool.clone(), Arc::new(move || broker_up.load(Ordering::Relaxed)))
+    };
+    let ops_shutdown = CancellationToken::new();
+    let (addr, ops_task) = ops::serve(config.worker_http_addr, ops::router(ready), ops_shutdown.clone())
+        .await
+        .with_context(|| format!("cannot listen on {} (FLOQ_WORKER_HTTP_ADDR)", config.worker_http_addr))?;
+    tracing::info!(%addr, "floq-worker serving health and metrics");
+
+    let handle = tokio::spawn(async move {
+        consumer::consume(worker.clone(), topology, shutdown, broker_up).await;
+        // Every run task is done: release the writer so it flushes and stops.
+        drop(worker);
+        let mut writer_tasks = writer_tasks;
+        while writer_tasks.join_next().await.is_some() {}
+        ops_shutdown.cancel();
+        let _ = ops_task.await;
+        pool.close().await;
+        tracing::info!("floq-worker stopped");
+        Ok(())
+    });
+    Ok(Running { addr, handle })
+}
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    spawn(config, shutdown).await?.handle.await?
+}

@@ -1,0 +1,24 @@
+use tokio_util::sync::CancellationToken;
+
+use floq_shared::{Config, telemetry};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("floq-worker: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(&config);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(floq_shared::ops::shutdown_on_signal(shutdown.clone()));
+    match floq_worker::run(config, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("floq-worker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

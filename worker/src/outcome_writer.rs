@@ -1,0 +1,238 @@
+//! Records run outcomes with group commit, then acks their deliveries.
+//!
+//! Outcomes that finish while a commit is in flight are written together in
+//! the next transaction, tenant by tenant under RLS. A run is only ever moved
+//! out of `queued`/`running`, so a duplicate delivery can never overwrite a
+//! finished run. The delivery is acked after the commit; if the database
+//! stays unavailable, it is returned to the queue.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::Acker;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::executor::Outcome;
+use floq_shared::db;
+use floq_shared::telemetry::METRICS;
+
+const MAX_BATCH: usize = 1000;
+const WRITERS: usize = 2;
+
+pub enum Write {
+    /// The run outlived the short threshold: show it as `running`.
+    Started {
+        company_id: Uuid,
+        run_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    Finished {
+        company_id: Uuid,
+        run_id: Uuid,
+        outcome: Box<Outcome>,
+        acker: Acker,
+    },
+}
+
+impl Write {
+    fn company_id(&self) -> Uuid {
+        match self {
+            Write::Started { company_id, .. } | Write::Finished { company_id, .. } => *company_id,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct OutcomeWriter {
+    tx: mpsc::Sender<Write>,
+}
+
+impl OutcomeWriter {
+    /// The tasks finish once every writer clone is dropped and the queue is flushed.
+    pub fn start(pool: PgPool) -> (Self, JoinSet<()>) {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * WRITERS * 2);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut tasks = JoinSet::new();
+        for _ in 0..WRITERS {
+            tasks.spawn(write_loop(pool.clone(), rx.clone()));
+        }
+        (Self { tx }, tasks)
+    }
+
+    pub async fn send(&self, write: Write) {
+        // Only fails after shutdown, when the unacked delivery returns to the queue anyway.
+        let _ = self.tx.send(write).await;
+    }
+}
+
+async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        let mut committed = false;
+        for attempt in 0..5u32 {
+            match commit(&pool, &batch).await {
+                Ok(()) => {
+                    committed = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, writes = batch.len(), "recording run outcomes failed");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+        for write in batch {
+            let Write::Finished { outcome, acker, .. } = write else {
+                continue;
+            };
+            if committed {
+                METRICS
+                    .runs_completed
+                    .with_label_values(&[outcome.status.as_str()])
+                    .inc();
+                let _ = acker.ack(BasicAckOptions::default()).await;
+            } else {
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+async fn commit(pool: &PgPool, batch: &[Write]) -> Result<(), sqlx::Error> {
+    let mut by_company: BTreeMap<Uuid, Vec<&Write>> = BTreeMap::new();
+    for w in batch {
+        by_company.entry(w.company_id()).or_default().push(w);
+    }
+    let mut tx = db::multi_tenant_tx(pool).await?;
+    for (company_id, writes) in by_company {
+        db::set_tenant(&mut tx, company_id).await?;
+        let mut started = (Vec::new(), Vec::new());
+        let mut finished = FinishedColumns::default();
+        for w in writes {
+            match w {
+                Write::Started { run_id, at, .. } => {
+                    started.0.push(*run_id);
+                    started.1.push(*at);
+                }
+                Write::Finished { run_id, outcome, .. } => finished.push(*run_id, outcome),
+            }
+        }
+        if !started.0.is_empty() {
+            sqlx::query(
+                "UPDATE runs SET status = 'running', started_at = u.at
+                   FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
+                  WHERE runs.id = u.id AND runs.status = 'queued'",
+            )
+            .bind(&started.0)
+            .bind(&started.1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !finished.ids.is_empty() {
+            finished.write(&mut tx, company_id).await?;
+        }
+    }
+    tx.commit().await
+}
+
+#[derive(Default)]
+struct FinishedColumns {
+    ids: Vec<Uuid>,
+    statuses: Vec<&'static str>,
+    outputs: Vec<Option<Value>>,
+    errors: Vec<Option<Value>>,
+    started: Vec<DateTime<Utc>>,
+    finished: Vec<DateTime<Utc>>,
+    step_runs: Vec<Uuid>,
+    step_nodes: Vec<String>,
+    step_seqs: Vec<i32>,
+    step_statuses: Vec<&'static str>,
+    step_outputs: Vec<Option<Value>>,
+    step_errors: Vec<Option<Value>>,
+    step_started: Vec<Option<DateTime<Utc>>>,
+    step_finished: Vec<Option<DateTime<Utc>>>,
+}
+
+impl FinishedColumns {
+    fn push(&mut self, run_id: Uuid, o: &Outcome) {
+        self.ids.push(run_id);
+        self.statuses.push(o.status.as_str());
+        self.outputs.push(o.output.clone());
+        self.errors.push(o.error.clone());
+        self.started.push(o.started_at);
+        self.finished.push(o.finished_at);
+        for s in &o.steps {
+            self.step_runs.push(run_id);
+            self.step_nodes.push(s.node_id.clone());
+            self.step_seqs.push(s.seq);
+            self.step_statuses.push(s.status);
+            self.step_outputs.push(s.output.clone());
+            self.step_errors.push(s.error.clone());
+            self.step_started.push(s.started_at);
+            self.step_finished.push(s.finished_at);
+        }
+    }
+
+    async fn write(&self, tx: &mut db::Tx, company_id: Uuid) -> Result<(), sqlx::Error> {
+        let updated: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE runs SET status = u.status, output = u.output, error = u.error,
+                    started_at = COALESCE(runs.started_at, u.started_at), finished_at = u.finished_at
+               FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[])
+                    AS u(id, status, output, error, started_at, finished_at)
+              WHERE runs.id = u.id AND runs.status IN ('queued', 'running')
+          RETURNING runs.id",
+        )
+        .bind(&self.ids)
+        .bind(&self.statuses)
+        .bind(&self.outputs)
+        .bind(&self.errors)
+        .bind(&self.started)
+        .bind(&self.finished)
+        .fetch_all(&mut **tx)
+        .await?;
+        if updated.is_empty() || self.step_runs.is_empty() {
+            return Ok(());
+        }
+        // Steps only for the runs this commit finished; a duplicate delivery writes nothing.
+        sqlx::query(
+            "INSERT INTO run_steps (run_id, company_id, node_id, seq, status, output, error, started_at, finished_at)
+             SELECT s.run_id, $1, s.node_id, s.seq, s.status, s.output, s.error, s.started_at, s.finished_at
+               FROM unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[],
+                           $8::timestamptz[], $9::timestamptz[])
+                    AS s(run_id, node_id, seq, status, output, error, started_at, finished_at)
+              WHERE s.run_id = ANY($10)
+             ON CONFLICT (run_id, node_id) DO NOTHING",
+        )
+        .bind(company_id)
+        .bind(&self.step_runs)
+        .bind(&self.step_nodes)
+        .bind(&self.step_seqs)
+        .bind(&self.step_statuses)
+        .bind(&self.step_outputs)
+        .bind(&self.step_errors)
+        .bind(&self.step_started)
+        .bind(&self.step_finished)
+        .bind(&updated)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
