@@ -1,1 +1,142 @@
-fn main() {}
+//! The floq benchmark: boots api + worker + scheduler in-process against the
+//! real PostgreSQL and RabbitMQ (durable settings: quorum queue, publisher
+//! confirms, synchronous commit), fires N runs of a small templated flow
+//! (`set` → `if` → `set`) through the HTTP API at a chosen concurrency, waits
+//! for all of them to finish, and prints throughput and latency figures.
+//!
+//!   cargo run --release -p floq-tests --bin floq-bench -- --runs 20000 --concurrency 256
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use floq_tests::{Options, TestApp};
+
+#[derive(Parser)]
+#[command(about = "Throughput and latency of floq's run path")]
+struct Args {
+    /// Runs to fire.
+    #[arg(long, default_value_t = 20_000)]
+    runs: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Worker prefetch (runs in flight per worker).
+    #[arg(long, default_value_t = 512)]
+    prefetch: u16,
+    /// PostgreSQL connections per service.
+    #[arg(long, default_value_t = 16)]
+    db_connections: u32,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let app = TestApp::spawn_configured(Options::default(), |c| {
+        c.worker_prefetch = args.prefetch;
+        c.db_max_connections = args.db_connections;
+    })
+    .await;
+    let flow = app
+        .deployed_flow(json!({
+            "nodes": [
+                {"id": "shape", "type": "set", "params": {"values": {"user": "{{ $input.user }}", "n": "{{ $input.n }}"}}},
+                {"id": "check", "type": "if", "params": {"condition": "{{ $node.shape.output.n }}"}},
+                {"id": "done", "type": "set", "params": {"values": {"greeting": "hello {{ $node.shape.output.user }}"}}}
+            ],
+            "edges": [{"from": "shape", "to": "check"}, {"from": "check", "port": "true", "to": "done"}]
+        }))
+        .await;
+    let url = format!("{}/api/v1/flows/{flow}/runs", app.base);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let key = app.admin.api_key.clone();
+
+    println!(
+        "floq-bench: {} runs, concurrency {}, prefetch {}, {} db connections per service",
+        args.runs, args.concurrency, args.prefetch, args.db_connections
+    );
+    let sent: Arc<Mutex<Vec<(String, DateTime<Utc>, f64)>>> = Arc::new(Mutex::new(Vec::with_capacity(args.runs)));
+    let started = Instant::now();
+    let failures = futures_util::stream::iter(0..args.runs)
+        .map(|n| {
+            let (client, url, key, sent) = (client.clone(), url.clone(), key.clone(), sent.clone());
+            async move {
+                let at = Utc::now();
+                let t = Instant::now();
+                let resp = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({"input": {"user": format!("user-{n}"), "n": n + 1}}))
+                    .send()
+                    .await;
+                let latency = t.elapsed().as_secs_f64();
+                match resp {
+                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        let id = body["run_id"].as_str().unwrap_or_default().to_string();
+                        sent.lock().await.push((id, at, latency));
+                        0
+                    }
+                    _ => 1,
+                }
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .fold(0usize, |acc, f| async move { acc + f })
+        .await;
+    let accept_elapsed = started.elapsed().as_secs_f64();
+    let sent = Arc::try_unwrap(sent).expect("all requests done").into_inner();
+
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status IN ('succeeded', 'failed')")
+            .fetch_one(&app.pool)
+            .await?;
+        if done as usize >= sent.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let total_elapsed = started.elapsed().as_secs_f64();
+
+    let finished: Vec<(uuid::Uuid, String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id, status, finished_at FROM runs").fetch_all(&app.pool).await?;
+    let by_id: std::collections::HashMap<String, (String, DateTime<Utc>)> =
+        finished.into_iter().map(|(id, s, f)| (id.to_string(), (s, f))).collect();
+    let mut accept: Vec<f64> = sent.iter().map(|(_, _, l)| *l).collect();
+    let mut e2e: Vec<f64> = sent
+        .iter()
+        .filter_map(|(id, at, _)| by_id.get(id).map(|(_, f)| (*f - *at).num_microseconds().unwrap_or(0) as f64 / 1e6))
+        .collect();
+    let succeeded = by_id.values().filter(|(s, _)| s == "succeeded").count();
+    accept.sort_by(f64::total_cmp);
+    e2e.sort_by(f64::total_cmp);
+
+    println!("accepted:   {} ({} rejected/failed requests)", sent.len(), failures);
+    println!("succeeded:  {succeeded}");
+    println!("accepted runs/s:   {:>8.0}  ({:.2} s)", sent.len() as f64 / accept_elapsed, accept_elapsed);
+    println!("completed runs/s:  {:>8.0}  ({:.2} s, first request to last run finished)", sent.len() as f64 / total_elapsed, total_elapsed);
+    println!(
+        "accept latency     p50 {:>7.1} ms   p99 {:>7.1} ms",
+        percentile(&accept, 0.50) * 1e3,
+        percentile(&accept, 0.99) * 1e3
+    );
+    println!(
+        "end-to-end        p50 {:>7.1} ms   p99 {:>7.1} ms   (request sent -> run finished)",
+        percentile(&e2e, 0.50) * 1e3,
+        percentile(&e2e, 0.99) * 1e3
+    );
+    app.teardown().await;
+    Ok(())
+}
