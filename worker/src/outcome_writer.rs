@@ -136,15 +136,11 @@ async fn commit(pool: &PgPool, batch: &[Write]) -> Result<(), sqlx::Error> {
             }
         }
         if !started.0.is_empty() {
-            sqlx::query(
-                "UPDATE runs SET status = 'running', started_at = u.at
-                   FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
-                  WHERE runs.id = u.id AND runs.status = 'queued'",
-            )
-            .bind(&started.0)
-            .bind(&started.1)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("SELECT floq_mark_running($1, $2)")
+                .bind(&started.0)
+                .bind(&started.1)
+                .execute(&mut *tx)
+                .await?;
         }
         if !finished.ids.is_empty() {
             finished.write(&mut tx, company_id).await?;
@@ -192,22 +188,16 @@ impl FinishedColumns {
     }
 
     async fn write(&self, tx: &mut db::Tx, company_id: Uuid) -> Result<(), sqlx::Error> {
-        let updated: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE runs SET status = u.status, output = u.output, error = u.error,
-                    started_at = COALESCE(runs.started_at, u.started_at), finished_at = u.finished_at
-               FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[])
-                    AS u(id, status, output, error, started_at, finished_at)
-              WHERE runs.id = u.id AND runs.status IN ('queued', 'running')
-          RETURNING runs.id",
-        )
-        .bind(&self.ids)
-        .bind(&self.statuses)
-        .bind(&self.outputs)
-        .bind(&self.errors)
-        .bind(&self.started)
-        .bind(&self.finished)
-        .fetch_all(&mut **tx)
-        .await?;
+        // Row by row through the primary key: see migrations/0002 for why not a set-based join.
+        let updated: Vec<Uuid> = sqlx::query_scalar("SELECT floq_finish_runs($1, $2, $3, $4, $5, $6)")
+            .bind(&self.ids)
+            .bind(&self.statuses)
+            .bind(&self.outputs)
+            .bind(&self.errors)
+            .bind(&self.started)
+            .bind(&self.finished)
+            .fetch_all(&mut **tx)
+            .await?;
         if updated.is_empty() || self.step_runs.is_empty() {
             return Ok(());
         }
@@ -218,7 +208,7 @@ impl FinishedColumns {
                FROM unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[],
                            $8::timestamptz[], $9::timestamptz[])
                     AS s(run_id, node_id, seq, status, output, error, started_at, finished_at)
-              WHERE s.run_id = ANY($10)
+               JOIN unnest($10::uuid[]) AS done(id) ON done.id = s.run_id
              ON CONFLICT (run_id, node_id) DO NOTHING",
         )
         .bind(company_id)

@@ -34,6 +34,9 @@ struct Args {
     db_connections: u32,
 }
 
+/// An accepted run: its id, when its request was sent, and the accept latency in seconds.
+type Sent = (String, DateTime<Utc>, f64);
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -60,14 +63,16 @@ async fn main() -> anyhow::Result<()> {
         }))
         .await;
     let url = format!("{}/api/v1/flows/{flow}/runs", app.base);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
     let key = app.admin.api_key.clone();
 
     println!(
         "floq-bench: {} runs, concurrency {}, prefetch {}, {} db connections per service",
         args.runs, args.concurrency, args.prefetch, args.db_connections
     );
-    let sent: Arc<Mutex<Vec<(String, DateTime<Utc>, f64)>>> = Arc::new(Mutex::new(Vec::with_capacity(args.runs)));
+    let sent: Arc<Mutex<Vec<Sent>>> = Arc::new(Mutex::new(Vec::with_capacity(args.runs)));
     let started = Instant::now();
     let failures = futures_util::stream::iter(0..args.runs)
         .map(|n| {
@@ -99,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let accept_elapsed = started.elapsed().as_secs_f64();
     let sent = Arc::try_unwrap(sent).expect("all requests done").into_inner();
 
+    let (mut last_done, mut last_progress) = (0, Instant::now());
     loop {
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status IN ('succeeded', 'failed')")
             .fetch_one(&app.pool)
@@ -106,18 +112,30 @@ async fn main() -> anyhow::Result<()> {
         if done as usize >= sent.len() {
             break;
         }
+        if done > last_done {
+            (last_done, last_progress) = (done, Instant::now());
+        } else if last_progress.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("stalled: {done} of {} runs finished and none for 30 s", sent.len());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total_elapsed = started.elapsed().as_secs_f64();
 
-    let finished: Vec<(uuid::Uuid, String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT id, status, finished_at FROM runs").fetch_all(&app.pool).await?;
-    let by_id: std::collections::HashMap<String, (String, DateTime<Utc>)> =
-        finished.into_iter().map(|(id, s, f)| (id.to_string(), (s, f))).collect();
+    let finished: Vec<(uuid::Uuid, String, DateTime<Utc>)> = sqlx::query_as("SELECT id, status, finished_at FROM runs")
+        .fetch_all(&app.pool)
+        .await?;
+    let by_id: std::collections::HashMap<String, (String, DateTime<Utc>)> = finished
+        .into_iter()
+        .map(|(id, s, f)| (id.to_string(), (s, f)))
+        .collect();
     let mut accept: Vec<f64> = sent.iter().map(|(_, _, l)| *l).collect();
     let mut e2e: Vec<f64> = sent
         .iter()
-        .filter_map(|(id, at, _)| by_id.get(id).map(|(_, f)| (*f - *at).num_microseconds().unwrap_or(0) as f64 / 1e6))
+        .filter_map(|(id, at, _)| {
+            by_id
+                .get(id)
+                .map(|(_, f)| (*f - *at).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        })
         .collect();
     let succeeded = by_id.values().filter(|(s, _)| s == "succeeded").count();
     accept.sort_by(f64::total_cmp);
@@ -125,8 +143,16 @@ async fn main() -> anyhow::Result<()> {
 
     println!("accepted:   {} ({} rejected/failed requests)", sent.len(), failures);
     println!("succeeded:  {succeeded}");
-    println!("accepted runs/s:   {:>8.0}  ({:.2} s)", sent.len() as f64 / accept_elapsed, accept_elapsed);
-    println!("completed runs/s:  {:>8.0}  ({:.2} s, first request to last run finished)", sent.len() as f64 / total_elapsed, total_elapsed);
+    println!(
+        "accepted runs/s:   {:>8.0}  ({:.2} s)",
+        sent.len() as f64 / accept_elapsed,
+        accept_elapsed
+    );
+    println!(
+        "completed runs/s:  {:>8.0}  ({:.2} s, first request to last run finished)",
+        sent.len() as f64 / total_elapsed,
+        total_elapsed
+    );
     println!(
         "accept latency     p50 {:>7.1} ms   p99 {:>7.1} ms",
         percentile(&accept, 0.50) * 1e3,
