@@ -116,6 +116,20 @@ impl FromRequestParts<AppState> for Principal {
         if !claims.scopes.iter().any(|s| s == "api") {
             return Err(ApiError::unauthorized());
         }
+        if let Some(hit) = state.key_cache.get(claims.kid)
+            && hit.user_id == claims.sub
+            && hit.company_id == claims.cid
+        {
+            let principal = Principal {
+                user_id: claims.sub,
+                company_id: claims.cid,
+                key_id: claims.kid,
+                roles: hit.roles,
+            };
+            parts.extensions.insert(principal.clone());
+            return Ok(principal);
+        }
+        let generation = state.key_cache.generation();
         let mut tx = db::tenant_tx(&state.pool, claims.cid).await?;
         // The key must exist, be live, and its owner must still be a member:
         // a key's authority is its owner's current roles, never more.
@@ -130,6 +144,7 @@ impl FromRequestParts<AppState> for Principal {
         .await?;
         tx.commit().await?;
         let roles = roles.ok_or_else(ApiError::unauthorized)?;
+        state.key_cache.put(generation, claims.kid, claims.sub, claims.cid, roles.clone());
         let principal = Principal {
             user_id: claims.sub,
             company_id: claims.cid,

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod authz;
 pub mod error;
 pub mod extract;
+pub mod key_cache;
 pub mod middleware;
 mod routes;
 pub mod state;
@@ -52,9 +53,16 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .context("cannot open a publishing channel on RabbitMQ")?;
 
     let (acceptor, accept_tasks) = accept::Acceptor::start(pool.clone(), publisher.clone());
+    let key_cache = Arc::new(key_cache::KeyCache::new(config.auth_cache_ttl));
+    let listener_shutdown = CancellationToken::new();
+    let key_listener = {
+        let (cache, pool, stop) = (key_cache.clone(), pool.clone(), listener_shutdown.clone());
+        tokio::spawn(async move { cache.listen(pool, stop).await })
+    };
     let state = state::AppState {
         pool: pool.clone(),
         keys: Arc::new(auth::Keys::new(config.jwt_secret.expose())),
+        key_cache,
         config: Arc::new(config.clone()),
         acceptor,
     };
@@ -83,6 +91,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         // The router (and every Acceptor clone in it) is gone: committers drain and stop.
         let mut accept_tasks = accept_tasks;
         while accept_tasks.join_next().await.is_some() {}
+        listener_shutdown.cancel();
+        let _ = key_listener.await;
         drop(conn);
         pool.close().await;
         tracing::info!("floq-api stopped");

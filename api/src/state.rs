@@ -4,6 +4,7 @@ use sqlx::PgPool;
 
 use crate::accept::Acceptor;
 use crate::auth::Keys;
+use crate::key_cache::KeyCache;
 use floq_shared::Config;
 
 #[derive(Clone)]
@@ -11,5 +12,6 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub keys: Arc<Keys>,
+    pub key_cache: Arc<KeyCache>,
     pub acceptor: Acceptor,
 }
