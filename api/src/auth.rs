@@ -144,7 +144,9 @@ impl FromRequestParts<AppState> for Principal {
         .await?;
         tx.commit().await?;
         let roles = roles.ok_or_else(ApiError::unauthorized)?;
-        state.key_cache.put(generation, claims.kid, claims.sub, claims.cid, roles.clone());
+        state
+            .key_cache
+            .put(generation, claims.kid, claims.sub, claims.cid, roles.clone());
         let principal = Principal {
             user_id: claims.sub,
             company_id: claims.cid,

@@ -53,7 +53,10 @@ impl KeyCache {
             return None;
         }
         let entries = self.entries.read().expect("key cache lock");
-        entries.get(&key_id).filter(|e| e.cached_at.elapsed() < self.ttl).cloned()
+        entries
+            .get(&key_id)
+            .filter(|e| e.cached_at.elapsed() < self.ttl)
+            .cloned()
     }
 
     /// Read before loading from the database; pass to [`KeyCache::put`].
@@ -73,7 +76,15 @@ impl KeyCache {
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
-        entries.insert(key_id, CachedKey { user_id, company_id, roles, cached_at: Instant::now() });
+        entries.insert(
+            key_id,
+            CachedKey {
+                user_id,
+                company_id,
+                roles,
+                cached_at: Instant::now(),
+            },
+        );
     }
 
     pub fn invalidate(&self) {

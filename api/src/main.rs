@@ -1,6 +1,10 @@
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+// Under the benchmark glibc malloc took ~17% of this process's CPU (perf), mimalloc ~11%.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use floq_shared::{Config, db, telemetry};
 
 #[derive(Parser)]

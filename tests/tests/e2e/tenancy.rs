@@ -230,10 +230,17 @@ async fn row_level_security_hides_everything_without_a_tenant_and_other_tenants_
 
 #[tokio::test]
 async fn a_demoted_users_keys_are_demoted_with_them() {
-    let app = TestApp::spawn_with(Options { worker: false, scheduler: false }).await;
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        scheduler: false,
+    })
+    .await;
     let editor = app.member(&["flow_editor"]).await;
     let create = json!({"name": "x", "definition": definition()});
-    assert_eq!(app.post("/api/v1/flows", &editor.api_key, create.clone()).await.0, StatusCode::CREATED);
+    assert_eq!(
+        app.post("/api/v1/flows", &editor.api_key, create.clone()).await.0,
+        StatusCode::CREATED
+    );
 
     let mut tx = db::tenant_tx(&app.pool, app.admin.company_id).await.unwrap();
     sqlx::query("UPDATE memberships SET roles = ARRAY['viewer'] WHERE user_id = $1")
@@ -245,7 +252,10 @@ async fn a_demoted_users_keys_are_demoted_with_them() {
 
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     while app.post("/api/v1/flows", &editor.api_key, create.clone()).await.0 != StatusCode::FORBIDDEN {
-        assert!(tokio::time::Instant::now() < deadline, "a demoted user's key kept its old roles");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a demoted user's key kept its old roles"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert_eq!(app.get("/api/v1/flows", &editor.api_key).await.0, StatusCode::OK);
