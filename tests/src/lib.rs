@@ -336,6 +336,24 @@ impl TestApp {
         }
     }
 
+    /// Messages waiting in one of this app's queues.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let conn = floq_shared::queue::connect(&amqp_url()).await.expect("broker");
+        let ch = conn.create_channel().await.expect("channel");
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        q.message_count()
+    }
+
     /// Stops every service, deletes the queues and drops the database.
     pub async fn teardown(mut self) {
         for service in [self.api.take(), self.worker.take(), self.scheduler.take()]

@@ -1,7 +1,6 @@
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -147,24 +146,8 @@ async fn a_duplicate_delivery_of_a_finished_run_changes_nothing() {
     });
     publisher.publish(&[envelope.clone(), envelope]).await.unwrap();
     // Let the worker consume both duplicates.
-    let depth = || async {
-        let conn = queue::connect(&floq_tests::amqp_url()).await.unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                format!("{}.runs", app.config.queue_prefix).as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        q.message_count()
-    };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(depth().await, 0);
+    assert_eq!(app.queue_depth(&format!("{}.runs", app.config.queue_prefix)).await, 0);
 
     let again = app.wait_run(&run_id).await;
     assert_eq!(again, first);
@@ -188,21 +171,7 @@ async fn an_undecodable_message_is_dead_lettered_and_the_worker_carries_on() {
     .unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let dead = ch
-            .queue_declare(
-                topology.dead.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        if dead.message_count() == 1 {
-            break;
-        }
+    while app.queue_depth(&topology.dead).await != 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the poison message never reached the dead-letter queue"
