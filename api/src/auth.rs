@@ -1,9 +1,11 @@
-//! Authentication by API key: an HS256 JWT naming user, company and key id.
-//! The key id is checked against `api_keys` (under the token's tenant) on
-//! every request, so a revoked key stops working at once.
+//! Authentication: an API key (`Authorization: Bearer`, an HS256 JWT naming
+//! user, company and key id, checked against `api_keys`) or a browser
+//! session cookie. Cookie-authenticated requests that change state must come
+//! from an allowed `Origin`.
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
+use axum::http::Method;
+use axum::http::header::{AUTHORIZATION, ORIGIN};
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -11,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::session;
 use crate::state::AppState;
 use floq_shared::db;
 
@@ -90,13 +93,27 @@ pub async fn issue_key(
     Ok((key_id, token))
 }
 
+const X_API_KEY: &str = "x-api-key";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Credential {
+    ApiKey(Uuid),
+    Session(Uuid),
+}
+
 /// Who is calling, in which company, with which roles there.
 #[derive(Clone, Debug)]
 pub struct Principal {
     pub user_id: Uuid,
     pub company_id: Uuid,
-    pub key_id: Uuid,
+    pub credential: Credential,
     pub roles: Vec<String>,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -106,54 +123,86 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(p.clone());
         }
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(ApiError::unauthorized)?;
-        let claims = state.keys.verify(token.trim()).ok_or_else(ApiError::unauthorized)?;
-        if !claims.scopes.iter().any(|s| s == "api") {
-            return Err(ApiError::unauthorized());
-        }
-        if let Some(hit) = state.key_cache.get(claims.kid)
-            && hit.user_id == claims.sub
-            && hit.company_id == claims.cid
-        {
-            let principal = Principal {
-                user_id: claims.sub,
-                company_id: claims.cid,
-                key_id: claims.kid,
-                roles: hit.roles,
-            };
-            parts.extensions.insert(principal.clone());
-            return Ok(principal);
-        }
-        let generation = state.key_cache.generation();
-        let mut tx = db::tenant_tx(&state.pool, claims.cid).await?;
-        // The key must exist, be live, and its owner must still be a member:
-        // a key's authority is its owner's current roles, never more.
-        let roles: Option<Vec<String>> = sqlx::query_scalar(
-            "SELECT m.roles FROM api_keys k
-               JOIN memberships m ON m.company_id = k.company_id AND m.user_id = k.user_id
-              WHERE k.id = $1 AND k.user_id = $2 AND k.revoked_at IS NULL AND k.expires_at > now()",
-        )
-        .bind(claims.kid)
-        .bind(claims.sub)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let roles = roles.ok_or_else(ApiError::unauthorized)?;
-        state
-            .key_cache
-            .put(generation, claims.kid, claims.sub, claims.cid, roles.clone());
-        let principal = Principal {
-            user_id: claims.sub,
-            company_id: claims.cid,
-            key_id: claims.kid,
-            roles,
+        let principal = match (parts.headers.get(AUTHORIZATION), parts.headers.get(X_API_KEY)) {
+            (Some(header), _) => {
+                let token = header
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .ok_or_else(ApiError::unauthorized)?;
+                from_api_key(state, token).await?
+            }
+            (None, Some(header)) => from_api_key(state, header.to_str().map_err(|_| ApiError::unauthorized())?).await?,
+            (None, None) => from_session(parts, state).await?,
         };
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }
+}
+
+async fn from_session(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let token = session::cookie_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
+    let live = session::lookup(&state.pool, &token)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    // A cookie rides along on cross-site requests; only allowed origins may change state with it.
+    if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+        if !origin.is_some_and(|o| state.config.cors_origins.iter().any(|allowed| allowed == o)) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "cookie-authenticated requests that change state must come from an allowed Origin",
+            ));
+        }
+    }
+    Ok(Principal {
+        user_id: live.user_id,
+        company_id: live.company_id,
+        credential: Credential::Session(live.id),
+        roles: live.roles,
+    })
+}
+
+async fn from_api_key(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let claims = state.keys.verify(token.trim()).ok_or_else(ApiError::unauthorized)?;
+    // A key without the `api` scope (e.g. MCP-only) reaches nothing here.
+    if !claims.scopes.iter().any(|s| s == "api") {
+        return Err(ApiError::unauthorized());
+    }
+    if let Some(hit) = state.key_cache.get(claims.kid)
+        && hit.user_id == claims.sub
+        && hit.company_id == claims.cid
+    {
+        return Ok(Principal {
+            user_id: claims.sub,
+            company_id: claims.cid,
+            credential: Credential::ApiKey(claims.kid),
+            roles: hit.roles,
+        });
+    }
+    let generation = state.key_cache.generation();
+    let mut tx = db::tenant_tx(&state.pool, claims.cid).await?;
+    // The key must exist, be live, and its owner must still be a member:
+    // a key's authority is its owner's current roles, never more.
+    let roles: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT m.roles FROM api_keys k
+           JOIN memberships m ON m.company_id = k.company_id AND m.user_id = k.user_id
+          WHERE k.id = $1 AND k.user_id = $2 AND k.revoked_at IS NULL AND k.expires_at > now()",
+    )
+    .bind(claims.kid)
+    .bind(claims.sub)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let roles = roles.ok_or_else(ApiError::unauthorized)?;
+    state
+        .key_cache
+        .put(generation, claims.kid, claims.sub, claims.cid, roles.clone());
+    Ok(Principal {
+        user_id: claims.sub,
+        company_id: claims.cid,
+        credential: Credential::ApiKey(claims.kid),
+        roles,
+    })
 }

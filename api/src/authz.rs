@@ -17,15 +17,25 @@ pub enum Capability {
     FlowEdit,
     FlowExecute,
     RunRead,
+    UserManage,
 }
 
 impl Capability {
+    pub const ALL: [Capability; 5] = [
+        Capability::FlowRead,
+        Capability::FlowEdit,
+        Capability::FlowExecute,
+        Capability::RunRead,
+        Capability::UserManage,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Capability::FlowRead => "flow:read",
             Capability::FlowEdit => "flow:edit",
             Capability::FlowExecute => "flow:execute",
             Capability::RunRead => "run:read",
+            Capability::UserManage => "user:manage",
         }
     }
 }
@@ -65,7 +75,7 @@ macro_rules! capabilities {
         }
     )*};
 }
-capabilities!(FlowRead, FlowEdit, FlowExecute, RunRead);
+capabilities!(FlowRead, FlowEdit, FlowExecute, RunRead, UserManage);
 
 /// An authenticated caller proven to hold capability `C` in its company.
 pub struct Authorized<C: Cap> {

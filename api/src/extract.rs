@@ -99,3 +99,33 @@ pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
         )),
     }
 }
+
+/// A JSON body that must also pass its `validator` rules; failures are `422`
+/// with one `{field, message}` per broken rule.
+pub struct ValidJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + validator::Validate> FromRequest<S> for ValidJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ApiJson(value) = ApiJson::<T>::from_request(req, state).await?;
+        value.validate().map_err(|errors| {
+            let details: Vec<serde_json::Value> = errors
+                .field_errors()
+                .into_iter()
+                .flat_map(|(field, errs)| {
+                    errs.iter().map(move |e| {
+                        let message = e
+                            .message
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| e.code.to_string());
+                        json!({"field": field, "message": message})
+                    })
+                })
+                .collect();
+            ApiError::validation("the request body is invalid", json!(details))
+        })?;
+        Ok(ValidJson(value))
+    }
+}

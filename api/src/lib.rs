@@ -9,8 +9,11 @@ pub mod error;
 pub mod extract;
 pub mod key_cache;
 pub mod middleware;
+pub mod password;
 mod routes;
+pub mod session;
 pub mod state;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +79,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_state(state)
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
         .layer(axum::middleware::from_fn(middleware::envelope))
+        .layer(middleware::cors(&config.cors_origins))
         .merge(ops::router(ops::db_and_broker_ready(pool.clone(), broker_up)));
 
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -84,7 +88,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "floq-api listening");
     let handle = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("HTTP server failed")?;

@@ -20,6 +20,43 @@ pub const REQUEST_ID: &str = "x-request-id";
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// On every response: this is a JSON API, never framed, cached or sniffed.
+const SECURITY_HEADERS: [(header::HeaderName, &str); 6] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::CACHE_CONTROL, "no-store"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains"),
+];
+
+/// CORS from the `FLOQ_CORS_ORIGINS` allow-list, with credentials; never `*`.
+pub fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins)
+        .allow_credentials(true)
+        // PATCH too: `/users/{id}` is edited with it.
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("x-api-key"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
 pub async fn envelope(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = req
@@ -47,8 +84,9 @@ pub async fn envelope(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, v);
     }
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
 
     let elapsed = started.elapsed();
     let status_label = status.as_u16().to_string();

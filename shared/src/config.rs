@@ -43,6 +43,8 @@ pub struct Config {
     pub jwt_secret: Secret,
     pub api_key_ttl: Duration,
     pub auth_cache_ttl: Duration,
+    pub session_ttl: Duration,
+    pub cors_origins: Vec<String>,
     pub http_addr: SocketAddr,
     pub worker_http_addr: SocketAddr,
     pub scheduler_http_addr: SocketAddr,
@@ -108,6 +110,8 @@ impl Config {
             queue_prefix,
             jwt_secret: Secret(jwt_secret),
             api_key_ttl: v.seconds("FLOQ_API_KEY_TTL", 86_400)?,
+            session_ttl: v.seconds("FLOQ_SESSION_TTL", 3_600)?,
+            cors_origins: v.origins("FLOQ_CORS_ORIGINS")?,
             auth_cache_ttl: Duration::from_millis(v.parse_in("FLOQ_AUTH_CACHE_TTL_MS", 30_000, 0..=3_600_000)?),
             http_addr: v.parse("FLOQ_HTTP_ADDR", "127.0.0.1:8080")?,
             worker_http_addr: v.parse("FLOQ_WORKER_HTTP_ADDR", "127.0.0.1:8081")?,
@@ -188,6 +192,31 @@ impl Vars {
             });
         }
         Ok(value)
+    }
+
+    /// A comma-separated list of `scheme://host[:port]` origins; `*` is refused
+    /// because credentials (cookies) are allowed.
+    fn origins(&self, var: &'static str) -> Result<Vec<String>, ConfigError> {
+        let Some(raw) = self.get(var) else { return Ok(vec![]) };
+        raw.split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| {
+                let ok = (o.starts_with("https://") || o.starts_with("http://"))
+                    && !o.trim_end_matches('/').contains(['*', ' '])
+                    && o.splitn(4, '/').count() == 3;
+                if ok {
+                    Ok(o.trim_end_matches('/').to_string())
+                } else {
+                    Err(ConfigError {
+                        var,
+                        problem: format!(
+                            "`{o}` is not an origin like https://app.example.com (no paths, no wildcards)"
+                        ),
+                    })
+                }
+            })
+            .collect()
     }
 
     fn millis(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {

@@ -1,0 +1,123 @@
+//! `/api/v1/api-keys`: a caller's own keys. Admins see and revoke every key
+//! of their company. A token is shown once, at creation.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::time::Duration;
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::auth::{Principal, issue_key};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Id, ValidJson};
+use crate::state::AppState;
+use floq_shared::db;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/api-keys", get(list).post(create))
+        .route("/api/v1/api-keys/{id}", delete(revoke))
+}
+
+const SCOPES: [&str; 2] = ["api", "mcp"];
+
+fn valid_scopes(scopes: &[String]) -> Result<(), validator::ValidationError> {
+    if scopes.is_empty() || scopes.iter().any(|s| !SCOPES.contains(&s.as_str())) {
+        return Err(
+            validator::ValidationError::new("scopes").with_message("scopes are one or more of: api, mcp".into())
+        );
+    }
+    Ok(())
+}
+
+#[derive(Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    #[validate(length(min = 1, max = 100))]
+    name: String,
+    #[validate(custom(function = "valid_scopes"))]
+    scopes: Vec<String>,
+    #[validate(range(min = 60, max = 31_536_000))]
+    ttl_seconds: Option<u64>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    ValidJson(body): ValidJson<CreateKey>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let ttl = body
+        .ttl_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(state.config.api_key_ttl);
+    let expires_at = Utc::now() + ttl;
+    let mut scopes = body.scopes;
+    scopes.sort();
+    scopes.dedup();
+    let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
+    let (id, token) = issue_key(
+        &mut tx,
+        &state.keys,
+        principal.company_id,
+        principal.user_id,
+        body.name.trim(),
+        &scopes,
+        expires_at,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "name": body.name.trim(), "scopes": scopes, "expires_at": expires_at, "token": token})),
+    ))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct KeyInfo {
+    id: Uuid,
+    user_id: Uuid,
+    name: String,
+    scopes: Vec<String>,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Value>> {
+    let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
+    let keys: Vec<KeyInfo> = sqlx::query_as(
+        "SELECT id, user_id, name, scopes, created_at, expires_at, revoked_at FROM api_keys
+          WHERE ($1 OR user_id = $2) ORDER BY id DESC",
+    )
+    .bind(principal.is_admin())
+    .bind(principal.user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({"items": keys})))
+}
+
+async fn revoke(State(state): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult<StatusCode> {
+    let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
+    let hit = sqlx::query(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL AND ($2 OR user_id = $3)",
+    )
+    .bind(id)
+    .bind(principal.is_admin())
+    .bind(principal.user_id)
+    .execute(&mut *tx)
+    .await?;
+    if hit.rows_affected() == 0 {
+        return Err(ApiError::not_found("api key"));
+    }
+    tx.commit().await?;
+    // This replica forgets it now; the others on the change notification.
+    state.key_cache.invalidate();
+    Ok(StatusCode::NO_CONTENT)
+}

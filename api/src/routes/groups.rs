@@ -1,0 +1,137 @@
+//! `/api/v1/groups`: groups of members, the other subject a grant can name.
+//! Admin only.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::authz::{Authorized, UserManage};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ValidJson;
+use crate::state::AppState;
+use floq_shared::db;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/groups", get(list).post(create)).route(
+        "/api/v1/groups/{id}/members/{user_id}",
+        post(add_member).delete(remove_member),
+    )
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Group {
+    id: Uuid,
+    name: String,
+    members: Vec<Uuid>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+struct CreateGroup {
+    #[validate(length(min = 1, max = 200))]
+    name: String,
+}
+
+async fn list(State(state): State<AppState>, auth: Authorized<UserManage>) -> ApiResult<Json<Value>> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let groups: Vec<Group> = sqlx::query_as(
+        "SELECT g.id, g.name, g.created_at,
+                COALESCE(array_agg(gm.user_id) FILTER (WHERE gm.user_id IS NOT NULL), '{}') AS members
+           FROM groups g LEFT JOIN group_members gm ON gm.group_id = g.id
+          GROUP BY g.id ORDER BY g.name",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({"items": groups})))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    auth: Authorized<UserManage>,
+    ValidJson(body): ValidJson<CreateGroup>,
+) -> ApiResult<(StatusCode, Json<Group>)> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let group: Option<Group> = sqlx::query_as(
+        "INSERT INTO groups (id, company_id, name) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
+         RETURNING id, name, created_at, '{}'::uuid[] AS members",
+    )
+    .bind(Uuid::now_v7())
+    .bind(company_id)
+    .bind(body.name.trim())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let group =
+        group.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "name_taken", "a group with this name exists"))?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(group)))
+}
+
+fn ids(raw: &(String, String)) -> ApiResult<(Uuid, Uuid)> {
+    match (Uuid::parse_str(&raw.0), Uuid::parse_str(&raw.1)) {
+        (Ok(g), Ok(u)) => Ok((g, u)),
+        _ => Err(ApiError::not_found("group member")),
+    }
+}
+
+async fn add_member(
+    State(state): State<AppState>,
+    auth: Authorized<UserManage>,
+    Path(raw): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let (group_id, user_id) = ids(&raw)?;
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    // Both must be this company's: the group under RLS, the user as a member.
+    let added = sqlx::query(
+        "INSERT INTO group_members (company_id, group_id, user_id)
+         SELECT $1, g.id, m.user_id FROM groups g, memberships m WHERE g.id = $2 AND m.user_id = $3
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(company_id)
+    .bind(group_id)
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    if added.rows_affected() == 0 {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM group_members WHERE group_id = $1 AND user_id = $2)")
+                .bind(group_id)
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !exists {
+            return Err(ApiError::not_found("group or user"));
+        }
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    auth: Authorized<UserManage>,
+    Path(raw): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let (group_id, user_id) = ids(&raw)?;
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let removed = sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2")
+        .bind(group_id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    if removed.rows_affected() == 0 {
+        return Err(ApiError::not_found("group member"));
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

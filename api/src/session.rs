@@ -1,0 +1,121 @@
+//! Browser sessions: a random token in an `HttpOnly; Secure; SameSite=Strict`
+//! cookie; PostgreSQL keeps only its SHA-256, so any replica can serve it and
+//! a database leak yields no usable session.
+
+use axum::http::HeaderMap;
+use axum::http::header::COOKIE;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use floq_shared::db;
+
+pub const COOKIE_NAME: &str = "floq_session";
+
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE_NAME)
+        .map(|(_, value)| value.to_string())
+        .filter(|v| !v.is_empty())
+}
+
+pub fn set_cookie(token: &str, max_age_secs: u64) -> String {
+    format!("{COOKIE_NAME}={token}; Path=/; Max-Age={max_age_secs}; HttpOnly; Secure; SameSite=Strict")
+}
+
+pub fn clear_cookie() -> String {
+    format!("{COOKIE_NAME}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict")
+}
+
+/// A live session with the caller's roles in its active company.
+pub struct Live {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub company_id: Uuid,
+    pub roles: Vec<String>,
+}
+
+pub async fn create(
+    pool: &PgPool,
+    user_id: Uuid,
+    company_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<String, sqlx::Error> {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    let mut tx = db::system_tx(pool).await?;
+    sqlx::query("INSERT INTO sessions (id, token_hash, user_id, company_id, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(Uuid::now_v7())
+        .bind(token_hash(&token))
+        .bind(user_id)
+        .bind(company_id)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(token)
+}
+
+/// The session behind a token, if it is live and its user still belongs to its company.
+pub async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Live>, sqlx::Error> {
+    let mut tx = db::system_tx(pool).await?;
+    let row: Option<(Uuid, Uuid, Uuid, Vec<String>)> = sqlx::query_as(
+        "SELECT s.id, s.user_id, s.company_id, m.roles FROM sessions s
+           JOIN memberships m ON m.company_id = s.company_id AND m.user_id = s.user_id
+          WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()",
+    )
+    .bind(token_hash(token))
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row.map(|(id, user_id, company_id, roles)| Live {
+        id,
+        user_id,
+        company_id,
+        roles,
+    }))
+}
+
+pub async fn revoke(pool: &PgPool, session_id: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = db::system_tx(pool).await?;
+    sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1")
+        .bind(session_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Moves a session to another company; false if the user is not a member there.
+pub async fn switch_company(
+    pool: &PgPool,
+    session_id: Uuid,
+    user_id: Uuid,
+    company_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db::system_tx(pool).await?;
+    let moved = sqlx::query(
+        "UPDATE sessions SET company_id = $3
+          WHERE id = $1 AND EXISTS (SELECT 1 FROM memberships WHERE user_id = $2 AND company_id = $3)",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .bind(company_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    tx.commit().await?;
+    Ok(moved)
+}

@@ -1,0 +1,512 @@
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use floq_api::authz::{Capability, ROLES, role_grants};
+use floq_tests::{Options, TestApp};
+
+const PASSWORD: &str = "correct horse battery";
+const ORIGIN: &str = "https://app.floq.test";
+
+fn no_services() -> Options {
+    Options {
+        worker: false,
+        scheduler: false,
+    }
+}
+
+async fn spawn() -> TestApp {
+    TestApp::spawn_configured(no_services(), |c| c.cors_origins = vec![ORIGIN.into()]).await
+}
+
+/// Creates a member with a password through the API; returns their id.
+async fn user_with_password(app: &TestApp, email: &str, roles: &[&str]) -> String {
+    let (status, body) = app
+        .post(
+            "/api/v1/users",
+            &app.admin.api_key,
+            json!({"email": email, "name": "Ada", "password": PASSWORD, "roles": roles}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> (StatusCode, Option<String>, Value) {
+    let resp = app
+        .client
+        .post(format!("{}/api/v1/auth/login", app.base))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, cookie, body)
+}
+
+fn session_of(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+async fn with_cookie(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    cookie: &str,
+    origin: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = app
+        .client
+        .request(method, format!("{}{path}", app.base))
+        .header("cookie", cookie);
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_session_signs_in_with_a_hardened_cookie_and_ends_server_side_on_logout() {
+    let app = spawn().await;
+    user_with_password(&app, "ada@acme.test", &["viewer"]).await;
+
+    let (status, set_cookie, _) = login(&app, "ADA@acme.test", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+    let set_cookie = set_cookie.expect("a session cookie");
+    for attr in [
+        "floq_session=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Max-Age=3600",
+        "Path=/",
+    ] {
+        assert!(set_cookie.contains(attr), "{set_cookie} lacks {attr}");
+    }
+    let cookie = session_of(&set_cookie);
+
+    let (status, me) = with_cookie(&app, Method::GET, "/api/v1/auth/me", &cookie, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["user"]["email"], "ada@acme.test");
+    assert_eq!(me["company"]["id"], app.admin.company_id.to_string());
+    assert_eq!(me["roles"], json!(["viewer"]));
+    // The cookie authorizes like a key with the same roles.
+    assert_eq!(
+        with_cookie(&app, Method::GET, "/api/v1/flows", &cookie, None, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let (status, _) = with_cookie(&app, Method::POST, "/api/v1/auth/logout", &cookie, Some(ORIGIN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        with_cookie(&app, Method::GET, "/api/v1/auth/me", &cookie, None, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn unknown_email_and_wrong_password_answer_the_same() {
+    let app = spawn().await;
+    user_with_password(&app, "ada@acme.test", &["viewer"]).await;
+
+    let (s1, c1, b1) = login(&app, "nobody@acme.test", PASSWORD).await;
+    let (s2, c2, b2) = login(&app, "ada@acme.test", "wrong password!!").await;
+
+    assert_eq!((s1, s2), (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED));
+    assert_eq!((c1, c2), (None, None));
+    assert_eq!(b1["error"]["code"], b2["error"]["code"]);
+    assert_eq!(b1["error"]["message"], b2["error"]["message"]);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_account_with_retry_after() {
+    let app = spawn().await;
+    user_with_password(&app, "ada@acme.test", &["viewer"]).await;
+    for _ in 0..5 {
+        assert_eq!(
+            login(&app, "ada@acme.test", "wrong password!!").await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let resp = app
+        .client
+        .post(format!("{}/api/v1/auth/login", app.base))
+        .json(&json!({"email": "ada@acme.test", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().get("retry-after").is_some());
+    // Once the lock has passed, the right password works and clears the count.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(login(&app, "ada@acme.test", PASSWORD).await.0, StatusCode::OK);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn sessions_expire() {
+    let app = TestApp::spawn_configured(no_services(), |c| c.session_ttl = Duration::from_secs(1)).await;
+    user_with_password(&app, "ada@acme.test", &["viewer"]).await;
+    let cookie = session_of(&login(&app, "ada@acme.test", PASSWORD).await.1.unwrap());
+    assert_eq!(
+        with_cookie(&app, Method::GET, "/api/v1/auth/me", &cookie, None, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        with_cookie(&app, Method::GET, "/api/v1/auth/me", &cookie, None, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_session_switches_only_to_companies_the_user_belongs_to() {
+    let app = spawn().await;
+    user_with_password(&app, "ada@acme.test", &["viewer"]).await;
+    let globex = app.other_company().await;
+    let initech = floq_api::admin::bootstrap(&app.pool, &app.config, "Initech", "boss@initech.test")
+        .await
+        .unwrap();
+    // Globex's admin adds the same person (by e-mail) as an editor there.
+    let (status, _) = app
+        .post(
+            "/api/v1/users",
+            &globex.api_key,
+            json!({"email": "ada@acme.test", "roles": ["flow_editor"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let cookie = session_of(&login(&app, "ada@acme.test", PASSWORD).await.1.unwrap());
+
+    let (status, _) = with_cookie(
+        &app,
+        Method::POST,
+        "/api/v1/auth/switch-company",
+        &cookie,
+        Some(ORIGIN),
+        Some(json!({"company_id": globex.company_id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, me) = with_cookie(&app, Method::GET, "/api/v1/auth/me", &cookie, None, None).await;
+    assert_eq!(me["company"]["id"], globex.company_id.to_string());
+    assert_eq!(me["roles"], json!(["flow_editor"]));
+    assert_eq!(me["companies"].as_array().unwrap().len(), 2);
+
+    let (status, _) = with_cookie(
+        &app,
+        Method::POST,
+        "/api/v1/auth/switch-company",
+        &cookie,
+        Some(ORIGIN),
+        Some(json!({"company_id": initech.company_id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn cookie_requests_that_change_state_need_an_allowed_origin_and_cors_follows_the_allow_list() {
+    let app = spawn().await;
+    user_with_password(&app, "ed@acme.test", &["flow_editor"]).await;
+    let cookie = session_of(&login(&app, "ed@acme.test", PASSWORD).await.1.unwrap());
+    let flow = json!({"name": "x", "definition": {"nodes": [{"id": "a", "type": "merge"}]}});
+
+    for origin in [None, Some("https://evil.test")] {
+        let (status, body) =
+            with_cookie(&app, Method::POST, "/api/v1/flows", &cookie, origin, Some(flow.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{origin:?}");
+        assert_eq!(body["error"]["code"], "origin_not_allowed");
+    }
+    let (status, _) = with_cookie(&app, Method::POST, "/api/v1/flows", &cookie, Some(ORIGIN), Some(flow)).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    for (origin, allowed) in [(ORIGIN, true), ("https://evil.test", false)] {
+        let resp = app
+            .client
+            .request(Method::OPTIONS, format!("{}/api/v1/flows", app.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        let acao = resp
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(acao.as_deref(), allowed.then_some(origin), "{origin}");
+        if allowed {
+            assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
+        }
+    }
+    let resp = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    let resp_api = app
+        .client
+        .get(format!("{}/api/v1/flows", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp_api.headers()["x-frame-options"], "DENY");
+    assert_eq!(resp_api.headers()["x-content-type-options"], "nosniff");
+    drop(resp);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn api_keys_are_shown_once_listed_without_tokens_and_revoked_at_once() {
+    let app = spawn().await;
+    let member = app.member(&["flow_executor"]).await;
+    let (status, created) = app
+        .post(
+            "/api/v1/api-keys",
+            &member.api_key,
+            json!({"name": "ci", "scopes": ["api"], "ttl_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap();
+    assert_eq!(app.get("/api/v1/flows", token).await.0, StatusCode::OK);
+
+    let (_, list) = app.get("/api/v1/api-keys", &member.api_key).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert!(!list.to_string().contains(token));
+    // Someone else's key is not found; an admin may revoke it.
+    let path = format!("/api/v1/api-keys/{}", created["id"].as_str().unwrap());
+    let other = app.member(&["flow_executor"]).await;
+    assert_eq!(
+        app.request(Method::DELETE, &path, &other.api_key, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.request(Method::DELETE, &path, &app.admin.api_key, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.get("/api/v1/flows", token).await.0, StatusCode::UNAUTHORIZED);
+
+    let (_, mcp) = app
+        .post(
+            "/api/v1/api-keys",
+            &member.api_key,
+            json!({"name": "agent", "scopes": ["mcp"]}),
+        )
+        .await;
+    assert_eq!(
+        app.get("/api/v1/flows", mcp["token"].as_str().unwrap()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let (status, body) = app
+        .post(
+            "/api/v1/api-keys",
+            &member.api_key,
+            json!({"name": "", "scopes": ["root"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
+    assert!(fields.contains(&"name") && fields.contains(&"scopes"), "{body}");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn only_admins_manage_users_and_the_last_admin_stays() {
+    let app = spawn().await;
+    let key = &app.admin.api_key;
+    let (status, body) = app
+        .post(
+            "/api/v1/users",
+            key,
+            json!({"email": "short@acme.test", "password": "too-short", "roles": ["viewer"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["error"]["details"][0]["field"], "password");
+    let (status, _) = app
+        .post(
+            "/api/v1/users",
+            key,
+            json!({"email": "x@acme.test", "password": PASSWORD, "roles": ["wizard"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let id = user_with_password(&app, "ed@acme.test", &["flow_editor"]).await;
+    let (_, list) = app.get("/api/v1/users", key).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert!(
+        !list.to_string().contains("argon2"),
+        "password hashes must never leave the database"
+    );
+
+    let editor = app.member(&["flow_editor"]).await;
+    assert_eq!(app.get("/api/v1/users", &editor.api_key).await.0, StatusCode::FORBIDDEN);
+    let globex = app.other_company().await;
+    assert_eq!(
+        app.get(&format!("/api/v1/users/{id}"), &globex.api_key).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    let me = format!("/api/v1/users/{}", app.admin.user_id);
+    let (status, body) = app
+        .request(Method::PATCH, &me, key, Some(json!({"roles": ["viewer"]})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "last_admin");
+    assert_eq!(
+        app.request(Method::DELETE, &me, key, None).await.0,
+        StatusCode::CONFLICT
+    );
+
+    let (status, body) = app
+        .request(
+            Method::PATCH,
+            &format!("/api/v1/users/{id}"),
+            key,
+            Some(json!({"roles": ["admin"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        app.request(Method::DELETE, &me, key, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn groups_hold_only_members_of_their_company() {
+    let app = spawn().await;
+    let key = &app.admin.api_key;
+    let member = user_with_password(&app, "ed@acme.test", &["viewer"]).await;
+    let (status, group) = app.post("/api/v1/groups", key, json!({"name": "ops"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let gid = group["id"].as_str().unwrap();
+    assert_eq!(
+        app.post("/api/v1/groups", key, json!({"name": "ops"})).await.0,
+        StatusCode::CONFLICT
+    );
+
+    assert_eq!(
+        app.post(&format!("/api/v1/groups/{gid}/members/{member}"), key, json!({}))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let globex = app.other_company().await;
+    let outsider = globex.user_id;
+    assert_eq!(
+        app.post(&format!("/api/v1/groups/{gid}/members/{outsider}"), key, json!({}))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.post(
+            &format!("/api/v1/groups/{gid}/members/{member}"),
+            &globex.api_key,
+            json!({})
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, list) = app.get("/api/v1/groups", key).await;
+    assert_eq!(list["items"][0]["members"], json!([member]));
+    assert_eq!(
+        app.request(
+            Method::DELETE,
+            &format!("/api/v1/groups/{gid}/members/{member}"),
+            key,
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    app.teardown().await;
+}
+
+/// Every capability-guarded endpoint, for every role: allowed roles never get
+/// 403, the others always do. Expectations come from the capability table.
+#[tokio::test]
+async fn the_permission_matrix_follows_the_capability_table() {
+    let app = spawn().await;
+    let flow = app
+        .deployed_flow(json!({"nodes": [{"id": "a", "type": "merge"}]}))
+        .await;
+    let run = app.start_run(&flow, json!({})).await;
+    let endpoints: Vec<(Method, String, Capability, Option<Value>)> = vec![
+        (Method::GET, "/api/v1/flows".into(), Capability::FlowRead, None),
+        (Method::GET, format!("/api/v1/flows/{flow}"), Capability::FlowRead, None),
+        (
+            Method::POST,
+            "/api/v1/flows".into(),
+            Capability::FlowEdit,
+            Some(json!({"name": "m", "definition": {"nodes": [{"id": "a", "type": "merge"}]}})),
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/flows/{flow}"),
+            Capability::FlowEdit,
+            Some(json!({"name": "renamed"})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/flows/{flow}/deploy"),
+            Capability::FlowEdit,
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/flows/{flow}/runs"),
+            Capability::FlowExecute,
+            Some(json!({})),
+        ),
+        (Method::GET, "/api/v1/runs".into(), Capability::RunRead, None),
+        (Method::GET, format!("/api/v1/runs/{run}"), Capability::RunRead, None),
+        (Method::GET, "/api/v1/users".into(), Capability::UserManage, None),
+        (Method::GET, "/api/v1/groups".into(), Capability::UserManage, None),
+    ];
+    for role in ROLES {
+        let caller = app.member(&[role]).await;
+        for (method, path, cap, body) in &endpoints {
+            let (status, resp) = app.request(method.clone(), path, &caller.api_key, body.clone()).await;
+            if role_grants(role, *cap) {
+                assert!(status.is_success(), "{role} {method} {path}: {status} {resp}");
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{role} {method} {path}: {resp}");
+            }
+        }
+    }
+    app.teardown().await;
+}
