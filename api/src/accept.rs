@@ -26,6 +26,8 @@ const COMMITTERS: usize = 4;
 
 struct Request {
     company_id: Uuid,
+    /// Set for non-admin callers: the run is only accepted if this user holds `execute` on the flow.
+    grantee: Option<Uuid>,
     flow_id: Uuid,
     run_id: Uuid,
     input: Value,
@@ -46,7 +48,7 @@ pub struct Acceptor {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
-    #[error("the flow does not exist or has no deployed version")]
+    #[error("the flow does not exist, is not executable by the caller, or has no deployed version")]
     NotRunnable,
     #[error("database error while accepting a run")]
     Database(#[source] Arc<sqlx::Error>),
@@ -75,6 +77,7 @@ impl Acceptor {
     pub async fn accept(
         &self,
         company_id: Uuid,
+        grantee: Option<Uuid>,
         flow_id: Uuid,
         input: Value,
         trigger: &'static str,
@@ -84,6 +87,7 @@ impl Acceptor {
         self.tx
             .send(Request {
                 company_id,
+                grantee,
                 flow_id,
                 run_id,
                 input,
@@ -156,12 +160,15 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<BTreeMap<Uuid, (i64,
         let flows: Vec<Uuid> = reqs.iter().map(|r| r.flow_id).collect();
         let triggers: Vec<&str> = reqs.iter().map(|r| r.trigger).collect();
         let inputs: Vec<&Value> = reqs.iter().map(|r| &r.input).collect();
+        let grantees: Vec<Option<Uuid>> = reqs.iter().map(|r| r.grantee).collect();
         let rows: Vec<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(
             "WITH ins AS (
                 INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input)
                 SELECT r.id, f.company_id, f.id, f.latest_version, 'queued', r.trigger, r.input
-                  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[]) AS r(id, flow_id, trigger, input)
+                  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $6::uuid[])
+                       AS r(id, flow_id, trigger, input, grantee)
                   JOIN flows f ON f.id = r.flow_id AND f.latest_version IS NOT NULL AND f.deleted_at IS NULL
+                 WHERE r.grantee IS NULL OR floq_access(r.grantee, 'flow', f.id, f.group_id) >= 2
                 RETURNING id, company_id, flow_id, version, attempt, trigger, input
              )
              INSERT INTO outbox (company_id, run_id, payload)
@@ -178,6 +185,7 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<BTreeMap<Uuid, (i64,
         .bind(&triggers)
         .bind(&inputs)
         .bind(INLINE_INPUT_MAX)
+        .bind(&grantees)
         .fetch_all(&mut *tx)
         .await?;
         for (outbox_id, envelope) in rows {

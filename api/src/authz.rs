@@ -18,15 +18,17 @@ pub enum Capability {
     FlowExecute,
     RunRead,
     UserManage,
+    AccessManage,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 6] = [
         Capability::FlowRead,
         Capability::FlowEdit,
         Capability::FlowExecute,
         Capability::RunRead,
         Capability::UserManage,
+        Capability::AccessManage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +38,7 @@ impl Capability {
             Capability::FlowExecute => "flow:execute",
             Capability::RunRead => "run:read",
             Capability::UserManage => "user:manage",
+            Capability::AccessManage => "access:manage",
         }
     }
 }
@@ -75,7 +78,7 @@ macro_rules! capabilities {
         }
     )*};
 }
-capabilities!(FlowRead, FlowEdit, FlowExecute, RunRead, UserManage);
+capabilities!(FlowRead, FlowEdit, FlowExecute, RunRead, UserManage, AccessManage);
 
 /// An authenticated caller proven to hold capability `C` in its company.
 pub struct Authorized<C: Cap> {

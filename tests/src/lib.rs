@@ -336,6 +336,26 @@ impl TestApp {
         }
     }
 
+    /// Grants `level` on an entity to a user or group, as the main admin.
+    pub async fn grant(
+        &self,
+        subject_type: &str,
+        subject_id: impl ToString,
+        entity_type: &str,
+        entity_id: impl ToString,
+        level: &str,
+    ) {
+        let (status, body) = self
+            .post(
+                "/api/v1/grants",
+                &self.admin.api_key,
+                json!({"subject_type": subject_type, "subject_id": subject_id.to_string(),
+                       "entity_type": entity_type, "entity_id": entity_id.to_string(), "level": level}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
     /// Messages waiting in one of this app's queues.
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         let conn = floq_shared::queue::connect(&amqp_url()).await.expect("broker");

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::access::{self, Level};
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, Id, page_limit};
@@ -30,17 +31,19 @@ struct Flow {
     name: String,
     definition: Value,
     latest_version: Option<i32>,
+    group_id: Option<Uuid>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
-const FLOW_COLUMNS: &str = "id, name, definition, latest_version, created_at, updated_at";
+const FLOW_COLUMNS: &str = "id, name, definition, latest_version, group_id, created_at, updated_at";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateFlow {
     name: String,
     definition: Value,
+    group_id: Option<Uuid>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +51,13 @@ struct CreateFlow {
 struct UpdateFlow {
     name: Option<String>,
     definition: Option<Value>,
+    /// Absent: unchanged; `null`: out of its group; an id: into that group.
+    #[serde(default, deserialize_with = "present")]
+    group_id: Option<Option<Uuid>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Uuid>>, D::Error> {
+    Option::<Uuid>::deserialize(d).map(Some)
 }
 
 fn flow_name(raw: &str) -> ApiResult<String> {
@@ -80,15 +90,20 @@ async fn create(
     let definition = definition(&body.definition)?;
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    if let Some(group) = body.group_id {
+        access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
+    }
     let flow: Flow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO flows (id, company_id, name, definition) VALUES ($1, $2, $3, $4) RETURNING {FLOW_COLUMNS}"
+        "INSERT INTO flows (id, company_id, name, definition, group_id) VALUES ($1, $2, $3, $4, $5) RETURNING {FLOW_COLUMNS}"
     )))
     .bind(Uuid::now_v7())
     .bind(company_id)
     .bind(&name)
     .bind(&definition)
+    .bind(body.group_id)
     .fetch_one(&mut *tx)
     .await?;
+    access::grant_creator(&mut tx, &auth.principal, "flow", flow.id).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(flow)))
 }
@@ -108,12 +123,15 @@ async fn list(
     let limit = page_limit(q.limit)?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let flows: Vec<Flow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {FLOW_COLUMNS} FROM flows
-          WHERE deleted_at IS NULL AND ($1::uuid IS NULL OR id < $1)
-          ORDER BY id DESC LIMIT $2"
+        "SELECT {FLOW_COLUMNS} FROM flows f
+          WHERE deleted_at IS NULL AND ($1::uuid IS NULL OR id < $1) AND {}
+          ORDER BY id DESC LIMIT $2",
+        access::visible_flow_sql("$3", "$4")
     )))
     .bind(q.cursor)
     .bind(limit)
+    .bind(auth.principal.is_admin())
+    .bind(auth.principal.user_id)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -125,6 +143,7 @@ async fn list(
 
 async fn show(State(state): State<AppState>, auth: Authorized<FlowRead>, Id(id): Id) -> ApiResult<Json<Flow>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    access::require_flow(&mut tx, &auth.principal, id, Level::View).await?;
     let flow = fetch(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(flow))
@@ -149,13 +168,20 @@ async fn update(
     let name = body.name.as_deref().map(flow_name).transpose()?;
     let definition = body.definition.as_ref().map(definition).transpose()?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
+    if let Some(Some(group)) = body.group_id {
+        access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
+    }
     let flow: Flow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE flows SET name = COALESCE($2, name), definition = COALESCE($3, definition), updated_at = now()
+        "UPDATE flows SET name = COALESCE($2, name), definition = COALESCE($3, definition),
+                group_id = CASE WHEN $4 THEN $5 ELSE group_id END, updated_at = now()
           WHERE id = $1 AND deleted_at IS NULL RETURNING {FLOW_COLUMNS}"
     )))
     .bind(id)
     .bind(name)
     .bind(definition)
+    .bind(body.group_id.is_some())
+    .bind(body.group_id.flatten())
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("flow"))?;
@@ -166,6 +192,7 @@ async fn update(
 /// Deleting keeps the row (and its versions) so past runs stay readable.
 async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     let hit = sqlx::query("UPDATE flows SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
         .bind(id)
         .execute(&mut *tx)
@@ -190,6 +217,7 @@ async fn deploy(
 ) -> ApiResult<(StatusCode, Json<Deployed>)> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     // The row lock serializes concurrent deploys of one flow, so numbers never collide.
     let version: i32 = sqlx::query_scalar(
         "UPDATE flows SET latest_version = COALESCE(latest_version, 0) + 1

@@ -6,7 +6,9 @@ use crate::state::AppState;
 
 mod api_keys;
 mod auth;
+mod flow_groups;
 mod flows;
+mod grants;
 mod groups;
 mod runs;
 mod users;
@@ -17,6 +19,8 @@ pub fn router() -> Router<AppState> {
         .merge(api_keys::router())
         .merge(users::router())
         .merge(groups::router())
+        .merge(grants::router())
+        .merge(flow_groups::router())
         .merge(flows::router())
         .merge(runs::router())
 }

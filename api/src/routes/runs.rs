@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::accept::AcceptError;
+use crate::access::{self, Level};
+use crate::auth::Principal;
 use crate::authz::{Authorized, FlowExecute, RunRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiQuery, Id, page_limit};
@@ -42,12 +44,17 @@ async fn start(
     ApiJson(body): ApiJson<StartRun>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let company_id = auth.principal.company_id;
-    match state.acceptor.accept(company_id, flow_id, body.input, "api").await {
+    let grantee = (!auth.principal.is_admin()).then_some(auth.principal.user_id);
+    match state
+        .acceptor
+        .accept(company_id, grantee, flow_id, body.input, "api")
+        .await
+    {
         Ok(accepted) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({"run_id": accepted.run_id, "version": accepted.version, "status": "queued"})),
         )),
-        Err(AcceptError::NotRunnable) => Err(not_runnable(&state, company_id, flow_id).await),
+        Err(AcceptError::NotRunnable) => Err(not_runnable(&state, &auth.principal, flow_id).await),
         Err(e @ AcceptError::ShuttingDown) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -57,17 +64,19 @@ async fn start(
     }
 }
 
-/// Tells a missing flow (`404`) from one never deployed (`409`); only on the failure path.
-async fn not_runnable(state: &AppState, company_id: Uuid, flow_id: Uuid) -> ApiError {
+/// Tells a missing or invisible flow (`404`), one the caller may not execute
+/// (`403`) and one never deployed (`409`) apart; only on the failure path.
+async fn not_runnable(state: &AppState, principal: &Principal, flow_id: Uuid) -> ApiError {
     let lookup = async {
-        let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+        let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
+        access::require_flow(&mut tx, principal, flow_id, Level::Execute).await?;
         let exists: Option<Option<i32>> =
             sqlx::query_scalar("SELECT latest_version FROM flows WHERE id = $1 AND deleted_at IS NULL")
                 .bind(flow_id)
                 .fetch_optional(&mut *tx)
                 .await?;
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(exists)
+        Ok::<_, ApiError>(exists)
     };
     match lookup.await {
         Ok(None) => ApiError::not_found("flow"),
@@ -76,7 +85,7 @@ async fn not_runnable(state: &AppState, company_id: Uuid, flow_id: Uuid) -> ApiE
             "not_deployed",
             "the flow has no deployed version; deploy it first",
         ),
-        Err(e) => e.into(),
+        Err(e) => e,
     }
 }
 
@@ -125,6 +134,10 @@ async fn show(State(state): State<AppState>, auth: Authorized<RunRead>, Id(id): 
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("run"))?;
+    // A run is as visible as its flow.
+    access::require_flow(&mut tx, &auth.principal, run.flow_id, Level::View)
+        .await
+        .map_err(|_| ApiError::not_found("run"))?;
     let steps: Vec<Step> = sqlx::query_as(
         "SELECT node_id, status, output, error, started_at, finished_at
            FROM run_steps WHERE run_id = $1 ORDER BY seq",
@@ -167,12 +180,16 @@ async fn list(
           WHERE ($1::uuid IS NULL OR flow_id = $1)
             AND ($2::text IS NULL OR status = $2)
             AND ($3::uuid IS NULL OR id < $3)
+            AND ($5 OR EXISTS (SELECT 1 FROM flows f WHERE f.id = runs.flow_id
+                                  AND floq_access($6, 'flow', f.id, f.group_id) >= 1))
           ORDER BY id DESC LIMIT $4"
     )))
     .bind(q.flow_id)
     .bind(q.status)
     .bind(q.cursor)
     .bind(limit)
+    .bind(auth.principal.is_admin())
+    .bind(auth.principal.user_id)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -496,11 +496,19 @@ async fn the_permission_matrix_follows_the_capability_table() {
         (Method::GET, format!("/api/v1/runs/{run}"), Capability::RunRead, None),
         (Method::GET, "/api/v1/users".into(), Capability::UserManage, None),
         (Method::GET, "/api/v1/groups".into(), Capability::UserManage, None),
+        (Method::GET, "/api/v1/grants".into(), Capability::AccessManage, None),
+        (Method::GET, "/api/v1/flow-groups".into(), Capability::FlowRead, None),
+        (Method::POST, "/api/v1/flow-groups".into(), Capability::FlowEdit, None),
     ];
     for role in ROLES {
         let caller = app.member(&[role]).await;
+        app.grant("user", caller.user_id, "flow", &flow, "edit").await;
         for (method, path, cap, body) in &endpoints {
-            let (status, resp) = app.request(method.clone(), path, &caller.api_key, body.clone()).await;
+            let body = match (path.as_str(), method) {
+                ("/api/v1/flow-groups", &Method::POST) => Some(json!({"name": format!("g-{role}")})),
+                _ => body.clone(),
+            };
+            let (status, resp) = app.request(method.clone(), path, &caller.api_key, body).await;
             if role_grants(role, *cap) {
                 assert!(status.is_success(), "{role} {method} {path}: {status} {resp}");
             } else {

@@ -2,6 +2,7 @@
 //! and RabbitMQ, one database and queue prefix per test.
 
 mod flows;
+mod grants;
 mod identity;
 mod resilience;
 mod runs;

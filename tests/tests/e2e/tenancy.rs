@@ -66,6 +66,10 @@ async fn roles_without_the_capability_get_403_on_every_endpoint() {
     let nobody = app.member(&["none"]).await;
     let viewer = app.member(&["viewer"]).await;
     let executor = app.member(&["flow_executor"]).await;
+    // Grants open the entity; the role still decides what may be done with it.
+    for who in [&nobody, &viewer, &executor] {
+        app.grant("user", who.user_id, "flow", &flow, "edit").await;
+    }
     let create = (
         Method::POST,
         "/api/v1/flows".to_string(),

@@ -1,0 +1,145 @@
+//! `/api/v1/grants`: who (a user or a group) may view, execute or edit which
+//! flow, flow group or integration. Admin only.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::authz::{AccessManage, Authorized};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Id, ValidJson};
+use crate::state::AppState;
+use floq_shared::db;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/grants", get(list).post(create))
+        .route("/api/v1/grants/{id}", delete(remove))
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Grant {
+    id: Uuid,
+    subject_type: String,
+    subject_id: Uuid,
+    entity_type: String,
+    entity_id: Uuid,
+    level: String,
+    created_at: DateTime<Utc>,
+}
+
+const GRANT_COLUMNS: &str = "id, subject_type, subject_id, entity_type, entity_id, level, created_at";
+
+fn one_of(value: &str, allowed: &[&str]) -> Result<(), validator::ValidationError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("one_of")
+            .with_message(format!("must be one of: {}", allowed.join(", ")).into()))
+    }
+}
+
+fn subject_type(v: &str) -> Result<(), validator::ValidationError> {
+    one_of(v, &["user", "group"])
+}
+
+fn entity_type(v: &str) -> Result<(), validator::ValidationError> {
+    one_of(v, &["flow", "flow_group", "integration"])
+}
+
+fn level(v: &str) -> Result<(), validator::ValidationError> {
+    one_of(v, &["view", "execute", "edit"])
+}
+
+#[derive(Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+struct CreateGrant {
+    #[validate(custom(function = "subject_type"))]
+    subject_type: String,
+    subject_id: Uuid,
+    #[validate(custom(function = "entity_type"))]
+    entity_type: String,
+    entity_id: Uuid,
+    #[validate(custom(function = "level"))]
+    level: String,
+}
+
+async fn list(State(state): State<AppState>, auth: Authorized<AccessManage>) -> ApiResult<Json<Value>> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let grants: Vec<Grant> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {GRANT_COLUMNS} FROM grants ORDER BY id DESC"
+    )))
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({"items": grants})))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    auth: Authorized<AccessManage>,
+    ValidJson(body): ValidJson<CreateGrant>,
+) -> ApiResult<(StatusCode, Json<Grant>)> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    // Both ends must exist in this company (RLS hides every other company's rows).
+    let subject_sql = match body.subject_type.as_str() {
+        "user" => "SELECT EXISTS (SELECT 1 FROM memberships WHERE user_id = $1)",
+        _ => "SELECT EXISTS (SELECT 1 FROM groups WHERE id = $1)",
+    };
+    let entity_sql = match body.entity_type.as_str() {
+        "flow" => "SELECT EXISTS (SELECT 1 FROM flows WHERE id = $1 AND deleted_at IS NULL)",
+        "flow_group" => "SELECT EXISTS (SELECT 1 FROM flow_groups WHERE id = $1)",
+        _ => {
+            return Err(ApiError::validation(
+                "integrations cannot be granted yet",
+                json!([{"field": "entity_type", "message": "integrations (credentials) are not available in this release"}]),
+            ));
+        }
+    };
+    for (sql, id, what) in [
+        (subject_sql, body.subject_id, "subject"),
+        (entity_sql, body.entity_id, "entity"),
+    ] {
+        let exists: bool = sqlx::query_scalar(sql).bind(id).fetch_one(&mut *tx).await?;
+        if !exists {
+            return Err(ApiError::not_found(what));
+        }
+    }
+    let grant: Option<Grant> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO grants (id, company_id, subject_type, subject_id, entity_type, entity_id, level)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING {GRANT_COLUMNS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(company_id)
+    .bind(&body.subject_type)
+    .bind(body.subject_id)
+    .bind(&body.entity_type)
+    .bind(body.entity_id)
+    .bind(&body.level)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let grant = grant.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "exists", "this grant exists already"))?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(grant)))
+}
+
+async fn remove(State(state): State<AppState>, auth: Authorized<AccessManage>, Id(id): Id) -> ApiResult<StatusCode> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let hit = sqlx::query("DELETE FROM grants WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if hit.rows_affected() == 0 {
+        return Err(ApiError::not_found("grant"));
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
