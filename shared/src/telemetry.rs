@@ -26,6 +26,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub login_failures: prometheus::IntCounter,
     pub runs_enqueued: IntCounterVec,
     pub runs_completed: IntCounterVec,
     pub run_duration: Histogram,
@@ -75,6 +76,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "HTTP request latency",
             &["method", "route"],
         ),
+        login_failures: {
+            let c = prometheus::IntCounter::new("floq_login_failures_total", "Failed sign-ins").expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        },
         runs_enqueued: counter("floq_runs_enqueued_total", "Runs accepted", &["trigger"]),
         runs_completed: counter("floq_runs_completed_total", "Runs finished", &["status"]),
         run_duration: plain_histogram("floq_run_duration_seconds", "Run execution time"),

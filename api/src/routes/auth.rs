@@ -79,6 +79,7 @@ async fn login(
     let valid = password::verify(body.password, hash).await;
     let (Some(user_id), Some(company_id), true) = (user_id, company, valid) else {
         throttle::record_failure(&state.pool, &keys).await?;
+        floq_shared::telemetry::METRICS.login_failures.inc();
         tracing::info!(client = %client.ip(), "sign-in failed");
         return Err(invalid_credentials());
     };

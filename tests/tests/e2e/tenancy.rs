@@ -158,6 +158,16 @@ async fn missing_forged_unknown_and_revoked_keys_get_401() {
         exp: i64::MAX / 2,
     });
     assert_eq!(app.get("/api/v1/flows", &unknown).await.0, StatusCode::UNAUTHORIZED);
+    // A real key id, but past its expiry.
+    let expired = floq_api::auth::Keys::new(app.config.jwt_secret.expose()).sign(&floq_api::auth::Claims {
+        sub: app.admin.user_id,
+        cid: app.admin.company_id,
+        kid: app.admin.key_id,
+        scopes: vec!["api".into()],
+        iat: 0,
+        exp: chrono_now() - 10,
+    });
+    assert_eq!(app.get("/api/v1/flows", &expired).await.0, StatusCode::UNAUTHORIZED);
 
     assert_eq!(app.get("/api/v1/flows", &app.admin.api_key).await.0, StatusCode::OK);
     let mut tx = db::tenant_tx(&app.pool, app.admin.company_id).await.unwrap();
@@ -264,4 +274,11 @@ async fn a_demoted_users_keys_are_demoted_with_them() {
     }
     assert_eq!(app.get("/api/v1/flows", &editor.api_key).await.0, StatusCode::OK);
     app.teardown().await;
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
