@@ -37,16 +37,17 @@ FLOQ_DATABASE_URL=$FLOQ_TEST_DATABASE_URL FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
   "$ROOT/deploy/local/services.sh"
 
 step "leftovers of interrupted test runs"
-# Each test makes its own database (floq_t_*) and queues (t<32 hex>.*) and
+# Each test makes its own database (floq_t_*, cloned from floq_tmpl_*, which
+# is rebuilt when missing) and queues (t<32 hex>.*) and
 # removes them at the end; a killed run leaves them behind, and idle quorum
 # queues still cost the broker CPU. Nothing else uses these names.
-psql "$FLOQ_TEST_DATABASE_URL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'floq\_t\_%'" 2>/dev/null |
+psql "$FLOQ_TEST_DATABASE_URL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'floq\_t\_%' OR datname LIKE 'floq\_tmpl\_%'" 2>/dev/null |
   while read -r db; do
-    [[ -n $db ]] && psql "$FLOQ_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    [[ -n $db ]] && psql "$FLOQ_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" </dev/null >/dev/null 2>&1 || true
   done || true
 if command -v rabbitmqctl >/dev/null 2>&1; then
   timeout 60 rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^t[0-9a-f]{32}\.' |
-    while read -r q; do timeout 30 rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done || true
+    while read -r q; do timeout 30 rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done || true
 fi
 
 step "cargo fmt --all -- --check"

@@ -166,7 +166,7 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
             if std::env::var("TEST_LOG").is_ok() {
                 "debug"
             } else {
-                "error"
+                "off"
             }
             .into(),
         ),
