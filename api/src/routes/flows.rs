@@ -9,11 +9,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
+use validator::Validate;
 
 use crate::access::{self, Level};
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery, Id, page_limit};
+use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
 use crate::state::AppState;
 use floq_shared::db;
 use floq_shared::flow;
@@ -38,17 +39,19 @@ struct Flow {
 
 const FLOW_COLUMNS: &str = "id, name, definition, latest_version, group_id, created_at, updated_at";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 struct CreateFlow {
+    #[validate(custom(function = "flow_name"))]
     name: String,
     definition: Value,
     group_id: Option<Uuid>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 struct UpdateFlow {
+    #[validate(custom(function = "flow_name"))]
     name: Option<String>,
     definition: Option<Value>,
     /// Absent: unchanged; `null`: out of its group; an id: into that group.
@@ -60,15 +63,13 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Uuid>
     Option::<Uuid>::deserialize(d).map(Some)
 }
 
-fn flow_name(raw: &str) -> ApiResult<String> {
-    let name = raw.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation(
-            "the flow name is invalid",
-            json!([{"field": "name", "message": "must be 1 to 200 characters"}]),
-        ));
+/// Names are stored trimmed, so the rule applies to the trimmed text.
+fn flow_name(raw: &str) -> Result<(), validator::ValidationError> {
+    if (1..=200).contains(&raw.trim().chars().count()) {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("length").with_message("must be 1 to 200 characters".into()))
     }
-    Ok(name.to_string())
 }
 
 fn definition(raw: &Value) -> ApiResult<Value> {
@@ -84,9 +85,9 @@ fn definition(raw: &Value) -> ApiResult<Value> {
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,
-    ApiJson(body): ApiJson<CreateFlow>,
+    ValidJson(body): ValidJson<CreateFlow>,
 ) -> ApiResult<(StatusCode, Json<Flow>)> {
-    let name = flow_name(&body.name)?;
+    let name = body.name.trim();
     let definition = definition(&body.definition)?;
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
@@ -98,7 +99,7 @@ async fn create(
     )))
     .bind(Uuid::now_v7())
     .bind(company_id)
-    .bind(&name)
+    .bind(name)
     .bind(&definition)
     .bind(body.group_id)
     .fetch_one(&mut *tx)
@@ -163,9 +164,9 @@ async fn update(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,
     Id(id): Id,
-    ApiJson(body): ApiJson<UpdateFlow>,
+    ValidJson(body): ValidJson<UpdateFlow>,
 ) -> ApiResult<Json<Flow>> {
-    let name = body.name.as_deref().map(flow_name).transpose()?;
+    let name = body.name.as_deref().map(str::trim);
     let definition = body.definition.as_ref().map(definition).transpose()?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;

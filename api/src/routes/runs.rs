@@ -9,13 +9,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
+use validator::Validate;
 
 use crate::accept::AcceptError;
 use crate::access::{self, Level};
 use crate::auth::Principal;
 use crate::authz::{Authorized, FlowExecute, RunRead};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery, Id, page_limit};
+use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
 use crate::state::AppState;
 use floq_shared::db;
 
@@ -26,7 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/runs/{id}", get(show))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 struct StartRun {
     #[serde(default = "empty_object")]
@@ -41,7 +42,7 @@ async fn start(
     State(state): State<AppState>,
     auth: Authorized<FlowExecute>,
     Id(flow_id): Id,
-    ApiJson(body): ApiJson<StartRun>,
+    ValidJson(body): ValidJson<StartRun>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let company_id = auth.principal.company_id;
     let grantee = (!auth.principal.is_admin()).then_some(auth.principal.user_id);
