@@ -50,6 +50,16 @@ async fn login(app: &TestApp, email: &str, password: &str) -> (StatusCode, Optio
     (status, cookie, body)
 }
 
+/// Status of a GET carrying a session cookie.
+async fn get_with_cookie(app: &TestApp, path: &str, cookie: &str) -> StatusCode {
+    with_cookie(app, Method::GET, path, cookie, None, None).await.0
+}
+
+/// Signs in and returns the `floq_session=…` cookie pair.
+async fn signed_in(app: &TestApp, email: &str) -> String {
+    session_of(&login(app, email, PASSWORD).await.1.expect("a session cookie"))
+}
+
 fn session_of(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().to_string()
 }
@@ -103,19 +113,12 @@ async fn a_session_signs_in_with_a_hardened_cookie_and_ends_server_side_on_logou
     assert_eq!(me["company"]["id"], app.admin.company_id.to_string());
     assert_eq!(me["roles"], json!(["viewer"]));
     // The cookie authorizes like a key with the same roles.
-    assert_eq!(
-        with_cookie(&app, Method::GET, "/api/v1/flows", &cookie, None, None)
-            .await
-            .0,
-        StatusCode::OK
-    );
+    assert_eq!(get_with_cookie(&app, "/api/v1/flows", &cookie).await, StatusCode::OK);
 
     let (status, _) = with_cookie(&app, Method::POST, "/api/v1/auth/logout", &cookie, Some(ORIGIN), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(
-        with_cookie(&app, Method::GET, "/api/v1/auth/me", &cookie, None, None)
-            .await
-            .0,
+        get_with_cookie(&app, "/api/v1/auth/me", &cookie).await,
         StatusCode::UNAUTHORIZED
     );
     app.teardown().await;
@@ -165,18 +168,11 @@ async fn repeated_failures_lock_the_account_with_retry_after() {
 async fn sessions_expire() {
     let app = TestApp::spawn_configured(no_services(), |c| c.session_ttl = Duration::from_secs(1)).await;
     user_with_password(&app, "ada@acme.test", &["viewer"]).await;
-    let cookie = session_of(&login(&app, "ada@acme.test", PASSWORD).await.1.unwrap());
-    assert_eq!(
-        with_cookie(&app, Method::GET, "/api/v1/auth/me", &cookie, None, None)
-            .await
-            .0,
-        StatusCode::OK
-    );
+    let cookie = signed_in(&app, "ada@acme.test").await;
+    assert_eq!(get_with_cookie(&app, "/api/v1/auth/me", &cookie).await, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
-        with_cookie(&app, Method::GET, "/api/v1/auth/me", &cookie, None, None)
-            .await
-            .0,
+        get_with_cookie(&app, "/api/v1/auth/me", &cookie).await,
         StatusCode::UNAUTHORIZED
     );
     app.teardown().await;
@@ -199,7 +195,7 @@ async fn a_session_switches_only_to_companies_the_user_belongs_to() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let cookie = session_of(&login(&app, "ada@acme.test", PASSWORD).await.1.unwrap());
+    let cookie = signed_in(&app, "ada@acme.test").await;
 
     let (status, _) = with_cookie(
         &app,
@@ -233,7 +229,7 @@ async fn a_session_switches_only_to_companies_the_user_belongs_to() {
 async fn cookie_requests_that_change_state_need_an_allowed_origin_and_cors_follows_the_allow_list() {
     let app = spawn().await;
     user_with_password(&app, "ed@acme.test", &["flow_editor"]).await;
-    let cookie = session_of(&login(&app, "ed@acme.test", PASSWORD).await.1.unwrap());
+    let cookie = signed_in(&app, "ed@acme.test").await;
     let flow = json!({"name": "x", "definition": {"nodes": [{"id": "a", "type": "merge"}]}});
 
     for origin in [None, Some("https://evil.test")] {
