@@ -514,3 +514,123 @@ async fn the_permission_matrix_follows_the_capability_table() {
     }
     app.teardown().await;
 }
+
+/// Every endpoint, with credentials that must never work: none, revoked,
+/// expired key, expired session (401); and another company's admin, who gets
+/// 404 for anything that names an id of ours.
+#[tokio::test]
+async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials() {
+    let app = spawn().await;
+    let admin = &app.admin.api_key;
+    let flow = app
+        .deployed_flow(json!({"nodes": [{"id": "a", "type": "merge"}]}))
+        .await;
+    let run = app.start_run(&flow, json!({})).await;
+    let member = user_with_password(&app, "ada@acme.test", &["viewer"]).await;
+    let (_, group) = app.post("/api/v1/groups", admin, json!({"name": "team"})).await;
+    let group = group["id"].as_str().unwrap().to_string();
+    let (_, folder) = app.post("/api/v1/flow-groups", admin, json!({"name": "folder"})).await;
+    let folder = folder["id"].as_str().unwrap().to_string();
+    let (_, grant) = app
+        .post("/api/v1/grants", admin, json!({"subject_type": "user", "subject_id": member, "entity_type": "flow", "entity_id": flow, "level": "view"}))
+        .await;
+    let grant = grant["id"].as_str().unwrap().to_string();
+    let (_, key) = app
+        .post("/api/v1/api-keys", admin, json!({"name": "k", "scopes": ["api"]}))
+        .await;
+    let key_id = key["id"].as_str().unwrap().to_string();
+
+    // (method, path, names one of our ids)
+    let endpoints: Vec<(Method, String, bool)> = vec![
+        (Method::GET, "/api/v1/flows".into(), false),
+        (Method::POST, "/api/v1/flows".into(), false),
+        (Method::GET, format!("/api/v1/flows/{flow}"), true),
+        (Method::PUT, format!("/api/v1/flows/{flow}"), true),
+        (Method::DELETE, format!("/api/v1/flows/{flow}"), true),
+        (Method::POST, format!("/api/v1/flows/{flow}/deploy"), true),
+        (Method::POST, format!("/api/v1/flows/{flow}/runs"), true),
+        (Method::GET, "/api/v1/runs".into(), false),
+        (Method::GET, format!("/api/v1/runs/{run}"), true),
+        (Method::GET, "/api/v1/users".into(), false),
+        (Method::POST, "/api/v1/users".into(), false),
+        (Method::GET, format!("/api/v1/users/{member}"), true),
+        (Method::PATCH, format!("/api/v1/users/{member}"), true),
+        (Method::DELETE, format!("/api/v1/users/{member}"), true),
+        (Method::GET, "/api/v1/groups".into(), false),
+        (Method::POST, "/api/v1/groups".into(), false),
+        (Method::POST, format!("/api/v1/groups/{group}/members/{member}"), true),
+        (Method::DELETE, format!("/api/v1/groups/{group}/members/{member}"), true),
+        (Method::GET, "/api/v1/flow-groups".into(), false),
+        (Method::POST, "/api/v1/flow-groups".into(), false),
+        (Method::GET, format!("/api/v1/flow-groups/{folder}"), true),
+        (Method::PUT, format!("/api/v1/flow-groups/{folder}"), true),
+        (Method::DELETE, format!("/api/v1/flow-groups/{folder}"), true),
+        (Method::GET, "/api/v1/grants".into(), false),
+        (Method::POST, "/api/v1/grants".into(), false),
+        (Method::DELETE, format!("/api/v1/grants/{grant}"), true),
+        (Method::GET, "/api/v1/api-keys".into(), false),
+        (Method::POST, "/api/v1/api-keys".into(), false),
+        (Method::DELETE, format!("/api/v1/api-keys/{key_id}"), true),
+        (Method::GET, "/api/v1/auth/me".into(), false),
+    ];
+
+    let revoked = app.member(&["admin"]).await;
+    let mut tx = floq_shared::db::tenant_tx(&app.pool, app.admin.company_id)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1")
+        .bind(revoked.key_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let expired_key = floq_api::auth::Keys::new(app.config.jwt_secret.expose()).sign(&floq_api::auth::Claims {
+        sub: app.admin.user_id,
+        cid: app.admin.company_id,
+        kid: app.admin.key_id,
+        scopes: vec!["api".into()],
+        iat: 0,
+        exp: 1,
+    });
+    let expired_session = signed_in(&app, "ada@acme.test").await;
+    sqlx::query("UPDATE sessions SET expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let globex = app.other_company().await;
+
+    for (method, path, names_our_id) in &endpoints {
+        let send = |auth: Option<(&str, String)>| {
+            // A body valid for the endpoint, so only the credential decides.
+            let body = match *method {
+                Method::PATCH => json!({"roles": ["viewer"]}),
+                Method::PUT if path.contains("flow-groups") => json!({"name": "renamed"}),
+                _ => json!({}),
+            };
+            let mut req = app
+                .client
+                .request(method.clone(), format!("{}{path}", app.base))
+                .json(&body);
+            if let Some((name, value)) = auth {
+                req = req.header(name, value).header("origin", ORIGIN);
+            }
+            async move { req.send().await.unwrap().status() }
+        };
+        for (who, auth) in [
+            ("nobody", None),
+            (
+                "revoked key",
+                Some(("authorization", format!("Bearer {}", revoked.api_key))),
+            ),
+            ("expired key", Some(("authorization", format!("Bearer {expired_key}")))),
+            ("expired session", Some(("cookie", expired_session.clone()))),
+        ] {
+            assert_eq!(send(auth).await, StatusCode::UNAUTHORIZED, "{who}: {method} {path}");
+        }
+        if *names_our_id {
+            let status = send(Some(("authorization", format!("Bearer {}", globex.api_key)))).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "another company: {method} {path}");
+        }
+    }
+    app.teardown().await;
+}
