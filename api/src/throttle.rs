@@ -3,6 +3,9 @@
 //! exponentially growing time (1 s, 2 s, 4 s … capped at 15 min). A success
 //! clears the account's count.
 
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -17,6 +20,27 @@ pub fn account_key(email: &str) -> String {
 
 pub fn client_key(addr: &std::net::IpAddr) -> String {
     format!("ip:{addr}")
+}
+
+/// The client's address: the peer, unless the peer is a trusted reverse proxy
+/// (`FLOQ_TRUSTED_PROXIES`), in which case the nearest untrusted address in
+/// `X-Forwarded-For`. Without this, every client behind a proxy would share
+/// one throttling bucket. Untrusted peers cannot spoof the header.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find(|a| !trusted.contains(a))
+        .unwrap_or(peer)
 }
 
 /// The latest `locked_until` in the future among `keys`, if any.
@@ -58,4 +82,22 @@ pub async fn clear(pool: &PgPool, key: &str) -> Result<(), sqlx::Error> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "6.6.6.6, 203.0.113.9".parse().unwrap());
+        assert_eq!(
+            client_ip(proxy, &headers, &[proxy]),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(proxy, &headers, &[]), proxy);
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &[proxy]), proxy);
+    }
 }

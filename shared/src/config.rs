@@ -45,6 +45,7 @@ pub struct Config {
     pub auth_cache_ttl: Duration,
     pub session_ttl: Duration,
     pub cors_origins: Vec<String>,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub http_addr: SocketAddr,
     pub worker_http_addr: SocketAddr,
     pub scheduler_http_addr: SocketAddr,
@@ -112,6 +113,7 @@ impl Config {
             api_key_ttl: v.seconds("FLOQ_API_KEY_TTL", 86_400)?,
             session_ttl: v.seconds("FLOQ_SESSION_TTL", 3_600)?,
             cors_origins: v.origins("FLOQ_CORS_ORIGINS")?,
+            trusted_proxies: v.ip_list("FLOQ_TRUSTED_PROXIES")?,
             auth_cache_ttl: Duration::from_millis(v.parse_in("FLOQ_AUTH_CACHE_TTL_MS", 30_000, 0..=3_600_000)?),
             http_addr: v.parse("FLOQ_HTTP_ADDR", "127.0.0.1:8080")?,
             worker_http_addr: v.parse("FLOQ_WORKER_HTTP_ADDR", "127.0.0.1:8081")?,
@@ -215,6 +217,20 @@ impl Vars {
                         ),
                     })
                 }
+            })
+            .collect()
+    }
+
+    fn ip_list(&self, var: &'static str) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+        let Some(raw) = self.get(var) else { return Ok(vec![]) };
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse().map_err(|_| ConfigError {
+                    var,
+                    problem: format!("`{s}` is not an IP address"),
+                })
             })
             .collect()
     }

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
 use axum::http::header::{RETRY_AFTER, SET_COOKIE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -50,10 +50,12 @@ fn invalid_credentials() -> ApiError {
 
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ValidJson(body): ValidJson<Login>,
 ) -> ApiResult<Response> {
-    let keys = [throttle::account_key(&body.email), throttle::client_key(&client.ip())];
+    let client = throttle::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
+    let keys = [throttle::account_key(&body.email), throttle::client_key(&client)];
     if let Some(until) = throttle::locked_until(&state.pool, &keys).await? {
         let wait = (until - Utc::now()).num_seconds().max(1);
         let mut response = ApiError::new(
@@ -80,7 +82,7 @@ async fn login(
     let (Some(user_id), Some(company_id), true) = (user_id, company, valid) else {
         throttle::record_failure(&state.pool, &keys).await?;
         floq_shared::telemetry::METRICS.login_failures.inc();
-        tracing::info!(client = %client.ip(), "sign-in failed");
+        tracing::info!(client = %client, "sign-in failed");
         return Err(invalid_credentials());
     };
     throttle::clear(&state.pool, &keys[0]).await?;

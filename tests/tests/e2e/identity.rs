@@ -356,9 +356,24 @@ async fn only_admins_manage_users_and_the_last_admin_stays() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
+    // Whether an e-mail exists elsewhere does not change the answer: no password is needed.
+    let (status, _) = app
+        .post(
+            "/api/v1/users",
+            key,
+            json!({"email": "new@acme.test", "roles": ["viewer"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        login(&app, "new@acme.test", "").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(login(&app, "new@acme.test", PASSWORD).await.0, StatusCode::UNAUTHORIZED);
+
     let id = user_with_password(&app, "ed@acme.test", &["flow_editor"]).await;
     let (_, list) = app.get("/api/v1/users", key).await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
     assert!(
         !list.to_string().contains("argon2"),
         "password hashes must never leave the database"
