@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod endpoints;
+
 pub use floq_api::admin::Bootstrapped;
 use floq_shared::Config;
 

@@ -4,6 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use floq_api::authz::{Capability, ROLES, role_grants};
+use floq_tests::endpoints::{ENDPOINTS, Guard, declared_routes, shape};
 use floq_tests::{Options, TestApp};
 
 const PASSWORD: &str = "correct horse battery";
@@ -555,39 +556,24 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
         .await;
     let key_id = key["id"].as_str().unwrap().to_string();
 
-    // (method, path, names one of our ids)
-    let endpoints: Vec<(Method, String, bool)> = vec![
-        (Method::GET, "/api/v1/flows".into(), false),
-        (Method::POST, "/api/v1/flows".into(), false),
-        (Method::GET, format!("/api/v1/flows/{flow}"), true),
-        (Method::PUT, format!("/api/v1/flows/{flow}"), true),
-        (Method::DELETE, format!("/api/v1/flows/{flow}"), true),
-        (Method::POST, format!("/api/v1/flows/{flow}/deploy"), true),
-        (Method::POST, format!("/api/v1/flows/{flow}/runs"), true),
-        (Method::GET, "/api/v1/runs".into(), false),
-        (Method::GET, format!("/api/v1/runs/{run}"), true),
-        (Method::GET, "/api/v1/users".into(), false),
-        (Method::POST, "/api/v1/users".into(), false),
-        (Method::GET, format!("/api/v1/users/{member}"), true),
-        (Method::PATCH, format!("/api/v1/users/{member}"), true),
-        (Method::DELETE, format!("/api/v1/users/{member}"), true),
-        (Method::GET, "/api/v1/groups".into(), false),
-        (Method::POST, "/api/v1/groups".into(), false),
-        (Method::POST, format!("/api/v1/groups/{group}/members/{member}"), true),
-        (Method::DELETE, format!("/api/v1/groups/{group}/members/{member}"), true),
-        (Method::GET, "/api/v1/flow-groups".into(), false),
-        (Method::POST, "/api/v1/flow-groups".into(), false),
-        (Method::GET, format!("/api/v1/flow-groups/{folder}"), true),
-        (Method::PUT, format!("/api/v1/flow-groups/{folder}"), true),
-        (Method::DELETE, format!("/api/v1/flow-groups/{folder}"), true),
-        (Method::GET, "/api/v1/grants".into(), false),
-        (Method::POST, "/api/v1/grants".into(), false),
-        (Method::DELETE, format!("/api/v1/grants/{grant}"), true),
-        (Method::GET, "/api/v1/api-keys".into(), false),
-        (Method::POST, "/api/v1/api-keys".into(), false),
-        (Method::DELETE, format!("/api/v1/api-keys/{key_id}"), true),
-        (Method::GET, "/api/v1/auth/me".into(), false),
+    let fixtures = [
+        ("{flow}", flow.clone()),
+        ("{run}", run.clone()),
+        ("{user}", member.clone()),
+        ("{group}", group.clone()),
+        ("{folder}", folder.clone()),
+        ("{grant}", grant.clone()),
+        ("{key}", key_id.clone()),
     ];
+    // (method, path, names one of our ids); the public sign-in is the one exception.
+    let endpoints: Vec<(Method, String, bool)> = ENDPOINTS
+        .iter()
+        .filter(|(_, _, guard)| *guard != Guard::Public)
+        .map(|(method, template, _)| {
+            let path = fixtures.iter().fold(template.to_string(), |p, (k, v)| p.replace(k, v));
+            (method.parse().unwrap(), path, template.contains('{'))
+        })
+        .collect();
 
     let revoked = app.member(&["admin"]).await;
     let mut tx = floq_shared::db::tenant_tx(&app.pool, app.admin.company_id)
@@ -645,6 +631,49 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
         if *names_our_id {
             let status = send(Some(("authorization", format!("Bearer {}", globex.api_key)))).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "another company: {method} {path}");
+        }
+    }
+    app.teardown().await;
+}
+
+#[test]
+fn every_route_is_in_the_endpoint_table() {
+    let mut declared = declared_routes();
+    let mut table: Vec<(String, String)> = ENDPOINTS.iter().map(|(m, p, _)| (m.to_string(), shape(p))).collect();
+    declared.sort();
+    table.sort();
+    assert!(declared.len() > 20, "the route scan found too little: {declared:?}");
+    assert_eq!(
+        declared, table,
+        "add new routes to tests/src/endpoints.rs with their guard"
+    );
+}
+
+/// Every capability-guarded endpoint refuses every role the table does not
+/// give that capability, before touching anything (so it is safe to try all).
+#[tokio::test]
+async fn every_role_without_the_capability_gets_403_on_every_guarded_endpoint() {
+    let app = spawn().await;
+    let flow = app
+        .deployed_flow(json!({"nodes": [{"id": "a", "type": "merge"}]}))
+        .await;
+    let id = uuid::Uuid::now_v7().to_string();
+    for role in ROLES {
+        let caller = app.member(&[role]).await;
+        app.grant("user", caller.user_id, "flow", &flow, "edit").await;
+        for (method, template, guard) in ENDPOINTS {
+            let Guard::Role(cap) = guard else { continue };
+            if role_grants(role, *cap) {
+                continue;
+            }
+            let path = template.replace("{flow}", &flow);
+            let path = ["{run}", "{user}", "{group}", "{folder}", "{grant}", "{key}"]
+                .iter()
+                .fold(path, |p, k| p.replace(k, &id));
+            let (status, body) = app
+                .request(method.parse().unwrap(), &path, &caller.api_key, Some(json!({})))
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{role} {method} {path}: {body}");
         }
     }
     app.teardown().await;

@@ -1,0 +1,127 @@
+//! Every API endpoint and what guards it. `identity::every_route_is_in_the_endpoint_table`
+//! fails when a route is added without an entry here, so the permission tests
+//! (which iterate this table) cannot forget an endpoint.
+
+use floq_api::authz::Capability;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Guard {
+    /// No credential needed (signing in).
+    Public,
+    /// Any authenticated caller; what they reach is limited by ownership.
+    Authenticated,
+    /// A role holding this capability.
+    Role(Capability),
+}
+
+/// (method, path with `{placeholders}` naming test fixtures, guard).
+pub const ENDPOINTS: &[(&str, &str, Guard)] = &[
+    ("POST", "/api/v1/auth/login", Guard::Public),
+    ("POST", "/api/v1/auth/logout", Guard::Authenticated),
+    ("GET", "/api/v1/auth/me", Guard::Authenticated),
+    ("POST", "/api/v1/auth/switch-company", Guard::Authenticated),
+    ("GET", "/api/v1/api-keys", Guard::Authenticated),
+    ("POST", "/api/v1/api-keys", Guard::Authenticated),
+    ("DELETE", "/api/v1/api-keys/{key}", Guard::Authenticated),
+    ("GET", "/api/v1/users", Guard::Role(Capability::UserManage)),
+    ("POST", "/api/v1/users", Guard::Role(Capability::UserManage)),
+    ("GET", "/api/v1/users/{user}", Guard::Role(Capability::UserManage)),
+    ("PATCH", "/api/v1/users/{user}", Guard::Role(Capability::UserManage)),
+    ("DELETE", "/api/v1/users/{user}", Guard::Role(Capability::UserManage)),
+    ("GET", "/api/v1/groups", Guard::Role(Capability::UserManage)),
+    ("POST", "/api/v1/groups", Guard::Role(Capability::UserManage)),
+    (
+        "POST",
+        "/api/v1/groups/{group}/members/{user}",
+        Guard::Role(Capability::UserManage),
+    ),
+    (
+        "DELETE",
+        "/api/v1/groups/{group}/members/{user}",
+        Guard::Role(Capability::UserManage),
+    ),
+    ("GET", "/api/v1/grants", Guard::Role(Capability::AccessManage)),
+    ("POST", "/api/v1/grants", Guard::Role(Capability::AccessManage)),
+    (
+        "DELETE",
+        "/api/v1/grants/{grant}",
+        Guard::Role(Capability::AccessManage),
+    ),
+    ("GET", "/api/v1/flow-groups", Guard::Role(Capability::FlowRead)),
+    ("POST", "/api/v1/flow-groups", Guard::Role(Capability::FlowEdit)),
+    ("GET", "/api/v1/flow-groups/{folder}", Guard::Role(Capability::FlowRead)),
+    ("PUT", "/api/v1/flow-groups/{folder}", Guard::Role(Capability::FlowEdit)),
+    (
+        "DELETE",
+        "/api/v1/flow-groups/{folder}",
+        Guard::Role(Capability::FlowEdit),
+    ),
+    ("GET", "/api/v1/flows", Guard::Role(Capability::FlowRead)),
+    ("POST", "/api/v1/flows", Guard::Role(Capability::FlowEdit)),
+    ("GET", "/api/v1/flows/{flow}", Guard::Role(Capability::FlowRead)),
+    ("PUT", "/api/v1/flows/{flow}", Guard::Role(Capability::FlowEdit)),
+    ("DELETE", "/api/v1/flows/{flow}", Guard::Role(Capability::FlowEdit)),
+    ("POST", "/api/v1/flows/{flow}/deploy", Guard::Role(Capability::FlowEdit)),
+    (
+        "POST",
+        "/api/v1/flows/{flow}/runs",
+        Guard::Role(Capability::FlowExecute),
+    ),
+    ("GET", "/api/v1/runs", Guard::Role(Capability::RunRead)),
+    ("GET", "/api/v1/runs/{run}", Guard::Role(Capability::RunRead)),
+];
+
+/// `/a/{x}/b/{y}` → `/a/{}/b/{}`, to compare table paths with route declarations.
+pub fn shape(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push_str("{}");
+            }
+            '}' => in_param = false,
+            _ if !in_param => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The (method, path shape) of every `.route(…)` in the API's route modules.
+pub fn declared_routes() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/src/routes");
+    let mut routes = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("api/src/routes exists") {
+        let source = std::fs::read_to_string(entry.expect("dir entry").path()).expect("readable");
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            // The call runs to its matching parenthesis.
+            let (mut depth, mut end) = (1, 0);
+            for (i, c) in rest.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 {
+                    end = i;
+                    break;
+                }
+            }
+            let call = &rest[..end];
+            let path = call.split('"').nth(1).expect("route path literal");
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let declared = call
+                    .match_indices(&format!("{method}("))
+                    .any(|(i, _)| i == 0 || !call[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_'));
+                if declared {
+                    routes.push((method.to_uppercase(), shape(path)));
+                }
+            }
+        }
+    }
+    routes
+}
