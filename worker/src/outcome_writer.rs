@@ -94,25 +94,29 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
                 }
             }
         }
-        for write in batch {
+        // Settle every delivery of the batch at once rather than one round trip each.
+        let settle = batch.into_iter().filter_map(|write| {
             let Write::Finished { outcome, acker, .. } = write else {
-                continue;
+                return None;
             };
-            if committed {
-                METRICS
-                    .runs_completed
-                    .with_label_values(&[outcome.status.as_str()])
-                    .inc();
-                let _ = acker.ack(BasicAckOptions::default()).await;
-            } else {
-                let _ = acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        }
+            Some(async move {
+                if committed {
+                    METRICS
+                        .runs_completed
+                        .with_label_values(&[outcome.status.as_str()])
+                        .inc();
+                    let _ = acker.ack(BasicAckOptions::default()).await;
+                } else {
+                    let _ = acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            })
+        });
+        futures_util::future::join_all(settle).await;
     }
 }
 
