@@ -177,10 +177,15 @@ async fn missing_forged_unknown_and_revoked_keys_get_401() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(
-        app.get("/api/v1/flows", &app.admin.api_key).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    // A cached verification is dropped when the change notification arrives: milliseconds.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while app.get("/api/v1/flows", &app.admin.api_key).await.0 != StatusCode::UNAUTHORIZED {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a revoked key still works after 2 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     app.teardown().await;
 }
 
