@@ -203,17 +203,18 @@ impl Vars {
         raw.split(',')
             .map(str::trim)
             .filter(|o| !o.is_empty())
-            .map(|o| {
+            .map(|raw| {
+                let o = raw.trim_end_matches('/');
                 let ok = (o.starts_with("https://") || o.starts_with("http://"))
-                    && !o.trim_end_matches('/').contains(['*', ' '])
+                    && !o.contains(['*', ' '])
                     && o.splitn(4, '/').count() == 3;
                 if ok {
-                    Ok(o.trim_end_matches('/').to_string())
+                    Ok(o.to_string())
                 } else {
                     Err(ConfigError {
                         var,
                         problem: format!(
-                            "`{o}` is not an origin like https://app.example.com (no paths, no wildcards)"
+                            "`{raw}` is not an origin like https://app.example.com (no paths, no wildcards)"
                         ),
                     })
                 }
@@ -274,6 +275,28 @@ mod tests {
             e.to_string().starts_with("FLOQ_WORKER_PREFETCH: cannot parse `lots`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cors_origins_refuse_wildcards_and_paths() {
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "https://app.example.com/ui",
+            "app.example.com",
+        ] {
+            let mut vars = base();
+            vars.insert("FLOQ_CORS_ORIGINS".into(), bad.into());
+            let e = Config::from_vars(vars).unwrap_err();
+            assert_eq!(e.var, "FLOQ_CORS_ORIGINS", "{bad}");
+        }
+        let mut vars = base();
+        vars.insert(
+            "FLOQ_CORS_ORIGINS".into(),
+            "https://a.example.com/, http://localhost:5173".into(),
+        );
+        let c = Config::from_vars(vars).unwrap();
+        assert_eq!(c.cors_origins, vec!["https://a.example.com", "http://localhost:5173"]);
     }
 
     #[test]
