@@ -7,16 +7,17 @@
 //! with a confirm window, and confirmed outbox rows are deleted in batches;
 //! whatever is not confirmed stays in the outbox for the scheduler's sweep.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::db;
 use floq_shared::queue::{Envelope, INLINE_INPUT_MAX, Publisher};
 use floq_shared::telemetry::METRICS;
@@ -32,6 +33,8 @@ struct Request {
     run_id: Uuid,
     input: Value,
     trigger: &'static str,
+    /// The run's `run.create` entry, appended in the same commit as the run.
+    audit: Entry,
     reply: oneshot::Sender<Result<Option<i32>, Arc<sqlx::Error>>>,
 }
 
@@ -81,9 +84,13 @@ impl Acceptor {
         flow_id: Uuid,
         input: Value,
         trigger: &'static str,
+        actor: Actor,
     ) -> Result<Accepted, AcceptError> {
         let (reply, rx) = oneshot::channel();
         let run_id = Uuid::now_v7();
+        let audit = Entry::new(company_id, actor, "run.create")
+            .resource("run", run_id)
+            .details(json!({"flow_id": flow_id, "trigger": trigger, "input": audit::shape(&input)}));
         self.tx
             .send(Request {
                 company_id,
@@ -92,6 +99,7 @@ impl Acceptor {
                 run_id,
                 input,
                 trigger,
+                audit,
                 reply,
             })
             .await
@@ -188,9 +196,18 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<BTreeMap<Uuid, (i64,
         .bind(&grantees)
         .fetch_all(&mut *tx)
         .await?;
+        let by_id: HashMap<Uuid, &Request> = reqs.iter().map(|r| (r.run_id, *r)).collect();
+        let mut entries = Vec::with_capacity(rows.len());
         for (outbox_id, envelope) in rows {
+            let Envelope::RunFlowV1(m) = &envelope.0;
+            if let Some(req) = by_id.get(&m.run_id) {
+                let mut entry = req.audit.clone();
+                entry.details["version"] = m.version.into();
+                entries.push(entry);
+            }
             committed.insert(envelope.0.run_id(), (outbox_id, envelope.0));
         }
+        audit::append(&mut tx, &entries).await?;
     }
     tx.commit().await?;
     Ok(committed)

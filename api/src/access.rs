@@ -5,7 +5,10 @@
 //! Not visible at all answers `404` (as for another company's id); visible
 //! but below the level needed answers `403`.
 
+use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::audit;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -40,14 +43,20 @@ pub fn visible_flow_sql(admin: &str, user: &str) -> String {
     format!("({admin} OR floq_access({user}, 'flow', f.id, f.group_id) >= 1)")
 }
 
-fn check(granted: i32, need: Level, what: &str) -> ApiResult<()> {
-    if granted < Level::View as i32 {
-        return Err(ApiError::not_found(what));
+/// `granted` is the caller's level on an entity that exists. Both refusals are
+/// audited as denials; the hidden one still answers like a missing entity.
+fn check(granted: i32, need: Level, kind: &str, id: Uuid) -> ApiResult<()> {
+    if granted >= need as i32 {
+        return Ok(());
     }
-    if granted < need as i32 {
-        return Err(ApiError::forbidden(&format!("{what}:{}", need.name())));
-    }
-    Ok(())
+    let what = kind.replace('_', " ");
+    let capability = format!("{kind}:{}", need.name());
+    let error = if granted < Level::View as i32 {
+        ApiError::not_found(&what)
+    } else {
+        ApiError::forbidden(&capability)
+    };
+    Err(error.denied(&capability, Some((kind, id.to_string()))))
 }
 
 /// Requires `need` on a flow; `404` if the flow is missing or invisible to the caller.
@@ -62,7 +71,10 @@ pub async fn require_flow(tx: &mut db::Tx, principal: &Principal, flow_id: Uuid,
     .bind(flow_id)
     .fetch_optional(&mut **tx)
     .await?;
-    check(granted.unwrap_or(0), need, "flow")
+    match granted {
+        None => Err(ApiError::not_found("flow")),
+        Some(granted) => check(granted, need, "flow", flow_id),
+    }
 }
 
 pub async fn require_flow_group(tx: &mut db::Tx, principal: &Principal, group_id: Uuid, need: Level) -> ApiResult<()> {
@@ -75,7 +87,7 @@ pub async fn require_flow_group(tx: &mut db::Tx, principal: &Principal, group_id
     match exists {
         None => Err(ApiError::not_found("flow group")),
         Some(_) if principal.is_admin() => Ok(()),
-        Some(granted) => check(granted, need, "flow group"),
+        Some(granted) => check(granted, need, "flow_group", group_id),
     }
 }
 
@@ -89,16 +101,23 @@ pub async fn grant_creator(
     if principal.is_admin() {
         return Ok(());
     }
-    sqlx::query(
+    let id = Uuid::now_v7();
+    let created = sqlx::query(
         "INSERT INTO grants (id, company_id, subject_type, subject_id, entity_type, entity_id, level)
          VALUES ($1, $2, 'user', $3, $4, $5, 'edit') ON CONFLICT DO NOTHING",
     )
-    .bind(Uuid::now_v7())
+    .bind(id)
     .bind(principal.company_id)
     .bind(principal.user_id)
     .bind(entity_type)
     .bind(entity_id)
     .execute(&mut **tx)
     .await?;
+    if created.rows_affected() == 1 {
+        let grant = json!({"id": id, "subject_type": "user", "subject_id": principal.user_id,
+                           "entity_type": entity_type, "entity_id": entity_id, "level": "edit", "implicit": true});
+        let entry = principal.audit("grant.create", "grant", id);
+        audit::record(tx, &[entry.change(None::<&Value>, Some(&grant))]).await?;
+    }
     Ok(())
 }

@@ -3,6 +3,8 @@
 //! session cookie. Cookie-authenticated requests that change state must come
 //! from an allowed `Origin`.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::Method;
 use axum::http::header::{AUTHORIZATION, ORIGIN};
@@ -12,9 +14,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::audit::RequestMeta;
 use crate::error::ApiError;
 use crate::session;
 use crate::state::AppState;
+use floq_shared::audit::Entry;
 use floq_shared::db;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -108,6 +112,8 @@ pub struct Principal {
     pub company_id: Uuid,
     pub credential: Credential,
     pub roles: Vec<String>,
+    /// The request this caller made: its id and client address, for audit entries.
+    pub request: Arc<RequestMeta>,
 }
 
 impl Principal {
@@ -123,6 +129,11 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(p.clone());
         }
+        let request = parts
+            .extensions
+            .get::<Arc<RequestMeta>>()
+            .cloned()
+            .unwrap_or_else(|| RequestMeta::new(String::new(), std::net::Ipv4Addr::UNSPECIFIED.into()));
         let principal = match (parts.headers.get(AUTHORIZATION), parts.headers.get(X_API_KEY)) {
             (Some(header), _) => {
                 let token = header
@@ -130,41 +141,67 @@ impl FromRequestParts<AppState> for Principal {
                     .ok()
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .ok_or_else(ApiError::unauthorized)?;
-                from_api_key(state, token).await?
+                from_api_key(state, token, request.clone()).await?
             }
-            (None, Some(header)) => from_api_key(state, header.to_str().map_err(|_| ApiError::unauthorized())?).await?,
-            (None, None) => from_session(parts, state).await?,
+            (None, Some(header)) => {
+                let token = header.to_str().map_err(|_| ApiError::unauthorized())?;
+                from_api_key(state, token, request.clone()).await?
+            }
+            (None, None) => from_session(parts, state, request.clone()).await?,
         };
+        request.authenticated(&principal);
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }
 }
 
-async fn from_session(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+async fn from_session(parts: &Parts, state: &AppState, request: Arc<RequestMeta>) -> Result<Principal, ApiError> {
     let token = session::cookie_token(&parts.headers).ok_or_else(ApiError::unauthorized)?;
-    let live = session::lookup(&state.pool, &token)
-        .await?
-        .ok_or_else(ApiError::unauthorized)?;
-    // A cookie rides along on cross-site requests; only allowed origins may change state with it.
-    if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-        if !origin.is_some_and(|o| state.config.cors_origins.iter().any(|allowed| allowed == o)) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "origin_not_allowed",
-                "cookie-authenticated requests that change state must come from an allowed Origin",
-            ));
+    let live = match session::lookup(&state.pool, &token).await? {
+        session::Lookup::Live(live) => live,
+        session::Lookup::Expired {
+            id,
+            user_id,
+            company_id,
+        } => {
+            let actor = Principal {
+                user_id,
+                company_id,
+                credential: Credential::Session(id),
+                roles: vec![],
+                request: request.clone(),
+            }
+            .actor();
+            let entry = Entry::new(company_id, actor, "auth.session_expired").resource("session", id);
+            state.audit.record(entry).await;
+            return Err(ApiError::unauthorized());
         }
-    }
-    Ok(Principal {
+        session::Lookup::Unknown => return Err(ApiError::unauthorized()),
+    };
+    let principal = Principal {
         user_id: live.user_id,
         company_id: live.company_id,
         credential: Credential::Session(live.id),
         roles: live.roles,
-    })
+        request,
+    };
+    // A cookie rides along on cross-site requests; only allowed origins may change state with it.
+    if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+        if !origin.is_some_and(|o| state.config.cors_origins.iter().any(|allowed| allowed == o)) {
+            principal.request.authenticated(&principal);
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "cookie-authenticated requests that change state must come from an allowed Origin",
+            )
+            .denied("origin", None));
+        }
+    }
+    Ok(principal)
 }
 
-async fn from_api_key(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+async fn from_api_key(state: &AppState, token: &str, request: Arc<RequestMeta>) -> Result<Principal, ApiError> {
     let claims = state.keys.verify(token.trim()).ok_or_else(ApiError::unauthorized)?;
     // A key without the `api` scope (e.g. MCP-only) reaches nothing here.
     if !claims.scopes.iter().any(|s| s == "api") {
@@ -179,6 +216,7 @@ async fn from_api_key(state: &AppState, token: &str) -> Result<Principal, ApiErr
             company_id: claims.cid,
             credential: Credential::ApiKey(claims.kid),
             roles: hit.roles,
+            request,
         });
     }
     let generation = state.key_cache.generation();
@@ -204,5 +242,6 @@ async fn from_api_key(state: &AppState, token: &str) -> Result<Principal, ApiErr
         company_id: claims.cid,
         credential: Credential::ApiKey(claims.kid),
         roles,
+        request,
     })
 }

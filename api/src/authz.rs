@@ -19,16 +19,20 @@ pub enum Capability {
     RunRead,
     UserManage,
     AccessManage,
+    AuditRead,
+    SettingsManage,
 }
 
 impl Capability {
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 8] = [
         Capability::FlowRead,
         Capability::FlowEdit,
         Capability::FlowExecute,
         Capability::RunRead,
         Capability::UserManage,
         Capability::AccessManage,
+        Capability::AuditRead,
+        Capability::SettingsManage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,6 +43,8 @@ impl Capability {
             Capability::RunRead => "run:read",
             Capability::UserManage => "user:manage",
             Capability::AccessManage => "access:manage",
+            Capability::AuditRead => "audit:read",
+            Capability::SettingsManage => "settings:manage",
         }
     }
 }
@@ -62,6 +68,7 @@ pub fn role_grants(role: &str, cap: Capability) -> bool {
         "flow_editor" => matches!(cap, FlowRead | FlowEdit | FlowExecute | RunRead),
         "flow_executor" => matches!(cap, FlowRead | FlowExecute | RunRead),
         "viewer" | "analytics_viewer" => matches!(cap, FlowRead | RunRead),
+        "audit_viewer" => matches!(cap, AuditRead),
         _ => false,
     }
 }
@@ -78,7 +85,16 @@ macro_rules! capabilities {
         }
     )*};
 }
-capabilities!(FlowRead, FlowEdit, FlowExecute, RunRead, UserManage, AccessManage);
+capabilities!(
+    FlowRead,
+    FlowEdit,
+    FlowExecute,
+    RunRead,
+    UserManage,
+    AccessManage,
+    AuditRead,
+    SettingsManage
+);
 
 /// An authenticated caller proven to hold capability `C` in its company.
 pub struct Authorized<C: Cap> {

@@ -17,6 +17,7 @@ pub enum ApiError {
         code: &'static str,
         message: String,
         details: Value,
+        denial: Option<Box<Denial>>,
     },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -29,21 +30,27 @@ impl ApiError {
             code,
             message: message.into(),
             details: Value::Null,
+            denial: None,
         }
     }
 
-    pub fn with_details(self, details: Value) -> Self {
-        match self {
-            ApiError::Client {
-                status, code, message, ..
-            } => ApiError::Client {
-                status,
-                code,
-                message,
-                details,
-            },
-            internal => internal,
+    pub fn with_details(mut self, new: Value) -> Self {
+        if let ApiError::Client { details, .. } = &mut self {
+            *details = new;
         }
+        self
+    }
+
+    /// Marks the error as a denied permission check, which the request
+    /// envelope audits with the capability and the entity asked for.
+    pub fn denied(mut self, capability: &str, resource: Option<(&str, String)>) -> Self {
+        if let ApiError::Client { denial, .. } = &mut self {
+            *denial = Some(Box::new(Denial {
+                capability: capability.to_string(),
+                resource: resource.map(|(kind, id)| (kind.to_string(), id)),
+            }));
+        }
+        self
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -60,6 +67,7 @@ impl ApiError {
             "forbidden",
             format!("your role does not allow `{capability}`"),
         )
+        .denied(capability, None)
     }
 
     pub fn validation(message: impl Into<String>, details: Value) -> Self {
@@ -75,6 +83,13 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         ApiError::Internal(e.into())
     }
+}
+
+/// A permission check that failed, carried to the request envelope.
+#[derive(Clone, Debug)]
+pub struct Denial {
+    pub capability: String,
+    pub resource: Option<(String, String)>,
 }
 
 /// Carried in response extensions so the middleware can add the request id
@@ -100,12 +115,13 @@ impl ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, body) = match self {
+        let (status, body, denial) = match self {
             ApiError::Client {
                 status,
                 code,
                 message,
                 details,
+                denial,
             } => (
                 status,
                 ErrorBody {
@@ -114,6 +130,7 @@ impl IntoResponse for ApiError {
                     details,
                     cause: None,
                 },
+                denial,
             ),
             ApiError::Internal(cause) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -123,10 +140,14 @@ impl IntoResponse for ApiError {
                     details: Value::Null,
                     cause: Some(Arc::new(cause)),
                 },
+                None,
             ),
         };
         let mut response = (status, Json(body.render(""))).into_response();
         response.extensions_mut().insert(body);
+        if let Some(denial) = denial {
+            response.extensions_mut().insert(*denial);
+        }
         response
     }
 }

@@ -109,23 +109,27 @@ impl<S: Send + Sync, T: DeserializeOwned + validator::Validate> FromRequest<S> f
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let ApiJson(value) = ApiJson::<T>::from_request(req, state).await?;
-        value.validate().map_err(|errors| {
-            let details: Vec<serde_json::Value> = errors
-                .field_errors()
-                .into_iter()
-                .flat_map(|(field, errs)| {
-                    errs.iter().map(move |e| {
-                        let message = e
-                            .message
-                            .as_ref()
-                            .map(|m| m.to_string())
-                            .unwrap_or_else(|| e.code.to_string());
-                        json!({"field": field, "message": message})
-                    })
-                })
-                .collect();
-            ApiError::validation("the request body is invalid", json!(details))
-        })?;
+        value.validate().map_err(invalid_body)?;
         Ok(ValidJson(value))
     }
+}
+
+/// `422` with one `{field, message}` per broken rule; also for rules that
+/// depend on configuration and are checked in a handler.
+pub fn invalid_body(errors: validator::ValidationErrors) -> ApiError {
+    let details: Vec<serde_json::Value> = errors
+        .field_errors()
+        .into_iter()
+        .flat_map(|(field, errs)| {
+            errs.iter().map(move |e| {
+                let message = e
+                    .message
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| e.code.to_string());
+                json!({"field": field, "message": message})
+            })
+        })
+        .collect();
+    ApiError::validation("the request body is invalid", json!(details))
 }

@@ -4,6 +4,7 @@
 pub mod accept;
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod error;
@@ -63,12 +64,14 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let (cache, pool, stop) = (key_cache.clone(), pool.clone(), listener_shutdown.clone());
         tokio::spawn(async move { cache.listen(pool, stop).await })
     };
+    let (audit, audit_task) = floq_shared::audit::Writer::start(pool.clone(), "api");
     let state = state::AppState {
         pool: pool.clone(),
         keys: Arc::new(auth::Keys::new(config.jwt_secret.expose())),
         key_cache,
         config: Arc::new(config.clone()),
         acceptor,
+        audit,
     };
     let broker_up = {
         let publisher = publisher.clone();
@@ -77,9 +80,12 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let app = Router::new()
         .merge(routes::router())
         .fallback(|| async { error::ApiError::not_found("route") })
-        .with_state(state)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
-        .layer(axum::middleware::from_fn(middleware::envelope))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::envelope,
+        ))
         .layer(middleware::cors(&config.cors_origins))
         .merge(ops::router(ops::db_and_broker_ready(pool.clone(), broker_up)));
 
@@ -96,6 +102,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         // The router (and every Acceptor clone in it) is gone: committers drain and stop.
         let mut accept_tasks = accept_tasks;
         while accept_tasks.join_next().await.is_some() {}
+        // Every request has ended, so every audit writer clone is gone: wait for the queue to drain.
+        let _ = audit_task.await;
         listener_shutdown.cancel();
         let _ = key_listener.await;
         drop(conn);

@@ -5,14 +5,21 @@
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use chrono::Utc;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::error::ErrorBody;
+use crate::audit::RequestMeta;
+use crate::error::{Denial, ErrorBody};
+use crate::state::AppState;
+use crate::throttle;
+use floq_shared::audit::{Entry, Outcome};
 use floq_shared::telemetry::METRICS;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -57,8 +64,9 @@ pub fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
-pub async fn envelope(mut req: Request, next: Next) -> Response {
+pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let at = Utc::now();
     let request_id = req
         .headers()
         .get(REQUEST_ID)
@@ -67,6 +75,13 @@ pub async fn envelope(mut req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(request_id.clone()));
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let client_ip = throttle::client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    let meta = RequestMeta::new(request_id.clone(), client_ip);
+    req.extensions_mut().insert(meta.clone());
     let method = req.method().clone();
     let route = req
         .extensions()
@@ -89,6 +104,14 @@ pub async fn envelope(mut req: Request, next: Next) -> Response {
     }
 
     let elapsed = started.elapsed();
+    let denial = response.extensions().get::<Denial>().cloned();
+    let request = json!({
+        "method": method.as_str(),
+        "route": route,
+        "status": status.as_u16(),
+        "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+    });
+    audit_request(&state, &meta, status, denial, at, request).await;
     let status_label = status.as_u16().to_string();
     METRICS
         .http_requests
@@ -107,6 +130,38 @@ pub async fn envelope(mut req: Request, next: Next) -> Response {
         "request"
     );
     response
+}
+
+/// One entry per request, and one more when a permission check refused it.
+/// Recording waits only when the audit writer is behind.
+async fn audit_request(
+    state: &AppState,
+    meta: &RequestMeta,
+    status: StatusCode,
+    denial: Option<Denial>,
+    at: chrono::DateTime<Utc>,
+    request: Value,
+) {
+    if let Some(denial) = denial {
+        let mut entry = Entry::new(meta.company_id(), meta.actor(), "authz.denied")
+            .outcome(Outcome::Denied)
+            .details(json!({"capability": denial.capability, "request": request}))
+            .at(at);
+        if let Some((kind, id)) = &denial.resource {
+            entry = entry.resource(kind, id);
+        }
+        state.audit.record(entry).await;
+    }
+    let outcome = match status.as_u16() {
+        401 | 403 => Outcome::Denied,
+        s if s >= 400 => Outcome::Failure,
+        _ => Outcome::Success,
+    };
+    let entry = Entry::new(meta.company_id(), meta.actor(), "http.request")
+        .outcome(outcome)
+        .details(request)
+        .at(at);
+    state.audit.record(entry).await;
 }
 
 fn with_error_body(response: Response, request_id: &str, method: &axum::http::Method, route: &str) -> Response {

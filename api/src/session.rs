@@ -51,13 +51,14 @@ pub async fn create(
     user_id: Uuid,
     company_id: Uuid,
     expires_at: DateTime<Utc>,
-) -> Result<String, sqlx::Error> {
+) -> Result<(Uuid, String), sqlx::Error> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
+    let id = Uuid::now_v7();
     let mut tx = db::system_tx(pool).await?;
     sqlx::query("INSERT INTO sessions (id, token_hash, user_id, company_id, expires_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(Uuid::now_v7())
+        .bind(id)
         .bind(token_hash(&token))
         .bind(user_id)
         .bind(company_id)
@@ -65,27 +66,64 @@ pub async fn create(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(token)
+    Ok((id, token))
+}
+
+/// id, user, company, roles (none once the membership is gone), still live.
+type SessionRow = (Uuid, Uuid, Uuid, Option<Vec<String>>, bool);
+
+pub enum Lookup {
+    Live(Live),
+    /// Expired just now: reported once, then the session counts as revoked.
+    Expired {
+        id: Uuid,
+        user_id: Uuid,
+        company_id: Uuid,
+    },
+    Unknown,
 }
 
 /// The session behind a token, if it is live and its user still belongs to its company.
-pub async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Live>, sqlx::Error> {
+pub async fn lookup(pool: &PgPool, token: &str) -> Result<Lookup, sqlx::Error> {
     let mut tx = db::system_tx(pool).await?;
-    let row: Option<(Uuid, Uuid, Uuid, Vec<String>)> = sqlx::query_as(
-        "SELECT s.id, s.user_id, s.company_id, m.roles FROM sessions s
-           JOIN memberships m ON m.company_id = s.company_id AND m.user_id = s.user_id
-          WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()",
+    let row: Option<SessionRow> = sqlx::query_as(
+        "SELECT s.id, s.user_id, s.company_id, m.roles, s.expires_at > now() FROM sessions s
+           LEFT JOIN memberships m ON m.company_id = s.company_id AND m.user_id = s.user_id
+          WHERE s.token_hash = $1 AND s.revoked_at IS NULL",
     )
     .bind(token_hash(token))
     .fetch_optional(&mut *tx)
     .await?;
+    let found = match row {
+        None => Lookup::Unknown,
+        Some((id, user_id, company_id, Some(roles), true)) => Lookup::Live(Live {
+            id,
+            user_id,
+            company_id,
+            roles,
+        }),
+        Some((_, _, _, None, true)) => Lookup::Unknown,
+        Some((id, user_id, company_id, _, false)) => {
+            // Retire it so concurrent requests with the same cookie report the expiry once.
+            let first = sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if first {
+                Lookup::Expired {
+                    id,
+                    user_id,
+                    company_id,
+                }
+            } else {
+                Lookup::Unknown
+            }
+        }
+    };
     tx.commit().await?;
-    Ok(row.map(|(id, user_id, company_id, roles)| Live {
-        id,
-        user_id,
-        company_id,
-        roles,
-    }))
+    Ok(found)
 }
 
 pub async fn revoke(pool: &PgPool, session_id: Uuid) -> Result<(), sqlx::Error> {

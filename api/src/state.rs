@@ -6,6 +6,7 @@ use crate::accept::Acceptor;
 use crate::auth::Keys;
 use crate::key_cache::KeyCache;
 use floq_shared::Config;
+use floq_shared::audit;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -14,4 +15,5 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub key_cache: Arc<KeyCache>,
     pub acceptor: Acceptor,
+    pub audit: audit::Writer,
 }

@@ -1,6 +1,6 @@
 //! `floq-scheduler`: the only process with cross-tenant background duties.
 //! Many may run; one leads (advisory lock) and the rest stand by.
-//! Duties so far: the outbox sweep.
+//! Duties so far: the outbox sweep and sealing the audit log.
 
 mod leader;
 pub mod outbox;
@@ -13,6 +13,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use floq_shared::audit;
 use floq_shared::queue::{Publisher, Topology};
 use floq_shared::telemetry::METRICS;
 use floq_shared::{Config, db, ops, queue};
@@ -85,19 +86,32 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
             Ok(Some(mut leadership)) => {
                 tracing::info!("this scheduler is now the leader");
                 METRICS.scheduler_is_leader.set(1);
-                let mut tick = tokio::time::interval(config.outbox_sweep_interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut sweep_tick = tokio::time::interval(config.outbox_sweep_interval);
+                sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut seal_tick = tokio::time::interval(config.audit_seal_interval);
+                seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    tokio::select! {
+                    let duty = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
+                        _ = sweep_tick.tick() => Duty::OutboxSweep,
+                        _ = seal_tick.tick() => Duty::AuditSeal,
+                    };
                     if !leadership.still_held().await {
                         tracing::warn!("lost the leadership connection; standing by");
                         break;
                     }
-                    if let Err(e) = outbox::sweep(pool, publisher, config.outbox_sweep_after).await {
-                        tracing::warn!(error = format!("{e:#}"), "outbox sweep failed; retrying next tick");
+                    let done = match duty {
+                        Duty::OutboxSweep => outbox::sweep(pool, publisher, config.outbox_sweep_after)
+                            .await
+                            .map(drop),
+                        Duty::AuditSeal => seal_all(pool, config).await,
+                    };
+                    if let Err(e) = done {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            ?duty,
+                            "scheduler duty failed; retrying next tick"
+                        );
                     }
                 }
                 METRICS.scheduler_is_leader.set(0);
@@ -111,6 +125,19 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
             _ = tokio::time::sleep(STANDBY_RETRY) => {}
         }
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Duty {
+    OutboxSweep,
+    AuditSeal,
+}
+
+/// Seals whatever is pending, in bounded batches.
+async fn seal_all(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<()> {
+    const BATCH: i64 = 5_000;
+    while audit::seal::seal_pending(pool, config.audit_sink.as_ref(), BATCH).await? as i64 >= BATCH {}
+    Ok(())
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

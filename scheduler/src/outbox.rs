@@ -5,13 +5,34 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use std::collections::BTreeMap;
 
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::db;
 use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::telemetry::METRICS;
 
 const BATCH: i64 = 500;
+
+/// One entry per company: which of its runs the sweep had to publish.
+fn entries(envelopes: &[Envelope]) -> Vec<Entry> {
+    let mut by_company: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+    for e in envelopes {
+        let Envelope::RunFlowV1(m) = e;
+        by_company.entry(m.company_id).or_default().push(m.run_id);
+    }
+    by_company
+        .into_iter()
+        .map(|(company_id, runs)| {
+            Entry::new(company_id, Actor::system("scheduler"), "job.outbox_sweep")
+                .details(json!({"republished": runs.len(), "run_ids": runs}))
+        })
+        .collect()
+}
 
 /// Publishes every row older than `after`; returns how many were published.
 pub async fn sweep(pool: &PgPool, publisher: &Publisher, after: Duration) -> anyhow::Result<usize> {
@@ -38,6 +59,7 @@ pub async fn sweep(pool: &PgPool, publisher: &Publisher, after: Duration) -> any
             .bind(&ids)
             .execute(&mut *tx)
             .await?;
+        audit::append(&mut tx, &entries(&envelopes)).await?;
         tx.commit().await?;
         total += ids.len();
         if (ids.len() as i64) < BATCH {

@@ -59,6 +59,10 @@ pub struct Config {
     pub delay_max: Duration,
     pub http_node_max_timeout: Duration,
     pub http_node_max_response_bytes: usize,
+    pub audit_sink: Option<AuditSink>,
+    pub audit_seal_interval: Duration,
+    pub audit_min_age_days: u32,
+    pub audit_min_entries: u64,
     pub log_filter: String,
     pub log_json: bool,
 }
@@ -132,6 +136,10 @@ impl Config {
                 5 << 20,
                 1024..=(256 << 20),
             )?,
+            audit_sink: v.audit_sink("FLOQ_AUDIT_SINK")?,
+            audit_seal_interval: v.millis("FLOQ_AUDIT_SEAL_INTERVAL_MS", 1_000)?,
+            audit_min_age_days: v.parse_in("FLOQ_AUDIT_MIN_AGE_DAYS", 30, 1..=36_500)?,
+            audit_min_entries: v.parse_in("FLOQ_AUDIT_MIN_ENTRIES", 10_000, 1..=u64::MAX)?,
             log_filter: v.string("FLOQ_LOG", "info"),
             log_json: match v.string("FLOQ_LOG_FORMAT", "json").as_str() {
                 "json" => true,
@@ -152,6 +160,13 @@ impl Config {
     }
 }
 
+/// Where the scheduler also writes every sealed audit entry, one JSON line each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditSink {
+    Stdout,
+    File(std::path::PathBuf),
+}
+
 struct Vars(HashMap<String, String>);
 
 impl Vars {
@@ -168,6 +183,20 @@ impl Vars {
             var,
             problem: "is required but not set".into(),
         })
+    }
+
+    fn audit_sink(&self, var: &'static str) -> Result<Option<AuditSink>, ConfigError> {
+        match self.get(var) {
+            None | Some("off") => Ok(None),
+            Some("stdout") => Ok(Some(AuditSink::Stdout)),
+            Some(other) => match other.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(Some(AuditSink::File(path.into()))),
+                _ => Err(ConfigError {
+                    var,
+                    problem: format!("must be `off`, `stdout` or `file:/path`, got `{other}`"),
+                }),
+            },
+        }
     }
 
     fn parse<T: std::str::FromStr>(&self, var: &'static str, default: &str) -> Result<T, ConfigError>

@@ -2,6 +2,7 @@
 //! tenant-scoped transactions, the flow model, queue topology and envelopes,
 //! and telemetry.
 
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod flow;
@@ -9,4 +10,4 @@ pub mod ops;
 pub mod queue;
 pub mod telemetry;
 
-pub use config::{Config, ConfigError, Secret};
+pub use config::{AuditSink, Config, ConfigError, Secret};

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub worker_inflight: IntGauge,
     pub outbox_pending: IntGauge,
     pub scheduler_is_leader: IntGauge,
+    pub audit_entries: IntCounterVec,
+    pub audit_backlog: IntGauge,
+    pub audit_sealed: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -92,6 +95,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         worker_inflight: gauge("floq_worker_inflight_runs", "Runs a worker holds right now"),
         outbox_pending: gauge("floq_outbox_pending", "Outbox rows not yet published"),
         scheduler_is_leader: gauge("floq_scheduler_is_leader", "1 while this scheduler leads"),
+        audit_entries: counter(
+            "floq_audit_entries_total",
+            "Audit entries committed, by writer",
+            &["writer"],
+        ),
+        audit_backlog: gauge("floq_audit_backlog", "Audit entries waiting for the batched writer"),
+        audit_sealed: {
+            let c = prometheus::IntCounter::new("floq_audit_sealed_total", "Audit entries sealed into the hash chain")
+                .expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        },
         registry,
     }
 });

@@ -69,6 +69,19 @@ pub const ENDPOINTS: &[(&str, &str, Guard)] = &[
     ),
     ("GET", "/api/v1/runs", Guard::Role(Capability::RunRead)),
     ("GET", "/api/v1/runs/{run}", Guard::Role(Capability::RunRead)),
+    ("GET", "/api/v1/audit", Guard::Role(Capability::AuditRead)),
+    ("GET", "/api/v1/audit/verify", Guard::Role(Capability::AuditRead)),
+    ("GET", "/api/v1/audit/export", Guard::Role(Capability::AuditRead)),
+    (
+        "GET",
+        "/api/v1/settings/retention",
+        Guard::Role(Capability::SettingsManage),
+    ),
+    (
+        "PUT",
+        "/api/v1/settings/retention",
+        Guard::Role(Capability::SettingsManage),
+    ),
 ];
 
 /// `/a/{x}/b/{y}` → `/a/{}/b/{}`, to compare table paths with route declarations.

@@ -162,6 +162,7 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
         ("FLOQ_DB_MAX_CONNECTIONS", "8".into()),
         ("FLOQ_OUTBOX_SWEEP_AFTER_MS", "1000".into()),
         ("FLOQ_OUTBOX_SWEEP_INTERVAL_MS", "200".into()),
+        ("FLOQ_AUDIT_SEAL_INTERVAL_MS", "200".into()),
         ("FLOQ_AUTO_MIGRATE", "false".into()),
         (
             "FLOQ_LOG",

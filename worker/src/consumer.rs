@@ -186,6 +186,7 @@ async fn run(worker: &Worker, msg: RunFlowV1, delivery: Delivery) {
                 &flow,
                 RunInput {
                     run_id: msg.run_id,
+                    company_id: msg.company_id,
                     flow_id: msg.flow_id,
                     trigger: &msg.trigger,
                     attempt: msg.attempt,

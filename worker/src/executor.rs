@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::flow_cache::CompiledFlow;
 use crate::nodes::{self, NodeEnv, NodeError, NodeOutput};
+use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::flow::EvalScope;
 use floq_shared::telemetry::METRICS;
 
@@ -50,6 +51,8 @@ pub struct Outcome {
     pub steps: Vec<Step>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// One `node.execute` entry per node that ran, written with the outcome.
+    pub audit: Vec<Entry>,
 }
 
 impl Outcome {
@@ -63,6 +66,7 @@ impl Outcome {
             steps: vec![],
             started_at: now,
             finished_at: now,
+            audit: vec![],
         }
     }
 }
@@ -77,6 +81,7 @@ enum State {
 
 pub struct RunInput<'a> {
     pub run_id: Uuid,
+    pub company_id: Uuid,
     pub flow_id: Uuid,
     pub trigger: &'a str,
     pub attempt: i32,
@@ -90,6 +95,8 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     let mut ports: Vec<Option<String>> = vec![None; n];
     let mut outputs: HashMap<String, Value> = HashMap::new();
     let mut steps = Vec::with_capacity(n);
+    let mut audit = Vec::with_capacity(n);
+    let mut shapes: Vec<Value> = vec![Value::Null; n];
     let run_meta = json!({
         "id": run.run_id, "flow_id": run.flow_id, "trigger": run.trigger, "attempt": run.attempt,
     });
@@ -139,6 +146,8 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     })
                     .collect();
                 state[i] = State::Running;
+                shapes[i] =
+                    json!({"params": audit::shape(&params), "input": audit::shape(&Value::Object(inputs.clone()))});
                 let fut = nodes::implementation(node.kind).run(params, Value::Object(inputs), env.clone());
                 in_flight.push(async move {
                     let started = Utc::now();
@@ -158,6 +167,27 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
             .node_duration
             .with_label_values(&[node.kind.name(), status])
             .observe(elapsed.as_secs_f64());
+        audit.push(
+            Entry::new(run.company_id, Actor::system("worker"), "node.execute")
+                .resource("run", run.run_id)
+                .outcome(if result.is_ok() {
+                    audit::Outcome::Success
+                } else {
+                    audit::Outcome::Failure
+                })
+                .at(finished)
+                .details(json!({
+                    "flow_id": run.flow_id,
+                    "run_id": run.run_id,
+                    "node_id": node.id,
+                    "node_type": node.kind.name(),
+                    "status": status,
+                    "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                    "input": std::mem::take(&mut shapes[i]),
+                    "output": result.as_ref().ok().map(|o| audit::shape(&o.value)),
+                    "error_code": result.as_ref().err().map(|e| e.code),
+                })),
+        );
         match result {
             Ok(NodeOutput { value, port }) => {
                 state[i] = State::Done;
@@ -191,6 +221,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     steps,
                     started_at,
                     finished_at: Utc::now(),
+                    audit,
                 };
             }
         }
@@ -215,6 +246,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         steps,
         started_at,
         finished_at: Utc::now(),
+        audit,
     }
 }
 

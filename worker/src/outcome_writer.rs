@@ -6,7 +6,7 @@
 //! finished run. The delivery is acked after the commit; if the database
 //! stays unavailable, it is returned to the queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::executor::Outcome;
+use floq_shared::audit::{self, Entry};
 use floq_shared::db;
 use floq_shared::telemetry::METRICS;
 
@@ -169,6 +170,7 @@ struct FinishedColumns {
     step_errors: Vec<Option<Value>>,
     step_started: Vec<Option<DateTime<Utc>>>,
     step_finished: Vec<Option<DateTime<Utc>>>,
+    audit: Vec<(Uuid, Entry)>,
 }
 
 impl FinishedColumns {
@@ -189,6 +191,7 @@ impl FinishedColumns {
             self.step_started.push(s.started_at);
             self.step_finished.push(s.finished_at);
         }
+        self.audit.extend(o.audit.iter().map(|e| (run_id, e.clone())));
     }
 
     async fn write(&self, tx: &mut db::Tx, company_id: Uuid) -> Result<(), sqlx::Error> {
@@ -202,7 +205,19 @@ impl FinishedColumns {
             .bind(&self.finished)
             .fetch_all(&mut **tx)
             .await?;
-        if updated.is_empty() || self.step_runs.is_empty() {
+        if updated.is_empty() {
+            return Ok(());
+        }
+        // Node entries only for runs this commit finished, like their steps.
+        let finished: HashSet<Uuid> = updated.iter().copied().collect();
+        let entries: Vec<Entry> = self
+            .audit
+            .iter()
+            .filter(|(run, _)| finished.contains(run))
+            .map(|(_, e)| e.clone())
+            .collect();
+        audit::append(tx, &entries).await?;
+        if self.step_runs.is_empty() {
             return Ok(());
         }
         // Steps only for the runs this commit finished; a duplicate delivery writes nothing.

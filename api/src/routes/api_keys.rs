@@ -13,6 +13,7 @@ use std::time::Duration;
 use uuid::Uuid;
 use validator::Validate;
 
+use crate::audit;
 use crate::auth::{Principal, issue_key};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, ValidJson};
@@ -71,14 +72,22 @@ async fn create(
         expires_at,
     )
     .await?;
+    let key = json!({"id": id, "user_id": principal.user_id, "name": body.name.trim(), "scopes": scopes,
+                     "expires_at": expires_at});
+    audit::record(
+        &mut tx,
+        &[principal
+            .audit("api_key.create", "api_key", id)
+            .change(None::<&Value>, Some(&key))],
+    )
+    .await?;
     tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": id, "name": body.name.trim(), "scopes": scopes, "expires_at": expires_at, "token": token})),
-    ))
+    let mut shown = key;
+    shown["token"] = token.into();
+    Ok((StatusCode::CREATED, Json(shown)))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Clone, Serialize, sqlx::FromRow)]
 struct KeyInfo {
     id: Uuid,
     user_id: Uuid,
@@ -105,17 +114,27 @@ async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<
 
 async fn revoke(State(state): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
-    let hit = sqlx::query(
-        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL AND ($2 OR user_id = $3)",
+    let revoked: KeyInfo = sqlx::query_as(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL AND ($2 OR user_id = $3)
+         RETURNING id, user_id, name, scopes, created_at, expires_at, revoked_at",
     )
     .bind(id)
     .bind(principal.is_admin())
     .bind(principal.user_id)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("api key"))?;
+    let before = KeyInfo {
+        revoked_at: None,
+        ..revoked.clone()
+    };
+    audit::record(
+        &mut tx,
+        &[principal
+            .audit("api_key.revoke", "api_key", id)
+            .change(Some(&before), Some(&revoked))],
+    )
     .await?;
-    if hit.rows_affected() == 0 {
-        return Err(ApiError::not_found("api key"));
-    }
     tx.commit().await?;
     // This replica forgets it now; the others on the change notification.
     state.key_cache.invalidate();

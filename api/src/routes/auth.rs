@@ -1,13 +1,13 @@
 //! `/api/v1/auth`: signing in and out with a browser session, who am I, and
 //! moving the session to another company.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
 use axum::http::header::{RETRY_AFTER, SET_COOKIE};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -16,11 +16,13 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
 
+use crate::audit::RequestMeta;
 use crate::auth::{Credential, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ValidJson;
 use crate::state::AppState;
 use crate::{password, session, throttle};
+use floq_shared::audit::{self, Entry, Outcome};
 use floq_shared::db;
 
 pub fn router() -> Router<AppState> {
@@ -50,13 +52,23 @@ fn invalid_credentials() -> ApiError {
 
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(request): Extension<Arc<RequestMeta>>,
     ValidJson(body): ValidJson<Login>,
 ) -> ApiResult<Response> {
-    let client = throttle::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
-    let keys = [throttle::account_key(&body.email), throttle::client_key(&client)];
+    let keys = [
+        throttle::account_key(&body.email),
+        throttle::client_key(&request.client_ip),
+    ];
+    let attempt = |company_id: Uuid, user_id: Option<Uuid>, reason: &str| {
+        let mut actor = request.actor();
+        actor.id = user_id;
+        actor.label = Some(body.email.clone());
+        Entry::new(company_id, actor, "auth.login")
+            .outcome(Outcome::Failure)
+            .details(json!({"reason": reason}))
+    };
     if let Some(until) = throttle::locked_until(&state.pool, &keys).await? {
+        state.audit.record(attempt(audit::PLATFORM, None, "throttled")).await;
         let wait = (until - Utc::now()).num_seconds().max(1);
         let mut response = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -73,21 +85,40 @@ async fn login(
         Some((id, hash)) => (Some(*id), hash.clone()),
         None => (None, None),
     };
-    let company = match user_id {
-        Some(id) => first_company(&state, id).await?,
-        None => None,
+    let companies = match user_id {
+        Some(id) => companies_of(&state, id).await?,
+        None => vec![],
     };
     // Always one hash, whether or not the account exists.
     let valid = password::verify(body.password, hash).await;
-    let (Some(user_id), Some(company_id), true) = (user_id, company, valid) else {
+    let (Some(user_id), Some(&company_id), true) = (user_id, companies.first(), valid) else {
         throttle::record_failure(&state.pool, &keys).await?;
         floq_shared::telemetry::METRICS.login_failures.inc();
-        tracing::info!(client = %client, "sign-in failed");
+        // Each company the account belongs to sees attempts on it; the platform sees the rest.
+        let owners = if companies.is_empty() {
+            vec![audit::PLATFORM]
+        } else {
+            companies
+        };
+        for company_id in owners {
+            state
+                .audit
+                .record(attempt(company_id, user_id, "invalid_credentials"))
+                .await;
+        }
         return Err(invalid_credentials());
     };
     throttle::clear(&state.pool, &keys[0]).await?;
     let ttl = state.config.session_ttl;
-    let token = session::create(&state.pool, user_id, company_id, Utc::now() + ttl).await?;
+    let (session_id, token) = session::create(&state.pool, user_id, company_id, Utc::now() + ttl).await?;
+    let mut actor = request.actor();
+    actor.kind = audit::ActorType::User;
+    actor.id = Some(user_id);
+    actor.via = Some((audit::Via::Session, session_id));
+    state
+        .audit
+        .record(Entry::new(company_id, actor, "auth.login").resource("session", session_id))
+        .await;
     let mut response = Json(json!({"user_id": user_id, "company_id": company_id})).into_response();
     response.headers_mut().insert(
         SET_COOKIE,
@@ -108,16 +139,15 @@ async fn find_user(state: &AppState, email: &str) -> Result<Option<(Uuid, Option
     Ok(row)
 }
 
-/// The company a fresh session starts in: the user's oldest membership.
-async fn first_company(state: &AppState, user_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+/// The user's companies, oldest membership first: a fresh session starts in the first.
+async fn companies_of(state: &AppState, user_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut tx = db::system_tx(&state.pool).await?;
-    let company =
-        sqlx::query_scalar("SELECT company_id FROM memberships WHERE user_id = $1 ORDER BY created_at LIMIT 1")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    let companies = sqlx::query_scalar("SELECT company_id FROM memberships WHERE user_id = $1 ORDER BY created_at")
+        .bind(user_id)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(company)
+    Ok(companies)
 }
 
 async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
@@ -129,6 +159,10 @@ async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResul
         ));
     };
     session::revoke(&state.pool, session_id).await?;
+    state
+        .audit
+        .record(principal.audit("auth.logout", "session", session_id))
+        .await;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
@@ -180,5 +214,14 @@ async fn switch_company(
     if !session::switch_company(&state.pool, session_id, principal.user_id, body.company_id).await? {
         return Err(ApiError::not_found("company"));
     }
+    // Both companies' auditors see the move: one from the side it left, one from where it arrived.
+    let details = json!({"from": principal.company_id, "to": body.company_id});
+    let left = principal
+        .audit("auth.switch_company", "session", session_id)
+        .details(details.clone());
+    let mut arrived = left.clone();
+    arrived.company_id = body.company_id;
+    state.audit.record(left).await;
+    state.audit.record(arrived).await;
     Ok(Json(json!({"company_id": body.company_id})))
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use validator::Validate;
 
 use crate::access::{self, Level};
+use crate::audit;
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, ValidJson};
@@ -73,6 +74,8 @@ async fn create(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(name_taken)?;
+    let entry = auth.principal.audit("flow_group.create", "flow_group", group.id);
+    audit::record(&mut tx, &[entry.change(None::<&FlowGroup>, Some(&group))]).await?;
     access::grant_creator(&mut tx, &auth.principal, "flow_group", group.id).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(group)))
@@ -102,6 +105,7 @@ async fn update(
 ) -> ApiResult<Json<FlowGroup>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow_group(&mut tx, &auth.principal, id, Level::Edit).await?;
+    let before = fetch(&mut tx, id).await?;
     let taken: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM flow_groups WHERE name = $1 AND id <> $2)")
         .bind(body.name.trim())
         .bind(id)
@@ -116,6 +120,8 @@ async fn update(
         .execute(&mut *tx)
         .await?;
     let group = fetch(&mut tx, id).await?;
+    let entry = auth.principal.audit("flow_group.update", "flow_group", id);
+    audit::record(&mut tx, &[entry.change(Some(&before), Some(&group))]).await?;
     tx.commit().await?;
     Ok(Json(group))
 }
@@ -124,6 +130,7 @@ async fn update(
 async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow_group(&mut tx, &auth.principal, id, Level::Edit).await?;
+    let before = fetch(&mut tx, id).await?;
     sqlx::query("DELETE FROM grants WHERE entity_type = 'flow_group' AND entity_id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -132,6 +139,8 @@ async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    let entry = auth.principal.audit("flow_group.delete", "flow_group", id);
+    audit::record(&mut tx, &[entry.change(Some(&before), None::<&FlowGroup>)]).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

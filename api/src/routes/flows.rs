@@ -12,6 +12,7 @@ use uuid::Uuid;
 use validator::Validate;
 
 use crate::access::{self, Level};
+use crate::audit;
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
@@ -104,6 +105,8 @@ async fn create(
     .bind(body.group_id)
     .fetch_one(&mut *tx)
     .await?;
+    let entry = auth.principal.audit("flow.create", "flow", flow.id);
+    audit::record(&mut tx, &[entry.change(None::<&Flow>, Some(&flow))]).await?;
     access::grant_creator(&mut tx, &auth.principal, "flow", flow.id).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(flow)))
@@ -170,6 +173,7 @@ async fn update(
     let definition = body.definition.as_ref().map(definition).transpose()?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
+    let before = fetch(&mut tx, id).await?;
     if let Some(Some(group)) = body.group_id {
         access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
     }
@@ -186,6 +190,8 @@ async fn update(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("flow"))?;
+    let entry = auth.principal.audit("flow.update", "flow", id);
+    audit::record(&mut tx, &[entry.change(Some(&before), Some(&flow))]).await?;
     tx.commit().await?;
     Ok(Json(flow))
 }
@@ -194,13 +200,13 @@ async fn update(
 async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let hit = sqlx::query("UPDATE flows SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
+    let before = fetch(&mut tx, id).await?;
+    sqlx::query("UPDATE flows SET deleted_at = now() WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    if hit.rows_affected() == 0 {
-        return Err(ApiError::not_found("flow"));
-    }
+    let entry = auth.principal.audit("flow.delete", "flow", id);
+    audit::record(&mut tx, &[entry.change(Some(&before), None::<&Flow>)]).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -236,6 +242,11 @@ async fn deploy(
     .bind(version)
     .execute(&mut *tx)
     .await?;
+    let deployed = Deployed { flow_id: id, version };
+    let entry = auth
+        .principal
+        .audit("flow.deploy", "flow_version", format!("{id}:{version}"));
+    audit::record(&mut tx, &[entry.change(None::<&Deployed>, Some(&deployed))]).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(Deployed { flow_id: id, version })))
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
 
+use crate::audit;
 use crate::authz::{AccessManage, Authorized};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, ValidJson};
@@ -127,19 +128,23 @@ async fn create(
     .fetch_optional(&mut *tx)
     .await?;
     let grant = grant.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "exists", "this grant exists already"))?;
+    let entry = auth.principal.audit("grant.create", "grant", grant.id);
+    audit::record(&mut tx, &[entry.change(None::<&Grant>, Some(&grant))]).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(grant)))
 }
 
 async fn remove(State(state): State<AppState>, auth: Authorized<AccessManage>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let hit = sqlx::query("DELETE FROM grants WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    if hit.rows_affected() == 0 {
-        return Err(ApiError::not_found("grant"));
-    }
+    let removed: Grant = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM grants WHERE id = $1 RETURNING {GRANT_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("grant"))?;
+    let entry = auth.principal.audit("grant.delete", "grant", id);
+    audit::record(&mut tx, &[entry.change(Some(&removed), None::<&Grant>)]).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

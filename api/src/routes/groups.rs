@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
 
+use crate::audit;
 use crate::authz::{Authorized, UserManage};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ValidJson;
@@ -72,6 +73,8 @@ async fn create(
     .await?;
     let group =
         group.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "name_taken", "a group with this name exists"))?;
+    let entry = auth.principal.audit("group.create", "group", group.id);
+    audit::record(&mut tx, &[entry.change(None::<&Group>, Some(&group))]).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(group)))
 }
@@ -112,6 +115,10 @@ async fn add_member(
         if !exists {
             return Err(ApiError::not_found("group or user"));
         }
+    } else {
+        let entry = auth.principal.audit("group.member_add", "group", group_id);
+        let member = json!({"group_id": group_id, "user_id": user_id});
+        audit::record(&mut tx, &[entry.change(None::<&Value>, Some(&member))]).await?;
     }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -132,6 +139,9 @@ async fn remove_member(
     if removed.rows_affected() == 0 {
         return Err(ApiError::not_found("group member"));
     }
+    let entry = auth.principal.audit("group.member_remove", "group", group_id);
+    let member = json!({"group_id": group_id, "user_id": user_id});
+    audit::record(&mut tx, &[entry.change(Some(&member), None::<&Value>)]).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,12 +5,14 @@ use axum::Router;
 use crate::state::AppState;
 
 mod api_keys;
+mod audit;
 mod auth;
 mod flow_groups;
 mod flows;
 mod grants;
 mod groups;
 mod runs;
+mod settings;
 mod users;
 
 pub fn router() -> Router<AppState> {
@@ -23,4 +25,6 @@ pub fn router() -> Router<AppState> {
         .merge(flow_groups::router())
         .merge(flows::router())
         .merge(runs::router())
+        .merge(audit::router())
+        .merge(settings::router())
 }

@@ -48,7 +48,7 @@ async fn start(
     let grantee = (!auth.principal.is_admin()).then_some(auth.principal.user_id);
     match state
         .acceptor
-        .accept(company_id, grantee, flow_id, body.input, "api")
+        .accept(company_id, grantee, flow_id, body.input, "api", auth.principal.actor())
         .await
     {
         Ok(accepted) => Ok((

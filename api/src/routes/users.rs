@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
 
+use crate::audit;
 use crate::authz::{Authorized, ROLES, UserManage};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, ValidJson};
@@ -147,6 +148,8 @@ async fn create(
         ));
     }
     let member = fetch(&mut tx, user_id).await?;
+    let entry = auth.principal.audit("user.add", "user", user_id);
+    audit::record(&mut tx, &[entry.change(None::<&Member>, Some(&member))]).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(member)))
 }
@@ -182,7 +185,7 @@ async fn update(
 ) -> ApiResult<Json<Member>> {
     let roles = normalized(body.roles);
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    fetch(&mut tx, id).await?;
+    let before = fetch(&mut tx, id).await?;
     if !roles.iter().any(|r| r == "admin") && is_last_admin(&mut tx, id).await? {
         return Err(last_admin());
     }
@@ -192,6 +195,8 @@ async fn update(
         .execute(&mut *tx)
         .await?;
     let member = fetch(&mut tx, id).await?;
+    let entry = auth.principal.audit("user.roles_update", "user", id);
+    audit::record(&mut tx, &[entry.change(Some(&before), Some(&member))]).await?;
     tx.commit().await?;
     Ok(Json(member))
 }
@@ -199,7 +204,7 @@ async fn update(
 /// Removes the membership; the user and their other companies stay.
 async fn remove(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    fetch(&mut tx, id).await?;
+    let before = fetch(&mut tx, id).await?;
     if is_last_admin(&mut tx, id).await? {
         return Err(last_admin());
     }
@@ -211,6 +216,8 @@ async fn remove(State(state): State<AppState>, auth: Authorized<UserManage>, Id(
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    let entry = auth.principal.audit("user.remove", "user", id);
+    audit::record(&mut tx, &[entry.change(Some(&before), None::<&Member>)]).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

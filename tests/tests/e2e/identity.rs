@@ -7,8 +7,8 @@ use floq_api::authz::{Capability, ROLES, role_grants};
 use floq_tests::endpoints::{ENDPOINTS, Guard, declared_routes, shape};
 use floq_tests::{Options, TestApp};
 
-const PASSWORD: &str = "correct horse battery";
-const ORIGIN: &str = "https://app.floq.test";
+pub const PASSWORD: &str = "correct horse battery";
+pub const ORIGIN: &str = "https://app.floq.test";
 
 fn no_services() -> Options {
     Options {
@@ -22,7 +22,7 @@ async fn spawn() -> TestApp {
 }
 
 /// Creates a member with a password through the API; returns their id.
-async fn user_with_password(app: &TestApp, email: &str, roles: &[&str]) -> String {
+pub async fn user_with_password(app: &TestApp, email: &str, roles: &[&str]) -> String {
     let (status, body) = app
         .post(
             "/api/v1/users",
@@ -34,7 +34,7 @@ async fn user_with_password(app: &TestApp, email: &str, roles: &[&str]) -> Strin
     body["id"].as_str().unwrap().to_string()
 }
 
-async fn login(app: &TestApp, email: &str, password: &str) -> (StatusCode, Option<String>, Value) {
+pub async fn login(app: &TestApp, email: &str, password: &str) -> (StatusCode, Option<String>, Value) {
     let resp = app
         .client
         .post(format!("{}/api/v1/auth/login", app.base))
@@ -57,15 +57,15 @@ async fn get_with_cookie(app: &TestApp, path: &str, cookie: &str) -> StatusCode 
 }
 
 /// Signs in and returns the `floq_session=…` cookie pair.
-async fn signed_in(app: &TestApp, email: &str) -> String {
+pub async fn signed_in(app: &TestApp, email: &str) -> String {
     session_of(&login(app, email, PASSWORD).await.1.expect("a session cookie"))
 }
 
-fn session_of(set_cookie: &str) -> String {
+pub fn session_of(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().to_string()
 }
 
-async fn with_cookie(
+pub async fn with_cookie(
     app: &TestApp,
     method: Method,
     path: &str,
@@ -511,6 +511,21 @@ async fn the_permission_matrix_follows_the_capability_table() {
         (Method::GET, "/api/v1/grants".into(), Capability::AccessManage, None),
         (Method::GET, "/api/v1/flow-groups".into(), Capability::FlowRead, None),
         (Method::POST, "/api/v1/flow-groups".into(), Capability::FlowEdit, None),
+        (Method::GET, "/api/v1/audit".into(), Capability::AuditRead, None),
+        (Method::GET, "/api/v1/audit/verify".into(), Capability::AuditRead, None),
+        (Method::GET, "/api/v1/audit/export".into(), Capability::AuditRead, None),
+        (
+            Method::GET,
+            "/api/v1/settings/retention".into(),
+            Capability::SettingsManage,
+            None,
+        ),
+        (
+            Method::PUT,
+            "/api/v1/settings/retention".into(),
+            Capability::SettingsManage,
+            Some(json!({"audit_max_age_days": 400, "audit_max_entries": 20000, "runs_max_age_days": 30})),
+        ),
     ];
     for role in ROLES {
         let caller = app.member(&[role]).await;
