@@ -44,7 +44,9 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// Filters shared by listing and export; `$1..$7` in this order.
+/// Filters shared by listing and export; `$1..$7` in this order. Queries
+/// limit rows first and render entries after, so a plan that sorts many
+/// candidates never renders more than one page.
 const FILTERS: &str = "($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)
     AND ($3::uuid IS NULL OR actor_id = $3) AND ($4::text IS NULL OR actor_label = $4)
     AND ($5::text IS NULL OR action = $5 OR (right($5, 1) = '*' AND starts_with(action, rtrim($5, '*'))))
@@ -126,8 +128,9 @@ async fn list(
     let filters = filters(q)?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let sql = format!(
-        "SELECT id, floq_audit_json(a)::text FROM audit_log a
-          WHERE {FILTERS} AND ($8::bigint IS NULL OR id < $8) ORDER BY id DESC LIMIT $9"
+        "SELECT id, floq_audit_json(a)::text FROM (
+            SELECT * FROM audit_log WHERE {FILTERS} AND ($8::bigint IS NULL OR id < $8) ORDER BY id DESC LIMIT $9
+         ) a ORDER BY id DESC"
     );
     let rows: Vec<(i64, String)> = filters
         .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
@@ -220,8 +223,9 @@ async fn export(
 async fn page(pool: &PgPool, company_id: Uuid, filters: &Filters, after: i64) -> ApiResult<(Option<i64>, String)> {
     let mut tx = db::tenant_tx(pool, company_id).await?;
     let sql = format!(
-        "SELECT id, floq_audit_json(a)::text FROM audit_log a
-          WHERE {FILTERS} AND id > $8 ORDER BY id LIMIT $9"
+        "SELECT id, floq_audit_json(a)::text FROM (
+            SELECT * FROM audit_log WHERE {FILTERS} AND id > $8 ORDER BY id LIMIT $9
+         ) a ORDER BY id"
     );
     let rows: Vec<(i64, String)> = filters
         .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))

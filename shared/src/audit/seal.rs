@@ -43,9 +43,11 @@ pub async fn seal_pending(pool: &PgPool, sink: Option<&AuditSink>, limit: i64) -
     )
     .fetch_one(&mut *tx)
     .await?;
-    const PENDING: &str = "SELECT id, company_id, xact, floq_audit_json(a)::text AS entry FROM audit_log a";
+    // Rows are picked first and rendered after, so only the batch is ever rendered.
+    const PENDING: &str = "SELECT id, company_id, xact, floq_audit_json(a)::text AS entry FROM";
     let mut rows: Vec<Pending> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{PENDING} WHERE xact >= $1 AND xact < $2 ORDER BY xact, id LIMIT $3"
+        "{PENDING} (SELECT * FROM audit_log WHERE xact >= $1 AND xact < $2 ORDER BY xact, id LIMIT $3) a
+         ORDER BY xact, id"
     )))
     .bind(low)
     .bind(high)
@@ -58,10 +60,12 @@ pub async fn seal_pending(pool: &PgPool, sink: Option<&AuditSink>, limit: i64) -
     {
         if first == last {
             // One transaction fills the batch: seal all of it, however large.
-            rows = sqlx::query_as(sqlx::AssertSqlSafe(format!("{PENDING} WHERE xact = $1 ORDER BY id")))
-                .bind(last)
-                .fetch_all(&mut *tx)
-                .await?;
+            rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{PENDING} audit_log a WHERE xact = $1 ORDER BY id"
+            )))
+            .bind(last)
+            .fetch_all(&mut *tx)
+            .await?;
             watermark = last + 1;
         } else {
             // Whole transactions only: the last one may continue past the limit.

@@ -167,6 +167,24 @@ async fn main() -> anyhow::Result<()> {
         percentile(&e2e, 0.50) * 1e3,
         percentile(&e2e, 0.99) * 1e3
     );
+    // Every request, run and node is audited; the scheduler must seal the stream as fast as it comes.
+    let sealing = Instant::now();
+    let (entries, sealed) = loop {
+        let (entries, sealed): (i64, i64) =
+            sqlx::query_as("SELECT (SELECT count(*) FROM audit_log), (SELECT count(*) FROM audit_seals)")
+                .fetch_one(&app.pool)
+                .await?;
+        if entries == sealed || sealing.elapsed() > Duration::from_secs(120) {
+            break (entries, sealed);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "audit entries:     {entries} ({:.1} per run, {:.0}/s), all sealed {:.2} s after the last run ({sealed} sealed)",
+        entries as f64 / sent.len() as f64,
+        entries as f64 / total_elapsed,
+        sealing.elapsed().as_secs_f64()
+    );
     app.teardown().await;
     Ok(())
 }
