@@ -91,6 +91,26 @@ pub async fn require_flow_group(tx: &mut db::Tx, principal: &Principal, group_id
     }
 }
 
+/// Requires `need` on a credential; `404` if it is missing or invisible to the caller.
+pub async fn require_integration(
+    tx: &mut db::Tx,
+    principal: &Principal,
+    credential_id: Uuid,
+    need: Level,
+) -> ApiResult<()> {
+    let granted: Option<i32> =
+        sqlx::query_scalar("SELECT floq_access($1, 'integration', id, NULL) FROM credentials WHERE id = $2")
+            .bind(principal.user_id)
+            .bind(credential_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match granted {
+        None => Err(ApiError::not_found("credential")),
+        Some(_) if principal.is_admin() => Ok(()),
+        Some(granted) => check(granted, need, "integration", credential_id),
+    }
+}
+
 /// Gives the creator of an entity `edit` on it, so a non-admin can reach what they made.
 pub async fn grant_creator(
     tx: &mut db::Tx,

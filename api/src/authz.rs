@@ -11,42 +11,47 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Capability {
-    FlowRead,
-    FlowEdit,
-    FlowExecute,
-    RunRead,
-    UserManage,
-    AccessManage,
-    AuditRead,
-    SettingsManage,
+/// Declares the capabilities once: the enum, its names, and a marker type
+/// per capability for `Authorized<…>`.
+macro_rules! capabilities {
+    ($($cap:ident => $name:literal),* $(,)?) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Capability {
+            $($cap),*
+        }
+
+        impl Capability {
+            pub const ALL: &[Capability] = &[$(Capability::$cap),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Capability::$cap => $name),*
+                }
+            }
+        }
+
+        $(
+            pub struct $cap;
+            impl Cap for $cap {
+                const CAP: Capability = Capability::$cap;
+            }
+        )*
+    };
 }
 
-impl Capability {
-    pub const ALL: [Capability; 8] = [
-        Capability::FlowRead,
-        Capability::FlowEdit,
-        Capability::FlowExecute,
-        Capability::RunRead,
-        Capability::UserManage,
-        Capability::AccessManage,
-        Capability::AuditRead,
-        Capability::SettingsManage,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Capability::FlowRead => "flow:read",
-            Capability::FlowEdit => "flow:edit",
-            Capability::FlowExecute => "flow:execute",
-            Capability::RunRead => "run:read",
-            Capability::UserManage => "user:manage",
-            Capability::AccessManage => "access:manage",
-            Capability::AuditRead => "audit:read",
-            Capability::SettingsManage => "settings:manage",
-        }
-    }
+capabilities! {
+    FlowRead => "flow:read",
+    FlowEdit => "flow:edit",
+    FlowExecute => "flow:execute",
+    RunRead => "run:read",
+    UserManage => "user:manage",
+    AccessManage => "access:manage",
+    AuditRead => "audit:read",
+    SettingsManage => "settings:manage",
+    IntegrationRead => "integration:read",
+    IntegrationManage => "integration:manage",
+    KvRead => "kv:read",
+    KvWrite => "kv:write",
 }
 
 pub const ROLES: [&str; 8] = [
@@ -65,9 +70,13 @@ pub fn role_grants(role: &str, cap: Capability) -> bool {
     use Capability::*;
     match role {
         "admin" => true,
-        "flow_editor" => matches!(cap, FlowRead | FlowEdit | FlowExecute | RunRead),
-        "flow_executor" => matches!(cap, FlowRead | FlowExecute | RunRead),
-        "viewer" | "analytics_viewer" => matches!(cap, FlowRead | RunRead),
+        "flow_editor" => matches!(
+            cap,
+            FlowRead | FlowEdit | FlowExecute | RunRead | IntegrationRead | KvRead | KvWrite
+        ),
+        "flow_executor" => matches!(cap, FlowRead | FlowExecute | RunRead | IntegrationRead | KvRead),
+        "integration_manager" => matches!(cap, IntegrationRead | IntegrationManage | KvRead | KvWrite),
+        "viewer" | "analytics_viewer" => matches!(cap, FlowRead | RunRead | IntegrationRead | KvRead),
         "audit_viewer" => matches!(cap, AuditRead),
         _ => false,
     }
@@ -76,25 +85,6 @@ pub fn role_grants(role: &str, cap: Capability) -> bool {
 pub trait Cap: Send + Sync + 'static {
     const CAP: Capability;
 }
-
-macro_rules! capabilities {
-    ($($name:ident),*) => {$(
-        pub struct $name;
-        impl Cap for $name {
-            const CAP: Capability = Capability::$name;
-        }
-    )*};
-}
-capabilities!(
-    FlowRead,
-    FlowEdit,
-    FlowExecute,
-    RunRead,
-    UserManage,
-    AccessManage,
-    AuditRead,
-    SettingsManage
-);
 
 /// An authenticated caller proven to hold capability `C` in its company.
 pub struct Authorized<C: Cap> {

@@ -12,6 +12,7 @@ pub mod extract;
 pub mod key_cache;
 pub mod middleware;
 pub mod password;
+pub mod rotate;
 mod routes;
 pub mod session;
 pub mod state;
@@ -64,6 +65,11 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let (cache, pool, stop) = (key_cache.clone(), pool.clone(), listener_shutdown.clone());
         tokio::spawn(async move { cache.listen(pool, stop).await })
     };
+    let keyring = {
+        let config = config.clone();
+        // Argon2id key derivation is deliberately slow: keep it off the async workers.
+        tokio::task::spawn_blocking(move || floq_shared::crypto::Keyring::from_config(&config)).await??
+    };
     let (audit, audit_task) = floq_shared::audit::Writer::start(pool.clone(), "api");
     let state = state::AppState {
         pool: pool.clone(),
@@ -72,6 +78,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config: Arc::new(config.clone()),
         acceptor,
         audit,
+        keyring: Arc::new(keyring),
     };
     let broker_up = {
         let publisher = publisher.clone();

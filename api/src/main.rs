@@ -47,11 +47,27 @@ enum AdminCommand {
         #[arg(long)]
         email: String,
     },
+    /// Print a fresh FLOQ_ENC_KEY_SECRET and FLOQ_ENC_KEY_SALT (needs no configuration).
+    GenKeys,
+    /// Re-encrypt every secret under the primary key (resumable; safe while serving).
+    RotateKeys {
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 100)]
+        batch: i64,
+    },
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Admin {
+        command: AdminCommand::GenKeys,
+    }) = cli.command
+    {
+        let (secret, salt) = floq_shared::crypto::generate();
+        println!("FLOQ_ENC_KEY_SECRET={secret}\nFLOQ_ENC_KEY_SALT={salt}");
+        return std::process::ExitCode::SUCCESS;
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -97,5 +113,18 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&out)?);
             Ok(())
         }
+        Command::Admin {
+            command: AdminCommand::RotateKeys { batch },
+        } => {
+            let pool = db::connect(&config).await?;
+            let keyring =
+                tokio::task::spawn_blocking(move || floq_shared::crypto::Keyring::from_config(&config)).await??;
+            let rotated = floq_api::rotate::rotate(&pool, &keyring, batch.clamp(1, 10_000)).await?;
+            println!("{}", serde_json::to_string(&rotated)?);
+            Ok(())
+        }
+        Command::Admin {
+            command: AdminCommand::GenKeys,
+        } => unreachable!("handled before the configuration is read"),
     }
 }

@@ -7,6 +7,7 @@ use crate::auth::Keys;
 use crate::key_cache::KeyCache;
 use floq_shared::Config;
 use floq_shared::audit;
+use floq_shared::crypto::Keyring;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -16,4 +17,6 @@ pub struct AppState {
     pub key_cache: Arc<KeyCache>,
     pub acceptor: Acceptor,
     pub audit: audit::Writer,
+    /// Encrypts credential data and secret KV values; the API never decrypts.
+    pub keyring: Arc<Keyring>,
 }

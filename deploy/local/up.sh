@@ -2,7 +2,7 @@
 # Quick start: the whole floq stack on this machine.
 #
 #   PostgreSQL + RabbitMQ (services.sh), a release build of floq-api, floq-worker and
-#   floq-scheduler, a local env file with a generated JWT secret, the 'floq' database
+#   floq-scheduler, a local env file with a generated JWT secret and encryption key, the 'floq' database
 #   and its migrations, a bootstrap company/admin/API key, the three processes, and an
 #   example flow that is created, deployed and run once.
 #
@@ -75,6 +75,14 @@ FLOQ_QUEUE_PREFIX=floq
 EOF
   )
   mv "$ENV_FILE.tmp" "$ENV_FILE"
+fi
+# Encryption key material (added to env files made before it existed).
+if ! grep -q '^FLOQ_ENC_KEY_SECRET=' "$ENV_FILE"; then
+  step "generating the field-encryption key in $ENV_FILE"
+  enc_secret=$(openssl rand -hex 128 2>/dev/null || od -An -N128 -tx1 /dev/urandom | tr -d ' \n')
+  enc_salt=$(openssl rand -hex 32 2>/dev/null || od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+  [[ ${#enc_secret} -eq 256 && ${#enc_salt} -eq 64 ]] || die "could not generate the encryption key"
+  printf 'FLOQ_ENC_KEY_SECRET=%s\nFLOQ_ENC_KEY_SALT=%s\n' "$enc_secret" "$enc_salt" >>"$ENV_FILE"
 fi
 chmod 600 "$ENV_FILE"
 set -a

@@ -8,13 +8,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A value that must never reach a log line, an error or `config check` output.
+/// A value that must never reach a log line, an error or `config check`
+/// output; zeroized when dropped.
 #[derive(Clone)]
-pub struct Secret(String);
+pub struct Secret(zeroize::Zeroizing<String>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(zeroize::Zeroizing::new(value.into()))
     }
     pub fn expose(&self) -> &str {
         &self.0
@@ -41,6 +42,10 @@ pub struct Config {
     pub amqp_url: Secret,
     pub queue_prefix: String,
     pub jwt_secret: Secret,
+    /// `FLOQ_ENC_KEY_SECRET` and `FLOQ_ENC_KEY_SALT`: the primary encryption key's material.
+    pub enc_key: (Secret, Secret),
+    /// `FLOQ_ENC_OLD_KEYS`: `secret:salt` pairs still accepted for decryption (rotation).
+    pub enc_old_keys: Vec<(Secret, Secret)>,
     pub api_key_ttl: Duration,
     pub auth_cache_ttl: Duration,
     pub session_ttl: Duration,
@@ -59,6 +64,11 @@ pub struct Config {
     pub delay_max: Duration,
     pub http_node_max_timeout: Duration,
     pub http_node_max_response_bytes: usize,
+    pub sandbox_threads: usize,
+    pub sandbox_memory_bytes: usize,
+    pub template_timeout: Duration,
+    pub code_timeout: Duration,
+    pub code_max_timeout: Duration,
     pub audit_sink: Option<AuditSink>,
     pub audit_seal_interval: Duration,
     pub audit_min_age_days: u32,
@@ -109,11 +119,13 @@ impl Config {
             });
         }
         Ok(Self {
-            database_url: Secret(database_url),
+            database_url: Secret::new(database_url),
             db_max_connections: v.parse_in("FLOQ_DB_MAX_CONNECTIONS", 16, 1..=1000)?,
-            amqp_url: Secret(amqp_url),
+            amqp_url: Secret::new(amqp_url),
             queue_prefix,
-            jwt_secret: Secret(jwt_secret),
+            jwt_secret: Secret::new(jwt_secret),
+            enc_key: v.key_material()?,
+            enc_old_keys: v.old_keys("FLOQ_ENC_OLD_KEYS")?,
             api_key_ttl: v.seconds("FLOQ_API_KEY_TTL", 86_400)?,
             session_ttl: v.seconds("FLOQ_SESSION_TTL", 3_600)?,
             cors_origins: v.origins("FLOQ_CORS_ORIGINS")?,
@@ -136,6 +148,15 @@ impl Config {
                 5 << 20,
                 1024..=(256 << 20),
             )?,
+            sandbox_threads: v.parse_in(
+                "FLOQ_SANDBOX_THREADS",
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+                1..=256,
+            )?,
+            sandbox_memory_bytes: v.parse_in("FLOQ_SANDBOX_MEMORY_MB", 64usize, 8..=4096)? << 20,
+            template_timeout: Duration::from_millis(v.parse_in("FLOQ_TEMPLATE_TIMEOUT_MS", 250, 1..=60_000)?),
+            code_timeout: Duration::from_millis(v.parse_in("FLOQ_CODE_TIMEOUT_MS", 5_000, 1..=3_600_000)?),
+            code_max_timeout: Duration::from_millis(v.parse_in("FLOQ_CODE_MAX_TIMEOUT_MS", 60_000, 1..=3_600_000)?),
             audit_sink: v.audit_sink("FLOQ_AUDIT_SINK")?,
             audit_seal_interval: v.millis("FLOQ_AUDIT_SEAL_INTERVAL_MS", 1_000)?,
             audit_min_age_days: v.parse_in("FLOQ_AUDIT_MIN_AGE_DAYS", 30, 1..=36_500)?,
@@ -167,6 +188,17 @@ pub enum AuditSink {
     File(std::path::PathBuf),
 }
 
+fn check_hex(var: &'static str, value: &str, len: usize) -> Result<(), ConfigError> {
+    if value.len() == len && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            var,
+            problem: format!("must be {len} hexadecimal characters (generate with `floq-api admin gen-keys`)"),
+        })
+    }
+}
+
 struct Vars(HashMap<String, String>);
 
 impl Vars {
@@ -183,6 +215,31 @@ impl Vars {
             var,
             problem: "is required but not set".into(),
         })
+    }
+
+    fn key_material(&self) -> Result<(Secret, Secret), ConfigError> {
+        let secret = self.required("FLOQ_ENC_KEY_SECRET")?;
+        let salt = self.required("FLOQ_ENC_KEY_SALT")?;
+        check_hex("FLOQ_ENC_KEY_SECRET", &secret, crate::crypto::SECRET_HEX_LEN)?;
+        check_hex("FLOQ_ENC_KEY_SALT", &salt, crate::crypto::SALT_HEX_LEN)?;
+        Ok((Secret::new(secret), Secret::new(salt)))
+    }
+
+    fn old_keys(&self, var: &'static str) -> Result<Vec<(Secret, Secret)>, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(vec![]);
+        };
+        raw.split(',')
+            .map(|pair| {
+                let (secret, salt) = pair.trim().split_once(':').ok_or(ConfigError {
+                    var,
+                    problem: "must be a comma-separated list of `secret:salt` pairs".into(),
+                })?;
+                check_hex(var, secret, crate::crypto::SECRET_HEX_LEN)?;
+                check_hex(var, salt, crate::crypto::SALT_HEX_LEN)?;
+                Ok((Secret::new(secret), Secret::new(salt)))
+            })
+            .collect()
     }
 
     fn audit_sink(&self, var: &'static str) -> Result<Option<AuditSink>, ConfigError> {
@@ -279,7 +336,31 @@ mod tests {
     use super::*;
 
     fn base() -> HashMap<String, String> {
-        HashMap::from([("FLOQ_JWT_SECRET".into(), "x".repeat(40))])
+        HashMap::from([
+            ("FLOQ_JWT_SECRET".into(), "x".repeat(40)),
+            ("FLOQ_ENC_KEY_SECRET".into(), "a".repeat(256)),
+            ("FLOQ_ENC_KEY_SALT".into(), "b".repeat(64)),
+        ])
+    }
+
+    #[test]
+    fn encryption_key_material_is_checked_at_start() {
+        let mut vars = base();
+        vars.insert("FLOQ_ENC_KEY_SALT".into(), "b".repeat(63));
+        let e = Config::from_vars(vars).unwrap_err();
+        assert_eq!(e.var, "FLOQ_ENC_KEY_SALT");
+        let mut vars = base();
+        vars.remove("FLOQ_ENC_KEY_SECRET");
+        assert_eq!(Config::from_vars(vars).unwrap_err().var, "FLOQ_ENC_KEY_SECRET");
+        let mut vars = base();
+        vars.insert(
+            "FLOQ_ENC_OLD_KEYS".into(),
+            format!("{}:{}", "c".repeat(256), "d".repeat(64)),
+        );
+        assert_eq!(Config::from_vars(vars).unwrap().enc_old_keys.len(), 1);
+        let mut vars = base();
+        vars.insert("FLOQ_ENC_OLD_KEYS".into(), "nope".into());
+        assert_eq!(Config::from_vars(vars).unwrap_err().var, "FLOQ_ENC_OLD_KEYS");
     }
 
     #[test]

@@ -4,10 +4,13 @@
 
 pub mod audit;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod flow;
 pub mod ops;
 pub mod queue;
+pub mod script;
+pub mod secrets;
 pub mod telemetry;
 
 pub use config::{AuditSink, Config, ConfigError, Secret};

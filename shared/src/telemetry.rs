@@ -38,6 +38,7 @@ pub struct Metrics {
     pub audit_entries: IntCounterVec,
     pub audit_backlog: IntGauge,
     pub audit_sealed: prometheus::IntCounter,
+    pub secret_decryptions: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -99,6 +100,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "floq_audit_entries_total",
             "Audit entries committed, by writer",
             &["writer"],
+        ),
+        secret_decryptions: counter(
+            "floq_secret_decryptions_total",
+            "Credentials and secret KV values decrypted for a node",
+            &["kind"],
         ),
         audit_backlog: gauge("floq_audit_backlog", "Audit entries waiting for the batched writer"),
         audit_sealed: {

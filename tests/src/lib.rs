@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod endpoints;
+pub mod smtp_sink;
 
 pub use floq_api::admin::Bootstrapped;
 use floq_shared::Config;
@@ -26,7 +27,7 @@ pub fn amqp_url() -> String {
     std::env::var("FLOQ_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-fn database_url(name: &str) -> String {
+pub fn database_url(name: &str) -> String {
     let base = admin_database_url();
     let cut = base.rfind('/').expect("database URL has a path");
     format!("{}/{name}", &base[..cut])
@@ -150,11 +151,17 @@ pub struct TestApp {
     pub scheduler: Option<Service>,
 }
 
+/// One encryption key per test process (each test still gets its own database).
+pub static TEST_ENC_KEY: std::sync::LazyLock<(String, String)> =
+    std::sync::LazyLock::new(floq_shared::crypto::generate);
+
 pub fn test_config(db_name: &str, prefix: &str) -> Config {
     let vars: HashMap<String, String> = [
         ("FLOQ_DATABASE_URL", database_url(db_name)),
         ("FLOQ_AMQP_URL", amqp_url()),
         ("FLOQ_JWT_SECRET", format!("test-secret-{}", Uuid::new_v4().simple())),
+        ("FLOQ_ENC_KEY_SECRET", TEST_ENC_KEY.0.clone()),
+        ("FLOQ_ENC_KEY_SALT", TEST_ENC_KEY.1.clone()),
         ("FLOQ_QUEUE_PREFIX", prefix.to_string()),
         ("FLOQ_HTTP_ADDR", "127.0.0.1:0".into()),
         ("FLOQ_WORKER_HTTP_ADDR", "127.0.0.1:0".into()),
@@ -320,6 +327,13 @@ impl TestApp {
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         body["run_id"].as_str().expect("run id").to_string()
+    }
+
+    /// Deploys `definition`, runs it with `input` and returns the finished run.
+    pub async fn run_flow(&self, definition: Value, input: Value) -> Value {
+        let flow = self.deployed_flow(definition).await;
+        let run = self.start_run(&flow, input).await;
+        self.wait_run(&run).await
     }
 
     /// Polls until the run is `succeeded`, `failed` or `cancelled`.

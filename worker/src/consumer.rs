@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::executor::{self, Outcome, RunInput};
 use crate::flow_cache::FlowCache;
-use crate::nodes::NodeEnv;
+use crate::nodes::{NodeEnv, RunCtx};
 use crate::outcome_writer::{OutcomeWriter, Write};
 use floq_shared::Config;
 use floq_shared::db;
@@ -27,7 +27,7 @@ use floq_shared::telemetry::METRICS;
 pub struct Worker {
     pub pool: PgPool,
     pub config: Arc<Config>,
-    pub cache: FlowCache,
+    pub cache: Arc<FlowCache>,
     pub env: Arc<NodeEnv>,
     pub writer: OutcomeWriter,
 }
@@ -185,11 +185,15 @@ async fn run(worker: &Worker, msg: RunFlowV1, delivery: Delivery) {
             let exec = executor::execute(
                 &flow,
                 RunInput {
-                    run_id: msg.run_id,
-                    company_id: msg.company_id,
-                    flow_id: msg.flow_id,
-                    trigger: &msg.trigger,
-                    attempt: msg.attempt,
+                    run: RunCtx {
+                        run_id: msg.run_id,
+                        company_id: msg.company_id,
+                        flow_id: msg.flow_id,
+                        trigger: msg.trigger.clone(),
+                        attempt: msg.attempt,
+                        depth: 0,
+                        vars: None,
+                    },
                     input: &input,
                 },
                 worker.env.clone(),

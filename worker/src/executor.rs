@@ -4,17 +4,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value, json};
-use uuid::Uuid;
 
-use crate::flow_cache::CompiledFlow;
-use crate::nodes::{self, NodeEnv, NodeError, NodeOutput};
+use crate::flow_cache::{CompiledFlow, CompiledNode};
+use crate::nodes::{self, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, RunCtx};
+use crate::sandbox::Job;
+use crate::vault;
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::flow::EvalScope;
+use floq_shared::flow::{EvalScope, RetryPolicy};
+use floq_shared::script::ScriptKind;
 use floq_shared::telemetry::METRICS;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,12 +82,19 @@ enum State {
 }
 
 pub struct RunInput<'a> {
-    pub run_id: Uuid,
-    pub company_id: Uuid,
-    pub flow_id: Uuid,
-    pub trigger: &'a str,
-    pub attempt: i32,
+    pub run: RunCtx,
     pub input: &'a Value,
+}
+
+/// The error message of a failed outcome, for the node that ran it (loops, sub-flows).
+pub fn error_message(outcome: &Outcome) -> String {
+    outcome
+        .error
+        .as_ref()
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("unknown error")
+        .to_string()
 }
 
 pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) -> Outcome {
@@ -97,10 +106,25 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     let mut steps = Vec::with_capacity(n);
     let mut audit = Vec::with_capacity(n);
     let mut shapes: Vec<Value> = vec![Value::Null; n];
+    let mut run_ctx = run.run;
+    if run_ctx.vars.is_none() && flow.reads_vars {
+        match load_vars(&env, run_ctx.company_id).await {
+            Ok(vars) => run_ctx.vars = Some(Arc::new(vars)),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading $vars failed");
+                return Outcome::failed_early("vars_unavailable", "the KV values could not be read");
+            }
+        }
+    }
+    let ctx = Arc::new(run_ctx);
     let run_meta = json!({
-        "id": run.run_id, "flow_id": run.flow_id, "trigger": run.trigger, "attempt": run.attempt,
+        "id": ctx.run_id, "flow_id": ctx.flow_id, "trigger": ctx.trigger, "attempt": ctx.attempt,
     });
-    let vars = Value::Object(Map::new());
+    let vars = ctx
+        .vars
+        .as_deref()
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Map::new()));
     let mut in_flight = FuturesUnordered::new();
 
     loop {
@@ -131,13 +155,6 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     continue;
                 }
                 let node = &flow.nodes[i];
-                let scope = EvalScope {
-                    input: run.input,
-                    nodes: &outputs,
-                    vars: &vars,
-                    run: &run_meta,
-                };
-                let params = node.params.eval(&scope);
                 let inputs: Map<String, Value> = active
                     .iter()
                     .map(|p| {
@@ -146,30 +163,47 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     })
                     .collect();
                 state[i] = State::Running;
-                shapes[i] =
-                    json!({"params": audit::shape(&params), "input": audit::shape(&Value::Object(inputs.clone()))});
-                let fut = nodes::implementation(node.kind).run(params, Value::Object(inputs), env.clone());
+                let params = Params::prepare(node, run.input, &outputs, &vars, &run_meta);
+                shapes[i] = json!({"input": audit::shape(&Value::Object(inputs.clone()))});
+                let node_ctx = NodeCtx {
+                    params: Value::Null,
+                    inputs: Value::Object(inputs),
+                    scope: params.scope.clone(),
+                    body: node.body.clone(),
+                    credential: None,
+                    run: ctx.clone(),
+                    env: env.clone(),
+                };
                 in_flight.push(async move {
                     let started = Utc::now();
                     let clock = Instant::now();
-                    let result = fut.await;
-                    (i, result, started, Utc::now(), clock.elapsed())
+                    let ran = run_node(node, params, node_ctx).await;
+                    (i, ran, started, Utc::now(), clock.elapsed())
                 });
             }
         }
 
-        let Some((i, result, started, finished, elapsed)) = in_flight.next().await else {
+        let Some((i, ran, started, finished, elapsed)) = in_flight.next().await else {
             break;
         };
+        let NodeRun {
+            result,
+            attempts,
+            params_shape,
+            audit: secret_entries,
+        } = ran;
+        audit.extend(secret_entries);
         let node = &flow.nodes[i];
         let status = if result.is_ok() { "succeeded" } else { "failed" };
         METRICS
             .node_duration
-            .with_label_values(&[node.kind.name(), status])
+            .with_label_values(&[node.spec.name, status])
             .observe(elapsed.as_secs_f64());
+        let mut shape = std::mem::take(&mut shapes[i]);
+        shape["params"] = params_shape;
         audit.push(
-            Entry::new(run.company_id, Actor::system("worker"), "node.execute")
-                .resource("run", run.run_id)
+            Entry::new(ctx.company_id, Actor::system("worker"), "node.execute")
+                .resource("run", ctx.run_id)
                 .outcome(if result.is_ok() {
                     audit::Outcome::Success
                 } else {
@@ -177,13 +211,14 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                 })
                 .at(finished)
                 .details(json!({
-                    "flow_id": run.flow_id,
-                    "run_id": run.run_id,
+                    "flow_id": ctx.flow_id,
+                    "run_id": ctx.run_id,
                     "node_id": node.id,
-                    "node_type": node.kind.name(),
+                    "node_type": node.spec.name,
                     "status": status,
+                    "attempts": attempts,
                     "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-                    "input": std::mem::take(&mut shapes[i]),
+                    "input": shape,
                     "output": result.as_ref().ok().map(|o| audit::shape(&o.value)),
                     "error_code": result.as_ref().err().map(|e| e.code),
                 })),
@@ -247,6 +282,198 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         started_at,
         finished_at: Utc::now(),
         audit,
+    }
+}
+
+/// The company's plain KV values as `$vars` (secrets never: they stay encrypted).
+async fn load_vars(env: &NodeEnv, company_id: uuid::Uuid) -> Result<Value, sqlx::Error> {
+    let mut tx = floq_shared::db::tenant_tx(&env.pool, company_id).await?;
+    let rows: Vec<(String, Value)> =
+        sqlx::query_as("SELECT key, value FROM kv WHERE value IS NOT NULL ORDER BY key LIMIT 10000")
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(Value::Object(rows.into_iter().collect()))
+}
+
+/// A node's params on their way to evaluation. Without expressions they are
+/// evaluated at once; with expressions the node's future evaluates them in
+/// the sandbox against a snapshot of what the templates may read.
+struct Params {
+    ready: Option<Value>,
+    snapshot: Option<Snapshot>,
+    /// The JSON scope for the sandbox (expressions, code nodes); null otherwise.
+    scope: Arc<Value>,
+}
+
+struct Snapshot {
+    input: Value,
+    outputs: HashMap<String, Value>,
+    vars: Value,
+    run: Value,
+}
+
+impl Params {
+    fn prepare(
+        node: &CompiledNode,
+        input: &Value,
+        outputs: &HashMap<String, Value>,
+        vars: &Value,
+        run: &Value,
+    ) -> Self {
+        let scripted = !node.params.expressions.is_empty() || node.spec.runs_scripts;
+        let scope = if scripted {
+            let nodes: Map<String, Value> = outputs
+                .iter()
+                .map(|(id, out)| (id.clone(), json!({"output": out})))
+                .collect();
+            Arc::new(json!({"$input": input, "$node": nodes, "$vars": vars, "$run": run}))
+        } else {
+            Arc::new(Value::Null)
+        };
+        if node.params.expressions.is_empty() {
+            let scope_ref = EvalScope {
+                input,
+                nodes: outputs,
+                vars,
+                run,
+            };
+            return Self {
+                ready: Some(node.params.eval(&scope_ref, &[])),
+                snapshot: None,
+                scope,
+            };
+        }
+        Self {
+            ready: None,
+            snapshot: Some(Snapshot {
+                input: input.clone(),
+                outputs: outputs.clone(),
+                vars: vars.clone(),
+                run: run.clone(),
+            }),
+            scope,
+        }
+    }
+
+    async fn evaluate(self, node: &CompiledNode, env: &NodeEnv) -> Result<Value, NodeError> {
+        let mut value = match (self.ready, self.snapshot) {
+            (Some(ready), _) => ready,
+            (None, Some(snap)) => {
+                let jobs = node
+                    .params
+                    .expressions
+                    .iter()
+                    .map(|source| Job {
+                        source: source.clone(),
+                        kind: ScriptKind::Expression,
+                        timeout: env.template_timeout,
+                    })
+                    .collect();
+                let mut results = Vec::with_capacity(node.params.expressions.len());
+                for (source, result) in node
+                    .params
+                    .expressions
+                    .iter()
+                    .zip(env.sandbox.run(self.scope, jobs).await)
+                {
+                    match result {
+                        Ok(v) => results.push(v),
+                        Err(e) => {
+                            let mut error = nodes::sandbox_error(e);
+                            error.message = format!("template `{{{{ {source} }}}}`: {}", error.message);
+                            return Err(error);
+                        }
+                    }
+                }
+                let scope = EvalScope {
+                    input: &snap.input,
+                    nodes: &snap.outputs,
+                    vars: &snap.vars,
+                    run: &snap.run,
+                };
+                node.params.eval(&scope, &results)
+            }
+            (None, None) => Value::Null,
+        };
+        if let Some(map) = value.as_object_mut() {
+            for (k, v) in &node.raw {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(value)
+    }
+}
+
+/// One node's execution: its result, the attempts made, the shape of its
+/// evaluated params (sizes and keys, never values) and the audit entries of
+/// its secrets.
+struct NodeRun {
+    result: NodeResult,
+    attempts: u32,
+    params_shape: Value,
+    audit: Vec<Entry>,
+}
+
+/// Evaluates the params, opens the node's secrets, runs it under its timeout
+/// and retry policy, and scrubs its secrets from what it produced.
+async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> NodeRun {
+    let failed = |e| NodeRun {
+        result: Err(e),
+        attempts: 0,
+        params_shape: Value::Null,
+        audit: vec![],
+    };
+    let mut params = match params.evaluate(node, &ctx.env).await {
+        Ok(p) => p,
+        Err(e) => return failed(e),
+    };
+    let opened = match vault::open(&mut params, &node.id, &ctx.run, &ctx.env).await {
+        Ok(o) => o,
+        Err(e) => return failed(e),
+    };
+    ctx.credential = opened.credential.clone();
+    let params_shape = audit::shape(&params);
+    ctx.params = params;
+    let attempts = node.retry.as_ref().map_or(1, |r| r.attempts.max(1));
+    let mut attempt = 1;
+    let mut result = loop {
+        let fut = node.implementation.run(ctx.clone());
+        let result = match node.timeout {
+            Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+                Err(NodeError::new(
+                    "node_timeout",
+                    format!("the node took longer than {} ms", limit.as_millis()),
+                ))
+            }),
+            None => fut.await,
+        };
+        match (&result, &node.retry) {
+            (Err(e), Some(policy)) if attempt < attempts && policy.retries(e.code) => {
+                let backoff = policy.backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
+                tokio::time::sleep(Duration::from_millis(backoff.min(RetryPolicy::MAX_BACKOFF_MS))).await;
+                attempt += 1;
+            }
+            _ => break result,
+        }
+    };
+    // The node's copy of the credential goes now; the vault's copy is zeroized when `opened` drops.
+    drop(ctx);
+    if !opened.is_empty() {
+        match &mut result {
+            Ok(out) => opened.scrub_value(&mut out.value),
+            Err(e) => {
+                if let Some(clean) = opened.scrub_text(&e.message) {
+                    e.message = clean;
+                }
+            }
+        }
+    }
+    NodeRun {
+        result,
+        attempts: attempt,
+        params_shape,
+        audit: opened.audit,
     }
 }
 

@@ -2,19 +2,30 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::nodes::{self, Node};
 use floq_shared::db;
-use floq_shared::flow::{Compiled, FlowDefinition, NodeKind};
+use floq_shared::flow::validate::without;
+use floq_shared::flow::{CompiledParams, FlowDefinition, NodeSpec, RetryPolicy, catalog};
 
 const MAX_ENTRIES: usize = 10_000;
 
 pub struct CompiledNode {
     pub id: String,
-    pub kind: NodeKind,
-    pub params: Compiled,
+    pub spec: &'static NodeSpec,
+    pub implementation: &'static dyn Node,
+    pub params: CompiledParams,
+    /// Params taken literally (a code body, a loop's sub-flow), merged in after evaluation.
+    pub raw: Vec<(String, Value)>,
+    pub retry: Option<RetryPolicy>,
+    pub timeout: Option<Duration>,
+    /// A loop's body, compiled with its flow.
+    pub body: Option<Arc<CompiledFlow>>,
 }
 
 /// A version ready to execute: nodes with parsed templates and the edges as index lists.
@@ -23,6 +34,8 @@ pub struct CompiledFlow {
     /// Per node: (parent index, port the edge leaves from).
     pub incoming: Vec<Vec<(usize, Option<String>)>>,
     pub is_sink: Vec<bool>,
+    /// Whether any template or script may read `$vars`.
+    pub reads_vars: bool,
 }
 
 impl CompiledFlow {
@@ -30,13 +43,32 @@ impl CompiledFlow {
         let index: HashMap<&str, usize> = def.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
         let mut nodes = Vec::with_capacity(def.nodes.len());
         for n in &def.nodes {
-            let kind = NodeKind::parse(&n.kind).ok_or_else(|| anyhow::anyhow!("unknown node type `{}`", n.kind))?;
-            let params =
-                Compiled::compile(&n.params).map_err(|(at, e)| anyhow::anyhow!("node `{}` param {at}: {e}", n.id))?;
+            let unknown = || anyhow::anyhow!("unknown node type `{}`", n.kind);
+            let spec = catalog::spec(&n.kind).ok_or_else(unknown)?;
+            let implementation = *nodes::registry().get(spec.name).ok_or_else(unknown)?;
+            let params = CompiledParams::compile(&without(&n.params, spec.raw_params))
+                .map_err(|(at, e)| anyhow::anyhow!("node `{}` param {at}: {e}", n.id))?;
+            let raw: Vec<(String, Value)> = spec
+                .raw_params
+                .iter()
+                .filter_map(|k| n.params.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect();
+            let body = match n.params.get("flow") {
+                Some(sub) if spec.name == "loop" => {
+                    let sub: FlowDefinition = serde_json::from_value(sub.clone())?;
+                    Some(Arc::new(CompiledFlow::compile(&sub)?))
+                }
+                _ => None,
+            };
             nodes.push(CompiledNode {
                 id: n.id.clone(),
-                kind,
+                spec,
+                implementation,
                 params,
+                raw,
+                retry: n.retry.clone(),
+                timeout: n.timeout_ms.map(Duration::from_millis),
+                body,
             });
         }
         let mut incoming = vec![Vec::new(); nodes.len()];
@@ -48,10 +80,13 @@ impl CompiledFlow {
             incoming[to].push((from, e.port.clone()));
             is_sink[from] = false;
         }
+        // Loop bodies share their run's `$vars`, so a mention anywhere counts.
+        let reads_vars = serde_json::to_string(&def.nodes).is_ok_and(|text| text.contains("$vars"));
         Ok(Self {
             nodes,
             incoming,
             is_sink,
+            reads_vars,
         })
     }
 }

@@ -7,6 +7,8 @@ pub mod executor;
 pub mod flow_cache;
 pub mod nodes;
 mod outcome_writer;
+pub mod sandbox;
+pub mod vault;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,22 +40,43 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("cannot connect to RabbitMQ: check FLOQ_AMQP_URL and that the broker is up")?;
 
+    // Redirects are followed by the http_request node itself, which checks every hop.
     let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(5))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent("floq-worker")
         .build()
         .context("building the HTTP client failed")?;
+    let flows = Arc::new(flow_cache::FlowCache::default());
+    let sandbox = sandbox::Sandbox::new(
+        config.sandbox_threads,
+        sandbox::Limits {
+            memory_bytes: config.sandbox_memory_bytes,
+            ..Default::default()
+        },
+    );
+    let keyring = {
+        let config = config.clone();
+        // Argon2id key derivation is deliberately slow: keep it off the async workers.
+        tokio::task::spawn_blocking(move || floq_shared::crypto::Keyring::from_config(&config)).await??
+    };
     let env = Arc::new(nodes::NodeEnv {
         http,
+        pool: pool.clone(),
+        flows: flows.clone(),
+        sandbox,
+        keyring: Arc::new(keyring),
         delay_max: config.delay_max,
         http_max_timeout: config.http_node_max_timeout,
         http_max_response_bytes: config.http_node_max_response_bytes,
+        template_timeout: config.template_timeout,
+        code_timeout: config.code_timeout,
+        code_max_timeout: config.code_max_timeout,
     });
     let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone());
     let worker = Arc::new(consumer::Worker {
         pool: pool.clone(),
         config: Arc::new(config.clone()),
-        cache: flow_cache::FlowCache::default(),
+        cache: flows,
         env,
         writer,
     });

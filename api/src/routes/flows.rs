@@ -13,6 +13,7 @@ use validator::Validate;
 
 use crate::access::{self, Level};
 use crate::audit;
+use crate::auth::Principal;
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
@@ -83,6 +84,52 @@ fn definition(raw: &Value) -> ApiResult<Value> {
     Ok(serde_json::to_value(def).expect("definitions serialize"))
 }
 
+/// Every `credential_id` in the definition (loop bodies included), with where it sits.
+fn credential_refs(def: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    for (i, node) in def["nodes"].as_array().into_iter().flatten().enumerate() {
+        let here = format!("{at}.nodes[{i}].params");
+        if let Some(id) = node["params"]["credential_id"].as_str() {
+            out.push((format!("{here}.credential_id"), id.to_string()));
+        }
+        if node["type"] == "loop" {
+            credential_refs(&node["params"]["flow"], &format!("{here}.flow"), out);
+        }
+    }
+}
+
+/// A flow may only name credentials of its company that its author may use
+/// (`execute` on them, or admin). Unknown, foreign and unusable ids are told
+/// apart from nothing: each is "not one you may use".
+async fn usable_credentials(tx: &mut db::Tx, principal: &Principal, def: &Value) -> ApiResult<()> {
+    let mut refs = Vec::new();
+    credential_refs(def, "definition", &mut refs);
+    let mut errors = Vec::new();
+    for (field, raw) in refs {
+        let usable = match Uuid::parse_str(&raw) {
+            Ok(id) => sqlx::query_scalar::<_, i32>(
+                "SELECT floq_access($2, 'integration', id, NULL) FROM credentials WHERE id = $1",
+            )
+            .bind(id)
+            .bind(principal.user_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some_and(|level| principal.is_admin() || level >= Level::Execute as i32),
+            Err(_) => false,
+        };
+        if !usable {
+            errors.push(json!({"field": field, "message": "no credential you may use has this id"}));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(
+            "the flow names credentials it may not use",
+            json!(errors),
+        ))
+    }
+}
+
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,
@@ -95,6 +142,7 @@ async fn create(
     if let Some(group) = body.group_id {
         access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
     }
+    usable_credentials(&mut tx, &auth.principal, &definition).await?;
     let flow: Flow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO flows (id, company_id, name, definition, group_id) VALUES ($1, $2, $3, $4, $5) RETURNING {FLOW_COLUMNS}"
     )))
@@ -174,6 +222,9 @@ async fn update(
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, id).await?;
+    if let Some(def) = &definition {
+        usable_credentials(&mut tx, &auth.principal, def).await?;
+    }
     if let Some(Some(group)) = body.group_id {
         access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
     }

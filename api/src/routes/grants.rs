@@ -98,12 +98,7 @@ async fn create(
     let entity_sql = match body.entity_type.as_str() {
         "flow" => "SELECT EXISTS (SELECT 1 FROM flows WHERE id = $1 AND deleted_at IS NULL)",
         "flow_group" => "SELECT EXISTS (SELECT 1 FROM flow_groups WHERE id = $1)",
-        _ => {
-            return Err(ApiError::validation(
-                "integrations cannot be granted yet",
-                json!([{"field": "entity_type", "message": "integrations (credentials) are not available in this release"}]),
-            ));
-        }
+        _ => "SELECT EXISTS (SELECT 1 FROM credentials WHERE id = $1)",
     };
     for (sql, id, what) in [
         (subject_sql, body.subject_id, "subject"),

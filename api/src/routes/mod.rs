@@ -7,10 +7,13 @@ use crate::state::AppState;
 mod api_keys;
 mod audit;
 mod auth;
+mod credentials;
 mod flow_groups;
 mod flows;
 mod grants;
 mod groups;
+mod kv;
+mod node_types;
 mod runs;
 mod settings;
 mod users;
@@ -26,5 +29,8 @@ pub fn router() -> Router<AppState> {
         .merge(flows::router())
         .merge(runs::router())
         .merge(audit::router())
+        .merge(credentials::router())
+        .merge(kv::router())
+        .merge(node_types::router())
         .merge(settings::router())
 }

@@ -19,6 +19,11 @@ pub struct Node {
     pub kind: String,
     #[serde(default = "empty_object")]
     pub params: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Cap on one attempt of this node, whatever it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -34,67 +39,31 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
-/// The node types this build knows. Validation rejects anything else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum NodeKind {
-    Set,
-    If,
-    Switch,
-    Merge,
-    Delay,
-    HttpRequest,
+/// How often a node is retried when it fails, and after how long.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Total attempts, the first included (1 = no retry).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubles for each further one.
+    #[serde(default = "default_backoff")]
+    pub backoff_ms: u64,
+    /// Error codes that are retried (`http_timeout`, `sandbox_timeout`, …); empty retries every error.
+    #[serde(default)]
+    pub on: Vec<String>,
 }
 
-impl NodeKind {
-    pub const ALL: [NodeKind; 6] = [
-        NodeKind::Set,
-        NodeKind::If,
-        NodeKind::Switch,
-        NodeKind::Merge,
-        NodeKind::Delay,
-        NodeKind::HttpRequest,
-    ];
+fn default_backoff() -> u64 {
+    1_000
+}
 
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == name)
-    }
+impl RetryPolicy {
+    pub const MAX_ATTEMPTS: u32 = 10;
+    pub const MAX_BACKOFF_MS: u64 = 600_000;
 
-    pub fn name(self) -> &'static str {
-        match self {
-            NodeKind::Set => "set",
-            NodeKind::If => "if",
-            NodeKind::Switch => "switch",
-            NodeKind::Merge => "merge",
-            NodeKind::Delay => "delay",
-            NodeKind::HttpRequest => "http_request",
-        }
-    }
-
-    /// Params that must be present.
-    pub fn required_params(self) -> &'static [&'static str] {
-        match self {
-            NodeKind::Set => &["values"],
-            NodeKind::If => &["condition"],
-            NodeKind::Switch => &["value", "cases"],
-            NodeKind::Merge => &[],
-            NodeKind::Delay => &["ms"],
-            NodeKind::HttpRequest => &["method", "url"],
-        }
-    }
-
-    /// Params that may be present; anything else is a typo worth reporting.
-    pub fn optional_params(self) -> &'static [&'static str] {
-        match self {
-            NodeKind::HttpRequest => &["headers", "body", "timeout_ms", "query"],
-            _ => &[],
-        }
+    pub fn retries(&self, code: &str) -> bool {
+        self.on.is_empty() || self.on.iter().any(|c| c == code)
     }
 }
 
-/// The label a switch case's edge carries: strings as they are, other JSON as text.
-pub fn switch_port(case: &Value) -> String {
-    match case {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+pub use super::catalog::switch_port;

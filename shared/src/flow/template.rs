@@ -1,12 +1,17 @@
 //! `{{ }}` templates in string params.
 //!
-//! A param that is exactly one template keeps the referenced value's JSON
-//! type; mixed text renders to a string. This build resolves simple paths
-//! (`$input.a.b[0]`, `$node.<id>.output.x`, `$vars.k`, `$run.id`) without any
-//! script engine; anything else is rejected at save time.
+//! A param that is exactly one template keeps the value's JSON type; mixed
+//! text renders to a string. Simple paths (`$input.a.b[0]`,
+//! `$node.<id>.output.x`, `$vars.k`, `$run.id`) are resolved here without
+//! any script engine; anything else is a JavaScript expression that the
+//! worker evaluates in its sandbox. The API only parses expressions
+//! ([`crate::script::check_syntax`]); it never evaluates them.
 
-use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use regex::Regex;
+use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TemplateError {
@@ -14,8 +19,8 @@ pub enum TemplateError {
     Unclosed,
     #[error("empty expression in template")]
     Empty,
-    #[error("unsupported expression `{0}`: only paths under $input, $node.<id>.output, $vars and $run are supported")]
-    Unsupported(String),
+    #[error("invalid expression: {0}")]
+    Syntax(String),
 }
 
 /// What a template may read.
@@ -50,12 +55,14 @@ pub struct Path {
 pub enum Part {
     Lit(String),
     Path(Path),
+    /// The n-th expression of the params tree, evaluated by the sandbox.
+    Expr(usize),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Template {
     /// The whole string is one template: the result keeps its JSON type.
-    Single(Path),
+    Single(Part),
     /// Text with embedded templates: the result is a string.
     Text(Vec<Part>),
 }
@@ -69,9 +76,45 @@ pub enum Compiled {
     Object(Vec<(String, Compiled)>),
 }
 
+/// Compiled params and the JavaScript expressions they hold, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledParams {
+    pub tree: Compiled,
+    pub expressions: Vec<Arc<str>>,
+}
+
+/// The end of a `{{ … }}` body: the first `}}` outside string literals and
+/// outside braces the expression itself opened (`{{ {a: {b: 1}} }}`).
+fn closing(body: &str) -> Option<usize> {
+    let bytes = body.as_bytes();
+    let (mut depth, mut quote, mut i) = (0usize, None::<u8>, 0);
+    while i < bytes.len() {
+        let c = bytes[i];
+        match quote {
+            Some(q) => {
+                if c == b'\\' {
+                    i += 1;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                b'\'' | b'"' | b'`' => quote = Some(c),
+                b'{' => depth += 1,
+                b'}' if depth > 0 => depth -= 1,
+                b'}' if bytes.get(i + 1) == Some(&b'}') => return Some(i),
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    None
+}
+
 impl Template {
     /// Parses a string; `Ok(None)` when it holds no template at all.
-    pub fn parse(s: &str) -> Result<Option<Template>, TemplateError> {
+    /// Expressions are appended to `expressions` and referred to by index.
+    pub fn parse(s: &str, expressions: &mut Vec<Arc<str>>) -> Result<Option<Template>, TemplateError> {
         if !s.contains("{{") {
             return Ok(None);
         }
@@ -82,32 +125,44 @@ impl Template {
                 parts.push(Part::Lit(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after.find("}}").ok_or(TemplateError::Unclosed)?;
-            parts.push(Part::Path(Path::parse(after[..end].trim())?));
+            let end = closing(after).ok_or(TemplateError::Unclosed)?;
+            let body = after[..end].trim();
+            if body.is_empty() {
+                return Err(TemplateError::Empty);
+            }
+            parts.push(match Path::parse(body) {
+                Some(path) => Part::Path(path),
+                None => {
+                    expressions.push(Arc::from(body));
+                    Part::Expr(expressions.len() - 1)
+                }
+            });
             rest = &after[end + 2..];
         }
         if !rest.is_empty() {
             parts.push(Part::Lit(rest.to_string()));
         }
         Ok(Some(match parts.as_slice() {
-            [Part::Path(p)] => Template::Single(p.clone()),
+            [single @ (Part::Path(_) | Part::Expr(_))] => Template::Single(single.clone()),
             _ => Template::Text(parts),
         }))
     }
 
-    pub fn eval(&self, scope: &EvalScope<'_>) -> Value {
+    /// `results[i]` is the value of expression `i` of the params tree.
+    pub fn eval(&self, scope: &EvalScope<'_>, results: &[Value]) -> Value {
         match self {
-            Template::Single(p) => p.resolve(scope).cloned().unwrap_or(Value::Null),
+            Template::Single(part) => part.value(scope, results).cloned().unwrap_or(Value::Null),
             Template::Text(parts) => {
                 let mut out = String::new();
                 for part in parts {
-                    match part {
-                        Part::Lit(s) => out.push_str(s),
-                        Part::Path(p) => match p.resolve(scope) {
-                            None | Some(Value::Null) => {}
-                            Some(Value::String(s)) => out.push_str(s),
-                            Some(v) => out.push_str(&v.to_string()),
-                        },
+                    if let Part::Lit(s) = part {
+                        out.push_str(s);
+                        continue;
+                    }
+                    match part.value(scope, results) {
+                        None | Some(Value::Null) => {}
+                        Some(Value::String(s)) => out.push_str(s),
+                        Some(v) => out.push_str(&v.to_string()),
                     }
                 }
                 Value::String(out)
@@ -115,34 +170,27 @@ impl Template {
         }
     }
 
-    /// Node ids this template reads through `$node.<id>`.
-    pub fn node_refs(&self) -> Vec<&str> {
-        let paths: Vec<&Path> = match self {
-            Template::Single(p) => vec![p],
-            Template::Text(parts) => parts
-                .iter()
-                .filter_map(|p| match p {
-                    Part::Path(p) => Some(p),
-                    Part::Lit(_) => None,
-                })
-                .collect(),
-        };
-        paths
-            .into_iter()
-            .filter_map(|p| match &p.root {
-                Root::Node(id) => Some(id.as_str()),
-                _ => None,
-            })
-            .collect()
+    fn parts(&self) -> &[Part] {
+        match self {
+            Template::Single(p) => std::slice::from_ref(p),
+            Template::Text(parts) => parts,
+        }
+    }
+}
+
+impl Part {
+    fn value<'a>(&'a self, scope: &EvalScope<'a>, results: &'a [Value]) -> Option<&'a Value> {
+        match self {
+            Part::Lit(_) => None,
+            Part::Path(p) => p.resolve(scope),
+            Part::Expr(i) => results.get(*i),
+        }
     }
 }
 
 impl Path {
-    fn parse(expr: &str) -> Result<Path, TemplateError> {
-        if expr.is_empty() {
-            return Err(TemplateError::Empty);
-        }
-        let unsupported = || TemplateError::Unsupported(expr.to_string());
+    /// A simple path, or `None` for anything that needs the script engine.
+    fn parse(expr: &str) -> Option<Path> {
         let mut segs = Vec::new();
         let mut rest = expr;
         let head_end = rest.find(['.', '[']).unwrap_or(rest.len());
@@ -153,24 +201,24 @@ impl Path {
                 let end = r.find(['.', '[']).unwrap_or(r.len());
                 let key = &r[..end];
                 if !is_ident(key) {
-                    return Err(unsupported());
+                    return None;
                 }
                 segs.push(Seg::Key(key.to_string()));
                 rest = &r[end..];
             } else if let Some(r) = rest.strip_prefix('[') {
-                let end = r.find(']').ok_or_else(unsupported)?;
+                let end = r.find(']')?;
                 let inner = r[..end].trim();
                 let seg = if let Ok(i) = inner.parse::<usize>() {
                     Seg::Index(i)
                 } else if let Some(q) = quoted(inner) {
                     Seg::Key(q.to_string())
                 } else {
-                    return Err(unsupported());
+                    return None;
                 };
                 segs.push(seg);
                 rest = &r[end + 1..];
             } else {
-                return Err(unsupported());
+                return None;
             }
         }
         let root = match head {
@@ -181,12 +229,12 @@ impl Path {
                 let mut it = segs.drain(..2.min(segs.len()));
                 match (it.next(), it.next()) {
                     (Some(Seg::Key(id)), Some(Seg::Key(out))) if out == "output" => Root::Node(id),
-                    _ => return Err(unsupported()),
+                    _ => return None,
                 }
             }
-            _ => return Err(unsupported()),
+            _ => return None,
         };
-        Ok(Path { root, segs })
+        Some(Path { root, segs })
     }
 
     fn resolve<'a>(&self, scope: &EvalScope<'a>) -> Option<&'a Value> {
@@ -220,16 +268,49 @@ fn quoted(s: &str) -> Option<&str> {
     (!inner.contains(['"', '\'', '\\'])).then_some(inner)
 }
 
-impl Compiled {
-    /// Parses every template in a params tree. On error, returns the JSON
-    /// pointer-like location (`url`, `headers.Authorization`, `values[2]`).
-    pub fn compile(value: &Value) -> Result<Compiled, (String, TemplateError)> {
-        Self::compile_at(value, String::new())
+impl CompiledParams {
+    /// Parses every template in a params tree. On error, returns the
+    /// location (`url`, `headers.Authorization`, `values[2]`).
+    pub fn compile(value: &Value) -> Result<CompiledParams, (String, TemplateError)> {
+        let mut expressions = Vec::new();
+        let tree = Compiled::compile_at(value, String::new(), &mut expressions)?;
+        Ok(CompiledParams { tree, expressions })
     }
 
-    fn compile_at(value: &Value, at: String) -> Result<Compiled, (String, TemplateError)> {
+    pub fn eval(&self, scope: &EvalScope<'_>, results: &[Value]) -> Value {
+        self.tree.eval(scope, results)
+    }
+
+    /// Every node id read through `$node.<id>`, by paths or (as far as can be
+    /// told without running them) by expressions.
+    pub fn node_refs(&self) -> Vec<String> {
+        let mut refs: Vec<String> = self.tree.path_refs().into_iter().map(str::to_string).collect();
+        for e in &self.expressions {
+            refs.extend(
+                NODE_REF
+                    .captures_iter(e)
+                    .filter_map(|c| c.get(1).or_else(|| c.get(2)).map(|m| m.as_str().to_string())),
+            );
+        }
+        refs.sort();
+        refs.dedup();
+        refs
+    }
+}
+
+static NODE_REF: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"\$node\s*(?:\.\s*([A-Za-z_$][A-Za-z0-9_$]*)|\[\s*["']([A-Za-z0-9_-]+)["']\s*\])"#)
+        .expect("valid regex")
+});
+
+impl Compiled {
+    fn compile_at(
+        value: &Value,
+        at: String,
+        expressions: &mut Vec<Arc<str>>,
+    ) -> Result<Compiled, (String, TemplateError)> {
         Ok(match value {
-            Value::String(s) => match Template::parse(s).map_err(|e| (at, e))? {
+            Value::String(s) => match Template::parse(s, expressions).map_err(|e| (at, e))? {
                 Some(t) => Compiled::Template(t),
                 None => Compiled::Value(value.clone()),
             },
@@ -237,7 +318,7 @@ impl Compiled {
                 let compiled = items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| Self::compile_at(v, format!("{at}[{i}]")))
+                    .map(|(i, v)| Self::compile_at(v, format!("{at}[{i}]"), expressions))
                     .collect::<Result<Vec<_>, _>>()?;
                 if compiled.iter().all(|c| matches!(c, Compiled::Value(_))) {
                     Compiled::Value(value.clone())
@@ -250,7 +331,7 @@ impl Compiled {
                     .iter()
                     .map(|(k, v)| {
                         let at = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
-                        Ok((k.clone(), Self::compile_at(v, at)?))
+                        Ok((k.clone(), Self::compile_at(v, at, expressions)?))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 if compiled.iter().all(|(_, c)| matches!(c, Compiled::Value(_))) {
@@ -263,22 +344,35 @@ impl Compiled {
         })
     }
 
-    pub fn eval(&self, scope: &EvalScope<'_>) -> Value {
+    fn eval(&self, scope: &EvalScope<'_>, results: &[Value]) -> Value {
         match self {
             Compiled::Value(v) => v.clone(),
-            Compiled::Template(t) => t.eval(scope),
-            Compiled::Array(items) => Value::Array(items.iter().map(|c| c.eval(scope)).collect()),
-            Compiled::Object(fields) => Value::Object(fields.iter().map(|(k, c)| (k.clone(), c.eval(scope))).collect()),
+            Compiled::Template(t) => t.eval(scope, results),
+            Compiled::Array(items) => Value::Array(items.iter().map(|c| c.eval(scope, results)).collect()),
+            Compiled::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, c)| (k.clone(), c.eval(scope, results)))
+                    .collect(),
+            ),
         }
     }
 
-    /// Every node id referenced through `$node.<id>` anywhere in the tree.
-    pub fn node_refs(&self) -> Vec<&str> {
+    fn path_refs(&self) -> Vec<&str> {
         match self {
             Compiled::Value(_) => vec![],
-            Compiled::Template(t) => t.node_refs(),
-            Compiled::Array(items) => items.iter().flat_map(|c| c.node_refs()).collect(),
-            Compiled::Object(fields) => fields.iter().flat_map(|(_, c)| c.node_refs()).collect(),
+            Compiled::Template(t) => t
+                .parts()
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Path(Path {
+                        root: Root::Node(id), ..
+                    }) => Some(id.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            Compiled::Array(items) => items.iter().flat_map(|c| c.path_refs()).collect(),
+            Compiled::Object(fields) => fields.iter().flat_map(|(_, c)| c.path_refs()).collect(),
         }
     }
 }
@@ -296,7 +390,10 @@ mod tests {
             vars: &Value::Null,
             run: &json!({"id": "r1"}),
         };
-        Template::parse(t).unwrap().unwrap().eval(&scope)
+        let mut exprs = vec![];
+        let t = Template::parse(t, &mut exprs).unwrap().unwrap();
+        assert!(exprs.is_empty(), "simple paths never reach the script engine");
+        t.eval(&scope, &[])
     }
 
     #[test]
@@ -321,15 +418,40 @@ mod tests {
     }
 
     #[test]
-    fn expressions_beyond_paths_are_rejected() {
-        for bad in [
-            "{{ $input.a == 1 }}",
-            "{{ process.env }}",
-            "{{ $node.a }}",
-            "{{ }}",
-            "{{ $input",
-        ] {
-            assert!(Template::parse(bad).is_err(), "{bad}");
-        }
+    fn anything_beyond_a_path_is_an_expression_for_the_sandbox() {
+        let mut exprs = vec![];
+        let t = Template::parse("n={{ $input.a + 1 }} m={{ {a: {b: '}}'}}.a.b }}", &mut exprs)
+            .unwrap()
+            .unwrap();
+        assert_eq!(exprs.len(), 2);
+        assert_eq!(&*exprs[0], "$input.a + 1");
+        assert_eq!(&*exprs[1], "{a: {b: '}}'}}.a.b");
+        let scope = EvalScope {
+            input: &Value::Null,
+            nodes: &HashMap::new(),
+            vars: &Value::Null,
+            run: &Value::Null,
+        };
+        assert_eq!(t.eval(&scope, &[json!(2), json!("}}")]), json!("n=2 m=}}"));
+        let single = Template::parse("{{ [1, 2].length }}", &mut exprs).unwrap().unwrap();
+        assert_eq!(
+            single.eval(&scope, &[json!(0), json!(0), json!(2)]),
+            json!(2),
+            "a lone expression keeps its type"
+        );
+    }
+
+    #[test]
+    fn unclosed_and_empty_templates_are_errors() {
+        let mut exprs = vec![];
+        assert_eq!(Template::parse("{{ }}", &mut exprs), Err(TemplateError::Empty));
+        assert_eq!(Template::parse("{{ $input", &mut exprs), Err(TemplateError::Unclosed));
+    }
+
+    #[test]
+    fn node_references_are_found_in_paths_and_expressions() {
+        let params = json!({"a": "{{ $node.x.output }}", "b": "{{ $node.y.output.n + $node['z-1'].output.m }}"});
+        let compiled = CompiledParams::compile(&params).unwrap();
+        assert_eq!(compiled.node_refs(), vec!["x", "y", "z-1"]);
     }
 }

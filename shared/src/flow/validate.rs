@@ -7,8 +7,10 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::definition::{FlowDefinition, NodeKind, switch_port};
-use super::template::Compiled;
+use super::catalog::{self, NodeSpec, switch_port};
+use super::definition::{FlowDefinition, Node, RetryPolicy};
+use super::template::CompiledParams;
+use crate::script::{self, ScriptKind};
 
 pub const MAX_NODES: usize = 500;
 
@@ -32,29 +34,36 @@ impl FieldError {
 
 /// Validates a definition as received; on success returns it typed.
 pub fn validate(raw: &Value) -> Result<FlowDefinition, Vec<FieldError>> {
+    validate_at(raw, "definition", 0)
+}
+
+/// Loops nest sub-flows; this bounds how deep.
+pub const MAX_NESTING: usize = 4;
+
+fn validate_at(raw: &Value, root: &str, depth: usize) -> Result<FlowDefinition, Vec<FieldError>> {
     let def: FlowDefinition =
-        serde_json::from_value(raw.clone()).map_err(|e| vec![FieldError::new("definition", None, e.to_string())])?;
+        serde_json::from_value(raw.clone()).map_err(|e| vec![FieldError::new(root, None, e.to_string())])?;
     let mut errors = Vec::new();
 
     if def.nodes.is_empty() {
         errors.push(FieldError::new(
-            "definition.nodes",
+            format!("{root}.nodes"),
             None,
             "a flow needs at least one node",
         ));
     }
     if def.nodes.len() > MAX_NODES {
         errors.push(FieldError::new(
-            "definition.nodes",
+            format!("{root}.nodes"),
             None,
             format!("a flow may have at most {MAX_NODES} nodes"),
         ));
     }
 
-    let mut kinds: HashMap<&str, NodeKind> = HashMap::new();
+    let mut specs: HashMap<&str, &NodeSpec> = HashMap::new();
     let mut seen = HashSet::new();
     for (i, node) in def.nodes.iter().enumerate() {
-        let at = format!("definition.nodes[{i}]");
+        let at = format!("{root}.nodes[{i}]");
         let id = Some(node.id.as_str());
         if !valid_id(&node.id) {
             errors.push(FieldError::new(
@@ -70,7 +79,8 @@ pub fn validate(raw: &Value) -> Result<FlowDefinition, Vec<FieldError>> {
                 format!("duplicate node id `{}`", node.id),
             ));
         }
-        let Some(kind) = NodeKind::parse(&node.kind) else {
+        check_policy(node, &at, &mut errors);
+        let Some(spec) = catalog::spec(&node.kind) else {
             errors.push(FieldError::new(
                 format!("{at}.type"),
                 id,
@@ -78,31 +88,23 @@ pub fn validate(raw: &Value) -> Result<FlowDefinition, Vec<FieldError>> {
             ));
             continue;
         };
-        kinds.insert(node.id.as_str(), kind);
-        let Some(params) = node.params.as_object() else {
-            errors.push(FieldError::new(format!("{at}.params"), id, "params must be an object"));
+        specs.insert(node.id.as_str(), spec);
+        let schema_errors = catalog::check_params(spec.name, &node.params);
+        if !schema_errors.is_empty() {
+            for (path, message) in schema_errors {
+                let field = if path.is_empty() {
+                    format!("{at}.params")
+                } else {
+                    format!("{at}.params.{path}")
+                };
+                errors.push(FieldError::new(field, id, message));
+            }
             continue;
-        };
-        for required in kind.required_params() {
-            if !params.contains_key(*required) {
-                errors.push(FieldError::new(
-                    format!("{at}.params.{required}"),
-                    id,
-                    format!("`{}` requires param `{required}`", kind.name()),
-                ));
-            }
         }
-        for key in params.keys() {
-            if !kind.required_params().contains(&key.as_str()) && !kind.optional_params().contains(&key.as_str()) {
-                errors.push(FieldError::new(
-                    format!("{at}.params.{key}"),
-                    id,
-                    format!("`{}` has no param `{key}`", kind.name()),
-                ));
-            }
-        }
-        check_param_shapes(kind, params, &at, id, &mut errors);
-        match Compiled::compile(&node.params) {
+        check_node(spec, node, &at, depth, &mut errors);
+        // A loop's sub-flow is its own scope: its templates are checked with it.
+        let templated = without(&node.params, spec.raw_params);
+        match CompiledParams::compile(&templated) {
             Ok(compiled) => {
                 for r in compiled.node_refs() {
                     if !def.nodes.iter().any(|n| n.id == r) {
@@ -113,13 +115,22 @@ pub fn validate(raw: &Value) -> Result<FlowDefinition, Vec<FieldError>> {
                         ));
                     }
                 }
+                for expr in &compiled.expressions {
+                    if let Err(e) = script::check_syntax(ScriptKind::Expression, expr) {
+                        errors.push(FieldError::new(
+                            format!("{at}.params"),
+                            id,
+                            format!("invalid expression `{{{{ {expr} }}}}`: {e}"),
+                        ));
+                    }
+                }
             }
             Err((path, e)) => errors.push(FieldError::new(format!("{at}.params.{path}"), id, e.to_string())),
         }
     }
 
     for (i, edge) in def.edges.iter().enumerate() {
-        let at = format!("definition.edges[{i}]");
+        let at = format!("{root}.edges[{i}]");
         for (end, id) in [("from", &edge.from), ("to", &edge.to)] {
             if !seen.contains(id.as_str()) {
                 errors.push(FieldError::new(
@@ -129,19 +140,19 @@ pub fn validate(raw: &Value) -> Result<FlowDefinition, Vec<FieldError>> {
                 ));
             }
         }
-        if let Some(kind) = kinds.get(edge.from.as_str()) {
+        if let Some(spec) = specs.get(edge.from.as_str()) {
             let node = def.nodes.iter().find(|n| n.id == edge.from);
-            let ports = node.map(|n| ports(*kind, &n.params)).unwrap_or_default();
+            let ports = node.map(|n| catalog::ports(spec, &n.params)).unwrap_or_default();
             match (&edge.port, ports.is_empty()) {
                 (Some(p), true) => errors.push(FieldError::new(
                     format!("{at}.port"),
                     Some(&edge.from),
-                    format!("`{}` has no output port `{p}`", kind.name()),
+                    format!("`{}` has no output port `{p}`", spec.name),
                 )),
                 (None, false) => errors.push(FieldError::new(
                     format!("{at}.port"),
                     Some(&edge.from),
-                    format!("edges from `{}` need a port: one of {}", kind.name(), ports.join(", ")),
+                    format!("edges from `{}` need a port: one of {}", spec.name, ports.join(", ")),
                 )),
                 (Some(p), false) if !ports.contains(p) => errors.push(FieldError::new(
                     format!("{at}.port"),
@@ -157,7 +168,7 @@ pub fn validate(raw: &Value) -> Result<FlowDefinition, Vec<FieldError>> {
         && let Some(node) = find_cycle(&def)
     {
         errors.push(FieldError::new(
-            "definition.edges",
+            format!("{root}.edges"),
             Some(&node),
             format!("the graph has a cycle through `{node}`"),
         ));
@@ -166,89 +177,79 @@ pub fn validate(raw: &Value) -> Result<FlowDefinition, Vec<FieldError>> {
     if errors.is_empty() { Ok(def) } else { Err(errors) }
 }
 
+/// The params minus those taken literally.
+pub fn without(params: &Value, keys: &[&str]) -> Value {
+    let mut params = params.clone();
+    if let Some(map) = params.as_object_mut() {
+        for k in keys {
+            map.remove(*k);
+        }
+    }
+    params
+}
+
 fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Output ports of a branching node; empty for nodes with a single output.
-pub fn ports(kind: NodeKind, params: &Value) -> Vec<String> {
-    match kind {
-        NodeKind::If => vec!["true".into(), "false".into()],
-        NodeKind::Switch => {
-            let mut ports: Vec<String> = params
-                .get("cases")
-                .and_then(Value::as_array)
-                .map(|cases| cases.iter().map(switch_port).collect())
-                .unwrap_or_default();
-            ports.push("default".into());
-            ports
+fn check_policy(node: &Node, at: &str, errors: &mut Vec<FieldError>) {
+    let id = Some(node.id.as_str());
+    if let Some(retry) = &node.retry {
+        if !(1..=RetryPolicy::MAX_ATTEMPTS).contains(&retry.attempts) {
+            let message = format!("must be between 1 and {}", RetryPolicy::MAX_ATTEMPTS);
+            errors.push(FieldError::new(format!("{at}.retry.attempts"), id, message));
         }
-        _ => vec![],
+        if retry.backoff_ms > RetryPolicy::MAX_BACKOFF_MS {
+            let message = format!("must be at most {} ms", RetryPolicy::MAX_BACKOFF_MS);
+            errors.push(FieldError::new(format!("{at}.retry.backoff_ms"), id, message));
+        }
+    }
+    if node.timeout_ms.is_some_and(|t| t == 0 || t > 3_600_000) {
+        errors.push(FieldError::new(
+            format!("{at}.timeout_ms"),
+            id,
+            "must be between 1 and 3600000 ms",
+        ));
     }
 }
 
-fn check_param_shapes(
-    kind: NodeKind,
-    params: &serde_json::Map<String, Value>,
-    at: &str,
-    id: Option<&str>,
-    errors: &mut Vec<FieldError>,
-) {
-    let mut bad = |param: &str, message: &str| {
-        errors.push(FieldError::new(format!("{at}.params.{param}"), id, message));
-    };
-    let is_template = |v: &Value| v.as_str().is_some_and(|s| s.contains("{{"));
-    match kind {
-        NodeKind::Set => {
-            if params.get("values").is_some_and(|v| !v.is_object()) {
-                bad("values", "must be an object");
+/// Rules a JSON Schema cannot say: unique switch labels, code that parses,
+/// sub-flows that validate.
+fn check_node(spec: &NodeSpec, node: &Node, at: &str, depth: usize, errors: &mut Vec<FieldError>) {
+    let id = Some(node.id.as_str());
+    let params = &node.params;
+    match spec.name {
+        "switch" => {
+            let cases = params["cases"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let labels: HashSet<String> = cases.iter().map(switch_port).collect();
+            if labels.len() != cases.len() || labels.contains("default") {
+                errors.push(FieldError::new(
+                    format!("{at}.params.cases"),
+                    id,
+                    "cases must be unique and may not be \"default\"",
+                ));
             }
         }
-        NodeKind::Switch => match params.get("cases") {
-            Some(Value::Array(cases)) => {
-                let labels: HashSet<String> = cases.iter().map(switch_port).collect();
-                if labels.len() != cases.len() || labels.contains("default") {
-                    bad("cases", "cases must be unique and may not be \"default\"");
-                }
-            }
-            Some(_) => bad("cases", "must be an array"),
-            None => {}
-        },
-        NodeKind::Delay => {
-            if let Some(ms) = params.get("ms")
-                && !ms.is_u64()
-                && !is_template(ms)
+        "code" => {
+            if let Some(code) = params["code"].as_str()
+                && let Err(e) = script::check_syntax(ScriptKind::Code, code)
             {
-                bad("ms", "must be a non-negative integer of milliseconds");
+                let line = e.line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                errors.push(FieldError::new(format!("{at}.params.code"), id, format!("{e}{line}")));
             }
         }
-        NodeKind::HttpRequest => {
-            if let Some(m) = params.get("method") {
-                let ok = m.as_str().is_some_and(|s| {
-                    s.contains("{{")
-                        || ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-                            .contains(&s.to_ascii_uppercase().as_str())
-                });
-                if !ok {
-                    bad("method", "must be one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS");
-                }
-            }
-            if params.get("url").is_some_and(|u| !u.is_string()) {
-                bad("url", "must be a string");
-            }
-            if params.get("headers").is_some_and(|h| !h.is_object()) {
-                bad("headers", "must be an object of header names to values");
-            }
-            if params.get("query").is_some_and(|h| !h.is_object()) {
-                bad("query", "must be an object of names to values");
-            }
-            if let Some(t) = params.get("timeout_ms")
-                && !t.is_u64()
-            {
-                bad("timeout_ms", "must be a positive integer of milliseconds");
+        "loop" => {
+            if depth + 1 >= MAX_NESTING {
+                errors.push(FieldError::new(
+                    format!("{at}.params.flow"),
+                    id,
+                    format!("loops nest at most {MAX_NESTING} deep"),
+                ));
+            } else if let Err(inner) = validate_at(&params["flow"], &format!("{at}.params.flow"), depth + 1) {
+                errors.extend(inner);
             }
         }
-        NodeKind::If | NodeKind::Merge => {}
+        _ => {}
     }
 }
 
@@ -343,7 +344,12 @@ mod tests {
     #[test]
     fn bad_templates_name_the_param() {
         let e = errors(
-            json!({"nodes": [{"id": "h", "type": "http_request", "params": {"method": "GET", "url": "http://x/{{ $input.a + 1 }}"}}]}),
+            json!({"nodes": [{"id": "h", "type": "http_request", "params": {"method": "GET", "url": "http://x/{{ $input.a + }}"}}]}),
+        );
+        assert_eq!(e[0].field, "definition.nodes[0].params");
+        assert!(e[0].message.contains("invalid expression"), "{e:?}");
+        let e = errors(
+            json!({"nodes": [{"id": "h", "type": "http_request", "params": {"method": "GET", "url": "http://x/{{ $input.a"}}]}),
         );
         assert_eq!(e[0].field, "definition.nodes[0].params.url");
         let e = errors(

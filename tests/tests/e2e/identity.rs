@@ -570,6 +570,14 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
         .post("/api/v1/api-keys", admin, json!({"name": "k", "scopes": ["api"]}))
         .await;
     let key_id = key["id"].as_str().unwrap().to_string();
+    let (_, credential) = app
+        .post(
+            "/api/v1/credentials",
+            admin,
+            json!({"name": "stripe", "type": "http_bearer", "data": {"token": "sk_test_abcdefghijklmnop"}}),
+        )
+        .await;
+    let credential = credential["id"].as_str().unwrap().to_string();
 
     let fixtures = [
         ("{flow}", flow.clone()),
@@ -579,6 +587,8 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
         ("{folder}", folder.clone()),
         ("{grant}", grant.clone()),
         ("{key}", key_id.clone()),
+        ("{credential}", credential.clone()),
+        ("{kv}", "greeting".to_string()),
     ];
     // (method, path, names one of our ids); the public sign-in is the one exception.
     let endpoints: Vec<(Method, String, bool)> = ENDPOINTS
@@ -586,7 +596,12 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
         .filter(|(_, _, guard)| *guard != Guard::Public)
         .map(|(method, template, _)| {
             let path = fixtures.iter().fold(template.to_string(), |p, (k, v)| p.replace(k, v));
-            (method.parse().unwrap(), path, template.contains('{'))
+            // KV keys are names within each company, not ids: another company's `PUT` writes its own.
+            (
+                method.parse().unwrap(),
+                path,
+                template.contains('{') && !template.contains("{kv}"),
+            )
         })
         .collect();
 
@@ -682,9 +697,18 @@ async fn every_role_without_the_capability_gets_403_on_every_guarded_endpoint() 
                 continue;
             }
             let path = template.replace("{flow}", &flow);
-            let path = ["{run}", "{user}", "{group}", "{folder}", "{grant}", "{key}"]
-                .iter()
-                .fold(path, |p, k| p.replace(k, &id));
+            let path = [
+                "{run}",
+                "{user}",
+                "{group}",
+                "{folder}",
+                "{grant}",
+                "{key}",
+                "{credential}",
+                "{kv}",
+            ]
+            .iter()
+            .fold(path, |p, k| p.replace(k, &id));
             let (status, body) = app
                 .request(method.parse().unwrap(), &path, &caller.api_key, Some(json!({})))
                 .await;

@@ -5,6 +5,8 @@ mod audit;
 mod flows;
 mod grants;
 mod identity;
+mod nodes;
 mod resilience;
 mod runs;
+mod secrets;
 mod tenancy;

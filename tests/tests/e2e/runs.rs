@@ -85,7 +85,7 @@ async fn switch_routes_by_value_and_merge_joins_the_branch_taken() {
     app.teardown().await;
 }
 
-async fn serve(router: axum::Router) -> String {
+pub async fn serve(router: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });

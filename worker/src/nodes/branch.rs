@@ -1,17 +1,15 @@
 //! `if` and `switch`: route to an output port.
 
-use std::sync::Arc;
-
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::{Value, json};
 
-use super::{Node, NodeEnv, NodeError, NodeOutput, NodeResult};
+use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult};
 use floq_shared::flow::definition::switch_port;
 
 pub struct If;
 
 /// JavaScript's truthiness, which is what users of `{{ }}` conditions expect.
-fn truthy(v: &Value) -> bool {
+pub fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,
@@ -22,8 +20,8 @@ fn truthy(v: &Value) -> bool {
 }
 
 impl Node for If {
-    fn run(&self, params: Value, _inputs: Value, _env: Arc<NodeEnv>) -> BoxFuture<'static, NodeResult> {
-        let result = truthy(params.get("condition").unwrap_or(&Value::Null));
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
+        let result = truthy(ctx.params.get("condition").unwrap_or(&Value::Null));
         async move {
             Ok(NodeOutput {
                 value: json!({"result": result}),
@@ -37,9 +35,9 @@ impl Node for If {
 pub struct Switch;
 
 impl Node for Switch {
-    fn run(&self, params: Value, _inputs: Value, _env: Arc<NodeEnv>) -> BoxFuture<'static, NodeResult> {
-        let value = params.get("value").cloned().unwrap_or(Value::Null);
-        let outcome = match params.get("cases") {
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
+        let value = ctx.params.get("value").cloned().unwrap_or(Value::Null);
+        let outcome = match ctx.params.get("cases") {
             Some(Value::Array(cases)) => {
                 let port = cases
                     .iter()

@@ -1,27 +1,27 @@
 //! `delay`: waits `ms` milliseconds, bounded by `FLOQ_DELAY_MAX_MS`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::{Value, json};
 
-use super::{Node, NodeEnv, NodeError, NodeOutput, NodeResult};
+use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult};
 
 pub struct Delay;
 
 impl Node for Delay {
-    fn run(&self, params: Value, _inputs: Value, env: Arc<NodeEnv>) -> BoxFuture<'static, NodeResult> {
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
         async move {
-            let ms = params
+            let ms = ctx
+                .params
                 .get("ms")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| NodeError::new("invalid_params", "`ms` must be a non-negative integer"))?;
             let wait = Duration::from_millis(ms);
-            if wait > env.delay_max {
+            if wait > ctx.env.delay_max {
                 return Err(NodeError::new(
                     "delay_too_long",
-                    format!("`ms` may be at most {}", env.delay_max.as_millis()),
+                    format!("`ms` may be at most {}", ctx.env.delay_max.as_millis()),
                 ));
             }
             tokio::time::sleep(wait).await;

@@ -1,55 +1,81 @@
 //! `http_request`: one HTTP call. Non-2xx statuses are outputs, not errors,
-//! so flows can branch on them; transport failures, timeouts and oversized
-//! responses fail the node.
+//! so flows can branch on them; transport failures, timeouts, oversized
+//! responses and too many redirects fail the node.
+//!
+//! Redirects are followed here, not by the client, so every hop is checked
+//! (http and https only) and counted against `max_redirects`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use reqwest::Method;
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde_json::{Map, Value, json};
 
-use super::{Node, NodeEnv, NodeError, NodeOutput, NodeResult};
+use super::{Node, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, millis, text};
+use crate::vault::Credential;
 
 pub struct HttpRequest;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_REDIRECTS: u64 = 5;
 
 impl Node for HttpRequest {
-    fn run(&self, params: Value, _inputs: Value, env: Arc<NodeEnv>) -> BoxFuture<'static, NodeResult> {
-        async move { call(&params, &env).await }.boxed()
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
+        async move { call(&ctx.params, &ctx.env, ctx.credential.as_deref()).await }.boxed()
     }
 }
 
-fn invalid(message: impl Into<String>) -> NodeError {
-    NodeError::new("invalid_params", message)
+fn web_url(raw: &str) -> Result<Url, NodeError> {
+    let url = Url::parse(raw).map_err(|e| NodeError::invalid(format!("`url` is not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(NodeError::invalid("`url` must use http or https"));
+    }
+    Ok(url)
 }
 
-async fn call(params: &Value, env: &NodeEnv) -> NodeResult {
+fn credential_field<'a>(credential: &'a Credential, name: &str) -> Result<&'a str, NodeError> {
+    credential
+        .field(name)
+        .ok_or_else(|| NodeError::new("credential_invalid", format!("the credential lacks `{name}`")))
+}
+
+/// Applies a credential to one request (an `api_key_query` one goes into
+/// `url`). Only ever to the origin the node named: a redirect elsewhere
+/// never carries it.
+fn authorize(request: RequestBuilder, credential: &Credential) -> Result<RequestBuilder, NodeError> {
+    let field = |name| credential_field(credential, name);
+    Ok(match credential.kind.as_str() {
+        "http_bearer" => request.bearer_auth(field("token")?),
+        "http_basic" => request.basic_auth(field("username")?, Some(field("password")?)),
+        "http_header" => request.header(field("name")?, field("value")?),
+        "api_key_query" => request,
+        other => {
+            return Err(NodeError::invalid(format!(
+                "a `{other}` credential cannot authorize an HTTP request"
+            )));
+        }
+    })
+}
+
+async fn call(params: &Value, env: &NodeEnv, credential: Option<&Credential>) -> NodeResult {
     let method = params
         .get("method")
         .and_then(Value::as_str)
         .unwrap_or("GET")
         .to_ascii_uppercase();
-    let method = Method::from_bytes(method.as_bytes()).map_err(|_| invalid(format!("unknown method `{method}`")))?;
+    let mut method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| NodeError::invalid(format!("unknown method `{method}`")))?;
     let raw_url = params
         .get("url")
         .and_then(Value::as_str)
-        .ok_or_else(|| invalid("`url` must be a string"))?;
-    let mut url = reqwest::Url::parse(raw_url).map_err(|e| invalid(format!("`url` is not a valid URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("`url` must use http or https"));
-    }
-    let timeout = match params.get("timeout_ms") {
-        None | Some(Value::Null) => DEFAULT_TIMEOUT.min(env.http_max_timeout),
-        Some(v) => {
-            let ms = v
-                .as_u64()
-                .filter(|ms| *ms > 0)
-                .ok_or_else(|| invalid("`timeout_ms` must be a positive integer"))?;
-            Duration::from_millis(ms).min(env.http_max_timeout)
-        }
-    };
+        .ok_or_else(|| NodeError::invalid("`url` must be a string"))?;
+    let mut url = web_url(raw_url)?;
+    let timeout = millis(params, "timeout_ms", DEFAULT_TIMEOUT, env.http_max_timeout)?;
+    let max_redirects = params
+        .get("max_redirects")
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_REDIRECTS);
+    let mode = params.get("response").and_then(Value::as_str).unwrap_or("auto");
 
     if let Some(query) = params.get("query").and_then(Value::as_object) {
         let mut pairs = url.query_pairs_mut();
@@ -57,19 +83,65 @@ async fn call(params: &Value, env: &NodeEnv) -> NodeResult {
             pairs.append_pair(k, &text(v));
         }
     }
-    let mut request = env.http.request(method, url).timeout(timeout);
-    if let Some(headers) = params.get("headers").and_then(Value::as_object) {
-        for (name, value) in headers {
-            request = request.header(name.as_str(), text(value));
+    let mut body = params.get("body").cloned().filter(|b| !b.is_null());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let origin = url.origin();
+    let mut redirects = 0;
+    let mut response = loop {
+        let credential = credential.filter(|_| url.origin() == origin);
+        let mut target = url.clone();
+        if let Some(c) = credential.filter(|c| c.kind == "api_key_query") {
+            target
+                .query_pairs_mut()
+                .append_pair(credential_field(c, "name")?, credential_field(c, "value")?);
         }
-    }
-    request = match params.get("body") {
-        None | Some(Value::Null) => request,
-        Some(Value::String(s)) => request.body(s.clone()),
-        Some(other) => request.json(other),
+        let mut request = env.http.request(method.clone(), target);
+        if let Some(c) = credential {
+            request = authorize(request, c)?;
+        }
+        if let Some(headers) = params.get("headers").and_then(Value::as_object) {
+            for (name, value) in headers {
+                request = request.header(name.as_str(), text(value));
+            }
+        }
+        request = match &body {
+            None => request,
+            Some(Value::String(s)) => request.body(s.clone()),
+            Some(other) => request.json(other),
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let response = tokio::time::timeout(remaining, request.send())
+            .await
+            .map_err(|_| NodeError::new("http_timeout", "the request timed out"))?
+            .map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok());
+        let (true, Some(location)) = (status.is_redirection(), location) else {
+            break response;
+        };
+        if redirects >= max_redirects {
+            return Err(NodeError::new(
+                "http_redirect",
+                format!("more than {max_redirects} redirects"),
+            ));
+        }
+        redirects += 1;
+        url = url
+            .join(location)
+            .map_err(|_| NodeError::new("http_redirect", "a redirect named an invalid location"))
+            .and_then(|next| web_url(next.as_str()))?;
+        // 303, and 301/302 after a POST, continue as a GET without a body (what browsers do).
+        if status == StatusCode::SEE_OTHER
+            || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND) && method == Method::POST)
+        {
+            method = Method::GET;
+            body = None;
+        }
     };
 
-    let mut response = request.send().await.map_err(|e| transport_error(&e))?;
     let status = response.status().as_u16();
     let mut headers = Map::new();
     for (name, value) in response.headers() {
@@ -77,37 +149,54 @@ async fn call(params: &Value, env: &NodeEnv) -> NodeResult {
             .entry(name.as_str().to_string())
             .or_insert_with(|| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()));
     }
-    let is_json = response
+    let content_type = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("json"));
+        .unwrap_or("")
+        .to_ascii_lowercase();
 
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(&e))? {
-        if body.len() + chunk.len() > env.http_max_response_bytes {
+    let mut bytes = Vec::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let chunk = tokio::time::timeout(remaining, response.chunk())
+            .await
+            .map_err(|_| NodeError::new("http_timeout", "the request timed out"))?
+            .map_err(|e| transport_error(&e))?;
+        let Some(chunk) = chunk else { break };
+        if bytes.len() + chunk.len() > env.http_max_response_bytes {
             return Err(NodeError::new(
                 "response_too_large",
                 format!("the response exceeds {} bytes", env.http_max_response_bytes),
             ));
         }
-        body.extend_from_slice(&chunk);
+        bytes.extend_from_slice(&chunk);
     }
-    let body = if is_json {
-        serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-    } else {
-        Value::String(String::from_utf8_lossy(&body).into_owned())
-    };
+    let body = decode(&bytes, mode, &content_type)?;
     Ok(NodeOutput::value(
-        json!({"status": status, "headers": headers, "body": body}),
+        json!({"status": status, "headers": headers, "body": body, "url": url.as_str()}),
     ))
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// `auto`: JSON for JSON types, text for text types and valid UTF-8, base64 otherwise.
+fn decode(bytes: &[u8], mode: &str, content_type: &str) -> Result<Value, NodeError> {
+    use base64::Engine;
+    let binary = || json!({"base64": base64::engine::general_purpose::STANDARD.encode(bytes)});
+    Ok(match mode {
+        "json" => serde_json::from_slice(bytes)
+            .map_err(|e| NodeError::new("http_invalid_json", format!("the response is not JSON: {e}")))?,
+        "text" => Value::String(String::from_utf8_lossy(bytes).into_owned()),
+        "binary" => binary(),
+        _ if content_type.contains("json") => {
+            serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+        }
+        _ => match std::str::from_utf8(bytes) {
+            Ok(text) if !content_type.starts_with("image/") && !content_type.contains("octet-stream") => {
+                Value::String(text.to_string())
+            }
+            _ => binary(),
+        },
+    })
 }
 
 /// Describes a transport failure without echoing request details (URL
@@ -115,8 +204,6 @@ fn text(v: &Value) -> String {
 fn transport_error(e: &reqwest::Error) -> NodeError {
     if e.is_timeout() {
         NodeError::new("http_timeout", "the request timed out")
-    } else if e.is_redirect() {
-        NodeError::new("http_redirect", "too many redirects")
     } else if e.is_connect() {
         NodeError::new("http_connect", "could not connect to the server")
     } else {

@@ -1,21 +1,36 @@
-//! Node implementations, one per file, registered in [`implementation`].
+//! Node implementations, one per file, each registered by its type name in
+//! [`registry`]. The catalog in `floq_shared::flow::catalog` holds each
+//! type's params schema; a test checks the two name the same types.
 //!
-//! A node receives its params with templates already evaluated, and the
+//! A node receives its params with templates already evaluated and the
 //! outputs of its active parents. It never sees secrets it was not handed.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
 
-use floq_shared::flow::NodeKind;
+use crate::flow_cache::{CompiledFlow, FlowCache};
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::vault::Credential;
+use floq_shared::crypto::Keyring;
 
 mod branch;
+mod code;
 mod delay;
 mod http_request;
+mod kv;
+mod loop_items;
 mod merge;
+mod postgres;
+mod respond;
 mod set;
+mod smtp_send;
+mod sub_flow;
 
 /// What a node produced: its output, and for branch nodes the port taken.
 #[derive(Debug)]
@@ -45,6 +60,10 @@ impl NodeError {
         }
     }
 
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new("invalid_params", message)
+    }
+
     pub fn to_json(&self) -> Value {
         json!({"code": self.code, "message": self.message})
     }
@@ -52,26 +71,121 @@ impl NodeError {
 
 pub type NodeResult = Result<NodeOutput, NodeError>;
 
-/// Limits and clients nodes share within one worker.
+/// Limits, clients and services nodes share within one worker.
 pub struct NodeEnv {
     pub http: reqwest::Client,
+    pub pool: PgPool,
+    pub flows: Arc<FlowCache>,
+    pub sandbox: Sandbox,
+    pub keyring: Arc<Keyring>,
     pub delay_max: Duration,
     pub http_max_timeout: Duration,
     pub http_max_response_bytes: usize,
+    pub template_timeout: Duration,
+    pub code_timeout: Duration,
+    pub code_max_timeout: Duration,
+}
+
+/// The run a node executes in.
+#[derive(Debug, Clone)]
+pub struct RunCtx {
+    pub run_id: Uuid,
+    pub company_id: Uuid,
+    pub flow_id: Uuid,
+    pub trigger: String,
+    pub attempt: i32,
+    /// 0 for a run; +1 inside each loop body or sub-flow.
+    pub depth: u32,
+    /// The company's plain KV values (`$vars`), loaded once per run when the flow reads them.
+    pub vars: Option<Arc<Value>>,
+}
+
+/// Sub-flows and loops nest at most this deep.
+pub const MAX_DEPTH: u32 = 5;
+
+#[derive(Clone)]
+pub struct NodeCtx {
+    /// Evaluated params.
+    pub params: Value,
+    /// `{parent_id: output}` of the parents whose edge was taken.
+    pub inputs: Value,
+    /// What templates see (`$input`, `$node`, `$vars`, `$run`), for nodes that run scripts.
+    pub scope: Arc<Value>,
+    /// A loop's compiled body.
+    pub body: Option<Arc<CompiledFlow>>,
+    /// The credential named by `credential_id`, decrypted for this node only.
+    pub credential: Option<Arc<Credential>>,
+    pub run: Arc<RunCtx>,
+    pub env: Arc<NodeEnv>,
 }
 
 pub trait Node: Send + Sync {
-    /// `params`: evaluated params. `inputs`: `{parent_id: output}` of the parents whose edge was taken.
-    fn run(&self, params: Value, inputs: Value, env: Arc<NodeEnv>) -> BoxFuture<'static, NodeResult>;
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult>;
 }
 
-pub fn implementation(kind: NodeKind) -> &'static dyn Node {
-    match kind {
-        NodeKind::Set => &set::Set,
-        NodeKind::If => &branch::If,
-        NodeKind::Switch => &branch::Switch,
-        NodeKind::Merge => &merge::Merge,
-        NodeKind::Delay => &delay::Delay,
-        NodeKind::HttpRequest => &http_request::HttpRequest,
+static REGISTRY: LazyLock<HashMap<&'static str, &'static dyn Node>> = LazyLock::new(|| {
+    let nodes: [(&str, &'static dyn Node); 14] = [
+        ("set", &set::Set),
+        ("if", &branch::If),
+        ("switch", &branch::Switch),
+        ("merge", &merge::Merge),
+        ("delay", &delay::Delay),
+        ("code", &code::Code),
+        ("loop", &loop_items::Loop),
+        ("http_request", &http_request::HttpRequest),
+        ("sub_flow", &sub_flow::SubFlow),
+        ("postgres", &postgres::Postgres),
+        ("smtp_send", &smtp_send::SmtpSend),
+        ("respond", &respond::Respond),
+        ("kv_get", &kv::KvGet),
+        ("kv_set", &kv::KvSet),
+    ];
+    nodes.into_iter().collect()
+});
+
+pub fn registry() -> &'static HashMap<&'static str, &'static dyn Node> {
+    &REGISTRY
+}
+
+/// A sandbox failure as a node failure: same code, the script's message and line.
+pub fn sandbox_error(e: SandboxError) -> NodeError {
+    let message = match e.line {
+        Some(line) => format!("{} (line {line})", e.message),
+        None => e.message,
+    };
+    NodeError::new(e.code, message)
+}
+
+/// A param as text: strings as they are, other JSON as its text.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A millisecond param, capped; `default` when absent.
+pub fn millis(params: &Value, name: &str, default: Duration, max: Duration) -> Result<Duration, NodeError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(default.min(max)),
+        Some(v) => v
+            .as_u64()
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(ms).min(max))
+            .ok_or_else(|| NodeError::invalid(format!("`{name}` must be a positive integer of milliseconds"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_implements_exactly_the_catalog() {
+        let mut catalog: Vec<&str> = floq_shared::flow::catalog::all().iter().map(|s| s.name).collect();
+        let mut implemented: Vec<&str> = registry().keys().copied().collect();
+        catalog.sort();
+        implemented.sort();
+        assert_eq!(catalog, implemented);
     }
 }

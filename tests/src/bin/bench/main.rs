@@ -17,6 +17,8 @@ use tokio::sync::Mutex;
 
 use floq_tests::{Options, TestApp};
 
+mod templates;
+
 // Under the benchmark glibc malloc took ~17% of this process's CPU (perf), mimalloc ~11%.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -36,6 +38,13 @@ struct Args {
     /// PostgreSQL connections per service.
     #[arg(long, default_value_t = 16)]
     db_connections: u32,
+    /// The flow to run: `basic` (set → if → set, paths only) or `templated`
+    /// (five nodes whose templates are JavaScript expressions).
+    #[arg(long, default_value = "basic")]
+    flow: String,
+    /// Measure template evaluation alone (paths, expressions, code nodes) and exit.
+    #[arg(long)]
+    templates: bool,
 }
 
 /// An accepted run: its id, when its request was sent, and the accept latency in seconds.
@@ -51,21 +60,36 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.templates {
+        return templates::bench().await;
+    }
     let app = TestApp::spawn_configured(Options::default(), |c| {
         c.worker_prefetch = args.prefetch;
         c.db_max_connections = args.db_connections;
     })
     .await;
-    let flow = app
-        .deployed_flow(json!({
+    let definition = match args.flow.as_str() {
+        "basic" => json!({
             "nodes": [
                 {"id": "shape", "type": "set", "params": {"values": {"user": "{{ $input.user }}", "n": "{{ $input.n }}"}}},
                 {"id": "check", "type": "if", "params": {"condition": "{{ $node.shape.output.n }}"}},
                 {"id": "done", "type": "set", "params": {"values": {"greeting": "hello {{ $node.shape.output.user }}"}}}
             ],
             "edges": [{"from": "shape", "to": "check"}, {"from": "check", "port": "true", "to": "done"}]
-        }))
-        .await;
+        }),
+        "templated" => json!({
+            "nodes": [
+                {"id": "a", "type": "set", "params": {"values": {"user": "{{ $input.user.toUpperCase() }}", "n": "{{ $input.n * 2 }}"}}},
+                {"id": "b", "type": "if", "params": {"condition": "{{ $node.a.output.n % 2 === 0 }}"}},
+                {"id": "c", "type": "set", "params": {"values": {"tag": "{{ `user-${$node.a.output.n}` }}"}}},
+                {"id": "d", "type": "set", "params": {"values": {"len": "{{ $node.a.output.user.length + $node.c.output.tag.length }}"}}},
+                {"id": "e", "type": "set", "params": {"values": {"greeting": "hello {{ $node.a.output.user.toLowerCase() }} ({{ $node.d.output.len }})"}}}
+            ],
+            "edges": [{"from": "a", "to": "b"}, {"from": "b", "port": "true", "to": "c"}, {"from": "c", "to": "d"}, {"from": "d", "to": "e"}]
+        }),
+        other => anyhow::bail!("unknown --flow `{other}`: basic or templated"),
+    };
+    let flow = app.deployed_flow(definition).await;
     let url = format!("{}/api/v1/flows/{flow}/runs", app.base);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -73,8 +97,8 @@ async fn main() -> anyhow::Result<()> {
     let key = app.admin.api_key.clone();
 
     println!(
-        "floq-bench: {} runs, concurrency {}, prefetch {}, {} db connections per service",
-        args.runs, args.concurrency, args.prefetch, args.db_connections
+        "floq-bench: {} runs of the {} flow, concurrency {}, prefetch {}, {} db connections per service",
+        args.runs, args.flow, args.concurrency, args.prefetch, args.db_connections
     );
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::new(Mutex::new(Vec::with_capacity(args.runs)));
     let started = Instant::now();

@@ -1,0 +1,241 @@
+//! `/api/v1/credentials`: integrations' secrets. Data is checked per type,
+//! encrypted here, and never returned: reads show the type, the field names
+//! and a masked hint. Managing needs `integration:manage` (and, for
+//! non-admins, `edit` on the credential); seeing one needs a grant too.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::access::{self, Level};
+use crate::audit;
+use crate::authz::{Authorized, IntegrationManage, IntegrationRead};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Id, ValidJson};
+use crate::state::AppState;
+use floq_shared::{db, secrets};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/credentials", get(list).post(create))
+        .route("/api/v1/credentials/{id}", get(show).put(update).delete(remove))
+}
+
+/// All a read ever shows of a credential.
+#[derive(Clone, Serialize, sqlx::FromRow)]
+struct Credential {
+    id: Uuid,
+    name: String,
+    #[serde(rename = "type")]
+    #[sqlx(rename = "type")]
+    kind: String,
+    fields: Vec<String>,
+    hint: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, name, type, fields, hint, created_at, updated_at";
+
+#[derive(Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+struct CreateCredential {
+    #[validate(length(min = 1, max = 200))]
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    data: Value,
+}
+
+#[derive(Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+struct UpdateCredential {
+    #[validate(length(min = 1, max = 200))]
+    name: Option<String>,
+    data: Option<Value>,
+}
+
+fn checked(kind: &str, data: &Value) -> ApiResult<()> {
+    let errors = secrets::check(kind, data);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let details: Vec<Value> = errors
+        .into_iter()
+        .map(|(field, message)| json!({"field": field, "message": message}))
+        .collect();
+    Err(ApiError::validation("the credential is invalid", json!(details)))
+}
+
+fn fields(data: &Value) -> Vec<String> {
+    data.as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn name_taken() -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "name_taken", "a credential with this name exists")
+}
+
+async fn list(State(state): State<AppState>, auth: Authorized<IntegrationRead>) -> ApiResult<Json<Value>> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let items: Vec<Credential> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM credentials
+          WHERE $1 OR floq_access($2, 'integration', id, NULL) >= 1 ORDER BY name"
+    )))
+    .bind(auth.principal.is_admin())
+    .bind(auth.principal.user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({"items": items})))
+}
+
+async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Credential> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM credentials WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("credential"))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    auth: Authorized<IntegrationRead>,
+    Id(id): Id,
+) -> ApiResult<Json<Credential>> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    access::require_integration(&mut tx, &auth.principal, id, Level::View).await?;
+    let credential = fetch(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(credential))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    auth: Authorized<IntegrationManage>,
+    ValidJson(body): ValidJson<CreateCredential>,
+) -> ApiResult<(StatusCode, Json<Credential>)> {
+    checked(&body.kind, &body.data)?;
+    let company_id = auth.principal.company_id;
+    let id = Uuid::now_v7();
+    let id_text = id.to_string();
+    let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(&body.data).map_err(ApiError::internal)?);
+    let sealed = state
+        .keyring
+        .encrypt(&plaintext, secrets::credential_binding(company_id, &id_text));
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let credential: Credential = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO credentials (id, company_id, name, type, data, key_id, fields, hint, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(company_id)
+    .bind(body.name.trim())
+    .bind(&body.kind)
+    .bind(sealed)
+    .bind(state.keyring.primary_id())
+    .bind(fields(&body.data))
+    .bind(secrets::hint(&body.kind, &body.data))
+    .bind(auth.principal.user_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(name_taken)?;
+    let entry = auth.principal.audit("credential.create", "credential", id);
+    audit::record(&mut tx, &[entry.change(None::<&Credential>, Some(&credential))]).await?;
+    access::grant_creator(&mut tx, &auth.principal, "integration", id).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(credential)))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    auth: Authorized<IntegrationManage>,
+    Id(id): Id,
+    ValidJson(body): ValidJson<UpdateCredential>,
+) -> ApiResult<Json<Credential>> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    access::require_integration(&mut tx, &auth.principal, id, Level::Edit).await?;
+    let before = fetch(&mut tx, id).await?;
+    let sealed = match &body.data {
+        Some(data) => {
+            checked(&before.kind, data)?;
+            let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(data).map_err(ApiError::internal)?);
+            let id_text = id.to_string();
+            let sealed = state
+                .keyring
+                .encrypt(&plaintext, secrets::credential_binding(company_id, &id_text));
+            Some((sealed, fields(data), secrets::hint(&before.kind, data)))
+        }
+        None => None,
+    };
+    let taken = match &body.name {
+        Some(name) => {
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credentials WHERE name = $1 AND id <> $2)")
+                .bind(name.trim())
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?
+        }
+        None => false,
+    };
+    if taken {
+        return Err(name_taken());
+    }
+    let (data, fields, hint) = match sealed {
+        Some((d, f, h)) => (Some(d), Some(f), Some(h)),
+        None => (None, None, None),
+    };
+    let after: Credential = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE credentials SET name = COALESCE($2, name), data = COALESCE($3, data),
+                key_id = CASE WHEN $3 IS NULL THEN key_id ELSE $4 END,
+                fields = COALESCE($5, fields), hint = COALESCE($6, hint), updated_at = now()
+          WHERE id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(body.name.as_deref().map(str::trim))
+    .bind(data)
+    .bind(state.keyring.primary_id())
+    .bind(fields)
+    .bind(hint)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut entry = auth.principal.audit("credential.update", "credential", id);
+    entry = entry.change(Some(&before), Some(&after));
+    entry.details["data_replaced"] = body.data.is_some().into();
+    audit::record(&mut tx, &[entry]).await?;
+    tx.commit().await?;
+    Ok(Json(after))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    auth: Authorized<IntegrationManage>,
+    Id(id): Id,
+) -> ApiResult<StatusCode> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    access::require_integration(&mut tx, &auth.principal, id, Level::Edit).await?;
+    let before = fetch(&mut tx, id).await?;
+    sqlx::query("DELETE FROM grants WHERE entity_type = 'integration' AND entity_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM credentials WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let entry = auth.principal.audit("credential.delete", "credential", id);
+    audit::record(&mut tx, &[entry.change(Some(&before), None::<&Credential>)]).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

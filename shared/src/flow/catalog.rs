@@ -1,0 +1,370 @@
+//! The node types this build knows: name, what they do, the JSON Schema of
+//! their params, and their output ports. The API validates params against
+//! these schemas and serves them at `GET /api/v1/node-types`; the worker's
+//! registry maps each name to its implementation (`worker/src/nodes/`).
+//!
+//! Any string param may instead hold a `{{ }}` template, so every schema
+//! below accepts a templated string wherever it names a concrete type
+//! ([`tpl`]); the value is checked again by the node once evaluated.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use jsonschema::error::ValidationErrorKind;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ports {
+    /// One output: edges carry no port.
+    Single,
+    /// `true` / `false`.
+    Boolean,
+    /// One port per entry of `params.cases`, plus `default`.
+    Cases,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeSpec {
+    #[serde(rename = "type")]
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub params_schema: Value,
+    pub ports: Ports,
+    /// Params taken literally, never as templates (code, a loop's sub-flow).
+    #[serde(skip)]
+    pub raw_params: &'static [&'static str],
+    /// Gets the template scope to run user code with.
+    #[serde(skip)]
+    pub runs_scripts: bool,
+}
+
+/// A schema, or a string holding a template. Written as if/then/else rather
+/// than anyOf so a wrong value is reported against the typed schema.
+fn tpl(schema: Value) -> Value {
+    json!({"if": {"type": "string", "pattern": "\\{\\{"}, "then": true, "else": schema})
+}
+
+fn object(properties: Value, required: &[&str]) -> Value {
+    json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
+}
+
+fn kv_key() -> Value {
+    tpl(json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}))
+}
+
+/// A credential reference: the worker decrypts it for the node when it
+/// starts. Never a template: which credentials a flow uses is fixed (and
+/// checked against its author's grants) when it is saved.
+fn credential() -> Value {
+    json!({"type": "string", "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"})
+}
+
+/// Params that need either `inline` (a URI) or `credential_id`, not both.
+fn with_credential(properties: Value, required: &[&str], inline: &str) -> Value {
+    let mut schema = object(properties, required);
+    schema["oneOf"] = json!([{"required": [inline]}, {"required": ["credential_id"]}]);
+    schema
+}
+
+fn specs() -> Vec<NodeSpec> {
+    let ms = |max: u64| tpl(json!({"type": "integer", "minimum": 0, "maximum": max}));
+    vec![
+        NodeSpec {
+            name: "set",
+            summary: "Outputs `values`, with templates evaluated.",
+            params_schema: object(json!({"values": tpl(json!({"type": "object"}))}), &["values"]),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "if",
+            summary: "Routes to port `true` or `false` by the truthiness of `condition`.",
+            params_schema: object(json!({"condition": {}}), &["condition"]),
+            ports: Ports::Boolean,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "switch",
+            summary: "Routes to the port of the first case equal to `value`, else `default`.",
+            params_schema: object(
+                json!({
+                    "value": {},
+                    "cases": {"type": "array", "minItems": 1, "maxItems": 100,
+                              "items": {"type": ["string", "number", "boolean"]}}
+                }),
+                &["value", "cases"],
+            ),
+            ports: Ports::Cases,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "merge",
+            summary: "Waits for its parents and outputs their outputs by node id.",
+            params_schema: object(json!({}), &[]),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "delay",
+            summary: "Waits `ms` milliseconds (bounded by FLOQ_DELAY_MAX_MS).",
+            // The ceiling is the operator's (FLOQ_DELAY_MAX_MS), checked when the node runs.
+            params_schema: object(json!({"ms": tpl(json!({"type": "integer", "minimum": 0}))}), &["ms"]),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "code",
+            summary: "Runs a JavaScript function body in the sandbox; its `return` value is the output.",
+            params_schema: object(
+                json!({
+                    "code": {"type": "string", "minLength": 1, "maxLength": 100_000},
+                    "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 600_000}
+                }),
+                &["code"],
+            ),
+            ports: Ports::Single,
+            raw_params: &["code"],
+            runs_scripts: true,
+        },
+        NodeSpec {
+            name: "loop",
+            summary: "Runs the sub-flow `flow` once per item of `items` (as its `$input`), `concurrency` at a time; outputs the results in order.",
+            params_schema: object(
+                json!({
+                    "items": tpl(json!({"type": "array"})),
+                    "flow": {"type": "object", "required": ["nodes"]},
+                    "concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
+                    "max_items": {"type": "integer", "minimum": 1, "maximum": 100_000}
+                }),
+                &["items", "flow"],
+            ),
+            ports: Ports::Single,
+            raw_params: &["flow"],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "http_request",
+            summary: "One HTTP(S) call; non-2xx statuses are outputs, transport failures fail the node.",
+            params_schema: object(
+                json!({
+                    "method": tpl(json!({"enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS",
+                                                 "get", "post", "put", "patch", "delete", "head", "options"]})),
+                    "url": {"type": "string", "minLength": 1},
+                    "query": tpl(json!({"type": "object"})),
+                    "headers": headers_schema(),
+                    "body": {},
+                    "response": {"enum": ["auto", "json", "text", "binary"]},
+                    "timeout_ms": ms(3_600_000),
+                    "max_redirects": {"type": "integer", "minimum": 0, "maximum": 10},
+                    "credential_id": credential()
+                }),
+                &["method", "url"],
+            ),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "sub_flow",
+            summary: "Runs the latest deployed version of another flow of this company with `input` and outputs its output.",
+            params_schema: object(
+                json!({
+                    "flow_id": tpl(json!({"type": "string", "format": "uuid"})),
+                    "input": {}
+                }),
+                &["flow_id"],
+            ),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "postgres",
+            summary: "Runs one parameterized SQL statement ($1, $2, … bound from `params`) and outputs its rows; the database is `connection_uri` or a `postgres` credential.",
+            params_schema: with_credential(
+                json!({
+                    "connection_uri": {"type": "string", "pattern": "^postgres(ql)?://"},
+                    "credential_id": credential(),
+                    "query": {"type": "string", "minLength": 1, "maxLength": 100_000},
+                    "params": tpl(json!({"type": "array", "maxItems": 100})),
+                    "timeout_ms": ms(600_000),
+                    "max_rows": {"type": "integer", "minimum": 1, "maximum": 100_000}
+                }),
+                &["query"],
+                "connection_uri",
+            ),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "smtp_send",
+            summary: "Sends one e-mail through the SMTP server of `smtp_uri` (smtp://, smtps:// or smtp+starttls://) or of an `smtp` credential.",
+            params_schema: with_credential(
+                json!({
+                    "smtp_uri": {"type": "string", "pattern": "^smtps?(\\+starttls)?://"},
+                    "credential_id": credential(),
+                    "from": {"type": "string", "minLength": 3},
+                    "to": tpl(json!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 100}]})),
+                    "subject": {"type": "string"},
+                    "text": {"type": "string"},
+                    "html": {"type": "string"},
+                    "timeout_ms": ms(300_000)
+                }),
+                &["from", "to", "subject"],
+                "smtp_uri",
+            ),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "kv_get",
+            summary: "Reads a plain KV value of this company: `{key, found, value}` (secret values are refused).",
+            params_schema: object(json!({"key": kv_key()}), &["key"]),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "kv_set",
+            summary: "Writes a plain KV value of this company (secrets are written through the API only).",
+            params_schema: object(json!({"key": kv_key(), "value": {}}), &["key", "value"]),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+        NodeSpec {
+            name: "respond",
+            summary: "Shapes the reply of a synchronous webhook: `status`, `headers`, `body`.",
+            params_schema: object(
+                json!({
+                    "status": tpl(json!({"type": "integer", "minimum": 100, "maximum": 599})),
+                    "headers": headers_schema(),
+                    "body": {}
+                }),
+                &[],
+            ),
+            ports: Ports::Single,
+            raw_params: &[],
+            runs_scripts: false,
+        },
+    ]
+}
+
+fn headers_schema() -> Value {
+    tpl(json!({"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}))
+}
+
+static CATALOG: LazyLock<Vec<NodeSpec>> = LazyLock::new(specs);
+
+static VALIDATORS: LazyLock<HashMap<&'static str, jsonschema::Validator>> = LazyLock::new(|| {
+    CATALOG
+        .iter()
+        .map(|spec| {
+            let validator = jsonschema::validator_for(&spec.params_schema).expect("node schemas are valid JSON Schema");
+            (spec.name, validator)
+        })
+        .collect()
+});
+
+pub fn all() -> &'static [NodeSpec] {
+    &CATALOG
+}
+
+pub fn spec(name: &str) -> Option<&'static NodeSpec> {
+    CATALOG.iter().find(|s| s.name == name)
+}
+
+/// Every way `params` breaks the node's schema: (path inside params, message).
+pub fn check_params(name: &str, params: &Value) -> Vec<(String, String)> {
+    let Some(validator) = VALIDATORS.get(name) else {
+        return vec![];
+    };
+    let params = secret_refs_as_text(params);
+    validator
+        .iter_errors(&params)
+        .map(|e| {
+            let mut path = e.instance_path().as_str().trim_start_matches('/').replace('/', ".");
+            // Name the param itself for a missing or unknown one, not the object holding it.
+            let param = match e.kind() {
+                ValidationErrorKind::Required { property } => property.as_str().map(str::to_string),
+                ValidationErrorKind::AdditionalProperties { unexpected } => unexpected.first().cloned(),
+                _ => None,
+            };
+            if let Some(param) = param {
+                path = if path.is_empty() {
+                    param
+                } else {
+                    format!("{path}.{param}")
+                };
+            }
+            (path, e.to_string())
+        })
+        .collect()
+}
+
+/// A secret KV reference (`{"$secret": "key"}`) stands wherever text may: the
+/// worker replaces it with the secret when the node starts.
+fn secret_refs_as_text(v: &Value) -> Value {
+    match v {
+        Value::Object(map) if map.len() == 1 && map.get("$secret").is_some_and(Value::is_string) => {
+            Value::String("secret".into())
+        }
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), secret_refs_as_text(v))).collect()),
+        Value::Array(items) => Value::Array(items.iter().map(secret_refs_as_text).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The label a switch case's edge carries: strings as they are, other JSON as text.
+pub fn switch_port(case: &Value) -> String {
+    match case {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Output ports of a node; empty for nodes with a single output.
+pub fn ports(spec: &NodeSpec, params: &Value) -> Vec<String> {
+    match spec.ports {
+        Ports::Single => vec![],
+        Ports::Boolean => vec!["true".into(), "false".into()],
+        Ports::Cases => {
+            let mut ports: Vec<String> = params
+                .get("cases")
+                .and_then(Value::as_array)
+                .map(|cases| cases.iter().map(switch_port).collect())
+                .unwrap_or_default();
+            ports.push("default".into());
+            ports
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_compiles_and_names_are_unique() {
+        assert_eq!(VALIDATORS.len(), CATALOG.len());
+    }
+
+    #[test]
+    fn templates_pass_where_a_typed_value_is_expected() {
+        assert!(check_params("delay", &json!({"ms": "{{ $input.wait }}"})).is_empty());
+        assert!(check_params("delay", &json!({"ms": 10})).is_empty());
+        let errors = check_params("delay", &json!({"ms": "soon"}));
+        assert_eq!(errors[0].0, "ms");
+        let errors = check_params("http_request", &json!({"method": "GET", "url": "http://x", "bogus": 1}));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+}

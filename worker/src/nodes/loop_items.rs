@@ -1,0 +1,72 @@
+//! `loop`: runs its sub-flow once per item of `items`, with the item as the
+//! sub-flow's `$input`, at most `concurrency` at a time, and outputs the
+//! sub-flows' outputs in item order. The first failing item fails the loop.
+
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use serde_json::Value;
+
+use super::{MAX_DEPTH, Node, NodeCtx, NodeError, NodeOutput, NodeResult};
+use crate::executor::{self, RunInput, RunStatus};
+
+pub struct Loop;
+
+const DEFAULT_CONCURRENCY: u64 = 4;
+const DEFAULT_MAX_ITEMS: u64 = 1_000;
+
+impl Node for Loop {
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
+        async move {
+            let Some(body) = ctx.body.clone() else {
+                return Err(NodeError::invalid("the loop has no compiled sub-flow"));
+            };
+            let items = match ctx.params.get("items") {
+                Some(Value::Array(items)) => items.clone(),
+                _ => return Err(NodeError::invalid("`items` must evaluate to an array")),
+            };
+            let max_items = ctx
+                .params
+                .get("max_items")
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_MAX_ITEMS);
+            if items.len() as u64 > max_items {
+                return Err(NodeError::new(
+                    "loop_too_many_items",
+                    format!("{} items exceed `max_items` ({max_items})", items.len()),
+                ));
+            }
+            if ctx.run.depth + 1 > MAX_DEPTH {
+                return Err(NodeError::new(
+                    "depth_exceeded",
+                    format!("loops and sub-flows nest at most {MAX_DEPTH} deep"),
+                ));
+            }
+            let concurrency = ctx
+                .params
+                .get("concurrency")
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_CONCURRENCY);
+            let outputs: Vec<Value> = stream::iter(items.into_iter().enumerate())
+                .map(|(i, item)| {
+                    let (body, ctx) = (body.clone(), ctx.clone());
+                    async move {
+                        let mut run = (*ctx.run).clone();
+                        run.depth += 1;
+                        let outcome = executor::execute(&body, RunInput { run, input: &item }, ctx.env.clone()).await;
+                        match outcome.status {
+                            RunStatus::Succeeded => Ok(outcome.output.unwrap_or(Value::Null)),
+                            RunStatus::Failed => Err(NodeError::new(
+                                "loop_item_failed",
+                                format!("item {i} failed: {}", executor::error_message(&outcome)),
+                            )),
+                        }
+                    }
+                })
+                .buffered(concurrency.max(1) as usize)
+                .try_collect()
+                .await?;
+            Ok(NodeOutput::value(Value::Array(outputs)))
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,105 @@
+//! `smtp_send`: sends one e-mail through the server of `smtp_uri`:
+//! `smtps://` (implicit TLS), `smtp+starttls://` (STARTTLS required) or
+//! `smtp://` (plain, for local relays). Credentials come in the URI's user
+//! info. Outputs the accepted recipients and the server's reply code.
+
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use lettre::message::{Mailbox, MultiPart, header::ContentType};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::{Value, json};
+
+use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult, millis};
+
+pub struct SmtpSend;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Node for SmtpSend {
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
+        async move {
+            let uri = match (&ctx.credential, field(&ctx.params, "smtp_uri")) {
+                (Some(c), _) if c.kind == "smtp" => c.field("uri").unwrap_or_default().to_string(),
+                (Some(c), _) => {
+                    return Err(NodeError::invalid(format!(
+                        "a `{}` credential is not an SMTP server",
+                        c.kind
+                    )));
+                }
+                (None, Some(uri)) => uri.to_string(),
+                (None, None) => return Err(NodeError::invalid("`smtp_uri` or `credential_id` is required")),
+            };
+            send(&ctx.params, zeroize::Zeroizing::new(uri)).await
+        }
+        .boxed()
+    }
+}
+
+fn field<'a>(params: &'a Value, name: &str) -> Option<&'a str> {
+    params.get(name).and_then(Value::as_str)
+}
+
+fn mailbox(raw: &str, what: &str) -> Result<Mailbox, NodeError> {
+    raw.parse()
+        .map_err(|_| NodeError::invalid(format!("`{what}` is not an e-mail address: {raw}")))
+}
+
+async fn send(params: &Value, uri: zeroize::Zeroizing<String>) -> NodeResult {
+    // lettre spells STARTTLS as a query flag on smtp://.
+    let uri = zeroize::Zeroizing::new(match uri.strip_prefix("smtp+starttls://") {
+        Some(rest) => format!("smtp://{rest}?tls=required"),
+        None => uri.to_string(),
+    });
+    let timeout = millis(params, "timeout_ms", DEFAULT_TIMEOUT, MAX_TIMEOUT)?;
+    let from = mailbox(field(params, "from").unwrap_or_default(), "from")?;
+    let to: Vec<Mailbox> = match params.get("to") {
+        Some(Value::String(one)) => vec![mailbox(one, "to")?],
+        Some(Value::Array(many)) if !many.is_empty() => many
+            .iter()
+            .map(|v| mailbox(v.as_str().unwrap_or_default(), "to"))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(NodeError::invalid("`to` must be an address or a list of addresses")),
+    };
+    let mut message = Message::builder()
+        .from(from)
+        .subject(field(params, "subject").unwrap_or_default());
+    for rcpt in &to {
+        message = message.to(rcpt.clone());
+    }
+    let text = field(params, "text").map(str::to_string);
+    let html = field(params, "html").map(str::to_string);
+    let message = match (text, html) {
+        (Some(text), Some(html)) => message.multipart(MultiPart::alternative_plain_html(text, html)),
+        (None, Some(html)) => message.header(ContentType::TEXT_HTML).body(html),
+        (text, None) => message.header(ContentType::TEXT_PLAIN).body(text.unwrap_or_default()),
+    }
+    .map_err(|e| NodeError::invalid(format!("the message cannot be built: {e}")))?;
+
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(uri.as_str())
+        .map_err(|_| NodeError::invalid("`smtp_uri` is not a valid SMTP URI"))?
+        .timeout(Some(timeout))
+        .build();
+    let response = tokio::time::timeout(timeout, transport.send(message))
+        .await
+        .map_err(|_| NodeError::new("smtp_timeout", "the SMTP server did not answer in time"))?
+        // The server's reply may quote addresses but never our credentials.
+        .map_err(|e| NodeError::new("smtp_error", format!("sending failed: {}", smtp_reason(&e))))?;
+    Ok(NodeOutput::value(json!({
+        "accepted": to.iter().map(|m| m.email.to_string()).collect::<Vec<_>>(),
+        "code": response.code().to_string(),
+    })))
+}
+
+fn smtp_reason(e: &lettre::transport::smtp::Error) -> String {
+    if e.is_permanent() {
+        "the server refused the message permanently".into()
+    } else if e.is_transient() {
+        "the server refused the message for now".into()
+    } else if e.is_timeout() {
+        "timed out".into()
+    } else {
+        "could not talk to the SMTP server".into()
+    }
+}

@@ -1,0 +1,71 @@
+//! `sub_flow`: runs the latest deployed version of another flow of the same
+//! company, in this worker, with `input` as its `$input`, and outputs the
+//! sub-flow's output. Nesting is bounded ([`super::MAX_DEPTH`]).
+
+use futures_util::future::{BoxFuture, FutureExt};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{MAX_DEPTH, Node, NodeCtx, NodeError, NodeOutput, NodeResult};
+use crate::executor::{self, RunInput, RunStatus};
+use floq_shared::db;
+
+pub struct SubFlow;
+
+impl Node for SubFlow {
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
+        async move {
+            let flow_id = ctx
+                .params
+                .get("flow_id")
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or_else(|| NodeError::invalid("`flow_id` must be a flow id"))?;
+            if ctx.run.depth + 1 > MAX_DEPTH {
+                return Err(NodeError::new(
+                    "depth_exceeded",
+                    format!("loops and sub-flows nest at most {MAX_DEPTH} deep"),
+                ));
+            }
+            let company_id = ctx.run.company_id;
+            let unavailable = |_| NodeError::new("sub_flow_unavailable", "the sub-flow could not be loaded");
+            // Under the run's company: another company's flow id is simply not found.
+            let version: Option<i32> = async {
+                let mut tx = db::tenant_tx(&ctx.env.pool, company_id).await?;
+                let version = sqlx::query_scalar(
+                    "SELECT latest_version FROM flows WHERE id = $1 AND deleted_at IS NULL AND latest_version IS NOT NULL",
+                )
+                .bind(flow_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(version)
+            }
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+            let Some(version) = version else {
+                return Err(NodeError::new("sub_flow_not_found", "no deployed flow with this id"));
+            };
+            let flow = ctx
+                .env
+                .flows
+                .get(&ctx.env.pool, company_id, flow_id, version)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?
+                .ok_or_else(|| NodeError::new("sub_flow_not_found", "no deployed flow with this id"))?;
+            let input = ctx.params.get("input").cloned().unwrap_or(Value::Object(Default::default()));
+            let mut run = (*ctx.run).clone();
+            run.depth += 1;
+            run.flow_id = flow_id;
+            let outcome = executor::execute(&flow, RunInput { run, input: &input }, ctx.env.clone()).await;
+            match outcome.status {
+                RunStatus::Succeeded => Ok(NodeOutput::value(outcome.output.unwrap_or(Value::Null))),
+                RunStatus::Failed => Err(NodeError::new(
+                    "sub_flow_failed",
+                    format!("the sub-flow failed: {}", executor::error_message(&outcome)),
+                )),
+            }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,171 @@
+//! Just-in-time secrets: when a node that names a credential (`credential_id`)
+//! or a secret KV value (`{"$secret": "key"}`) starts, its secrets are
+//! decrypted for that node alone, audited and counted; when it ends, every
+//! occurrence of them is scrubbed from its output and error, and the
+//! plaintext is zeroized.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::nodes::{NodeEnv, NodeError, RunCtx};
+use floq_shared::audit::sanitize::MASK;
+use floq_shared::audit::{Actor, Entry};
+use floq_shared::telemetry::METRICS;
+use floq_shared::{db, secrets};
+
+/// A decrypted credential, field by field; each value is zeroized on drop.
+pub struct Credential {
+    pub id: Uuid,
+    pub kind: String,
+    fields: HashMap<String, Zeroizing<String>>,
+}
+
+impl Credential {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(|v| v.as_str())
+    }
+}
+
+/// What one node execution was handed, to scrub afterwards.
+#[derive(Default)]
+pub struct Opened {
+    pub credential: Option<std::sync::Arc<Credential>>,
+    scrub: Vec<Zeroizing<String>>,
+    pub audit: Vec<Entry>,
+}
+
+fn unavailable(what: &str) -> NodeError {
+    NodeError::new("secret_unavailable", format!("{what} could not be read"))
+}
+
+/// Decrypts what `params` refers to, replacing `{"$secret": key}` objects in
+/// place with the secret text.
+pub async fn open(params: &mut Value, node_id: &str, run: &RunCtx, env: &NodeEnv) -> Result<Opened, NodeError> {
+    let mut opened = Opened::default();
+    let credential_id = params.get("credential_id").and_then(Value::as_str).map(str::to_string);
+    let mut refs = Vec::new();
+    collect_refs(params, &mut refs);
+    if credential_id.is_none() && refs.is_empty() {
+        return Ok(opened);
+    }
+    let mut tx = db::tenant_tx(&env.pool, run.company_id)
+        .await
+        .map_err(|_| unavailable("the secrets"))?;
+    let entry = |action: &str, kind: &str, id: &str| {
+        Entry::new(run.company_id, Actor::system("worker"), action)
+            .resource(kind, id)
+            .details(json!({"run_id": run.run_id, "flow_id": run.flow_id, "node_id": node_id}))
+    };
+    if let Some(raw) = credential_id {
+        let id = Uuid::parse_str(&raw).map_err(|_| NodeError::invalid("`credential_id` must be a credential id"))?;
+        // Under the run's company: another company's credential is simply not there.
+        let row: Option<(String, Vec<u8>)> = sqlx::query_as("SELECT type, data FROM credentials WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|_| unavailable("the credential"))?;
+        let (kind, sealed) = row.ok_or_else(|| NodeError::new("credential_not_found", "no such credential"))?;
+        let plaintext = env
+            .keyring
+            .decrypt(&sealed, secrets::credential_binding(run.company_id, &raw))
+            .map_err(|_| unavailable("the credential"))?;
+        let fields: HashMap<String, String> =
+            serde_json::from_slice(&plaintext).map_err(|_| unavailable("the credential"))?;
+        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        opened
+            .scrub
+            .extend(secrets::scrub_values(&kind, &pairs).into_iter().map(Zeroizing::new));
+        METRICS.secret_decryptions.with_label_values(&["credential"]).inc();
+        opened.audit.push(entry("credential.decrypt", "credential", &raw));
+        opened.credential = Some(std::sync::Arc::new(Credential {
+            id,
+            kind,
+            fields: fields.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect(),
+        }));
+    }
+    let mut values = HashMap::new();
+    for key in refs {
+        let sealed: Option<Vec<u8>> = sqlx::query_scalar("SELECT secret FROM kv WHERE key = $1 AND secret IS NOT NULL")
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|_| unavailable("a secret"))?;
+        let sealed = sealed.ok_or_else(|| NodeError::new("secret_not_found", format!("no secret KV value `{key}`")))?;
+        let plaintext = env
+            .keyring
+            .decrypt(&sealed, secrets::kv_binding(run.company_id, &key))
+            .map_err(|_| unavailable("a secret"))?;
+        let text = Zeroizing::new(String::from_utf8(plaintext.to_vec()).map_err(|_| unavailable("a secret"))?);
+        METRICS.secret_decryptions.with_label_values(&["kv"]).inc();
+        opened.audit.push(entry("kv.decrypt", "kv", &key));
+        opened.scrub.push(text.clone());
+        values.insert(key, text);
+    }
+    let _ = tx.commit().await;
+    replace_refs(params, &values);
+    opened.scrub.retain(|s| s.len() >= 4);
+    Ok(opened)
+}
+
+fn secret_ref(v: &Value) -> Option<&str> {
+    match v {
+        Value::Object(map) if map.len() == 1 => map.get("$secret").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    if let Some(key) = secret_ref(v) {
+        out.push(key.to_string());
+        return;
+    }
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| collect_refs(i, out)),
+        Value::Object(map) => map.values().for_each(|i| collect_refs(i, out)),
+        _ => {}
+    }
+}
+
+fn replace_refs(v: &mut Value, values: &HashMap<String, Zeroizing<String>>) {
+    if let Some(text) = secret_ref(v).and_then(|key| values.get(key)) {
+        *v = Value::String(text.to_string());
+        return;
+    }
+    match v {
+        Value::Array(items) => items.iter_mut().for_each(|i| replace_refs(i, values)),
+        Value::Object(map) => map.values_mut().for_each(|i| replace_refs(i, values)),
+        _ => {}
+    }
+}
+
+impl Opened {
+    pub fn is_empty(&self) -> bool {
+        self.scrub.is_empty()
+    }
+
+    /// Masks every occurrence of a secret this node was handed.
+    pub fn scrub_value(&self, v: &mut Value) {
+        match v {
+            Value::String(s) => {
+                if let Some(clean) = self.scrub_text(s) {
+                    *s = clean;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| self.scrub_value(i)),
+            Value::Object(map) => map.values_mut().for_each(|i| self.scrub_value(i)),
+            _ => {}
+        }
+    }
+
+    pub fn scrub_text(&self, text: &str) -> Option<String> {
+        let hit = self.scrub.iter().any(|s| text.contains(s.as_str()));
+        hit.then(|| {
+            self.scrub
+                .iter()
+                .fold(text.to_string(), |acc, secret| acc.replace(secret.as_str(), MASK))
+        })
+    }
+}
