@@ -78,6 +78,9 @@ struct Task {
 #[derive(Clone)]
 pub struct Sandbox {
     tasks: Arc<Mutex<mpsc::Sender<Task>>>,
+    /// Engines built so far (each a runtime and a context, ~100 µs): one per
+    /// thread, plus one after each memory failure.
+    built: Arc<AtomicU64>,
 }
 
 /// Threads hold JavaScript recursion too: a native stack well above the JS cap.
@@ -91,17 +94,23 @@ impl Sandbox {
         let (tx, rx) = mpsc::channel::<Task>();
         let rx = Arc::new(Mutex::new(rx));
         let limits = Arc::new(limits);
+        let built = Arc::new(AtomicU64::new(0));
         for i in 0..threads.max(1) {
-            let (rx, limits) = (rx.clone(), limits.clone());
+            let (rx, limits, built) = (rx.clone(), limits.clone(), built.clone());
             std::thread::Builder::new()
                 .name(format!("floq-sandbox-{i}"))
                 .stack_size(THREAD_STACK)
-                .spawn(move || serve(rx, limits))
+                .spawn(move || serve(rx, limits, built))
                 .expect("spawning a sandbox thread");
         }
         Self {
             tasks: Arc::new(Mutex::new(tx)),
+            built,
         }
+    }
+
+    pub fn engines_built(&self) -> u64 {
+        self.built.load(Ordering::Relaxed)
     }
 
     /// Runs `jobs` in order against one scope (`{"$input", "$node", "$vars", "$run"}`).
@@ -121,7 +130,7 @@ impl Sandbox {
     }
 }
 
-fn serve(rx: Arc<Mutex<mpsc::Receiver<Task>>>, limits: Arc<Limits>) {
+fn serve(rx: Arc<Mutex<mpsc::Receiver<Task>>>, limits: Arc<Limits>, built: Arc<AtomicU64>) {
     let mut engine: Option<Engine> = None;
     loop {
         let task = match rx.lock() {
@@ -132,6 +141,7 @@ fn serve(rx: Arc<Mutex<mpsc::Receiver<Task>>>, limits: Arc<Limits>) {
             Err(_) => return,
         };
         if engine.is_none() {
+            built.fetch_add(1, Ordering::Relaxed);
             engine = Engine::new(&limits)
                 .map_err(|e| tracing::error!(error = %e, "the sandbox could not start"))
                 .ok();
