@@ -1,9 +1,10 @@
 //! `floq-scheduler`: the only process with cross-tenant background duties.
 //! Many may run; one leads (advisory lock) and the rest stand by.
-//! Duties so far: the outbox sweep and sealing the audit log.
+//! Duties so far: the outbox sweep, sealing the audit log, and retention.
 
 mod leader;
 pub mod outbox;
+pub mod retention;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,11 +91,14 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
                 sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut seal_tick = tokio::time::interval(config.audit_seal_interval);
                 seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut retention_tick = tokio::time::interval(config.retention_interval);
+                retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     let duty = tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = sweep_tick.tick() => Duty::OutboxSweep,
                         _ = seal_tick.tick() => Duty::AuditSeal,
+                        _ = retention_tick.tick() => Duty::Retention,
                     };
                     if !leadership.still_held().await {
                         tracing::warn!("lost the leadership connection; standing by");
@@ -105,6 +109,7 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
                             .await
                             .map(drop),
                         Duty::AuditSeal => seal_all(pool, config).await,
+                        Duty::Retention => retention::enforce(pool).await.map(drop),
                     };
                     if let Err(e) = done {
                         tracing::warn!(
@@ -131,6 +136,7 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
 enum Duty {
     OutboxSweep,
     AuditSeal,
+    Retention,
 }
 
 /// Seals whatever is pending, in bounded batches.

@@ -7,6 +7,7 @@ mod grants;
 mod identity;
 mod nodes;
 mod resilience;
+mod retention;
 mod runs;
 mod secrets;
 mod tenancy;

@@ -1,0 +1,133 @@
+//! Retention: per company, audit entries older than `audit_max_age_days` or
+//! beyond the newest `audit_max_entries`, and finished runs older than
+//! `runs_max_age_days`. Everything goes in bounded batches, each its own
+//! short transaction, so the API stays responsive and a crash loses only the
+//! batch in flight; the next pass resumes. Audit entries leave oldest first
+//! along each company's hash chain, so what remains still verifies (the
+//! oldest remaining seal is its anchor). Each pass that deleted anything is
+//! itself audited, with counts.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use floq_shared::audit::{self, Actor, Entry};
+use floq_shared::db;
+
+const BATCH: i64 = 5_000;
+
+/// What a company keeps when it has not said otherwise (the API's defaults).
+const DEFAULT_AUDIT_DAYS: i32 = 365;
+const DEFAULT_AUDIT_ENTRIES: i64 = 10_000_000;
+const DEFAULT_RUN_DAYS: i32 = 30;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub audit_entries: u64,
+    pub runs: u64,
+}
+
+pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
+    let mut tx = db::system_tx(pool).await?;
+    let companies: Vec<(Uuid, Option<i32>, Option<i64>, Option<i32>)> = sqlx::query_as(
+        "SELECT c.id, s.audit_max_age_days, s.audit_max_entries, s.runs_max_age_days
+           FROM companies c LEFT JOIN company_settings s ON s.company_id = c.id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut total = Swept::default();
+    for (company_id, audit_days, audit_entries, run_days) in companies {
+        let now = Utc::now();
+        let audit_cutoff = now - Duration::days(audit_days.unwrap_or(DEFAULT_AUDIT_DAYS).into());
+        let run_cutoff = now - Duration::days(run_days.unwrap_or(DEFAULT_RUN_DAYS).into());
+        let keep = audit_entries.unwrap_or(DEFAULT_AUDIT_ENTRIES);
+        let audit_deleted = trim_audit(pool, company_id, audit_cutoff, keep).await?;
+        let runs_deleted = trim_runs(pool, company_id, run_cutoff).await?;
+        if audit_deleted + runs_deleted > 0 {
+            let mut tx = db::system_tx(pool).await?;
+            let entry = Entry::new(company_id, Actor::system("scheduler"), "job.retention").details(json!({
+                "audit_entries_deleted": audit_deleted,
+                "runs_deleted": runs_deleted,
+                "audit_cutoff": audit_cutoff,
+                "audit_max_entries": keep,
+                "runs_cutoff": run_cutoff,
+            }));
+            audit::append(&mut tx, &[entry]).await?;
+            tx.commit().await?;
+            tracing::info!(%company_id, audit_deleted, runs_deleted, "retention deleted old data");
+        }
+        total.audit_entries += audit_deleted;
+        total.runs += runs_deleted;
+    }
+    Ok(total)
+}
+
+/// Deletes from the start of the company's chain while entries are too old
+/// or too many. Unsealed entries are left for the sealer.
+async fn trim_audit(pool: &PgPool, company_id: Uuid, cutoff: DateTime<Utc>, keep: i64) -> anyhow::Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let mut tx = db::system_tx(pool).await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "WITH head AS (SELECT seq FROM audit_chain_heads WHERE company_id = $1),
+                  doomed AS (
+                    SELECT s.entry_id, s.seq, a.at FROM audit_seals s JOIN audit_log a ON a.id = s.entry_id
+                     WHERE s.company_id = $1 ORDER BY s.seq LIMIT $4)
+             SELECT entry_id FROM doomed, head
+              WHERE doomed.seq <= head.seq - $3
+                 OR doomed.seq < COALESCE((SELECT min(seq) FROM doomed WHERE at >= $2), head.seq + 1)
+              ORDER BY doomed.seq",
+        )
+        .bind(company_id)
+        .bind(cutoff)
+        .bind(keep)
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            return Ok(deleted);
+        }
+        sqlx::query("DELETE FROM audit_seals WHERE entry_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM audit_log WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        deleted += ids.len() as u64;
+    }
+}
+
+/// Finished runs queued before the cutoff, with their steps; queued and
+/// running ones stay whatever their age.
+async fn trim_runs(pool: &PgPool, company_id: Uuid, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let mut tx = db::system_tx(pool).await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "DELETE FROM runs WHERE id IN (
+                SELECT id FROM runs
+                 WHERE company_id = $1 AND queued_at < $2 AND status IN ('succeeded', 'failed', 'cancelled')
+                 ORDER BY id LIMIT $3)
+             RETURNING id",
+        )
+        .bind(company_id)
+        .bind(cutoff)
+        .bind(BATCH / 5)
+        .fetch_all(&mut *tx)
+        .await?;
+        if ids.is_empty() {
+            return Ok(deleted);
+        }
+        sqlx::query("DELETE FROM run_steps WHERE run_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        deleted += ids.len() as u64;
+    }
+}
