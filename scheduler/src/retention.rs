@@ -22,6 +22,15 @@ const DEFAULT_AUDIT_DAYS: i32 = 365;
 const DEFAULT_AUDIT_ENTRIES: i64 = 10_000_000;
 const DEFAULT_RUN_DAYS: i32 = 30;
 
+/// A company and its settings, absent where it never set them.
+#[derive(sqlx::FromRow)]
+struct Settings {
+    id: Uuid,
+    audit_max_age_days: Option<i32>,
+    audit_max_entries: Option<i64>,
+    runs_max_age_days: Option<i32>,
+}
+
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
     pub audit_entries: u64,
@@ -30,7 +39,7 @@ pub struct Swept {
 
 pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
     let mut tx = db::system_tx(pool).await?;
-    let companies: Vec<(Uuid, Option<i32>, Option<i64>, Option<i32>)> = sqlx::query_as(
+    let companies: Vec<Settings> = sqlx::query_as(
         "SELECT c.id, s.audit_max_age_days, s.audit_max_entries, s.runs_max_age_days
            FROM companies c LEFT JOIN company_settings s ON s.company_id = c.id",
     )
@@ -38,11 +47,14 @@ pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
     .await?;
     tx.commit().await?;
     let mut total = Swept::default();
-    for (company_id, audit_days, audit_entries, run_days) in companies {
+    for settings in companies {
+        let company_id = settings.id;
         let now = Utc::now();
-        let audit_cutoff = now - Duration::days(audit_days.unwrap_or(DEFAULT_AUDIT_DAYS).into());
-        let run_cutoff = now - Duration::days(run_days.unwrap_or(DEFAULT_RUN_DAYS).into());
-        let keep = audit_entries.unwrap_or(DEFAULT_AUDIT_ENTRIES);
+        let audit_days = settings.audit_max_age_days.unwrap_or(DEFAULT_AUDIT_DAYS);
+        let audit_cutoff = now - Duration::days(audit_days.into());
+        let run_days = settings.runs_max_age_days.unwrap_or(DEFAULT_RUN_DAYS);
+        let run_cutoff = now - Duration::days(run_days.into());
+        let keep = settings.audit_max_entries.unwrap_or(DEFAULT_AUDIT_ENTRIES);
         let audit_deleted = trim_audit(pool, company_id, audit_cutoff, keep).await?;
         let runs_deleted = trim_runs(pool, company_id, run_cutoff).await?;
         if audit_deleted + runs_deleted > 0 {
