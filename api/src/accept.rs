@@ -35,13 +35,35 @@ struct Request {
     trigger: &'static str,
     /// The run's `run.create` entry, appended in the same commit as the run.
     audit: Entry,
-    reply: oneshot::Sender<Result<Option<i32>, Arc<sqlx::Error>>>,
+    idempotency_key: Option<String>,
+    reply: oneshot::Sender<Result<Reply, Arc<sqlx::Error>>>,
 }
 
-/// A run that was committed, with the flow version it pinned.
-pub struct Accepted {
-    pub run_id: Uuid,
-    pub version: i32,
+enum Reply {
+    Committed(i32),
+    /// The idempotency key already names this run.
+    Existing(Uuid),
+    NotRunnable,
+}
+
+/// What a caller asks to run.
+pub struct RunRequest {
+    pub company_id: Uuid,
+    /// Set for non-admin callers: the run is only accepted if this user holds `execute` on the flow.
+    pub grantee: Option<Uuid>,
+    pub flow_id: Uuid,
+    pub input: Value,
+    pub trigger: &'static str,
+    pub actor: Actor,
+    /// `Idempotency-Key`: the same key for the same flow within 24 hours returns the first run.
+    pub idempotency_key: Option<String>,
+}
+
+pub enum Accepted {
+    /// A new run, with the flow version it pinned.
+    New { run_id: Uuid, version: i32 },
+    /// The run an earlier request with the same idempotency key created.
+    Existing { run_id: Uuid },
 }
 
 #[derive(Clone)]
@@ -77,15 +99,16 @@ impl Acceptor {
         (Self { tx }, tasks)
     }
 
-    pub async fn accept(
-        &self,
-        company_id: Uuid,
-        grantee: Option<Uuid>,
-        flow_id: Uuid,
-        input: Value,
-        trigger: &'static str,
-        actor: Actor,
-    ) -> Result<Accepted, AcceptError> {
+    pub async fn accept(&self, request: RunRequest) -> Result<Accepted, AcceptError> {
+        let RunRequest {
+            company_id,
+            grantee,
+            flow_id,
+            input,
+            trigger,
+            actor,
+            idempotency_key,
+        } = request;
         let (reply, rx) = oneshot::channel();
         let run_id = Uuid::now_v7();
         let audit = Entry::new(company_id, actor, "run.create")
@@ -100,16 +123,18 @@ impl Acceptor {
                 input,
                 trigger,
                 audit,
+                idempotency_key,
                 reply,
             })
             .await
             .map_err(|_| AcceptError::ShuttingDown)?;
         match rx.await.map_err(|_| AcceptError::ShuttingDown)? {
-            Ok(Some(version)) => {
+            Ok(Reply::Committed(version)) => {
                 METRICS.runs_enqueued.with_label_values(&[trigger]).inc();
-                Ok(Accepted { run_id, version })
+                Ok(Accepted::New { run_id, version })
             }
-            Ok(None) => Err(AcceptError::NotRunnable),
+            Ok(Reply::Existing(run_id)) => Ok(Accepted::Existing { run_id }),
+            Ok(Reply::NotRunnable) => Err(AcceptError::NotRunnable),
             Err(e) => Err(AcceptError::Database(e)),
         }
     }
@@ -129,16 +154,19 @@ async fn commit_loop(
             }
         }
         match commit(&pool, &batch).await {
-            Ok(committed) => {
-                let mut to_publish = Vec::with_capacity(committed.len());
+            Ok(Committed { runs, existing }) => {
+                let mut to_publish = Vec::with_capacity(runs.len());
                 for req in batch {
-                    let hit = committed.get(&req.run_id);
-                    if let Some((outbox_id, envelope)) = hit {
-                        to_publish.push((req.company_id, *outbox_id, envelope.clone()));
-                    }
-                    let _ = req.reply.send(Ok(hit.map(|(_, e)| match e {
-                        Envelope::RunFlowV1(m) => m.version,
-                    })));
+                    let reply = match (runs.get(&req.run_id), existing.get(&req.run_id)) {
+                        (Some((outbox_id, envelope)), _) => {
+                            to_publish.push((req.company_id, *outbox_id, envelope.clone()));
+                            let Envelope::RunFlowV1(m) = envelope;
+                            Reply::Committed(m.version)
+                        }
+                        (None, Some(prior)) => Reply::Existing(*prior),
+                        (None, None) => Reply::NotRunnable,
+                    };
+                    let _ = req.reply.send(Ok(reply));
                 }
                 // If the publisher is gone (shutdown) the rows stay in the outbox for the sweep.
                 let _ = publish.send(to_publish).await;
@@ -154,16 +182,56 @@ async fn commit_loop(
     }
 }
 
+struct Committed {
+    /// New runs by id: their outbox row and message.
+    runs: BTreeMap<Uuid, (i64, Envelope)>,
+    /// Requests whose idempotency key already named a run: request's run id → that run.
+    existing: HashMap<Uuid, Uuid>,
+}
+
+/// Claims each request's idempotency key, or finds the run that holds it.
+/// Runs under the batch's transaction: a concurrent duplicate in another
+/// commit waits on the key row, then sees the winner's run.
+async fn claim_keys(tx: &mut db::Tx, reqs: &[&Request], existing: &mut HashMap<Uuid, Uuid>) -> Result<(), sqlx::Error> {
+    for req in reqs {
+        let Some(key) = &req.idempotency_key else { continue };
+        let claimed: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (company_id, flow_id, key, run_id) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (company_id, flow_id, key) DO UPDATE SET run_id = excluded.run_id, created_at = now()
+                WHERE idempotency_keys.created_at < now() - interval '24 hours'
+             RETURNING run_id",
+        )
+        .bind(req.company_id)
+        .bind(req.flow_id)
+        .bind(key)
+        .bind(req.run_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if claimed.is_none() {
+            let prior: Uuid = sqlx::query_scalar("SELECT run_id FROM idempotency_keys WHERE flow_id = $1 AND key = $2")
+                .bind(req.flow_id)
+                .bind(key)
+                .fetch_one(&mut **tx)
+                .await?;
+            existing.insert(req.run_id, prior);
+        }
+    }
+    Ok(())
+}
+
 /// One transaction for the whole batch, one insert statement per company.
-async fn commit(pool: &PgPool, batch: &[Request]) -> Result<BTreeMap<Uuid, (i64, Envelope)>, sqlx::Error> {
+async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, sqlx::Error> {
     let mut by_company: BTreeMap<Uuid, Vec<&Request>> = BTreeMap::new();
     for req in batch {
         by_company.entry(req.company_id).or_default().push(req);
     }
     let mut tx = db::multi_tenant_tx(pool).await?;
     let mut committed = BTreeMap::new();
+    let mut existing = HashMap::new();
     for (company_id, reqs) in by_company {
         db::set_tenant(&mut tx, company_id).await?;
+        claim_keys(&mut tx, &reqs, &mut existing).await?;
+        let reqs: Vec<&Request> = reqs.into_iter().filter(|r| !existing.contains_key(&r.run_id)).collect();
         let ids: Vec<Uuid> = reqs.iter().map(|r| r.run_id).collect();
         let flows: Vec<Uuid> = reqs.iter().map(|r| r.flow_id).collect();
         let triggers: Vec<&str> = reqs.iter().map(|r| r.trigger).collect();
@@ -208,9 +276,25 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<BTreeMap<Uuid, (i64,
             committed.insert(envelope.0.run_id(), (outbox_id, envelope.0));
         }
         audit::append(&mut tx, &entries).await?;
+        // A key claimed for a run that could not be created must not keep pointing at it.
+        let unclaimed: Vec<Uuid> = reqs
+            .iter()
+            .filter(|r| r.idempotency_key.is_some() && !committed.contains_key(&r.run_id))
+            .map(|r| r.run_id)
+            .collect();
+        if !unclaimed.is_empty() {
+            sqlx::query("DELETE FROM idempotency_keys WHERE run_id = ANY($1)")
+                .bind(&unclaimed)
+                .execute(&mut *tx)
+                .await?;
+            existing.retain(|_, prior| !unclaimed.contains(prior));
+        }
     }
     tx.commit().await?;
-    Ok(committed)
+    Ok(Committed {
+        runs: committed,
+        existing,
+    })
 }
 
 async fn publish_loop(

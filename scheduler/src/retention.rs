@@ -46,6 +46,12 @@ pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
+    // Idempotency keys are only honoured for 24 hours; past that they are dead weight.
+    let mut tx = db::system_tx(pool).await?;
+    sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     let mut total = Swept::default();
     for settings in companies {
         let company_id = settings.id;

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
 
-use crate::accept::AcceptError;
+use crate::accept::{AcceptError, Accepted, RunRequest};
 use crate::access::{self, Level};
 use crate::auth::Principal;
 use crate::authz::{Authorized, FlowExecute, RunRead};
@@ -38,22 +38,47 @@ fn empty_object() -> Value {
     json!({})
 }
 
+/// `Idempotency-Key`: 1-255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match raw.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_string()))
+        }
+        _ => Err(ApiError::validation(
+            "the Idempotency-Key header is invalid",
+            json!([{"field": "Idempotency-Key", "message": "must be 1 to 255 visible ASCII characters"}]),
+        )),
+    }
+}
+
 async fn start(
     State(state): State<AppState>,
     auth: Authorized<FlowExecute>,
     Id(flow_id): Id,
+    headers: HeaderMap,
     ValidJson(body): ValidJson<StartRun>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let company_id = auth.principal.company_id;
-    let grantee = (!auth.principal.is_admin()).then_some(auth.principal.user_id);
-    match state
-        .acceptor
-        .accept(company_id, grantee, flow_id, body.input, "api", auth.principal.actor())
-        .await
-    {
-        Ok(accepted) => Ok((
+    let idempotency_key = idempotency_key(&headers)?;
+    let request = RunRequest {
+        company_id: auth.principal.company_id,
+        grantee: (!auth.principal.is_admin()).then_some(auth.principal.user_id),
+        flow_id,
+        input: body.input,
+        trigger: "api",
+        actor: auth.principal.actor(),
+        idempotency_key,
+    };
+    match state.acceptor.accept(request).await {
+        Ok(Accepted::New { run_id, version }) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"run_id": accepted.run_id, "version": accepted.version, "status": "queued"})),
+            Json(json!({"run_id": run_id, "version": version, "status": "queued"})),
+        )),
+        Ok(Accepted::Existing { run_id }) => Ok((
+            StatusCode::OK,
+            Json(json!({"run_id": run_id, "idempotent_replay": true})),
         )),
         Err(AcceptError::NotRunnable) => Err(not_runnable(&state, &auth.principal, flow_id).await),
         Err(e @ AcceptError::ShuttingDown) => Err(ApiError::new(

@@ -241,3 +241,61 @@ async fn runs_list_filters_by_flow_and_status_and_pages_with_a_cursor() {
     assert_eq!(body["error"]["details"][0]["field"], "status");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_maps_concurrent_duplicates_to_one_run() {
+    let app = TestApp::spawn().await;
+    let flow = app
+        .deployed_flow(json!({"nodes": [{"id": "a", "type": "merge"}]}))
+        .await;
+    let url = format!("{}/api/v1/flows/{flow}/runs", app.base);
+    let send = |key: &'static str| {
+        app.client
+            .post(&url)
+            .bearer_auth(&app.admin.api_key)
+            .header("idempotency-key", key)
+            .json(&json!({"input": {}}))
+            .send()
+    };
+    let answers = futures_util::future::join_all((0..50).map(|_| send("order-42"))).await;
+    let mut statuses = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for resp in answers {
+        let resp = resp.unwrap();
+        statuses.push(resp.status());
+        let body: Value = resp.json().await.unwrap();
+        ids.insert(body["run_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "50 duplicates, one run: {ids:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 49);
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1);
+
+    // Another key is another run; a key past its 24 hours starts a new one.
+    let other: Value = send("order-43").await.unwrap().json().await.unwrap();
+    assert!(!ids.contains(other["run_id"].as_str().unwrap()));
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'order-42'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let later = send("order-42").await.unwrap();
+    assert_eq!(later.status(), StatusCode::ACCEPTED);
+    let later: Value = later.json().await.unwrap();
+    assert!(!ids.contains(later["run_id"].as_str().unwrap()));
+
+    let bad = app
+        .client
+        .post(&url)
+        .bearer_auth(&app.admin.api_key)
+        .header("idempotency-key", "")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    app.teardown().await;
+}
