@@ -1,39 +1,56 @@
-//! The QuickJS sandbox: a pool of OS threads, each owning one runtime and
-//! one hardened context, created once and reused. Templates' expressions and
-//! code nodes run here, never on the async runtime.
+//! The worker's JavaScript sandbox: a pool of OS threads, each owning one QuickJS runtime with one hardened
+//! context, created once and reused for every script the thread runs.
 //!
-//! Containment: a memory cap and a stack cap per runtime, a wall-clock cap
-//! through the interrupt handler (armed per script, before compiling), no
-//! `eval` or `Function` constructor by any route, no modules, no host
-//! objects. Isolation: every built-in and the global object are deep-frozen
-//! before any user code runs, and scripts only receive JSON parsed afresh for
-//! each call, so nothing a script does survives into the next one.
+//! Isolation between scripts rests on the context being hardened before any user code runs (no `eval`/`Function`,
+//! every reachable built-in and `globalThis` deep-frozen, see `prelude.rs`), on each script being compiled as a
+//! function that cannot retain state, and on the runtime's memory, stack and wall-clock limits.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
-
-use rquickjs::context::EvalOptions;
-use rquickjs::{CatchResultExt, CaughtError, Context, Function, Object, Persistent, Runtime, Value as JsValue};
-use serde_json::Value;
-use tokio::sync::oneshot;
-
-use floq_shared::script::{self, ScriptKind};
-
+mod engine;
 mod helpers;
+mod prelude;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use self::engine::{Engine, Flow};
+use floq_shared::script::ScriptKind;
+
+/// Interrupted by the wall-clock cap.
+pub const CODE_TIMEOUT: &str = "sandbox_timeout";
+/// Out of memory, string too long, or the JS call stack exhausted.
+pub const CODE_MEMORY: &str = "sandbox_memory";
+/// The script threw, or did not compile.
+pub const CODE_ERROR: &str = "sandbox_error";
+/// The result is not JSON (function, symbol, BigInt, cycle, Promise) or is larger than the output limit.
+pub const CODE_OUTPUT: &str = "sandbox_output";
+
+/// Native stack of each pool thread; QuickJS recursion is bounded by `Limits::stack_bytes` well below it.
+const NATIVE_STACK_BYTES: usize = 8 << 20;
+/// How long past a task's combined deadlines the caller waits before declaring the thread stuck. Interrupts end
+/// scripts within milliseconds; this only catches native loops QuickJS does not interrupt.
+const STUCK_GRACE: Duration = Duration::from_millis(500);
+/// Per-job allowance on top of its deadline for compiling, serialising and recovering.
+const PER_JOB_SLACK: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Heap cap of each thread's runtime.
     pub memory_bytes: usize,
+    /// JS stack cap of each thread's runtime.
     pub stack_bytes: usize,
+    /// Largest accepted result, as UTF-8 JSON text.
     pub max_output_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
+        Limits {
             memory_bytes: 64 << 20,
             stack_bytes: 1 << 20,
             max_output_bytes: 1 << 20,
@@ -44,413 +61,248 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct SandboxError {
-    /// `sandbox_timeout`, `sandbox_memory`, `sandbox_error` or `sandbox_output`.
+    /// One of `CODE_TIMEOUT`, `CODE_MEMORY`, `CODE_ERROR`, `CODE_OUTPUT`.
     pub code: &'static str,
     pub message: String,
-    /// In the user's source, when the engine says.
+    /// 1-based line within the user's source, when known.
     pub line: Option<u32>,
 }
 
-impl SandboxError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            line: None,
-        }
-    }
-}
+pub type JobResult = Result<serde_json::Value, SandboxError>;
 
+#[derive(Clone, Debug)]
 pub struct Job {
     pub source: Arc<str>,
     pub kind: ScriptKind,
     pub timeout: Duration,
 }
 
-type Results = Vec<Result<Value, SandboxError>>;
-
-struct Task {
-    scope: Arc<Value>,
-    jobs: Vec<Job>,
-    reply: oneshot::Sender<Results>,
-}
-
+/// A handle to the pool; clones share it. The threads stop once every clone is dropped and their work is done.
 #[derive(Clone)]
 pub struct Sandbox {
-    tasks: Arc<Mutex<mpsc::Sender<Task>>>,
-    /// Engines built so far (each a runtime and a context, ~100 µs): one per
-    /// thread, plus one after each memory failure.
-    built: Arc<AtomicU64>,
+    inner: Arc<Inner>,
 }
 
-/// Threads hold JavaScript recursion too: a native stack well above the JS cap.
-const THREAD_STACK: usize = 16 << 20;
-const CACHE_MAX: usize = 1_000;
-/// Marks the sandbox's own "not JSON" errors, so they map to `sandbox_output`.
-const OUTPUT_MARK: &str = "floq-output: ";
+struct Inner {
+    sender: mpsc::Sender<Task>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    receiver: Mutex<mpsc::Receiver<Task>>,
+    limits: Limits,
+    /// How many more stuck threads may be replaced before the pool stops growing.
+    spare_threads: AtomicUsize,
+    /// Engines built so far (each a runtime and a hardened context, milliseconds of work): one per
+    /// thread, plus one per rebuild. Tests use it to prove the pool reuses them.
+    engines_built: AtomicUsize,
+}
+
+struct Task {
+    scope: Arc<serde_json::Value>,
+    jobs: Vec<Job>,
+    started: oneshot::Sender<Arc<Worker>>,
+    reply: oneshot::Sender<Vec<JobResult>>,
+}
+
+/// What the caller knows about the thread running its task.
+#[derive(Default)]
+struct Worker {
+    /// Set when a replacement was started for this thread; it exits after its current task.
+    replaced: AtomicBool,
+}
 
 impl Sandbox {
+    /// `threads` OS threads (each with an 8 MiB native stack), each owning one rquickjs Runtime + one hardened
+    /// Context, created once and reused.
+    ///
+    /// # Panics
+    /// If the operating system refuses to start the threads.
     pub fn new(threads: usize, limits: Limits) -> Self {
-        let (tx, rx) = mpsc::channel::<Task>();
-        let rx = Arc::new(Mutex::new(rx));
-        let limits = Arc::new(limits);
-        let built = Arc::new(AtomicU64::new(0));
-        for i in 0..threads.max(1) {
-            let (rx, limits, built) = (rx.clone(), limits.clone(), built.clone());
-            std::thread::Builder::new()
-                .name(format!("floq-sandbox-{i}"))
-                .stack_size(THREAD_STACK)
-                .spawn(move || serve(rx, limits, built))
-                .expect("spawning a sandbox thread");
+        let threads = threads.max(1);
+        let (sender, receiver) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            receiver: Mutex::new(receiver),
+            limits,
+            spare_threads: AtomicUsize::new(threads),
+            engines_built: AtomicUsize::new(0),
+        });
+        for _ in 0..threads {
+            spawn_thread(Arc::clone(&shared)).expect("cannot start sandbox threads");
         }
-        Self {
-            tasks: Arc::new(Mutex::new(tx)),
-            built,
+        Sandbox {
+            inner: Arc::new(Inner { sender, shared }),
         }
     }
 
-    pub fn engines_built(&self) -> u64 {
-        self.built.load(Ordering::Relaxed)
+    pub fn engines_built(&self) -> usize {
+        self.inner.shared.engines_built.load(Ordering::Relaxed)
     }
 
-    /// Runs `jobs` in order against one scope (`{"$input", "$node", "$vars", "$run"}`).
-    pub async fn run(&self, scope: Arc<Value>, jobs: Vec<Job>) -> Results {
-        let n = jobs.len();
-        let (reply, answer) = oneshot::channel();
-        let sent = self
-            .tasks
-            .lock()
-            .map(|tx| tx.send(Task { scope, jobs, reply }).is_ok())
-            .unwrap_or(false);
-        let gone = || vec![Err(SandboxError::new("sandbox_error", "the sandbox is not running")); n];
-        if !sent {
-            return gone();
+    /// Runs `jobs` in order on one pool thread against ONE scope, parsed once; `scope` is a JSON object with keys
+    /// `$input`, `$node`, `$vars`, `$run` (a missing key is `null`). Each job gets its own wall-clock deadline.
+    /// Returns one result per job.
+    ///
+    /// The scope's values are deep-frozen: scripts read them but cannot modify them.
+    pub async fn run(&self, scope: Arc<serde_json::Value>, jobs: Vec<Job>) -> Vec<JobResult> {
+        if jobs.is_empty() {
+            return Vec::new();
         }
-        answer.await.unwrap_or_else(|_| gone())
+        let count = jobs.len();
+        let longest = jobs.iter().map(|j| j.timeout).max().unwrap_or_default();
+        let budget = jobs.iter().fold(longest.saturating_add(STUCK_GRACE), |total, job| {
+            total.saturating_add(job.timeout).saturating_add(PER_JOB_SLACK)
+        });
+        let (started, started_rx) = oneshot::channel();
+        let (reply, reply_rx) = oneshot::channel();
+        if self
+            .inner
+            .sender
+            .send(Task {
+                scope,
+                jobs,
+                started,
+                reply,
+            })
+            .is_err()
+        {
+            return failed(count, "the sandbox has shut down");
+        }
+        // Time spent queued for a free thread is not the script's: the watchdog starts with the task.
+        let Ok(worker) = started_rx.await else {
+            return failed(count, "the sandbox thread stopped");
+        };
+        match tokio::time::timeout(budget, reply_rx).await {
+            Ok(Ok(results)) => results,
+            Ok(Err(_)) => failed(count, "the sandbox thread stopped"),
+            Err(_) => {
+                self.inner.shared.replace(&worker);
+                (0..count)
+                    .map(|_| {
+                        Err(SandboxError {
+                            code: CODE_TIMEOUT,
+                            message: "the script did not finish within its time limit and could not be interrupted"
+                                .to_owned(),
+                            line: None,
+                        })
+                    })
+                    .collect()
+            }
+        }
     }
 }
 
-fn serve(rx: Arc<Mutex<mpsc::Receiver<Task>>>, limits: Arc<Limits>, built: Arc<AtomicU64>) {
+impl Shared {
+    /// A thread stuck in native code cannot be stopped; the pool keeps its capacity by starting another thread, up
+    /// to as many extra threads as the pool has.
+    fn replace(self: &Arc<Self>, worker: &Worker) {
+        if worker.replaced.load(Ordering::Acquire) {
+            return;
+        }
+        let took_spare = self
+            .spare_threads
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if !took_spare {
+            return;
+        }
+        if spawn_thread(Arc::clone(self)).is_ok() {
+            worker.replaced.store(true, Ordering::Release);
+        } else {
+            self.spare_threads.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn failed(count: usize, message: &str) -> Vec<JobResult> {
+    (0..count)
+        .map(|_| {
+            Err(SandboxError {
+                code: CODE_ERROR,
+                message: message.to_owned(),
+                line: None,
+            })
+        })
+        .collect()
+}
+
+fn spawn_thread(shared: Arc<Shared>) -> std::io::Result<()> {
+    thread::Builder::new()
+        .name("floq-sandbox".to_owned())
+        .stack_size(NATIVE_STACK_BYTES)
+        .spawn(move || thread_main(&shared))
+        .map(drop)
+}
+
+/// Starts a replacement if the thread dies by panicking, so a bug costs one task rather than pool capacity.
+struct RespawnOnPanic<'a>(&'a Arc<Shared>);
+
+impl Drop for RespawnOnPanic<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let _ = spawn_thread(Arc::clone(self.0));
+        }
+    }
+}
+
+fn thread_main(shared: &Arc<Shared>) {
+    let _respawn = RespawnOnPanic(shared);
+    let worker = Arc::new(Worker::default());
     let mut engine: Option<Engine> = None;
     loop {
-        let task = match rx.lock() {
-            Ok(rx) => match rx.recv() {
-                Ok(task) => task,
-                Err(_) => return,
-            },
-            Err(_) => return,
+        let task = shared.receiver.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(task) = task else {
+            return;
         };
-        if engine.is_none() {
-            built.fetch_add(1, Ordering::Relaxed);
-            engine = Engine::new(&limits)
-                .map_err(|e| tracing::error!(error = %e, "the sandbox could not start"))
-                .ok();
+        if task.started.send(Arc::clone(&worker)).is_err() {
+            continue;
         }
-        let results = match engine.as_mut() {
-            Some(engine) => engine.run(&task.scope, &task.jobs),
-            None => task
-                .jobs
-                .iter()
-                .map(|_| Err(SandboxError::new("sandbox_error", "the sandbox could not start")))
-                .collect(),
-        };
+        let results = run_task(&mut engine, shared, &task.scope, &task.jobs);
         let _ = task.reply.send(results);
-        if engine.as_ref().is_some_and(|e| e.broken) {
-            // Rebuilt on the next task rather than trusted after an engine failure.
-            engine = None;
+        if worker.replaced.load(Ordering::Acquire) {
+            shared.spare_threads.fetch_add(1, Ordering::AcqRel);
+            return;
         }
     }
 }
 
-/// The hardening run once per context, before any user code.
-const BOOTSTRAP: &str = r#"
-(() => {
-    "use strict";
-    const g = globalThis;
-    const parse = JSON.parse, stringify = JSON.stringify;
-    const getProto = Object.getPrototypeOf, freeze = Object.freeze, ownKeys = Reflect.ownKeys;
-    const describe = Object.getOwnPropertyDescriptor, define = Object.defineProperty;
-    const isPromise = (v) => v instanceof Promise || (v !== null && typeof v === "object" && typeof v.then === "function");
-    const MARK = "floq-output: ";
-    // Every way to reach a function constructor: the four prototypes' `constructor`.
-    for (const f of [function () {}, async function () {}, function* () {}, async function* () {}]) {
-        define(getProto(f), "constructor", { value: undefined, writable: false, enumerable: false, configurable: false });
-    }
-    for (const name of ["eval", "Function", "print", "console", "std", "os", "setTimeout", "clearTimeout",
-                        "setInterval", "clearInterval", "queueMicrotask", "WebAssembly", "SharedArrayBuffer",
-                        "Atomics", "WeakRef", "FinalizationRegistry", "require", "process", "fetch", "Deno"]) {
-        delete g[name];
-    }
-    const toJson = (value) => {
-        if (value === undefined) return "null";
-        const t = typeof value;
-        if (t === "function" || t === "symbol" || t === "bigint") throw new Error(MARK + "the result is a " + t + ", not JSON");
-        if (isPromise(value)) throw new Error(MARK + "the result is a Promise: scripts are synchronous");
-        try {
-            return stringify(value);
-        } catch (e) {
-            throw new Error(MARK + "the result is not JSON (" + (e && e.message) + ")");
-        }
+fn run_task(engine: &mut Option<Engine>, shared: &Shared, scope: &serde_json::Value, jobs: &[Job]) -> Vec<JobResult> {
+    let limits = &shared.limits;
+    let mut out = Vec::with_capacity(jobs.len());
+    let scope_json = match serde_json::to_string(scope) {
+        Ok(json) => json,
+        Err(e) => return failed(jobs.len(), &format!("the script variables are not serialisable: {e}")),
     };
-    const invoke = (fn, scope, helpers) => toJson(fn(scope.$input, scope.$node, scope.$vars, scope.$run, helpers));
-    const seen = new Set();
-    const deepFreeze = (o) => {
-        if ((typeof o !== "object" && typeof o !== "function") || o === null || seen.has(o)) return;
-        seen.add(o);
-        freeze(o);
-        for (const key of ownKeys(o)) {
-            const d = describe(o, key);
-            if (d) { deepFreeze(d.value); deepFreeze(d.get); deepFreeze(d.set); }
-        }
-        deepFreeze(getProto(o));
-    };
-    deepFreeze(g);
-    return [parse, invoke, deepFreeze];
-})()
-"#;
-
-struct Engine {
-    // Field order is drop order: every persistent value before its context, the context before its runtime.
-    compiled: HashMap<(ScriptKind, Arc<str>), Persistent<Function<'static>>>,
-    parse: Persistent<Function<'static>>,
-    invoke: Persistent<Function<'static>>,
-    helpers: Persistent<Object<'static>>,
-    context: Context,
-    runtime: Runtime,
-    deadline: Arc<AtomicU64>,
-    epoch: Instant,
-    max_output: usize,
-    broken: bool,
-}
-
-const DISARMED: u64 = u64::MAX;
-
-impl Engine {
-    fn new(limits: &Limits) -> Result<Self, String> {
-        let runtime = Runtime::new().map_err(|e| e.to_string())?;
-        runtime.set_memory_limit(limits.memory_bytes);
-        runtime.set_max_stack_size(limits.stack_bytes);
-        let deadline = Arc::new(AtomicU64::new(DISARMED));
-        let epoch = Instant::now();
-        {
-            let deadline = deadline.clone();
-            // An interrupt cannot be caught by the script: try/finally and catch do not help it.
-            runtime.set_interrupt_handler(Some(Box::new(move || {
-                let at = deadline.load(Ordering::Relaxed);
-                at != DISARMED && epoch.elapsed().as_nanos() as u64 > at
-            })));
-        }
-        let context = Context::full(&runtime).map_err(|e| e.to_string())?;
-        let (parse, invoke, helpers) = context.with(|ctx| -> Result<_, String> {
-            let helpers = helpers::object(&ctx).map_err(|e| e.to_string())?;
-            let parts: rquickjs::Array = ctx
-                .eval(BOOTSTRAP)
-                .catch(&ctx)
-                .map_err(|e| format!("bootstrapping the sandbox failed: {e}"))?;
-            let get = |i: usize| -> Result<Function, String> { parts.get(i).map_err(|e| e.to_string()) };
-            let deep_freeze = get(2)?;
-            deep_freeze
-                .call::<_, ()>((helpers.clone(),))
-                .catch(&ctx)
-                .map_err(|e| e.to_string())?;
-            Ok((
-                Persistent::save(&ctx, get(0)?),
-                Persistent::save(&ctx, get(1)?),
-                Persistent::save(&ctx, helpers),
-            ))
-        })?;
-        Ok(Self {
-            compiled: HashMap::new(),
-            parse,
-            invoke,
-            helpers,
-            context,
-            runtime,
-            deadline,
-            epoch,
-            max_output: limits.max_output_bytes,
-            broken: false,
-        })
-    }
-
-    fn arm(&self, timeout: Duration) {
-        let at = self.epoch.elapsed().saturating_add(timeout).as_nanos() as u64;
-        self.deadline.store(at, Ordering::Relaxed);
-    }
-
-    fn disarm(&self) {
-        self.deadline.store(DISARMED, Ordering::Relaxed);
-    }
-
-    fn timed_out(&self) -> bool {
-        let at = self.deadline.load(Ordering::Relaxed);
-        at != DISARMED && self.epoch.elapsed().as_nanos() as u64 > at
-    }
-
-    fn run(&mut self, scope: &Value, jobs: &[Job]) -> Results {
-        let scope_text = match serde_json::to_string(scope) {
-            Ok(t) => t,
-            Err(e) => {
-                return jobs
-                    .iter()
-                    .map(|_| Err(SandboxError::new("sandbox_error", e.to_string())))
-                    .collect();
-            }
-        };
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            self.arm(job.timeout);
-            let result = self.run_one(&scope_text, job);
-            self.disarm();
-            match &result {
-                // An exhausted heap or stack may leave the engine in a state not worth trusting.
-                Err(e) if e.code == "sandbox_memory" => self.broken = true,
-                // Reclaim whatever a failed script left behind before the next one.
-                Err(_) => self.runtime.run_gc(),
-                Ok(_) => {}
-            }
-            results.push(result);
-        }
-        if self.compiled.len() > CACHE_MAX {
-            self.compiled.clear();
-        }
-        results
-    }
-
-    fn run_one(&mut self, scope_text: &str, job: &Job) -> Result<Value, SandboxError> {
-        let key = (job.kind, job.source.clone());
-        let cached = self.compiled.get(&key).cloned();
-        let mut fresh = None;
-        let out: Result<String, Raw> = self.context.with(|ctx| {
-            let function = match cached {
-                Some(f) => f.restore(&ctx).map_err(Raw::engine)?,
-                None => {
-                    let mut options = EvalOptions::default();
-                    options.filename = Some("script".into());
-                    let f: Function = ctx
-                        .eval_with_options(script::wrap(job.kind, &job.source), options)
-                        .catch(&ctx)
-                        .map_err(Raw::from)?;
-                    fresh = Some(Persistent::save(&ctx, f.clone()));
-                    f
+    while out.len() < jobs.len() {
+        let current = match engine {
+            Some(current) => current,
+            None => match Engine::new(limits).inspect(|_| {
+                shared.engines_built.fetch_add(1, Ordering::Relaxed);
+            }) {
+                Ok(fresh) => engine.insert(fresh),
+                Err(err) => {
+                    out.extend(jobs[out.len()..].iter().map(|_| Err(err.clone())));
+                    break;
                 }
-            };
-            let restore = |p: &Persistent<Function<'static>>| p.clone().restore(&ctx).map_err(Raw::engine);
-            let (parse, invoke) = (restore(&self.parse)?, restore(&self.invoke)?);
-            let helpers = self.helpers.clone().restore(&ctx).map_err(Raw::engine)?;
-            let scope: JsValue = parse.call((scope_text,)).catch(&ctx).map_err(Raw::from)?;
-            invoke
-                .call::<_, String>((function, scope, helpers))
-                .catch(&ctx)
-                .map_err(Raw::from)
-        });
-        if let Some(f) = fresh {
-            self.compiled.insert(key, f);
-        }
-        // Classified outside the context: the runtime may not be touched while a context is entered.
-        let text = out.map_err(|raw| self.classify(raw))?;
-        if text.len() > self.max_output {
-            return Err(SandboxError::new(
-                "sandbox_output",
-                format!("the result is larger than {} bytes", self.max_output),
-            ));
-        }
-        serde_json::from_str(&text).map_err(|e| SandboxError::new("sandbox_output", e.to_string()))
-    }
-
-    fn classify(&self, raw: Raw) -> SandboxError {
-        if self.timed_out() {
-            return SandboxError::new("sandbox_timeout", "the script ran out of time");
-        }
-        if raw.thrown_nothing {
-            // When the heap is exhausted QuickJS cannot even allocate its error and throws
-            // null; a script's own `throw null` cannot be told apart from that.
-            return SandboxError::new(
-                "sandbox_memory",
-                "the script exceeded its memory (or threw null or undefined)",
-            );
-        }
-        if let Some(rest) = raw.message.strip_prefix(OUTPUT_MARK) {
-            return SandboxError::new("sandbox_output", rest);
-        }
-        let lower = raw.message.to_ascii_lowercase();
-        if raw.allocation
-            || [
-                "out of memory",
-                "stack overflow",
-                "call stack",
-                "too long",
-                "allocation failed",
-                "invalid array buffer length",
-                "invalid array length",
-                "invalid string length",
-            ]
-            .iter()
-            .any(|sign| lower.contains(sign))
-        {
-            return SandboxError::new(
-                "sandbox_memory",
-                format!("the script exceeded its memory: {}", raw.message),
-            );
-        }
-        SandboxError {
-            code: "sandbox_error",
-            line: script::user_line(&raw.stack, "script"),
-            message: if raw.message.is_empty() {
-                "the script failed".into()
-            } else {
-                raw.message
             },
+        };
+        let before = out.len();
+        let flow = current.run(&scope_json, &jobs[before..], &mut out);
+        if let Flow::Rebuild = flow {
+            *engine = None;
+        }
+        if out.len() == before {
+            // Cannot happen (every run reports at least one job); stops a loop if it ever does.
+            out.extend(jobs[before..].iter().map(|_| Err(engine_error())));
         }
     }
+    out
 }
 
-/// A failure as the engine reported it, carried out of the context to be classified.
-struct Raw {
-    message: String,
-    stack: String,
-    allocation: bool,
-    thrown_nothing: bool,
-}
-
-impl Raw {
-    fn engine(e: rquickjs::Error) -> Self {
-        Self {
-            allocation: matches!(e, rquickjs::Error::Allocation),
-            message: e.to_string(),
-            stack: String::new(),
-            thrown_nothing: false,
-        }
+fn engine_error() -> SandboxError {
+    SandboxError {
+        code: CODE_ERROR,
+        message: "sandbox failure: the engine made no progress".to_owned(),
+        line: None,
     }
-}
-
-impl From<CaughtError<'_>> for Raw {
-    fn from(error: CaughtError<'_>) -> Self {
-        match error {
-            CaughtError::Exception(e) => Self {
-                message: e.message().unwrap_or_default(),
-                stack: e.stack().unwrap_or_default(),
-                allocation: false,
-                thrown_nothing: false,
-            },
-            CaughtError::Value(v) => Self {
-                message: describe(&v),
-                stack: String::new(),
-                allocation: false,
-                thrown_nothing: v.is_null() || v.is_undefined(),
-            },
-            CaughtError::Error(e) => Self::engine(e),
-        }
-    }
-}
-
-/// A thrown non-Error value, as text (`throw "x"`, `throw null`).
-fn describe(v: &JsValue<'_>) -> String {
-    if let Some(s) = v.as_string().and_then(|s| s.to_string().ok()) {
-        return format!("uncaught: {s}");
-    }
-    if v.is_null() || v.is_undefined() {
-        return "uncaught null or undefined".into();
-    }
-    "uncaught non-error value".into()
 }
