@@ -17,6 +17,10 @@ pub enum Guard {
 /// (method, path with `{placeholders}` naming test fixtures, guard).
 pub const ENDPOINTS: &[(&str, &str, Guard)] = &[
     ("POST", "/api/v1/auth/login", Guard::Public),
+    // The token in the path is the webhook's credential.
+    ("GET", "/hooks/{hook}", Guard::Public),
+    ("POST", "/hooks/{hook}", Guard::Public),
+    ("PUT", "/hooks/{hook}", Guard::Public),
     ("POST", "/api/v1/auth/logout", Guard::Authenticated),
     ("GET", "/api/v1/auth/me", Guard::Authenticated),
     ("POST", "/api/v1/auth/switch-company", Guard::Authenticated),
@@ -70,6 +74,18 @@ pub const ENDPOINTS: &[(&str, &str, Guard)] = &[
     ("GET", "/api/v1/runs", Guard::Role(Capability::RunRead)),
     ("GET", "/api/v1/runs/{run}", Guard::Role(Capability::RunRead)),
     ("GET", "/api/v1/node-types", Guard::Authenticated),
+    ("GET", "/api/v1/flows/{flow}/webhook", Guard::Role(Capability::FlowEdit)),
+    ("PUT", "/api/v1/flows/{flow}/webhook", Guard::Role(Capability::FlowEdit)),
+    (
+        "DELETE",
+        "/api/v1/flows/{flow}/webhook",
+        Guard::Role(Capability::FlowEdit),
+    ),
+    (
+        "POST",
+        "/api/v1/flows/{flow}/webhook/rotate",
+        Guard::Role(Capability::FlowEdit),
+    ),
     ("GET", "/api/v1/credentials", Guard::Role(Capability::IntegrationRead)),
     (
         "POST",

@@ -17,6 +17,7 @@ mod node_types;
 mod runs;
 mod settings;
 mod users;
+mod webhooks;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -33,4 +34,5 @@ pub fn router() -> Router<AppState> {
         .merge(kv::router())
         .merge(node_types::router())
         .merge(settings::router())
+        .merge(webhooks::router())
 }

@@ -11,3 +11,4 @@ mod retention;
 mod runs;
 mod secrets;
 mod tenancy;
+mod webhooks;
