@@ -1,7 +1,8 @@
 //! `floq-scheduler`: the only process with cross-tenant background duties.
 //! Many may run; one leads (advisory lock) and the rest stand by.
-//! Duties so far: the outbox sweep, sealing the audit log, and retention.
+//! Duties: cron firing, the outbox sweep, sealing the audit log, and retention.
 
+pub mod cron_fire;
 mod leader;
 pub mod outbox;
 pub mod retention;
@@ -91,6 +92,8 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
                 sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut seal_tick = tokio::time::interval(config.audit_seal_interval);
                 seal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut cron_tick = tokio::time::interval(std::time::Duration::from_millis(250));
+                cron_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut retention_tick = tokio::time::interval(config.retention_interval);
                 retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -99,6 +102,7 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
                         _ = sweep_tick.tick() => Duty::OutboxSweep,
                         _ = seal_tick.tick() => Duty::AuditSeal,
                         _ = retention_tick.tick() => Duty::Retention,
+                        _ = cron_tick.tick() => Duty::Cron,
                     };
                     if !leadership.still_held().await {
                         tracing::warn!("lost the leadership connection; standing by");
@@ -110,6 +114,7 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
                             .map(drop),
                         Duty::AuditSeal => seal_all(pool, config).await,
                         Duty::Retention => retention::enforce(pool).await.map(drop),
+                        Duty::Cron => cron_fire::fire_due(pool, publisher).await.map(drop),
                     };
                     if let Err(e) = done {
                         tracing::warn!(
@@ -137,6 +142,7 @@ enum Duty {
     OutboxSweep,
     AuditSeal,
     Retention,
+    Cron,
 }
 
 /// Seals whatever is pending, in bounded batches.

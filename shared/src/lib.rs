@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod cron;
 pub mod crypto;
 pub mod db;
 pub mod flow;

@@ -74,6 +74,21 @@ pub const ENDPOINTS: &[(&str, &str, Guard)] = &[
     ("GET", "/api/v1/runs", Guard::Role(Capability::RunRead)),
     ("GET", "/api/v1/runs/{run}", Guard::Role(Capability::RunRead)),
     ("GET", "/api/v1/node-types", Guard::Authenticated),
+    (
+        "GET",
+        "/api/v1/flows/{flow}/schedules",
+        Guard::Role(Capability::FlowRead),
+    ),
+    (
+        "POST",
+        "/api/v1/flows/{flow}/schedules",
+        Guard::Role(Capability::FlowEdit),
+    ),
+    (
+        "DELETE",
+        "/api/v1/flows/{flow}/schedules/{schedule}",
+        Guard::Role(Capability::FlowEdit),
+    ),
     ("GET", "/api/v1/flows/{flow}/webhook", Guard::Role(Capability::FlowEdit)),
     ("PUT", "/api/v1/flows/{flow}/webhook", Guard::Role(Capability::FlowEdit)),
     (

@@ -15,6 +15,7 @@ mod groups;
 mod kv;
 mod node_types;
 mod runs;
+mod schedules;
 mod settings;
 mod users;
 mod webhooks;
@@ -34,5 +35,6 @@ pub fn router() -> Router<AppState> {
         .merge(kv::router())
         .merge(node_types::router())
         .merge(settings::router())
+        .merge(schedules::router())
         .merge(webhooks::router())
 }

@@ -589,6 +589,7 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
         ("{key}", key_id.clone()),
         ("{credential}", credential.clone()),
         ("{kv}", "greeting".to_string()),
+        ("{schedule}", uuid::Uuid::now_v7().to_string()),
     ];
     // (method, path, names one of our ids); the public sign-in is the one exception.
     let endpoints: Vec<(Method, String, bool)> = ENDPOINTS
@@ -636,6 +637,7 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
             let body = match *method {
                 Method::PATCH => json!({"roles": ["viewer"]}),
                 Method::PUT if path.contains("flow-groups") => json!({"name": "renamed"}),
+                Method::POST if path.ends_with("/schedules") => json!({"cron": "*/5 * * * *"}),
                 _ => json!({}),
             };
             let mut req = app

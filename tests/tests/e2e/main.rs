@@ -9,6 +9,7 @@ mod nodes;
 mod resilience;
 mod retention;
 mod runs;
+mod schedules;
 mod secrets;
 mod tenancy;
 mod webhooks;

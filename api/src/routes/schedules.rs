@@ -1,0 +1,174 @@
+//! `/api/v1/flows/{id}/schedules`: cron schedules of a flow, with their next
+//! fire times, their last fire and how late it was. The scheduler fires them
+//! (`scheduler/src/cron_fire.rs`); the DST rule is in `shared/src/cron.rs`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::access::{self, Level};
+use crate::audit;
+use crate::authz::{Authorized, FlowEdit, FlowRead};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Id, ValidJson};
+use crate::state::AppState;
+use floq_shared::cron::CronSchedule;
+use floq_shared::db;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/flows/{id}/schedules", get(list).post(create))
+        .route("/api/v1/flows/{id}/schedules/{schedule_id}", delete(remove))
+}
+
+#[derive(Clone, Serialize, sqlx::FromRow)]
+struct Schedule {
+    id: Uuid,
+    flow_id: Uuid,
+    cron: String,
+    timezone: String,
+    enabled: bool,
+    misfire: String,
+    next_fire_at: Option<DateTime<Utc>>,
+    last_tick: Option<DateTime<Utc>>,
+    last_fired_at: Option<DateTime<Utc>>,
+    last_drift_ms: Option<i64>,
+    created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, flow_id, cron, timezone, enabled, misfire, next_fire_at, last_tick, last_fired_at, \
+                       last_drift_ms, created_at";
+
+/// A schedule as shown: its row plus the next few fire times.
+fn shown(s: &Schedule) -> Value {
+    let mut out = serde_json::to_value(s).unwrap_or_default();
+    if let Ok(cron) = CronSchedule::parse(&s.cron, &s.timezone) {
+        let mut upcoming = Vec::new();
+        let mut at = Utc::now();
+        while upcoming.len() < 3
+            && let Some(next) = cron.next_after(at)
+        {
+            upcoming.push(next);
+            at = next;
+        }
+        out["upcoming"] = json!(upcoming);
+    }
+    out
+}
+
+async fn list(State(state): State<AppState>, auth: Authorized<FlowRead>, Id(id): Id) -> ApiResult<Json<Value>> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    access::require_flow(&mut tx, &auth.principal, id, Level::View).await?;
+    let items: Vec<Schedule> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM schedules WHERE flow_id = $1 ORDER BY created_at"
+    )))
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({"items": items.iter().map(shown).collect::<Vec<_>>()})))
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn skip() -> String {
+    "skip".into()
+}
+
+fn misfire_policy(v: &str) -> Result<(), validator::ValidationError> {
+    if matches!(v, "skip" | "fire_once") {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("misfire").with_message("must be `skip` or `fire_once`".into()))
+    }
+}
+
+#[derive(Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+struct CreateSchedule {
+    #[validate(length(min = 9, max = 200))]
+    cron: String,
+    #[serde(default = "utc")]
+    timezone: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "skip")]
+    #[validate(custom(function = "misfire_policy"))]
+    misfire: String,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    auth: Authorized<FlowEdit>,
+    Id(id): Id,
+    ValidJson(body): ValidJson<CreateSchedule>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let cron = CronSchedule::parse(&body.cron, &body.timezone).map_err(|e| {
+        let field = match e {
+            floq_shared::cron::CronError::TimeZone(_) => "timezone",
+            floq_shared::cron::CronError::Expression(_) => "cron",
+        };
+        ApiError::validation(
+            "the schedule is invalid",
+            json!([{"field": field, "message": e.to_string()}]),
+        )
+    })?;
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
+    let schedule: Schedule = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO schedules (id, company_id, flow_id, cron, timezone, enabled, misfire, next_fire_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(company_id)
+    .bind(id)
+    .bind(body.cron.trim())
+    .bind(&body.timezone)
+    .bind(body.enabled)
+    .bind(&body.misfire)
+    .bind(cron.next_after(Utc::now()))
+    .fetch_one(&mut *tx)
+    .await?;
+    let entry = auth.principal.audit("schedule.create", "schedule", schedule.id);
+    audit::record(&mut tx, &[entry.change(None::<&Schedule>, Some(&schedule))]).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(shown(&schedule))))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    auth: Authorized<FlowEdit>,
+    Path((flow_id, schedule_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let (Ok(flow_id), Ok(schedule_id)) = (Uuid::parse_str(&flow_id), Uuid::parse_str(&schedule_id)) else {
+        return Err(ApiError::not_found("schedule"));
+    };
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    access::require_flow(&mut tx, &auth.principal, flow_id, Level::Edit).await?;
+    let removed: Schedule = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM schedules WHERE id = $1 AND flow_id = $2 RETURNING {COLUMNS}"
+    )))
+    .bind(schedule_id)
+    .bind(flow_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("schedule"))?;
+    let entry = auth.principal.audit("schedule.delete", "schedule", schedule_id);
+    audit::record(&mut tx, &[entry.change(Some(&removed), None::<&Schedule>)]).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,186 @@
+//! Cron firing: every due schedule fires through the same outbox path as the
+//! API (trigger `cron`), one transaction per schedule under its tenant.
+//! A fire is keyed by (schedule, tick), so a tick fires exactly once even
+//! with several schedulers or across a leader fail-over.
+//!
+//! Ticks a little late (under [`GRACE`]) are caught up one by one; beyond
+//! that the schedule's misfire policy applies: `skip` drops the missed ticks,
+//! `fire_once` fires once for all of them.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use floq_shared::audit::{self, Actor, Entry};
+use floq_shared::cron::CronSchedule;
+use floq_shared::db;
+use floq_shared::queue::{Envelope, Publisher};
+
+/// Late ticks within this are still fired as ticks, not misfires.
+pub const GRACE: Duration = Duration::seconds(30);
+/// Catch-up is bounded: at most this many ticks per schedule per pass.
+const MAX_TICKS: usize = 100;
+
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: Uuid,
+    company_id: Uuid,
+}
+
+#[derive(sqlx::FromRow)]
+struct Schedule {
+    flow_id: Uuid,
+    cron: String,
+    timezone: String,
+    misfire: String,
+    next_fire_at: DateTime<Utc>,
+}
+
+/// Fires every due schedule; returns how many runs it started.
+pub async fn fire_due(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
+    let mut tx = db::system_tx(pool).await?;
+    let due: Vec<Due> = sqlx::query_as(
+        "SELECT id, company_id FROM schedules WHERE enabled AND next_fire_at <= now() ORDER BY next_fire_at LIMIT 500",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut fired = 0;
+    for schedule in due {
+        match fire(pool, publisher, &schedule).await {
+            Ok(n) => fired += n,
+            Err(e) => tracing::warn!(schedule = %schedule.id, error = format!("{e:#}"), "firing a schedule failed"),
+        }
+    }
+    Ok(fired)
+}
+
+async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result<usize> {
+    let mut tx = db::tenant_tx(pool, due.company_id).await?;
+    // The row lock keeps two passes off one schedule; the fire key keeps them off one tick.
+    let Some(s): Option<Schedule> = sqlx::query_as(
+        "SELECT flow_id, cron, timezone, misfire, next_fire_at FROM schedules
+          WHERE id = $1 AND enabled AND next_fire_at <= now() FOR UPDATE SKIP LOCKED",
+    )
+    .bind(due.id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(0);
+    };
+    let cron = CronSchedule::parse(&s.cron, &s.timezone)?;
+    let now = Utc::now();
+    let mut ticks = Vec::new();
+    let mut tick = s.next_fire_at;
+    while tick <= now && ticks.len() < MAX_TICKS {
+        ticks.push(tick);
+        match cron.next_after(tick) {
+            Some(next) => tick = next,
+            None => break,
+        }
+    }
+    let next_fire_at = cron.next_after(now.max(*ticks.last().unwrap_or(&now)));
+    let (late, missed): (Vec<_>, Vec<_>) = ticks.into_iter().partition(|t| now - *t <= GRACE);
+    let mut to_fire = late;
+    if s.misfire == "fire_once"
+        && let Some(last_missed) = missed.last()
+    {
+        to_fire.insert(0, *last_missed);
+    }
+    let mut envelopes = Vec::new();
+    let mut entries = Vec::new();
+    for tick in &to_fire {
+        let claimed = sqlx::query(
+            "INSERT INTO schedule_fires (schedule_id, company_id, tick) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(due.id)
+        .bind(due.company_id)
+        .bind(tick)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            continue;
+        }
+        let run_id = Uuid::now_v7();
+        let created: Option<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(
+            "WITH ins AS (
+                INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input)
+                SELECT $1, f.company_id, f.id, f.latest_version, 'queued', 'cron', $3
+                  FROM flows f WHERE f.id = $2 AND f.latest_version IS NOT NULL AND f.deleted_at IS NULL
+                RETURNING id, company_id, flow_id, version, attempt, trigger, input
+             )
+             INSERT INTO outbox (company_id, run_id, payload)
+             SELECT company_id, id, jsonb_build_object(
+                        'kind', 'run_flow.v1', 'run_id', id, 'company_id', company_id, 'flow_id', flow_id,
+                        'version', version, 'attempt', attempt, 'trigger', trigger, 'input', input)
+               FROM ins
+             RETURNING id, payload",
+        )
+        .bind(run_id)
+        .bind(s.flow_id)
+        .bind(json!({"schedule_id": due.id, "tick": tick}))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let drift_ms = (now - *tick).num_milliseconds();
+        sqlx::query("UPDATE schedule_fires SET run_id = $3 WHERE schedule_id = $1 AND tick = $2")
+            .bind(due.id)
+            .bind(tick)
+            .bind(created.as_ref().map(|_| run_id))
+            .execute(&mut *tx)
+            .await?;
+        entries.push(
+            Entry::new(due.company_id, Actor::system("scheduler"), "job.cron_fire")
+                .resource("schedule", due.id)
+                .details(json!({
+                    "flow_id": s.flow_id,
+                    "tick": tick,
+                    "run_id": created.as_ref().map(|_| run_id),
+                    "drift_ms": drift_ms,
+                    "skipped_reason": if created.is_none() { Some("the flow has no deployed version") } else { None },
+                })),
+        );
+        if let Some((outbox_id, envelope)) = created {
+            envelopes.push((outbox_id, envelope.0));
+        }
+    }
+    let last_fired = to_fire.last().copied();
+    sqlx::query(
+        "UPDATE schedules SET next_fire_at = $2, last_tick = COALESCE($3, last_tick),
+                last_fired_at = CASE WHEN $3 IS NULL THEN last_fired_at ELSE now() END,
+                last_drift_ms = COALESCE($4, last_drift_ms)
+          WHERE id = $1",
+    )
+    .bind(due.id)
+    .bind(next_fire_at)
+    .bind(last_fired)
+    .bind(last_fired.map(|t| (now - t).num_milliseconds()))
+    .execute(&mut *tx)
+    .await?;
+    if !missed.is_empty() {
+        entries.push(
+            Entry::new(due.company_id, Actor::system("scheduler"), "job.cron_misfire")
+                .resource("schedule", due.id)
+                .details(json!({"missed_ticks": missed.len(), "policy": s.misfire})),
+        );
+    }
+    audit::append(&mut tx, &entries).await?;
+    tx.commit().await?;
+    let fired = envelopes.len();
+    if !envelopes.is_empty() {
+        let messages: Vec<Envelope> = envelopes.iter().map(|(_, e)| e.clone()).collect();
+        // On failure the rows stay in the outbox and the sweep publishes them.
+        if publisher.publish(&messages).await.is_ok() {
+            let ids: Vec<i64> = envelopes.iter().map(|(id, _)| *id).collect();
+            let mut tx = db::tenant_tx(pool, due.company_id).await?;
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(fired)
+}
