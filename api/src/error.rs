@@ -18,6 +18,8 @@ pub enum ApiError {
         message: String,
         details: Value,
         denial: Option<Box<Denial>>,
+        /// Seconds, sent as `Retry-After` (rate limits).
+        retry_after: Option<u64>,
     },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -31,12 +33,20 @@ impl ApiError {
             message: message.into(),
             details: Value::Null,
             denial: None,
+            retry_after: None,
         }
     }
 
     pub fn with_details(mut self, new: Value) -> Self {
         if let ApiError::Client { details, .. } = &mut self {
             *details = new;
+        }
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        if let ApiError::Client { retry_after, .. } = &mut self {
+            *retry_after = Some(seconds);
         }
         self
     }
@@ -115,13 +125,14 @@ impl ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, body, denial) = match self {
+        let (status, body, denial, retry_after) = match self {
             ApiError::Client {
                 status,
                 code,
                 message,
                 details,
                 denial,
+                retry_after,
             } => (
                 status,
                 ErrorBody {
@@ -131,6 +142,7 @@ impl IntoResponse for ApiError {
                     cause: None,
                 },
                 denial,
+                retry_after,
             ),
             ApiError::Internal(cause) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -141,12 +153,18 @@ impl IntoResponse for ApiError {
                     cause: Some(Arc::new(cause)),
                 },
                 None,
+                None,
             ),
         };
         let mut response = (status, Json(body.render(""))).into_response();
         response.extensions_mut().insert(body);
         if let Some(denial) = denial {
             response.extensions_mut().insert(*denial);
+        }
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response
     }

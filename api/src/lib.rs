@@ -12,6 +12,7 @@ pub mod extract;
 pub mod key_cache;
 pub mod middleware;
 pub mod password;
+pub mod rate;
 pub mod rotate;
 mod routes;
 pub mod session;
@@ -79,6 +80,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         acceptor,
         audit,
         keyring: Arc::new(keyring),
+        trigger_limits: Arc::new(rate::TriggerLimits::new(&config)),
     };
     let broker_up = {
         let publisher = publisher.clone();

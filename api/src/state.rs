@@ -5,6 +5,7 @@ use sqlx::PgPool;
 use crate::accept::Acceptor;
 use crate::auth::Keys;
 use crate::key_cache::KeyCache;
+use crate::rate::TriggerLimits;
 use floq_shared::Config;
 use floq_shared::audit;
 use floq_shared::crypto::Keyring;
@@ -19,4 +20,5 @@ pub struct AppState {
     pub audit: audit::Writer,
     /// Encrypts credential data and secret KV values; the API never decrypts.
     pub keyring: Arc<Keyring>,
+    pub trigger_limits: Arc<TriggerLimits>,
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
-use axum::http::header::{RETRY_AFTER, SET_COOKIE};
+use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
@@ -69,15 +69,13 @@ async fn login(
     };
     if let Some(until) = throttle::locked_until(&state.pool, &keys).await? {
         state.audit.record(attempt(audit::PLATFORM, None, "throttled")).await;
-        let wait = (until - Utc::now()).num_seconds().max(1);
-        let mut response = ApiError::new(
+        let wait = (until - Utc::now()).num_seconds().max(1) as u64;
+        return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_attempts",
             "too many failed sign-ins; try again later",
         )
-        .into_response();
-        response.headers_mut().insert(RETRY_AFTER, wait.into());
-        return Ok(response);
+        .retry_after(wait));
     }
 
     let found = find_user(&state, &body.email).await?;

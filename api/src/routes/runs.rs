@@ -62,6 +62,7 @@ async fn start(
     ValidJson(body): ValidJson<StartRun>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let idempotency_key = idempotency_key(&headers)?;
+    state.trigger_limits.check(auth.principal.company_id, flow_id)?;
     let request = RunRequest {
         company_id: auth.principal.company_id,
         grantee: (!auth.principal.is_admin()).then_some(auth.principal.user_id),

@@ -276,6 +276,7 @@ async fn receive(
     else {
         return Err(ApiError::not_found("webhook"));
     };
+    state.trigger_limits.check(company_id, flow_id)?;
     if signed {
         let secret = signing_secret(&state, flow_id, version);
         let given = headers.get(header.as_str()).and_then(|v| v.to_str().ok());

@@ -299,3 +299,49 @@ async fn an_idempotency_key_maps_concurrent_duplicates_to_one_run() {
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn triggers_beyond_the_flow_or_company_rate_get_429_with_retry_after() {
+    let app = TestApp::spawn_configured(floq_tests::Options::default(), |c| {
+        c.trigger_rate_per_flow = 1;
+        c.trigger_burst_per_flow = 3;
+        c.trigger_rate_per_company = 1;
+        c.trigger_burst_per_company = 5;
+    })
+    .await;
+    let (a, b) = (
+        app.deployed_flow(json!({"nodes": [{"id": "a", "type": "merge"}]}))
+            .await,
+        app.deployed_flow(json!({"nodes": [{"id": "a", "type": "merge"}]}))
+            .await,
+    );
+    let start = |flow: &str| {
+        app.client
+            .post(format!("{}/api/v1/flows/{flow}/runs", app.base))
+            .bearer_auth(&app.admin.api_key)
+            .json(&json!({}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(start(&a).await.unwrap().status(), StatusCode::ACCEPTED);
+    }
+    let limited = start(&a).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(wait >= 1);
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Another flow has its own bucket, until the company's runs out.
+    assert_eq!(start(&b).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        start(&b).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the company's burst of 5 is spent"
+    );
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 4, "refused triggers create nothing");
+    app.teardown().await;
+}

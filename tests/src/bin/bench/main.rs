@@ -66,6 +66,11 @@ async fn main() -> anyhow::Result<()> {
     let app = TestApp::spawn_configured(Options::default(), |c| {
         c.worker_prefetch = args.prefetch;
         c.db_max_connections = args.db_connections;
+        // Measure the run path, not the trigger rate limits.
+        c.trigger_rate_per_flow = 1_000_000;
+        c.trigger_burst_per_flow = 10_000_000;
+        c.trigger_rate_per_company = 1_000_000;
+        c.trigger_burst_per_company = 10_000_000;
     })
     .await;
     let definition = match args.flow.as_str() {
