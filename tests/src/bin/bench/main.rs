@@ -42,6 +42,10 @@ struct Args {
     /// (five nodes whose templates are JavaScript expressions).
     #[arg(long, default_value = "basic")]
     flow: String,
+    /// How runs are started: `api` (POST /api/v1/flows/{id}/runs with an API key) or `webhook`
+    /// (POST /hooks/{token}, asynchronous).
+    #[arg(long, default_value = "api")]
+    trigger: String,
     /// Measure template evaluation alone (paths, expressions, code nodes) and exit.
     #[arg(long)]
     templates: bool,
@@ -95,15 +99,30 @@ async fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("unknown --flow `{other}`: basic or templated"),
     };
     let flow = app.deployed_flow(definition).await;
-    let url = format!("{}/api/v1/flows/{flow}/runs", app.base);
+    let (url, authorized) = match args.trigger.as_str() {
+        "api" => (format!("{}/api/v1/flows/{flow}/runs", app.base), true),
+        "webhook" => {
+            let (_, hook) = app
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/flows/{flow}/webhook"),
+                    &app.admin.api_key,
+                    Some(json!({})),
+                )
+                .await;
+            let path = hook["path"].as_str().unwrap_or_default().to_string();
+            (format!("{}{path}", app.base), false)
+        }
+        other => anyhow::bail!("unknown --trigger `{other}`: api or webhook"),
+    };
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
     let key = app.admin.api_key.clone();
 
     println!(
-        "floq-bench: {} runs of the {} flow, concurrency {}, prefetch {}, {} db connections per service",
-        args.runs, args.flow, args.concurrency, args.prefetch, args.db_connections
+        "floq-bench: {} runs of the {} flow by {}, concurrency {}, prefetch {}, {} db connections per service",
+        args.runs, args.flow, args.trigger, args.concurrency, args.prefetch, args.db_connections
     );
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::new(Mutex::new(Vec::with_capacity(args.runs)));
     let started = Instant::now();
@@ -113,12 +132,13 @@ async fn main() -> anyhow::Result<()> {
             async move {
                 let at = Utc::now();
                 let t = Instant::now();
-                let resp = client
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .json(&json!({"input": {"user": format!("user-{n}"), "n": n + 1}}))
-                    .send()
-                    .await;
+                let input = json!({"user": format!("user-{n}"), "n": n + 1});
+                let request = if authorized {
+                    client.post(&url).bearer_auth(&key).json(&json!({"input": input}))
+                } else {
+                    client.post(&url).json(&input)
+                };
+                let resp = request.send().await;
                 let latency = t.elapsed().as_secs_f64();
                 match resp {
                     Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
