@@ -20,6 +20,7 @@ use uuid::Uuid;
 use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::db;
 use floq_shared::queue::{Envelope, INLINE_INPUT_MAX, Publisher};
+use floq_shared::replies::{Replies, Waiter};
 use floq_shared::telemetry::METRICS;
 
 const MAX_BATCH: usize = 1000;
@@ -36,6 +37,8 @@ struct Request {
     /// The run's `run.create` entry, appended in the same commit as the run.
     audit: Entry,
     idempotency_key: Option<String>,
+    /// The worker should send the outcome back (a synchronous webhook waits for it).
+    wants_reply: bool,
     reply: oneshot::Sender<Result<Reply, Arc<sqlx::Error>>>,
 }
 
@@ -57,11 +60,17 @@ pub struct RunRequest {
     pub actor: Actor,
     /// `Idempotency-Key`: the same key for the same flow within 24 hours returns the first run.
     pub idempotency_key: Option<String>,
+    /// Ask the worker for the outcome: `Accepted::New` then carries a waiter for it.
+    pub wait: bool,
 }
 
 pub enum Accepted {
-    /// A new run, with the flow version it pinned.
-    New { run_id: Uuid, version: i32 },
+    /// A new run, with the flow version it pinned, and its outcome's waiter if one was asked for.
+    New {
+        run_id: Uuid,
+        version: i32,
+        reply: Option<Waiter>,
+    },
     /// The run an earlier request with the same idempotency key created.
     Existing { run_id: Uuid },
 }
@@ -69,6 +78,7 @@ pub enum Accepted {
 #[derive(Clone)]
 pub struct Acceptor {
     tx: mpsc::Sender<Request>,
+    replies: Arc<Replies>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +94,11 @@ pub enum AcceptError {
 impl Acceptor {
     /// Starts the committer, publisher and outbox-cleaner tasks. They finish
     /// after every `Acceptor` clone is dropped and all accepted work is flushed.
-    pub fn start(pool: PgPool, publisher: Arc<Publisher>) -> (Self, JoinSet<()>) {
+    /// `replies` must be the hub `publisher` was built with.
+    pub fn start(pool: PgPool, publisher: Arc<Publisher>, replies: Arc<Replies>) -> (Self, JoinSet<()>) {
         let (tx, rx) = mpsc::channel::<Request>(MAX_BATCH * COMMITTERS * 2);
         let rx = Arc::new(Mutex::new(rx));
-        let (publish_tx, publish_rx) = mpsc::channel::<Vec<(Uuid, i64, Envelope)>>(1024);
+        let (publish_tx, publish_rx) = mpsc::channel::<Vec<Publish>>(1024);
         let (clean_tx, clean_rx) = mpsc::channel::<Vec<(Uuid, i64)>>(1024);
         let mut tasks = JoinSet::new();
         for _ in 0..COMMITTERS {
@@ -96,7 +107,7 @@ impl Acceptor {
         drop(publish_tx);
         tasks.spawn(publish_loop(publisher, publish_rx, clean_tx));
         tasks.spawn(clean_loop(pool, clean_rx));
-        (Self { tx }, tasks)
+        (Self { tx, replies }, tasks)
     }
 
     pub async fn accept(&self, request: RunRequest) -> Result<Accepted, AcceptError> {
@@ -108,9 +119,12 @@ impl Acceptor {
             trigger,
             actor,
             idempotency_key,
+            wait,
         } = request;
         let (reply, rx) = oneshot::channel();
         let run_id = Uuid::now_v7();
+        // Registered before the run can be published, so even an instant outcome finds it.
+        let waiter = wait.then(|| self.replies.register(run_id));
         let audit = Entry::new(company_id, actor, "run.create")
             .resource("run", run_id)
             .details(json!({"flow_id": flow_id, "trigger": trigger, "input": audit::shape(&input)}));
@@ -124,6 +138,7 @@ impl Acceptor {
                 trigger,
                 audit,
                 idempotency_key,
+                wants_reply: wait,
                 reply,
             })
             .await
@@ -131,7 +146,11 @@ impl Acceptor {
         match rx.await.map_err(|_| AcceptError::ShuttingDown)? {
             Ok(Reply::Committed(version)) => {
                 METRICS.runs_enqueued.with_label_values(&[trigger]).inc();
-                Ok(Accepted::New { run_id, version })
+                Ok(Accepted::New {
+                    run_id,
+                    version,
+                    reply: waiter,
+                })
             }
             Ok(Reply::Existing(run_id)) => Ok(Accepted::Existing { run_id }),
             Ok(Reply::NotRunnable) => Err(AcceptError::NotRunnable),
@@ -140,11 +159,7 @@ impl Acceptor {
     }
 }
 
-async fn commit_loop(
-    pool: PgPool,
-    rx: Arc<Mutex<mpsc::Receiver<Request>>>,
-    publish: mpsc::Sender<Vec<(Uuid, i64, Envelope)>>,
-) {
+async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publish: mpsc::Sender<Vec<Publish>>) {
     loop {
         let mut batch = Vec::new();
         {
@@ -159,7 +174,12 @@ async fn commit_loop(
                 for req in batch {
                     let reply = match (runs.get(&req.run_id), existing.get(&req.run_id)) {
                         (Some((outbox_id, envelope)), _) => {
-                            to_publish.push((req.company_id, *outbox_id, envelope.clone()));
+                            to_publish.push(Publish {
+                                company_id: req.company_id,
+                                outbox_id: *outbox_id,
+                                envelope: envelope.clone(),
+                                wants_reply: req.wants_reply,
+                            });
                             let Envelope::RunFlowV1(m) = envelope;
                             Reply::Committed(m.version)
                         }
@@ -297,18 +317,28 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, sqlx::Err
     })
 }
 
+/// A committed run on its way to the broker.
+struct Publish {
+    company_id: Uuid,
+    outbox_id: i64,
+    envelope: Envelope,
+    wants_reply: bool,
+}
+
 async fn publish_loop(
     publisher: Arc<Publisher>,
-    mut rx: mpsc::Receiver<Vec<(Uuid, i64, Envelope)>>,
+    mut rx: mpsc::Receiver<Vec<Publish>>,
     clean: mpsc::Sender<Vec<(Uuid, i64)>>,
 ) {
     let mut batches = Vec::new();
     while rx.recv_many(&mut batches, 64).await > 0 {
-        let items: Vec<(Uuid, i64, Envelope)> = batches.drain(..).flatten().collect();
-        let envelopes: Vec<Envelope> = items.iter().map(|(_, _, e)| e.clone()).collect();
-        match publisher.publish(&envelopes).await {
+        let items: Vec<Publish> = batches.drain(..).flatten().collect();
+        let envelopes: Vec<(&Envelope, bool)> = items.iter().map(|p| (&p.envelope, p.wants_reply)).collect();
+        match publisher.publish_asking(&envelopes).await {
             Ok(()) => {
-                let _ = clean.send(items.into_iter().map(|(c, id, _)| (c, id)).collect()).await;
+                let _ = clean
+                    .send(items.iter().map(|p| (p.company_id, p.outbox_id)).collect())
+                    .await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, runs = envelopes.len(), "publishing runs failed; the outbox sweep will retry");

@@ -27,6 +27,13 @@ pub const REQUEST_ID: &str = "x-request-id";
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// Marks a response a flow shaped (a synchronous webhook's `respond` node):
+/// its status and body are the flow's, so no error envelope replaces them.
+/// The security headers still apply: a flow must not serve active content
+/// from the API's origin.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowReply;
+
 /// On every response: this is a JSON API, never framed, cached or sniffed.
 const SECURITY_HEADERS: [(header::HeaderName, &str); 6] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -92,7 +99,8 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
     let mut response = next.run(req).await;
 
     let status = response.status();
-    if status.is_client_error() || status.is_server_error() {
+    let flow_shaped = response.extensions().get::<FlowReply>().is_some();
+    if (status.is_client_error() || status.is_server_error()) && !flow_shaped {
         response = with_error_body(response, &request_id, &method, &route);
     }
     let headers = response.headers_mut();

@@ -10,6 +10,7 @@ pub mod db;
 pub mod flow;
 pub mod ops;
 pub mod queue;
+pub mod replies;
 pub mod script;
 pub mod secrets;
 pub mod telemetry;

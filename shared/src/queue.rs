@@ -3,15 +3,20 @@
 //! Every exchange and queue name starts with `FLOQ_QUEUE_PREFIX`, so several
 //! environments (and parallel tests) share one broker.
 
+use futures_util::StreamExt;
 use lapin::Confirmation;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tokio::sync::Mutex;
 use uuid::Uuid;
+
+use crate::replies::{DIRECT_REPLY_TO, Replies};
 
 /// A message on the runs queue. Versioned and tagged so that workers of one
 /// release can tell (and dead-letter) what a later release sends.
@@ -134,10 +139,14 @@ pub enum PublishError {
 /// Publishes run envelopes with publisher confirms, a whole batch in flight at
 /// once (a confirm window) rather than one round trip per message. Reconnects
 /// lazily after a broker failure; anything unconfirmed stays in the outbox.
+///
+/// With [`Publisher::with_replies`] the channel also consumes direct reply-to,
+/// so runs published with a reply request answer the waiting caller.
 pub struct Publisher {
     url: String,
     queue: String,
     channel: Mutex<Option<(Connection, Channel)>>,
+    replies: Option<Arc<Replies>>,
 }
 
 impl Publisher {
@@ -146,12 +155,25 @@ impl Publisher {
             url: url.to_string(),
             queue: topology.runs.clone(),
             channel: Mutex::new(None),
+            replies: None,
         }
+    }
+
+    pub fn with_replies(mut self, replies: Arc<Replies>) -> Self {
+        self.replies = Some(replies);
+        self
     }
 
     /// Returns once the broker has confirmed every message, or an error if any
     /// was not confirmed (the caller leaves those to the outbox sweep).
     pub async fn publish(&self, batch: &[Envelope]) -> Result<(), PublishError> {
+        let batch: Vec<(&Envelope, bool)> = batch.iter().map(|e| (e, false)).collect();
+        self.publish_asking(&batch).await
+    }
+
+    /// As [`Publisher::publish`]; messages paired with `true` ask their worker
+    /// to reply (direct reply-to), which needs [`Publisher::with_replies`].
+    pub async fn publish_asking(&self, batch: &[(&Envelope, bool)]) -> Result<(), PublishError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -169,9 +191,15 @@ impl Publisher {
         result
     }
 
-    async fn publish_on(&self, channel: &Channel, batch: &[Envelope]) -> Result<(), PublishError> {
+    async fn publish_on(&self, channel: &Channel, batch: &[(&Envelope, bool)]) -> Result<(), PublishError> {
         let mut confirms = Vec::with_capacity(batch.len());
-        for envelope in batch {
+        for (envelope, ask) in batch {
+            let mut properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            if *ask && self.replies.is_some() {
+                properties = properties.with_reply_to(DIRECT_REPLY_TO.into());
+            }
             let confirm = channel
                 .basic_publish(
                     "".into(),
@@ -181,9 +209,7 @@ impl Publisher {
                         ..Default::default()
                     },
                     &envelope.to_bytes(),
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_content_type("application/json".into()),
+                    properties,
                 )
                 .await?;
             confirms.push(confirm);
@@ -213,6 +239,26 @@ impl Publisher {
             let conn = connect(&self.url).await?;
             let ch = conn.create_channel().await?;
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            if let Some(replies) = &self.replies {
+                // Direct reply-to must be consumed (no-ack) on the channel that publishes.
+                let mut consumer = ch
+                    .basic_consume(
+                        DIRECT_REPLY_TO.into(),
+                        "floq-replies".into(),
+                        BasicConsumeOptions {
+                            no_ack: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                let replies = replies.clone();
+                tokio::spawn(async move {
+                    while let Some(Ok(delivery)) = consumer.next().await {
+                        replies.deliver(&delivery.data);
+                    }
+                });
+            }
             *guard = Some((conn, ch));
         }
         Ok(())

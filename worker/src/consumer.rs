@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
@@ -19,6 +20,7 @@ use crate::executor::{self, Outcome, RunInput};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
 use crate::outcome_writer::{OutcomeWriter, Write};
+use crate::reply::PendingReply;
 use floq_shared::Config;
 use floq_shared::db;
 use floq_shared::queue::{self, Envelope, RunFlowV1, Topology};
@@ -101,8 +103,8 @@ async fn consume_once(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let worker = worker.clone();
-                    in_flight.spawn(async move { handle(&worker, delivery).await });
+                    let (worker, channel) = (worker.clone(), channel.clone());
+                    in_flight.spawn(async move { handle(&worker, &channel, delivery).await });
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => anyhow::bail!("the broker closed the consumer"),
@@ -112,7 +114,7 @@ async fn consume_once(
     }
 }
 
-async fn handle(worker: &Worker, delivery: Delivery) {
+async fn handle(worker: &Worker, channel: &Channel, delivery: Delivery) {
     METRICS.worker_inflight.inc();
     let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
         Ok(e) => e,
@@ -125,11 +127,11 @@ async fn handle(worker: &Worker, delivery: Delivery) {
     };
     let Envelope::RunFlowV1(msg) = envelope;
     let span = tracing::info_span!("run", run.id = %msg.run_id, company.id = %msg.company_id, flow.id = %msg.flow_id);
-    let _ = tracing::Instrument::instrument(run(worker, msg, delivery), span).await;
+    let _ = tracing::Instrument::instrument(run(worker, channel, msg, delivery), span).await;
     METRICS.worker_inflight.dec();
 }
 
-async fn run(worker: &Worker, msg: RunFlowV1, delivery: Delivery) {
+async fn run(worker: &Worker, channel: &Channel, msg: RunFlowV1, delivery: Delivery) {
     if delivery.redelivered {
         match already_finished(&worker.pool, &msg).await {
             Ok(true) => {
@@ -157,11 +159,11 @@ async fn run(worker: &Worker, msg: RunFlowV1, delivery: Delivery) {
             METRICS.run_queue_wait.observe(now.saturating_sub(queued).as_secs_f64());
         }
     }
-    let outcome = match worker
+    let flow = worker
         .cache
         .get(&worker.pool, msg.company_id, msg.flow_id, msg.version)
-        .await
-    {
+        .await;
+    let outcome = match &flow {
         Ok(Some(flow)) => {
             let input = match inline_or_load_input(&worker.pool, &msg).await {
                 Ok(Some(input)) => input,
@@ -183,7 +185,7 @@ async fn run(worker: &Worker, msg: RunFlowV1, delivery: Delivery) {
                 }
             };
             let exec = executor::execute(
-                &flow,
+                flow,
                 RunInput {
                     run: RunCtx {
                         run_id: msg.run_id,
@@ -229,6 +231,16 @@ async fn run(worker: &Worker, msg: RunFlowV1, delivery: Delivery) {
             .unwrap_or_default()
             .as_secs_f64(),
     );
+    let reply = delivery.properties.reply_to().as_ref().map(|to| {
+        let flow = flow.as_ref().ok().and_then(|f| f.as_deref());
+        Box::new(PendingReply::new(
+            channel.clone(),
+            to.to_string(),
+            msg.run_id,
+            flow,
+            &outcome,
+        ))
+    });
     worker
         .writer
         .send(Write::Finished {
@@ -236,6 +248,7 @@ async fn run(worker: &Worker, msg: RunFlowV1, delivery: Delivery) {
             run_id: msg.run_id,
             outcome: Box::new(outcome),
             acker: delivery.acker,
+            reply,
         })
         .await;
 }

@@ -7,6 +7,7 @@ pub mod executor;
 pub mod flow_cache;
 pub mod nodes;
 mod outcome_writer;
+mod reply;
 pub mod sandbox;
 pub mod vault;
 

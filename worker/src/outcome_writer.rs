@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::executor::Outcome;
+use crate::reply::PendingReply;
 use floq_shared::audit::{self, Entry};
 use floq_shared::db;
 use floq_shared::telemetry::METRICS;
@@ -39,6 +40,8 @@ pub enum Write {
         run_id: Uuid,
         outcome: Box<Outcome>,
         acker: Acker,
+        /// Sent once the outcome is committed (a synchronous caller waits for it).
+        reply: Option<Box<PendingReply>>,
     },
 }
 
@@ -97,7 +100,10 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
         }
         // Settle every delivery of the batch at once rather than one round trip each.
         let settle = batch.into_iter().filter_map(|write| {
-            let Write::Finished { outcome, acker, .. } = write else {
+            let Write::Finished {
+                outcome, acker, reply, ..
+            } = write
+            else {
                 return None;
             };
             Some(async move {
@@ -106,6 +112,9 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
                         .runs_completed
                         .with_label_values(&[outcome.status.as_str()])
                         .inc();
+                    if let Some(reply) = reply {
+                        reply.send().await;
+                    }
                     let _ = acker.ack(BasicAckOptions::default()).await;
                 } else {
                     let _ = acker

@@ -39,7 +39,7 @@ fn empty_object() -> Value {
 }
 
 /// `Idempotency-Key`: 1-255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -71,9 +71,10 @@ async fn start(
         trigger: "api",
         actor: auth.principal.actor(),
         idempotency_key,
+        wait: false,
     };
     match state.acceptor.accept(request).await {
-        Ok(Accepted::New { run_id, version }) => Ok((
+        Ok(Accepted::New { run_id, version, .. }) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({"run_id": run_id, "version": version, "status": "queued"})),
         )),

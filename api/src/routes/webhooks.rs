@@ -3,14 +3,22 @@
 //! is stored); an optional HMAC-SHA256 signature with a timestamp guards
 //! against forged and replayed calls. Requests become a run whose `$input`
 //! is `{method, body, query, headers}` (without credentials or cookies).
+//!
+//! A call may wait for its run (`?wait=SECONDS`, or the webhook's
+//! `wait_seconds`): the run is published asking for a reply (direct
+//! reply-to), and the answer is its `respond` node's reply or its output.
+//! Waiting holds no worker and reads nothing from the database; past the
+//! wait the caller gets `202 {run_id}` and the run carries on.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -21,15 +29,18 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use validator::Validate;
 
+use super::runs::idempotency_key;
 use crate::accept::{AcceptError, Accepted, RunRequest};
 use crate::access::{self, Level};
 use crate::audit;
 use crate::authz::{Authorized, FlowEdit};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, ValidJson};
+use crate::middleware::FlowReply;
 use crate::state::AppState;
 use floq_shared::audit::Actor;
 use floq_shared::db;
+use floq_shared::replies::{FORBIDDEN_REPLY_HEADERS, RunReply};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -44,13 +55,16 @@ struct Webhook {
     signed: bool,
     signature_header: String,
     tolerance_seconds: i32,
+    /// Seconds a call waits for its run unless it says `?wait=`; 0 answers `202` at once.
+    wait_seconds: i32,
     #[serde(skip)]
     secret_version: i32,
     created_at: DateTime<Utc>,
     rotated_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "flow_id, signed, signature_header, tolerance_seconds, secret_version, created_at, rotated_at";
+const COLUMNS: &str =
+    "flow_id, signed, signature_header, tolerance_seconds, wait_seconds, secret_version, created_at, rotated_at";
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -113,6 +127,8 @@ struct Configure {
     signature_header: Option<String>,
     #[validate(range(min = 1, max = 86_400))]
     tolerance_seconds: Option<i32>,
+    #[validate(range(min = 0, max = 3_600))]
+    wait_seconds: Option<i32>,
 }
 
 /// Enables the webhook (answering its token once) or changes its settings.
@@ -123,6 +139,13 @@ async fn configure(
     ValidJson(body): ValidJson<Configure>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let company_id = auth.principal.company_id;
+    let max_wait = state.config.webhook_max_wait.as_secs();
+    if body.wait_seconds.is_some_and(|w| w as u64 > max_wait) {
+        return Err(ApiError::validation(
+            "the webhook settings are invalid",
+            json!([{"field": "wait_seconds", "message": format!("must be at most {max_wait} (FLOQ_WEBHOOK_MAX_WAIT_SECONDS)")}]),
+        ));
+    }
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, id).await?;
@@ -132,11 +155,13 @@ async fn configure(
         Some(_) => (StatusCode::OK, None),
     };
     let hook: Webhook = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO flow_webhooks (flow_id, company_id, token_hash, signed, signature_header, tolerance_seconds)
-         VALUES ($1, $2, $3, $4, COALESCE($5, 'x-floq-signature'), COALESCE($6, 300))
+        "INSERT INTO flow_webhooks (flow_id, company_id, token_hash, signed, signature_header, tolerance_seconds,
+                                    wait_seconds)
+         VALUES ($1, $2, $3, $4, COALESCE($5, 'x-floq-signature'), COALESCE($6, 300), COALESCE($7, 0))
          ON CONFLICT (flow_id) DO UPDATE SET signed = excluded.signed,
              signature_header = COALESCE($5, flow_webhooks.signature_header),
-             tolerance_seconds = COALESCE($6, flow_webhooks.tolerance_seconds)
+             tolerance_seconds = COALESCE($6, flow_webhooks.tolerance_seconds),
+             wait_seconds = COALESCE($7, flow_webhooks.wait_seconds)
          RETURNING {COLUMNS}"
     )))
     .bind(id)
@@ -145,6 +170,7 @@ async fn configure(
     .bind(body.signed)
     .bind(header)
     .bind(body.tolerance_seconds)
+    .bind(body.wait_seconds)
     .fetch_one(&mut *tx)
     .await?;
     let action = if before.is_none() {
@@ -240,10 +266,33 @@ struct Resolved {
     signed: bool,
     signature_header: String,
     tolerance_seconds: i32,
+    wait_seconds: i32,
     secret_version: i32,
 }
 
 const HIDDEN_HEADERS: [&str; 4] = ["authorization", "cookie", "proxy-authorization", "x-api-key"];
+
+/// `?wait=` is floq's own parameter: it is taken out of the run's `$input.query`.
+const WAIT_PARAM: &str = "wait";
+
+/// How long this call waits for its run: `?wait=` if given, else the webhook's
+/// setting, never past `FLOQ_WEBHOOK_MAX_WAIT_SECONDS`; `None` answers at once.
+fn wait_for(state: &AppState, query: &[(String, String)], configured: i32) -> ApiResult<Option<Duration>> {
+    let max = state.config.webhook_max_wait.as_secs();
+    let seconds = match query.iter().find(|(k, _)| k == WAIT_PARAM) {
+        None => (configured.max(0) as u64).min(max),
+        Some((_, raw)) => match raw.parse::<u64>() {
+            Ok(s) if s <= max => s,
+            _ => {
+                return Err(ApiError::validation(
+                    "the wait parameter is invalid",
+                    json!([{"field": WAIT_PARAM, "message": format!("must be whole seconds from 0 to {max}")}]),
+                ));
+            }
+        },
+    };
+    Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
+}
 
 async fn receive(
     State(state): State<AppState>,
@@ -252,11 +301,11 @@ async fn receive(
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<Response> {
     let found: Option<Resolved> = {
         let mut tx = db::system_tx(&state.pool).await?;
         let row = sqlx::query_as(
-            "SELECT flow_id, company_id, signed, signature_header, tolerance_seconds, secret_version
+            "SELECT flow_id, company_id, signed, signature_header, tolerance_seconds, wait_seconds, secret_version
                FROM flow_webhooks WHERE token_hash = $1",
         )
         .bind(token_hash(&token))
@@ -265,37 +314,23 @@ async fn receive(
         tx.commit().await?;
         row
     };
-    let Some(Resolved {
-        flow_id,
-        company_id,
-        signed,
-        signature_header: header,
-        tolerance_seconds: tolerance,
-        secret_version: version,
-    }) = found
-    else {
+    let Some(hook) = found else {
         return Err(ApiError::not_found("webhook"));
     };
+    let (flow_id, company_id) = (hook.flow_id, hook.company_id);
     state.trigger_limits.check(company_id, flow_id)?;
-    if signed {
-        let secret = signing_secret(&state, flow_id, version);
-        let given = headers.get(header.as_str()).and_then(|v| v.to_str().ok());
-        if !verify_signature(&secret, given, &body, tolerance.into()) {
+    if hook.signed {
+        let secret = signing_secret(&state, flow_id, hook.secret_version);
+        let given = headers
+            .get(hook.signature_header.as_str())
+            .and_then(|v| v.to_str().ok());
+        if !verify_signature(&secret, given, &body, hook.tolerance_seconds.into()) {
             return Err(refused());
         }
     }
-    let shown_headers: BTreeMap<String, String> = headers
-        .iter()
-        .filter(|(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()) && name.as_str() != header)
-        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
-        .collect();
-    let query: BTreeMap<String, String> = query.into_iter().collect();
-    let parsed_body = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-    };
-    let input = json!({"method": method.as_str(), "body": parsed_body, "query": query, "headers": shown_headers});
+    let wait = wait_for(&state, &query, hook.wait_seconds)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let input = run_input(&method, query, &headers, &hook.signature_header, &body);
     let mut actor = Actor::system("webhook");
     actor.label = Some(format!("webhook:{flow_id}"));
     let request = RunRequest {
@@ -305,18 +340,25 @@ async fn receive(
         input,
         trigger: "webhook",
         actor,
-        idempotency_key: headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .filter(|k| (1..=255).contains(&k.len()))
-            .map(str::to_string),
+        idempotency_key,
+        wait: wait.is_some(),
     };
     match state.acceptor.accept(request).await {
-        Ok(Accepted::New { run_id, .. }) => Ok((StatusCode::ACCEPTED, Json(json!({"run_id": run_id})))),
+        Ok(Accepted::New { run_id, reply, .. }) => {
+            let (Some(wait), Some(mut waiter)) = (wait, reply) else {
+                return Ok(accepted(run_id, false));
+            };
+            match tokio::time::timeout(wait, waiter.recv()).await {
+                Ok(Some(reply)) => Ok(sync_reply(reply)),
+                // Timed out, or the reply channel went away: the run carries on.
+                _ => Ok(accepted(run_id, true)),
+            }
+        }
         Ok(Accepted::Existing { run_id }) => Ok((
             StatusCode::OK,
             Json(json!({"run_id": run_id, "idempotent_replay": true})),
-        )),
+        )
+            .into_response()),
         Err(AcceptError::NotRunnable) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_deployed",
@@ -329,4 +371,99 @@ async fn receive(
         )),
         Err(e) => Err(ApiError::internal(e)),
     }
+}
+
+/// The request as the run sees it: `{method, body, query, headers}`, without
+/// credentials, cookies, the signature or floq's `wait` parameter.
+fn run_input(
+    method: &Method,
+    query: Vec<(String, String)>,
+    headers: &HeaderMap,
+    signature_header: &str,
+    body: &[u8],
+) -> Value {
+    let shown_headers: BTreeMap<String, String> = headers
+        .iter()
+        .filter(|(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()) && name.as_str() != signature_header)
+        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect();
+    let query: BTreeMap<String, String> = query.into_iter().filter(|(k, _)| k != WAIT_PARAM).collect();
+    let parsed_body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    };
+    json!({"method": method.as_str(), "body": parsed_body, "query": query, "headers": shown_headers})
+}
+
+const RUN_ID_HEADER: &str = "x-floq-run-id";
+
+fn accepted(run_id: Uuid, waited: bool) -> Response {
+    let body = if waited {
+        json!({"run_id": run_id, "status": "pending", "message": "the run did not finish within the wait; it continues"})
+    } else {
+        json!({"run_id": run_id})
+    };
+    with_run_id((StatusCode::ACCEPTED, Json(body)).into_response(), run_id)
+}
+
+/// A finished run as the HTTP answer: its `respond` node's reply, else its
+/// output (`200`), else — it failed — a `502` naming the run and node.
+fn sync_reply(reply: RunReply) -> Response {
+    let run_id = reply.run_id;
+    let mut response = if let Some(respond) = reply.respond {
+        respond_reply(&respond)
+    } else if reply.status == "succeeded" {
+        Json(reply.output.unwrap_or(Value::Null)).into_response()
+    } else {
+        let node = reply.error.as_ref().and_then(|e| e.get("node")).cloned();
+        return with_run_id(
+            ApiError::new(StatusCode::BAD_GATEWAY, "run_failed", "the run failed")
+                .with_details(json!({"run_id": run_id, "node": node}))
+                .into_response(),
+            run_id,
+        );
+    };
+    response.extensions_mut().insert(FlowReply);
+    with_run_id(response, run_id)
+}
+
+/// `{status, headers, body}`: a string body goes out as text, anything else as JSON.
+fn respond_reply(respond: &Value) -> Response {
+    let status = respond
+        .get("status")
+        .and_then(Value::as_u64)
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .unwrap_or(StatusCode::OK);
+    let (content_type, bytes) = match respond.get("body") {
+        None | Some(Value::Null) => (None, Vec::new()),
+        Some(Value::String(text)) => (Some("text/plain; charset=utf-8"), text.clone().into_bytes()),
+        Some(other) => (Some("application/json"), other.to_string().into_bytes()),
+    };
+    let mut response = (status, bytes).into_response();
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_TYPE);
+    if let Some(ct) = content_type {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    // The worker already refused bad headers; this only guards against a reply from elsewhere.
+    for (name, value) in respond.get("headers").and_then(Value::as_object).into_iter().flatten() {
+        let (Ok(name), Some(Ok(value))) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            value.as_str().map(HeaderValue::from_str),
+        ) else {
+            continue;
+        };
+        if !FORBIDDEN_REPLY_HEADERS.contains(&name.as_str()) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+fn with_run_id(mut response: Response, run_id: Uuid) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&run_id.to_string()) {
+        response.headers_mut().insert(RUN_ID_HEADER, value);
+    }
+    response
 }

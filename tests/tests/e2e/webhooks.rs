@@ -178,3 +178,168 @@ async fn signed_webhooks_refuse_forged_and_replayed_calls() {
     assert_ne!(rotated["secret"], hook["secret"]);
     app.teardown().await;
 }
+
+/// Enables a webhook on a freshly deployed flow and returns its URL.
+async fn hook_url(app: &TestApp, definition: Value, settings: Value) -> (String, String) {
+    let flow = app.deployed_flow(definition).await;
+    let (status, hook) = app
+        .request(
+            Method::PUT,
+            &format!("/api/v1/flows/{flow}/webhook"),
+            &app.admin.api_key,
+            Some(settings),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    (flow, format!("{}{}", app.base, hook["path"].as_str().unwrap()))
+}
+
+#[tokio::test]
+async fn a_sync_webhook_answers_with_the_respond_nodes_status_headers_and_body() {
+    let app = TestApp::spawn().await;
+    let (_, url) = hook_url(
+        &app,
+        json!({
+            "nodes": [
+                {"id": "shape", "type": "set", "params": {"values": {"order": "{{ $input.body.order }}"}}},
+                {"id": "reply", "type": "respond", "params": {
+                    "status": 201,
+                    "headers": {"X-Order": "{{ $node.shape.output.order }}", "Cache-Control": "public"},
+                    "body": {"accepted": "{{ $node.shape.output.order }}", "wait": "{{ $input.query.wait }}"}}}
+            ],
+            "edges": [{"from": "shape", "to": "reply"}]
+        }),
+        json!({}),
+    )
+    .await;
+
+    let resp = app
+        .client
+        .post(format!("{url}?wait=10"))
+        .json(&json!({"order": "A-17"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let headers = resp.headers().clone();
+    assert_eq!(headers["x-order"], "A-17");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["cache-control"], "no-store", "the API's security headers win");
+    let run_id = headers["x-floq-run-id"].to_str().unwrap().to_string();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"accepted": "A-17", "wait": null}),
+        "`wait` is not part of $input"
+    );
+
+    // The answer was committed before it was sent.
+    let run = app.get(&format!("/api/v1/runs/{run_id}"), &app.admin.api_key).await.1;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_sync_webhook_without_respond_answers_with_the_runs_output_or_its_failure() {
+    let app = TestApp::spawn().await;
+    let (flow, url) = hook_url(
+        &app,
+        json!({"nodes": [{"id": "out", "type": "set", "params": {"values": {"total": "{{ $input.body.n }}"}}}]}),
+        // The webhook's own setting makes every call wait.
+        json!({"wait_seconds": 10}),
+    )
+    .await;
+    let resp = app.client.post(&url).json(&json!({"n": 3})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"total": 3}));
+    let (_, shown) = app
+        .get(&format!("/api/v1/flows/{flow}/webhook"), &app.admin.api_key)
+        .await;
+    assert_eq!(shown["webhook"]["wait_seconds"], 10);
+
+    // `?wait=0` asks for the asynchronous answer.
+    let resp = app.client.post(format!("{url}?wait=0")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+
+    let (_, failing) = hook_url(
+        &app,
+        json!({"nodes": [{"id": "boom", "type": "code", "params": {"code": "throw new Error('card declined')"}}]}),
+        json!({}),
+    )
+    .await;
+    let resp = app.client.post(format!("{failing}?wait=10")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let run_id = resp.headers()["x-floq-run-id"].to_str().unwrap().to_string();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "run_failed");
+    assert_eq!(body["error"]["details"], json!({"run_id": run_id, "node": "boom"}));
+    assert!(
+        !body.to_string().contains("card declined"),
+        "the caller gets no node messages: {body}"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_sync_webhook_that_outwaits_its_limit_answers_202_and_the_run_continues() {
+    let app = TestApp::spawn().await;
+    let (_, url) = hook_url(
+        &app,
+        json!({"nodes": [
+            {"id": "slow", "type": "delay", "params": {"ms": 2500}},
+            {"id": "reply", "type": "respond", "params": {"body": "done"}}
+        ], "edges": [{"from": "slow", "to": "reply"}]}),
+        json!({}),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let resp = app.client.post(format!("{url}?wait=1")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "it answered at the wait"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "pending", "{body}");
+    let run = app.wait_run(body["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["output"]["body"], "done");
+
+    // A string body goes out as text.
+    let resp = app.client.post(format!("{url}?wait=10")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(resp.text().await.unwrap(), "done");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_wait_beyond_the_maximum_is_refused_and_starts_nothing() {
+    let app = TestApp::spawn_configured(Default::default(), |c| {
+        c.webhook_max_wait = std::time::Duration::from_secs(5)
+    })
+    .await;
+    let (flow, url) = hook_url(&app, json!({"nodes": [{"id": "a", "type": "merge"}]}), json!({})).await;
+    for bad in ["6", "-1", "soon"] {
+        let resp = app.client.post(format!("{url}?wait={bad}")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "validation_failed", "{body}");
+        assert_eq!(body["error"]["details"][0]["field"], "wait");
+    }
+    let (status, body) = app
+        .request(
+            Method::PUT,
+            &format!("/api/v1/flows/{flow}/webhook"),
+            &app.admin.api_key,
+            Some(json!({"wait_seconds": 6})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["details"][0]["field"], "wait_seconds");
+    let (_, runs) = app
+        .get(&format!("/api/v1/runs?flow_id={flow}"), &app.admin.api_key)
+        .await;
+    assert_eq!(runs["items"], json!([]));
+    app.teardown().await;
+}

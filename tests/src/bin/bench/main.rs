@@ -42,8 +42,9 @@ struct Args {
     /// (five nodes whose templates are JavaScript expressions).
     #[arg(long, default_value = "basic")]
     flow: String,
-    /// How runs are started: `api` (POST /api/v1/flows/{id}/runs with an API key) or `webhook`
-    /// (POST /hooks/{token}, asynchronous).
+    /// How runs are started: `api` (POST /api/v1/flows/{id}/runs with an API key), `webhook`
+    /// (POST /hooks/{token}, asynchronous) or `webhook-sync` (`?wait=30`: each request waits for
+    /// its run's output, so the accept latency is the whole round trip).
     #[arg(long, default_value = "api")]
     trigger: String,
     /// Measure template evaluation alone (paths, expressions, code nodes) and exit.
@@ -99,9 +100,10 @@ async fn main() -> anyhow::Result<()> {
         other => anyhow::bail!("unknown --flow `{other}`: basic or templated"),
     };
     let flow = app.deployed_flow(definition).await;
+    let sync = args.trigger == "webhook-sync";
     let (url, authorized) = match args.trigger.as_str() {
         "api" => (format!("{}/api/v1/flows/{flow}/runs", app.base), true),
-        "webhook" => {
+        "webhook" | "webhook-sync" => {
             let (_, hook) = app
                 .request(
                     reqwest::Method::PUT,
@@ -111,9 +113,10 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await;
             let path = hook["path"].as_str().unwrap_or_default().to_string();
-            (format!("{}{path}", app.base), false)
+            let wait = if sync { "?wait=30" } else { "" };
+            (format!("{}{path}{wait}", app.base), false)
         }
-        other => anyhow::bail!("unknown --trigger `{other}`: api or webhook"),
+        other => anyhow::bail!("unknown --trigger `{other}`: api, webhook or webhook-sync"),
     };
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -125,10 +128,12 @@ async fn main() -> anyhow::Result<()> {
         args.runs, args.flow, args.trigger, args.concurrency, args.prefetch, args.db_connections
     );
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::new(Mutex::new(Vec::with_capacity(args.runs)));
+    let timed_out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let failures = futures_util::stream::iter(0..args.runs)
         .map(|n| {
             let (client, url, key, sent) = (client.clone(), url.clone(), key.clone(), sent.clone());
+            let timed_out = timed_out.clone();
             async move {
                 let at = Utc::now();
                 let t = Instant::now();
@@ -141,7 +146,17 @@ async fn main() -> anyhow::Result<()> {
                 let resp = request.send().await;
                 let latency = t.elapsed().as_secs_f64();
                 match resp {
+                    // A synchronous answer carries the run's output; its id is in a header.
+                    Ok(r) if sync && r.status() == reqwest::StatusCode::OK => {
+                        let id = r.headers().get("x-floq-run-id").and_then(|v| v.to_str().ok());
+                        let id = id.unwrap_or_default().to_string();
+                        sent.lock().await.push((id, at, latency));
+                        0
+                    }
                     Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+                        if sync {
+                            timed_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         let body: serde_json::Value = r.json().await.unwrap_or_default();
                         let id = body["run_id"].as_str().unwrap_or_default().to_string();
                         sent.lock().await.push((id, at, latency));
@@ -196,6 +211,10 @@ async fn main() -> anyhow::Result<()> {
 
     println!("accepted:   {} ({} rejected/failed requests)", sent.len(), failures);
     println!("succeeded:  {succeeded}");
+    if sync {
+        let n = timed_out.load(std::sync::atomic::Ordering::Relaxed);
+        println!("sync calls answered 202 (wait ran out): {n}");
+    }
     println!(
         "accepted runs/s:   {:>8.0}  ({:.2} s)",
         sent.len() as f64 / accept_elapsed,
@@ -207,7 +226,8 @@ async fn main() -> anyhow::Result<()> {
         total_elapsed
     );
     println!(
-        "accept latency     p50 {:>7.1} ms   p99 {:>7.1} ms",
+        "{}     p50 {:>7.1} ms   p99 {:>7.1} ms",
+        if sync { "reply latency " } else { "accept latency" },
         percentile(&accept, 0.50) * 1e3,
         percentile(&accept, 0.99) * 1e3
     );
