@@ -314,12 +314,17 @@ async fn a_sync_webhook_that_outwaits_its_limit_answers_202_and_the_run_continue
 }
 
 #[tokio::test]
-async fn a_wait_beyond_the_maximum_is_refused_and_starts_nothing() {
+async fn an_oversized_payload_or_a_wait_beyond_the_maximum_is_refused_and_starts_nothing() {
     let app = TestApp::spawn_configured(Default::default(), |c| {
-        c.webhook_max_wait = std::time::Duration::from_secs(5)
+        c.webhook_max_wait = std::time::Duration::from_secs(5);
+        c.body_limit_bytes = 4096;
     })
     .await;
     let (flow, url) = hook_url(&app, json!({"nodes": [{"id": "a", "type": "merge"}]}), json!({})).await;
+    let resp = app.client.post(&url).body("x".repeat(5000)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
     for bad in ["6", "-1", "soon"] {
         let resp = app.client.post(format!("{url}?wait={bad}")).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
