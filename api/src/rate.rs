@@ -6,7 +6,7 @@
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
 
@@ -40,13 +40,13 @@ impl TriggerLimits {
             self.per_flow.retain_recent();
             self.per_company.retain_recent();
         }
-        let now = DefaultClock::default().now();
         for (limiter, key, what) in [
             (&self.per_company, company_id, "this company"),
             (&self.per_flow, flow_id, "this flow"),
         ] {
             if let Err(not_until) = limiter.check_key(&key) {
-                let wait = not_until.wait_time_from(now).as_secs().max(1);
+                // The limiter's own clock: building a clock calibrates it (cpuid), far too slow per call.
+                let wait = not_until.wait_time_from(limiter.clock().now()).as_secs().max(1);
                 return Err(ApiError::new(
                     axum::http::StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
