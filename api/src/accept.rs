@@ -105,9 +105,14 @@ impl Acceptor {
             tasks.spawn(commit_loop(pool.clone(), rx.clone(), publish_tx.clone()));
         }
         drop(publish_tx);
-        tasks.spawn(publish_loop(publisher, publish_rx, clean_tx));
+        tasks.spawn(publish_loop(publisher, replies.clone(), publish_rx, clean_tx));
         tasks.spawn(clean_loop(pool, clean_rx));
         (Self { tx, replies }, tasks)
+    }
+
+    /// Synchronous calls on this replica waiting for their runs.
+    pub fn waiting(&self) -> usize {
+        self.replies.waiting()
     }
 
     pub async fn accept(&self, request: RunRequest) -> Result<Accepted, AcceptError> {
@@ -327,6 +332,7 @@ struct Publish {
 
 async fn publish_loop(
     publisher: Arc<Publisher>,
+    replies: Arc<Replies>,
     mut rx: mpsc::Receiver<Vec<Publish>>,
     clean: mpsc::Sender<Vec<(Uuid, i64)>>,
 ) {
@@ -342,6 +348,8 @@ async fn publish_loop(
             }
             Err(e) => {
                 tracing::warn!(error = %e, runs = envelopes.len(), "publishing runs failed; the outbox sweep will retry");
+                // The sweep re-publishes without a reply address: nobody should wait for these.
+                replies.forget(items.iter().filter(|p| p.wants_reply).map(|p| p.envelope.run_id()));
             }
         }
     }

@@ -47,6 +47,8 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 6] = [
     (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains"),
 ];
 
+const FLOW_REPLY_CSP: &str = "default-src 'none'; frame-ancestors 'none'; form-action 'none'; sandbox";
+
 /// CORS from the `FLOQ_CORS_ORIGINS` allow-list, with credentials; never `*`.
 pub fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
     use axum::http::Method;
@@ -109,6 +111,13 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
     }
     for (name, value) in SECURITY_HEADERS {
         headers.insert(name, HeaderValue::from_static(value));
+    }
+    if flow_shaped {
+        // Whatever a flow serves runs in an opaque origin: no scripts, forms or navigation on ours.
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(FLOW_REPLY_CSP),
+        );
     }
 
     let elapsed = started.elapsed();

@@ -79,6 +79,8 @@ pub struct Config {
     pub trigger_burst_per_company: u32,
     /// The longest a synchronous webhook call (`?wait=` or the flow's setting) waits for its run.
     pub webhook_max_wait: Duration,
+    /// Synchronous webhook calls one API replica holds at once; past it calls answer `202` at once.
+    pub webhook_max_waiting: usize,
     pub audit_min_age_days: u32,
     pub audit_min_entries: u64,
     pub log_filter: String,
@@ -173,6 +175,7 @@ impl Config {
             trigger_rate_per_company: v.parse_in("FLOQ_TRIGGER_RATE_PER_COMPANY", 20_000, 1..=1_000_000)?,
             trigger_burst_per_company: v.parse_in("FLOQ_TRIGGER_BURST_PER_COMPANY", 40_000, 1..=10_000_000)?,
             webhook_max_wait: Duration::from_secs(v.parse_in("FLOQ_WEBHOOK_MAX_WAIT_SECONDS", 30, 1..=3_600)?),
+            webhook_max_waiting: v.parse_in("FLOQ_WEBHOOK_MAX_WAITING", 10_000, 0..=1_000_000)?,
             audit_min_age_days: v.parse_in("FLOQ_AUDIT_MIN_AGE_DAYS", 30, 1..=36_500)?,
             audit_min_entries: v.parse_in("FLOQ_AUDIT_MIN_ENTRIES", 10_000, 1..=u64::MAX)?,
             log_filter: v.string("FLOQ_LOG", "info"),

@@ -257,6 +257,8 @@ impl Publisher {
                     while let Some(Ok(delivery)) = consumer.next().await {
                         replies.deliver(&delivery.data);
                     }
+                    // Replies addressed to this channel can no longer arrive.
+                    replies.forget_all();
                 });
             }
             *guard = Some((conn, ch));

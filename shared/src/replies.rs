@@ -19,6 +19,18 @@ use uuid::Uuid;
 /// RabbitMQ's pseudo-queue for direct reply-to.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// Whether a message's `reply_to` is a direct reply-to address. Workers reply
+/// to nothing else, so a forged message cannot make them publish into a queue.
+pub fn is_reply_address(to: &str) -> bool {
+    to.strip_prefix(DIRECT_REPLY_TO)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|rest| !rest.is_empty())
+}
+
+/// Replies above this size carry no output; the API reads the run once
+/// instead. Keeps replies far below the broker's message size limit.
+pub const MAX_INLINE_REPLY_BYTES: usize = 1 << 20;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind")]
 pub enum ReplyEnvelope {
@@ -27,9 +39,13 @@ pub enum ReplyEnvelope {
 }
 
 /// Headers a `respond` node may not set: framing and connection headers are
-/// the server's, and cookies or CORS headers on the API's origin would let a
-/// flow tamper with sessions. (The API's security headers always win too.)
-pub const FORBIDDEN_REPLY_HEADERS: [&str; 14] = [
+/// the server's; cookies, CORS, site-data and authentication-prompt headers on
+/// the API's origin would let a flow tamper with other users' sessions. (The
+/// API's security headers always win too.)
+pub const FORBIDDEN_REPLY_HEADERS: [&str; 17] = [
+    "clear-site-data",
+    "refresh",
+    "www-authenticate",
     "connection",
     "keep-alive",
     "transfer-encoding",
@@ -59,6 +75,12 @@ pub struct RunReply {
     /// The output of the first `respond` node that ran: `{status, headers, body}`.
     #[serde(default)]
     pub respond: Option<Value>,
+    /// That node's id, so an oversized reply can be read from the run's steps.
+    #[serde(default)]
+    pub respond_node: Option<String>,
+    /// `output` and `respond` were left out (over `MAX_INLINE_REPLY_BYTES`).
+    #[serde(default)]
+    pub oversized: bool,
 }
 
 impl ReplyEnvelope {
@@ -103,6 +125,20 @@ impl Replies {
         self.lock().len()
     }
 
+    /// Gives up on runs whose reply cannot come (their publish failed): their
+    /// callers answer `202` now rather than at the end of the wait.
+    pub fn forget(&self, run_ids: impl IntoIterator<Item = Uuid>) {
+        let mut waiting = self.lock();
+        for id in run_ids {
+            waiting.remove(&id);
+        }
+    }
+
+    /// Gives up on every waiting run: the channel their replies were addressed to is gone.
+    pub fn forget_all(&self) {
+        self.lock().clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<RunReply>>> {
         // A panic elsewhere cannot leave the map half-updated: every operation is one call.
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
@@ -140,8 +176,23 @@ mod tests {
             output: Some(serde_json::json!({"ok": true})),
             error: None,
             respond: None,
+            respond_node: None,
+            oversized: false,
         })
         .to_bytes()
+    }
+
+    #[test]
+    fn only_direct_reply_to_addresses_are_replied_to() {
+        assert!(is_reply_address("amq.rabbitmq.reply-to.g1h2AA5yZXBseUAyNjk"));
+        for bad in [
+            "floq.runs",
+            "amq.rabbitmq.reply-to",
+            "amq.rabbitmq.reply-to.",
+            "amq.rabbitmq.reply-tox",
+        ] {
+            assert!(!is_reply_address(bad), "{bad}");
+        }
     }
 
     #[tokio::test]
@@ -155,6 +206,17 @@ mod tests {
         replies.deliver(&reply(Uuid::now_v7()));
         assert_eq!(wa.recv().await.unwrap().run_id, a);
         assert_eq!(replies.waiting(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_waiter_stops_waiting_at_once() {
+        let replies = Arc::new(Replies::default());
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (mut wa, mut wb) = (replies.register(a), replies.register(b));
+        replies.forget([a]);
+        assert!(wa.recv().await.is_none());
+        replies.forget_all();
+        assert!(wb.recv().await.is_none());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::executor::{self, Outcome, RunInput};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
 use crate::outcome_writer::{OutcomeWriter, Write};
-use crate::reply::PendingReply;
+use crate::reply::{self, PendingReply};
 use floq_shared::Config;
 use floq_shared::db;
 use floq_shared::queue::{self, Envelope, RunFlowV1, Topology};
@@ -78,6 +78,8 @@ async fn consume_once(
 ) -> anyhow::Result<()> {
     let conn = queue::connect(worker.config.amqp_url.expose()).await?;
     let channel = conn.create_channel().await?;
+    // Replies to synchronous callers go out here, apart from the deliveries' channel.
+    let replies = conn.create_channel().await?;
     topology.declare(&channel, worker.config.queue_delivery_limit).await?;
     channel
         .basic_qos(worker.config.worker_prefetch, BasicQosOptions::default())
@@ -103,8 +105,8 @@ async fn consume_once(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (worker, channel) = (worker.clone(), channel.clone());
-                    in_flight.spawn(async move { handle(&worker, &channel, delivery).await });
+                    let (worker, replies) = (worker.clone(), replies.clone());
+                    in_flight.spawn(async move { handle(&worker, &replies, delivery).await });
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => anyhow::bail!("the broker closed the consumer"),
@@ -114,7 +116,7 @@ async fn consume_once(
     }
 }
 
-async fn handle(worker: &Worker, channel: &Channel, delivery: Delivery) {
+async fn handle(worker: &Worker, replies: &Channel, delivery: Delivery) {
     METRICS.worker_inflight.inc();
     let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
         Ok(e) => e,
@@ -127,14 +129,18 @@ async fn handle(worker: &Worker, channel: &Channel, delivery: Delivery) {
     };
     let Envelope::RunFlowV1(msg) = envelope;
     let span = tracing::info_span!("run", run.id = %msg.run_id, company.id = %msg.company_id, flow.id = %msg.flow_id);
-    let _ = tracing::Instrument::instrument(run(worker, channel, msg, delivery), span).await;
+    let _ = tracing::Instrument::instrument(run(worker, replies, msg, delivery), span).await;
     METRICS.worker_inflight.dec();
 }
 
-async fn run(worker: &Worker, channel: &Channel, msg: RunFlowV1, delivery: Delivery) {
+async fn run(worker: &Worker, replies: &Channel, msg: RunFlowV1, delivery: Delivery) {
+    let reply_to = delivery.properties.reply_to().as_ref().map(|to| to.to_string());
     if delivery.redelivered {
         match already_finished(&worker.pool, &msg).await {
             Ok(true) => {
+                if let Some(to) = &reply_to {
+                    reply_stored(worker, replies, to, &msg).await;
+                }
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                 return;
             }
@@ -231,15 +237,9 @@ async fn run(worker: &Worker, channel: &Channel, msg: RunFlowV1, delivery: Deliv
             .unwrap_or_default()
             .as_secs_f64(),
     );
-    let reply = delivery.properties.reply_to().as_ref().map(|to| {
+    let reply = reply_to.and_then(|to| {
         let flow = flow.as_ref().ok().and_then(|f| f.as_deref());
-        Box::new(PendingReply::new(
-            channel.clone(),
-            to.to_string(),
-            msg.run_id,
-            flow,
-            &outcome,
-        ))
+        PendingReply::new(replies, &to, reply::from_outcome(msg.run_id, flow, &outcome)).map(Box::new)
     });
     worker
         .writer
@@ -251,6 +251,27 @@ async fn run(worker: &Worker, channel: &Channel, msg: RunFlowV1, delivery: Deliv
             reply,
         })
         .await;
+}
+
+/// A finished run's message came back: its first reply may never have gone out.
+async fn reply_stored(worker: &Worker, replies: &Channel, to: &str, msg: &RunFlowV1) {
+    let stored = match worker
+        .cache
+        .get(&worker.pool, msg.company_id, msg.flow_id, msg.version)
+        .await
+    {
+        Ok(Some(flow)) => reply::from_database(&worker.pool, msg, &flow).await.map_err(Into::into),
+        Ok(None) => return,
+        Err(e) => Err(e),
+    };
+    match stored {
+        Ok(stored) => {
+            if let Some(reply) = PendingReply::new(replies, to, stored) {
+                reply.send().await;
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot reload a finished run to reply; the caller falls back to 202"),
+    }
 }
 
 async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::Error> {

@@ -86,10 +86,13 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
             }
         }
         let mut committed = false;
+        // The runs this commit moved to their outcome; a duplicate copy moves nothing.
+        let mut finished = HashSet::new();
         for attempt in 0..5u32 {
             match commit(&pool, &batch).await {
-                Ok(()) => {
+                Ok(ids) => {
                     committed = true;
+                    finished = ids;
                     break;
                 }
                 Err(e) => {
@@ -99,6 +102,7 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
             }
         }
         // Settle every delivery of the batch at once rather than one round trip each.
+        let finished = &finished;
         let settle = batch.into_iter().filter_map(|write| {
             let Write::Finished {
                 outcome, acker, reply, ..
@@ -112,7 +116,8 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
                         .runs_completed
                         .with_label_values(&[outcome.status.as_str()])
                         .inc();
-                    if let Some(reply) = reply {
+                    // Only the copy whose outcome was stored answers, with that outcome.
+                    if let Some(reply) = reply.filter(|r| finished.contains(&r.run_id)) {
                         reply.send().await;
                     }
                     let _ = acker.ack(BasicAckOptions::default()).await;
@@ -130,12 +135,13 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
     }
 }
 
-async fn commit(pool: &PgPool, batch: &[Write]) -> Result<(), sqlx::Error> {
+async fn commit(pool: &PgPool, batch: &[Write]) -> Result<HashSet<Uuid>, sqlx::Error> {
     let mut by_company: BTreeMap<Uuid, Vec<&Write>> = BTreeMap::new();
     for w in batch {
         by_company.entry(w.company_id()).or_default().push(w);
     }
     let mut tx = db::multi_tenant_tx(pool).await?;
+    let mut done = HashSet::new();
     for (company_id, writes) in by_company {
         db::set_tenant(&mut tx, company_id).await?;
         let mut started = (Vec::new(), Vec::new());
@@ -157,10 +163,11 @@ async fn commit(pool: &PgPool, batch: &[Write]) -> Result<(), sqlx::Error> {
                 .await?;
         }
         if !finished.ids.is_empty() {
-            finished.write(&mut tx, company_id).await?;
+            done.extend(finished.write(&mut tx, company_id).await?);
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(done)
 }
 
 #[derive(Default)]
@@ -203,7 +210,8 @@ impl FinishedColumns {
         self.audit.extend(o.audit.iter().map(|e| (run_id, e.clone())));
     }
 
-    async fn write(&self, tx: &mut db::Tx, company_id: Uuid) -> Result<(), sqlx::Error> {
+    /// Returns the runs this write finished.
+    async fn write(&self, tx: &mut db::Tx, company_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
         // Row by row through the primary key: see migrations/0002 for why not a set-based join.
         let updated: Vec<Uuid> = sqlx::query_scalar("SELECT floq_finish_runs($1, $2, $3, $4, $5, $6)")
             .bind(&self.ids)
@@ -215,7 +223,7 @@ impl FinishedColumns {
             .fetch_all(&mut **tx)
             .await?;
         if updated.is_empty() {
-            return Ok(());
+            return Ok(updated);
         }
         // Node entries only for runs this commit finished, like their steps.
         let finished: HashSet<Uuid> = updated.iter().copied().collect();
@@ -227,7 +235,7 @@ impl FinishedColumns {
             .collect();
         audit::append(tx, &entries).await?;
         if self.step_runs.is_empty() {
-            return Ok(());
+            return Ok(updated);
         }
         // Steps only for the runs this commit finished; a duplicate delivery writes nothing.
         sqlx::query(
@@ -251,6 +259,6 @@ impl FinishedColumns {
         .bind(&updated)
         .execute(&mut **tx)
         .await?;
-        Ok(())
+        Ok(updated)
     }
 }

@@ -2,42 +2,54 @@
 //! (direct reply-to, see `floq_shared::replies`) sends its outcome there
 //! after the outcome is committed, never before, so the caller never sees
 //! a result the database does not hold.
+//!
+//! Replies go out on a channel of their own, never the consuming one: a
+//! broker-side channel error on a reply must not take the unacked deliveries
+//! with it.
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
+use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::executor::Outcome;
 use crate::flow_cache::CompiledFlow;
-use floq_shared::replies::{ReplyEnvelope, RunReply};
+use floq_shared::db;
+use floq_shared::queue::RunFlowV1;
+use floq_shared::replies::{MAX_INLINE_REPLY_BYTES, ReplyEnvelope, RunReply, is_reply_address};
 
 /// A reply waiting for its run's commit.
 pub struct PendingReply {
-    /// The channel the run was delivered on: replies to direct reply-to may go out on any channel.
-    pub channel: Channel,
-    pub to: String,
-    pub body: Vec<u8>,
+    pub run_id: Uuid,
+    channel: Channel,
+    to: String,
+    body: Vec<u8>,
 }
 
 impl PendingReply {
-    pub fn new(
-        channel: Channel,
-        to: String,
-        run_id: uuid::Uuid,
-        flow: Option<&CompiledFlow>,
-        outcome: &Outcome,
-    ) -> Self {
-        let reply = RunReply {
-            run_id,
-            status: outcome.status.as_str().to_string(),
-            output: outcome.output.clone(),
-            error: outcome.error.clone(),
-            respond: flow.and_then(|flow| responded(flow, outcome)),
-        };
-        Self {
-            channel,
-            to,
-            body: ReplyEnvelope::RunReplyV1(reply).to_bytes(),
+    /// `None` unless `to` is a direct reply-to address.
+    pub fn new(channel: &Channel, to: &str, reply: RunReply) -> Option<Self> {
+        if !is_reply_address(to) {
+            tracing::warn!(reply_to = to, "ignoring a reply address that is not direct reply-to");
+            return None;
         }
+        let run_id = reply.run_id;
+        let mut body = ReplyEnvelope::RunReplyV1(reply.clone()).to_bytes();
+        if body.len() > MAX_INLINE_REPLY_BYTES {
+            body = ReplyEnvelope::RunReplyV1(RunReply {
+                output: None,
+                respond: None,
+                oversized: true,
+                ..reply
+            })
+            .to_bytes();
+        }
+        Some(Self {
+            run_id,
+            channel: channel.clone(),
+            to: to.to_string(),
+            body,
+        })
     }
 
     /// Best effort: the caller holds the run id and falls back to `202` if nothing arrives.
@@ -58,13 +70,60 @@ impl PendingReply {
     }
 }
 
-/// The output of the first `respond` node that succeeded, in execution order.
-fn responded(flow: &CompiledFlow, outcome: &Outcome) -> Option<serde_json::Value> {
-    outcome
-        .steps
+/// What a caller is told about a run that just finished.
+pub fn from_outcome(run_id: Uuid, flow: Option<&CompiledFlow>, outcome: &Outcome) -> RunReply {
+    let responded = flow.and_then(|flow| {
+        outcome
+            .steps
+            .iter()
+            .filter(|s| s.status == "succeeded" && respond_nodes(flow).any(|id| id == s.node_id))
+            .min_by_key(|s| s.seq)
+    });
+    RunReply {
+        run_id,
+        status: outcome.status.as_str().to_string(),
+        output: outcome.output.clone(),
+        error: outcome.error.clone(),
+        respond: responded.and_then(|s| s.output.clone()),
+        respond_node: responded.map(|s| s.node_id.clone()),
+        oversized: false,
+    }
+}
+
+/// What a caller is told about a run that had already finished when its
+/// message came back (the worker died between the commit and the reply).
+pub async fn from_database(pool: &PgPool, msg: &RunFlowV1, flow: &CompiledFlow) -> Result<RunReply, sqlx::Error> {
+    let respond_ids: Vec<&str> = respond_nodes(flow).collect();
+    let mut tx = db::tenant_tx(pool, msg.company_id).await?;
+    let (status, output, error): (String, Option<serde_json::Value>, Option<serde_json::Value>) =
+        sqlx::query_as("SELECT status, output, error FROM runs WHERE id = $1")
+            .bind(msg.run_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let responded: Option<(String, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT node_id, output FROM run_steps
+          WHERE run_id = $1 AND node_id = ANY($2) AND status = 'succeeded' ORDER BY seq LIMIT 1",
+    )
+    .bind(msg.run_id)
+    .bind(&respond_ids)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let (respond_node, respond) = responded.unzip();
+    Ok(RunReply {
+        run_id: msg.run_id,
+        status,
+        output,
+        error,
+        respond: respond.flatten(),
+        respond_node,
+        oversized: false,
+    })
+}
+
+fn respond_nodes(flow: &CompiledFlow) -> impl Iterator<Item = &str> {
+    flow.nodes
         .iter()
-        .filter(|s| s.status == "succeeded")
-        .filter(|s| flow.nodes.iter().any(|n| n.id == s.node_id && n.spec.name == "respond"))
-        .min_by_key(|s| s.seq)
-        .and_then(|s| s.output.clone())
+        .filter(|n| n.spec.name == "respond")
+        .map(|n| n.id.as_str())
 }

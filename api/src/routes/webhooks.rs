@@ -57,14 +57,16 @@ struct Webhook {
     tolerance_seconds: i32,
     /// Seconds a call waits for its run unless it says `?wait=`; 0 answers `202` at once.
     wait_seconds: i32,
+    /// Whether callers may choose their wait with `?wait=`.
+    allow_wait: bool,
     #[serde(skip)]
     secret_version: i32,
     created_at: DateTime<Utc>,
     rotated_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str =
-    "flow_id, signed, signature_header, tolerance_seconds, wait_seconds, secret_version, created_at, rotated_at";
+const COLUMNS: &str = "flow_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait, secret_version, created_at, \
+     rotated_at";
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -129,6 +131,7 @@ struct Configure {
     tolerance_seconds: Option<i32>,
     #[validate(range(min = 0, max = 3_600))]
     wait_seconds: Option<i32>,
+    allow_wait: Option<bool>,
 }
 
 /// Enables the webhook (answering its token once) or changes its settings.
@@ -156,12 +159,14 @@ async fn configure(
     };
     let hook: Webhook = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO flow_webhooks (flow_id, company_id, token_hash, signed, signature_header, tolerance_seconds,
-                                    wait_seconds)
-         VALUES ($1, $2, $3, $4, COALESCE($5, 'x-floq-signature'), COALESCE($6, 300), COALESCE($7, 0))
+                                    wait_seconds, allow_wait)
+         VALUES ($1, $2, $3, $4, COALESCE($5, 'x-floq-signature'), COALESCE($6, 300), COALESCE($7, 0),
+                 COALESCE($8, true))
          ON CONFLICT (flow_id) DO UPDATE SET signed = excluded.signed,
              signature_header = COALESCE($5, flow_webhooks.signature_header),
              tolerance_seconds = COALESCE($6, flow_webhooks.tolerance_seconds),
-             wait_seconds = COALESCE($7, flow_webhooks.wait_seconds)
+             wait_seconds = COALESCE($7, flow_webhooks.wait_seconds),
+             allow_wait = COALESCE($8, flow_webhooks.allow_wait)
          RETURNING {COLUMNS}"
     )))
     .bind(id)
@@ -171,6 +176,7 @@ async fn configure(
     .bind(header)
     .bind(body.tolerance_seconds)
     .bind(body.wait_seconds)
+    .bind(body.allow_wait)
     .fetch_one(&mut *tx)
     .await?;
     let action = if before.is_none() {
@@ -267,20 +273,24 @@ struct Resolved {
     signature_header: String,
     tolerance_seconds: i32,
     wait_seconds: i32,
+    allow_wait: bool,
     secret_version: i32,
 }
 
 const HIDDEN_HEADERS: [&str; 4] = ["authorization", "cookie", "proxy-authorization", "x-api-key"];
 
-/// `?wait=` is floq's own parameter: it is taken out of the run's `$input.query`.
+/// `?wait=` is floq's own parameter where the webhook allows it: then it is
+/// taken out of the run's `$input.query`.
 const WAIT_PARAM: &str = "wait";
 
-/// How long this call waits for its run: `?wait=` if given, else the webhook's
-/// setting, never past `FLOQ_WEBHOOK_MAX_WAIT_SECONDS`; `None` answers at once.
-fn wait_for(state: &AppState, query: &[(String, String)], configured: i32) -> ApiResult<Option<Duration>> {
+/// How long this call waits for its run: `?wait=` if given and allowed, else
+/// the webhook's setting, never past `FLOQ_WEBHOOK_MAX_WAIT_SECONDS`; `None`
+/// answers at once.
+fn wait_for(state: &AppState, query: &[(String, String)], hook: &Resolved) -> ApiResult<Option<Duration>> {
     let max = state.config.webhook_max_wait.as_secs();
-    let seconds = match query.iter().find(|(k, _)| k == WAIT_PARAM) {
-        None => (configured.max(0) as u64).min(max),
+    let asked = query.iter().find(|(k, _)| k == WAIT_PARAM).filter(|_| hook.allow_wait);
+    let seconds = match asked {
+        None => (hook.wait_seconds.max(0) as u64).min(max),
         Some((_, raw)) => match raw.parse::<u64>() {
             Ok(s) if s <= max => s,
             _ => {
@@ -291,7 +301,15 @@ fn wait_for(state: &AppState, query: &[(String, String)], configured: i32) -> Ap
             }
         },
     };
-    Ok((seconds > 0).then(|| Duration::from_secs(seconds)))
+    if seconds == 0 {
+        return Ok(None);
+    }
+    // Each waiting call holds a connection and a little memory: past the cap, answer at once.
+    if state.acceptor.waiting() >= state.config.webhook_max_waiting {
+        tracing::warn!("too many synchronous webhook calls waiting; answering 202 at once");
+        return Ok(None);
+    }
+    Ok(Some(Duration::from_secs(seconds)))
 }
 
 async fn receive(
@@ -305,7 +323,8 @@ async fn receive(
     let found: Option<Resolved> = {
         let mut tx = db::system_tx(&state.pool).await?;
         let row = sqlx::query_as(
-            "SELECT flow_id, company_id, signed, signature_header, tolerance_seconds, wait_seconds, secret_version
+            "SELECT flow_id, company_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait,
+                    secret_version
                FROM flow_webhooks WHERE token_hash = $1",
         )
         .bind(token_hash(&token))
@@ -328,9 +347,9 @@ async fn receive(
             return Err(refused());
         }
     }
-    let wait = wait_for(&state, &query, hook.wait_seconds)?;
+    let wait = wait_for(&state, &query, &hook)?;
     let idempotency_key = idempotency_key(&headers)?;
-    let input = run_input(&method, query, &headers, &hook.signature_header, &body);
+    let input = run_input(&method, query, hook.allow_wait, &headers, &hook.signature_header, &body);
     let mut actor = Actor::system("webhook");
     actor.label = Some(format!("webhook:{flow_id}"));
     let request = RunRequest {
@@ -349,16 +368,20 @@ async fn receive(
                 return Ok(accepted(run_id, false));
             };
             match tokio::time::timeout(wait, waiter.recv()).await {
+                Ok(Some(reply)) if reply.oversized => Ok(sync_reply(stored_reply(&state, company_id, reply).await?)),
                 Ok(Some(reply)) => Ok(sync_reply(reply)),
                 // Timed out, or the reply channel went away: the run carries on.
                 _ => Ok(accepted(run_id, true)),
             }
         }
-        Ok(Accepted::Existing { run_id }) => Ok((
-            StatusCode::OK,
-            Json(json!({"run_id": run_id, "idempotent_replay": true})),
-        )
-            .into_response()),
+        Ok(Accepted::Existing { run_id }) => Ok(with_run_id(
+            (
+                StatusCode::OK,
+                Json(json!({"run_id": run_id, "idempotent_replay": true})),
+            )
+                .into_response(),
+            run_id,
+        )),
         Err(AcceptError::NotRunnable) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_deployed",
@@ -374,10 +397,11 @@ async fn receive(
 }
 
 /// The request as the run sees it: `{method, body, query, headers}`, without
-/// credentials, cookies, the signature or floq's `wait` parameter.
+/// credentials, cookies, the signature or (where it is floq's) `wait`.
 fn run_input(
     method: &Method,
     query: Vec<(String, String)>,
+    wait_is_ours: bool,
     headers: &HeaderMap,
     signature_header: &str,
     body: &[u8],
@@ -387,7 +411,10 @@ fn run_input(
         .filter(|(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()) && name.as_str() != signature_header)
         .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect();
-    let query: BTreeMap<String, String> = query.into_iter().filter(|(k, _)| k != WAIT_PARAM).collect();
+    let query: BTreeMap<String, String> = query
+        .into_iter()
+        .filter(|(k, _)| !(wait_is_ours && k == WAIT_PARAM))
+        .collect();
     let parsed_body = if body.is_empty() {
         Value::Null
     } else {
@@ -459,6 +486,26 @@ fn respond_reply(respond: &Value) -> Response {
         }
     }
     response
+}
+
+/// A reply too large to travel on the broker: read what it left out, once.
+async fn stored_reply(state: &AppState, company_id: Uuid, mut reply: RunReply) -> ApiResult<RunReply> {
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    reply.output = sqlx::query_scalar("SELECT output FROM runs WHERE id = $1")
+        .bind(reply.run_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .flatten();
+    if let Some(node) = &reply.respond_node {
+        reply.respond = sqlx::query_scalar("SELECT output FROM run_steps WHERE run_id = $1 AND node_id = $2")
+            .bind(reply.run_id)
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+    }
+    tx.commit().await?;
+    Ok(reply)
 }
 
 fn with_run_id(mut response: Response, run_id: Uuid) -> Response {

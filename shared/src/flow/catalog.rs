@@ -246,7 +246,7 @@ fn specs() -> Vec<NodeSpec> {
             summary: "Shapes the reply of a synchronous webhook: `status`, `headers`, `body`.",
             params_schema: object(
                 json!({
-                    "status": tpl(json!({"type": "integer", "minimum": 100, "maximum": 599})),
+                    "status": tpl(json!({"type": "integer", "minimum": 200, "maximum": 599})),
                     "headers": headers_schema(),
                     "body": {}
                 }),

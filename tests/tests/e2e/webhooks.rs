@@ -225,6 +225,13 @@ async fn a_sync_webhook_answers_with_the_respond_nodes_status_headers_and_body()
     assert_eq!(headers["x-order"], "A-17");
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(headers["cache-control"], "no-store", "the API's security headers win");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .ends_with("; sandbox"),
+        "what a flow serves cannot run on the API's origin"
+    );
     let run_id = headers["x-floq-run-id"].to_str().unwrap().to_string();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -346,5 +353,54 @@ async fn an_oversized_payload_or_a_wait_beyond_the_maximum_is_refused_and_starts
         .get(&format!("/api/v1/runs?flow_id={flow}"), &app.admin.api_key)
         .await;
     assert_eq!(runs["items"], json!([]));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_reply_too_large_for_the_broker_is_read_from_the_run_once() {
+    let app = TestApp::spawn_configured(Default::default(), |c| c.body_limit_bytes = 4 << 20).await;
+    let (_, url) = hook_url(
+        &app,
+        json!({"nodes": [
+            {"id": "reply", "type": "respond", "params": {"status": 207, "body": "{{ $input.body }}"}}
+        ]}),
+        json!({}),
+    )
+    .await;
+    let big = "x".repeat(1_500_000);
+    let resp = app
+        .client
+        .post(format!("{url}?wait=20"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::MULTI_STATUS);
+    assert!(resp.text().await.unwrap() == big);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_webhook_can_refuse_caller_chosen_waits_and_a_full_replica_answers_at_once() {
+    let app = TestApp::spawn_configured(Default::default(), |c| c.webhook_max_waiting = 0).await;
+    let (_, url) = hook_url(
+        &app,
+        json!({"nodes": [{"id": "a", "type": "merge"}]}),
+        json!({"allow_wait": false}),
+    )
+    .await;
+    // `wait` is then the caller's own parameter: passed on, never refused.
+    let resp = app.client.post(format!("{url}?wait=soon")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let body: Value = resp.json().await.unwrap();
+    let run = app.wait_run(body["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["input"]["query"], json!({"wait": "soon"}));
+
+    // No room for another waiting call on this replica: answered at once, the run still starts.
+    let (_, open) = hook_url(&app, json!({"nodes": [{"id": "a", "type": "merge"}]}), json!({})).await;
+    let resp = app.client.post(format!("{open}?wait=10")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let run_id = resp.headers()["x-floq-run-id"].to_str().unwrap().to_string();
+    assert_eq!(app.wait_run(&run_id).await["status"], "succeeded");
     app.teardown().await;
 }

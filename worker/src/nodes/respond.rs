@@ -23,8 +23,9 @@ fn reply(params: &Value) -> Result<Value, NodeError> {
         None | Some(Value::Null) => 200,
         Some(v) => v
             .as_u64()
-            .filter(|s| (100..=599).contains(s))
-            .ok_or_else(|| NodeError::invalid("`status` must be an HTTP status between 100 and 599"))?,
+            // No 1xx: a 101 would hand the connection over (an upgrade), the others are not final answers.
+            .filter(|s| (200..=599).contains(s))
+            .ok_or_else(|| NodeError::invalid("`status` must be an HTTP status between 200 and 599"))?,
     };
     let headers: Map<String, Value> = match params.get("headers") {
         None | Some(Value::Null) => Map::new(),
@@ -79,6 +80,6 @@ mod tests {
             let e = reply(&json!({"headers": headers})).unwrap_err();
             assert_eq!(e.code, "invalid_params", "{headers}");
         }
-        assert!(reply(&json!({"status": 99})).is_err());
+        assert!(reply(&json!({"status": 101})).is_err());
     }
 }
