@@ -295,6 +295,24 @@ if [[ $status == failed ]]; then
   log "the example run FAILED; see $LOGS/worker.log"
 fi
 
+step "example flow 'hello-hook' behind a synchronous webhook"
+# A webhook run's $input is the request: {method, body, query, headers}; `respond` shapes the answer.
+api POST /api/v1/flows '{"name":"hello-hook","definition":{"nodes":[{"id":"reply","type":"respond","params":{"status":200,"body":{"hello":"{{ $input.body.name }}","via":"{{ $input.method }}"}}}]}}'
+expect 201 "create webhook flow"
+hook_flow=$(json_field id <<<"$API_BODY")
+api POST "/api/v1/flows/$hook_flow/deploy"
+expect 201 "deploy webhook flow"
+api PUT "/api/v1/flows/$hook_flow/webhook" '{}'
+expect 201 "enable webhook"
+hook_path=$(json_field path <<<"$API_BODY")
+[[ -n $hook_path ]] || die "enable webhook: no path in $API_BODY"
+# No API key: the token in the path is the credential. ?wait= answers with the run's output.
+hook_out=$(curl -sS --max-time 20 -w '\n%{http_code}' -H 'Content-Type: application/json' \
+  --data-binary '{"name":"Grace"}' "$API_URL$hook_path?wait=10") || die "webhook call failed"
+hook_status=${hook_out##*$'\n'}
+[[ $hook_status == 200 ]] || die "webhook call: expected HTTP 200, got $hook_status: ${hook_out%$'\n'*}"
+log "POST $hook_path?wait=10 answered: ${hook_out%$'\n'*}"
+
 cat <<EOF
 
 API:      $API_URL
@@ -306,6 +324,7 @@ Try:
   curl -s -H "Authorization: Bearer \$FLOQ_KEY" $API_URL/api/v1/runs/$run_id
   curl -s -X POST -H "Authorization: Bearer \$FLOQ_KEY" -H 'Content-Type: application/json' \\
        -d '{"input":{"name":"Grace","vip":false}}' $API_URL/api/v1/flows/$flow_id/runs
+  curl -s -H 'Content-Type: application/json' -d '{"name":"Alan"}' '$API_URL$hook_path?wait=10'
 
 EOF
 
