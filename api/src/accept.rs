@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::db;
-use floq_shared::queue::{Envelope, INLINE_INPUT_MAX, Publisher};
+use floq_shared::queue::{Envelope, INLINE_INPUT_MAX, Publisher, RunFlowV1};
 use floq_shared::replies::{Replies, Waiter};
 use floq_shared::telemetry::METRICS;
 
@@ -178,15 +178,26 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publ
                 let mut to_publish = Vec::with_capacity(runs.len());
                 for req in batch {
                     let reply = match (runs.get(&req.run_id), existing.get(&req.run_id)) {
-                        (Some((outbox_id, envelope)), _) => {
+                        (Some(new), _) => {
+                            // The message the outbox row holds, built here rather than read back:
+                            // the request's input moves into it instead of round-tripping as jsonb.
+                            let envelope = Envelope::RunFlowV1(RunFlowV1 {
+                                run_id: req.run_id,
+                                company_id: req.company_id,
+                                flow_id: req.flow_id,
+                                version: new.version,
+                                attempt: new.attempt,
+                                trigger: req.trigger.to_string(),
+                                input: new.inline.then_some(req.input),
+                                traceparent: None,
+                            });
                             to_publish.push(Publish {
                                 company_id: req.company_id,
-                                outbox_id: *outbox_id,
-                                envelope: envelope.clone(),
+                                outbox_id: new.outbox_id,
+                                envelope,
                                 wants_reply: req.wants_reply,
                             });
-                            let Envelope::RunFlowV1(m) = envelope;
-                            Reply::Committed(m.version)
+                            Reply::Committed(new.version)
                         }
                         (None, Some(prior)) => Reply::Existing(*prior),
                         (None, None) => Reply::NotRunnable,
@@ -207,9 +218,18 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publ
     }
 }
 
+/// A run a commit created.
+struct NewRun {
+    outbox_id: i64,
+    version: i32,
+    attempt: i32,
+    /// Whether its message carries the input (small enough, see `INLINE_INPUT_MAX`).
+    inline: bool,
+}
+
 struct Committed {
-    /// New runs by id: their outbox row and message.
-    runs: BTreeMap<Uuid, (i64, Envelope)>,
+    /// New runs by id.
+    runs: BTreeMap<Uuid, NewRun>,
     /// Requests whose idempotency key already named a run: request's run id → that run.
     existing: HashMap<Uuid, Uuid>,
 }
@@ -262,7 +282,7 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, sqlx::Err
         let triggers: Vec<&str> = reqs.iter().map(|r| r.trigger).collect();
         let inputs: Vec<&Value> = reqs.iter().map(|r| &r.input).collect();
         let grantees: Vec<Option<Uuid>> = reqs.iter().map(|r| r.grantee).collect();
-        let rows: Vec<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(
+        let rows: Vec<(i64, Uuid, i32, i32, bool)> = sqlx::query_as(
             "WITH ins AS (
                 INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input)
                 SELECT r.id, f.company_id, f.id, f.latest_version, 'queued', r.trigger, r.input
@@ -279,7 +299,7 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, sqlx::Err
                     || CASE WHEN octet_length(input::text) <= $5 THEN jsonb_build_object('input', input)
                             ELSE '{}'::jsonb END
                FROM ins
-             RETURNING id, payload",
+             RETURNING id, run_id, (payload->>'version')::int, (payload->>'attempt')::int, payload ? 'input'",
         )
         .bind(&ids)
         .bind(&flows)
@@ -291,14 +311,21 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, sqlx::Err
         .await?;
         let by_id: HashMap<Uuid, &Request> = reqs.iter().map(|r| (r.run_id, *r)).collect();
         let mut entries = Vec::with_capacity(rows.len());
-        for (outbox_id, envelope) in rows {
-            let Envelope::RunFlowV1(m) = &envelope.0;
-            if let Some(req) = by_id.get(&m.run_id) {
+        for (outbox_id, run_id, version, attempt, inline) in rows {
+            if let Some(req) = by_id.get(&run_id) {
                 let mut entry = req.audit.clone();
-                entry.details["version"] = m.version.into();
+                entry.details["version"] = version.into();
                 entries.push(entry);
             }
-            committed.insert(envelope.0.run_id(), (outbox_id, envelope.0));
+            committed.insert(
+                run_id,
+                NewRun {
+                    outbox_id,
+                    version,
+                    attempt,
+                    inline,
+                },
+            );
         }
         audit::append(&mut tx, &entries).await?;
         // A key claimed for a run that could not be created must not keep pointing at it.

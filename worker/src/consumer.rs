@@ -133,7 +133,7 @@ async fn handle(worker: &Worker, replies: &Channel, delivery: Delivery) {
     METRICS.worker_inflight.dec();
 }
 
-async fn run(worker: &Worker, replies: &Channel, msg: RunFlowV1, delivery: Delivery) {
+async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: Delivery) {
     let reply_to = delivery.properties.reply_to().as_ref().map(|to| to.to_string());
     if delivery.redelivered {
         match already_finished(&worker.pool, &msg).await {
@@ -171,7 +171,7 @@ async fn run(worker: &Worker, replies: &Channel, msg: RunFlowV1, delivery: Deliv
         .await;
     let outcome = match &flow {
         Ok(Some(flow)) => {
-            let input = match inline_or_load_input(&worker.pool, &msg).await {
+            let input = match inline_or_load_input(&worker.pool, &mut msg).await {
                 Ok(Some(input)) => input,
                 Ok(None) => {
                     // The run row is gone (company deleted): nothing to do.
@@ -284,9 +284,10 @@ async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::
     Ok(!matches!(status.as_deref(), Some("queued" | "running")))
 }
 
-async fn inline_or_load_input(pool: &PgPool, msg: &RunFlowV1) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    if let Some(input) = &msg.input {
-        return Ok(Some(input.clone()));
+/// Takes the inline input out of the message (nothing else reads it) or loads it.
+async fn inline_or_load_input(pool: &PgPool, msg: &mut RunFlowV1) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    if let Some(input) = msg.input.take() {
+        return Ok(Some(input));
     }
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
     let input = sqlx::query_scalar("SELECT input FROM runs WHERE id = $1")

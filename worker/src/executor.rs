@@ -164,10 +164,11 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     .collect();
                 state[i] = State::Running;
                 let params = Params::prepare(node, run.input, &outputs, &vars, &run_meta);
-                shapes[i] = json!({"input": audit::shape(&Value::Object(inputs.clone()))});
+                let inputs = Value::Object(inputs);
+                shapes[i] = json!({"input": audit::shape(&inputs)});
                 let node_ctx = NodeCtx {
                     params: Value::Null,
-                    inputs: Value::Object(inputs),
+                    inputs,
                     scope: params.scope.clone(),
                     body: node.body.clone(),
                     credential: None,

@@ -170,31 +170,32 @@ async fn commit(pool: &PgPool, batch: &[Write]) -> Result<HashSet<Uuid>, sqlx::E
     Ok(done)
 }
 
+/// The batch's outcomes as columns, borrowed from the batch (outputs can be large).
 #[derive(Default)]
-struct FinishedColumns {
+struct FinishedColumns<'a> {
     ids: Vec<Uuid>,
     statuses: Vec<&'static str>,
-    outputs: Vec<Option<Value>>,
-    errors: Vec<Option<Value>>,
+    outputs: Vec<Option<&'a Value>>,
+    errors: Vec<Option<&'a Value>>,
     started: Vec<DateTime<Utc>>,
     finished: Vec<DateTime<Utc>>,
     step_runs: Vec<Uuid>,
     step_nodes: Vec<String>,
     step_seqs: Vec<i32>,
     step_statuses: Vec<&'static str>,
-    step_outputs: Vec<Option<Value>>,
-    step_errors: Vec<Option<Value>>,
+    step_outputs: Vec<Option<&'a Value>>,
+    step_errors: Vec<Option<&'a Value>>,
     step_started: Vec<Option<DateTime<Utc>>>,
     step_finished: Vec<Option<DateTime<Utc>>>,
-    audit: Vec<(Uuid, Entry)>,
+    audit: Vec<(Uuid, &'a Entry)>,
 }
 
-impl FinishedColumns {
-    fn push(&mut self, run_id: Uuid, o: &Outcome) {
+impl<'a> FinishedColumns<'a> {
+    fn push(&mut self, run_id: Uuid, o: &'a Outcome) {
         self.ids.push(run_id);
         self.statuses.push(o.status.as_str());
-        self.outputs.push(o.output.clone());
-        self.errors.push(o.error.clone());
+        self.outputs.push(o.output.as_ref());
+        self.errors.push(o.error.as_ref());
         self.started.push(o.started_at);
         self.finished.push(o.finished_at);
         for s in &o.steps {
@@ -202,12 +203,12 @@ impl FinishedColumns {
             self.step_nodes.push(s.node_id.clone());
             self.step_seqs.push(s.seq);
             self.step_statuses.push(s.status);
-            self.step_outputs.push(s.output.clone());
-            self.step_errors.push(s.error.clone());
+            self.step_outputs.push(s.output.as_ref());
+            self.step_errors.push(s.error.as_ref());
             self.step_started.push(s.started_at);
             self.step_finished.push(s.finished_at);
         }
-        self.audit.extend(o.audit.iter().map(|e| (run_id, e.clone())));
+        self.audit.extend(o.audit.iter().map(|e| (run_id, e)));
     }
 
     /// Returns the runs this write finished.
@@ -227,13 +228,13 @@ impl FinishedColumns {
         }
         // Node entries only for runs this commit finished, like their steps.
         let finished: HashSet<Uuid> = updated.iter().copied().collect();
-        let entries: Vec<Entry> = self
+        let entries: Vec<&Entry> = self
             .audit
             .iter()
             .filter(|(run, _)| finished.contains(run))
-            .map(|(_, e)| e.clone())
+            .map(|(_, e)| *e)
             .collect();
-        audit::append(tx, &entries).await?;
+        audit::append(tx, entries).await?;
         if self.step_runs.is_empty() {
             return Ok(updated);
         }

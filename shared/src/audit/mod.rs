@@ -166,7 +166,7 @@ fn to_value(state: Option<&impl Serialize>) -> Value {
 /// What an auditor may learn of a payload without its values: its size and
 /// its top-level keys.
 pub fn shape(value: &Value) -> Value {
-    let bytes = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(0);
+    let bytes = json_len(value);
     match value {
         Value::Object(map) => {
             json!({"bytes": bytes, "type": "object", "keys": map.keys().take(50).collect::<Vec<_>>()})
@@ -179,18 +179,33 @@ pub fn shape(value: &Value) -> Value {
     }
 }
 
+/// Bytes of a value's JSON text, counted without building it.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(0, |()| count.0)
+}
+
 /// The one way entries reach the database: masked, then appended in one
 /// statement. Runs on whatever transaction the caller holds, so RLS decides
 /// which companies it may write for.
-pub async fn append(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let n = entries.len();
-    let mut c = Columns::with_capacity(n);
+pub async fn append<'a>(
+    conn: &mut PgConnection,
+    entries: impl IntoIterator<Item = &'a Entry>,
+) -> Result<(), sqlx::Error> {
+    let entries = entries.into_iter();
+    let mut c = Columns::with_capacity(entries.size_hint().0);
     for e in entries {
-        let mut details = e.details.clone();
-        sanitize::sanitize(&mut details);
+        c.details.push(sanitize::sanitized(&e.details));
         c.company.push(e.company_id);
         c.at.push(e.at);
         c.actor_type.push(e.actor.kind.as_str());
@@ -205,8 +220,11 @@ pub async fn append(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sq
         c.resource_id
             .push(e.resource.as_ref().map(|(_, id)| sanitize::mask_text(id).into_owned()));
         c.outcome.push(e.outcome.as_str());
-        c.details.push(details);
     }
+    if c.company.is_empty() {
+        return Ok(());
+    }
+    let details: Vec<&Value> = c.details.iter().map(|d| d.as_ref()).collect();
     sqlx::query(
         "INSERT INTO audit_log (company_id, at, actor_type, actor_id, actor_label, via, via_id, client_ip,
                                 request_id, action, resource_type, resource_id, outcome, details)
@@ -227,14 +245,14 @@ pub async fn append(conn: &mut PgConnection, entries: &[Entry]) -> Result<(), sq
     .bind(&c.resource_type)
     .bind(&c.resource_id)
     .bind(&c.outcome)
-    .bind(&c.details)
+    .bind(&details)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 #[derive(Default)]
-struct Columns {
+struct Columns<'a> {
     company: Vec<Uuid>,
     at: Vec<DateTime<Utc>>,
     actor_type: Vec<&'static str>,
@@ -248,10 +266,11 @@ struct Columns {
     resource_type: Vec<Option<String>>,
     resource_id: Vec<Option<String>>,
     outcome: Vec<&'static str>,
-    details: Vec<Value>,
+    /// Borrowed unless masking changed something.
+    details: Vec<std::borrow::Cow<'a, Value>>,
 }
 
-impl Columns {
+impl Columns<'_> {
     fn with_capacity(n: usize) -> Self {
         Self {
             company: Vec::with_capacity(n),

@@ -52,6 +52,50 @@ pub fn sanitize(value: &mut Value) {
     }
 }
 
+/// `value` masked: borrowed as it is when nothing in it needs masking (the
+/// common case), so writing an entry copies nothing.
+pub fn sanitized(value: &Value) -> Cow<'_, Value> {
+    if needs_masking(value) {
+        let mut owned = value.clone();
+        sanitize(&mut owned);
+        Cow::Owned(owned)
+    } else {
+        Cow::Borrowed(value)
+    }
+}
+
+/// Whether `sanitize` would change anything; mirrors it without copying.
+fn needs_masking(value: &Value) -> bool {
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::String(s) => {
+                if matches!(mask_text(s), Cow::Owned(_)) {
+                    return true;
+                }
+            }
+            Value::Number(n)
+                if n.as_u64()
+                    .is_some_and(|n| n >= 10u64.pow(12) && is_card_number(&n.to_string())) =>
+            {
+                return true;
+            }
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => {
+                for (key, v) in map {
+                    if !is_sensitive_key(key) {
+                        pending.push(v);
+                    } else if !v.is_null() && v != MASK {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Normalized names (lowercase ASCII letters and digits only) that make a key
 /// sensitive wherever they appear in it.
 const SENSITIVE_PARTS: &[&str] = &[
@@ -771,6 +815,27 @@ mod tests {
             "über naïve ☃ text",
         ] {
             assert!(matches!(mask_text(text), Cow::Borrowed(_)), "{text:?} was copied");
+        }
+    }
+
+    #[test]
+    fn sanitized_copies_only_what_it_masks_and_agrees_with_sanitize() {
+        let clean = json!({"node": "shape", "type": "set", "input": {"bytes": 42, "keys": ["user", "n"]}});
+        assert!(matches!(sanitized(&clean), Cow::Borrowed(_)));
+        let masked_already = json!({"password": MASK, "note": "Bearer [masked]"});
+        assert!(matches!(sanitized(&masked_already), Cow::Borrowed(_)));
+        for dirty in [
+            json!({"headers": {"Authorization": "Bearer abc.def.ghi"}}),
+            json!({"list": ["ok", "mail ada@example.com"]}),
+            json!({"card": 4111111111111111u64}),
+            json!([{"nested": {"api_key": 7}}]),
+        ] {
+            let mut expected = dirty.clone();
+            sanitize(&mut expected);
+            match sanitized(&dirty) {
+                Cow::Owned(v) => assert_eq!(v, expected),
+                Cow::Borrowed(_) => panic!("{dirty} was not masked"),
+            }
         }
     }
 
