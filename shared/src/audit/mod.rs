@@ -6,6 +6,7 @@
 //! so a change never commits without its entry. Request, sign-in and denial
 //! entries go through [`Writer`], off the request's critical path.
 
+pub mod canonical;
 pub mod sanitize;
 pub mod seal;
 pub mod sink;

@@ -5,7 +5,8 @@
 //! sealed by the id of the transaction that wrote them: every transaction
 //! below the snapshot's xmin has ended, so nothing older can still appear.
 //! A seal stores the previous hash and `sha256(prev_hash || entry)`, where
-//! the entry is `floq_audit_json(..)::text` (see migrations/0007).
+//! the entry is `floq_audit_json(..)::text` (see migrations/0007), rendered
+//! here from the columns (`canonical`) to spare the database the work.
 
 use std::collections::HashMap;
 
@@ -13,19 +14,12 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::canonical::{self, EntryRow};
 use crate::config::AuditSink;
 use crate::db;
 use crate::telemetry::METRICS;
 
 pub const GENESIS: [u8; 32] = [0; 32];
-
-#[derive(sqlx::FromRow)]
-struct Pending {
-    id: i64,
-    company_id: Uuid,
-    xact: i64,
-    entry: String,
-}
 
 /// Seals up to about `limit` entries; returns how many it sealed (0 when
 /// another sealer holds the lock).
@@ -43,10 +37,10 @@ pub async fn seal_pending(pool: &PgPool, sink: Option<&AuditSink>, limit: i64) -
     )
     .fetch_one(&mut *tx)
     .await?;
-    // Rows are picked first and rendered after, so only the batch is ever rendered.
-    const PENDING: &str = "SELECT id, company_id, xact, floq_audit_json(a)::text AS entry FROM";
-    let mut rows: Vec<Pending> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{PENDING} (SELECT * FROM audit_log WHERE xact >= $1 AND xact < $2 ORDER BY xact, id LIMIT $3) a
+    // Rows are picked first and read after, so only the batch's details are printed.
+    let pending = format!("SELECT {} FROM", canonical::COLUMNS);
+    let mut rows: Vec<EntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{pending} (SELECT * FROM audit_log WHERE xact >= $1 AND xact < $2 ORDER BY xact, id LIMIT $3) a
          ORDER BY xact, id"
     )))
     .bind(low)
@@ -61,7 +55,7 @@ pub async fn seal_pending(pool: &PgPool, sink: Option<&AuditSink>, limit: i64) -
         if first == last {
             // One transaction fills the batch: seal all of it, however large.
             rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{PENDING} audit_log a WHERE xact = $1 ORDER BY id"
+                "{pending} audit_log a WHERE xact = $1 ORDER BY id"
             )))
             .bind(last)
             .fetch_all(&mut *tx)
@@ -104,13 +98,14 @@ pub async fn seal_pending(pool: &PgPool, sink: Option<&AuditSink>, limit: i64) -
     let mut lines = String::new();
     for row in &rows {
         let head = heads.entry(row.company_id).or_insert_with(|| (0, GENESIS.to_vec()));
-        let hash = link(&head.1, &row.entry);
+        let entry = row.render();
+        let hash = link(&head.1, &entry);
         let seq = head.0 + 1;
         if sink.is_some() {
             lines.push_str(&format!(
                 "{{\"seq\":{seq},\"hash\":\"{}\",\"entry\":{}}}\n",
                 hex::encode(hash),
-                row.entry
+                entry
             ));
         }
         ids.push(row.id);

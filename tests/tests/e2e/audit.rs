@@ -433,6 +433,59 @@ async fn verified(app: &TestApp) -> Value {
     panic!("the audit log was never fully sealed");
 }
 
+/// The sealer renders entries in Rust; the chain is verified in SQL. Both
+/// must produce the same bytes, whatever the entries hold.
+#[tokio::test]
+async fn the_sealer_renders_entries_byte_for_byte_as_the_database_does() {
+    use floq_shared::audit::{Actor, Entry, Outcome, canonical};
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        scheduler: false,
+    })
+    .await;
+    let company = app.admin.company_id;
+    let mut user = Actor::system("ignored");
+    user.kind = floq_shared::audit::ActorType::User;
+    user.id = Some(app.admin.user_id);
+    user.label = Some("Zoë \"the admin\" \\ ☃".into());
+    user.via = Some((floq_shared::audit::Via::ApiKey, app.admin.key_id));
+    user.client_ip = Some("2001:db8::1".into());
+    user.request_id = Some("req-1".into());
+    let entries = [
+        Entry::new(company, user, "flow.update")
+            .resource("flow", "a\tb\u{1}c\u{1f}\u{7f}\r\n é")
+            .outcome(Outcome::Failure)
+            .details(json!({
+                "text": "line\nbreak \r\u{8}\u{c}\u{1f}\u{7f} é 漢 😀 \u{2028}",
+                "n": [1, -2.5, 1e21, 12345678901234567u64, 0.1],
+                "nested": {"z": null, "aa": true, "": false, "b": {"deep": []}},
+                "quote\"key": "back\\slash"
+            })),
+        Entry::new(company, Actor::system("scheduler"), "cron.fire"),
+        Entry::new(company, Actor::anonymous(None, None), "auth.login").at(chrono::Utc::now()),
+    ];
+    let mut tx = floq_shared::db::system_tx(&app.pool).await.unwrap();
+    floq_shared::audit::append(&mut tx, &entries).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let rows: Vec<canonical::EntryRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM audit_log ORDER BY id",
+        canonical::COLUMNS
+    )))
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let expected: Vec<String> = sqlx::query_scalar("SELECT floq_audit_json(a)::text FROM audit_log a ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(rows.len() >= entries.len());
+    for (row, sql) in rows.iter().zip(&expected) {
+        assert_eq!(&row.render(), sql);
+    }
+    app.teardown().await;
+}
+
 #[tokio::test]
 async fn the_hash_chain_exposes_entries_altered_or_removed_in_the_database() {
     let app = spawn().await;
