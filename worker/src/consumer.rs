@@ -147,13 +147,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check a redelivered run; returning it to the queue");
-                let _ = delivery
-                    .acker
-                    .nack(lapin::options::BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                requeue(&delivery).await;
                 return;
             }
         }
@@ -180,13 +174,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot load the run's input; returning it to the queue");
-                    let _ = delivery
-                        .acker
-                        .nack(lapin::options::BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
+                    requeue(&delivery).await;
                     return;
                 }
             };
@@ -221,13 +209,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
         ),
         Err(e) => {
             tracing::warn!(error = %e, "cannot load the flow version; returning the run to the queue");
-            let _ = delivery
-                .acker
-                .nack(lapin::options::BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            requeue(&delivery).await;
             return;
         }
     };
@@ -272,6 +254,15 @@ async fn reply_stored(worker: &Worker, replies: &Channel, to: &str, msg: &RunFlo
         }
         Err(e) => tracing::debug!(error = %e, "cannot reload a finished run to reply; the caller falls back to 202"),
     }
+}
+
+/// Hands a delivery back to the broker for another worker (or a later try).
+async fn requeue(delivery: &Delivery) {
+    let options = lapin::options::BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    let _ = delivery.acker.nack(options).await;
 }
 
 async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::Error> {
