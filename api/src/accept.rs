@@ -78,7 +78,8 @@ pub enum Accepted {
 #[derive(Clone)]
 pub struct Acceptor {
     tx: mpsc::Sender<Request>,
-    replies: Arc<Replies>,
+    /// Where waiting callers get their runs' outcomes; `None` if the publisher takes no replies.
+    replies: Option<Arc<Replies>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +95,8 @@ pub enum AcceptError {
 impl Acceptor {
     /// Starts the committer, publisher and outbox-cleaner tasks. They finish
     /// after every `Acceptor` clone is dropped and all accepted work is flushed.
-    /// `replies` must be the hub `publisher` was built with.
-    pub fn start(pool: PgPool, publisher: Arc<Publisher>, replies: Arc<Replies>) -> (Self, JoinSet<()>) {
+    pub fn start(pool: PgPool, publisher: Arc<Publisher>) -> (Self, JoinSet<()>) {
+        let replies = publisher.replies().cloned();
         let (tx, rx) = mpsc::channel::<Request>(MAX_BATCH * COMMITTERS * 2);
         let rx = Arc::new(Mutex::new(rx));
         let (publish_tx, publish_rx) = mpsc::channel::<Vec<Publish>>(1024);
@@ -112,7 +113,7 @@ impl Acceptor {
 
     /// Synchronous calls on this replica waiting for their runs.
     pub fn waiting(&self) -> usize {
-        self.replies.waiting()
+        self.replies.as_ref().map_or(0, |r| r.waiting())
     }
 
     pub async fn accept(&self, request: RunRequest) -> Result<Accepted, AcceptError> {
@@ -129,7 +130,7 @@ impl Acceptor {
         let (reply, rx) = oneshot::channel();
         let run_id = Uuid::now_v7();
         // Registered before the run can be published, so even an instant outcome finds it.
-        let waiter = wait.then(|| self.replies.register(run_id));
+        let waiter = self.replies.as_ref().filter(|_| wait).map(|r| r.register(run_id));
         let audit = Entry::new(company_id, actor, "run.create")
             .resource("run", run_id)
             .details(json!({"flow_id": flow_id, "trigger": trigger, "input": audit::shape(&input)}));
@@ -143,7 +144,7 @@ impl Acceptor {
                 trigger,
                 audit,
                 idempotency_key,
-                wants_reply: wait,
+                wants_reply: waiter.is_some(),
                 reply,
             })
             .await
@@ -359,7 +360,7 @@ struct Publish {
 
 async fn publish_loop(
     publisher: Arc<Publisher>,
-    replies: Arc<Replies>,
+    replies: Option<Arc<Replies>>,
     mut rx: mpsc::Receiver<Vec<Publish>>,
     clean: mpsc::Sender<Vec<(Uuid, i64)>>,
 ) {
@@ -376,7 +377,9 @@ async fn publish_loop(
             Err(e) => {
                 tracing::warn!(error = %e, runs = envelopes.len(), "publishing runs failed; the outbox sweep will retry");
                 // The sweep re-publishes without a reply address: nobody should wait for these.
-                replies.forget(items.iter().filter(|p| p.wants_reply).map(|p| p.envelope.run_id()));
+                if let Some(replies) = &replies {
+                    replies.forget(items.iter().filter(|p| p.wants_reply).map(|p| p.envelope.run_id()));
+                }
             }
         }
     }

@@ -53,14 +53,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .declare(&conn.create_channel().await?, config.queue_delivery_limit)
         .await
         .context("declaring the RabbitMQ topology failed")?;
-    let replies = Arc::new(floq_shared::replies::Replies::default());
-    let publisher = Arc::new(Publisher::new(config.amqp_url.expose(), &topology).with_replies(replies.clone()));
+    let publisher = Arc::new(Publisher::new(config.amqp_url.expose(), &topology).with_replies());
     publisher
         .ensure_connected()
         .await
         .context("cannot open a publishing channel on RabbitMQ")?;
 
-    let (acceptor, accept_tasks) = accept::Acceptor::start(pool.clone(), publisher.clone(), replies);
+    let (acceptor, accept_tasks) = accept::Acceptor::start(pool.clone(), publisher.clone());
     let key_cache = Arc::new(key_cache::KeyCache::new(config.auth_cache_ttl));
     let listener_shutdown = CancellationToken::new();
     let key_listener = {

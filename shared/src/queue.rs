@@ -159,9 +159,15 @@ impl Publisher {
         }
     }
 
-    pub fn with_replies(mut self, replies: Arc<Replies>) -> Self {
-        self.replies = Some(replies);
+    /// Also consume direct reply-to on the publishing channel, handing replies to [`Publisher::replies`].
+    pub fn with_replies(mut self) -> Self {
+        self.replies = Some(Arc::default());
         self
+    }
+
+    /// The callers waiting for replies, if this publisher receives them.
+    pub fn replies(&self) -> Option<&Arc<Replies>> {
+        self.replies.as_ref()
     }
 
     /// Returns once the broker has confirmed every message, or an error if any

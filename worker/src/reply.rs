@@ -34,8 +34,10 @@ impl PendingReply {
             return None;
         }
         let run_id = reply.run_id;
-        let mut body = ReplyEnvelope::RunReplyV1(reply.clone()).to_bytes();
+        let envelope = ReplyEnvelope::RunReplyV1(reply);
+        let mut body = envelope.to_bytes();
         if body.len() > MAX_INLINE_REPLY_BYTES {
+            let ReplyEnvelope::RunReplyV1(reply) = envelope;
             body = ReplyEnvelope::RunReplyV1(RunReply {
                 output: None,
                 respond: None,

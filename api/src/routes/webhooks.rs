@@ -439,7 +439,7 @@ fn accepted(run_id: Uuid, waited: bool) -> Response {
 fn sync_reply(reply: RunReply) -> Response {
     let run_id = reply.run_id;
     let mut response = if let Some(respond) = reply.respond {
-        respond_reply(&respond)
+        respond_reply(respond)
     } else if reply.status == "succeeded" {
         Json(reply.output.unwrap_or(Value::Null)).into_response()
     } else {
@@ -456,15 +456,17 @@ fn sync_reply(reply: RunReply) -> Response {
 }
 
 /// `{status, headers, body}`: a string body goes out as text, anything else as JSON.
-fn respond_reply(respond: &Value) -> Response {
+fn respond_reply(mut respond: Value) -> Response {
+    // The worker already refused what may not be sent; this only guards against a reply from elsewhere.
     let status = respond
         .get("status")
         .and_then(Value::as_u64)
+        .filter(|s| (200..=599).contains(s))
         .and_then(|s| StatusCode::from_u16(s as u16).ok())
         .unwrap_or(StatusCode::OK);
-    let (content_type, bytes) = match respond.get("body") {
+    let (content_type, bytes) = match respond.get_mut("body").map(Value::take) {
         None | Some(Value::Null) => (None, Vec::new()),
-        Some(Value::String(text)) => (Some("text/plain; charset=utf-8"), text.clone().into_bytes()),
+        Some(Value::String(text)) => (Some("text/plain; charset=utf-8"), text.into_bytes()),
         Some(other) => (Some("application/json"), other.to_string().into_bytes()),
     };
     let mut response = (status, bytes).into_response();
@@ -473,7 +475,6 @@ fn respond_reply(respond: &Value) -> Response {
     if let Some(ct) = content_type {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
-    // The worker already refused bad headers; this only guards against a reply from elsewhere.
     for (name, value) in respond.get("headers").and_then(Value::as_object).into_iter().flatten() {
         let (Ok(name), Some(Ok(value))) = (
             HeaderName::from_bytes(name.as_bytes()),
@@ -488,18 +489,20 @@ fn respond_reply(respond: &Value) -> Response {
     response
 }
 
-/// A reply too large to travel on the broker: read what it left out, once.
+/// A reply too large to travel on the broker: read, once, the one part the
+/// answer is made of (the `respond` node's reply, else the run's output).
 async fn stored_reply(state: &AppState, company_id: Uuid, mut reply: RunReply) -> ApiResult<RunReply> {
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    reply.output = sqlx::query_scalar("SELECT output FROM runs WHERE id = $1")
-        .bind(reply.run_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .flatten();
     if let Some(node) = &reply.respond_node {
         reply.respond = sqlx::query_scalar("SELECT output FROM run_steps WHERE run_id = $1 AND node_id = $2")
             .bind(reply.run_id)
             .bind(node)
+            .fetch_optional(&mut *tx)
+            .await?
+            .flatten();
+    } else {
+        reply.output = sqlx::query_scalar("SELECT output FROM runs WHERE id = $1")
+            .bind(reply.run_id)
             .fetch_optional(&mut *tx)
             .await?
             .flatten();

@@ -31,10 +31,7 @@ pub fn sanitize(value: &mut Value) {
                     *s = masked;
                 }
             }
-            Value::Number(n)
-                if n.as_u64()
-                    .is_some_and(|n| n >= 10u64.pow(12) && is_card_number(&n.to_string())) =>
-            {
+            Value::Number(n) if is_card_value(n) => {
                 *value = MASK.into();
             }
             Value::Array(items) => pending.extend(items),
@@ -42,7 +39,7 @@ pub fn sanitize(value: &mut Value) {
                 for (key, v) in map {
                     if !is_sensitive_key(key) {
                         pending.push(v);
-                    } else if !v.is_null() {
+                    } else if hides_something(v) {
                         *v = MASK.into();
                     }
                 }
@@ -50,6 +47,17 @@ pub fn sanitize(value: &mut Value) {
             _ => {}
         }
     }
+}
+
+/// A number long enough and Luhn-valid enough to be a card number.
+fn is_card_value(n: &serde_json::Number) -> bool {
+    n.as_u64()
+        .is_some_and(|n| n >= 10u64.pow(12) && is_card_number(&n.to_string()))
+}
+
+/// Whether a sensitive key's value still shows something (not null, not yet masked).
+fn hides_something(v: &Value) -> bool {
+    !v.is_null() && v != MASK
 }
 
 /// `value` masked: borrowed as it is when nothing in it needs masking (the
@@ -74,10 +82,7 @@ fn needs_masking(value: &Value) -> bool {
                     return true;
                 }
             }
-            Value::Number(n)
-                if n.as_u64()
-                    .is_some_and(|n| n >= 10u64.pow(12) && is_card_number(&n.to_string())) =>
-            {
+            Value::Number(n) if is_card_value(n) => {
                 return true;
             }
             Value::Array(items) => pending.extend(items),
@@ -85,7 +90,7 @@ fn needs_masking(value: &Value) -> bool {
                 for (key, v) in map {
                     if !is_sensitive_key(key) {
                         pending.push(v);
-                    } else if !v.is_null() && v != MASK {
+                    } else if hides_something(v) {
                         return true;
                     }
                 }
