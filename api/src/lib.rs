@@ -103,7 +103,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .with_context(|| format!("cannot listen on {} (FLOQ_HTTP_ADDR)", config.http_addr))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "floq-api listening");
+    let protected = floq_shared::egress::register_listener(addr);
     let handle = tokio::spawn(async move {
+        let _protected = protected;
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await

@@ -83,6 +83,8 @@ pub struct Config {
     pub webhook_max_waiting: usize,
     pub audit_min_age_days: u32,
     pub audit_min_entries: u64,
+    /// `FLOQ_EGRESS_ALLOW`: restricted addresses (loopback, private, …) flows may still reach.
+    pub egress_allow: Vec<crate::egress::Allow>,
     pub log_filter: String,
     pub log_json: bool,
 }
@@ -178,6 +180,12 @@ impl Config {
             webhook_max_waiting: v.parse_in("FLOQ_WEBHOOK_MAX_WAITING", 10_000, 0..=1_000_000)?,
             audit_min_age_days: v.parse_in("FLOQ_AUDIT_MIN_AGE_DAYS", 30, 1..=36_500)?,
             audit_min_entries: v.parse_in("FLOQ_AUDIT_MIN_ENTRIES", 10_000, 1..=u64::MAX)?,
+            egress_allow: crate::egress::parse_allow_list(v.get("FLOQ_EGRESS_ALLOW").unwrap_or("")).map_err(
+                |problem| ConfigError {
+                    var: "FLOQ_EGRESS_ALLOW",
+                    problem,
+                },
+            )?,
             log_filter: v.string("FLOQ_LOG", "info"),
             log_json: match v.string("FLOQ_LOG_FORMAT", "json").as_str() {
                 "json" => true,
@@ -190,6 +198,11 @@ impl Config {
                 }
             },
         })
+    }
+
+    /// Every address a floq service of this configuration listens on; flows may never reach them.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        vec![self.http_addr, self.worker_http_addr, self.scheduler_http_addr]
     }
 
     /// The effective configuration with secrets masked, one `NAME=value` per line.
@@ -424,6 +437,15 @@ mod tests {
         );
         let c = Config::from_vars(vars).unwrap();
         assert_eq!(c.cors_origins, vec!["https://a.example.com", "http://localhost:5173"]);
+    }
+
+    #[test]
+    fn a_bad_egress_entry_names_the_variable_and_the_entry() {
+        let mut vars = base();
+        vars.insert("FLOQ_EGRESS_ALLOW".into(), "127.0.0.1, http://nope".into());
+        let e = Config::from_vars(vars).unwrap_err();
+        assert_eq!(e.var, "FLOQ_EGRESS_ALLOW");
+        assert!(e.problem.contains("http://nope"), "{e}");
     }
 
     #[test]

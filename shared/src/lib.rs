@@ -7,6 +7,7 @@ pub mod config;
 pub mod cron;
 pub mod crypto;
 pub mod db;
+pub mod egress;
 pub mod flow;
 pub mod ops;
 pub mod queue;

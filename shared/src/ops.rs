@@ -64,7 +64,9 @@ pub async fn serve(
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    let protected = crate::egress::register_listener(bound);
     let handle = tokio::spawn(async move {
+        let _protected = protected;
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod endpoints;
+pub mod forward;
 pub mod smtp_sink;
 
 pub use floq_api::admin::Bootstrapped;
@@ -171,6 +172,9 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
         ("FLOQ_OUTBOX_SWEEP_INTERVAL_MS", "200".into()),
         ("FLOQ_AUDIT_SEAL_INTERVAL_MS", "200".into()),
         ("FLOQ_AUTO_MIGRATE", "false".into()),
+        // Tests serve what flows call on loopback; the platform's own database,
+        // broker and listeners stay denied whatever this opens.
+        ("FLOQ_EGRESS_ALLOW", "127.0.0.1".into()),
         (
             "FLOQ_LOG",
             if std::env::var("TEST_LOG").is_ok() {
@@ -292,6 +296,19 @@ impl TestApp {
         (status, body)
     }
 
+    /// Creates a credential through the API and returns its id.
+    pub async fn credential(&self, key: &str, kind: &str, data: Value) -> String {
+        let (status, body) = self
+            .post(
+                "/api/v1/credentials",
+                key,
+                json!({"name": format!("cred-{}", Uuid::new_v4().simple()), "type": kind, "data": data}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().expect("credential id").to_string()
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
         self.request(Method::GET, path, key, None).await
     }
@@ -303,27 +320,32 @@ impl TestApp {
     /// Creates and deploys a flow as the main admin; returns its id.
     pub async fn deployed_flow(&self, definition: Value) -> String {
         let key = self.admin.api_key.clone();
+        self.deployed_flow_as(&key, definition).await
+    }
+
+    /// Creates and deploys a flow as the holder of `key`.
+    pub async fn deployed_flow_as(&self, key: &str, definition: Value) -> String {
         let (status, flow) = self
             .post(
                 "/api/v1/flows",
-                &key,
+                key,
                 json!({"name": "test flow", "definition": definition}),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{flow}");
         let id = flow["id"].as_str().expect("flow id").to_string();
-        let (status, body) = self.post(&format!("/api/v1/flows/{id}/deploy"), &key, json!({})).await;
+        let (status, body) = self.post(&format!("/api/v1/flows/{id}/deploy"), key, json!({})).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         id
     }
 
     pub async fn start_run(&self, flow_id: &str, input: Value) -> String {
+        self.start_run_as(&self.admin.api_key, flow_id, input).await
+    }
+
+    pub async fn start_run_as(&self, key: &str, flow_id: &str, input: Value) -> String {
         let (status, body) = self
-            .post(
-                &format!("/api/v1/flows/{flow_id}/runs"),
-                &self.admin.api_key,
-                json!({"input": input}),
-            )
+            .post(&format!("/api/v1/flows/{flow_id}/runs"), key, json!({"input": input}))
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         body["run_id"].as_str().expect("run id").to_string()
@@ -336,11 +358,22 @@ impl TestApp {
         self.wait_run(&run).await
     }
 
+    /// Deploys and runs a flow as the holder of `key` (another company's admin, say).
+    pub async fn run_flow_as(&self, key: &str, definition: Value, input: Value) -> Value {
+        let flow = self.deployed_flow_as(key, definition).await;
+        let run = self.start_run_as(key, &flow, input).await;
+        self.wait_run_as(key, &run).await
+    }
+
     /// Polls until the run is `succeeded`, `failed` or `cancelled`.
     pub async fn wait_run(&self, run_id: &str) -> Value {
+        self.wait_run_as(&self.admin.api_key, run_id).await
+    }
+
+    pub async fn wait_run_as(&self, key: &str, run_id: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let (status, run) = self.get(&format!("/api/v1/runs/{run_id}"), &self.admin.api_key).await;
+            let (status, run) = self.get(&format!("/api/v1/runs/{run_id}"), key).await;
             assert_eq!(status, StatusCode::OK, "{run}");
             if matches!(run["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
                 return run;

@@ -41,12 +41,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("cannot connect to RabbitMQ: check FLOQ_AMQP_URL and that the broker is up")?;
 
-    // Redirects are followed by the http_request node itself, which checks every hop.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent("floq-worker")
-        .build()
-        .context("building the HTTP client failed")?;
+    // Redirects are followed by the http_request node itself, which vets every hop.
+    let http = floq_shared::egress::http_client("floq-worker").context("building the HTTP client failed")?;
+    let egress = floq_shared::egress::Policy::from_config(&config);
     let flows = Arc::new(flow_cache::FlowCache::default());
     let sandbox = sandbox::Sandbox::new(
         config.sandbox_threads,
@@ -62,6 +59,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     };
     let env = Arc::new(nodes::NodeEnv {
         http,
+        egress,
         pool: pool.clone(),
         flows: flows.clone(),
         sandbox,

@@ -187,18 +187,16 @@ fn specs() -> Vec<NodeSpec> {
         },
         NodeSpec {
             name: "postgres",
-            summary: "Runs one parameterized SQL statement ($1, $2, … bound from `params`) and outputs its rows; the database is `connection_uri` or a `postgres` credential.",
-            params_schema: with_credential(
+            summary: "Runs one parameterized SQL statement ($1, $2, … bound from `params`) and outputs its rows; the database is a `postgres` credential (never an inline URI, so who may reach a database is a grant).",
+            params_schema: object(
                 json!({
-                    "connection_uri": {"type": "string", "pattern": "^postgres(ql)?://"},
                     "credential_id": credential(),
                     "query": {"type": "string", "minLength": 1, "maxLength": 100_000},
                     "params": tpl(json!({"type": "array", "maxItems": 100})),
                     "timeout_ms": ms(600_000),
                     "max_rows": {"type": "integer", "minimum": 1, "maximum": 100_000}
                 }),
-                &["query"],
-                "connection_uri",
+                &["credential_id", "query"],
             ),
             ports: Ports::Single,
             raw_params: &[],

@@ -2,6 +2,7 @@
 //! and RabbitMQ, one database and queue prefix per test.
 
 mod audit;
+mod egress;
 mod flows;
 mod grants;
 mod identity;

@@ -315,14 +315,25 @@ async fn nodes_retry_by_policy_and_give_up_at_their_timeout() {
     app.teardown().await;
 }
 
+/// A credential naming a database reached through a forwarder: to the egress
+/// policy it is a customer's server on another port, not the platform's.
+async fn tenant_database(app: &TestApp) -> (floq_tests::forward::Forward, String) {
+    let fwd = floq_tests::forward::forward("127.0.0.1:5432".parse().unwrap()).await;
+    let uri = format!("postgres://postgres@127.0.0.1:{}/{}", fwd.port, app.db_name);
+    let id = app
+        .credential(&app.admin.api_key, "postgres", json!({"uri": uri}))
+        .await;
+    (fwd, id)
+}
+
 #[tokio::test]
 async fn postgres_runs_parameterized_sql_with_a_row_cap() {
     let app = TestApp::spawn().await;
-    let uri = floq_tests::database_url(&app.db_name);
+    let (_db, cred) = tenant_database(&app).await;
     let run = app
         .run_flow(
             json!({"nodes": [{"id": "q", "type": "postgres", "params": {
-                "connection_uri": uri,
+                "credential_id": cred,
                 "query": "SELECT n, $1::text AS label, n % 2 = 0 AS even FROM generate_series(1, $2::int) n",
                 "params": ["row", "{{ $input.count }}"],
                 "max_rows": 3
@@ -337,7 +348,7 @@ async fn postgres_runs_parameterized_sql_with_a_row_cap() {
     let injected = app
         .run_flow(
             json!({"nodes": [{"id": "q", "type": "postgres", "params": {
-                "connection_uri": uri, "query": "SELECT $1::text AS v", "params": ["'; DROP TABLE runs; --"]
+                "credential_id": cred, "query": "SELECT $1::text AS v", "params": ["'; DROP TABLE runs; --"]
             }}]}),
             json!({}),
         )
@@ -346,7 +357,7 @@ async fn postgres_runs_parameterized_sql_with_a_row_cap() {
     let slow = app
         .run_flow(
             json!({"nodes": [{"id": "q", "type": "postgres", "params": {
-                "connection_uri": uri, "query": "SELECT pg_sleep(5)", "timeout_ms": 200
+                "credential_id": cred, "query": "SELECT pg_sleep(5)", "timeout_ms": 200
             }}]}),
             json!({}),
         )

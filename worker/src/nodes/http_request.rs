@@ -3,7 +3,8 @@
 //! responses and too many redirects fail the node.
 //!
 //! Redirects are followed here, not by the client, so every hop is checked
-//! (http and https only) and counted against `max_redirects`.
+//! (http and https only), vetted by the egress policy on the address it
+//! connects to, and counted against `max_redirects`.
 
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use futures_util::future::{BoxFuture, FutureExt};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde_json::{Map, Value, json};
 
-use super::{Node, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, millis, text};
+use super::{Node, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, egress_error, millis, text};
 use crate::vault::Credential;
+use floq_shared::egress::SendError;
 
 pub struct HttpRequest;
 
@@ -109,11 +111,15 @@ async fn call(params: &Value, env: &NodeEnv, credential: Option<&Credential>) ->
             Some(Value::String(s)) => request.body(s.clone()),
             Some(other) => request.json(other),
         };
+        let request = request.build().map_err(|e| transport_error(&e))?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let response = tokio::time::timeout(remaining, request.send())
+        let response = tokio::time::timeout(remaining, env.egress.send(&env.http, request))
             .await
             .map_err(|_| NodeError::new("http_timeout", "the request timed out"))?
-            .map_err(|e| transport_error(&e))?;
+            .map_err(|e| match e {
+                SendError::Egress(e) => egress_error(&e),
+                SendError::Http(e) => transport_error(&e),
+            })?;
         let status = response.status();
         let location = response
             .headers()

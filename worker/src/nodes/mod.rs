@@ -73,7 +73,10 @@ pub type NodeResult = Result<NodeOutput, NodeError>;
 
 /// Limits, clients and services nodes share within one worker.
 pub struct NodeEnv {
+    /// Built by `egress::http_client`: it can only reach what `egress` vetted.
     pub http: reqwest::Client,
+    /// Every connection a node opens passes this.
+    pub egress: floq_shared::egress::Policy,
     pub pool: PgPool,
     pub flows: Arc<FlowCache>,
     pub sandbox: Sandbox,
@@ -154,6 +157,11 @@ pub fn sandbox_error(e: SandboxError) -> NodeError {
         None => e.message,
     };
     NodeError::new(e.code, message)
+}
+
+/// A connection the egress policy refused (or a name that did not resolve), as a node failure.
+pub fn egress_error(e: &floq_shared::egress::EgressError) -> NodeError {
+    NodeError::new(e.code(), e.to_string())
 }
 
 /// A param as text: strings as they are, other JSON as its text.

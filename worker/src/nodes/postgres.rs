@@ -1,5 +1,6 @@
-//! `postgres`: one parameterized statement against the database of
-//! `connection_uri`; `$1, $2, …` are bound from `params` (strings as text,
+//! `postgres`: one parameterized statement against the database of a
+//! `postgres` credential (never an inline URI: reaching a database is a
+//! grant, and the connection passes the egress policy); `$1, $2, …` are bound from `params` (strings as text,
 //! integers as bigint, other numbers as double, booleans, null, objects and
 //! arrays as jsonb; cast in SQL where a column wants another type). Outputs
 //! `{rows, row_count, truncated}`; a statement runs at most `timeout_ms` and
@@ -14,7 +15,8 @@ use serde_json::{Map, Value, json};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgRow};
 use sqlx::{Column, ConnectOptions, Connection, Row, TypeInfo};
 
-use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult, millis};
+use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult, egress_error, millis};
+use floq_shared::egress::PgTargetError;
 
 pub struct Postgres;
 
@@ -26,16 +28,19 @@ impl Node for Postgres {
     fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
         async move {
             let params = &ctx.params;
-            let uri = match (&ctx.credential, params.get("connection_uri").and_then(Value::as_str)) {
-                (Some(c), _) if c.kind == "postgres" => c.field("uri").unwrap_or_default(),
-                (Some(c), _) => {
+            let uri = match &ctx.credential {
+                Some(c) if c.kind == "postgres" => c.field("uri").unwrap_or_default(),
+                Some(c) => {
                     return Err(NodeError::invalid(format!(
                         "a `{}` credential is not a database",
                         c.kind
                     )));
                 }
-                (None, Some(uri)) => uri,
-                (None, None) => return Err(NodeError::invalid("`connection_uri` or `credential_id` is required")),
+                None => {
+                    return Err(NodeError::invalid(
+                        "`credential_id` (a postgres credential) is required",
+                    ));
+                }
             };
             let query = params
                 .get("query")
@@ -52,9 +57,12 @@ impl Node for Postgres {
                 .get("max_rows")
                 .and_then(Value::as_u64)
                 .unwrap_or(DEFAULT_MAX_ROWS) as usize;
-            let options: PgConnectOptions = uri
-                .parse()
-                .map_err(|_| NodeError::invalid("`connection_uri` is not a valid postgres:// URI"))?;
+            let options: PgConnectOptions = ctx.env.egress.postgres_options(uri).await.map_err(|e| match e {
+                PgTargetError::Egress(e) => egress_error(&e),
+                PgTargetError::Invalid => {
+                    NodeError::invalid("the credential's `uri` is not a postgres:// URI with a host")
+                }
+            })?;
             let work = async {
                 let mut conn = options
                     .application_name("floq-node")

@@ -1,16 +1,17 @@
 //! `smtp_send`: sends one e-mail through the server of `smtp_uri`:
 //! `smtps://` (implicit TLS), `smtp+starttls://` (STARTTLS required) or
 //! `smtp://` (plain, for local relays). Credentials come in the URI's user
-//! info. Outputs the accepted recipients and the server's reply code.
+//! info. The server is reached through the egress policy. Outputs the accepted recipients and the server's reply code.
 
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use lettre::message::{Mailbox, MultiPart, header::ContentType};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncTransport, Message};
 use serde_json::{Value, json};
 
-use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult, millis};
+use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult, egress_error, millis};
+use floq_shared::egress::{Policy, SmtpTargetError};
 
 pub struct SmtpSend;
 
@@ -31,7 +32,7 @@ impl Node for SmtpSend {
                 (None, Some(uri)) => uri.to_string(),
                 (None, None) => return Err(NodeError::invalid("`smtp_uri` or `credential_id` is required")),
             };
-            send(&ctx.params, zeroize::Zeroizing::new(uri)).await
+            send(&ctx.params, &ctx.env.egress, zeroize::Zeroizing::new(uri)).await
         }
         .boxed()
     }
@@ -46,12 +47,7 @@ fn mailbox(raw: &str, what: &str) -> Result<Mailbox, NodeError> {
         .map_err(|_| NodeError::invalid(format!("`{what}` is not an e-mail address: {raw}")))
 }
 
-async fn send(params: &Value, uri: zeroize::Zeroizing<String>) -> NodeResult {
-    // lettre spells STARTTLS as a query flag on smtp://.
-    let uri = zeroize::Zeroizing::new(match uri.strip_prefix("smtp+starttls://") {
-        Some(rest) => format!("smtp://{rest}?tls=required"),
-        None => uri.to_string(),
-    });
+async fn send(params: &Value, egress: &Policy, uri: zeroize::Zeroizing<String>) -> NodeResult {
     let timeout = millis(params, "timeout_ms", DEFAULT_TIMEOUT, MAX_TIMEOUT)?;
     let from = mailbox(field(params, "from").unwrap_or_default(), "from")?;
     let to: Vec<Mailbox> = match params.get("to") {
@@ -77,10 +73,10 @@ async fn send(params: &Value, uri: zeroize::Zeroizing<String>) -> NodeResult {
     }
     .map_err(|e| NodeError::invalid(format!("the message cannot be built: {e}")))?;
 
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(uri.as_str())
-        .map_err(|_| NodeError::invalid("`smtp_uri` is not a valid SMTP URI"))?
-        .timeout(Some(timeout))
-        .build();
+    let transport = egress.smtp_transport(&uri, timeout).await.map_err(|e| match e {
+        SmtpTargetError::Egress(e) => egress_error(&e),
+        SmtpTargetError::Invalid => NodeError::invalid("`smtp_uri` is not a valid SMTP URI"),
+    })?;
     let response = tokio::time::timeout(timeout, transport.send(message))
         .await
         .map_err(|_| NodeError::new("smtp_timeout", "the SMTP server did not answer in time"))?

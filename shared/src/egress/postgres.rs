@@ -1,0 +1,45 @@
+//! PostgreSQL for flows: the credential's URI must name a TCP host; it is
+//! resolved and vetted here and the connection goes to that address (never a
+//! Unix socket, never a default host picked from the environment).
+
+use sqlx::postgres::PgConnectOptions;
+
+use super::{EgressError, Policy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgTargetError {
+    #[error("the connection URI is not a valid postgres:// URI with a host")]
+    Invalid,
+    #[error(transparent)]
+    Egress(#[from] EgressError),
+}
+
+impl Policy {
+    /// Connect options for `uri`, pinned to one vetted address.
+    pub async fn postgres_options(&self, uri: &str) -> Result<PgConnectOptions, PgTargetError> {
+        let url = url::Url::parse(uri).map_err(|_| PgTargetError::Invalid)?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(PgTargetError::Invalid);
+        }
+        // `?host=` and `?hostaddr=` would override the authority (sockets included).
+        if url
+            .query_pairs()
+            .any(|(k, _)| k == "host" || k == "hostaddr" || k == "port")
+        {
+            return Err(PgTargetError::Invalid);
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            _ => return Err(PgTargetError::Invalid),
+        };
+        let port = url.port().unwrap_or(5432);
+        let options: PgConnectOptions = uri.parse().map_err(|_| PgTargetError::Invalid)?;
+        if options.get_socket().is_some() {
+            return Err(PgTargetError::Invalid);
+        }
+        let addr = *self.resolve(&host, port).await?.first().ok_or(PgTargetError::Invalid)?;
+        Ok(options.host(&addr.ip().to_string()).port(addr.port()))
+    }
+}
