@@ -189,6 +189,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                         attempt: msg.attempt,
                         depth: 0,
                         vars: None,
+                        deployed_by: flow.deployed_by,
                     },
                     input: &input,
                 },

@@ -172,6 +172,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     scope: params.scope.clone(),
                     body: node.body.clone(),
                     credential: None,
+                    secret_origins: Arc::default(),
                     run: ctx.clone(),
                     env: env.clone(),
                 };
@@ -434,6 +435,7 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
         Err(e) => return failed(e),
     };
     ctx.credential = opened.credential.clone();
+    ctx.secret_origins = Arc::new(opened.secret_origins.clone());
     let params_shape = audit::shape(&params);
     ctx.params = params;
     let attempts = node.retry.as_ref().map_or(1, |r| r.attempts.max(1));

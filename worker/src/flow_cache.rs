@@ -36,6 +36,10 @@ pub struct CompiledFlow {
     pub is_sink: Vec<bool>,
     /// Whether any template or script may read `$vars`.
     pub reads_vars: bool,
+    /// Who deployed this version: what it reaches (credentials, sub-flows,
+    /// secrets) must stay usable by them. `None` for versions deployed before
+    /// this was recorded, which therefore reach nothing.
+    pub deployed_by: Option<Uuid>,
 }
 
 impl CompiledFlow {
@@ -87,6 +91,7 @@ impl CompiledFlow {
             incoming,
             is_sink,
             reads_vars,
+            deployed_by: None,
         })
     }
 }
@@ -109,17 +114,19 @@ impl FlowCache {
             return Ok(Some(hit.clone()));
         }
         let mut tx = db::tenant_tx(pool, company_id).await?;
-        let definition: Option<sqlx::types::Json<FlowDefinition>> =
-            sqlx::query_scalar("SELECT definition FROM flow_versions WHERE flow_id = $1 AND version = $2")
+        let row: Option<(sqlx::types::Json<FlowDefinition>, Option<Uuid>)> =
+            sqlx::query_as("SELECT definition, deployed_by FROM flow_versions WHERE flow_id = $1 AND version = $2")
                 .bind(flow_id)
                 .bind(version)
                 .fetch_optional(&mut *tx)
                 .await?;
         tx.commit().await?;
-        let Some(definition) = definition else {
+        let Some((definition, deployed_by)) = row else {
             return Ok(None);
         };
-        let compiled = Arc::new(CompiledFlow::compile(&definition.0)?);
+        let mut compiled = CompiledFlow::compile(&definition.0)?;
+        compiled.deployed_by = deployed_by;
+        let compiled = Arc::new(compiled);
         let mut entries = self.entries.write().expect("cache lock");
         if entries.len() >= MAX_ENTRIES {
             // Versions are immutable, so dropping everything only costs reloads.

@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::nodes::{NodeEnv, NodeError, RunCtx};
+use crate::nodes::{NodeEnv, NodeError, RunCtx, lacks_access};
 use floq_shared::audit::sanitize::MASK;
 use floq_shared::audit::{Actor, Entry};
+use floq_shared::flow::reach::secret_ref;
 use floq_shared::telemetry::METRICS;
 use floq_shared::{db, secrets};
 
@@ -20,6 +21,8 @@ use floq_shared::{db, secrets};
 pub struct Credential {
     pub id: Uuid,
     pub kind: String,
+    /// Where it may be sent; empty: anywhere the egress policy allows.
+    pub allowed_origins: Vec<String>,
     fields: HashMap<String, Zeroizing<String>>,
 }
 
@@ -33,6 +36,8 @@ impl Credential {
 #[derive(Default)]
 pub struct Opened {
     pub credential: Option<std::sync::Arc<Credential>>,
+    /// Secret KV values this node holds that are bound to origins: `(key, origins)`.
+    pub secret_origins: Vec<(String, Vec<String>)>,
     scrub: Vec<Zeroizing<String>>,
     pub audit: Vec<Entry>,
 }
@@ -62,12 +67,21 @@ pub async fn open(params: &mut Value, node_id: &str, run: &RunCtx, env: &NodeEnv
     if let Some(raw) = credential_id {
         let id = Uuid::parse_str(&raw).map_err(|_| NodeError::invalid("`credential_id` must be a credential id"))?;
         // Under the run's company: another company's credential is simply not there.
-        let row: Option<(String, Vec<u8>)> = sqlx::query_as("SELECT type, data FROM credentials WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|_| unavailable("the credential"))?;
-        let (kind, sealed) = row.ok_or_else(|| NodeError::new("credential_not_found", "no such credential"))?;
+        // The deployer must still be allowed to use it: a revoked grant takes effect at the next run.
+        let row: Option<(String, Vec<u8>, bool, Vec<String>)> = sqlx::query_as(
+            "SELECT type, data, COALESCE(floq_may_use($2, 'integration', id, NULL), false), allowed_origins
+               FROM credentials WHERE id = $1",
+        )
+        .bind(id)
+        .bind(run.deployed_by)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|_| unavailable("the credential"))?;
+        let (kind, sealed, usable, allowed_origins) =
+            row.ok_or_else(|| NodeError::new("credential_not_found", "no such credential"))?;
+        if !usable {
+            return Err(lacks_access(&format!("credential {id}")));
+        }
         let plaintext = env
             .keyring
             .decrypt(&sealed, secrets::credential_binding(run.company_id, &raw))
@@ -83,17 +97,29 @@ pub async fn open(params: &mut Value, node_id: &str, run: &RunCtx, env: &NodeEnv
         opened.credential = Some(std::sync::Arc::new(Credential {
             id,
             kind,
+            allowed_origins,
             fields: fields.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect(),
         }));
     }
     let mut values = HashMap::new();
     for key in refs {
-        let sealed: Option<Vec<u8>> = sqlx::query_scalar("SELECT secret FROM kv WHERE key = $1 AND secret IS NOT NULL")
-            .bind(&key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|_| unavailable("a secret"))?;
-        let sealed = sealed.ok_or_else(|| NodeError::new("secret_not_found", format!("no secret KV value `{key}`")))?;
+        let row: Option<(Vec<u8>, bool, Vec<String>)> = sqlx::query_as(
+            "SELECT secret, COALESCE(floq_may_use($2, 'secret', id, NULL), false), allowed_origins
+               FROM kv WHERE key = $1 AND secret IS NOT NULL",
+        )
+        .bind(&key)
+        .bind(run.deployed_by)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|_| unavailable("a secret"))?;
+        let (sealed, usable, allowed_origins) =
+            row.ok_or_else(|| NodeError::new("secret_not_found", format!("no secret KV value `{key}`")))?;
+        if !usable {
+            return Err(lacks_access(&format!("the secret `{key}`")));
+        }
+        if !allowed_origins.is_empty() {
+            opened.secret_origins.push((key.clone(), allowed_origins));
+        }
         let plaintext = env
             .keyring
             .decrypt(&sealed, secrets::kv_binding(run.company_id, &key))
@@ -108,13 +134,6 @@ pub async fn open(params: &mut Value, node_id: &str, run: &RunCtx, env: &NodeEnv
     replace_refs(params, &values);
     opened.scrub.retain(|s| s.len() >= 4);
     Ok(opened)
-}
-
-fn secret_ref(v: &Value) -> Option<&str> {
-    match v {
-        Value::Object(map) if map.len() == 1 => map.get("$secret").and_then(Value::as_str),
-        _ => None,
-    }
 }
 
 fn collect_refs(v: &Value, out: &mut Vec<String>) {

@@ -38,11 +38,13 @@ struct Credential {
     kind: String,
     fields: Vec<String>,
     hint: String,
+    /// Where its secrets may be sent; empty: anywhere the egress policy allows.
+    allowed_origins: Vec<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, name, type, fields, hint, created_at, updated_at";
+const COLUMNS: &str = "id, name, type, fields, hint, allowed_origins, created_at, updated_at";
 
 #[derive(Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +54,8 @@ struct CreateCredential {
     #[serde(rename = "type")]
     kind: String,
     data: Value,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
 }
 
 #[derive(Deserialize, Validate)]
@@ -60,6 +64,7 @@ struct UpdateCredential {
     #[validate(length(min = 1, max = 200))]
     name: Option<String>,
     data: Option<Value>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 fn checked(kind: &str, data: &Value) -> ApiResult<()> {
@@ -72,6 +77,26 @@ fn checked(kind: &str, data: &Value) -> ApiResult<()> {
         .map(|(field, message)| json!({"field": field, "message": message}))
         .collect();
     Err(ApiError::validation("the credential is invalid", json!(details)))
+}
+
+/// Normalized `allowed_origins`, or a validation error naming each bad entry.
+pub fn origins(raw: &[String]) -> ApiResult<Vec<String>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut errors = Vec::new();
+    if raw.len() > 50 {
+        errors.push(json!({"field": "allowed_origins", "message": "at most 50 origins"}));
+    }
+    for (i, o) in raw.iter().enumerate() {
+        match floq_shared::egress::origin::parse(o) {
+            Ok(o) => out.push(o),
+            Err(message) => errors.push(json!({"field": format!("allowed_origins[{i}]"), "message": message})),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::validation("allowed_origins is invalid", json!(errors)))
+    }
 }
 
 fn fields(data: &Value) -> Vec<String> {
@@ -126,6 +151,7 @@ async fn create(
     ValidJson(body): ValidJson<CreateCredential>,
 ) -> ApiResult<(StatusCode, Json<Credential>)> {
     checked(&body.kind, &body.data)?;
+    let allowed_origins = origins(&body.allowed_origins)?;
     let company_id = auth.principal.company_id;
     let id = Uuid::now_v7();
     let id_text = id.to_string();
@@ -135,8 +161,8 @@ async fn create(
         .encrypt(&plaintext, secrets::credential_binding(company_id, &id_text));
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let credential: Credential = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO credentials (id, company_id, name, type, data, key_id, fields, hint, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+        "INSERT INTO credentials (id, company_id, name, type, data, key_id, fields, hint, created_by, allowed_origins)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
     )))
     .bind(id)
     .bind(company_id)
@@ -147,6 +173,7 @@ async fn create(
     .bind(fields(&body.data))
     .bind(secrets::hint(&body.kind, &body.data))
     .bind(auth.principal.user_id)
+    .bind(allowed_origins)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(name_taken)?;
@@ -164,6 +191,7 @@ async fn update(
     ValidJson(body): ValidJson<UpdateCredential>,
 ) -> ApiResult<Json<Credential>> {
     let company_id = auth.principal.company_id;
+    let allowed_origins = body.allowed_origins.as_deref().map(origins).transpose()?;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_integration(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, id).await?;
@@ -199,7 +227,8 @@ async fn update(
     let after: Credential = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE credentials SET name = COALESCE($2, name), data = COALESCE($3, data),
                 key_id = CASE WHEN $3 IS NULL THEN key_id ELSE $4 END,
-                fields = COALESCE($5, fields), hint = COALESCE($6, hint), updated_at = now()
+                fields = COALESCE($5, fields), hint = COALESCE($6, hint),
+                allowed_origins = COALESCE($7, allowed_origins), updated_at = now()
           WHERE id = $1 RETURNING {COLUMNS}"
     )))
     .bind(id)
@@ -208,6 +237,7 @@ async fn update(
     .bind(state.keyring.primary_id())
     .bind(fields)
     .bind(hint)
+    .bind(allowed_origins)
     .fetch_one(&mut *tx)
     .await?;
     let mut entry = auth.principal.audit("credential.update", "credential", id);

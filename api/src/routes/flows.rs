@@ -20,6 +20,7 @@ use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
 use crate::state::AppState;
 use floq_shared::db;
 use floq_shared::flow;
+use floq_shared::flow::reach::{self, Target};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -84,47 +85,66 @@ fn definition(raw: &Value) -> ApiResult<Value> {
     Ok(serde_json::to_value(def).expect("definitions serialize"))
 }
 
-/// Every `credential_id` in the definition (loop bodies included), with where it sits.
-fn credential_refs(def: &Value, at: &str, out: &mut Vec<(String, String)>) {
-    for (i, node) in def["nodes"].as_array().into_iter().flatten().enumerate() {
-        let here = format!("{at}.nodes[{i}].params");
-        if let Some(id) = node["params"]["credential_id"].as_str() {
-            out.push((format!("{here}.credential_id"), id.to_string()));
-        }
-        if node["type"] == "loop" {
-            credential_refs(&node["params"]["flow"], &format!("{here}.flow"), out);
-        }
-    }
-}
-
-/// A flow may only name credentials of its company that its author may use
-/// (`execute` on them, or admin). Unknown, foreign and unusable ids are told
-/// apart from nothing: each is "not one you may use".
-async fn usable_credentials(tx: &mut db::Tx, principal: &Principal, def: &Value) -> ApiResult<()> {
-    let mut refs = Vec::new();
-    credential_refs(def, "definition", &mut refs);
-    let mut errors = Vec::new();
-    for (field, raw) in refs {
-        let usable = match Uuid::parse_str(&raw) {
-            Ok(id) => sqlx::query_scalar::<_, i32>(
-                "SELECT floq_access($2, 'integration', id, NULL) FROM credentials WHERE id = $1",
-            )
-            .bind(id)
-            .bind(principal.user_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .is_some_and(|level| principal.is_admin() || level >= Level::Execute as i32),
-            Err(_) => false,
-        };
-        if !usable {
-            errors.push(json!({"field": field, "message": "no credential you may use has this id"}));
+/// A flow may only reach (credentials, sub-flows, secret KV values) what
+/// `principal` may use: `execute` on each, or admin. Unknown, foreign and
+/// unusable references are told apart from nothing: each is "not one you may
+/// use". Checked for the author on save and for the deployer on deploy; the
+/// worker checks the deployer again when the flow runs.
+async fn usable_reach(tx: &mut db::Tx, principal: &Principal, def: &Value) -> ApiResult<()> {
+    let (refs, misuse) = reach::references(def);
+    let mut errors: Vec<Value> = misuse
+        .iter()
+        .map(|m| json!({"field": m.field, "message": m.message}))
+        .collect();
+    for r in refs {
+        let usable: Option<bool> =
+            match r.target {
+                Target::Credential => match Uuid::parse_str(&r.name) {
+                    Ok(id) => {
+                        sqlx::query_scalar(
+                            "SELECT floq_may_use($2, 'integration', id, NULL) FROM credentials WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(principal.user_id)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                    }
+                    Err(_) => None,
+                },
+                Target::SubFlow => match Uuid::parse_str(&r.name) {
+                    Ok(id) => sqlx::query_scalar(
+                        "SELECT floq_may_use($2, 'flow', id, group_id) FROM flows WHERE id = $1 AND deleted_at IS NULL",
+                    )
+                    .bind(id)
+                    .bind(principal.user_id)
+                    .fetch_optional(&mut **tx)
+                    .await?,
+                    Err(_) => None,
+                },
+                Target::Secret => {
+                    sqlx::query_scalar(
+                        "SELECT floq_may_use($2, 'secret', id, NULL) FROM kv WHERE key = $1 AND secret IS NOT NULL",
+                    )
+                    .bind(&r.name)
+                    .bind(principal.user_id)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                }
+            };
+        if usable != Some(true) {
+            let what = match r.target {
+                Target::Credential => "no credential you may use has this id",
+                Target::SubFlow => "no flow you may run has this id",
+                Target::Secret => "no secret value you may use has this key",
+            };
+            errors.push(json!({"field": r.field, "message": what}));
         }
     }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(ApiError::validation(
-            "the flow names credentials it may not use",
+            "the flow reaches what it may not use",
             json!(errors),
         ))
     }
@@ -142,7 +162,7 @@ async fn create(
     if let Some(group) = body.group_id {
         access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
     }
-    usable_credentials(&mut tx, &auth.principal, &definition).await?;
+    usable_reach(&mut tx, &auth.principal, &definition).await?;
     let flow: Flow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO flows (id, company_id, name, definition, group_id) VALUES ($1, $2, $3, $4, $5) RETURNING {FLOW_COLUMNS}"
     )))
@@ -223,7 +243,7 @@ async fn update(
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, id).await?;
     if let Some(def) = &definition {
-        usable_credentials(&mut tx, &auth.principal, def).await?;
+        usable_reach(&mut tx, &auth.principal, def).await?;
     }
     if let Some(Some(group)) = body.group_id {
         access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
@@ -276,6 +296,9 @@ async fn deploy(
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
+    // The version runs with what its deployer may use, so the deployer must be able to use all of it now.
+    let draft = fetch(&mut tx, id).await?;
+    usable_reach(&mut tx, &auth.principal, &draft.definition).await?;
     // The row lock serializes concurrent deploys of one flow, so numbers never collide.
     let version: i32 = sqlx::query_scalar(
         "UPDATE flows SET latest_version = COALESCE(latest_version, 0) + 1
@@ -286,11 +309,12 @@ async fn deploy(
     .await?
     .ok_or_else(|| ApiError::not_found("flow"))?;
     sqlx::query(
-        "INSERT INTO flow_versions (company_id, flow_id, version, definition)
-         SELECT company_id, id, $2, definition FROM flows WHERE id = $1",
+        "INSERT INTO flow_versions (company_id, flow_id, version, definition, deployed_by)
+         SELECT company_id, id, $2, definition, $3 FROM flows WHERE id = $1",
     )
     .bind(id)
     .bind(version)
+    .bind(auth.principal.user_id)
     .execute(&mut *tx)
     .await?;
     let deployed = Deployed { flow_id: id, version };

@@ -1,5 +1,5 @@
 //! `/api/v1/grants`: who (a user or a group) may view, execute or edit which
-//! flow, flow group or integration. Admin only.
+//! flow, flow group, integration or secret KV value. Admin only.
 
 use axum::Json;
 use axum::Router;
@@ -52,7 +52,7 @@ fn subject_type(v: &str) -> Result<(), validator::ValidationError> {
 }
 
 fn entity_type(v: &str) -> Result<(), validator::ValidationError> {
-    one_of(v, &["flow", "flow_group", "integration"])
+    one_of(v, &["flow", "flow_group", "integration", "secret"])
 }
 
 fn level(v: &str) -> Result<(), validator::ValidationError> {
@@ -98,6 +98,7 @@ async fn create(
     let entity_sql = match body.entity_type.as_str() {
         "flow" => "SELECT EXISTS (SELECT 1 FROM flows WHERE id = $1 AND deleted_at IS NULL)",
         "flow_group" => "SELECT EXISTS (SELECT 1 FROM flow_groups WHERE id = $1)",
+        "secret" => "SELECT EXISTS (SELECT 1 FROM kv WHERE id = $1 AND secret IS NOT NULL)",
         _ => "SELECT EXISTS (SELECT 1 FROM credentials WHERE id = $1)",
     };
     for (sql, id, what) in [

@@ -10,8 +10,10 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use uuid::Uuid;
 use validator::Validate;
 
+use crate::access;
 use crate::audit;
 use crate::authz::{Authorized, KvRead, KvWrite};
 use crate::error::{ApiError, ApiResult};
@@ -28,14 +30,18 @@ pub fn router() -> Router<AppState> {
 /// What a read shows: the value, or only that a secret is there.
 #[derive(Clone, Serialize, sqlx::FromRow)]
 struct Entry {
+    /// What grants on a secret value name (`entity_type: "secret"`).
+    id: Uuid,
     key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<Value>,
     secret: bool,
+    /// For secret values: where they may be sent; empty: anywhere the egress policy allows.
+    allowed_origins: Vec<String>,
     updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "key, value, secret IS NOT NULL AS secret, updated_at";
+const COLUMNS: &str = "id, key, value, secret IS NOT NULL AS secret, allowed_origins, updated_at";
 const MAX_VALUE_BYTES: usize = 256 * 1024;
 
 fn valid_key(raw: &str) -> ApiResult<&str> {
@@ -85,6 +91,9 @@ async fn show(
 #[serde(deny_unknown_fields)]
 struct PutValue {
     value: Value,
+    /// Only for `secret:` values.
+    #[serde(default)]
+    allowed_origins: Vec<String>,
 }
 
 async fn put(
@@ -102,6 +111,17 @@ async fn put(
         ));
     }
     let company_id = auth.principal.company_id;
+    let allowed_origins = super::credentials::origins(&body.allowed_origins)?;
+    let is_secret = body
+        .value
+        .as_str()
+        .is_some_and(|s| s.starts_with(secrets::SECRET_PREFIX));
+    if !is_secret && !allowed_origins.is_empty() {
+        return Err(ApiError::validation(
+            "allowed_origins is only for secret values",
+            json!([{"field": "allowed_origins", "message": "only a `secret:` value can be bound to origins"}]),
+        ));
+    }
     let (plain, sealed) = match body.value.as_str().and_then(|s| s.strip_prefix(secrets::SECRET_PREFIX)) {
         Some(secret) => {
             let sealed = state
@@ -115,9 +135,10 @@ async fn put(
     let before = fetch(&mut tx, key).await?;
     let key_id = sealed.as_ref().map(|_| state.keyring.primary_id());
     let after: Entry = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO kv (company_id, key, value, secret, key_id) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO kv (company_id, key, value, secret, key_id, allowed_origins) VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (company_id, key) DO UPDATE
-            SET value = excluded.value, secret = excluded.secret, key_id = excluded.key_id, updated_at = now()
+            SET value = excluded.value, secret = excluded.secret, key_id = excluded.key_id,
+                allowed_origins = excluded.allowed_origins, updated_at = now()
          RETURNING {COLUMNS}"
     )))
     .bind(company_id)
@@ -125,10 +146,15 @@ async fn put(
     .bind(plain)
     .bind(sealed)
     .bind(key_id)
+    .bind(allowed_origins)
     .fetch_one(&mut *tx)
     .await?;
     let entry = auth.principal.audit("kv.put", "kv", key);
     audit::record(&mut tx, &[entry.change(before.as_ref(), Some(&after))]).await?;
+    if after.secret {
+        // Like a credential: its creator may use it in flows; others need a grant.
+        access::grant_creator(&mut tx, &auth.principal, "secret", after.id).await?;
+    }
     tx.commit().await?;
     Ok(Json(after))
 }

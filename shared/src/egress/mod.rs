@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use ipnet::IpNet;
 
 mod http;
+pub mod origin;
 mod postgres;
 mod smtp;
 

@@ -54,7 +54,7 @@ fn kv_key() -> Value {
     tpl(json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}))
 }
 
-/// A credential reference: the worker decrypts it for the node when it
+/// An entity id (credential, sub-flow). A credential reference: the worker decrypts it for the node when it
 /// starts. Never a template: which credentials a flow uses is fixed (and
 /// checked against its author's grants) when it is saved.
 fn credential() -> Value {
@@ -176,7 +176,8 @@ fn specs() -> Vec<NodeSpec> {
             summary: "Runs the latest deployed version of another flow of this company with `input` and outputs its output.",
             params_schema: object(
                 json!({
-                    "flow_id": tpl(json!({"type": "string", "format": "uuid"})),
+                    // Never a template: which flows a flow may run is checked against grants.
+                    "flow_id": credential(),
                     "input": {}
                 }),
                 &["flow_id"],

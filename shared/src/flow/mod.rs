@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod definition;
+pub mod reach;
 pub mod template;
 pub mod validate;
 

@@ -7,6 +7,7 @@ mod flows;
 mod grants;
 mod identity;
 mod nodes;
+mod reach;
 mod resilience;
 mod retention;
 mod runs;

@@ -206,13 +206,22 @@ async fn sub_flows_run_another_deployed_flow_of_the_company_only() {
     let theirs = theirs["id"].as_str().unwrap();
     app.post(&format!("/api/v1/flows/{theirs}/deploy"), &globex.api_key, json!({}))
         .await;
-    let run = app
-        .run_flow(
-            json!({"nodes": [{"id": "call", "type": "sub_flow", "params": {"flow_id": theirs}}]}),
-            json!({}),
+    let (status, body) = app
+        .post(
+            "/api/v1/flows",
+            &app.admin.api_key,
+            json!({"name": "reach", "definition": {"nodes": [{"id": "call", "type": "sub_flow", "params": {"flow_id": theirs}}]}}),
         )
         .await;
-    assert_eq!(failure(&run).0, "sub_flow_not_found");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["error"]["details"][0]["field"], "definition.nodes[0].params.flow_id",
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["details"][0]["message"], "no flow you may run has this id",
+        "{body}"
+    );
     app.teardown().await;
 }
 

@@ -187,7 +187,7 @@ async fn no_endpoint_ever_returns_secret_material() {
     let (_, kv) = app.get("/api/v1/kv/webhook-secret", &admin).await;
     assert_eq!(
         kv,
-        json!({"key": "webhook-secret", "secret": true, "updated_at": kv["updated_at"]})
+        json!({"id": kv["id"], "key": "webhook-secret", "secret": true, "allowed_origins": [], "updated_at": kv["updated_at"]})
     );
     app.teardown().await;
 }

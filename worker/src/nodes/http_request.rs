@@ -12,7 +12,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde_json::{Map, Value, json};
 
-use super::{Node, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, egress_error, millis, text};
+use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult, egress_error, millis, text};
 use crate::vault::Credential;
 use floq_shared::egress::SendError;
 
@@ -23,7 +23,7 @@ const DEFAULT_REDIRECTS: u64 = 5;
 
 impl Node for HttpRequest {
     fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
-        async move { call(&ctx.params, &ctx.env, ctx.credential.as_deref()).await }.boxed()
+        async move { call(&ctx).await }.boxed()
     }
 }
 
@@ -59,7 +59,8 @@ fn authorize(request: RequestBuilder, credential: &Credential) -> Result<Request
     })
 }
 
-async fn call(params: &Value, env: &NodeEnv, credential: Option<&Credential>) -> NodeResult {
+async fn call(ctx: &NodeCtx) -> NodeResult {
+    let (params, env, credential) = (&ctx.params, &ctx.env, ctx.credential.as_deref());
     let method = params
         .get("method")
         .and_then(Value::as_str)
@@ -91,6 +92,8 @@ async fn call(params: &Value, env: &NodeEnv, credential: Option<&Credential>) ->
     let mut redirects = 0;
     let mut response = loop {
         let credential = credential.filter(|_| url.origin() == origin);
+        // Secrets in params go to every hop; the credential only to the first origin.
+        ctx.check_destination(&url.origin().ascii_serialization(), credential.is_some())?;
         let mut target = url.clone();
         if let Some(c) = credential.filter(|c| c.kind == "api_key_query") {
             target

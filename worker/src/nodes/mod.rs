@@ -101,6 +101,8 @@ pub struct RunCtx {
     pub depth: u32,
     /// The company's plain KV values (`$vars`), loaded once per run when the flow reads them.
     pub vars: Option<Arc<Value>>,
+    /// The deployer of the version being executed (a sub-flow's own deployer inside it).
+    pub deployed_by: Option<Uuid>,
 }
 
 /// Sub-flows and loops nest at most this deep.
@@ -118,6 +120,8 @@ pub struct NodeCtx {
     pub body: Option<Arc<CompiledFlow>>,
     /// The credential named by `credential_id`, decrypted for this node only.
     pub credential: Option<Arc<Credential>>,
+    /// Secret KV values in `params` that are bound to origins: `(key, origins)`.
+    pub secret_origins: Arc<Vec<(String, Vec<String>)>>,
     pub run: Arc<RunCtx>,
     pub env: Arc<NodeEnv>,
 }
@@ -162,6 +166,40 @@ pub fn sandbox_error(e: SandboxError) -> NodeError {
 /// A connection the egress policy refused (or a name that did not resolve), as a node failure.
 pub fn egress_error(e: &floq_shared::egress::EgressError) -> NodeError {
     NodeError::new(e.code(), e.to_string())
+}
+
+/// The deployer of the running version may no longer use what it reaches.
+pub fn lacks_access(what: &str) -> NodeError {
+    NodeError::new(
+        "author_lacks_access",
+        format!("the user who deployed this flow may not use {what}; an admin or a user with access must redeploy it"),
+    )
+}
+
+impl NodeCtx {
+    /// Refuses to open a connection to `origin` when a secret this node holds may
+    /// not go there. `with_credential`: the node's credential travels on this
+    /// connection too (an HTTP redirect to another origin drops it).
+    pub fn check_destination(&self, origin: &str, with_credential: bool) -> Result<(), NodeError> {
+        let refuse = |what: String| {
+            Err(NodeError::new(
+                "destination_not_allowed",
+                format!("{what} may not be sent to {origin} (see its allowed_origins)"),
+            ))
+        };
+        if let Some(c) = self.credential.as_ref().filter(|_| with_credential)
+            && !c.allowed_origins.is_empty()
+            && !c.allowed_origins.iter().any(|o| o == origin)
+        {
+            return refuse(format!("credential {}", c.id));
+        }
+        for (key, origins) in self.secret_origins.iter() {
+            if !origins.iter().any(|o| o == origin) {
+                return refuse(format!("the secret `{key}`"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A param as text: strings as they are, other JSON as its text.

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgRow};
 use sqlx::{Column, ConnectOptions, Connection, Row, TypeInfo};
 
 use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult, egress_error, millis};
-use floq_shared::egress::PgTargetError;
+use floq_shared::egress::{PgTargetError, origin};
 
 pub struct Postgres;
 
@@ -42,6 +42,7 @@ impl Node for Postgres {
                     ));
                 }
             };
+            ctx.check_destination(&origin::of_uri(uri).unwrap_or_default(), true)?;
             let query = params
                 .get("query")
                 .and_then(Value::as_str)

@@ -11,7 +11,7 @@ use lettre::{AsyncTransport, Message};
 use serde_json::{Value, json};
 
 use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult, egress_error, millis};
-use floq_shared::egress::{Policy, SmtpTargetError};
+use floq_shared::egress::{Policy, SmtpTargetError, origin};
 
 pub struct SmtpSend;
 
@@ -32,6 +32,7 @@ impl Node for SmtpSend {
                 (None, Some(uri)) => uri.to_string(),
                 (None, None) => return Err(NodeError::invalid("`smtp_uri` or `credential_id` is required")),
             };
+            ctx.check_destination(&origin::of_uri(&uri).unwrap_or_default(), true)?;
             send(&ctx.params, &ctx.env.egress, zeroize::Zeroizing::new(uri)).await
         }
         .boxed()

@@ -1,12 +1,14 @@
 //! `sub_flow`: runs the latest deployed version of another flow of the same
 //! company, in this worker, with `input` as its `$input`, and outputs the
-//! sub-flow's output. Nesting is bounded ([`super::MAX_DEPTH`]).
+//! sub-flow's output. Nesting is bounded ([`super::MAX_DEPTH`]). The
+//! calling version's deployer must be allowed to run the sub-flow, and the
+//! sub-flow then runs with its own deployer's reach.
 
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{MAX_DEPTH, Node, NodeCtx, NodeError, NodeOutput, NodeResult};
+use super::{MAX_DEPTH, Node, NodeCtx, NodeError, NodeOutput, NodeResult, lacks_access};
 use crate::executor::{self, RunInput, RunStatus};
 use floq_shared::db;
 
@@ -30,21 +32,26 @@ impl Node for SubFlow {
             let company_id = ctx.run.company_id;
             let unavailable = |_| NodeError::new("sub_flow_unavailable", "the sub-flow could not be loaded");
             // Under the run's company: another company's flow id is simply not found.
-            let version: Option<i32> = async {
+            // The caller's deployer must still be allowed to run it (grants can be revoked after deploy).
+            let found: Option<(i32, bool)> = async {
                 let mut tx = db::tenant_tx(&ctx.env.pool, company_id).await?;
-                let version = sqlx::query_scalar(
-                    "SELECT latest_version FROM flows WHERE id = $1 AND deleted_at IS NULL AND latest_version IS NOT NULL",
+                let found = sqlx::query_as(
+                    "SELECT latest_version, COALESCE(floq_may_use($2, 'flow', id, group_id), false) FROM flows
+                      WHERE id = $1 AND deleted_at IS NULL AND latest_version IS NOT NULL",
                 )
                 .bind(flow_id)
+                .bind(ctx.run.deployed_by)
                 .fetch_optional(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok::<_, sqlx::Error>(version)
+                Ok::<_, sqlx::Error>(found)
             }
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-            let Some(version) = version else {
-                return Err(NodeError::new("sub_flow_not_found", "no deployed flow with this id"));
+            let version = match found {
+                None => return Err(NodeError::new("sub_flow_not_found", "no deployed flow with this id")),
+                Some((_, false)) => return Err(lacks_access(&format!("flow {flow_id}"))),
+                Some((version, true)) => version,
             };
             let flow = ctx
                 .env
@@ -53,10 +60,15 @@ impl Node for SubFlow {
                 .await
                 .map_err(|e| unavailable(e.to_string()))?
                 .ok_or_else(|| NodeError::new("sub_flow_not_found", "no deployed flow with this id"))?;
-            let input = ctx.params.get("input").cloned().unwrap_or(Value::Object(Default::default()));
+            let input = ctx
+                .params
+                .get("input")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
             let mut run = (*ctx.run).clone();
             run.depth += 1;
             run.flow_id = flow_id;
+            run.deployed_by = flow.deployed_by;
             let outcome = executor::execute(&flow, RunInput { run, input: &input }, ctx.env.clone()).await;
             match outcome.status {
                 RunStatus::Succeeded => Ok(NodeOutput::value(outcome.output.unwrap_or(Value::Null))),
