@@ -110,6 +110,24 @@ pub async fn require_integration(
     }
 }
 
+/// Replacing or deleting a secret KV value needs `edit` on it (or admin): who
+/// may write KV in general may not swap a secret another member's flows send.
+pub async fn require_secret_edit(tx: &mut db::Tx, principal: &Principal, secret_id: Uuid) -> ApiResult<()> {
+    if principal.is_admin() {
+        return Ok(());
+    }
+    let granted: i32 = sqlx::query_scalar("SELECT floq_access($1, 'secret', $2, NULL)")
+        .bind(principal.user_id)
+        .bind(secret_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    if granted >= Level::Edit as i32 {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("secret:edit").denied("secret:edit", Some(("secret", secret_id.to_string()))))
+    }
+}
+
 /// Gives the creator of an entity `edit` on it, so a non-admin can reach what they made.
 pub async fn grant_creator(
     tx: &mut db::Tx,

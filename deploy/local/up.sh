@@ -72,6 +72,10 @@ FLOQ_JWT_SECRET=$secret
 FLOQ_DATABASE_URL=postgres://postgres@127.0.0.1:5432/floq
 FLOQ_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f
 FLOQ_QUEUE_PREFIX=floq
+# Flows may not reach loopback or private addresses unless listed here, e.g.
+# FLOQ_EGRESS_ALLOW=127.0.0.1:9000,10.0.0.0/8 (the database, broker and floq's
+# own ports stay denied whatever this says). The example flows need nothing.
+FLOQ_EGRESS_ALLOW=
 EOF
   )
   mv "$ENV_FILE.tmp" "$ENV_FILE"

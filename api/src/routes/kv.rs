@@ -133,6 +133,9 @@ async fn put(
     };
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let before = fetch(&mut tx, key).await?;
+    if let Some(secret) = before.as_ref().filter(|b| b.secret) {
+        access::require_secret_edit(&mut tx, &auth.principal, secret.id).await?;
+    }
     let key_id = sealed.as_ref().map(|_| state.keyring.primary_id());
     let after: Entry = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO kv (company_id, key, value, secret, key_id, allowed_origins) VALUES ($1, $2, $3, $4, $5, $6)
@@ -167,6 +170,13 @@ async fn remove(
     let key = valid_key(&key)?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let before = fetch(&mut tx, key).await?.ok_or_else(|| ApiError::not_found("key"))?;
+    if before.secret {
+        access::require_secret_edit(&mut tx, &auth.principal, before.id).await?;
+    }
+    sqlx::query("DELETE FROM grants WHERE entity_type = 'secret' AND entity_id = $1")
+        .bind(before.id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM kv WHERE key = $1")
         .bind(key)
         .execute(&mut *tx)

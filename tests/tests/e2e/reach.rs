@@ -347,3 +347,39 @@ async fn credentials_and_secrets_bound_to_origins_are_never_sent_elsewhere() {
     assert_eq!(run["status"], "succeeded", "{run}");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_member_who_may_write_kv_cannot_swap_or_delete_a_secret_they_were_not_granted() {
+    let app = TestApp::spawn().await;
+    let (status, _) = app
+        .request(
+            Method::PUT,
+            "/api/v1/kv/bank-token",
+            &app.admin.api_key,
+            Some(json!({"value": "secret:bank-SECRET-123456"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let editor = app.member(&["flow_editor"]).await;
+    for method in [Method::PUT, Method::DELETE] {
+        let body = (method == Method::PUT).then(|| json!({"value": "secret:attacker-CHOSEN-999"}));
+        let (status, body) = app
+            .request(method, "/api/v1/kv/bank-token", &editor.api_key, body)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    }
+    // Their own secret is theirs to replace.
+    for value in ["secret:mine-SECRET-1111", "secret:mine-SECRET-2222"] {
+        let (status, body) = app
+            .request(
+                Method::PUT,
+                "/api/v1/kv/mine",
+                &editor.api_key,
+                Some(json!({"value": value})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    app.teardown().await;
+}
