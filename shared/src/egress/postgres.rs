@@ -21,11 +21,11 @@ impl Policy {
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(PgTargetError::Invalid);
         }
-        // `?host=` and `?hostaddr=` would override the authority (sockets included).
-        if url
-            .query_pairs()
-            .any(|(k, _)| k == "host" || k == "hostaddr" || k == "port")
-        {
+        // Only parameters that change nothing on this machine: `host`/`hostaddr`/`port`
+        // would override the vetted authority (sockets included), and the `ssl*` file
+        // parameters would make the worker read (and present) files of its own host.
+        const ALLOWED: [&str; 4] = ["sslmode", "application_name", "connect_timeout", "options"];
+        if url.query_pairs().any(|(k, _)| !ALLOWED.contains(&k.as_ref())) {
             return Err(PgTargetError::Invalid);
         }
         let host = match url.host() {

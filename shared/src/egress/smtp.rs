@@ -46,10 +46,14 @@ impl Policy {
             .first()
             .ok_or(SmtpTargetError::Invalid)?;
         let tls = |name: String| TlsParameters::new(name).map_err(|_| SmtpTargetError::Invalid);
-        let tls = match tls_kind {
-            2 => Tls::Wrapper(tls(host.clone())?),
-            1 => Tls::Required(tls(host.clone())?),
-            _ => Tls::None,
+        // `smtp://…?tls=required` is lettre's spelling of STARTTLS; honour it rather than downgrade.
+        let starttls = url.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
+        let tls = match (tls_kind, starttls.as_deref()) {
+            (2, _) => Tls::Wrapper(tls(host.clone())?),
+            (1, _) | (0, Some("required")) => Tls::Required(tls(host.clone())?),
+            (0, Some("opportunistic")) => Tls::Opportunistic(tls(host.clone())?),
+            (0, None) => Tls::None,
+            _ => return Err(SmtpTargetError::Invalid),
         };
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
             .port(addr.port())

@@ -214,6 +214,10 @@ async fn the_postgres_node_connects_only_through_a_credential_and_never_to_the_p
             format!("postgres://x@10.9.9.9/{db}?host=/var/run/postgresql"),
             "invalid_params",
         ),
+        (
+            format!("postgres://x@203.0.113.9/{db}?sslmode=require&sslkey=/etc/ssl/private/k.pem"),
+            "invalid_params",
+        ),
     ] {
         let cred = app.credential(key, "postgres", json!({"uri": uri})).await;
         let run = app
