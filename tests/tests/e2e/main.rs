@@ -12,4 +12,5 @@ mod runs;
 mod schedules;
 mod secrets;
 mod tenancy;
+mod webhook_safety;
 mod webhooks;
