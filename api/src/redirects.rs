@@ -182,6 +182,7 @@ mod tests {
             "/\t/evil.example",
             "HTTPS://EVIL.EXAMPLE",
             "https:evil.example",
+            "https://evil.example/\u{fc}ber",
             "javascript:alert(1)",
             "data:text/html,<script>1</script>",
         ] {

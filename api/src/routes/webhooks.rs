@@ -542,16 +542,17 @@ fn respond_reply(mut respond: Value, redirects: &RedirectOrigins) -> Result<Resp
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
     for (name, value) in respond.get("headers").and_then(Value::as_object).into_iter().flatten() {
-        let (Ok(name), Some(Ok(value))) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            value.as_str().map(HeaderValue::from_str),
-        ) else {
+        let (Ok(name), Some(text)) = (HeaderName::from_bytes(name.as_bytes()), value.as_str()) else {
+            continue;
+        };
+        let Ok(value) = HeaderValue::from_str(text) else {
             continue;
         };
         if FORBIDDEN_REPLY_HEADERS.contains(&name.as_str()) {
             continue;
         }
-        redirects.check(name.as_str(), value.to_str().unwrap_or_default())?;
+        // The text as sent (a header value may hold non-ASCII bytes `to_str` would not give back).
+        redirects.check(name.as_str(), text)?;
         headers.insert(name, value);
     }
     Ok(response)

@@ -253,6 +253,13 @@ async fn a_respond_node_redirects_only_on_the_apis_origin_or_to_origins_its_webh
     .await;
     refused_redirect(
         &url,
+        json!({"location": "https://evil.example/über"}),
+        "location",
+        "https://evil.example",
+    )
+    .await;
+    refused_redirect(
+        &url,
         json!({"link": "</next>; rel=next, <https://evil.example/x>; rel=prerender"}),
         "link",
         "https://evil.example",
