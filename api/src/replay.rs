@@ -6,7 +6,8 @@
 //! The claim is one `INSERT … ON CONFLICT DO NOTHING` inside the token
 //! lookup's transaction: one extra round trip, only for signed webhooks. A
 //! claim whose run was then not accepted is released, so the sender may
-//! retry the same request. This module owns that table's SQL except the
+//! retry the same request (the webhook handler runs claim, acceptance and
+//! release in one spawned task, so a caller hanging up cannot split them). This module owns that table's SQL except the
 //! scheduler's trim of expired claims (`scheduler/src/retention.rs`).
 
 use chrono::{DateTime, Utc};

@@ -386,12 +386,6 @@ async fn receive(
     };
     let wait = wait_for(&state, &query, &hook)?;
     let idempotency_key = idempotency_key(&headers)?;
-    if let Some(sig) = &signature
-        && !replay::claim(&mut tx, flow_id, company_id, sig).await?
-    {
-        return Err(replayed());
-    }
-    tx.commit().await?;
     let input = run_input(&method, query, hook.allow_wait, &headers, &hook.signature_header, &body);
     let redirects = RedirectOrigins::from_stored(hook.redirect_origins);
     let mut actor = Actor::system("webhook");
@@ -406,13 +400,17 @@ async fn receive(
         idempotency_key,
         wait: wait.is_some(),
     };
-    let accepted_run = state.acceptor.accept(request).await;
-    if let (Err(_), Some(sig)) = (&accepted_run, &signature) {
-        // No run started: the sender may send this request again.
-        if let Err(e) = replay::release(&state.pool, company_id, flow_id, sig).await {
-            tracing::warn!(error = %e, %flow_id, "cannot release a webhook signature claim; its retry will be refused");
+    let accepted_run = match signature {
+        None => {
+            tx.commit().await?;
+            state.acceptor.accept(request).await
         }
-    }
+        // A task of its own, so a caller hanging up mid-way cannot leave a
+        // claim without its run (its retry refused) or a run without its claim.
+        Some(sig) => tokio::spawn(claim_and_accept(state.clone(), tx, request, sig))
+            .await
+            .map_err(ApiError::internal)??,
+    };
     match accepted_run {
         Ok(Accepted::New { run_id, reply, .. }) => {
             let (Some(wait), Some(mut waiter)) = (wait, reply) else {
@@ -447,6 +445,29 @@ async fn receive(
         )),
         Err(e) => Err(ApiError::internal(e)),
     }
+}
+
+/// Claims the signature (in the lookup's transaction), then hands the run to
+/// the acceptor; a run that was not accepted releases its claim, so the
+/// sender may send the same request again.
+async fn claim_and_accept(
+    state: AppState,
+    mut tx: db::Tx,
+    request: RunRequest,
+    sig: Signature,
+) -> ApiResult<Result<Accepted, AcceptError>> {
+    let (flow_id, company_id) = (request.flow_id, request.company_id);
+    if !replay::claim(&mut tx, flow_id, company_id, &sig).await? {
+        return Err(replayed());
+    }
+    tx.commit().await?;
+    let accepted = state.acceptor.accept(request).await;
+    if accepted.is_err()
+        && let Err(e) = replay::release(&state.pool, company_id, flow_id, &sig).await
+    {
+        tracing::warn!(error = %e, %flow_id, "cannot release a webhook signature claim; its retry will be refused");
+    }
+    Ok(accepted)
 }
 
 /// The request as the run sees it: `{method, body, query, headers}`, without
