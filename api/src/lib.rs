@@ -13,6 +13,8 @@ pub mod key_cache;
 pub mod middleware;
 pub mod password;
 pub mod rate;
+pub mod redirects;
+pub mod replay;
 pub mod rotate;
 mod routes;
 pub mod session;
@@ -33,6 +35,8 @@ use floq_shared::{Config, db, ops, queue};
 
 pub struct Running {
     pub addr: SocketAddr,
+    /// The internal listener (`FLOQ_API_METRICS_ADDR`): `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_addr: SocketAddr,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -86,6 +90,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let publisher = publisher.clone();
         Arc::new(move || publisher.is_connected())
     };
+    let ready = ops::db_and_broker_ready(pool.clone(), broker_up);
     let app = Router::new()
         .merge(routes::router())
         .fallback(|| async { error::ApiError::not_found("route") })
@@ -96,7 +101,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             middleware::envelope,
         ))
         .layer(middleware::cors(&config.cors_origins))
-        .merge(ops::router(ops::db_and_broker_ready(pool.clone(), broker_up)));
+        // Health is public; metrics are not: they are served only on the internal listener.
+        .merge(ops::health_router(ready.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -104,6 +110,15 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "floq-api listening");
     let protected = floq_shared::egress::register_listener(addr);
+    let metrics_shutdown = CancellationToken::new();
+    let (metrics_addr, metrics_task) = ops::serve(
+        config.api_metrics_addr,
+        ops::router(ready, config.metrics_token.clone()),
+        metrics_shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on {} (FLOQ_API_METRICS_ADDR)", config.api_metrics_addr))?;
+    tracing::info!(addr = %metrics_addr, "floq-api serving metrics and health");
     let handle = tokio::spawn(async move {
         let _protected = protected;
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -117,12 +132,18 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let _ = audit_task.await;
         listener_shutdown.cancel();
         let _ = key_listener.await;
+        metrics_shutdown.cancel();
+        let _ = metrics_task.await;
         drop(conn);
         pool.close().await;
         tracing::info!("floq-api stopped");
         Ok(())
     });
-    Ok(Running { addr, handle })
+    Ok(Running {
+        addr,
+        metrics_addr,
+        handle,
+    })
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

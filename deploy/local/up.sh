@@ -8,8 +8,9 @@
 #
 # Environment:
 #   CARGO_TARGET_DIR     default /var/tmp/floq-target
-#   FLOQ_HTTP_ADDR, FLOQ_WORKER_HTTP_ADDR, FLOQ_SCHEDULER_HTTP_ADDR
-#                        defaults 127.0.0.1:8080 / :8081 / :8082
+#   FLOQ_HTTP_ADDR, FLOQ_WORKER_HTTP_ADDR, FLOQ_SCHEDULER_HTTP_ADDR, FLOQ_API_METRICS_ADDR
+#                        defaults 127.0.0.1:8080 / :8081 / :8082 / :8083 (the API's /metrics
+#                        is only on :8083; every /metrics needs the generated FLOQ_METRICS_TOKEN)
 #   FLOQ_UP_NO_WAIT=1    stop the stack and exit right after the example run (smoke test)
 #
 # Local state lives in .local/ (git-ignored): floq.env, bootstrap.json, logs/.
@@ -88,6 +89,13 @@ if ! grep -q '^FLOQ_ENC_KEY_SECRET=' "$ENV_FILE"; then
   [[ ${#enc_secret} -eq 256 && ${#enc_salt} -eq 64 ]] || die "could not generate the encryption key"
   printf 'FLOQ_ENC_KEY_SECRET=%s\nFLOQ_ENC_KEY_SALT=%s\n' "$enc_secret" "$enc_salt" >>"$ENV_FILE"
 fi
+# A metrics token (added to env files made before it existed): /metrics is not for everyone who can reach it.
+if ! grep -q '^FLOQ_METRICS_TOKEN=' "$ENV_FILE"; then
+  step "generating the metrics token in $ENV_FILE"
+  metrics_token=$(openssl rand -hex 32 2>/dev/null || od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+  [[ $metrics_token =~ ^[0-9a-f]{64}$ ]] || die "could not generate the metrics token"
+  printf 'FLOQ_METRICS_TOKEN=%s\n' "$metrics_token" >>"$ENV_FILE"
+fi
 chmod 600 "$ENV_FILE"
 set -a
 # shellcheck source=/dev/null
@@ -157,6 +165,7 @@ KEY=$(json_field api_key <"$BOOTSTRAP_FILE") || die "cannot read $BOOTSTRAP_FILE
 API_ADDR=${FLOQ_HTTP_ADDR:-127.0.0.1:8080}
 WORKER_ADDR=${FLOQ_WORKER_HTTP_ADDR:-127.0.0.1:8081}
 SCHEDULER_ADDR=${FLOQ_SCHEDULER_HTTP_ADDR:-127.0.0.1:8082}
+API_METRICS_ADDR=${FLOQ_API_METRICS_ADDR:-127.0.0.1:8083}
 API_URL=http://$API_ADDR
 NAMES=(api worker scheduler)
 ADDRS=("$API_ADDR" "$WORKER_ADDR" "$SCHEDULER_ADDR")
@@ -201,12 +210,12 @@ log_tail() {
 }
 
 step "starting floq-api, floq-worker, floq-scheduler (logs: $LOGS/)"
-for i in "${!NAMES[@]}"; do
+for addr in "${ADDRS[@]}" "$API_METRICS_ADDR"; do
   # Something already answering there would fake readiness: refuse to start.
-  host=${ADDRS[i]%:*}
-  port=${ADDRS[i]##*:}
+  host=${addr%:*}
+  port=${addr##*:}
   if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
-    die "${ADDRS[i]} is already in use (another floq stack running?)"
+    die "$addr is already in use (another floq stack running?)"
   fi
 done
 for i in "${!NAMES[@]}"; do
@@ -322,6 +331,8 @@ cat <<EOF
 API:      $API_URL
 API key:  $KEY   (also in $BOOTSTRAP_FILE)
 Logs:     $LOGS/{api,worker,scheduler}.log
+Metrics:  http://$API_METRICS_ADDR/metrics, http://$WORKER_ADDR/metrics, http://$SCHEDULER_ADDR/metrics
+          (Authorization: Bearer \$FLOQ_METRICS_TOKEN from $ENV_FILE)
 
 Try:
   export FLOQ_KEY='$KEY'

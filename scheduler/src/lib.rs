@@ -26,6 +26,10 @@ pub struct Running {
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
 
+/// How often expired webhook signature claims are forgotten: they live for a
+/// webhook's tolerance (minutes), so the hourly retention pass would let them pile up.
+const SIGNATURE_TRIM_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How often a standby tries to take the lead.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
@@ -58,7 +62,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let ops_shutdown = CancellationToken::new();
     let (addr, ops_task) = ops::serve(
         config.scheduler_http_addr,
-        ops::router(ops::db_and_broker_ready(pool.clone(), broker_up)),
+        ops::router(
+            ops::db_and_broker_ready(pool.clone(), broker_up),
+            config.metrics_token.clone(),
+        ),
         ops_shutdown.clone(),
     )
     .await
@@ -96,12 +103,15 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
                 cron_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut retention_tick = tokio::time::interval(config.retention_interval);
                 retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut claims_tick = tokio::time::interval(SIGNATURE_TRIM_INTERVAL);
+                claims_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     let duty = tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = sweep_tick.tick() => Duty::OutboxSweep,
                         _ = seal_tick.tick() => Duty::AuditSeal,
                         _ = retention_tick.tick() => Duty::Retention,
+                        _ = claims_tick.tick() => Duty::SignatureTrim,
                         _ = cron_tick.tick() => Duty::Cron,
                     };
                     if !leadership.still_held().await {
@@ -114,6 +124,7 @@ async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publ
                             .map(drop),
                         Duty::AuditSeal => seal_all(pool, config).await,
                         Duty::Retention => retention::enforce(pool).await.map(drop),
+                        Duty::SignatureTrim => retention::trim_webhook_signatures(pool).await.map(drop),
                         Duty::Cron => cron_fire::fire_due(pool, publisher).await.map(drop),
                     };
                     if let Err(e) = done {
@@ -142,6 +153,7 @@ enum Duty {
     OutboxSweep,
     AuditSeal,
     Retention,
+    SignatureTrim,
     Cron,
 }
 

@@ -82,6 +82,28 @@ pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
     Ok(total)
 }
 
+/// Forgets webhook signature claims past their window (`api/src/replay.rs`):
+/// a signature that can no longer verify cannot be replayed. Bounded batches;
+/// `floq_system` may delete only expired claims.
+pub async fn trim_webhook_signatures(pool: &PgPool) -> anyhow::Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let mut tx = db::system_tx(pool).await?;
+        let done = sqlx::query(
+            "DELETE FROM webhook_signatures WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM webhook_signatures WHERE expires_at < now() LIMIT $1))",
+        )
+        .bind(BATCH)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        deleted += done.rows_affected();
+        if done.rows_affected() < BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
 /// Deletes from the start of the company's chain while entries are too old
 /// or too many. Unsealed entries are left for the sealer.
 async fn trim_audit(pool: &PgPool, company_id: Uuid, cutoff: DateTime<Utc>, keep: i64) -> anyhow::Result<u64> {

@@ -54,6 +54,11 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub worker_http_addr: SocketAddr,
     pub scheduler_http_addr: SocketAddr,
+    /// `FLOQ_API_METRICS_ADDR`: the API's internal listener for `/metrics` (and health);
+    /// the public `FLOQ_HTTP_ADDR` never serves metrics.
+    pub api_metrics_addr: SocketAddr,
+    /// `FLOQ_METRICS_TOKEN`: when set, every service's `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<Secret>,
     pub body_limit_bytes: usize,
     pub auto_migrate: bool,
     pub worker_prefetch: u16,
@@ -146,6 +151,8 @@ impl Config {
             http_addr: v.parse("FLOQ_HTTP_ADDR", "127.0.0.1:8080")?,
             worker_http_addr: v.parse("FLOQ_WORKER_HTTP_ADDR", "127.0.0.1:8081")?,
             scheduler_http_addr: v.parse("FLOQ_SCHEDULER_HTTP_ADDR", "127.0.0.1:8082")?,
+            api_metrics_addr: v.parse("FLOQ_API_METRICS_ADDR", "127.0.0.1:8083")?,
+            metrics_token: v.token("FLOQ_METRICS_TOKEN")?,
             body_limit_bytes: v.parse_in("FLOQ_BODY_LIMIT_BYTES", 1 << 20, 1024..=(64 << 20))?,
             auto_migrate: v.parse("FLOQ_AUTO_MIGRATE", "true")?,
             worker_prefetch: v.parse_in("FLOQ_WORKER_PREFETCH", 256, 1..=10_000)?,
@@ -202,7 +209,12 @@ impl Config {
 
     /// Every address a floq service of this configuration listens on; flows may never reach them.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        vec![self.http_addr, self.worker_http_addr, self.scheduler_http_addr]
+        vec![
+            self.http_addr,
+            self.api_metrics_addr,
+            self.worker_http_addr,
+            self.scheduler_http_addr,
+        ]
     }
 
     /// The effective configuration with secrets masked, one `NAME=value` per line.
@@ -245,6 +257,21 @@ impl Vars {
             var,
             problem: "is required but not set".into(),
         })
+    }
+
+    /// An optional bearer token: long enough not to guess, and only characters a
+    /// header carries unchanged (no spaces, no commas).
+    fn token(&self, var: &'static str) -> Result<Option<Secret>, ConfigError> {
+        let Some(raw) = self.get(var) else { return Ok(None) };
+        let printable = raw.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+        if raw.len() < 16 || raw.len() > 512 || !printable {
+            return Err(ConfigError {
+                var,
+                problem: "must be 16 to 512 visible ASCII characters without commas (try `openssl rand -hex 32`)"
+                    .into(),
+            });
+        }
+        Ok(Some(Secret::new(raw)))
     }
 
     fn key_material(&self) -> Result<(Secret, Secret), ConfigError> {
@@ -450,7 +477,22 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let c = Config::from_vars(base()).unwrap();
+        let mut vars = base();
+        vars.insert("FLOQ_METRICS_TOKEN".into(), "m".repeat(32));
+        let c = Config::from_vars(vars).unwrap();
         assert!(!c.describe().contains(&"x".repeat(40)));
+        assert!(!c.describe().contains(&"m".repeat(32)));
+    }
+
+    #[test]
+    fn metrics_listen_apart_and_a_metrics_token_is_checked() {
+        let c = Config::from_vars(base()).unwrap();
+        assert_eq!(c.api_metrics_addr.to_string(), "127.0.0.1:8083");
+        assert!(c.metrics_token.is_none());
+        for bad in ["short", "has a space in it here", "comma,comma,comma,comma"] {
+            let mut vars = base();
+            vars.insert("FLOQ_METRICS_TOKEN".into(), bad.into());
+            assert_eq!(Config::from_vars(vars).unwrap_err().var, "FLOQ_METRICS_TOKEN", "{bad}");
+        }
     }
 }

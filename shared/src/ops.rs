@@ -1,41 +1,95 @@
-//! `/healthz`, `/readyz` and `/metrics`, the same on every service.
+//! `/healthz`, `/readyz` and `/metrics`, the same on every service. Health
+//! is public everywhere; metrics are served only on internal listeners, and
+//! behind a bearer token when `FLOQ_METRICS_TOKEN` is set.
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::config::Secret;
+
 pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
-/// `ready` answers whether this service's dependencies are reachable; its
-/// error text names the dependency (never a URL or credential).
-pub fn router(ready: ReadyCheck) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.clone();
-                async move {
-                    match ready().await {
-                        Ok(()) => (StatusCode::OK, "ready".to_string()).into_response(),
-                        Err(what) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}")).into_response(),
-                    }
+/// `/healthz`, `/readyz` and `/metrics`: what the worker and scheduler serve
+/// on their internal listeners, and the API on `FLOQ_API_METRICS_ADDR`.
+pub fn router(ready: ReadyCheck, metrics_token: Option<Secret>) -> Router {
+    health_router(ready).merge(metrics_router(metrics_token))
+}
+
+/// `/healthz` and `/readyz`, public on every listener. `ready` answers whether
+/// this service's dependencies are reachable; its error text names the
+/// dependency (never a URL or credential).
+pub fn health_router(ready: ReadyCheck) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || {
+            let ready = ready.clone();
+            async move {
+                match ready().await {
+                    Ok(()) => (StatusCode::OK, "ready".to_string()).into_response(),
+                    Err(what) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}")).into_response(),
                 }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|| async {
+            }
+        }),
+    )
+}
+
+/// `/metrics`. With a token (`FLOQ_METRICS_TOKEN`) a scrape must send
+/// `Authorization: Bearer <token>`: metrics name tenants' flows and reveal
+/// load, so even an internal listener should not hand them to anyone who
+/// can reach it.
+pub fn metrics_router(token: Option<Secret>) -> Router {
+    let expected = token.map(|t| Arc::new(Sha256::digest(t.expose().as_bytes())));
+    Router::new().route(
+        "/metrics",
+        get(move |headers: HeaderMap| {
+            let expected = expected.clone();
+            async move {
+                if let Some(expected) = expected
+                    && !bearer_matches(&headers, &expected)
+                {
+                    return unauthorized();
+                }
                 (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                     crate::telemetry::render_metrics(),
                 )
-            }),
-        )
+                    .into_response()
+            }
+        }),
+    )
+}
+
+/// Compares digests, so the time taken says nothing about how much of the token was right.
+fn bearer_matches(headers: &HeaderMap, expected: &[u8]) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let given = Sha256::digest(given.trim().as_bytes());
+    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"error": {
+            "code": "unauthorized",
+            "message": "/metrics requires Authorization: Bearer <FLOQ_METRICS_TOKEN>",
+            "details": null,
+        }})),
+    )
+        .into_response()
 }
 
 /// Standard readiness: PostgreSQL answers and the broker connection is up.

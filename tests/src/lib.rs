@@ -141,6 +141,8 @@ impl Default for Options {
 
 pub struct TestApp {
     pub base: String,
+    /// The API's internal listener (`FLOQ_API_METRICS_ADDR`): `/metrics` and health.
+    pub api_metrics: std::net::SocketAddr,
     pub config: Config,
     pub db_name: String,
     /// A pool on the test database as its owner (bypasses nothing: RLS is forced).
@@ -167,6 +169,7 @@ pub fn test_config(db_name: &str, prefix: &str) -> Config {
         ("FLOQ_HTTP_ADDR", "127.0.0.1:0".into()),
         ("FLOQ_WORKER_HTTP_ADDR", "127.0.0.1:0".into()),
         ("FLOQ_SCHEDULER_HTTP_ADDR", "127.0.0.1:0".into()),
+        ("FLOQ_API_METRICS_ADDR", "127.0.0.1:0".into()),
         ("FLOQ_DB_MAX_CONNECTIONS", "8".into()),
         ("FLOQ_OUTBOX_SWEEP_AFTER_MS", "1000".into()),
         ("FLOQ_OUTBOX_SWEEP_INTERVAL_MS", "200".into()),
@@ -217,6 +220,7 @@ impl TestApp {
             .expect("api starts");
         let mut app = TestApp {
             base: format!("http://{}", api.addr),
+            api_metrics: api.metrics_addr,
             config,
             db_name,
             pool,
@@ -260,6 +264,22 @@ impl TestApp {
             handle: s.handle,
         });
         s.addr
+    }
+
+    /// A second API replica on the same database and broker (as behind a load
+    /// balancer): its base URL and the service, to `stop()` before `teardown`.
+    pub async fn start_api_replica(&self) -> (String, Service) {
+        let shutdown = CancellationToken::new();
+        let api = floq_api::spawn(self.config.clone(), shutdown.clone())
+            .await
+            .expect("api replica starts");
+        (
+            format!("http://{}", api.addr),
+            Service {
+                shutdown,
+                handle: api.handle,
+            },
+        )
     }
 
     /// Another company with its own admin, in the same deployment.

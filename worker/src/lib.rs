@@ -86,9 +86,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ops::db_and_broker_ready(pool.clone(), Arc::new(move || broker_up.load(Ordering::Relaxed)))
     };
     let ops_shutdown = CancellationToken::new();
-    let (addr, ops_task) = ops::serve(config.worker_http_addr, ops::router(ready), ops_shutdown.clone())
-        .await
-        .with_context(|| format!("cannot listen on {} (FLOQ_WORKER_HTTP_ADDR)", config.worker_http_addr))?;
+    let (addr, ops_task) = ops::serve(
+        config.worker_http_addr,
+        ops::router(ready, config.metrics_token.clone()),
+        ops_shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on {} (FLOQ_WORKER_HTTP_ADDR)", config.worker_http_addr))?;
     tracing::info!(%addr, "floq-worker serving health and metrics");
 
     let handle = tokio::spawn(async move {

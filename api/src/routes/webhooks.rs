@@ -3,12 +3,16 @@
 //! is stored); an optional HMAC-SHA256 signature with a timestamp guards
 //! against forged and replayed calls. Requests become a run whose `$input`
 //! is `{method, body, query, headers}` (without credentials or cookies).
+//! A signed request is accepted once (see [`crate::replay`]).
 //!
 //! A call may wait for its run (`?wait=SECONDS`, or the webhook's
 //! `wait_seconds`): the run is published asking for a reply (direct
 //! reply-to), and the answer is its `respond` node's reply or its output.
 //! Waiting holds no worker and reads nothing from the database; past the
-//! wait the caller gets `202 {run_id}` and the run carries on.
+//! wait the caller gets `202 {run_id}` and the run carries on. A reply that
+//! would send the caller off the API's origin (`Location`, `Link`) to an
+//! origin the webhook does not list in `redirect_origins` is refused with
+//! `502 reply_refused` (see [`crate::redirects`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +41,8 @@ use crate::authz::{Authorized, FlowEdit};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, ValidJson};
 use crate::middleware::FlowReply;
+use crate::redirects::{self, RedirectOrigins};
+use crate::replay::{self, Signature};
 use crate::state::AppState;
 use floq_shared::audit::Actor;
 use floq_shared::db;
@@ -59,14 +65,16 @@ struct Webhook {
     wait_seconds: i32,
     /// Whether callers may choose their wait with `?wait=`.
     allow_wait: bool,
+    /// Origins a reply's `Location`/`Link` may point to besides relative targets.
+    redirect_origins: Vec<String>,
     #[serde(skip)]
     secret_version: i32,
     created_at: DateTime<Utc>,
     rotated_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "flow_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait, secret_version, created_at, \
-     rotated_at";
+const COLUMNS: &str = "flow_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait, redirect_origins, \
+     secret_version, created_at, rotated_at";
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -132,6 +140,8 @@ struct Configure {
     #[validate(range(min = 0, max = 3_600))]
     wait_seconds: Option<i32>,
     allow_wait: Option<bool>,
+    /// `["https://app.example"]`: where a reply may redirect besides relative, same-origin targets.
+    redirect_origins: Option<Vec<String>>,
 }
 
 /// Enables the webhook (answering its token once) or changes its settings.
@@ -149,6 +159,18 @@ async fn configure(
             json!([{"field": "wait_seconds", "message": format!("must be at most {max_wait} (FLOQ_WEBHOOK_MAX_WAIT_SECONDS)")}]),
         ));
     }
+    let redirect_origins = body
+        .redirect_origins
+        .as_deref()
+        .map(RedirectOrigins::parse)
+        .transpose()
+        .map_err(|bad| {
+            let details: Vec<Value> = bad
+                .into_iter()
+                .map(|b| json!({"field": format!("redirect_origins[{}]", b.index), "message": b.message}))
+                .collect();
+            ApiError::validation("the webhook settings are invalid", Value::Array(details))
+        })?;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, id).await?;
@@ -159,14 +181,15 @@ async fn configure(
     };
     let hook: Webhook = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO flow_webhooks (flow_id, company_id, token_hash, signed, signature_header, tolerance_seconds,
-                                    wait_seconds, allow_wait)
+                                    wait_seconds, allow_wait, redirect_origins)
          VALUES ($1, $2, $3, $4, COALESCE($5, 'x-floq-signature'), COALESCE($6, 300), COALESCE($7, 0),
-                 COALESCE($8, true))
+                 COALESCE($8, true), COALESCE($9, '{{}}'))
          ON CONFLICT (flow_id) DO UPDATE SET signed = excluded.signed,
              signature_header = COALESCE($5, flow_webhooks.signature_header),
              tolerance_seconds = COALESCE($6, flow_webhooks.tolerance_seconds),
              wait_seconds = COALESCE($7, flow_webhooks.wait_seconds),
-             allow_wait = COALESCE($8, flow_webhooks.allow_wait)
+             allow_wait = COALESCE($8, flow_webhooks.allow_wait),
+             redirect_origins = COALESCE($9, flow_webhooks.redirect_origins)
          RETURNING {COLUMNS}"
     )))
     .bind(id)
@@ -177,8 +200,12 @@ async fn configure(
     .bind(body.tolerance_seconds)
     .bind(body.wait_seconds)
     .bind(body.allow_wait)
+    .bind(redirect_origins.map(|o| o.as_slice().to_vec()))
     .fetch_one(&mut *tx)
     .await?;
+    if let Some(before) = &before {
+        replay::extend(&mut tx, id, hook.tolerance_seconds - before.tolerance_seconds).await?;
+    }
     let action = if before.is_none() {
         "webhook.enable"
     } else {
@@ -242,9 +269,19 @@ fn refused() -> ApiError {
     )
 }
 
-/// Checks `t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">` within the tolerance.
-fn verify_signature(secret: &str, header: Option<&str>, body: &[u8], tolerance: i64) -> bool {
-    let Some(header) = header else { return false };
+/// Only a holder of the signing secret gets here: the signature verified, and was used before.
+fn replayed() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "signature_replayed",
+        "this signed request was already accepted; sign it again with a new timestamp to start another run",
+    )
+}
+
+/// Checks `t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">` within the
+/// tolerance; the verified signature is what a replay would repeat.
+fn verify_signature(secret: &str, header: Option<&str>, body: &[u8], tolerance: i64) -> Option<Signature> {
+    let header = header?;
     let (mut t, mut v1) = (None, None);
     for part in header.split(',') {
         match part.trim().split_once('=') {
@@ -253,15 +290,16 @@ fn verify_signature(secret: &str, header: Option<&str>, body: &[u8], tolerance: 
             _ => {}
         }
     }
-    let (Some(t), Some(v1)) = (t, v1) else { return false };
-    if (Utc::now().timestamp() - t).abs() > tolerance {
-        return false;
+    let (t, v1) = (t?, v1?);
+    if Utc::now().timestamp().abs_diff(t) > tolerance.unsigned_abs() {
+        return None;
     }
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.verify_slice(&v1).is_ok()
+    mac.verify_slice(&v1).ok()?;
+    Some(Signature::new(&v1, t, tolerance))
 }
 
 /// A webhook found by its token.
@@ -274,6 +312,7 @@ struct Resolved {
     tolerance_seconds: i32,
     wait_seconds: i32,
     allow_wait: bool,
+    redirect_origins: Vec<String>,
     secret_version: i32,
 }
 
@@ -320,36 +359,35 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let found: Option<Resolved> = {
-        let mut tx = db::system_tx(&state.pool).await?;
-        let row = sqlx::query_as(
-            "SELECT flow_id, company_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait,
-                    secret_version
-               FROM flow_webhooks WHERE token_hash = $1",
-        )
-        .bind(token_hash(&token))
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row
-    };
+    // The lookup's transaction also claims a signed call's signature, so a
+    // replay costs the database one statement more, and only for signed webhooks.
+    let mut tx = db::system_tx(&state.pool).await?;
+    let found: Option<Resolved> = sqlx::query_as(
+        "SELECT flow_id, company_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait,
+                redirect_origins, secret_version
+           FROM flow_webhooks WHERE token_hash = $1",
+    )
+    .bind(token_hash(&token))
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some(hook) = found else {
         return Err(ApiError::not_found("webhook"));
     };
     let (flow_id, company_id) = (hook.flow_id, hook.company_id);
     state.trigger_limits.check(company_id, flow_id)?;
-    if hook.signed {
+    let signature = if hook.signed {
         let secret = signing_secret(&state, flow_id, hook.secret_version);
         let given = headers
             .get(hook.signature_header.as_str())
             .and_then(|v| v.to_str().ok());
-        if !verify_signature(&secret, given, &body, hook.tolerance_seconds.into()) {
-            return Err(refused());
-        }
-    }
+        Some(verify_signature(&secret, given, &body, hook.tolerance_seconds.into()).ok_or_else(refused)?)
+    } else {
+        None
+    };
     let wait = wait_for(&state, &query, &hook)?;
     let idempotency_key = idempotency_key(&headers)?;
     let input = run_input(&method, query, hook.allow_wait, &headers, &hook.signature_header, &body);
+    let redirects = RedirectOrigins::from_stored(hook.redirect_origins);
     let mut actor = Actor::system("webhook");
     actor.label = Some(format!("webhook:{flow_id}"));
     let request = RunRequest {
@@ -362,14 +400,27 @@ async fn receive(
         idempotency_key,
         wait: wait.is_some(),
     };
-    match state.acceptor.accept(request).await {
+    let accepted_run = match signature {
+        None => {
+            tx.commit().await?;
+            state.acceptor.accept(request).await
+        }
+        // A task of its own, so a caller hanging up mid-way cannot leave a
+        // claim without its run (its retry refused) or a run without its claim.
+        Some(sig) => tokio::spawn(claim_and_accept(state.clone(), tx, request, sig))
+            .await
+            .map_err(ApiError::internal)??,
+    };
+    match accepted_run {
         Ok(Accepted::New { run_id, reply, .. }) => {
             let (Some(wait), Some(mut waiter)) = (wait, reply) else {
                 return Ok(accepted(run_id, false));
             };
             match tokio::time::timeout(wait, waiter.recv()).await {
-                Ok(Some(reply)) if reply.oversized => Ok(sync_reply(stored_reply(&state, company_id, reply).await?)),
-                Ok(Some(reply)) => Ok(sync_reply(reply)),
+                Ok(Some(reply)) if reply.oversized => {
+                    Ok(sync_reply(stored_reply(&state, company_id, reply).await?, &redirects))
+                }
+                Ok(Some(reply)) => Ok(sync_reply(reply, &redirects)),
                 // Timed out, or the reply channel went away: the run carries on.
                 _ => Ok(accepted(run_id, true)),
             }
@@ -394,6 +445,29 @@ async fn receive(
         )),
         Err(e) => Err(ApiError::internal(e)),
     }
+}
+
+/// Claims the signature (in the lookup's transaction), then hands the run to
+/// the acceptor; a run that was not accepted releases its claim, so the
+/// sender may send the same request again.
+async fn claim_and_accept(
+    state: AppState,
+    mut tx: db::Tx,
+    request: RunRequest,
+    sig: Signature,
+) -> ApiResult<Result<Accepted, AcceptError>> {
+    let (flow_id, company_id) = (request.flow_id, request.company_id);
+    if !replay::claim(&mut tx, flow_id, company_id, &sig).await? {
+        return Err(replayed());
+    }
+    tx.commit().await?;
+    let accepted = state.acceptor.accept(request).await;
+    if accepted.is_err()
+        && let Err(e) = replay::release(&state.pool, company_id, flow_id, &sig).await
+    {
+        tracing::warn!(error = %e, %flow_id, "cannot release a webhook signature claim; its retry will be refused");
+    }
+    Ok(accepted)
 }
 
 /// The request as the run sees it: `{method, body, query, headers}`, without
@@ -435,11 +509,24 @@ fn accepted(run_id: Uuid, waited: bool) -> Response {
 }
 
 /// A finished run as the HTTP answer: its `respond` node's reply, else its
-/// output (`200`), else — it failed — a `502` naming the run and node.
-fn sync_reply(reply: RunReply) -> Response {
+/// output (`200`), else — it failed — a `502` naming the run and node. A reply
+/// redirecting where the webhook does not allow is a `502 reply_refused`
+/// naming the header and the target's origin, and nothing of the reply is sent.
+fn sync_reply(reply: RunReply, redirects: &RedirectOrigins) -> Response {
     let run_id = reply.run_id;
     let mut response = if let Some(respond) = reply.respond {
-        respond_reply(respond)
+        match respond_reply(respond, redirects) {
+            Ok(response) => response,
+            Err(refused) => {
+                tracing::warn!(%run_id, header = %refused.header, target = %refused.target, "refused a webhook reply's redirect");
+                return with_run_id(
+                    ApiError::new(StatusCode::BAD_GATEWAY, "reply_refused", refused.to_string())
+                        .with_details(json!({"run_id": run_id, "header": refused.header, "target": refused.target}))
+                        .into_response(),
+                    run_id,
+                );
+            }
+        }
     } else if reply.status == "succeeded" {
         Json(reply.output.unwrap_or(Value::Null)).into_response()
     } else {
@@ -456,7 +543,7 @@ fn sync_reply(reply: RunReply) -> Response {
 }
 
 /// `{status, headers, body}`: a string body goes out as text, anything else as JSON.
-fn respond_reply(mut respond: Value) -> Response {
+fn respond_reply(mut respond: Value, redirects: &RedirectOrigins) -> Result<Response, redirects::Refused> {
     // The worker already refused what may not be sent; this only guards against a reply from elsewhere.
     let status = respond
         .get("status")
@@ -476,17 +563,20 @@ fn respond_reply(mut respond: Value) -> Response {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     }
     for (name, value) in respond.get("headers").and_then(Value::as_object).into_iter().flatten() {
-        let (Ok(name), Some(Ok(value))) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            value.as_str().map(HeaderValue::from_str),
-        ) else {
+        let (Ok(name), Some(text)) = (HeaderName::from_bytes(name.as_bytes()), value.as_str()) else {
             continue;
         };
-        if !FORBIDDEN_REPLY_HEADERS.contains(&name.as_str()) {
-            headers.insert(name, value);
+        let Ok(value) = HeaderValue::from_str(text) else {
+            continue;
+        };
+        if FORBIDDEN_REPLY_HEADERS.contains(&name.as_str()) {
+            continue;
         }
+        // The text as sent (a header value may hold non-ASCII bytes `to_str` would not give back).
+        redirects.check(name.as_str(), text)?;
+        headers.insert(name, value);
     }
-    response
+    Ok(response)
 }
 
 /// A reply too large to travel on the broker: read, once, the one part the

@@ -167,6 +167,7 @@ async fn opening_loopback_never_reopens_the_platforms_database_broker_or_listene
     let urls = vec![
         format!("{}/api/v1/flows", app.base),
         format!("{}/metrics", app.base),
+        format!("http://{}/metrics", app.api_metrics),
         format!("http://{worker}/metrics"),
         format!("http://localhost:{}/metrics", worker.port()),
         "http://127.0.0.1:5432/".to_string(),

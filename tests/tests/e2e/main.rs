@@ -14,4 +14,5 @@ mod runs;
 mod schedules;
 mod secrets;
 mod tenancy;
+mod webhook_safety;
 mod webhooks;
