@@ -2,6 +2,7 @@
 //! answers. It never executes user code and never decrypts credentials.
 
 pub mod accept;
+pub mod accounts;
 pub mod access;
 pub mod admin;
 pub mod audit;

@@ -8,6 +8,7 @@ pub mod cron;
 pub mod crypto;
 pub mod db;
 pub mod flow;
+pub mod mail;
 pub mod ops;
 pub mod queue;
 pub mod replies;
