@@ -58,10 +58,7 @@ async fn login(
     Extension(request): Extension<Arc<RequestMeta>>,
     ValidJson(body): ValidJson<Login>,
 ) -> ApiResult<Response> {
-    let keys = [
-        throttle::account_key(&body.email),
-        throttle::client_key(&request.client_ip),
-    ];
+    let keys = throttle::keys(&body.email, &request.client_ip);
     let attempt = |company_id: Uuid, user_id: Option<Uuid>, reason: &str| {
         let mut actor = request.actor();
         actor.id = user_id;
@@ -109,7 +106,7 @@ async fn login(
         }
         return Err(invalid_credentials());
     };
-    throttle::clear(&state.pool, &keys[0]).await?;
+    throttle::clear(&state.pool, &keys).await?;
     let ttl = state.config.session_ttl;
     let (session_id, token) = session::create(&state.pool, user_id, company_id, Utc::now() + ttl).await?;
     let mut actor = request.actor();
