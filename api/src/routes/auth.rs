@@ -329,7 +329,7 @@ async fn accept(
     actor.id = Some(done.user_id);
     let details = json!({
         "sessions_revoked": done.sessions_revoked,
-        "api_keys_revoked": done.keys_revoked,
+        "keys_revoked": done.keys_revoked,
         "invited_by": done.invited_by,
     });
     let action = match done.purpose {

@@ -100,6 +100,19 @@ async fn session(app: &TestApp, email: &str, password: &str) -> String {
     session_of(&cookie.unwrap())
 }
 
+/// The first audit entry of the key's company with this action, waiting for the batched writer.
+async fn audited(app: &TestApp, key: &str, action: &str) -> Value {
+    for _ in 0..100 {
+        let (status, body) = app.get(&format!("/api/v1/audit?limit=200&action={action}"), key).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if let Some(e) = body["items"].as_array().unwrap().first() {
+            return e.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no audit entry `{action}`");
+}
+
 fn company_ids(me: &Value) -> Vec<String> {
     me["companies"]
         .as_array()
@@ -202,6 +215,15 @@ async fn a_company_that_creates_an_identity_first_never_gets_into_another_compan
     assert_eq!(status, StatusCode::OK);
     let (_, member) = app.get(&format!("/api/v1/users/{x_id}"), &acme).await;
     assert_eq!(member["roles"], json!(["admin"]));
+
+    // A's auditors see both steps; B's see the identity taken back by its owner.
+    let invite = audited(&app, &acme, "user.invite").await;
+    // Addresses are personal data: the log masks them.
+    assert_eq!(invite["details"]["email"], "x***@victim.test");
+    let accepted = audited(&app, &acme, "user.invitation_accept").await;
+    assert_eq!(accepted["details"]["sessions_revoked"], 1);
+    assert_eq!(accepted["details"]["keys_revoked"], 1);
+    audited(&app, &globex.api_key, "user.invitation_accept").await;
 
     // The link worked once.
     let (status, body) = accept(&app, &token, "another password!").await;
