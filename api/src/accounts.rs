@@ -106,7 +106,12 @@ pub async fn invite(tx: &mut db::Tx, inv: Invitation<'_>) -> Result<(Uuid, Strin
 /// A password-reset token for an identity, unless one was issued in the last
 /// minute (so the endpoint cannot be used to flood a mailbox). Returns the
 /// token to mail, if any.
-pub async fn request_reset(pool: &sqlx::PgPool, user_id: Uuid, email: &str, ttl: Duration) -> Result<Option<String>, sqlx::Error> {
+pub async fn request_reset(
+    pool: &sqlx::PgPool,
+    user_id: Uuid,
+    email: &str,
+    ttl: Duration,
+) -> Result<Option<String>, sqlx::Error> {
     let mut tx = db::system_tx(pool).await?;
     // Serialise concurrent requests for one identity.
     sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
@@ -154,7 +159,14 @@ pub struct Accepted {
     pub keys_revoked: u64,
 }
 
-type TokenRow = (String, String, Option<Uuid>, Option<Uuid>, Option<Vec<String>>, Option<Uuid>);
+type TokenRow = (
+    String,
+    String,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<Vec<String>>,
+    Option<Uuid>,
+);
 
 /// Spends a token and applies it, all in one transaction: None when the token
 /// is unknown, used or expired (one answer for all three).
@@ -195,11 +207,12 @@ pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> 
         .bind(password_hash)
         .execute(&mut *tx)
         .await?;
-    let sessions_revoked = sqlx::query("UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let sessions_revoked =
+        sqlx::query("UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
     // Other pending resets die with this one: one proof, one password.
     sqlx::query(
         "UPDATE account_tokens SET used_at = now()

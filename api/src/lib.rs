@@ -2,8 +2,8 @@
 //! answers. It never executes user code and never decrypts credentials.
 
 pub mod accept;
-pub mod accounts;
 pub mod access;
+pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod auth;

@@ -32,10 +32,7 @@ const DECAY_SECS: f64 = 60.0;
 /// The buckets one sign-in attempt counts against: (key, failures it allows).
 pub fn keys(email: &str, client: &IpAddr) -> [(String, f64); 2] {
     [
-        (
-            format!("pair:{}|{client}", email.trim().to_lowercase()),
-            FREE_PER_PAIR,
-        ),
+        (format!("pair:{}|{client}", email.trim().to_lowercase()), FREE_PER_PAIR),
         (format!("ip:{client}"), FREE_PER_CLIENT),
     ]
 }

@@ -369,7 +369,7 @@ impl Vars {
         let raw = self.string(var, "http://127.0.0.1:8080");
         let url = raw.trim_end_matches('/');
         let ok = (url.starts_with("https://") || url.starts_with("http://"))
-            && url.splitn(3, "//").nth(1).is_some_and(|rest| !rest.is_empty())
+            && url.split_once("//").is_some_and(|(_, rest)| !rest.is_empty())
             && !url.contains([' ', '?', '#']);
         if !ok {
             return Err(ConfigError {

@@ -79,11 +79,7 @@ pub async fn send(config: &Config, mail: Mail<'_>) -> Result<(), MailError> {
 /// the relay's latency cannot tell an observer either.
 pub fn send_detached(config: std::sync::Arc<Config>, to: String, subject: &'static str, text: String) {
     tokio::spawn(async move {
-        let mail = Mail {
-            to: &to,
-            subject,
-            text,
-        };
+        let mail = Mail { to: &to, subject, text };
         if let Err(e) = send(&config, mail).await {
             tracing::warn!(error = %e, "platform mail not sent");
         }

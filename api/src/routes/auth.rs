@@ -254,8 +254,7 @@ async fn password_reset(
     let found = find_user(&state, &email).await?;
     if let Some((user_id, _)) = found {
         let companies = companies_of(&state, user_id).await?;
-        let token =
-            accounts::request_reset(&state.pool, user_id, &email, state.config.password_reset_ttl).await?;
+        let token = accounts::request_reset(&state.pool, user_id, &email, state.config.password_reset_ttl).await?;
         let mut actor = request.actor();
         actor.label = Some(email.clone());
         for company_id in owners(companies) {
@@ -300,11 +299,7 @@ fn owners(companies: Vec<Uuid>) -> Vec<Uuid> {
 struct Accept {
     #[validate(length(min = 1, max = 256))]
     token: String,
-    #[validate(length(
-        min = 12,
-        max = 1024,
-        message = "passwords are 12 to 1024 characters"
-    ))]
+    #[validate(length(min = 12, max = 1024, message = "passwords are 12 to 1024 characters"))]
     password: String,
 }
 

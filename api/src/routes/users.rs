@@ -184,16 +184,14 @@ async fn create(
         None => None,
     };
     let user_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO users (id, email, name, password_hash, created_by_company) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(user_id)
-    .bind(&email)
-    .bind(body.name.trim())
-    .bind(hash)
-    .bind(company_id)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("INSERT INTO users (id, email, name, password_hash, created_by_company) VALUES ($1, $2, $3, $4, $5)")
+        .bind(user_id)
+        .bind(&email)
+        .bind(body.name.trim())
+        .bind(hash)
+        .bind(company_id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3)")
         .bind(company_id)
         .bind(user_id)

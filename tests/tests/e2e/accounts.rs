@@ -166,9 +166,15 @@ async fn a_company_that_creates_an_identity_first_never_gets_into_another_compan
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["status"], "invited");
-    assert!(!body.to_string().contains("Mallory") && !body.to_string().contains(&x_id), "{body}");
+    assert!(
+        !body.to_string().contains("Mallory") && !body.to_string().contains(&x_id),
+        "{body}"
+    );
     let (_, members) = app.get("/api/v1/users", &acme).await;
-    assert!(!members.to_string().contains(x), "no membership before acceptance: {members}");
+    assert!(
+        !members.to_string().contains(x),
+        "no membership before acceptance: {members}"
+    );
     assert_eq!(
         app.get(&format!("/api/v1/users/{x_id}"), &acme).await.0,
         StatusCode::NOT_FOUND
@@ -280,7 +286,10 @@ async fn enrolling_another_companys_user_needs_consent_and_reveals_nothing() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert!(!body.to_string().contains("Lovelace"));
-    assert_eq!(login(&app, "ada@acme.test", B_PASSWORD).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login(&app, "ada@acme.test", B_PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(login(&app, "ada@acme.test", PASSWORD).await.0, StatusCode::OK);
     let (_, members) = app.get("/api/v1/users", &globex.api_key).await;
     assert!(!members.to_string().contains("ada@acme.test"), "{members}");
@@ -290,11 +299,12 @@ async fn enrolling_another_companys_user_needs_consent_and_reveals_nothing() {
     let (status, pending) = app.get("/api/v1/invitations", &globex.api_key).await;
     assert_eq!(status, StatusCode::OK, "{pending}");
     let items = pending["items"].as_array().unwrap();
-    assert_eq!(items.len(), 2, "a repeated invitation replaces the pending one: {pending}");
-    let ada_invitation = items
-        .iter()
-        .find(|i| i["email"] == "ada@acme.test")
-        .unwrap()["id"]
+    assert_eq!(
+        items.len(),
+        2,
+        "a repeated invitation replaces the pending one: {pending}"
+    );
+    let ada_invitation = items.iter().find(|i| i["email"] == "ada@acme.test").unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -358,15 +368,24 @@ async fn without_platform_mail_invitations_and_resets_name_the_missing_setting()
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "mail_not_configured");
-    assert!(body["error"]["message"].as_str().unwrap().contains("FLOQ_SMTP_URL"), "{body}");
-    assert_eq!(login(&app, "ada@acme.test", B_PASSWORD).await.0, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("FLOQ_SMTP_URL"),
+        "{body}"
+    );
+    assert_eq!(
+        login(&app, "ada@acme.test", B_PASSWORD).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let (_, members) = app.get("/api/v1/users", &globex.api_key).await;
     assert!(!members.to_string().contains("ada@acme.test"));
 
     let (status, body) = request_reset(&app, "ada@acme.test").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "mail_not_configured");
-    assert!(body["error"]["message"].as_str().unwrap().contains("FLOQ_SMTP_URL"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("FLOQ_SMTP_URL"),
+        "{body}"
+    );
     app.teardown().await;
 }
 
@@ -401,7 +420,11 @@ async fn a_password_reset_link_works_once_expires_and_signs_everything_else_out(
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert!(sink.received().iter().all(|m| !m.to.contains(&"admin@globex.test".to_string())));
+    assert!(
+        sink.received()
+            .iter()
+            .all(|m| !m.to.contains(&"admin@globex.test".to_string()))
+    );
 
     let (status, body) = accept(&app, &token, "short").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -413,7 +436,10 @@ async fn a_password_reset_link_works_once_expires_and_signs_everything_else_out(
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the reset signs out every session");
     session(&app, "ada@acme.test", OWNER_PASSWORD).await;
     let (status, body) = accept(&app, &token, "yet another password").await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("invalid_token")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("invalid_token"))
+    );
 
     // A link past its expiry is refused (back-dated rather than waited for).
     let (status, _) = request_reset(&app, "ada@acme.test").await;
@@ -468,9 +494,15 @@ async fn a_strangers_failed_sign_ins_never_lock_the_owner_out_and_success_resets
 
     let mut last = StatusCode::OK;
     for _ in 0..7 {
-        last = login_from(&app, ATTACKER, "ada@acme.test", "wrong password!!").await.status();
+        last = login_from(&app, ATTACKER, "ada@acme.test", "wrong password!!")
+            .await
+            .status();
     }
-    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS, "guessing from one address stays slow");
+    assert_eq!(
+        last,
+        StatusCode::TOO_MANY_REQUESTS,
+        "guessing from one address stays slow"
+    );
     let locked = login_from(&app, ATTACKER, "ada@acme.test", PASSWORD).await;
     assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(locked.headers().get("retry-after").is_some());
@@ -487,7 +519,9 @@ async fn a_strangers_failed_sign_ins_never_lock_the_owner_out_and_success_resets
     for _ in 0..2 {
         for _ in 0..4 {
             assert_eq!(
-                login_from(&app, OWNER, "ada@acme.test", "typo password!!").await.status(),
+                login_from(&app, OWNER, "ada@acme.test", "typo password!!")
+                    .await
+                    .status(),
                 StatusCode::UNAUTHORIZED
             );
         }
@@ -509,11 +543,15 @@ async fn a_strangers_failed_sign_ins_never_lock_the_owner_out_and_success_resets
     .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(
-        login_from(&app, ATTACKER, "ada@acme.test", "wrong password!!").await.status(),
+        login_from(&app, ATTACKER, "ada@acme.test", "wrong password!!")
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        login_from(&app, ATTACKER, "ada@acme.test", "wrong password!!").await.status(),
+        login_from(&app, ATTACKER, "ada@acme.test", "wrong password!!")
+            .await
+            .status(),
         StatusCode::UNAUTHORIZED
     );
     app.teardown().await;
