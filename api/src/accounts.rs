@@ -145,6 +145,20 @@ pub async fn request_reset(
     Ok(Some(token))
 }
 
+/// Whether a token is live (known, unused, unexpired): checked before the
+/// costly password hash, so random tokens cost the server one lookup each.
+pub async fn is_live(pool: &sqlx::PgPool, token: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = db::system_tx(pool).await?;
+    let live = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM account_tokens WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now())",
+    )
+    .bind(token_hash(token))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(live)
+}
+
 /// What accepting a link did.
 #[derive(Debug)]
 pub struct Accepted {

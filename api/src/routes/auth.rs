@@ -311,13 +311,21 @@ async fn accept(
     Extension(request): Extension<Arc<RequestMeta>>,
     ValidJson(body): ValidJson<Accept>,
 ) -> ApiResult<Json<Value>> {
-    let hash = password::hash(body.password).await.map_err(ApiError::internal)?;
-    let Some(done) = accounts::accept(&state.pool, body.token.trim(), hash).await? else {
-        return Err(ApiError::new(
+    let invalid = || {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_token",
             "this link is unknown, already used or expired; ask for a new one",
-        ));
+        )
+    };
+    let token = body.token.trim();
+    if !accounts::is_live(&state.pool, token).await? {
+        return Err(invalid());
+    }
+    let hash = password::hash(body.password).await.map_err(ApiError::internal)?;
+    // Spending the token re-checks it: a concurrent accept may have won.
+    let Some(done) = accounts::accept(&state.pool, token, hash).await? else {
+        return Err(invalid());
     };
     let mut actor = request.actor();
     actor.kind = audit::ActorType::User;
