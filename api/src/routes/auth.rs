@@ -252,6 +252,12 @@ async fn password_reset(
     }
     let email = body.email.trim().to_string();
     let found = find_user(&state, &email).await?;
+    if found.is_none() {
+        let mut actor = request.actor();
+        actor.label = Some(email.clone());
+        let entry = Entry::new(audit::PLATFORM, actor, "auth.password_reset_request").details(json!({"mailed": false}));
+        state.audit.record(entry).await;
+    }
     if let Some((user_id, _)) = found {
         let companies = companies_of(&state, user_id).await?;
         let token = accounts::request_reset(&state.pool, user_id, &email, state.config.password_reset_ttl).await?;

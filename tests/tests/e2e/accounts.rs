@@ -556,3 +556,39 @@ async fn a_strangers_failed_sign_ins_never_lock_the_owner_out_and_success_resets
     );
     app.teardown().await;
 }
+
+/// Guessing stays slow when spread over accounts: one address failing on many
+/// accounts is refused for all of them, and no one else is.
+#[tokio::test]
+async fn one_address_spraying_many_accounts_is_slowed_and_no_one_else_is() {
+    let app = TestApp::spawn_configured(no_services(), |c| {
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let globex = app.other_company().await;
+    for (key, email) in [
+        (&app.admin.api_key, "ada@acme.test"),
+        (&globex.api_key, "bob@globex.test"),
+    ] {
+        let (status, _) = app
+            .post(
+                "/api/v1/users",
+                key,
+                json!({"email": email, "password": PASSWORD, "roles": ["viewer"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    for i in 0..21 {
+        let status = login_from(&app, ATTACKER, &format!("guess{i}@acme.test"), "wrong password!!")
+            .await
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let status = login_from(&app, ATTACKER, "bob@globex.test", PASSWORD).await.status();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    for (client, email) in [(OWNER, "ada@acme.test"), ("192.0.2.10", "bob@globex.test")] {
+        assert_eq!(login_from(&app, client, email, PASSWORD).await.status(), StatusCode::OK);
+    }
+    app.teardown().await;
+}
