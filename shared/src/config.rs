@@ -463,6 +463,7 @@ mod tests {
         vars.insert("FLOQ_PUBLIC_URL".into(), "https://floq.example.com/".into());
         let c = Config::from_vars(vars).unwrap();
         assert!(c.smtp_url.is_some());
+        assert!(!c.describe().contains("u:p@"), "the relay's credentials never print");
         assert_eq!(c.public_url, "https://floq.example.com");
     }
 
