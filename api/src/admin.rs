@@ -33,7 +33,8 @@ pub async fn bootstrap(pool: &PgPool, config: &Config, company: &str, email: &st
         "--email must be an e-mail address"
     );
     let company_id = Uuid::now_v7();
-    // Users are global; an existing one simply joins the new company.
+    // Users are global; an existing one simply joins the new company (the
+    // operator running this command vouches for it, unlike a company admin).
     let existing = existing_user_id(pool, email).await?;
     let mut tx = db::tenant_tx(pool, company_id).await?;
     sqlx::query("INSERT INTO companies (id, name) VALUES ($1, $2)")
@@ -45,9 +46,10 @@ pub async fn bootstrap(pool: &PgPool, config: &Config, company: &str, email: &st
         Some(id) => id,
         None => {
             let id = Uuid::now_v7();
-            sqlx::query("INSERT INTO users (id, email) VALUES ($1, $2)")
+            sqlx::query("INSERT INTO users (id, email, created_by_company) VALUES ($1, $2, $3)")
                 .bind(id)
                 .bind(email)
+                .bind(company_id)
                 .execute(&mut *tx)
                 .await?;
             id
@@ -94,9 +96,10 @@ pub async fn add_member(
 ) -> anyhow::Result<Bootstrapped> {
     let user_id = Uuid::now_v7();
     let mut tx = db::tenant_tx(pool, company_id).await?;
-    sqlx::query("INSERT INTO users (id, email) VALUES ($1, $2)")
+    sqlx::query("INSERT INTO users (id, email, created_by_company) VALUES ($1, $2, $3)")
         .bind(user_id)
         .bind(email)
+        .bind(company_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3)")

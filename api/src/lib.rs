@@ -3,6 +3,7 @@
 
 pub mod accept;
 pub mod access;
+pub mod accounts;
 pub mod admin;
 pub mod audit;
 pub mod auth;

@@ -1,7 +1,18 @@
-//! Sign-in throttling: failures are counted per account and per client
-//! address; from the fifth consecutive failure the key is locked for an
-//! exponentially growing time (1 s, 2 s, 4 s … capped at 15 min). A success
-//! clears the account's count.
+//! Sign-in throttling, built so that a stranger cannot lock the owner out
+//! while guessing stays slow. Failures are counted in two kinds of bucket:
+//!
+//! - per account *and* client (`pair:<e-mail>|<address>`): from the fifth
+//!   failure that pair is locked for 1 s, 2 s, 4 s … up to 15 min. Only that
+//!   client is refused: the owner signing in from another address is not.
+//! - per client (`ip:<address>`): one address spraying many accounts is locked
+//!   from its twenty-first failure, the same way.
+//!
+//! Counts decay (one failure forgiven per minute), so a lock can only be
+//! driven up by failing steadily, and a success clears both buckets of the
+//! client that succeeded. There is deliberately no account-wide lock: it
+//! would be the lockout weapon. Guessing from many addresses is slowed per
+//! address and by the cost of Argon2id; the audit log shows it to each
+//! company the account belongs to.
 
 use std::net::IpAddr;
 
@@ -11,15 +22,19 @@ use sqlx::PgPool;
 
 use floq_shared::db;
 
-const FREE_FAILURES: i32 = 4;
-const MAX_LOCK_SECS: i64 = 900;
+/// Failures a bucket allows before it locks.
+const FREE_PER_PAIR: f64 = 4.0;
+const FREE_PER_CLIENT: f64 = 20.0;
+const MAX_LOCK_SECS: f64 = 900.0;
+/// Seconds after which one failure is forgiven.
+const DECAY_SECS: f64 = 60.0;
 
-pub fn account_key(email: &str) -> String {
-    format!("email:{}", email.to_lowercase())
-}
-
-pub fn client_key(addr: &std::net::IpAddr) -> String {
-    format!("ip:{addr}")
+/// The buckets one sign-in attempt counts against: (key, failures it allows).
+pub fn keys(email: &str, client: &IpAddr) -> [(String, f64); 2] {
+    [
+        (format!("pair:{}|{client}", email.trim().to_lowercase()), FREE_PER_PAIR),
+        (format!("ip:{client}"), FREE_PER_CLIENT),
+    ]
 }
 
 /// The client's address: the peer, unless the peer is a trusted reverse proxy
@@ -43,42 +58,57 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
         .unwrap_or(peer)
 }
 
-/// The latest `locked_until` in the future among `keys`, if any.
-pub async fn locked_until(pool: &PgPool, keys: &[String]) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+/// The latest `locked_until` in the future among the buckets, if any.
+pub async fn locked_until(pool: &PgPool, keys: &[(String, f64)]) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
     let mut tx = db::system_tx(pool).await?;
     let until: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT max(locked_until) FROM login_attempts WHERE key = ANY($1) AND locked_until > now()")
-            .bind(keys)
+            .bind(&names)
             .fetch_one(&mut *tx)
             .await?;
     tx.commit().await?;
     Ok(until)
 }
 
-pub async fn record_failure(pool: &PgPool, keys: &[String]) -> Result<(), sqlx::Error> {
+/// Counts a failure in each bucket (after decaying what it held) and locks
+/// the buckets past their allowance.
+pub async fn record_failure(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), sqlx::Error> {
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    let free: Vec<f64> = keys.iter().map(|(_, f)| *f).collect();
     let mut tx = db::system_tx(pool).await?;
     sqlx::query(
         "INSERT INTO login_attempts AS a (key, failures, locked_until, updated_at)
          SELECT k, 1, NULL, now() FROM unnest($1::text[]) AS k
          ON CONFLICT (key) DO UPDATE
-            SET failures = a.failures + 1,
-                updated_at = now(),
-                locked_until = CASE WHEN a.failures + 1 > $2
-                    THEN now() + make_interval(secs => least(power(2, a.failures + 1 - $2 - 1), $3))
-                    ELSE NULL END",
+            SET failures = greatest(a.failures - extract(epoch FROM now() - a.updated_at)::float8 / $2, 0) + 1,
+                updated_at = now()",
     )
-    .bind(keys)
-    .bind(FREE_FAILURES)
-    .bind(MAX_LOCK_SECS as f64)
+    .bind(&names)
+    .bind(DECAY_SECS)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE login_attempts a
+            SET locked_until = CASE WHEN a.failures > i.free
+                THEN now() + make_interval(secs => least(power(2, a.failures - i.free - 1), $3)) END
+           FROM unnest($1::text[], $2::float8[]) AS i(key, free)
+          WHERE a.key = i.key",
+    )
+    .bind(&names)
+    .bind(&free)
+    .bind(MAX_LOCK_SECS)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
 }
 
-pub async fn clear(pool: &PgPool, key: &str) -> Result<(), sqlx::Error> {
+/// A success forgets the client's failures, for this account and overall.
+pub async fn clear(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), sqlx::Error> {
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
     let mut tx = db::system_tx(pool).await?;
-    sqlx::query("DELETE FROM login_attempts WHERE key = $1")
-        .bind(key)
+    sqlx::query("DELETE FROM login_attempts WHERE key = ANY($1)")
+        .bind(&names)
         .execute(&mut *tx)
         .await?;
     tx.commit().await
@@ -87,6 +117,17 @@ pub async fn clear(pool: &PgPool, key: &str) -> Result<(), sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_are_per_account_and_client_and_per_client() {
+        let a: IpAddr = "203.0.113.9".parse().unwrap();
+        let b: IpAddr = "198.51.100.7".parse().unwrap();
+        let [(pair_a, _), (client_a, _)] = keys("Ada@Acme.test", &a);
+        let [(pair_b, _), (client_b, _)] = keys("ada@acme.test ", &b);
+        assert_eq!(pair_a, "pair:ada@acme.test|203.0.113.9");
+        assert_ne!(pair_a, pair_b, "another address never shares the account's bucket");
+        assert_ne!(client_a, client_b);
+    }
 
     #[test]
     fn forwarded_addresses_count_only_behind_a_trusted_proxy() {

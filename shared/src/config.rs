@@ -51,6 +51,15 @@ pub struct Config {
     pub session_ttl: Duration,
     pub cors_origins: Vec<String>,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Platform mail (invitations, password resets): `smtp://`, `smtps://` or
+    /// `smtp+starttls://`, credentials in the URL. None: those features answer
+    /// `mail_not_configured`, everything else works.
+    pub smtp_url: Option<Secret>,
+    pub mail_from: String,
+    /// Where mailed links point (the browser-facing origin of this deployment).
+    pub public_url: String,
+    pub invitation_ttl: Duration,
+    pub password_reset_ttl: Duration,
     pub http_addr: SocketAddr,
     pub worker_http_addr: SocketAddr,
     pub scheduler_http_addr: SocketAddr,
@@ -147,6 +156,11 @@ impl Config {
             session_ttl: v.seconds("FLOQ_SESSION_TTL", 3_600)?,
             cors_origins: v.origins("FLOQ_CORS_ORIGINS")?,
             trusted_proxies: v.ip_list("FLOQ_TRUSTED_PROXIES")?,
+            smtp_url: v.smtp_url("FLOQ_SMTP_URL")?,
+            mail_from: v.mail_from("FLOQ_MAIL_FROM")?,
+            public_url: v.public_url("FLOQ_PUBLIC_URL")?,
+            invitation_ttl: v.seconds("FLOQ_INVITATION_TTL", 7 * 86_400)?,
+            password_reset_ttl: v.seconds("FLOQ_PASSWORD_RESET_TTL", 3_600)?,
             auth_cache_ttl: Duration::from_millis(v.parse_in("FLOQ_AUTH_CACHE_TTL_MS", 30_000, 0..=3_600_000)?),
             http_addr: v.parse("FLOQ_HTTP_ADDR", "127.0.0.1:8080")?,
             worker_http_addr: v.parse("FLOQ_WORKER_HTTP_ADDR", "127.0.0.1:8081")?,
@@ -365,6 +379,47 @@ impl Vars {
             .collect()
     }
 
+    fn smtp_url(&self, var: &'static str) -> Result<Option<Secret>, ConfigError> {
+        let Some(raw) = self.get(var).map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        // Never echo the value: it may hold the relay's password.
+        let ok = ["smtp://", "smtps://", "smtp+starttls://"]
+            .iter()
+            .any(|s| raw.starts_with(s) && raw.len() > s.len());
+        if !ok {
+            return Err(ConfigError {
+                var,
+                problem: "must be an smtp://, smtps:// or smtp+starttls:// URL".into(),
+            });
+        }
+        Ok(Some(Secret::new(raw)))
+    }
+
+    fn mail_from(&self, var: &'static str) -> Result<String, ConfigError> {
+        let raw = self.string(var, "floq <no-reply@floq.localhost>");
+        raw.parse::<lettre::message::Mailbox>().map_err(|_| ConfigError {
+            var,
+            problem: format!("`{raw}` is not a mailbox like `floq <no-reply@example.com>`"),
+        })?;
+        Ok(raw)
+    }
+
+    fn public_url(&self, var: &'static str) -> Result<String, ConfigError> {
+        let raw = self.string(var, "http://127.0.0.1:8080");
+        let url = raw.trim_end_matches('/');
+        let ok = (url.starts_with("https://") || url.starts_with("http://"))
+            && url.split_once("//").is_some_and(|(_, rest)| !rest.is_empty())
+            && !url.contains([' ', '?', '#']);
+        if !ok {
+            return Err(ConfigError {
+                var,
+                problem: format!("`{raw}` is not a URL like https://floq.example.com"),
+            });
+        }
+        Ok(url.to_string())
+    }
+
     fn ip_list(&self, var: &'static str) -> Result<Vec<std::net::IpAddr>, ConfigError> {
         let Some(raw) = self.get(var) else { return Ok(vec![]) };
         raw.split(',')
@@ -425,6 +480,31 @@ mod tests {
         let c = Config::from_vars(base()).unwrap();
         assert_eq!(c.queue_prefix, "floq");
         assert_eq!(c.body_limit_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn platform_mail_is_optional_and_checked() {
+        let c = Config::from_vars(base()).unwrap();
+        assert!(c.smtp_url.is_none());
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+        let mut vars = base();
+        vars.insert("FLOQ_SMTP_URL".into(), "http://user:hunter2@relay".into());
+        let e = Config::from_vars(vars).unwrap_err();
+        assert_eq!(e.var, "FLOQ_SMTP_URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let mut vars = base();
+        vars.insert("FLOQ_MAIL_FROM".into(), "not a mailbox".into());
+        assert_eq!(Config::from_vars(vars).unwrap_err().var, "FLOQ_MAIL_FROM");
+        let mut vars = base();
+        vars.insert("FLOQ_PUBLIC_URL".into(), "floq.example.com".into());
+        assert_eq!(Config::from_vars(vars).unwrap_err().var, "FLOQ_PUBLIC_URL");
+        let mut vars = base();
+        vars.insert("FLOQ_SMTP_URL".into(), "smtps://u:p@relay.example.com".into());
+        vars.insert("FLOQ_PUBLIC_URL".into(), "https://floq.example.com/".into());
+        let c = Config::from_vars(vars).unwrap();
+        assert!(c.smtp_url.is_some());
+        assert!(!c.describe().contains("u:p@"), "the relay's credentials never print");
+        assert_eq!(c.public_url, "https://floq.example.com");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod db;
 pub mod egress;
 pub mod flow;
+pub mod mail;
 pub mod ops;
 pub mod queue;
 pub mod replies;

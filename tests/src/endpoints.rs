@@ -17,6 +17,9 @@ pub enum Guard {
 /// (method, path with `{placeholders}` naming test fixtures, guard).
 pub const ENDPOINTS: &[(&str, &str, Guard)] = &[
     ("POST", "/api/v1/auth/login", Guard::Public),
+    // The mailed token in the body is the credential.
+    ("POST", "/api/v1/auth/password-reset", Guard::Public),
+    ("POST", "/api/v1/auth/accept", Guard::Public),
     // The token in the path is the webhook's credential.
     ("GET", "/hooks/{hook}", Guard::Public),
     ("POST", "/hooks/{hook}", Guard::Public),
@@ -32,6 +35,12 @@ pub const ENDPOINTS: &[(&str, &str, Guard)] = &[
     ("GET", "/api/v1/users/{user}", Guard::Role(Capability::UserManage)),
     ("PATCH", "/api/v1/users/{user}", Guard::Role(Capability::UserManage)),
     ("DELETE", "/api/v1/users/{user}", Guard::Role(Capability::UserManage)),
+    ("GET", "/api/v1/invitations", Guard::Role(Capability::UserManage)),
+    (
+        "DELETE",
+        "/api/v1/invitations/{invitation}",
+        Guard::Role(Capability::UserManage),
+    ),
     ("GET", "/api/v1/groups", Guard::Role(Capability::UserManage)),
     ("POST", "/api/v1/groups", Guard::Role(Capability::UserManage)),
     (

@@ -1,5 +1,6 @@
 //! `/api/v1/auth`: signing in and out with a browser session, who am I, and
-//! moving the session to another company.
+//! moving the session to another company, and the mailed links that prove a
+//! mailbox (accepting an invitation, resetting a password).
 
 use std::sync::Arc;
 
@@ -21,9 +22,9 @@ use crate::auth::{Credential, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ValidJson;
 use crate::state::AppState;
-use crate::{password, session, throttle};
+use crate::{accounts, password, session, throttle};
 use floq_shared::audit::{self, Entry, Outcome};
-use floq_shared::db;
+use floq_shared::{db, mail};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -31,6 +32,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/auth/me", get(me))
         .route("/api/v1/auth/switch-company", post(switch_company))
+        .route("/api/v1/auth/password-reset", post(password_reset))
+        .route("/api/v1/auth/accept", post(accept))
 }
 
 #[derive(Deserialize, Validate)]
@@ -55,10 +58,7 @@ async fn login(
     Extension(request): Extension<Arc<RequestMeta>>,
     ValidJson(body): ValidJson<Login>,
 ) -> ApiResult<Response> {
-    let keys = [
-        throttle::account_key(&body.email),
-        throttle::client_key(&request.client_ip),
-    ];
+    let keys = throttle::keys(&body.email, &request.client_ip);
     let attempt = |company_id: Uuid, user_id: Option<Uuid>, reason: &str| {
         let mut actor = request.actor();
         actor.id = user_id;
@@ -106,7 +106,7 @@ async fn login(
         }
         return Err(invalid_credentials());
     };
-    throttle::clear(&state.pool, &keys[0]).await?;
+    throttle::clear(&state.pool, &keys).await?;
     let ttl = state.config.session_ttl;
     let (session_id, token) = session::create(&state.pool, user_id, company_id, Utc::now() + ttl).await?;
     let mut actor = request.actor();
@@ -222,4 +222,134 @@ async fn switch_company(
     state.audit.record(left).await;
     state.audit.record(arrived).await;
     Ok(Json(json!({"company_id": body.company_id})))
+}
+
+fn mail_not_configured() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "mail_not_configured",
+        "password reset sends a link by mail, and this deployment sends none: the operator must set FLOQ_SMTP_URL",
+    )
+}
+
+#[derive(Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    #[validate(email)]
+    email: String,
+}
+
+/// Mails a single-use reset link if an identity has this address. The answer
+/// is the same either way, and the mail leaves in the background so the
+/// answer's timing does not tell either.
+async fn password_reset(
+    State(state): State<AppState>,
+    Extension(request): Extension<Arc<RequestMeta>>,
+    ValidJson(body): ValidJson<ResetRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !mail::configured(&state.config) {
+        return Err(mail_not_configured());
+    }
+    let email = body.email.trim().to_string();
+    let found = find_user(&state, &email).await?;
+    if found.is_none() {
+        let mut actor = request.actor();
+        actor.label = Some(email.clone());
+        let entry = Entry::new(audit::PLATFORM, actor, "auth.password_reset_request").details(json!({"mailed": false}));
+        state.audit.record(entry).await;
+    }
+    if let Some((user_id, _)) = found {
+        let companies = companies_of(&state, user_id).await?;
+        let token = accounts::request_reset(&state.pool, user_id, &email, state.config.password_reset_ttl).await?;
+        let mut actor = request.actor();
+        actor.label = Some(email.clone());
+        for company_id in owners(companies) {
+            let entry = Entry::new(company_id, actor.clone(), "auth.password_reset_request")
+                .resource("user", user_id)
+                .details(json!({"mailed": token.is_some()}));
+            state.audit.record(entry).await;
+        }
+        if let Some(token) = token {
+            let text = format!(
+                "Someone asked to reset the password of your floq account.\n\n\
+                 To choose a new password, open this link:\n\n{}\n\n\
+                 The link works once and expires in {} minutes. Using it signs\n\
+                 out every session and revokes every API key of the account.\n\
+                 If you did not ask for this, ignore this message.\n",
+                accounts::link(&state.config.public_url, &token),
+                state.config.password_reset_ttl.as_secs().div_ceil(60),
+            );
+            mail::send_detached(state.config.clone(), email.clone(), "Reset your floq password", text);
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "status": "requested",
+            "message": "if an account has this address, a reset link has been sent to it",
+        })),
+    ))
+}
+
+/// The companies that see an event about an identity; the platform when none.
+fn owners(companies: Vec<Uuid>) -> Vec<Uuid> {
+    if companies.is_empty() {
+        vec![audit::PLATFORM]
+    } else {
+        companies
+    }
+}
+
+#[derive(Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+struct Accept {
+    #[validate(length(min = 1, max = 256))]
+    token: String,
+    #[validate(length(min = 12, max = 1024, message = "passwords are 12 to 1024 characters"))]
+    password: String,
+}
+
+/// Accepts an invitation or a password reset: the holder of the mailed link
+/// proves the mailbox and chooses the password. Every session and API key
+/// the identity had dies; an invitation adds the membership.
+async fn accept(
+    State(state): State<AppState>,
+    Extension(request): Extension<Arc<RequestMeta>>,
+    ValidJson(body): ValidJson<Accept>,
+) -> ApiResult<Json<Value>> {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_token",
+            "this link is unknown, already used or expired; ask for a new one",
+        )
+    };
+    let token = body.token.trim();
+    if !accounts::is_live(&state.pool, token).await? {
+        return Err(invalid());
+    }
+    let hash = password::hash(body.password).await.map_err(ApiError::internal)?;
+    // Spending the token re-checks it: a concurrent accept may have won.
+    let Some(done) = accounts::accept(&state.pool, token, hash).await? else {
+        return Err(invalid());
+    };
+    let mut actor = request.actor();
+    actor.kind = audit::ActorType::User;
+    actor.id = Some(done.user_id);
+    let details = json!({
+        "sessions_revoked": done.sessions_revoked,
+        "keys_revoked": done.keys_revoked,
+        "invited_by": done.invited_by,
+    });
+    let action = match done.purpose {
+        accounts::Purpose::Invitation => "user.invitation_accept",
+        accounts::Purpose::PasswordReset => "auth.password_reset",
+    };
+    for company_id in owners(done.companies.clone()) {
+        let entry = Entry::new(company_id, actor.clone(), action)
+            .resource("user", done.user_id)
+            .details(details.clone());
+        state.audit.record(entry).await;
+    }
+    Ok(Json(json!({"user_id": done.user_id, "company_id": done.company_id})))
 }

@@ -1,29 +1,34 @@
 //! `/api/v1/users`: the members of the caller's company and their roles.
-//! Admin only. A company never loses its last admin.
+//! Admin only. A company never loses its last admin. Adding an identity the
+//! company does not own is an invitation (see [`crate::accounts`]).
 
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
 
+use crate::accounts;
 use crate::audit;
 use crate::authz::{Authorized, ROLES, UserManage};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, ValidJson};
 use crate::password;
 use crate::state::AppState;
-use floq_shared::db;
+use floq_shared::{db, mail};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/users", get(list).post(create))
         .route("/api/v1/users/{id}", get(show).patch(update).delete(remove))
+        .route("/api/v1/invitations", get(invitations))
+        .route("/api/v1/invitations/{id}", delete(withdraw))
 }
 
 fn valid_roles(roles: &[String]) -> Result<(), validator::ValidationError> {
@@ -95,63 +100,147 @@ fn no_role() -> Vec<String> {
     vec!["none".into()]
 }
 
-/// Creates the user, or adds an existing user (by e-mail) to this company.
+fn mail_not_configured() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "mail_not_configured",
+        "adding this address needs an invitation by mail, and this deployment sends none: the operator must set FLOQ_SMTP_URL",
+    )
+}
+
+/// Creates a brand-new identity owned by this company (201, as a member), or
+/// invites the address (202): an identity that exists already, or that another
+/// company created, joins only once its mailbox owner accepts. The invitation
+/// answer is one and the same whether or not the address exists, and says
+/// nothing about the identity; without a password every address is invited, so
+/// nothing at all is learned. A password or name given for an existing identity
+/// is ignored: no company sets anything on an identity it does not own.
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<UserManage>,
     ValidJson(body): ValidJson<CreateUser>,
-) -> ApiResult<(StatusCode, Json<Member>)> {
+) -> ApiResult<Response> {
     let company_id = auth.principal.company_id;
-    let existing: Option<Uuid> = {
+    let email = body.email.trim().to_string();
+    let roles = normalized(body.roles);
+    let existing = {
         let mut tx = db::system_tx(&state.pool).await?;
-        let id = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1)")
-            .bind(&body.email)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let id = accounts::find_by_email(&mut tx, &email).await?;
         tx.commit().await?;
         id
     };
-    // The answer must not depend on whether the e-mail exists elsewhere, so a
-    // new user may come without a password (they cannot sign in with one until
-    // it is set), and a password given for an existing user is ignored.
-    let hash = match (&existing, body.password) {
-        (None, Some(p)) => Some(password::hash(p).await.map_err(ApiError::internal)?),
-        _ => None,
-    };
+    let mailing = mail::configured(&state.config);
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let user_id = match existing {
-        Some(id) => id,
-        None => {
-            let id = Uuid::now_v7();
-            sqlx::query("INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, $4)")
-                .bind(id)
-                .bind(body.email.trim())
-                .bind(body.name.trim())
-                .bind(hash)
-                .execute(&mut *tx)
-                .await?;
-            id
-        }
-    };
-    let added =
-        sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(company_id)
-            .bind(user_id)
-            .bind(normalized(body.roles))
-            .execute(&mut *tx)
+    if let Some(id) = existing {
+        // Members are visible to their company anyway, so this tells nothing new.
+        let member: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM memberships WHERE user_id = $1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
             .await?;
-    if added.rows_affected() == 0 {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already_member",
-            "this user is already a member",
-        ));
+        if member {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_member",
+                "this user is already a member",
+            ));
+        }
     }
+    if existing.is_some() || (body.password.is_none() && mailing) {
+        if !mailing {
+            return Err(mail_not_configured());
+        }
+        let (invitation_id, token) = accounts::invite(
+            &mut tx,
+            accounts::Invitation {
+                company_id,
+                email: &email,
+                user_id: existing,
+                roles: &roles,
+                invited_by: auth.principal.user_id,
+                ttl: state.config.invitation_ttl,
+            },
+        )
+        .await?;
+        let entry = auth
+            .principal
+            .audit("user.invite", "invitation", invitation_id)
+            .details(json!({"email": email, "roles": roles}));
+        audit::record(&mut tx, &[entry]).await?;
+        tx.commit().await?;
+        let company: String = company_name(&state, company_id).await?;
+        let text = format!(
+            "You have been invited to join {company} on floq.\n\n\
+             To accept, open this link and choose your password:\n\n{}\n\n\
+             The link works once and expires in {} hours. If you did not expect\n\
+             this invitation, ignore this message.\n",
+            accounts::link(&state.config.public_url, &token),
+            state.config.invitation_ttl.as_secs().div_ceil(3600),
+        );
+        mail::send_detached(state.config.clone(), email.clone(), "Your floq invitation", text);
+        return Ok((StatusCode::ACCEPTED, Json(invited(&email))).into_response());
+    }
+    let hash = match body.password {
+        Some(p) => Some(password::hash(p).await.map_err(ApiError::internal)?),
+        None => None,
+    };
+    let user_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO users (id, email, name, password_hash, created_by_company) VALUES ($1, $2, $3, $4, $5)")
+        .bind(user_id)
+        .bind(&email)
+        .bind(body.name.trim())
+        .bind(hash)
+        .bind(company_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3)")
+        .bind(company_id)
+        .bind(user_id)
+        .bind(&roles)
+        .execute(&mut *tx)
+        .await?;
     let member = fetch(&mut tx, user_id).await?;
     let entry = auth.principal.audit("user.add", "user", user_id);
     audit::record(&mut tx, &[entry.change(None::<&Member>, Some(&member))]).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(member)))
+    Ok((StatusCode::CREATED, Json(member)).into_response())
+}
+
+/// The one answer to an invitation, whoever the address belongs to.
+fn invited(email: &str) -> Value {
+    json!({
+        "status": "invited",
+        "email": email,
+        "message": "an invitation has been sent; the address joins once its owner accepts",
+    })
+}
+
+async fn company_name(state: &AppState, company_id: Uuid) -> Result<String, sqlx::Error> {
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let name = sqlx::query_scalar("SELECT name FROM companies WHERE id = $1")
+        .bind(company_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(name)
+}
+
+/// Pending invitations of the caller's company (addresses it typed itself).
+async fn invitations(State(state): State<AppState>, auth: Authorized<UserManage>) -> ApiResult<Json<Value>> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let items = accounts::pending(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Json(json!({"items": items})))
+}
+
+async fn withdraw(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id): Id) -> ApiResult<StatusCode> {
+    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let before = accounts::withdraw(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("invitation"))?;
+    let entry = auth.principal.audit("user.invitation_withdraw", "invitation", id);
+    audit::record(&mut tx, &[entry.change(Some(&before), None::<&accounts::Pending>)]).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, Validate)]

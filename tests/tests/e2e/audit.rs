@@ -271,14 +271,15 @@ async fn sign_ins_sign_outs_expiry_and_company_switches_are_recorded() {
 
     // Switching: both companies' logs show the move.
     let globex = app.other_company().await;
-    let (status, _) = app
-        .post(
-            "/api/v1/users",
-            &globex.api_key,
-            json!({"email": "ada@acme.test", "roles": ["viewer"]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    // Ada joins Globex as an accepted invitation would (see `accounts.rs`).
+    let mut tx = floq_shared::db::tenant_tx(&app.pool, globex.company_id).await.unwrap();
+    sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2::uuid, ARRAY['viewer'])")
+        .bind(globex.company_id)
+        .bind(user_id.as_str())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     let (status, _) = with_cookie(
         &app,
         Method::POST,

@@ -182,20 +182,22 @@ async fn sessions_expire() {
 #[tokio::test]
 async fn a_session_switches_only_to_companies_the_user_belongs_to() {
     let app = spawn().await;
-    user_with_password(&app, "ada@acme.test", &["viewer"]).await;
+    let ada = user_with_password(&app, "ada@acme.test", &["viewer"]).await;
     let globex = app.other_company().await;
     let initech = floq_api::admin::bootstrap(&app.pool, &app.config, "Initech", "boss@initech.test")
         .await
         .unwrap();
-    // Globex's admin adds the same person (by e-mail) as an editor there.
-    let (status, _) = app
-        .post(
-            "/api/v1/users",
-            &globex.api_key,
-            json!({"email": "ada@acme.test", "roles": ["flow_editor"]}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    // Ada is an editor at Globex too. A company adds an existing identity only
+    // by an invitation she accepts (see `accounts.rs`); here the membership is
+    // written directly, as accepting would.
+    let mut tx = floq_shared::db::tenant_tx(&app.pool, globex.company_id).await.unwrap();
+    sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2::uuid, ARRAY['flow_editor'])")
+        .bind(globex.company_id)
+        .bind(&ada)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     let cookie = signed_in(&app, "ada@acme.test").await;
 
     let (status, _) = with_cookie(

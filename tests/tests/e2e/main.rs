@@ -1,6 +1,7 @@
 //! End-to-end tests: api + worker + scheduler in-process, real PostgreSQL
 //! and RabbitMQ, one database and queue prefix per test.
 
+mod accounts;
 mod audit;
 mod egress;
 mod flows;
