@@ -3,12 +3,14 @@
 //! and telemetry.
 
 pub mod audit;
+pub mod batch;
 pub mod config;
 pub mod cron;
 pub mod crypto;
 pub mod db;
 pub mod flow;
 pub mod ops;
+pub mod pgtext;
 pub mod queue;
 pub mod replies;
 pub mod script;
