@@ -84,14 +84,42 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message).with_details(details)
     }
 
+    /// `422` for text PostgreSQL cannot store (U+0000), naming where it was.
+    pub fn invalid_text(field: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_text",
+            format!("`{field}` contains a NUL character (U+0000), which cannot be stored"),
+        )
+        .with_details(json!([{"field": field, "message": "must not contain U+0000"}]))
+    }
+
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(e.into())
     }
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// Two refusals are the client's to fix and map here, once: text the
+    /// database cannot store (ingress refuses it first; this is the second
+    /// wall) and a unique value another request just took (a race past a
+    /// handler's own check). Everything else is an internal error.
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(e.into())
+        match floq_shared::batch::sqlstate(&e).as_deref() {
+            // untranslatable_character, character_not_in_repertoire
+            Some("22P05" | "22021") => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_text",
+                "the request holds text that cannot be stored",
+            ),
+            // unique_violation
+            Some("23505") => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "a resource with the same unique value already exists",
+            ),
+            _ => ApiError::Internal(e.into()),
+        }
     }
 }
 
