@@ -212,3 +212,51 @@ pub fn invalid_body(errors: validator::ValidationErrors) -> ApiError {
         .collect();
     ApiError::validation("the request body is invalid", json!(details))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: ApiError) -> (StatusCode, &'static str, Value) {
+        match e {
+            ApiError::Client {
+                status, code, details, ..
+            } => (status, code, details[0]["field"].clone()),
+            ApiError::Internal(e) => panic!("internal: {e}"),
+        }
+    }
+
+    #[test]
+    fn json_holding_a_nul_is_refused_naming_its_path() {
+        let e = storable_json(br#"{"input":{"list":[1,"a\u0000"]}}"#, "").unwrap_err();
+        assert_eq!(field(e), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text", json!("input.list[1]")));
+        let e = storable_json(br#"{"\u0000":1}"#, "body").unwrap_err();
+        assert_eq!(field(e).2, json!("body.\\u0000"));
+        assert!(storable_json(br#"{"a":"\\u0000 is how JSON spells it"}"#, "").is_ok());
+        assert!(storable_json(br#"{"a":"plain"}"#, "").is_ok());
+    }
+
+    #[test]
+    fn a_query_parameter_holding_a_nul_is_refused_by_name() {
+        let uri: axum::http::Uri = "/x?ok=1&action=a%00b".parse().unwrap();
+        assert_eq!(field(storable_query(&uri).unwrap_err()).2, json!("action"));
+        let uri: axum::http::Uri = "/x?a%00=1".parse().unwrap();
+        assert_eq!(field(storable_query(&uri).unwrap_err()).2, json!("query"));
+        let uri: axum::http::Uri = "/x?a=%2500".parse().unwrap();
+        assert!(storable_query(&uri).is_ok(), "%25 is a percent sign, not a NUL");
+    }
+
+    #[test]
+    fn json_content_types_match_axums() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            json_content_type(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("application/json; charset=utf-8"));
+        assert!(with("application/cloudevents+json"));
+        assert!(!with("text/json"));
+        assert!(!json_content_type(&HeaderMap::new()));
+    }
+}

@@ -117,6 +117,51 @@ mod tests {
         assert_eq!(commits, 1);
     }
 
+    /// A server error with this SQLSTATE, as sqlx would hand it over.
+    #[derive(Debug)]
+    struct Server(&'static str);
+    impl std::fmt::Display for Server {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+    impl std::error::Error for Server {}
+    impl sqlx::error::DatabaseError for Server {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn data_refusals_are_split_and_outages_are_not() {
+        for code in ["22P05", "22021", "22008", "23505", "23503", "54000", "P0001", "40P01"] {
+            let e = sqlx::Error::Database(Box::new(Server(code)));
+            assert!(is_refusal(&e), "{code}");
+            assert_eq!(sqlstate(&e).as_deref(), Some(code));
+        }
+        for code in ["08006", "53300", "57P01", "57014", "58030", "42P01", "42501", "XX000"] {
+            assert!(!is_refusal(&sqlx::Error::Database(Box::new(Server(code)))), "{code}");
+        }
+        assert!(!is_refusal(&sqlx::Error::PoolTimedOut));
+        assert!(!is_refusal(&sqlx::Error::Io(std::io::Error::other("reset"))));
+        assert!(is_refusal(&sqlx::Error::Encode("out of range".into())));
+    }
+
     #[test]
     fn an_empty_batch_commits_nothing() {
         let (done, commits) = run(&[]);

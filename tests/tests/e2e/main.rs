@@ -6,6 +6,7 @@ mod flows;
 mod grants;
 mod identity;
 mod nodes;
+mod poison;
 mod resilience;
 mod retention;
 mod runs;
