@@ -179,11 +179,9 @@ async fn store(pool: &PgPool, batch: &mut [Write]) -> (Vec<bool>, HashSet<Uuid>)
 /// The error code of a run whose outcome the database refused.
 pub const OUTPUT_UNSTORABLE: &str = "output_unstorable";
 
-/// Replaces a refused outcome with less of it: first the run fails with
-/// `output_unstorable`, keeping its steps' statuses and audit entries but no
-/// output or error values; if that is refused too, only the bare failure.
-/// Returns `false` when there is nothing left to drop. A waiting caller is
-/// answered with what is stored.
+/// Replaces a refused write's outcome with less of it ([`degrade`]) and
+/// answers a waiting caller with what is stored instead. Returns `false`
+/// when there is nothing left to drop.
 fn unstorable(write: &mut Write, e: &sqlx::Error) -> bool {
     let Write::Finished {
         run_id, outcome, reply, ..
@@ -192,31 +190,41 @@ fn unstorable(write: &mut Write, e: &sqlx::Error) -> bool {
         // A `running` mark holds nothing a database could refuse; losing one costs nothing.
         return false;
     };
-    let already = outcome.error.as_ref().and_then(|e| e.get("code")).and_then(Value::as_str) == Some(OUTPUT_UNSTORABLE);
-    if already {
-        if outcome.steps.is_empty() && outcome.audit.is_empty() {
-            return false;
-        }
-        outcome.steps.clear();
-        outcome.audit.clear();
-    } else {
-        let code = batch::sqlstate(e).unwrap_or_else(|| "unknown".into());
-        outcome.status = RunStatus::Failed;
-        outcome.output = None;
-        outcome.error = Some(json!({
-            "code": OUTPUT_UNSTORABLE,
-            "message": format!("the database refused to store this run's output (SQLSTATE {code}); the run failed instead"),
-        }));
-        for step in &mut outcome.steps {
-            step.output = None;
-            step.error = None;
-        }
+    if !degrade(outcome, &batch::sqlstate(e).unwrap_or_else(|| "unknown".into())) {
+        return false;
     }
     if let Some(pending) = reply.take() {
         *reply = pending
             .replaced(reply::from_outcome(*run_id, None, outcome))
             .map(Box::new);
     }
+    true
+}
+
+/// Less of an outcome the database refused: first the run fails with
+/// `output_unstorable`, keeping its steps' statuses and audit entries but no
+/// output or error values; if that is refused too, only the bare failure.
+/// Returns `false` when there is nothing left to drop.
+fn degrade(outcome: &mut Outcome, sqlstate: &str) -> bool {
+    let already = outcome.error.as_ref().and_then(|e| e.get("code")).and_then(Value::as_str) == Some(OUTPUT_UNSTORABLE);
+    if !already {
+        outcome.status = RunStatus::Failed;
+        outcome.output = None;
+        outcome.error = Some(json!({
+            "code": OUTPUT_UNSTORABLE,
+            "message": format!("the database refused to store this run's output (SQLSTATE {sqlstate}); the run failed instead"),
+        }));
+        for step in &mut outcome.steps {
+            step.output = None;
+            step.error = None;
+        }
+        return true;
+    }
+    if outcome.steps.is_empty() && outcome.audit.is_empty() {
+        return false;
+    }
+    outcome.steps.clear();
+    outcome.audit.clear();
     true
 }
 
@@ -368,5 +376,53 @@ impl<'a> FinishedColumns<'a> {
         .execute(&mut **tx)
         .await?;
         Ok(updated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Step;
+    use floq_shared::audit::Actor;
+
+    fn outcome() -> Outcome {
+        let mut o = Outcome::failed_early("x", "y");
+        o.status = RunStatus::Succeeded;
+        o.error = None;
+        o.output = Some(json!({"body": "a\u{0}b", "k\u{0}": 1}));
+        o.steps.push(Step {
+            node_id: "h".into(),
+            seq: 0,
+            status: "succeeded",
+            output: Some(json!(["\u{0}"])),
+            error: None,
+            started_at: None,
+            finished_at: None,
+        });
+        o.audit.push(Entry::new(Uuid::nil(), Actor::system("test"), "node.execute"));
+        o
+    }
+
+    #[test]
+    fn a_refused_outcome_fails_its_run_then_sheds_everything_but_the_failure() {
+        let mut o = outcome();
+        assert!(degrade(&mut o, "22P05"));
+        assert_eq!(o.status, RunStatus::Failed);
+        assert_eq!(o.output, None);
+        assert_eq!(o.error.as_ref().unwrap()["code"], OUTPUT_UNSTORABLE);
+        assert!(o.error.as_ref().unwrap()["message"].as_str().unwrap().contains("22P05"));
+        assert_eq!((o.steps.len(), o.steps[0].output.is_none(), o.audit.len()), (1, true, 1));
+        assert!(degrade(&mut o, "22P05"), "refused again: drop steps and entries");
+        assert!(o.steps.is_empty() && o.audit.is_empty());
+        assert_eq!(o.error.as_ref().unwrap()["code"], OUTPUT_UNSTORABLE);
+        assert!(!degrade(&mut o, "22P05"), "nothing left to drop");
+    }
+
+    #[test]
+    fn stored_outputs_hold_no_nul() {
+        let mut o = outcome();
+        make_storable(&mut o);
+        assert_eq!(o.output, Some(json!({"body": "a\u{FFFD}b", "k\u{FFFD}": 1})));
+        assert_eq!(o.steps[0].output, Some(json!(["\u{FFFD}"])));
     }
 }

@@ -292,3 +292,79 @@ async fn an_audit_entry_the_database_refuses_does_not_stall_auditing() {
     );
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn an_outcome_the_database_refuses_fails_only_its_run_and_answers_its_waiting_caller() {
+    let app = TestApp::spawn().await;
+    // Stand-in for any refusal the U+FFFD rule does not cover: this database refuses,
+    // as it would a NUL (22P05), any run output holding the marker.
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_refuse_marker() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.output::text LIKE '%refuse-me%' THEN
+             RAISE EXCEPTION 'unsupported Unicode escape sequence' USING ERRCODE = '22P05';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_refuse_marker BEFORE UPDATE ON runs
+           FOR EACH ROW EXECUTE FUNCTION test_refuse_marker();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let victim = app
+        .deployed_flow(json!({"nodes": [{"id": "a", "type": "set", "params": {"values": {"i": "{{ $input.i }}"}}}]}))
+        .await;
+    let attacker = app.other_company().await;
+    let poisoned = deploy(
+        &app,
+        &attacker.api_key,
+        json!({"nodes": [{"id": "c", "type": "code", "params": {"code": "return {text: 'refuse-me'};"}}]}),
+    )
+    .await;
+    let (status, hook) = app
+        .request(
+            Method::PUT,
+            &format!("/api/v1/flows/{poisoned}/webhook"),
+            &attacker.api_key,
+            Some(json!({"wait_seconds": 20})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let hook = format!("{}{}", app.base, hook["path"].as_str().unwrap());
+
+    let attack = async {
+        let started = std::time::Instant::now();
+        let resp = app.client.post(&hook).json(&json!({})).send().await.unwrap();
+        let waited = started.elapsed();
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let (status, body) = app
+                .post(&format!("/api/v1/flows/{poisoned}/runs"), &attacker.api_key, json!({"input": {}}))
+                .await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            runs.push(body["run_id"].as_str().unwrap().to_string());
+        }
+        (resp.status(), resp.json::<Value>().await.unwrap(), waited, runs)
+    };
+    let ((status, answer, waited, b_runs), a_runs) = futures_util::join!(attack, many_runs(&app, &victim, 40));
+
+    // The waiting caller hears the failure that was stored, not the output that was refused.
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(answer["error"]["code"], "run_failed", "{answer}");
+    assert!(waited < Duration::from_secs(15), "answered when stored, not at the wait's end: {waited:?}");
+    assert_all_succeed(&app, &a_runs).await;
+    for id in b_runs.iter().chain([answer["error"]["details"]["run_id"].as_str().unwrap().to_string()].iter()) {
+        let run = wait_as(&app, &attacker.api_key, id).await;
+        assert_eq!(run["status"], "failed", "{run}");
+        assert_eq!(run["attempt"], 1, "{run}");
+        assert_eq!(run["output"], Value::Null, "{run}");
+        assert_eq!(
+            run["error"],
+            json!({"code": "output_unstorable",
+                   "message": "the database refused to store this run's output (SQLSTATE 22P05); the run failed instead"}),
+            "{run}"
+        );
+    }
+    app.teardown().await;
+}
