@@ -21,10 +21,10 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::{batch, db};
 use floq_shared::queue::{Envelope, INLINE_INPUT_MAX, Publisher, RunFlowV1};
 use floq_shared::replies::{Replies, Waiter};
 use floq_shared::telemetry::METRICS;
+use floq_shared::{batch, db};
 
 const MAX_BATCH: usize = 1000;
 const COMMITTERS: usize = 4;

@@ -100,26 +100,37 @@ impl ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
-    /// Two refusals are the client's to fix and map here, once: text the
-    /// database cannot store (ingress refuses it first; this is the second
-    /// wall) and a unique value another request just took (a race past a
-    /// handler's own check). Everything else is an internal error.
     fn from(e: sqlx::Error) -> Self {
-        match floq_shared::batch::sqlstate(&e).as_deref() {
-            // untranslatable_character, character_not_in_repertoire
-            Some("22P05" | "22021") => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_text",
-                "the request holds text that cannot be stored",
-            ),
-            // unique_violation
-            Some("23505") => ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "a resource with the same unique value already exists",
-            ),
-            _ => ApiError::Internal(e.into()),
-        }
+        refusal(&e).unwrap_or_else(|| ApiError::Internal(e.into()))
+    }
+}
+
+/// A batch writer's error, shared by every request of the part that failed.
+impl From<std::sync::Arc<sqlx::Error>> for ApiError {
+    fn from(e: std::sync::Arc<sqlx::Error>) -> Self {
+        refusal(&e).unwrap_or_else(|| ApiError::Internal(anyhow::Error::new(e)))
+    }
+}
+
+/// Two refusals are the client's to fix and map here, once: text the
+/// database cannot store (ingress refuses it first; this is the second
+/// wall) and a unique value another request just took (a race past a
+/// handler's own check). Everything else is an internal error.
+fn refusal(e: &sqlx::Error) -> Option<ApiError> {
+    match floq_shared::batch::sqlstate(e).as_deref() {
+        // untranslatable_character, character_not_in_repertoire
+        Some("22P05" | "22021") => Some(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_text",
+            "the request holds text that cannot be stored",
+        )),
+        // unique_violation
+        Some("23505") => Some(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "a resource with the same unique value already exists",
+        )),
+        _ => None,
     }
 }
 

@@ -28,7 +28,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         // axum's `Json`, step by step, so the bytes can be checked for text it would accept
         // but the database would not.
         if !json_content_type(req.headers()) {
-            return Err(json_rejection(JsonRejection::MissingJsonContentType(Default::default())));
+            return Err(json_rejection(
+                JsonRejection::MissingJsonContentType(Default::default()),
+            ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
         let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes).map_err(json_rejection)?;
@@ -46,7 +48,13 @@ pub fn storable_json(bytes: &[u8], prefix: &str) -> Result<(), ApiError> {
     let field = serde_json::from_slice::<Value>(bytes)
         .ok()
         .and_then(|v| pgtext::nul_path(&v, prefix))
-        .unwrap_or_else(|| if prefix.is_empty() { "body".into() } else { prefix.into() });
+        .unwrap_or_else(|| {
+            if prefix.is_empty() {
+                "body".into()
+            } else {
+                prefix.into()
+            }
+        });
     Err(ApiError::invalid_text(&field))
 }
 
@@ -229,7 +237,10 @@ mod tests {
     #[test]
     fn json_holding_a_nul_is_refused_naming_its_path() {
         let e = storable_json(br#"{"input":{"list":[1,"a\u0000"]}}"#, "").unwrap_err();
-        assert_eq!(field(e), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text", json!("input.list[1]")));
+        assert_eq!(
+            field(e),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text", json!("input.list[1]"))
+        );
         let e = storable_json(br#"{"\u0000":1}"#, "body").unwrap_err();
         assert_eq!(field(e).2, json!("body.\\u0000"));
         assert!(storable_json(br#"{"a":"\\u0000 is how JSON spells it"}"#, "").is_ok());

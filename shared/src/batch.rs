@@ -26,6 +26,8 @@ where
     if items.is_empty() {
         return done;
     }
+    // Parts still to try, as index ranges; the last pushed is tried next.
+    #[allow(clippy::single_range_in_vec_init, reason = "a list of ranges, one so far")]
     let mut pending = vec![0..items.len()];
     while let Some(range) = pending.pop() {
         match commit(&items[range.clone()]).await {
@@ -62,9 +64,9 @@ pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
 pub fn is_refusal(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Encode(_) => true,
-        sqlx::Error::Database(_) => sqlstate(e).is_some_and(|code| {
-            matches!(code.get(..2), Some("22" | "23" | "54" | "P0" | "40"))
-        }),
+        sqlx::Error::Database(_) => {
+            sqlstate(e).is_some_and(|code| matches!(code.get(..2), Some("22" | "23" | "54" | "P0" | "40")))
+        }
         _ => false,
     }
 }
@@ -79,10 +81,16 @@ mod tests {
         if part.contains(&-1) {
             return Err("outage");
         }
-        if part.contains(&0) { Err("refused") } else { Ok(part.to_vec()) }
+        if part.contains(&0) {
+            Err("refused")
+        } else {
+            Ok(part.to_vec())
+        }
     }
 
-    fn run(items: &[i32]) -> (Vec<(Range<usize>, Result<Vec<i32>, &'static str>)>, usize) {
+    type Parts = Vec<(Range<usize>, Result<Vec<i32>, &'static str>)>;
+
+    fn run(items: &[i32]) -> (Parts, usize) {
         let log = std::sync::Mutex::new(Vec::new());
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let done = rt.block_on(isolate(items, |part| commit(part, &log), |e| *e == "refused"));
@@ -101,13 +109,25 @@ mod tests {
     fn only_the_poisoned_items_fail_and_everything_else_commits_in_order() {
         let items: Vec<i32> = (1..=1000).map(|i| if i == 17 || i == 600 { 0 } else { i }).collect();
         let (done, commits) = run(&items);
-        let failed: Vec<Range<usize>> = done.iter().filter(|(_, r)| r.is_err()).map(|(r, _)| r.clone()).collect();
+        let failed: Vec<Range<usize>> = done
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(r, _)| r.clone())
+            .collect();
         assert_eq!(failed, vec![16..17, 599..600]);
-        let committed: Vec<i32> = done.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
+        let committed: Vec<i32> = done
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flatten()
+            .copied()
+            .collect();
         assert_eq!(committed, items.iter().copied().filter(|&i| i != 0).collect::<Vec<_>>());
         let starts: Vec<usize> = done.iter().map(|(r, _)| r.start).collect();
         assert!(starts.windows(2).all(|w| w[0] < w[1]), "parts come back in item order");
-        assert!(commits <= 2 * 2 * 10 + 1, "bisection, not row by row: {commits} commits");
+        assert!(
+            commits <= 2 * 2 * 10 + 1,
+            "bisection, not row by row: {commits} commits"
+        );
     }
 
     #[test]

@@ -147,7 +147,10 @@ mod tests {
 
     #[test]
     fn the_path_names_the_string_or_key_holding_a_nul() {
-        assert_eq!(nul_path(&json!({"a": {"b": [1, "x\u{0}"]}}), "input"), Some("input.a.b[1]".into()));
+        assert_eq!(
+            nul_path(&json!({"a": {"b": [1, "x\u{0}"]}}), "input"),
+            Some("input.a.b[1]".into())
+        );
         assert_eq!(nul_path(&json!({"a\u{0}b": 1}), ""), Some("a\\u0000b".into()));
         assert_eq!(nul_path(&json!("\u{0}"), ""), Some("body".into()));
         assert_eq!(nul_path(&json!({"a": ["fine", {"b": "ok"}]}), ""), None);
@@ -179,7 +182,10 @@ mod tests {
     fn nuls_in_strings_and_keys_become_the_replacement_character() {
         let mut v = json!({"body": "a\u{0}b", "k\u{0}": {"deep\u{0}": ["\u{0}"]}, "n": 1});
         assert!(replace_nul(&mut v));
-        assert_eq!(v, json!({"body": "a\u{FFFD}b", "k\u{FFFD}": {"deep\u{FFFD}": ["\u{FFFD}"]}, "n": 1}));
+        assert_eq!(
+            v,
+            json!({"body": "a\u{FFFD}b", "k\u{FFFD}": {"deep\u{FFFD}": ["\u{FFFD}"]}, "n": 1})
+        );
         assert!(!replace_nul(&mut v), "nothing left to replace");
         assert_eq!(nul_path(&v, ""), None);
     }

@@ -24,8 +24,8 @@ use uuid::Uuid;
 use crate::executor::{Outcome, RunStatus};
 use crate::reply::{self, PendingReply};
 use floq_shared::audit::{self, Entry};
-use floq_shared::{batch, db, pgtext};
 use floq_shared::telemetry::METRICS;
+use floq_shared::{batch, db, pgtext};
 
 const MAX_BATCH: usize = 1000;
 const WRITERS: usize = 2;
@@ -206,7 +206,12 @@ fn unstorable(write: &mut Write, e: &sqlx::Error) -> bool {
 /// output or error values; if that is refused too, only the bare failure.
 /// Returns `false` when there is nothing left to drop.
 fn degrade(outcome: &mut Outcome, sqlstate: &str) -> bool {
-    let already = outcome.error.as_ref().and_then(|e| e.get("code")).and_then(Value::as_str) == Some(OUTPUT_UNSTORABLE);
+    let already = outcome
+        .error
+        .as_ref()
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        == Some(OUTPUT_UNSTORABLE);
     if !already {
         outcome.status = RunStatus::Failed;
         outcome.output = None;
@@ -235,16 +240,12 @@ fn degrade(outcome: &mut Outcome, sqlstate: &str) -> bool {
 /// before its outcome is stored or sent to a waiting caller, so both see the
 /// same value.
 pub fn make_storable(outcome: &mut Outcome) {
-    let values = outcome
-        .output
-        .iter_mut()
-        .chain(outcome.error.iter_mut())
-        .chain(
-            outcome
-                .steps
-                .iter_mut()
-                .flat_map(|s| s.output.iter_mut().chain(s.error.iter_mut())),
-        );
+    let values = outcome.output.iter_mut().chain(outcome.error.iter_mut()).chain(
+        outcome
+            .steps
+            .iter_mut()
+            .flat_map(|s| s.output.iter_mut().chain(s.error.iter_mut())),
+    );
     for value in values {
         pgtext::replace_nul(value);
     }
@@ -399,7 +400,8 @@ mod tests {
             started_at: None,
             finished_at: None,
         });
-        o.audit.push(Entry::new(Uuid::nil(), Actor::system("test"), "node.execute"));
+        o.audit
+            .push(Entry::new(Uuid::nil(), Actor::system("test"), "node.execute"));
         o
     }
 
@@ -411,7 +413,10 @@ mod tests {
         assert_eq!(o.output, None);
         assert_eq!(o.error.as_ref().unwrap()["code"], OUTPUT_UNSTORABLE);
         assert!(o.error.as_ref().unwrap()["message"].as_str().unwrap().contains("22P05"));
-        assert_eq!((o.steps.len(), o.steps[0].output.is_none(), o.audit.len()), (1, true, 1));
+        assert_eq!(
+            (o.steps.len(), o.steps[0].output.is_none(), o.audit.len()),
+            (1, true, 1)
+        );
         assert!(degrade(&mut o, "22P05"), "refused again: drop steps and entries");
         assert!(o.steps.is_empty() && o.audit.is_empty());
         assert_eq!(o.error.as_ref().unwrap()["code"], OUTPUT_UNSTORABLE);

@@ -226,8 +226,11 @@ pub async fn append<'a>(
         c.client_ip.push(text(&e.actor.client_ip));
         c.request_id.push(text(&e.actor.request_id));
         c.action.push(pgtext::replace_nul_str(&e.action).into_owned());
-        c.resource_type
-            .push(e.resource.as_ref().map(|(t, _)| pgtext::replace_nul_str(t).into_owned()));
+        c.resource_type.push(
+            e.resource
+                .as_ref()
+                .map(|(t, _)| pgtext::replace_nul_str(t).into_owned()),
+        );
         c.resource_id.push(
             e.resource
                 .as_ref()

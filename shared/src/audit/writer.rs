@@ -5,8 +5,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Entry, append};
-use crate::{batch, db};
 use crate::telemetry::METRICS;
+use crate::{batch, db};
 
 const MAX_BATCH: usize = 2000;
 const QUEUE: usize = 20_000;
@@ -55,6 +55,7 @@ async fn write(pool: &PgPool, batch: &[Entry], name: &'static str) -> usize {
     let mut delay = Duration::from_millis(50);
     let mut written = 0;
     // Index ranges of `batch` still to write.
+    #[allow(clippy::single_range_in_vec_init, reason = "a list of ranges, one so far")]
     let mut pending = vec![0..batch.len()];
     while !pending.is_empty() {
         let mut retry = Vec::new();

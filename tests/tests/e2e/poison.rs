@@ -32,7 +32,11 @@ fn assert_invalid_text(status: StatusCode, body: &Value, field: &str) {
 /// Creates and deploys a flow as `key`'s company.
 async fn deploy(app: &TestApp, key: &str, definition: Value) -> String {
     let (status, flow) = app
-        .post("/api/v1/flows", key, json!({"name": "poison test", "definition": definition}))
+        .post(
+            "/api/v1/flows",
+            key,
+            json!({"name": "poison test", "definition": definition}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{flow}");
     let id = flow["id"].as_str().unwrap().to_string();
@@ -50,7 +54,10 @@ async fn wait_as(app: &TestApp, key: &str, run_id: &str) -> Value {
         if matches!(run["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
             return run;
         }
-        assert!(tokio::time::Instant::now() < deadline, "run {run_id} did not finish: {run}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {run_id} did not finish: {run}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -79,7 +86,12 @@ async fn a_nul_in_one_companys_run_input_or_webhook_fails_only_that_request() {
         .deployed_flow(json!({"nodes": [{"id": "a", "type": "set", "params": {"values": {"i": "{{ $input.i }}"}}}]}))
         .await;
     let attacker = app.other_company().await;
-    let b_flow = deploy(&app, &attacker.api_key, json!({"nodes": [{"id": "a", "type": "merge"}]})).await;
+    let b_flow = deploy(
+        &app,
+        &attacker.api_key,
+        json!({"nodes": [{"id": "a", "type": "merge"}]}),
+    )
+    .await;
     let (status, hook) = app
         .request(
             Method::PUT,
@@ -95,7 +107,11 @@ async fn a_nul_in_one_companys_run_input_or_webhook_fails_only_that_request() {
     let runs_path = format!("/api/v1/flows/{b_flow}/runs");
     let poison = async {
         let value = app
-            .post(&runs_path, &attacker.api_key, json!({"input": {"a": ["ok", "x\u{0}y"]}}))
+            .post(
+                &runs_path,
+                &attacker.api_key,
+                json!({"input": {"a": ["ok", "x\u{0}y"]}}),
+            )
             .await;
         let key = app
             .post(&runs_path, &attacker.api_key, json!({"input": {"k\u{0}": 1}}))
@@ -120,7 +136,13 @@ async fn a_nul_in_one_companys_run_input_or_webhook_fails_only_that_request() {
     assert_invalid_text(answers[4].0, &answers[4].1, "note");
     assert_all_succeed(&app, &a_runs).await;
     // B's webhook still works for clean calls.
-    let resp = app.client.post(&hook).json(&json!({"fine": true})).send().await.unwrap();
+    let resp = app
+        .client
+        .post(&hook)
+        .json(&json!({"fine": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     app.teardown().await;
 }
@@ -133,8 +155,18 @@ async fn every_text_field_refuses_a_nul_with_a_422_naming_it() {
     let flow = deploy(&app, &key, json!({"nodes": [{"id": "a", "type": "merge"}]})).await;
     let nul = "x\u{0}";
     let cases: Vec<(Method, String, Option<Value>, &str)> = vec![
-        (Method::POST, "/api/v1/groups".into(), Some(json!({"name": nul})), "name"),
-        (Method::POST, "/api/v1/flow-groups".into(), Some(json!({"name": nul})), "name"),
+        (
+            Method::POST,
+            "/api/v1/groups".into(),
+            Some(json!({"name": nul})),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/api/v1/flow-groups".into(),
+            Some(json!({"name": nul})),
+            "name",
+        ),
         (
             Method::POST,
             "/api/v1/api-keys".into(),
@@ -153,7 +185,12 @@ async fn every_text_field_refuses_a_nul_with_a_422_naming_it() {
             Some(json!({"email": "new@globex.test", "name": nul, "password": "a-long-password-1"})),
             "name",
         ),
-        (Method::PUT, "/api/v1/kv/greeting".into(), Some(json!({"value": {"text": nul}})), "value.text"),
+        (
+            Method::PUT,
+            "/api/v1/kv/greeting".into(),
+            Some(json!({"value": {"text": nul}})),
+            "value.text",
+        ),
         (
             Method::PUT,
             format!("/api/v1/flows/{flow}/webhook"),
@@ -163,7 +200,9 @@ async fn every_text_field_refuses_a_nul_with_a_422_naming_it() {
         (
             Method::POST,
             "/api/v1/flows".into(),
-            Some(json!({"name": "ok", "definition": {"nodes": [{"id": "a", "type": "set", "params": {"values": {"v": nul}}}]}})),
+            Some(
+                json!({"name": "ok", "definition": {"nodes": [{"id": "a", "type": "set", "params": {"values": {"v": nul}}}]}}),
+            ),
             "definition.nodes[0].params.values.v",
         ),
         (Method::GET, "/api/v1/audit?action=a%00".into(), None, "action"),
@@ -175,7 +214,9 @@ async fn every_text_field_refuses_a_nul_with_a_422_naming_it() {
     // A unique value taken by a concurrent rename is a 409, not a 500.
     let mut ids = Vec::new();
     for i in 0..6 {
-        let (status, group) = app.post("/api/v1/flow-groups", &key, json!({"name": format!("g{i}")})).await;
+        let (status, group) = app
+            .post("/api/v1/flow-groups", &key, json!({"name": format!("g{i}")}))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{group}");
         ids.push(group["id"].as_str().unwrap().to_string());
     }
@@ -188,8 +229,17 @@ async fn every_text_field_refuses_a_nul_with_a_422_naming_it() {
     });
     let answers = join_all(renames).await;
     let statuses: Vec<StatusCode> = answers.iter().map(|(s, _)| *s).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{answers:?}");
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::CONFLICT), "{answers:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{answers:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::CONFLICT),
+        "{answers:?}"
+    );
     // The main company is untouched and still works.
     let run = app
         .run_flow(json!({"nodes": [{"id": "a", "type": "merge"}]}), json!({}))
@@ -229,7 +279,11 @@ async fn nul_node_outputs_are_stored_as_replacement_characters_without_touching_
         let mut ids = Vec::new();
         for flow in [&code, &http, &code, &http] {
             let (status, body) = app
-                .post(&format!("/api/v1/flows/{flow}/runs"), &attacker.api_key, json!({"input": {}}))
+                .post(
+                    &format!("/api/v1/flows/{flow}/runs"),
+                    &attacker.api_key,
+                    json!({"input": {}}),
+                )
                 .await;
             assert_eq!(status, StatusCode::ACCEPTED, "{body}");
             ids.push(body["run_id"].as_str().unwrap().to_string());
@@ -265,10 +319,17 @@ async fn an_audit_entry_the_database_refuses_does_not_stall_auditing() {
         .record(Entry::new(attacker.company_id, actor, "poison.nul").details(json!({"k\u{0}": "v\u{0}"})))
         .await;
     writer
-        .record(Entry::new(attacker.company_id, Actor::system("poison"), "poison.refused").at(chrono::DateTime::<chrono::Utc>::MIN_UTC))
+        .record(
+            Entry::new(attacker.company_id, Actor::system("poison"), "poison.refused")
+                .at(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+        )
         .await;
     writer
-        .record(Entry::new(app.admin.company_id, Actor::system("ordinary"), "ordinary.entry"))
+        .record(Entry::new(
+            app.admin.company_id,
+            Actor::system("ordinary"),
+            "ordinary.entry",
+        ))
         .await;
     drop(writer);
     tokio::time::timeout(Duration::from_secs(10), task)
@@ -287,7 +348,11 @@ async fn an_audit_entry_the_database_refuses_does_not_stall_auditing() {
         rows,
         vec![
             ("ordinary.entry".to_string(), Some("ordinary".to_string()), json!({})),
-            ("poison.nul".to_string(), Some("label\u{FFFD}".to_string()), json!({"k\u{FFFD}": "v\u{FFFD}"})),
+            (
+                "poison.nul".to_string(),
+                Some("label\u{FFFD}".to_string()),
+                json!({"k\u{FFFD}": "v\u{FFFD}"})
+            ),
         ]
     );
     app.teardown().await;
@@ -340,7 +405,11 @@ async fn an_outcome_the_database_refuses_fails_only_its_run_and_answers_its_wait
         let mut runs = Vec::new();
         for _ in 0..3 {
             let (status, body) = app
-                .post(&format!("/api/v1/flows/{poisoned}/runs"), &attacker.api_key, json!({"input": {}}))
+                .post(
+                    &format!("/api/v1/flows/{poisoned}/runs"),
+                    &attacker.api_key,
+                    json!({"input": {}}),
+                )
                 .await;
             assert_eq!(status, StatusCode::ACCEPTED, "{body}");
             runs.push(body["run_id"].as_str().unwrap().to_string());
@@ -352,9 +421,15 @@ async fn an_outcome_the_database_refuses_fails_only_its_run_and_answers_its_wait
     // The waiting caller hears the failure that was stored, not the output that was refused.
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
     assert_eq!(answer["error"]["code"], "run_failed", "{answer}");
-    assert!(waited < Duration::from_secs(15), "answered when stored, not at the wait's end: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(15),
+        "answered when stored, not at the wait's end: {waited:?}"
+    );
     assert_all_succeed(&app, &a_runs).await;
-    for id in b_runs.iter().chain([answer["error"]["details"]["run_id"].as_str().unwrap().to_string()].iter()) {
+    for id in b_runs
+        .iter()
+        .chain([answer["error"]["details"]["run_id"].as_str().unwrap().to_string()].iter())
+    {
         let run = wait_as(&app, &attacker.api_key, id).await;
         assert_eq!(run["status"], "failed", "{run}");
         assert_eq!(run["attempt"], 1, "{run}");
@@ -366,5 +441,45 @@ async fn an_outcome_the_database_refuses_fails_only_its_run_and_answers_its_wait
             "{run}"
         );
     }
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_run_request_the_database_refuses_fails_alone_in_its_batch() {
+    let app = TestApp::spawn().await;
+    // Stand-in for any refusal ingress does not catch: this database refuses, as it
+    // would a NUL (22P05), a run whose input holds the marker.
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_refuse_marker() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.input::text LIKE '%refuse-me%' THEN
+             RAISE EXCEPTION 'unsupported Unicode escape sequence' USING ERRCODE = '22P05';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER test_refuse_marker BEFORE INSERT ON runs
+           FOR EACH ROW EXECUTE FUNCTION test_refuse_marker();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let victim = app
+        .deployed_flow(json!({"nodes": [{"id": "a", "type": "set", "params": {"values": {"i": "{{ $input.i }}"}}}]}))
+        .await;
+    let attacker = app.other_company().await;
+    let b_flow = deploy(
+        &app,
+        &attacker.api_key,
+        json!({"nodes": [{"id": "a", "type": "merge"}]}),
+    )
+    .await;
+    let path = format!("/api/v1/flows/{b_flow}/runs");
+    let poison = join_all((0..5).map(|_| app.post(&path, &attacker.api_key, json!({"input": {"x": "refuse-me"}}))));
+    let (refused, a_runs) = futures_util::join!(poison, many_runs(&app, &victim, 60));
+    for (status, body) in &refused {
+        assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_text", "{body}");
+    }
+    assert_all_succeed(&app, &a_runs).await;
     app.teardown().await;
 }
