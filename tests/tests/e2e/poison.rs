@@ -106,35 +106,36 @@ async fn a_nul_in_one_companys_run_input_or_webhook_fails_only_that_request() {
     // Company B's poison goes out at the same moment as company A's ordinary runs.
     let runs_path = format!("/api/v1/flows/{b_flow}/runs");
     let poison = async {
-        let value = app
-            .post(
+        let values = join_all((0..5).map(|_| {
+            app.post(
                 &runs_path,
                 &attacker.api_key,
                 json!({"input": {"a": ["ok", "x\u{0}y"]}}),
             )
-            .await;
-        let key = app
-            .post(&runs_path, &attacker.api_key, json!({"input": {"k\u{0}": 1}}))
-            .await;
+        }));
+        let key = app.post(&runs_path, &attacker.api_key, json!({"input": {"k\u{0}": 1}}));
         let json_body = app.client.post(&hook).json(&json!({"order": {"note": "\u{0}"}})).send();
         let raw_body = app.client.post(&hook).body(b"raw\0bytes".to_vec()).send();
         let query = app.client.post(format!("{hook}?note=a%00b")).json(&json!({})).send();
-        let (json_body, raw_body, query) = futures_util::join!(json_body, raw_body, query);
-        let mut answers = vec![value, key];
+        let (values, key, json_body, raw_body, query) = futures_util::join!(values, key, json_body, raw_body, query);
+        let mut answers = vec![key];
         for resp in [json_body, raw_body, query] {
             let resp = resp.unwrap();
             answers.push((resp.status(), resp.json().await.unwrap()));
         }
-        answers
+        (values, answers)
     };
-    let (answers, a_runs) = futures_util::join!(poison, many_runs(&app, &victim, 40));
+    let ((values, answers), a_runs) = futures_util::join!(poison, many_runs(&app, &victim, 40));
 
-    assert_invalid_text(answers[0].0, &answers[0].1, "input.a[1]");
-    assert_invalid_text(answers[1].0, &answers[1].1, "input.k\\u0000");
-    assert_invalid_text(answers[2].0, &answers[2].1, "body.order.note");
-    assert_invalid_text(answers[3].0, &answers[3].1, "body");
-    assert_invalid_text(answers[4].0, &answers[4].1, "note");
+    // The harm is checked first: company A's runs, sent beside B's poison.
     assert_all_succeed(&app, &a_runs).await;
+    for (status, body) in &values {
+        assert_invalid_text(*status, body, "input.a[1]");
+    }
+    assert_invalid_text(answers[0].0, &answers[0].1, "input.k\\u0000");
+    assert_invalid_text(answers[1].0, &answers[1].1, "body.order.note");
+    assert_invalid_text(answers[2].0, &answers[2].1, "body");
+    assert_invalid_text(answers[3].0, &answers[3].1, "note");
     // B's webhook still works for clean calls.
     let resp = app
         .client
@@ -476,10 +477,11 @@ async fn a_run_request_the_database_refuses_fails_alone_in_its_batch() {
     let path = format!("/api/v1/flows/{b_flow}/runs");
     let poison = join_all((0..5).map(|_| app.post(&path, &attacker.api_key, json!({"input": {"x": "refuse-me"}}))));
     let (refused, a_runs) = futures_util::join!(poison, many_runs(&app, &victim, 60));
+    // The harm is checked first: company A's runs, committed beside B's refused rows.
+    assert_all_succeed(&app, &a_runs).await;
     for (status, body) in &refused {
         assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["error"]["code"], "invalid_text", "{body}");
     }
-    assert_all_succeed(&app, &a_runs).await;
     app.teardown().await;
 }
