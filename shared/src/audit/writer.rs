@@ -43,7 +43,7 @@ impl Writer {
 async fn write_loop(pool: PgPool, mut rx: mpsc::Receiver<Entry>, name: &'static str) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let written = write(&pool, &batch, name).await;
+        let written = write(&pool, &batch).await;
         METRICS.audit_backlog.sub(batch.len() as i64);
         METRICS.audit_entries.with_label_values(&[name]).inc_by(written as u64);
         batch.clear();
@@ -51,7 +51,7 @@ async fn write_loop(pool: PgPool, mut rx: mpsc::Receiver<Entry>, name: &'static 
 }
 
 /// Writes a batch, retrying outages with backoff; returns how many entries were stored.
-async fn write(pool: &PgPool, batch: &[Entry], name: &'static str) -> usize {
+async fn write(pool: &PgPool, batch: &[Entry]) -> usize {
     let mut delay = Duration::from_millis(50);
     let mut written = 0;
     // Index ranges of `batch` still to write.
@@ -67,7 +67,7 @@ async fn write(pool: &PgPool, batch: &[Entry], name: &'static str) -> usize {
                     Ok(()) => written += part.len(),
                     Err(e) if batch::is_refusal(&e) => {
                         let entry = &batch[part.start];
-                        METRICS.batch_rows_refused.with_label_values(&[name]).inc();
+                        METRICS.batch_rows_refused.with_label_values(&["audit"]).inc();
                         tracing::error!(error = %e, company.id = %entry.company_id, action = %entry.action,
                             "the database refused an audit entry; it is dropped so the others are written");
                     }
