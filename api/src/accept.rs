@@ -6,6 +6,9 @@
 //! together. Only then does the request get its `202`. Publishing follows,
 //! with a confirm window, and confirmed outbox rows are deleted in batches;
 //! whatever is not confirmed stays in the outbox for the scheduler's sweep.
+//! A batch the database refuses for what one request holds is split until
+//! that request is pinned down (`batch::isolate`): it alone gets the error,
+//! every other tenant's run commits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,10 +21,10 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::db;
 use floq_shared::queue::{Envelope, INLINE_INPUT_MAX, Publisher, RunFlowV1};
 use floq_shared::replies::{Replies, Waiter};
 use floq_shared::telemetry::METRICS;
+use floq_shared::{batch, db};
 
 const MAX_BATCH: usize = 1000;
 const COMMITTERS: usize = 4;
@@ -174,47 +177,65 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publ
                 return;
             }
         }
-        match commit(&pool, &batch).await {
-            Ok(Committed { runs, existing }) => {
-                let mut to_publish = Vec::with_capacity(runs.len());
-                for req in batch {
-                    let reply = match (runs.get(&req.run_id), existing.get(&req.run_id)) {
-                        (Some(new), _) => {
-                            // The message the outbox row holds, built here rather than read back:
-                            // the request's input moves into it instead of round-tripping as jsonb.
-                            let envelope = Envelope::RunFlowV1(RunFlowV1 {
-                                run_id: req.run_id,
-                                company_id: req.company_id,
-                                flow_id: req.flow_id,
-                                version: new.version,
-                                attempt: new.attempt,
-                                trigger: req.trigger.to_string(),
-                                input: new.inline.then_some(req.input),
-                                traceparent: None,
-                            });
-                            to_publish.push(Publish {
-                                company_id: req.company_id,
-                                outbox_id: new.outbox_id,
-                                envelope,
-                                wants_reply: req.wants_reply,
-                            });
-                            Reply::Committed(new.version)
-                        }
-                        (None, Some(prior)) => Reply::Existing(*prior),
-                        (None, None) => Reply::NotRunnable,
-                    };
-                    let _ = req.reply.send(Ok(reply));
+        // A request the database refuses (something in its row) is isolated, so only it fails.
+        let parts = batch::isolate(&batch, |part| commit(&pool, part), batch::is_refusal).await;
+        let mut runs = BTreeMap::new();
+        let mut existing = HashMap::new();
+        let mut failed = HashMap::new();
+        for (range, result) in parts {
+            match result {
+                Ok(part) => {
+                    runs.extend(part.runs);
+                    existing.extend(part.existing);
                 }
-                // If the publisher is gone (shutdown) the rows stay in the outbox for the sweep.
-                let _ = publish.send(to_publish).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, runs = batch.len(), "accepting a batch of runs failed");
-                let e = Arc::new(e);
-                for req in batch {
-                    let _ = req.reply.send(Err(e.clone()));
+                Err(e) => {
+                    if batch::is_refusal(&e) {
+                        METRICS.batch_rows_refused.with_label_values(&["acceptor"]).inc();
+                        tracing::warn!(error = %e, "the database refused a run request; only it fails");
+                    } else {
+                        tracing::error!(error = %e, runs = range.len(), "accepting a batch of runs failed");
+                    }
+                    let e = Arc::new(e);
+                    failed.extend(batch[range].iter().map(|r| (r.run_id, e.clone())));
                 }
             }
+        }
+        let mut to_publish = Vec::with_capacity(runs.len());
+        for req in batch {
+            if let Some(e) = failed.remove(&req.run_id) {
+                let _ = req.reply.send(Err(e));
+                continue;
+            }
+            let reply = match (runs.get(&req.run_id), existing.get(&req.run_id)) {
+                (Some(new), _) => {
+                    // The message the outbox row holds, built here rather than read back:
+                    // the request's input moves into it instead of round-tripping as jsonb.
+                    let envelope = Envelope::RunFlowV1(RunFlowV1 {
+                        run_id: req.run_id,
+                        company_id: req.company_id,
+                        flow_id: req.flow_id,
+                        version: new.version,
+                        attempt: new.attempt,
+                        trigger: req.trigger.to_string(),
+                        input: new.inline.then_some(req.input),
+                        traceparent: None,
+                    });
+                    to_publish.push(Publish {
+                        company_id: req.company_id,
+                        outbox_id: new.outbox_id,
+                        envelope,
+                        wants_reply: req.wants_reply,
+                    });
+                    Reply::Committed(new.version)
+                }
+                (None, Some(prior)) => Reply::Existing(*prior),
+                (None, None) => Reply::NotRunnable,
+            };
+            let _ = req.reply.send(Ok(reply));
+        }
+        // If the publisher is gone (shutdown) the rows stay in the outbox for the sweep.
+        if !to_publish.is_empty() {
+            let _ = publish.send(to_publish).await;
         }
     }
 }

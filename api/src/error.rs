@@ -84,6 +84,16 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message).with_details(details)
     }
 
+    /// `422` for text PostgreSQL cannot store (U+0000), naming where it was.
+    pub fn invalid_text(field: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_text",
+            format!("`{field}` contains a NUL character (U+0000), which cannot be stored"),
+        )
+        .with_details(json!([{"field": field, "message": "must not contain U+0000"}]))
+    }
+
     pub fn internal(e: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(e.into())
     }
@@ -91,7 +101,36 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(e.into())
+        refusal(&e).unwrap_or_else(|| ApiError::Internal(e.into()))
+    }
+}
+
+/// A batch writer's error, shared by every request of the part that failed.
+impl From<std::sync::Arc<sqlx::Error>> for ApiError {
+    fn from(e: std::sync::Arc<sqlx::Error>) -> Self {
+        refusal(&e).unwrap_or_else(|| ApiError::Internal(anyhow::Error::new(e)))
+    }
+}
+
+/// Two refusals are the client's to fix and map here, once: text the
+/// database cannot store (ingress refuses it first; this is the second
+/// wall) and a unique value another request just took (a race past a
+/// handler's own check). Everything else is an internal error.
+fn refusal(e: &sqlx::Error) -> Option<ApiError> {
+    match floq_shared::batch::sqlstate(e).as_deref() {
+        // untranslatable_character, character_not_in_repertoire
+        Some("22P05" | "22021") => Some(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_text",
+            "the request holds text that cannot be stored",
+        )),
+        // unique_violation
+        Some("23505") => Some(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "a resource with the same unique value already exists",
+        )),
+        _ => None,
     }
 }
 
@@ -171,3 +210,53 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Server(&'static str);
+    impl std::fmt::Display for Server {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+    impl std::error::Error for Server {}
+    impl sqlx::error::DatabaseError for Server {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn mapped(code: &'static str) -> (StatusCode, &'static str) {
+        match ApiError::from(sqlx::Error::Database(Box::new(Server(code)))) {
+            ApiError::Client { status, code, .. } => (status, code),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    #[test]
+    fn database_refusals_the_client_can_fix_are_4xx_and_the_rest_stay_opaque() {
+        assert_eq!(mapped("22P05"), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text"));
+        assert_eq!(mapped("22021"), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text"));
+        assert_eq!(mapped("23505"), (StatusCode::CONFLICT, "conflict"));
+        assert_eq!(mapped("42P01"), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+        assert_eq!(mapped("08006"), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+    }
+}

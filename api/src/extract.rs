@@ -1,16 +1,23 @@
 //! Request extractors whose rejections are structured `ApiError`s:
 //! malformed JSON is `400`, a wrong shape is `422` naming the field, a body
 //! over the limit is `413`, a malformed id in the path is `404`.
+//!
+//! They are also where text PostgreSQL cannot store stops: a NUL (U+0000)
+//! anywhere in a JSON body or a query parameter is `422 invalid_text`
+//! naming the field, for every endpoint, before a handler sees the request
+//! (and before the row could fail a batch it shares with other tenants).
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use floq_shared::pgtext;
 
 pub struct ApiJson<T>(pub T);
 
@@ -18,10 +25,60 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        // axum's `Json`, step by step, so the bytes can be checked for text it would accept
+        // but the database would not.
+        if !json_content_type(req.headers()) {
+            return Err(json_rejection(
+                JsonRejection::MissingJsonContentType(Default::default()),
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes).map_err(json_rejection)?;
+        storable_json(&bytes, "")?;
+        Ok(ApiJson(value))
+    }
+}
+
+/// Refuses JSON text holding a NUL in any string or key with `422 invalid_text`
+/// naming its path below `prefix`. One scan of the bytes in the common case.
+pub fn storable_json(bytes: &[u8], prefix: &str) -> Result<(), ApiError> {
+    if !pgtext::json_text_may_hold_nul(bytes) {
+        return Ok(());
+    }
+    let field = serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| pgtext::nul_path(&v, prefix))
+        .unwrap_or_else(|| {
+            if prefix.is_empty() {
+                "body".into()
+            } else {
+                prefix.into()
+            }
+        });
+    Err(ApiError::invalid_text(&field))
+}
+
+/// `application/json` or `application/<anything>+json`, as axum's `Json` accepts.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(mime) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind == "application" && (subtype == "json" || subtype.ends_with("+json"))
+}
+
+fn bytes_rejection(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        )
+    } else {
+        ApiError::new(e.status(), "bad_request", "the request body could not be read")
     }
 }
 
@@ -44,12 +101,26 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send the body as application/json",
         ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is too large",
-        ),
+        JsonRejection::BytesRejection(e) => bytes_rejection(e),
         other => ApiError::new(other.status(), "bad_request", "the request body could not be read"),
+    }
+}
+
+/// A body taken as it came (webhooks), refused with `422 invalid_text` if
+/// it holds a NUL: as a raw byte (`body`), or, in JSON, escaped in a string or
+/// key (`body.<path>`).
+pub struct StorableBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for StorableBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
+        if bytes.contains(&0) {
+            return Err(ApiError::invalid_text("body"));
+        }
+        storable_json(&bytes, "body")?;
+        Ok(StorableBytes(bytes))
     }
 }
 
@@ -59,15 +130,31 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
+        let query = axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
-            .map(|q| ApiQuery(q.0))
             .map_err(|e: QueryRejection| {
                 ApiError::validation(
                     "the query string is invalid",
                     json!([{"field": "query", "message": e.body_text()}]),
                 )
-            })
+            })?;
+        storable_query(&parts.uri)?;
+        Ok(ApiQuery(query.0))
+    }
+}
+
+/// A NUL reaches a query parameter only as `%00`: refuse it naming the parameter.
+fn storable_query(uri: &axum::http::Uri) -> Result<(), ApiError> {
+    if !uri.query().is_some_and(|q| q.contains("%00")) {
+        return Ok(());
+    }
+    let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    match pairs.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
+        Some((k, _)) if !k.contains('\0') => Err(ApiError::invalid_text(k)),
+        Some(_) => Err(ApiError::invalid_text("query")),
+        None => Ok(()),
     }
 }
 
@@ -132,4 +219,55 @@ pub fn invalid_body(errors: validator::ValidationErrors) -> ApiError {
         })
         .collect();
     ApiError::validation("the request body is invalid", json!(details))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: ApiError) -> (StatusCode, &'static str, Value) {
+        match e {
+            ApiError::Client {
+                status, code, details, ..
+            } => (status, code, details[0]["field"].clone()),
+            ApiError::Internal(e) => panic!("internal: {e}"),
+        }
+    }
+
+    #[test]
+    fn json_holding_a_nul_is_refused_naming_its_path() {
+        let e = storable_json(br#"{"input":{"list":[1,"a\u0000"]}}"#, "").unwrap_err();
+        assert_eq!(
+            field(e),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text", json!("input.list[1]"))
+        );
+        let e = storable_json(br#"{"\u0000":1}"#, "body").unwrap_err();
+        assert_eq!(field(e).2, json!("body.\\u0000"));
+        assert!(storable_json(br#"{"a":"\\u0000 is how JSON spells it"}"#, "").is_ok());
+        assert!(storable_json(br#"{"a":"plain"}"#, "").is_ok());
+    }
+
+    #[test]
+    fn a_query_parameter_holding_a_nul_is_refused_by_name() {
+        let uri: axum::http::Uri = "/x?ok=1&action=a%00b".parse().unwrap();
+        assert_eq!(field(storable_query(&uri).unwrap_err()).2, json!("action"));
+        let uri: axum::http::Uri = "/x?a%00=1".parse().unwrap();
+        assert_eq!(field(storable_query(&uri).unwrap_err()).2, json!("query"));
+        let uri: axum::http::Uri = "/x?a=%2500".parse().unwrap();
+        assert!(storable_query(&uri).is_ok(), "%25 is a percent sign, not a NUL");
+    }
+
+    #[test]
+    fn json_content_types_match_axums() {
+        let with = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            json_content_type(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("application/json; charset=utf-8"));
+        assert!(with("application/cloudevents+json"));
+        assert!(!with("text/json"));
+        assert!(!json_content_type(&HeaderMap::new()));
+    }
 }

@@ -3,6 +3,7 @@
 //! and telemetry.
 
 pub mod audit;
+pub mod batch;
 pub mod config;
 pub mod cron;
 pub mod crypto;
@@ -11,6 +12,7 @@ pub mod egress;
 pub mod flow;
 pub mod mail;
 pub mod ops;
+pub mod pgtext;
 pub mod queue;
 pub mod replies;
 pub mod script;

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub audit_backlog: IntGauge,
     pub audit_sealed: prometheus::IntCounter,
     pub secret_decryptions: IntCounterVec,
+    /// Rows a group commit isolated because PostgreSQL refused them (see `batch::isolate`).
+    pub batch_rows_refused: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -105,6 +107,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "floq_secret_decryptions_total",
             "Credentials and secret KV values decrypted for a node",
             &["kind"],
+        ),
+        batch_rows_refused: counter(
+            "floq_batch_rows_refused_total",
+            "Rows a group commit isolated because the database refused what they hold, by writer",
+            &["writer"],
         ),
         audit_backlog: gauge("floq_audit_backlog", "Audit entries waiting for the batched writer"),
         audit_sealed: {

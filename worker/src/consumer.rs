@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::executor::{self, Outcome, RunInput};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
-use crate::outcome_writer::{OutcomeWriter, Write};
+use crate::outcome_writer::{self, OutcomeWriter, Write};
 use crate::reply::{self, PendingReply};
 use floq_shared::Config;
 use floq_shared::db;
@@ -163,7 +163,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
         .cache
         .get(&worker.pool, msg.company_id, msg.flow_id, msg.version)
         .await;
-    let outcome = match &flow {
+    let mut outcome = match &flow {
         Ok(Some(flow)) => {
             let input = match inline_or_load_input(&worker.pool, &mut msg).await {
                 Ok(Some(input)) => input,
@@ -220,6 +220,8 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
             .unwrap_or_default()
             .as_secs_f64(),
     );
+    // Before the reply is built, so the caller sees what the database will hold.
+    outcome_writer::make_storable(&mut outcome);
     let reply = reply_to.and_then(|to| {
         let flow = flow.as_ref().ok().and_then(|f| f.as_deref());
         PendingReply::new(replies, &to, reply::from_outcome(msg.run_id, flow, &outcome)).map(Box::new)

@@ -4,7 +4,9 @@
 //! the next transaction, tenant by tenant under RLS. A run is only ever moved
 //! out of `queued`/`running`, so a duplicate delivery can never overwrite a
 //! finished run. The delivery is acked after the commit; if the database
-//! stays unavailable, it is returned to the queue.
+//! stays unavailable, it is returned to the queue. An outcome the database
+//! refuses for what it holds fails only its own run (`output_unstorable`),
+//! never the batch it shares with other tenants' runs.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -13,17 +15,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::executor::Outcome;
-use crate::reply::PendingReply;
+use crate::executor::{Outcome, RunStatus};
+use crate::reply::{self, PendingReply};
 use floq_shared::audit::{self, Entry};
-use floq_shared::db;
 use floq_shared::telemetry::METRICS;
+use floq_shared::{batch, db, pgtext};
 
 const MAX_BATCH: usize = 1000;
 const WRITERS: usize = 2;
@@ -85,25 +87,10 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
                 return;
             }
         }
-        let mut committed = false;
-        // The runs this commit moved to their outcome; a duplicate copy moves nothing.
-        let mut finished = HashSet::new();
-        for attempt in 0..5u32 {
-            match commit(&pool, &batch).await {
-                Ok(ids) => {
-                    committed = true;
-                    finished = ids;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, writes = batch.len(), "recording run outcomes failed");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-            }
-        }
+        let (stored, finished) = store(&pool, &mut batch).await;
         // Settle every delivery of the batch at once rather than one round trip each.
         let finished = &finished;
-        let settle = batch.into_iter().filter_map(|write| {
+        let settle = batch.into_iter().zip(stored).filter_map(|(write, stored)| {
             let Write::Finished {
                 outcome, acker, reply, ..
             } = write
@@ -111,7 +98,7 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
                 return None;
             };
             Some(async move {
-                if committed {
+                if stored {
                     METRICS
                         .runs_completed
                         .with_label_values(&[outcome.status.as_str()])
@@ -135,10 +122,139 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
     }
 }
 
-async fn commit(pool: &PgPool, batch: &[Write]) -> Result<HashSet<Uuid>, sqlx::Error> {
+/// Commits a batch. A write the database refuses for what it holds is
+/// isolated (`batch::isolate`), replaced by what can be stored (see
+/// [`unstorable`]) and written again, so it never fails the other runs of the
+/// batch and its run still finishes. Outages are retried a few times.
+/// Returns, per write, whether it is settled in the database (ack, else
+/// nack), and the runs this commit moved to their outcome.
+async fn store(pool: &PgPool, batch: &mut [Write]) -> (Vec<bool>, HashSet<Uuid>) {
+    let mut stored = vec![false; batch.len()];
+    let mut finished = HashSet::new();
+    let mut pending: Vec<usize> = (0..batch.len()).collect();
+    let mut outages = 0u32;
+    while !pending.is_empty() && outages < 5 {
+        let mut refused = Vec::new();
+        let mut retry = Vec::new();
+        let mut outage = None;
+        {
+            let writes: Vec<&Write> = pending.iter().map(|&i| &batch[i]).collect();
+            for (range, result) in batch::isolate(&writes, |part| commit(pool, part), batch::is_refusal).await {
+                let indexes = pending[range.clone()].iter().copied();
+                match result {
+                    Ok(ids) => {
+                        finished.extend(ids);
+                        indexes.for_each(|i| stored[i] = true);
+                    }
+                    Err(e) if batch::is_refusal(&e) => refused.push((pending[range.start], e)),
+                    Err(e) => {
+                        retry.extend(indexes);
+                        outage = Some(e);
+                    }
+                }
+            }
+        }
+        for (i, e) in refused {
+            METRICS.batch_rows_refused.with_label_values(&["outcomes"]).inc();
+            if unstorable(&mut batch[i], &e) {
+                tracing::warn!(error = %e, "the database refused a run's outcome; failing the run as output_unstorable");
+                retry.push(i);
+            } else {
+                // Nothing of it can be stored: returning it to the queue would only fail again.
+                tracing::error!(error = %e, "the database refused even a run's bare failure; dropping the write");
+                stored[i] = true;
+            }
+        }
+        if let Some(e) = outage {
+            tracing::warn!(error = %e, attempt = outages, writes = retry.len(), "recording run outcomes failed");
+            tokio::time::sleep(Duration::from_millis(100 << outages)).await;
+            outages += 1;
+        }
+        retry.sort_unstable();
+        pending = retry;
+    }
+    (stored, finished)
+}
+
+/// The error code of a run whose outcome the database refused.
+pub const OUTPUT_UNSTORABLE: &str = "output_unstorable";
+
+/// Replaces a refused write's outcome with less of it ([`degrade`]) and
+/// answers a waiting caller with what is stored instead. Returns `false`
+/// when there is nothing left to drop.
+fn unstorable(write: &mut Write, e: &sqlx::Error) -> bool {
+    let Write::Finished {
+        run_id, outcome, reply, ..
+    } = write
+    else {
+        // A `running` mark holds nothing a database could refuse; losing one costs nothing.
+        return false;
+    };
+    if !degrade(outcome, &batch::sqlstate(e).unwrap_or_else(|| "unknown".into())) {
+        return false;
+    }
+    if let Some(pending) = reply.take() {
+        *reply = pending
+            .replaced(reply::from_outcome(*run_id, None, outcome))
+            .map(Box::new);
+    }
+    true
+}
+
+/// Less of an outcome the database refused: first the run fails with
+/// `output_unstorable`, keeping its steps' statuses and audit entries but no
+/// output or error values; if that is refused too, only the bare failure.
+/// Returns `false` when there is nothing left to drop.
+fn degrade(outcome: &mut Outcome, sqlstate: &str) -> bool {
+    let already = outcome
+        .error
+        .as_ref()
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        == Some(OUTPUT_UNSTORABLE);
+    if !already {
+        outcome.status = RunStatus::Failed;
+        outcome.output = None;
+        outcome.error = Some(json!({
+            "code": OUTPUT_UNSTORABLE,
+            "message": format!("the database refused to store this run's output (SQLSTATE {sqlstate}); the run failed instead"),
+        }));
+        for step in &mut outcome.steps {
+            step.output = None;
+            step.error = None;
+        }
+        return true;
+    }
+    if outcome.steps.is_empty() && outcome.audit.is_empty() {
+        return false;
+    }
+    outcome.steps.clear();
+    outcome.audit.clear();
+    true
+}
+
+/// The one rule for what flows produce (`pgtext::replace_nul`: U+0000 becomes
+/// U+FFFD in strings and keys), applied to everything of an outcome that is
+/// stored: the run's output and error and each step's output and error (its
+/// audit entries get the same rule in `audit::append`). Called once per run,
+/// before its outcome is stored or sent to a waiting caller, so both see the
+/// same value.
+pub fn make_storable(outcome: &mut Outcome) {
+    let values = outcome.output.iter_mut().chain(outcome.error.iter_mut()).chain(
+        outcome
+            .steps
+            .iter_mut()
+            .flat_map(|s| s.output.iter_mut().chain(s.error.iter_mut())),
+    );
+    for value in values {
+        pgtext::replace_nul(value);
+    }
+}
+
+async fn commit(pool: &PgPool, batch: &[&Write]) -> Result<HashSet<Uuid>, sqlx::Error> {
     let mut by_company: BTreeMap<Uuid, Vec<&Write>> = BTreeMap::new();
     for w in batch {
-        by_company.entry(w.company_id()).or_default().push(w);
+        by_company.entry(w.company_id()).or_default().push(*w);
     }
     let mut tx = db::multi_tenant_tx(pool).await?;
     let mut done = HashSet::new();
@@ -261,5 +377,57 @@ impl<'a> FinishedColumns<'a> {
         .execute(&mut **tx)
         .await?;
         Ok(updated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Step;
+    use floq_shared::audit::Actor;
+
+    fn outcome() -> Outcome {
+        let mut o = Outcome::failed_early("x", "y");
+        o.status = RunStatus::Succeeded;
+        o.error = None;
+        o.output = Some(json!({"body": "a\u{0}b", "k\u{0}": 1}));
+        o.steps.push(Step {
+            node_id: "h".into(),
+            seq: 0,
+            status: "succeeded",
+            output: Some(json!(["\u{0}"])),
+            error: None,
+            started_at: None,
+            finished_at: None,
+        });
+        o.audit
+            .push(Entry::new(Uuid::nil(), Actor::system("test"), "node.execute"));
+        o
+    }
+
+    #[test]
+    fn a_refused_outcome_fails_its_run_then_sheds_everything_but_the_failure() {
+        let mut o = outcome();
+        assert!(degrade(&mut o, "22P05"));
+        assert_eq!(o.status, RunStatus::Failed);
+        assert_eq!(o.output, None);
+        assert_eq!(o.error.as_ref().unwrap()["code"], OUTPUT_UNSTORABLE);
+        assert!(o.error.as_ref().unwrap()["message"].as_str().unwrap().contains("22P05"));
+        assert_eq!(
+            (o.steps.len(), o.steps[0].output.is_none(), o.audit.len()),
+            (1, true, 1)
+        );
+        assert!(degrade(&mut o, "22P05"), "refused again: drop steps and entries");
+        assert!(o.steps.is_empty() && o.audit.is_empty());
+        assert_eq!(o.error.as_ref().unwrap()["code"], OUTPUT_UNSTORABLE);
+        assert!(!degrade(&mut o, "22P05"), "nothing left to drop");
+    }
+
+    #[test]
+    fn stored_outputs_hold_no_nul() {
+        let mut o = outcome();
+        make_storable(&mut o);
+        assert_eq!(o.output, Some(json!({"body": "a\u{FFFD}b", "k\u{FFFD}": 1})));
+        assert_eq!(o.steps[0].output, Some(json!(["\u{FFFD}"])));
     }
 }

@@ -54,6 +54,12 @@ impl PendingReply {
         })
     }
 
+    /// The same destination with another reply: the outcome writer stored something else
+    /// than the run produced (`output_unstorable`), and the caller must see what is stored.
+    pub fn replaced(self, reply: RunReply) -> Option<Self> {
+        Self::new(&self.channel, &self.to, reply)
+    }
+
     /// Best effort: the caller holds the run id and falls back to `202` if nothing arrives.
     pub async fn send(self) {
         let published = self

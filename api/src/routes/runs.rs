@@ -88,7 +88,8 @@ async fn start(
             "unavailable",
             e.to_string(),
         )),
-        Err(e) => Err(ApiError::internal(e)),
+        // Only this request's row was refused: the acceptor isolates it from the rest of its batch.
+        Err(AcceptError::Database(e)) => Err(e.into()),
     }
 }
 

@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -39,7 +38,7 @@ use crate::access::{self, Level};
 use crate::audit;
 use crate::authz::{Authorized, FlowEdit};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, ValidJson};
+use crate::extract::{ApiQuery, Id, StorableBytes, ValidJson};
 use crate::middleware::FlowReply;
 use crate::redirects::{self, RedirectOrigins};
 use crate::replay::{self, Signature};
@@ -355,9 +354,10 @@ async fn receive(
     State(state): State<AppState>,
     Path(token): Path<String>,
     method: Method,
-    Query(query): Query<Vec<(String, String)>>,
+    // Both refuse text the run's input could not store (a NUL) with `422 invalid_text`.
+    ApiQuery(query): ApiQuery<Vec<(String, String)>>,
     headers: HeaderMap,
-    body: Bytes,
+    StorableBytes(body): StorableBytes,
 ) -> ApiResult<Response> {
     // The lookup's transaction also claims a signed call's signature, so a
     // replay costs the database one statement more, and only for signed webhooks.

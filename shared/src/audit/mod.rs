@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::pgtext;
 pub use writer::Writer;
 
 /// The company of platform-level entries: those that belong to no company,
@@ -205,21 +206,36 @@ pub async fn append<'a>(
 ) -> Result<(), sqlx::Error> {
     let entries = entries.into_iter();
     let mut c = Columns::with_capacity(entries.size_hint().0);
+    // Entries record what callers and flows sent, NULs included; text PostgreSQL
+    // cannot store would fail every entry sharing the statement, so it is stored
+    // by the same rule as run outputs (`pgtext::replace_nul`).
+    let text = |s: &Option<String>| s.as_deref().map(|s| pgtext::replace_nul_str(s).into_owned());
     for e in entries {
-        c.details.push(sanitize::sanitized(&e.details));
+        let mut details = sanitize::sanitized(&e.details);
+        if pgtext::has_nul(&details) {
+            pgtext::replace_nul(details.to_mut());
+        }
+        c.details.push(details);
         c.company.push(e.company_id);
         c.at.push(e.at);
         c.actor_type.push(e.actor.kind.as_str());
         c.actor_id.push(e.actor.id);
-        c.actor_label.push(e.actor.label.clone());
+        c.actor_label.push(text(&e.actor.label));
         c.via.push(e.actor.via.map(|(v, _)| v.as_str()));
         c.via_id.push(e.actor.via.map(|(_, id)| id));
-        c.client_ip.push(e.actor.client_ip.clone());
-        c.request_id.push(e.actor.request_id.clone());
-        c.action.push(e.action.clone());
-        c.resource_type.push(e.resource.as_ref().map(|(t, _)| t.clone()));
-        c.resource_id
-            .push(e.resource.as_ref().map(|(_, id)| sanitize::mask_text(id).into_owned()));
+        c.client_ip.push(text(&e.actor.client_ip));
+        c.request_id.push(text(&e.actor.request_id));
+        c.action.push(pgtext::replace_nul_str(&e.action).into_owned());
+        c.resource_type.push(
+            e.resource
+                .as_ref()
+                .map(|(t, _)| pgtext::replace_nul_str(t).into_owned()),
+        );
+        c.resource_id.push(
+            e.resource
+                .as_ref()
+                .map(|(_, id)| pgtext::replace_nul_str(&sanitize::mask_text(id)).into_owned()),
+        );
         c.outcome.push(e.outcome.as_str());
     }
     if c.company.is_empty() {

@@ -5,16 +5,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Entry, append};
-use crate::db;
 use crate::telemetry::METRICS;
+use crate::{batch, db};
 
 const MAX_BATCH: usize = 2000;
 const QUEUE: usize = 20_000;
 
 /// Appends entries in batches off the caller's path. The queue is bounded and
 /// `record` waits when it is full, so a writer that falls behind slows its
-/// callers down instead of dropping entries; a failed commit is retried until
-/// it succeeds.
+/// callers down instead of dropping entries. A commit that fails for an
+/// outage is retried until it succeeds; one the database refuses for what an
+/// entry holds is split until the refused entries are pinned down
+/// (`batch::isolate`), and those alone are dropped, logged and counted, so
+/// one bad entry can never stall auditing or, through the full queue, the API.
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Entry>,
@@ -40,24 +43,48 @@ impl Writer {
 async fn write_loop(pool: PgPool, mut rx: mpsc::Receiver<Entry>, name: &'static str) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match commit(&pool, &batch).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, entries = batch.len(), "writing audit entries failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        let written = write(&pool, &batch).await;
+        METRICS.audit_backlog.sub(batch.len() as i64);
+        METRICS.audit_entries.with_label_values(&[name]).inc_by(written as u64);
+        batch.clear();
+    }
+}
+
+/// Writes a batch, retrying outages with backoff; returns how many entries were stored.
+async fn write(pool: &PgPool, batch: &[Entry]) -> usize {
+    let mut delay = Duration::from_millis(50);
+    let mut written = 0;
+    // Index ranges of `batch` still to write.
+    #[allow(clippy::single_range_in_vec_init, reason = "a list of ranges, one so far")]
+    let mut pending = vec![0..batch.len()];
+    while !pending.is_empty() {
+        let mut retry = Vec::new();
+        for range in pending {
+            let parts = batch::isolate(&batch[range.clone()], |part| commit(pool, part), batch::is_refusal).await;
+            for (part, result) in parts {
+                let part = range.start + part.start..range.start + part.end;
+                match result {
+                    Ok(()) => written += part.len(),
+                    Err(e) if batch::is_refusal(&e) => {
+                        let entry = &batch[part.start];
+                        METRICS.batch_rows_refused.with_label_values(&["audit"]).inc();
+                        tracing::error!(error = %e, company.id = %entry.company_id, action = %entry.action,
+                            "the database refused an audit entry; it is dropped so the others are written");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, entries = part.len(), "writing audit entries failed; retrying");
+                        retry.push(part);
+                    }
                 }
             }
         }
-        METRICS.audit_backlog.sub(batch.len() as i64);
-        METRICS
-            .audit_entries
-            .with_label_values(&[name])
-            .inc_by(batch.len() as u64);
-        batch.clear();
+        if !retry.is_empty() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        pending = retry;
     }
+    written
 }
 
 async fn commit(pool: &PgPool, batch: &[Entry]) -> Result<(), sqlx::Error> {

@@ -8,6 +8,7 @@ mod flows;
 mod grants;
 mod identity;
 mod nodes;
+mod poison;
 mod reach;
 mod resilience;
 mod retention;

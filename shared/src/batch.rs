@@ -1,0 +1,191 @@
+//! Group commit that isolates bad rows. A batch writer (the acceptor, the
+//! outcome writer, the audit writer) commits many tenants' rows in one
+//! transaction; when PostgreSQL refuses the batch because of what one row
+//! holds, the batch is halved until the refusal is pinned on single rows,
+//! so only their callers get the error and every other row commits.
+//! An outage (connection lost, server shutting down) is not split: nothing
+//! would commit, so the whole part is handed back for the caller to retry.
+
+use std::future::Future;
+use std::ops::Range;
+
+/// Commits `items` with `commit`, splitting a part in two whenever `refused`
+/// says its error came from its data, down to single items. Returns every
+/// part that was tried last with its result, in item order. A batch with one
+/// bad item costs about `2·log2(n)` extra commits; a clean batch costs one.
+pub async fn isolate<'a, T, R, E, F, Fut>(
+    items: &'a [T],
+    mut commit: F,
+    refused: impl Fn(&E) -> bool,
+) -> Vec<(Range<usize>, Result<R, E>)>
+where
+    F: FnMut(&'a [T]) -> Fut,
+    Fut: Future<Output = Result<R, E>>,
+{
+    let mut done = Vec::new();
+    if items.is_empty() {
+        return done;
+    }
+    // Parts still to try, as index ranges; the last pushed is tried next.
+    #[allow(clippy::single_range_in_vec_init, reason = "a list of ranges, one so far")]
+    let mut pending = vec![0..items.len()];
+    while let Some(range) = pending.pop() {
+        match commit(&items[range.clone()]).await {
+            Err(e) if range.len() > 1 && refused(&e) => {
+                let mid = range.start + range.len() / 2;
+                // Popped first half first, so parts finish in item order.
+                pending.push(mid..range.end);
+                pending.push(range.start..mid);
+            }
+            result => done.push((range, result)),
+        }
+    }
+    done
+}
+
+/// The SQLSTATE of a database error, if the server sent one.
+pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Whether PostgreSQL refused a statement because of the rows it carried,
+/// as opposed to being unreachable or unable to run anything. Refusals are
+/// worth splitting a batch over: data exceptions (class 22, e.g. 22P05 for a
+/// NUL), integrity violations (23), program limits such as an oversized
+/// value (54), a raised exception (P0), and deadlocks or serialization
+/// failures (40), which a smaller batch usually avoids. Everything else —
+/// I/O, pool timeouts, connection exceptions (08), insufficient resources
+/// (53), operator intervention (57), system errors (58), or a statement the
+/// server cannot run at all (42) — fails every part alike, so splitting
+/// would only multiply the load.
+pub fn is_refusal(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Encode(_) => true,
+        sqlx::Error::Database(_) => {
+            sqlstate(e).is_some_and(|code| matches!(code.get(..2), Some("22" | "23" | "54" | "P0" | "40")))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake commit: refuses any part holding a poison item, fails everything during an outage.
+    async fn commit(part: &[i32], log: &std::sync::Mutex<Vec<usize>>) -> Result<Vec<i32>, &'static str> {
+        log.lock().unwrap().push(part.len());
+        if part.contains(&-1) {
+            return Err("outage");
+        }
+        if part.contains(&0) {
+            Err("refused")
+        } else {
+            Ok(part.to_vec())
+        }
+    }
+
+    type Parts = Vec<(Range<usize>, Result<Vec<i32>, &'static str>)>;
+
+    fn run(items: &[i32]) -> (Parts, usize) {
+        let log = std::sync::Mutex::new(Vec::new());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let done = rt.block_on(isolate(items, |part| commit(part, &log), |e| *e == "refused"));
+        let commits = log.lock().unwrap().len();
+        (done, commits)
+    }
+
+    #[test]
+    fn a_clean_batch_commits_once() {
+        let (done, commits) = run(&[1, 2, 3]);
+        assert_eq!(done, vec![(0..3, Ok(vec![1, 2, 3]))]);
+        assert_eq!(commits, 1);
+    }
+
+    #[test]
+    fn only_the_poisoned_items_fail_and_everything_else_commits_in_order() {
+        let items: Vec<i32> = (1..=1000).map(|i| if i == 17 || i == 600 { 0 } else { i }).collect();
+        let (done, commits) = run(&items);
+        let failed: Vec<Range<usize>> = done
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(r, _)| r.clone())
+            .collect();
+        assert_eq!(failed, vec![16..17, 599..600]);
+        let committed: Vec<i32> = done
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(committed, items.iter().copied().filter(|&i| i != 0).collect::<Vec<_>>());
+        let starts: Vec<usize> = done.iter().map(|(r, _)| r.start).collect();
+        assert!(starts.windows(2).all(|w| w[0] < w[1]), "parts come back in item order");
+        assert!(
+            commits <= 2 * 2 * 10 + 1,
+            "bisection, not row by row: {commits} commits"
+        );
+    }
+
+    #[test]
+    fn an_outage_is_not_split() {
+        let (done, commits) = run(&[1, -1, 0, 3]);
+        assert_eq!(done, vec![(0..4, Err("outage"))]);
+        assert_eq!(commits, 1);
+    }
+
+    /// A server error with this SQLSTATE, as sqlx would hand it over.
+    #[derive(Debug)]
+    struct Server(&'static str);
+    impl std::fmt::Display for Server {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+    impl std::error::Error for Server {}
+    impl sqlx::error::DatabaseError for Server {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn data_refusals_are_split_and_outages_are_not() {
+        for code in ["22P05", "22021", "22008", "23505", "23503", "54000", "P0001", "40P01"] {
+            let e = sqlx::Error::Database(Box::new(Server(code)));
+            assert!(is_refusal(&e), "{code}");
+            assert_eq!(sqlstate(&e).as_deref(), Some(code));
+        }
+        for code in ["08006", "53300", "57P01", "57014", "58030", "42P01", "42501", "XX000"] {
+            assert!(!is_refusal(&sqlx::Error::Database(Box::new(Server(code)))), "{code}");
+        }
+        assert!(!is_refusal(&sqlx::Error::PoolTimedOut));
+        assert!(!is_refusal(&sqlx::Error::Io(std::io::Error::other("reset"))));
+        assert!(is_refusal(&sqlx::Error::Encode("out of range".into())));
+    }
+
+    #[test]
+    fn an_empty_batch_commits_nothing() {
+        let (done, commits) = run(&[]);
+        assert!(done.is_empty());
+        assert_eq!(commits, 0);
+    }
+}
