@@ -430,7 +430,7 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
         Ok(p) => p,
         Err(e) => return failed(e),
     };
-    let opened = match vault::open(&mut params, &node.id, &ctx.run, &ctx.env).await {
+    let opened = match vault::open(&mut params, &node.secrets, &node.id, &ctx.run, &ctx.env).await {
         Ok(o) => o,
         Err(e) => return failed(e),
     };

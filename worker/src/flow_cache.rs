@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::nodes::{self, Node};
 use floq_shared::db;
+use floq_shared::flow::reach;
 use floq_shared::flow::validate::without;
 use floq_shared::flow::{CompiledParams, FlowDefinition, NodeSpec, RetryPolicy, catalog};
 
@@ -26,6 +27,8 @@ pub struct CompiledNode {
     pub timeout: Option<Duration>,
     /// A loop's body, compiled with its flow.
     pub body: Option<Arc<CompiledFlow>>,
+    /// Where the definition itself references secrets: (JSON pointer into params, key).
+    pub secrets: Vec<(String, String)>,
 }
 
 /// A version ready to execute: nodes with parsed templates and the edges as index lists.
@@ -73,6 +76,7 @@ impl CompiledFlow {
                 retry: n.retry.clone(),
                 timeout: n.timeout_ms.map(Duration::from_millis),
                 body,
+                secrets: reach::secret_paths(spec.name, &n.params),
             });
         }
         let mut incoming = vec![Vec::new(); nodes.len()];

@@ -46,13 +46,22 @@ fn unavailable(what: &str) -> NodeError {
     NodeError::new("secret_unavailable", format!("{what} could not be read"))
 }
 
-/// Decrypts what `params` refers to, replacing `{"$secret": key}` objects in
-/// place with the secret text.
-pub async fn open(params: &mut Value, node_id: &str, run: &RunCtx, env: &NodeEnv) -> Result<Opened, NodeError> {
+/// Decrypts what `params` refers to, replacing the definition's own
+/// `{"$secret": key}` objects (at `secret_paths`, JSON pointers found when the
+/// flow was compiled) with the secret text. Evaluated params are never
+/// searched for references: a value that came from data stays data.
+pub async fn open(
+    params: &mut Value,
+    secret_paths: &[(String, String)],
+    node_id: &str,
+    run: &RunCtx,
+    env: &NodeEnv,
+) -> Result<Opened, NodeError> {
     let mut opened = Opened::default();
     let credential_id = params.get("credential_id").and_then(Value::as_str).map(str::to_string);
-    let mut refs = Vec::new();
-    collect_refs(params, &mut refs);
+    let mut refs: Vec<String> = secret_paths.iter().map(|(_, key)| key.clone()).collect();
+    refs.sort();
+    refs.dedup();
     if credential_id.is_none() && refs.is_empty() {
         return Ok(opened);
     }
@@ -131,33 +140,15 @@ pub async fn open(params: &mut Value, node_id: &str, run: &RunCtx, env: &NodeEnv
         values.insert(key, text);
     }
     let _ = tx.commit().await;
-    replace_refs(params, &values);
+    for (pointer, key) in secret_paths {
+        if let (Some(slot), Some(text)) = (params.pointer_mut(pointer), values.get(key))
+            && secret_ref(slot) == Some(key.as_str())
+        {
+            *slot = Value::String(text.to_string());
+        }
+    }
     opened.scrub.retain(|s| s.len() >= 4);
     Ok(opened)
-}
-
-fn collect_refs(v: &Value, out: &mut Vec<String>) {
-    if let Some(key) = secret_ref(v) {
-        out.push(key.to_string());
-        return;
-    }
-    match v {
-        Value::Array(items) => items.iter().for_each(|i| collect_refs(i, out)),
-        Value::Object(map) => map.values().for_each(|i| collect_refs(i, out)),
-        _ => {}
-    }
-}
-
-fn replace_refs(v: &mut Value, values: &HashMap<String, Zeroizing<String>>) {
-    if let Some(text) = secret_ref(v).and_then(|key| values.get(key)) {
-        *v = Value::String(text.to_string());
-        return;
-    }
-    match v {
-        Value::Array(items) => items.iter_mut().for_each(|i| replace_refs(i, values)),
-        Value::Object(map) => map.values_mut().for_each(|i| replace_refs(i, values)),
-        _ => {}
-    }
 }
 
 impl Opened {

@@ -296,10 +296,8 @@ async fn deploy(
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
-    // The version runs with what its deployer may use, so the deployer must be able to use all of it now.
-    let draft = fetch(&mut tx, id).await?;
-    usable_reach(&mut tx, &auth.principal, &draft.definition).await?;
-    // The row lock serializes concurrent deploys of one flow, so numbers never collide.
+    // The row lock taken here serializes concurrent deploys of one flow (numbers never collide)
+    // and holds off edits, so the definition checked below is the one frozen.
     let version: i32 = sqlx::query_scalar(
         "UPDATE flows SET latest_version = COALESCE(latest_version, 0) + 1
           WHERE id = $1 AND deleted_at IS NULL RETURNING latest_version",
@@ -308,12 +306,17 @@ async fn deploy(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("flow"))?;
+    let draft = fetch(&mut tx, id).await?;
+    // The version runs with what its deployer may use, so the deployer must be able to use all of it now.
+    usable_reach(&mut tx, &auth.principal, &draft.definition).await?;
     sqlx::query(
         "INSERT INTO flow_versions (company_id, flow_id, version, definition, deployed_by)
-         SELECT company_id, id, $2, definition, $3 FROM flows WHERE id = $1",
+         VALUES ($1, $2, $3, $4, $5)",
     )
+    .bind(company_id)
     .bind(id)
     .bind(version)
+    .bind(&draft.definition)
     .bind(auth.principal.user_id)
     .execute(&mut *tx)
     .await?;

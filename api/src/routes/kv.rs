@@ -91,9 +91,8 @@ async fn show(
 #[serde(deny_unknown_fields)]
 struct PutValue {
     value: Value,
-    /// Only for `secret:` values.
-    #[serde(default)]
-    allowed_origins: Vec<String>,
+    /// Only for `secret:` values; absent keeps what a secret was bound to.
+    allowed_origins: Option<Vec<String>>,
 }
 
 async fn put(
@@ -111,12 +110,16 @@ async fn put(
         ));
     }
     let company_id = auth.principal.company_id;
-    let allowed_origins = super::credentials::origins(&body.allowed_origins)?;
+    let allowed_origins = body
+        .allowed_origins
+        .as_deref()
+        .map(super::credentials::origins)
+        .transpose()?;
     let is_secret = body
         .value
         .as_str()
         .is_some_and(|s| s.starts_with(secrets::SECRET_PREFIX));
-    if !is_secret && !allowed_origins.is_empty() {
+    if !is_secret && allowed_origins.as_ref().is_some_and(|o| !o.is_empty()) {
         return Err(ApiError::validation(
             "allowed_origins is only for secret values",
             json!([{"field": "allowed_origins", "message": "only a `secret:` value can be bound to origins"}]),
@@ -138,10 +141,14 @@ async fn put(
     }
     let key_id = sealed.as_ref().map(|_| state.keyring.primary_id());
     let after: Entry = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO kv (company_id, key, value, secret, key_id, allowed_origins) VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO kv (company_id, key, value, secret, key_id, allowed_origins)
+         VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{{}}'))
          ON CONFLICT (company_id, key) DO UPDATE
             SET value = excluded.value, secret = excluded.secret, key_id = excluded.key_id,
-                allowed_origins = excluded.allowed_origins, updated_at = now()
+                -- Replacing a secret keeps its binding unless the request names one; a plain value has none.
+                allowed_origins = CASE WHEN excluded.secret IS NULL THEN '{{}}'
+                                       ELSE COALESCE($6, kv.allowed_origins) END,
+                updated_at = now()
          RETURNING {COLUMNS}"
     )))
     .bind(company_id)

@@ -181,9 +181,15 @@ impl Policy {
     /// resolved now (blocking, once at start) and compared by name at every check.
     pub fn from_config(config: &crate::Config) -> Self {
         let mut platform = Vec::new();
-        for (url, default_port) in [(config.database_url.expose(), 5432), (config.amqp_url.expose(), 5672)] {
-            if let Some((host, port)) = url_host_port(url, default_port) {
-                platform.push(endpoint(host, port));
+        if let Some((host, port)) = url_host_port(config.database_url.expose(), 5432) {
+            platform.push(endpoint(host, port));
+        }
+        let amqps = config.amqp_url.expose().starts_with("amqps:");
+        if let Some((host, port)) = url_host_port(config.amqp_url.expose(), if amqps { 5671 } else { 5672 }) {
+            // The broker's management API (guest/guest answers on loopback), its Erlang
+            // distribution port and epmd are the broker too.
+            for port in [port, 15672, 15671, port.saturating_add(20000), 4369] {
+                platform.push(endpoint(host.clone(), port));
             }
         }
         for addr in config.listen_addrs() {
@@ -228,9 +234,12 @@ impl Policy {
             other == ip || (self.is_self(other) && self.is_self(ip))
         };
         let listeners = LISTENERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A platform host of its own (the database server, say) is shut on every port; on
+        // this machine, which also serves what flows may call, only the platform's ports are.
         self.platform.iter().any(|e| {
-            e.port == port
-                && (name.is_some_and(|n| n.eq_ignore_ascii_case(&e.host)) || e.addrs.iter().any(|a| same(*a)))
+            let by_name = name.is_some_and(|n| n.eq_ignore_ascii_case(&e.host));
+            let remote = e.addrs.iter().any(|a| canonical(*a) == ip && !self.is_self(ip));
+            remote || (e.port == port && (by_name || e.addrs.iter().any(|a| same(*a))))
         }) || listeners.iter().any(|l| l.port() == port && same(l.ip()))
     }
 
@@ -348,10 +357,11 @@ pub fn is_restricted(ip: IpAddr) -> bool {
         (Ipv4Addr::new(240, 0, 0, 0), 4),     // reserved, broadcast
         (Ipv4Addr::new(255, 255, 255, 255), 32),
     ];
-    const V6: [(Ipv6Addr, u8); 10] = [
+    const V6: [(Ipv6Addr, u8); 11] = [
         (Ipv6Addr::UNSPECIFIED, 128),
         (Ipv6Addr::LOCALHOST, 128),
         (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),      // discard
+        (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),  // NAT64 local-use (RFC 8215)
         (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32),     // Teredo (tunnels to any IPv4)
         (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
         (Ipv6Addr::new(0x2001, 0x10, 0, 0, 0, 0, 0, 0), 28),  // ORCHID
@@ -464,6 +474,13 @@ mod tests {
             "another host's PostgreSQL is not ours"
         );
         assert!(!p.permits(Some("mq.internal"), addr("10.9.9.9:5672")));
+        let p = policy("10.0.0.0/8", &[("10.0.0.5", 5432)]);
+        assert!(
+            !p.permits(None, addr("10.0.0.5:8008")),
+            "every port of a platform host of its own"
+        );
+        assert!(p.permits(None, addr("10.0.0.6:5432")));
+        assert!(!p.permits(None, addr("[64:ff9b:1::a9fe:a9fe]:80")));
         let listener = register_listener(addr("0.0.0.0:47123"));
         assert!(!p.permits(None, addr("127.0.0.1:47123")));
         assert!(!p.permits(None, addr("10.1.2.3:47123")));

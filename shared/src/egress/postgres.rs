@@ -10,6 +10,8 @@ use super::{EgressError, Policy};
 pub enum PgTargetError {
     #[error("the connection URI is not a valid postgres:// URI with a host")]
     Invalid,
+    #[error("the connection URI must name a user, a password and a database")]
+    Incomplete,
     #[error(transparent)]
     Egress(#[from] EgressError),
 }
@@ -34,6 +36,11 @@ impl Policy {
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
             _ => return Err(PgTargetError::Invalid),
         };
+        // sqlx fills a missing user, password or database from the worker's own `PG*`
+        // environment and `~/.pgpass`: a tenant's credential must name all three.
+        if url.username().is_empty() || url.password().is_none_or(str::is_empty) || matches!(url.path(), "" | "/") {
+            return Err(PgTargetError::Incomplete);
+        }
         let port = url.port().unwrap_or(5432);
         let options: PgConnectOptions = uri.parse().map_err(|_| PgTargetError::Invalid)?;
         if options.get_socket().is_some() {

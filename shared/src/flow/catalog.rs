@@ -38,6 +38,11 @@ pub struct NodeSpec {
     /// Gets the template scope to run user code with.
     #[serde(skip)]
     pub runs_scripts: bool,
+    /// Params where `{"$secret": "key"}` may appear: only where the node sends
+    /// it to its destination, so a secret never lands in a branch, a loop item,
+    /// a KV value, a sub-flow's input or a script.
+    #[serde(skip)]
+    pub secret_params: &'static [&'static str],
 }
 
 /// A schema, or a string holding a template. Written as if/then/else rather
@@ -78,6 +83,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "if",
@@ -86,6 +92,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Boolean,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "switch",
@@ -101,6 +108,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Cases,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "merge",
@@ -109,6 +117,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "delay",
@@ -118,6 +127,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "code",
@@ -132,6 +142,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &["code"],
             runs_scripts: true,
+            secret_params: &[],
         },
         NodeSpec {
             name: "loop",
@@ -148,6 +159,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &["flow"],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "http_request",
@@ -170,6 +182,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &["headers", "query", "body"],
         },
         NodeSpec {
             name: "sub_flow",
@@ -185,6 +198,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "postgres",
@@ -202,6 +216,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &["params"],
         },
         NodeSpec {
             name: "smtp_send",
@@ -223,6 +238,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "kv_get",
@@ -231,6 +247,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "kv_set",
@@ -239,6 +256,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
         NodeSpec {
             name: "respond",
@@ -254,6 +272,7 @@ fn specs() -> Vec<NodeSpec> {
             ports: Ports::Single,
             raw_params: &[],
             runs_scripts: false,
+            secret_params: &[],
         },
     ]
 }

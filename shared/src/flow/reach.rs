@@ -79,54 +79,90 @@ fn walk(def: &Value, at: &str, refs: &mut Vec<Reference>, misuse: &mut Vec<Misus
                 name: id.to_string(),
             });
         }
-        let runs_scripts = catalog::spec(kind).is_some_and(|s| s.runs_scripts);
+        let allowed = catalog::spec(kind).map_or(&[][..], |s| s.secret_params);
         if kind == "loop" {
             walk(&params["flow"], &format!("{here}.flow"), refs, misuse);
-            let mut rest = params.clone();
-            if let Some(map) = rest.as_object_mut() {
-                map.remove("flow");
+        }
+        for (name, value) in params.as_object().into_iter().flatten() {
+            if kind == "loop" && name == "flow" {
+                continue;
             }
-            secrets(&rest, &here, runs_scripts, refs, misuse);
-        } else {
-            secrets(params, &here, runs_scripts, refs, misuse);
+            let at = format!("{here}.{name}");
+            let mut found = Vec::new();
+            secret_paths_in(value, &format!("/{}", pointer_escape(name)), &at, &mut found);
+            for (_, field, key) in found {
+                if !allowed.contains(&name.as_str()) {
+                    misuse.push(Misuse {
+                        field,
+                        message: "a secret may only be used where a node sends it: http_request headers, query or body, postgres params",
+                    });
+                } else if key.contains("{{") {
+                    misuse.push(Misuse {
+                        field: format!("{field}.$secret"),
+                        message: "which secret a flow reads is fixed: no templates in `$secret`",
+                    });
+                } else {
+                    refs.push(Reference {
+                        target: Target::Secret,
+                        field: format!("{field}.$secret"),
+                        name: key,
+                    });
+                }
+            }
         }
     }
 }
 
-fn secrets(v: &Value, at: &str, runs_scripts: bool, refs: &mut Vec<Reference>, misuse: &mut Vec<Misuse>) {
+fn pointer_escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// Every `{"$secret": key}` under `v`: (JSON pointer, display path, key).
+fn secret_paths_in(v: &Value, pointer: &str, at: &str, out: &mut Vec<(String, String, String)>) {
     if let Some(key) = secret_ref(v) {
-        if runs_scripts {
-            misuse.push(Misuse {
-                field: at.to_string(),
-                message: "a secret can never be handed to a node that runs scripts",
-            });
-        } else if key.contains("{{") {
-            misuse.push(Misuse {
-                field: format!("{at}.$secret"),
-                message: "which secret a flow reads is fixed: no templates in `$secret`",
-            });
-        } else {
-            refs.push(Reference {
-                target: Target::Secret,
-                field: format!("{at}.$secret"),
-                name: key.to_string(),
-            });
-        }
+        out.push((pointer.to_string(), at.to_string(), key.to_string()));
         return;
     }
     match v {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                secrets(item, &format!("{at}[{i}]"), runs_scripts, refs, misuse);
+                secret_paths_in(item, &format!("{pointer}/{i}"), &format!("{at}[{i}]"), out);
             }
         }
         Value::Object(map) => {
             for (k, item) in map {
-                secrets(item, &format!("{at}.{k}"), runs_scripts, refs, misuse);
+                secret_paths_in(
+                    item,
+                    &format!("{pointer}/{}", pointer_escape(k)),
+                    &format!("{at}.{k}"),
+                    out,
+                );
             }
         }
         _ => {}
     }
+}
+
+/// Where the worker substitutes secrets in one node's evaluated params: the
+/// JSON pointers of the definition's own `{"$secret": key}` objects, in the
+/// params where `kind` may send them. Evaluated params are never searched, so
+/// data (a webhook body, a KV value) can never name a secret.
+pub fn secret_paths(kind: &str, params: &Value) -> Vec<(String, String)> {
+    let allowed = catalog::spec(kind).map_or(&[][..], |s| s.secret_params);
+    let mut out = Vec::new();
+    for name in allowed {
+        if let Some(value) = params.get(*name) {
+            let mut found = Vec::new();
+            secret_paths_in(value, &format!("/{}", pointer_escape(name)), name, &mut found);
+            out.extend(
+                found
+                    .into_iter()
+                    .filter(|(_, _, key)| !key.contains("{{"))
+                    .map(|(pointer, _, key)| (pointer, key)),
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -175,14 +211,38 @@ mod tests {
     }
 
     #[test]
-    fn secrets_cannot_feed_scripts_or_be_chosen_by_templates() {
+    fn secrets_go_only_where_a_node_sends_them_and_are_never_chosen_by_templates() {
         let def = json!({"nodes": [
             {"id": "a", "type": "code", "params": {"code": {"$secret": "js"}}},
-            {"id": "b", "type": "set", "params": {"values": {"x": {"$secret": "{{ $input.k }}"}}}}
+            {"id": "b", "type": "set", "params": {"values": {"x": {"$secret": "k"}}}},
+            {"id": "c", "type": "loop", "params": {"items": [{"$secret": "k"}], "flow": {"nodes": []}}},
+            {"id": "d", "type": "http_request", "params": {"url": "https://x", "headers": {"a": {"$secret": "{{ $input.k }}"}}}}
         ]});
         let (refs, misuse) = references(&def);
-        assert!(refs.is_empty());
-        assert_eq!(misuse.len(), 2);
-        assert_eq!(misuse[0].field, "definition.nodes[0].params.code");
+        assert!(refs.is_empty(), "{refs:?}");
+        let fields: Vec<&str> = misuse.iter().map(|m| m.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "definition.nodes[0].params.code",
+                "definition.nodes[1].params.values.x",
+                "definition.nodes[2].params.items[0]",
+                "definition.nodes[3].params.headers.a.$secret",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_worker_substitutes_only_at_the_definitions_own_references() {
+        let params = json!({"url": "https://x", "headers": {"a/b": {"$secret": "k1"}}, "body": [1, {"$secret": "k2"}],
+                            "query": {"q": "{{ $input.q }}"}});
+        assert_eq!(
+            secret_paths("http_request", &params),
+            vec![
+                ("/headers/a~1b".to_string(), "k1".to_string()),
+                ("/body/1".to_string(), "k2".to_string())
+            ]
+        );
+        assert!(secret_paths("set", &json!({"values": {"x": {"$secret": "k"}}})).is_empty());
     }
 }

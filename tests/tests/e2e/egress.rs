@@ -206,17 +206,19 @@ async fn the_postgres_node_connects_only_through_a_credential_and_never_to_the_p
 
     let db = &app.db_name;
     for (uri, expected) in [
-        (format!("postgres://postgres@127.0.0.1:5432/{db}"), "egress_denied"),
-        (format!("postgres://postgres@localhost/{db}"), "egress_denied"),
-        (format!("postgresql://postgres@[::1]:5432/{db}"), "egress_denied"),
-        (format!("postgres://postgres@127.0.0.1:5672/{db}"), "egress_denied"),
+        (format!("postgres://postgres:not-checked-1@127.0.0.1:5432/{db}"), "egress_denied"),
+        (format!("postgres://postgres:not-checked-1@localhost/{db}"), "egress_denied"),
+        (format!("postgresql://postgres:not-checked-1@[::1]:5432/{db}"), "egress_denied"),
+        (format!("postgres://postgres:not-checked-1@127.0.0.1:5672/{db}"), "egress_denied"),
         (format!("postgres:///{db}"), "invalid_params"),
+        // No password: sqlx would take the worker's own PGPASSWORD or ~/.pgpass.
+        (format!("postgres://postgres@203.0.113.9/{db}"), "invalid_params"),
         (
-            format!("postgres://x@10.9.9.9/{db}?host=/var/run/postgresql"),
+            format!("postgres://x:not-checked-1@10.9.9.9/{db}?host=/var/run/postgresql"),
             "invalid_params",
         ),
         (
-            format!("postgres://x@203.0.113.9/{db}?sslmode=require&sslkey=/etc/ssl/private/k.pem"),
+            format!("postgres://x:not-checked-1@203.0.113.9/{db}?sslmode=require&sslkey=/etc/ssl/private/k.pem"),
             "invalid_params",
         ),
     ] {

@@ -173,15 +173,40 @@ async fn secret_values_need_a_grant_and_never_feed_a_script() {
     let (status, body) = create_flow(
         &app,
         &app.admin.api_key,
-        json!({"nodes": [{"id": "s", "type": "set", "params": {"values": {"x": {"$secret": "{{ $input.k }}"}}}}]}),
+        json!({"nodes": [{"id": "s", "type": "http_request", "params": {"method": "GET", "url": format!("{server}/echo"),
+            "headers": {"x-token": {"$secret": "{{ $input.k }}"}}}}]}),
     )
     .await;
     refused(
         status,
         &body,
-        "definition.nodes[0].params.values.x.$secret",
+        "definition.nodes[0].params.headers.x-token.$secret",
         "which secret a flow reads is fixed: no templates in `$secret`",
     );
+    // Nor anywhere a node does not send it: a branch, a loop item, a KV value, a sub-flow's input.
+    for (node, field) in [
+        (
+            json!({"id": "s", "type": "set", "params": {"values": {"x": {"$secret": "bank-token"}}}}),
+            "values.x",
+        ),
+        (
+            json!({"id": "s", "type": "kv_set", "params": {"key": "copy", "value": {"$secret": "bank-token"}}}),
+            "value",
+        ),
+        (
+            json!({"id": "s", "type": "loop", "params": {"items": [{"$secret": "bank-token"}], "flow": {"nodes": [
+                {"id": "x", "type": "set", "params": {"values": {}}}]}}}),
+            "items[0]",
+        ),
+    ] {
+        let (status, body) = create_flow(&app, &app.admin.api_key, json!({"nodes": [node]})).await;
+        refused(
+            status,
+            &body,
+            &format!("definition.nodes[0].params.{field}"),
+            "a secret may only be used where a node sends it: http_request headers, query or body, postgres params",
+        );
+    }
     // Another company has no such secret, whatever its admin tries.
     let globex = app.other_company().await;
     let (status, body) = create_flow(&app, &globex.api_key, sends.clone()).await;
@@ -381,5 +406,54 @@ async fn a_member_who_may_write_kv_cannot_swap_or_delete_a_secret_they_were_not_
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn data_reaching_a_flow_can_never_name_a_secret() {
+    let app = TestApp::spawn().await;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let store = received.clone();
+    let server = serve(axum::Router::new().route(
+        "/collect",
+        axum::routing::post(move |body: String| {
+            store.lock().unwrap().push(body);
+            async { "ok" }
+        }),
+    ))
+    .await;
+    app.request(
+        Method::PUT,
+        "/api/v1/kv/bank-token",
+        &app.admin.api_key,
+        Some(json!({"value": "secret:bank-SECRET-123456"})),
+    )
+    .await;
+    app.request(
+        Method::PUT,
+        "/api/v1/kv/cfg",
+        &app.admin.api_key,
+        Some(json!({"value": {"$secret": "bank-token"}})),
+    )
+    .await;
+    // An admin's flow that forwards what it is given, as webhook flows do.
+    let flow = app
+        .deployed_flow(json!({"nodes": [{"id": "fwd", "type": "http_request", "params": {
+            "method": "POST", "url": format!("{server}/collect"),
+            "body": {"input": "{{ $input.payload }}", "vars": "{{ $vars.cfg }}"}}}]}))
+        .await;
+    let run = app
+        .start_run(&flow, json!({"payload": {"$secret": "bank-token"}}))
+        .await;
+    let run = app.wait_run(&run).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert!(
+        !got[0].contains("bank-SECRET"),
+        "a value from data was decrypted: {}",
+        got[0]
+    );
+    assert!(got[0].contains(r#""$secret":"bank-token""#), "{}", got[0]);
     app.teardown().await;
 }

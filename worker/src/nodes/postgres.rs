@@ -63,6 +63,9 @@ impl Node for Postgres {
                 PgTargetError::Invalid => {
                     NodeError::invalid("the credential's `uri` is not a postgres:// URI with a host")
                 }
+                PgTargetError::Incomplete => {
+                    NodeError::invalid("the credential's `uri` must name a user, a password and a database")
+                }
             })?;
             let work = async {
                 let mut conn = options
