@@ -39,6 +39,7 @@ pub struct Metrics {
     pub audit_backlog: IntGauge,
     pub audit_sealed: prometheus::IntCounter,
     pub secret_decryptions: IntCounterVec,
+    pub sandbox_abandoned_threads: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -110,6 +111,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         audit_sealed: {
             let c = prometheus::IntCounter::new("floq_audit_sealed_total", "Audit entries sealed into the hash chain")
                 .expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        },
+        sandbox_abandoned_threads: {
+            let c = prometheus::IntCounter::new(
+                "floq_sandbox_abandoned_threads_total",
+                "Sandbox threads abandoned (and replaced) because native code ignored the script deadline",
+            )
+            .expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         },
