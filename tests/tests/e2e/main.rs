@@ -5,6 +5,7 @@ mod audit;
 mod flows;
 mod grants;
 mod identity;
+mod limits;
 mod nodes;
 mod resilience;
 mod retention;
