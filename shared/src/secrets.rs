@@ -291,7 +291,10 @@ pub fn encoded_forms(secret: &str) -> Vec<String> {
                     vec![c.to_string()]
                 } else {
                     let mut units = [0u16; 2];
-                    c.encode_utf16(&mut units).iter().map(|u| format!("\\u{u:04x}")).collect()
+                    c.encode_utf16(&mut units)
+                        .iter()
+                        .map(|u| format!("\\u{u:04x}"))
+                        .collect()
                 }
             })
             .collect();
@@ -399,14 +402,19 @@ mod tests {
             "p@ss w\\/rd+\\\"é",
             "p@ss w/rd+\\\"\\u00e9",
         ] {
-            assert!(forms.contains(&expected.to_string()), "{expected} missing from {forms:?}");
+            assert!(
+                forms.contains(&expected.to_string()),
+                "{expected} missing from {forms:?}"
+            );
         }
         // Inside a longer base64 text, at any offset.
         use base64::Engine;
         for prefix in ["", "x", "xy"] {
             let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}sk_live_0123456789:tail"));
             assert!(
-                encoded_forms("sk_live_0123456789").iter().any(|f| encoded.contains(f.as_str())),
+                encoded_forms("sk_live_0123456789")
+                    .iter()
+                    .any(|f| encoded.contains(f.as_str())),
                 "offset {}",
                 prefix.len()
             );

@@ -165,7 +165,7 @@ impl Opened {
             .flat_map(|s| secrets::encoded_forms(s))
             .map(Zeroizing::new)
             .collect();
-        needles.sort_by(|a, b| b.len().cmp(&a.len()));
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.as_str().cmp(b.as_str())));
         needles.dedup();
         needles
     }

@@ -81,7 +81,9 @@ async fn secrets_echoed_as_keys_or_encoded_are_masked_in_run_output() {
         )
         .await;
     assert_eq!(run["status"], "succeeded", "{run}");
-    let (status, fetched) = app.get(&format!("/api/v1/runs/{}", run["id"].as_str().unwrap()), &admin).await;
+    let (status, fetched) = app
+        .get(&format!("/api/v1/runs/{}", run["id"].as_str().unwrap()), &admin)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let text = fetched.to_string();
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -92,7 +94,10 @@ async fn secrets_echoed_as_keys_or_encoded_are_masked_in_run_output() {
         ("form-encoded query secret", "w+rd%2BSecret".to_string()),
         ("percent-encoded KV secret", "kv-Secret%2FValue".to_string()),
         ("JSON-escaped query secret", "Secret\\\\\\\"01".to_string()),
-        ("base64 of user:KV secret", b64(&format!("user:{KV_SECRET}"))[8..24].to_string()),
+        (
+            "base64 of user:KV secret",
+            b64(&format!("user:{KV_SECRET}"))[8..24].to_string(),
+        ),
     ] {
         assert!(!text.contains(&leaked), "{form} leaked: {text}");
     }
@@ -143,7 +148,12 @@ async fn secrets_too_short_to_mask_are_refused_naming_the_field() {
         );
     }
     let (status, resp) = app
-        .request(Method::PUT, "/api/v1/kv/pin", &admin, Some(json!({"value": "secret:123"})))
+        .request(
+            Method::PUT,
+            "/api/v1/kv/pin",
+            &admin,
+            Some(json!({"value": "secret:123"})),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
     assert_eq!(
@@ -155,7 +165,12 @@ async fn secrets_too_short_to_mask_are_refused_naming_the_field() {
     let (_, listed) = app.get("/api/v1/credentials", &admin).await;
     assert_eq!(listed["items"], json!([]));
     let (status, resp) = app
-        .request(Method::PUT, "/api/v1/kv/pin", &admin, Some(json!({"value": "secret:12345678"})))
+        .request(
+            Method::PUT,
+            "/api/v1/kv/pin",
+            &admin,
+            Some(json!({"value": "secret:12345678"})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{resp}");
     app.teardown().await;
@@ -174,7 +189,12 @@ async fn a_loop_past_the_step_output_limit_fails_and_its_run_stays_small() {
     let app = TestApp::spawn().await;
     // 400 items of 10 kB: 4 MB, past the default 1 MiB step output limit.
     let run = app.run_flow(loop_flow(400, 10_000), json!({})).await;
-    assert_eq!(run["status"], "failed", "{}", &run.to_string()[..run.to_string().len().min(2_000)]);
+    assert_eq!(
+        run["status"],
+        "failed",
+        "{}",
+        &run.to_string()[..run.to_string().len().min(2_000)]
+    );
     assert_eq!(run["error"]["code"], "output_too_large", "{}", run["error"]);
     assert_eq!(
         run["error"]["message"],
@@ -189,7 +209,11 @@ async fn a_loop_past_the_step_output_limit_fails_and_its_run_stays_small() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(fetched.to_string().len() < 16 * 1024, "{} bytes", fetched.to_string().len());
+    assert!(
+        fetched.to_string().len() < 16 * 1024,
+        "{} bytes",
+        fetched.to_string().len()
+    );
 
     // Under the limit the same loop still works.
     let run = app.run_flow(loop_flow(20, 1_000), json!({})).await;

@@ -67,11 +67,7 @@ impl Node for Loop {
                                 let size = executor::output_size(&output, limit)?;
                                 let so_far = total.fetch_add(size, std::sync::atomic::Ordering::Relaxed) + size;
                                 if so_far > limit {
-                                    return Err(executor::too_large(
-                                        "its output",
-                                        limit,
-                                        "FLOQ_STEP_OUTPUT_MAX_BYTES",
-                                    ));
+                                    return Err(executor::too_large("its output", limit, "FLOQ_STEP_OUTPUT_MAX_BYTES"));
                                 }
                                 Ok(output)
                             }

@@ -130,8 +130,8 @@ for (const key of ["fill", "indexOf", "lastIndexOf", "includes", "reverse", "toR
   guard(TAP, key, typedMethod(MAX_TYPED));
 }
 for (const key of ["join", "toString", "toLocaleString"]) guard(TAP, key, typedMethod(MAX_ARRAY_LIKE));
-guard(TAP, "set", (self, args, key) => {
-  guardLength(self, `TypedArray.prototype.${key}`, MAX_TYPED);
+// Copying converts element by element when the types differ: bounded by what is copied.
+guard(TAP, "set", (self, args) => {
   const src = args[0];
   if (typeof src === "object" && src !== null) guardLength(src, "TypedArray.prototype.set: source length");
 });
@@ -213,6 +213,20 @@ const searched = (self, args, key) => {
   return s;
 };
 for (const key of ["indexOf", "lastIndexOf", "includes", "split", "replace", "replaceAll"]) guard(SP, key, searched);
+// Building a string fills it character by character, natively.
+const MAX_STRING_BUILD = limits.maxStringBuild;
+guard(SP, "repeat", (self, args, key) => {
+  const s = thisText(self, key);
+  const count = +args[0];
+  if (s.length * count > MAX_STRING_BUILD) refuse(`String.prototype.${key}: result length`, MAX_STRING_BUILD);
+  return s;
+});
+for (const key of ["padStart", "padEnd"]) {
+  guard(SP, key, (self, args) => {
+    if (+args[0] > MAX_STRING_BUILD) refuse(`String.prototype.${key}: result length`, MAX_STRING_BUILD);
+    return thisText(self, key);
+  });
+}
 // The string iterator feeds the same unpolled Iterator.prototype loops as the array iterator.
 guard(SP, Symbol.iterator, (self, args) => {
   const s = thisText(self, "[Symbol.iterator]");
@@ -248,9 +262,39 @@ defProp(G, "BigInt", { value: BigIntWrapped, writable: true, enumerable: false, 
 
 // Stringifying walks arrays natively (`JSON.stringify(Array(2 ** 32 - 1))`); with a replacer function every value
 // passes through JS, which polls. An identity replacer gives the same text.
+// A property list (an array replacer) becomes the function that picks the same properties, in the same order
+// (except integer-like names, which objects always list first).
 const identity = (k, v) => v;
+const picker = (list) => {
+  const names = [];
+  const seen = new SetCtor();
+  for (let i = 0; i < list.length; i++) {
+    const item = list[i];
+    let name;
+    if (typeof item === "string") name = item;
+    else if (typeof item === "number" || item instanceof StringCtor || item instanceof Number) name = StringCtor(item);
+    else continue;
+    if (!seen.has(name)) {
+      seen.add(name);
+      names.push(name);
+    }
+  }
+  return (k, v) => {
+    if (typeof v !== "object" || v === null || isArray(v)) return v;
+    // Boxed primitives are serialised as their value, never as objects.
+    if (v instanceof Number || v instanceof StringCtor || v instanceof Boolean || v instanceof BigIntCtor) return v;
+    const out = {};
+    for (let i = 0; i < names.length; i++) {
+      const name = names[i];
+      const value = v[name];
+      if (value !== undefined) out[name] = value;
+    }
+    return out;
+  };
+};
 guard(JSON, "stringify", (self, args) => {
-  if (typeof args[1] !== "function" && !isArray(args[1])) args[1] = identity;
+  if (typeof args[1] === "function") return;
+  args[1] = isArray(args[1]) ? picker(args[1]) : identity;
 });
 
 // The engine's generator is seeded once per context, so a script could read the state it leaves and reconstruct
