@@ -326,3 +326,75 @@ async fn format_date_with_a_huge_format_fails_fast_and_other_tenants_run_on() {
     }
     app.teardown().await;
 }
+
+/// A script stuck in native code the sandbox cannot interrupt (printing a BigInt near the engine's size cap is one
+/// operation JavaScript cannot wrap) is answered at its deadline; past `FLOQ_SANDBOX_MAX_ABANDONED` stuck threads
+/// the worker drains and exits with an error naming the setting, and a restarted worker runs what is queued.
+#[tokio::test]
+async fn a_worker_with_too_many_stuck_sandbox_threads_drains_and_exits() {
+    let mut app = TestApp::spawn_configured(Options::default(), |c| c.sandbox_max_abandoned = 0).await;
+    let other = app.other_company().await;
+    let before = floq_shared::telemetry::METRICS.sandbox_abandoned_threads.get();
+    let run = app
+        .run_flow(
+            json!({"nodes": [{"id": "stuck", "type": "code", "params": {
+                "code": "return ('' + 3n ** 200000n).length;", "timeout_ms": 10,
+            }}]}),
+            json!({}),
+        )
+        .await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "sandbox_timeout", "{}", run["error"]);
+    assert!(
+        run["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be interrupted"),
+        "{}",
+        run["error"]
+    );
+    assert!(floq_shared::telemetry::METRICS.sandbox_abandoned_threads.get() > before);
+
+    let worker = app.worker.take().expect("worker");
+    let ended = tokio::time::timeout(Duration::from_secs(30), worker.finished())
+        .await
+        .expect("the worker exits on its own");
+    let err = ended.expect_err("an exhausted worker exits with an error");
+    assert!(err.to_string().contains("FLOQ_SANDBOX_MAX_ABANDONED"), "{err:#}");
+
+    // Another company's run waits in the queue for the restarted worker, and runs.
+    let (status, flow) = app
+        .post(
+            "/api/v1/flows",
+            &other.api_key,
+            json!({"name": "plain", "definition": {"nodes": [{"id": "ok", "type": "code", "params": {"code": "return 40 + 2;"}}]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{flow}");
+    let flow_id = flow["id"].as_str().unwrap();
+    let (status, _) = app
+        .post(&format!("/api/v1/flows/{flow_id}/deploy"), &other.api_key, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, started) = app
+        .post(
+            &format!("/api/v1/flows/{flow_id}/runs"),
+            &other.api_key,
+            json!({"input": {}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    app.start_worker().await;
+    let run_id = started["run_id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, r) = app.get(&format!("/api/v1/runs/{run_id}"), &other.api_key).await;
+        if r["status"] == "succeeded" {
+            assert_eq!(r["output"], json!(42));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    app.teardown().await;
+}

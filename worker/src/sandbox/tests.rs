@@ -1330,33 +1330,22 @@ async fn bench_per_evaluation() {
     );
 }
 
-/// Worst cases the guards still admit; `cargo test -- --ignored --nocapture residual`.
+/// What no prelude guard can reach: BigInt operators near the engine's 1 Mbit cap run as one native operation
+/// each (printing one through `'' +` took 8 s unoptimised). The pool abandons such threads; this measures them:
+/// `cargo test -p floq-worker -- --ignored --nocapture bigint_operator_costs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement"]
-async fn residual_native_loop_costs() {
+async fn bigint_operator_costs() {
     let cands = [
-        "Array.prototype.fill.call({ length: 1e6 }, 0).length",
-        "Array.prototype.toReversed.call({ length: 1e6 }).length",
-        "Array.from({ length: 1e6 }).length",
-        "new Array(1e6).join().length",
-        "new Array(1e6).fill(0).sort().length",
-        "new Uint8Array(4e6).lastIndexOf(1)",
-        "new Float64Array(1e6).set(new Uint8Array(1e6))",
-        "new Uint8Array({ length: 1e6 }).length",
-        "new Uint8Array(1e6).join().length",
-        "'a'.repeat(2 ** 20).normalize('NFD').length",
-        "'a'.repeat(1.3e5).indexOf('a'.repeat(1000) + 'b')",
-        "'x'.repeat(1.6e7).length",
-        "''.padEnd(1.6e7, 'ab').length",
-        "String(10n ** 300000n).length",
         "(10n ** 300000n) > 0n",
+        "(3n ** 600000n) > 0n",
+        "('' + 3n ** 600000n).length",
         "((1n << 500000n) - 1n) * ((1n << 499000n) - 1n) > 0n",
-        "JSON.stringify(Array(2 ** 32 - 1), ['a']).length",
     ];
     let sandbox = Sandbox::new(1, Limits::default());
     for c in cands {
         let started = Instant::now();
-        let r = one(&sandbox, with_timeout(expr(c), Duration::from_millis(20))).await;
+        let r = one(&sandbox, with_timeout(expr(c), Duration::from_secs(30))).await;
         let r = match r {
             Ok(v) => format!("ok {v}"),
             Err(e) => format!("{}: {}", e.code, e.message.chars().take(70).collect::<String>()),
