@@ -80,6 +80,11 @@ pub struct Config {
     pub http_node_max_response_bytes: usize,
     pub sandbox_threads: usize,
     pub sandbox_memory_bytes: usize,
+    /// Sandbox threads stuck in uninterruptible native code at once before the worker drains and exits.
+    pub sandbox_max_abandoned: usize,
+    /// Largest JSON output of one node, and of all of a run's steps together.
+    pub step_output_max_bytes: usize,
+    pub run_output_max_bytes: usize,
     pub template_timeout: Duration,
     pub code_timeout: Duration,
     pub code_max_timeout: Duration,
@@ -187,6 +192,9 @@ impl Config {
                 1..=256,
             )?,
             sandbox_memory_bytes: v.parse_in("FLOQ_SANDBOX_MEMORY_MB", 64usize, 8..=4096)? << 20,
+            sandbox_max_abandoned: v.parse_in("FLOQ_SANDBOX_MAX_ABANDONED", 8, 0..=1024)?,
+            step_output_max_bytes: v.parse_in("FLOQ_STEP_OUTPUT_MAX_BYTES", 1 << 20, 1024..=(256 << 20))?,
+            run_output_max_bytes: v.parse_in("FLOQ_RUN_OUTPUT_MAX_BYTES", 16 << 20, 1024..=(1 << 30))?,
             template_timeout: Duration::from_millis(v.parse_in("FLOQ_TEMPLATE_TIMEOUT_MS", 250, 1..=60_000)?),
             code_timeout: Duration::from_millis(v.parse_in("FLOQ_CODE_TIMEOUT_MS", 5_000, 1..=3_600_000)?),
             code_max_timeout: Duration::from_millis(v.parse_in("FLOQ_CODE_MAX_TIMEOUT_MS", 60_000, 1..=3_600_000)?),

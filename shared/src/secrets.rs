@@ -57,6 +57,20 @@ static VALIDATORS: LazyLock<HashMap<&'static str, jsonschema::Validator>> = Lazy
         .collect()
 });
 
+/// Shortest secret floq stores. Masking replaces every occurrence of a secret in run output, so a short one would
+/// either leak (left unmasked) or mask innocent text everywhere (`abc` in every word that holds it).
+pub const MIN_SECRET_CHARS: usize = 8;
+
+/// The message for a secret below [`MIN_SECRET_CHARS`]; it names the rule, never the value.
+pub fn too_short() -> String {
+    format!("must be at least {MIN_SECRET_CHARS} characters: shorter secrets cannot be masked safely in run output")
+}
+
+/// Why a secret KV value (the text after `secret:`) cannot be stored, if it cannot.
+pub fn check_secret_value(secret: &str) -> Option<String> {
+    (secret.chars().count() < MIN_SECRET_CHARS).then(too_short)
+}
+
 /// Every way `data` breaks its type's shape: (field, message). Messages name
 /// fields, never values.
 pub fn check(credential_type: &str, data: &Value) -> Vec<(String, String)> {
@@ -66,6 +80,68 @@ pub fn check(credential_type: &str, data: &Value) -> Vec<(String, String)> {
             format!("must be one of: {}", CREDENTIAL_TYPES.join(", ")),
         )];
     };
+    let mut errors = shape_errors(validator, data);
+    if errors.is_empty() {
+        errors.extend(short_secrets(credential_type, data));
+    }
+    errors
+}
+
+/// Secret fields (and a URI's password) shorter than [`MIN_SECRET_CHARS`].
+fn short_secrets(credential_type: &str, data: &Value) -> Vec<(String, String)> {
+    let Some(fields) = data.as_object() else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        let Some(text) = value.as_str() else { continue };
+        let secret = match credential_type {
+            "postgres" | "smtp" => uri_password(text),
+            _ if is_public_field(name) => None,
+            _ => Some(text.to_owned()),
+        };
+        if let Some(secret) = secret
+            && check_secret_value(&secret).is_some()
+        {
+            out.push((format!("data.{name}"), too_short()));
+        }
+    }
+    out
+}
+
+/// Names (a header's, a query parameter's, a username) are not secret.
+fn is_public_field(name: &str) -> bool {
+    matches!(name, "name" | "username" | "client_id")
+}
+
+/// The password of `scheme://user:password@host/...`, percent-decoded, if it has one.
+fn uri_password(uri: &str) -> Option<String> {
+    let (_, rest) = uri.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| percent_decode(password))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn shape_errors(validator: &jsonschema::Validator, data: &Value) -> Vec<(String, String)> {
     validator
         .iter_errors(data)
         .map(|e| {
@@ -151,10 +227,13 @@ pub fn scrub_values(credential_type: &str, fields: &[(&str, &str)]) -> Vec<Strin
     let field = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
     let mut out: Vec<String> = fields
         .iter()
-        // Names (a header's, a query parameter's, a username) are not secret.
-        .filter(|(k, _)| !matches!(*k, "name" | "username" | "client_id"))
+        .filter(|(k, _)| !is_public_field(k))
         .map(|(_, v)| v.to_string())
         .collect();
+    // A connection URI's password also travels alone (in a server's error message, say).
+    if matches!(credential_type, "postgres" | "smtp") {
+        out.extend(fields.iter().filter_map(|(_, v)| uri_password(v)));
+    }
     if credential_type == "http_basic"
         && let (Some(u), Some(p)) = (field("username"), field("password"))
     {
@@ -164,13 +243,97 @@ pub fn scrub_values(credential_type: &str, fields: &[(&str, &str)]) -> Vec<Strin
     out
 }
 
+/// `secret` with the forms it commonly travels in once a node has handled it: percent-encoded (as a query string or
+/// form body carries it, under the encoders' different reserved sets and hex cases), base64 (standard and URL-safe,
+/// padded or not, and at each of the three offsets it can start at inside a longer encoded text), JSON-escaped and
+/// hex. Longest first, so a longer form is masked whole before a shorter one inside it.
+pub fn encoded_forms(secret: &str) -> Vec<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut forms = vec![secret.to_owned()];
+    // RFC 3986 unreserved; JavaScript's encodeURIComponent also keeps !'()*; form encoding keeps *-._ only.
+    let rfc3986 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    let component = |b: u8| rfc3986(b) || matches!(b, b'!' | b'\'' | b'(' | b')' | b'*');
+    let form = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
+    for keep in [&rfc3986 as &dyn Fn(u8) -> bool, &component, &form] {
+        for upper in [true, false] {
+            for plus in [false, true] {
+                forms.push(percent_encode(secret, keep, upper, plus));
+            }
+        }
+    }
+    let bytes = secret.as_bytes();
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(bytes));
+    }
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for offset in 0..3usize {
+            // Only whole 4-character groups made of the secret's bytes alone are the same wherever it sits.
+            let mut shifted = vec![0u8; offset];
+            shifted.extend_from_slice(bytes);
+            let encoded = engine.encode(&shifted);
+            let start = if offset == 0 { 0 } else { 4 };
+            let end = (shifted.len() / 3) * 4;
+            if end > start + 8 {
+                forms.push(encoded[start..end].to_owned());
+            }
+        }
+    }
+    if let Ok(json) = serde_json::to_string(secret) {
+        let inner = &json[1..json.len() - 1];
+        forms.push(inner.to_owned());
+        forms.push(inner.replace('/', "\\/"));
+        // JavaScript and some JSON writers escape every non-ASCII character.
+        let ascii: String = inner
+            .chars()
+            .flat_map(|c| {
+                if c.is_ascii() {
+                    vec![c.to_string()]
+                } else {
+                    let mut units = [0u16; 2];
+                    c.encode_utf16(&mut units)
+                        .iter()
+                        .map(|u| format!("\\u{u:04x}"))
+                        .collect()
+                }
+            })
+            .collect();
+        forms.push(ascii);
+    }
+    forms.push(hex::encode(bytes));
+    forms.push(hex::encode_upper(bytes));
+    forms.retain(|f| f.len() >= MIN_MASKED_FORM);
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    forms
+}
+
+/// Shorter forms are not masked: they would match innocent text.
+const MIN_MASKED_FORM: usize = 4;
+
+fn percent_encode(text: &str, keep: &dyn Fn(u8) -> bool, upper: bool, plus: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if keep(b) {
+            out.push(char::from(b));
+        } else if plus && b == b' ' {
+            out.push('+');
+        } else if upper {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push_str(&format!("%{b:02x}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn each_type_checks_its_fields_and_names_them() {
-        assert!(check("http_bearer", &json!({"token": "t0k3n"})).is_empty());
+        assert!(check("http_bearer", &json!({"token": "t0k3n-t0k3n"})).is_empty());
         assert_eq!(check("http_bearer", &json!({}))[0].0, "data");
         assert_eq!(
             check("http_basic", &json!({"username": "u", "password": 1}))[0].0,
@@ -206,6 +369,56 @@ mod tests {
             hint("smtp", &json!({"uri": "smtps://:pw@mail.test"})),
             "smtps://mail.test"
         );
+    }
+
+    #[test]
+    fn secrets_too_short_to_mask_are_refused_naming_the_field() {
+        assert_eq!(
+            check("http_bearer", &json!({"token": "abc"})),
+            vec![("data.token".to_string(), too_short())]
+        );
+        assert!(check("http_bearer", &json!({"token": "abcdefgh"})).is_empty());
+        let basic = check("http_basic", &json!({"username": "ada", "password": "pw"}));
+        assert_eq!(basic, vec![("data.password".to_string(), too_short())]);
+        assert_eq!(
+            check("postgres", &json!({"uri": "postgres://app:pw@db:5432/app"}))[0].0,
+            "data.uri"
+        );
+        assert!(check("postgres", &json!({"uri": "postgres://app@db:5432/app"})).is_empty());
+        assert!(check("postgres", &json!({"uri": "postgres://app:long%2Fpassword@db/app"})).is_empty());
+        assert!(check_secret_value("1234567").is_some());
+        assert!(check_secret_value("12345678").is_none());
+    }
+
+    #[test]
+    fn encoded_forms_cover_query_strings_base64_and_json() {
+        let forms = encoded_forms("p@ss w/rd+\"é");
+        for expected in [
+            "p@ss w/rd+\"é",
+            "p%40ss%20w%2Frd%2B%22%C3%A9",
+            "p%40ss+w%2Frd%2B%22%C3%A9",
+            "p%40ss%20w%2frd%2b%22%c3%a9",
+            "p@ss w/rd+\\\"é",
+            "p@ss w\\/rd+\\\"é",
+            "p@ss w/rd+\\\"\\u00e9",
+        ] {
+            assert!(
+                forms.contains(&expected.to_string()),
+                "{expected} missing from {forms:?}"
+            );
+        }
+        // Inside a longer base64 text, at any offset.
+        use base64::Engine;
+        for prefix in ["", "x", "xy"] {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}sk_live_0123456789:tail"));
+            assert!(
+                encoded_forms("sk_live_0123456789")
+                    .iter()
+                    .any(|f| encoded.contains(f.as_str())),
+                "offset {}",
+                prefix.len()
+            );
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub secret_decryptions: IntCounterVec,
     /// Rows a group commit isolated because PostgreSQL refused them (see `batch::isolate`).
     pub batch_rows_refused: IntCounterVec,
+    pub sandbox_abandoned_threads: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -117,6 +118,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         audit_sealed: {
             let c = prometheus::IntCounter::new("floq_audit_sealed_total", "Audit entries sealed into the hash chain")
                 .expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        },
+        sandbox_abandoned_threads: {
+            let c = prometheus::IntCounter::new(
+                "floq_sandbox_abandoned_threads_total",
+                "Sandbox threads abandoned (and replaced) because native code ignored the script deadline",
+            )
+            .expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         },

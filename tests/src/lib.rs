@@ -114,6 +114,11 @@ pub struct Service {
 }
 
 impl Service {
+    /// Waits for the service to end on its own (a worker whose sandbox is exhausted) and returns how it ended.
+    pub async fn finished(self) -> anyhow::Result<()> {
+        self.handle.await.expect("service task panicked")
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(self) {
         self.shutdown.cancel();

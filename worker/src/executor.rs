@@ -126,6 +126,8 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         .cloned()
         .unwrap_or_else(|| Value::Object(Map::new()));
     let mut in_flight = FuturesUnordered::new();
+    // JSON bytes of every step output so far, against `run_output_max_bytes`.
+    let mut run_bytes = 0usize;
 
     loop {
         // Start (or skip) every node whose parents are all resolved; skips can cascade.
@@ -196,6 +198,18 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         } = ran;
         audit.extend(secret_entries);
         let node = &flow.nodes[i];
+        let result = result.and_then(|out| {
+            let size = output_size(&out.value, env.step_output_max_bytes)?;
+            run_bytes += size;
+            if run_bytes > env.run_output_max_bytes {
+                return Err(too_large(
+                    "with it the run's outputs",
+                    env.run_output_max_bytes,
+                    "FLOQ_RUN_OUTPUT_MAX_BYTES",
+                ));
+            }
+            Ok(out)
+        });
         let status = if result.is_ok() { "succeeded" } else { "failed" };
         METRICS
             .node_duration
@@ -478,6 +492,40 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
         params_shape,
         audit: opened.audit,
     }
+}
+
+/// The JSON size of a node's output, or `output_too_large` once it passes `limit` (counted without building the
+/// text, and abandoned at the limit).
+pub fn output_size(value: &Value, limit: usize) -> Result<usize, NodeError> {
+    struct Counter {
+        bytes: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.bytes += buf.len();
+            if self.bytes > self.limit {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { bytes: 0, limit };
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => Ok(counter.bytes),
+        Err(_) => Err(too_large("its output", limit, "FLOQ_STEP_OUTPUT_MAX_BYTES")),
+    }
+}
+
+/// `output_too_large`, naming what grew and the setting that bounds it (the run error names the node).
+pub fn too_large(what: &str, limit: usize, setting: &str) -> NodeError {
+    NodeError::new(
+        "output_too_large",
+        format!("{what} exceeded the {limit}-byte limit ({setting})"),
+    )
 }
 
 fn run_error(node_id: &str, e: &NodeError) -> Value {

@@ -49,9 +49,11 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.sandbox_threads,
         sandbox::Limits {
             memory_bytes: config.sandbox_memory_bytes,
+            max_abandoned: config.sandbox_max_abandoned,
             ..Default::default()
         },
     );
+    let exhausted = sandbox.exhausted();
     let keyring = {
         let config = config.clone();
         // Argon2id key derivation is deliberately slow: keep it off the async workers.
@@ -70,6 +72,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         template_timeout: config.template_timeout,
         code_timeout: config.code_timeout,
         code_max_timeout: config.code_max_timeout,
+        step_output_max_bytes: config.step_output_max_bytes,
+        run_output_max_bytes: config.run_output_max_bytes,
     });
     let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone());
     let worker = Arc::new(consumer::Worker {
@@ -95,8 +99,19 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     .with_context(|| format!("cannot listen on {} (FLOQ_WORKER_HTTP_ADDR)", config.worker_http_addr))?;
     tracing::info!(%addr, "floq-worker serving health and metrics");
 
+    // A sandbox with too many threads stuck in native code drains this worker like a shutdown, then fails it.
+    let stop = shutdown.child_token();
+    {
+        let (stop, exhausted) = (stop.clone(), exhausted.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = exhausted.cancelled() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        });
+    }
     let handle = tokio::spawn(async move {
-        consumer::consume(worker.clone(), topology, shutdown, broker_up).await;
+        consumer::consume(worker.clone(), topology, stop, broker_up).await;
         // Every run task is done: release the writer so it flushes and stops.
         drop(worker);
         let mut writer_tasks = writer_tasks;
@@ -104,6 +119,16 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         ops_shutdown.cancel();
         let _ = ops_task.await;
         pool.close().await;
+        if exhausted.is_cancelled() {
+            tracing::error!(
+                "floq-worker stopped: its sandbox has more threads stuck in native code than \
+                 FLOQ_SANDBOX_MAX_ABANDONED allows; exiting so that the supervisor restarts it"
+            );
+            anyhow::bail!(
+                "the sandbox is exhausted: more threads stuck in uninterruptible native code than \
+                 FLOQ_SANDBOX_MAX_ABANDONED allows; restart the worker"
+            );
+        }
         tracing::info!("floq-worker stopped");
         Ok(())
     });

@@ -156,26 +156,67 @@ impl Opened {
         self.scrub.is_empty()
     }
 
-    /// Masks every occurrence of a secret this node was handed.
+    /// Masks every occurrence of a secret this node was handed, in the common encodings it travels in (see
+    /// [`secrets::encoded_forms`]), in object keys as well as values.
     pub fn scrub_value(&self, v: &mut Value) {
-        match v {
-            Value::String(s) => {
-                if let Some(clean) = self.scrub_text(s) {
-                    *s = clean;
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|i| self.scrub_value(i)),
-            Value::Object(map) => map.values_mut().for_each(|i| self.scrub_value(i)),
-            _ => {}
-        }
+        scrub_in(v, &self.needles());
     }
 
     pub fn scrub_text(&self, text: &str) -> Option<String> {
-        let hit = self.scrub.iter().any(|s| text.contains(s.as_str()));
-        hit.then(|| {
-            self.scrub
-                .iter()
-                .fold(text.to_string(), |acc, secret| acc.replace(secret.as_str(), MASK))
-        })
+        mask(text, &self.needles())
     }
+
+    /// Every form of every secret, longest first across all of them: a longer form (or a longer secret holding a
+    /// shorter one) is masked whole before anything inside it.
+    fn needles(&self) -> Vec<Zeroizing<String>> {
+        let mut needles: Vec<Zeroizing<String>> = self
+            .scrub
+            .iter()
+            .flat_map(|s| secrets::encoded_forms(s))
+            .map(Zeroizing::new)
+            .collect();
+        needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.as_str().cmp(b.as_str())));
+        needles.dedup();
+        needles
+    }
+}
+
+fn scrub_in(v: &mut Value, needles: &[Zeroizing<String>]) {
+    match v {
+        Value::String(s) => {
+            if let Some(clean) = mask(s, needles) {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| scrub_in(i, needles)),
+        Value::Object(map) => {
+            map.values_mut().for_each(|i| scrub_in(i, needles));
+            if map.keys().any(|k| needles.iter().any(|n| k.contains(n.as_str()))) {
+                // Keys are rebuilt in order; two keys masked to the same text keep both values apart.
+                let entries = std::mem::take(map);
+                for (key, value) in entries {
+                    let mut key = mask(&key, needles).unwrap_or(key);
+                    if map.contains_key(&key) {
+                        let base = key.clone();
+                        let mut n = 2;
+                        while map.contains_key(&key) {
+                            key = format!("{base}#{n}");
+                            n += 1;
+                        }
+                    }
+                    map.insert(key, value);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn mask(text: &str, needles: &[Zeroizing<String>]) -> Option<String> {
+    let hit = needles.iter().any(|s| text.contains(s.as_str()));
+    hit.then(|| {
+        needles
+            .iter()
+            .fold(text.to_string(), |acc, secret| acc.replace(secret.as_str(), MASK))
+    })
 }

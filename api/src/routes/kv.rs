@@ -127,6 +127,12 @@ async fn put(
     }
     let (plain, sealed) = match body.value.as_str().and_then(|s| s.strip_prefix(secrets::SECRET_PREFIX)) {
         Some(secret) => {
+            if let Some(message) = secrets::check_secret_value(secret) {
+                return Err(ApiError::validation(
+                    "the secret value is too short",
+                    json!([{"field": "value", "message": message}]),
+                ));
+            }
             let sealed = state
                 .keyring
                 .encrypt(secret.as_bytes(), secrets::kv_binding(company_id, key));

@@ -152,7 +152,7 @@ fn specs() -> Vec<NodeSpec> {
                     "items": tpl(json!({"type": "array"})),
                     "flow": {"type": "object", "required": ["nodes"]},
                     "concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
-                    "max_items": {"type": "integer", "minimum": 1, "maximum": 100_000}
+                    "max_items": {"type": "integer", "minimum": 1, "maximum": 10_000}
                 }),
                 &["items", "flow"],
             ),

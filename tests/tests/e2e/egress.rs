@@ -206,10 +206,22 @@ async fn the_postgres_node_connects_only_through_a_credential_and_never_to_the_p
 
     let db = &app.db_name;
     for (uri, expected) in [
-        (format!("postgres://postgres:not-checked-1@127.0.0.1:5432/{db}"), "egress_denied"),
-        (format!("postgres://postgres:not-checked-1@localhost/{db}"), "egress_denied"),
-        (format!("postgresql://postgres:not-checked-1@[::1]:5432/{db}"), "egress_denied"),
-        (format!("postgres://postgres:not-checked-1@127.0.0.1:5672/{db}"), "egress_denied"),
+        (
+            format!("postgres://postgres:not-checked-1@127.0.0.1:5432/{db}"),
+            "egress_denied",
+        ),
+        (
+            format!("postgres://postgres:not-checked-1@localhost/{db}"),
+            "egress_denied",
+        ),
+        (
+            format!("postgresql://postgres:not-checked-1@[::1]:5432/{db}"),
+            "egress_denied",
+        ),
+        (
+            format!("postgres://postgres:not-checked-1@127.0.0.1:5672/{db}"),
+            "egress_denied",
+        ),
         (format!("postgres:///{db}"), "invalid_params"),
         // No password: sqlx would take the worker's own PGPASSWORD or ~/.pgpass.
         (format!("postgres://postgres@203.0.113.9/{db}"), "invalid_params"),

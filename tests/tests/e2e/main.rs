@@ -7,6 +7,7 @@ mod egress;
 mod flows;
 mod grants;
 mod identity;
+mod limits;
 mod nodes;
 mod poison;
 mod reach;

@@ -328,7 +328,10 @@ async fn nodes_retry_by_policy_and_give_up_at_their_timeout() {
 /// policy it is a customer's server on another port, not the platform's.
 async fn tenant_database(app: &TestApp) -> (floq_tests::forward::Forward, String) {
     let fwd = floq_tests::forward::forward("127.0.0.1:5432".parse().unwrap()).await;
-    let uri = format!("postgres://postgres:trust-ignores-this@127.0.0.1:{}/{}", fwd.port, app.db_name);
+    let uri = format!(
+        "postgres://postgres:trust-ignores-this@127.0.0.1:{}/{}",
+        fwd.port, app.db_name
+    );
     let id = app
         .credential(&app.admin.api_key, "postgres", json!({"uri": uri}))
         .await;

@@ -104,7 +104,7 @@ async fn credential_data_is_checked_encrypted_and_never_returned() {
     let (status, _) = credential(
         &app,
         &admin,
-        json!({"name": "stripe", "type": "http_bearer", "data": {"token": "another"}}),
+        json!({"name": "stripe", "type": "http_bearer", "data": {"token": "another-token"}}),
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT);

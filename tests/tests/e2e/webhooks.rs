@@ -358,7 +358,12 @@ async fn an_oversized_payload_or_a_wait_beyond_the_maximum_is_refused_and_starts
 
 #[tokio::test]
 async fn a_reply_too_large_for_the_broker_is_read_from_the_run_once() {
-    let app = TestApp::spawn_configured(Default::default(), |c| c.body_limit_bytes = 4 << 20).await;
+    let app = TestApp::spawn_configured(Default::default(), |c| {
+        c.body_limit_bytes = 4 << 20;
+        // The reply is a step output too: past the default 1 MiB it would fail `output_too_large`.
+        c.step_output_max_bytes = 4 << 20;
+    })
+    .await;
     let (_, url) = hook_url(
         &app,
         json!({"nodes": [

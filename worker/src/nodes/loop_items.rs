@@ -13,6 +13,8 @@ pub struct Loop;
 
 const DEFAULT_CONCURRENCY: u64 = 4;
 const DEFAULT_MAX_ITEMS: u64 = 1_000;
+/// The most `max_items` may ask for (the flow catalog refuses more when a flow is saved).
+pub const MAX_ITEMS: u64 = 10_000;
 
 impl Node for Loop {
     fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult> {
@@ -28,7 +30,8 @@ impl Node for Loop {
                 .params
                 .get("max_items")
                 .and_then(Value::as_u64)
-                .unwrap_or(DEFAULT_MAX_ITEMS);
+                .unwrap_or(DEFAULT_MAX_ITEMS)
+                .min(MAX_ITEMS);
             if items.len() as u64 > max_items {
                 return Err(NodeError::new(
                     "loop_too_many_items",
@@ -46,6 +49,11 @@ impl Node for Loop {
                 .get("concurrency")
                 .and_then(Value::as_u64)
                 .unwrap_or(DEFAULT_CONCURRENCY);
+            // The loop's output is one step output: the items' outputs are counted as they arrive, so an oversized
+            // loop stops early instead of holding every item in memory first.
+            let limit = ctx.env.step_output_max_bytes;
+            let total = std::sync::atomic::AtomicUsize::new(0);
+            let total = &total;
             let outputs: Vec<Value> = stream::iter(items.into_iter().enumerate())
                 .map(|(i, item)| {
                     let (body, ctx) = (body.clone(), ctx.clone());
@@ -54,7 +62,15 @@ impl Node for Loop {
                         run.depth += 1;
                         let outcome = executor::execute(&body, RunInput { run, input: &item }, ctx.env.clone()).await;
                         match outcome.status {
-                            RunStatus::Succeeded => Ok(outcome.output.unwrap_or(Value::Null)),
+                            RunStatus::Succeeded => {
+                                let output = outcome.output.unwrap_or(Value::Null);
+                                let size = executor::output_size(&output, limit)?;
+                                let so_far = total.fetch_add(size, std::sync::atomic::Ordering::Relaxed) + size;
+                                if so_far > limit {
+                                    return Err(executor::too_large("its output", limit, "FLOQ_STEP_OUTPUT_MAX_BYTES"));
+                                }
+                                Ok(output)
+                            }
                             RunStatus::Failed => Err(NodeError::new(
                                 "loop_item_failed",
                                 format!("item {i} failed: {}", executor::error_message(&outcome)),

@@ -87,6 +87,9 @@ pub struct NodeEnv {
     pub template_timeout: Duration,
     pub code_timeout: Duration,
     pub code_max_timeout: Duration,
+    /// Largest JSON output of one node, and of all of a run's steps together (`output_too_large` past them).
+    pub step_output_max_bytes: usize,
+    pub run_output_max_bytes: usize,
 }
 
 /// The run a node executes in.

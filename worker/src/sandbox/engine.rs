@@ -19,8 +19,23 @@ const SCRIPT_FILE: &str = "<input>";
 const CACHE_MAX_ENTRIES: usize = 1_000;
 /// Compiled scripts live in the runtime's heap, so the cache also gets a byte budget out of the memory limit.
 const CACHE_MEMORY_SHARE: usize = 16;
-/// Longest sparse array / array-like the guarded `Array.prototype` methods accept.
-const MAX_ARRAY_LIKE: u32 = 1 << 22;
+/// Longest array / array-like the guarded (unpolled) native loops accept: about 0.15 s of native work in an
+/// unoptimised build, well under the grace the pool allows before it abandons a thread.
+const MAX_ARRAY_LIKE: u32 = 1 << 20;
+/// Longest typed array the unpolled native scans and copies accept (tens of milliseconds of work).
+const MAX_TYPED_LENGTH: u32 = 1 << 22;
+/// Longest string `normalize` and `localeCompare` accept.
+const MAX_NORMALIZE: u32 = 1 << 20;
+/// Largest text length times needle length a naive substring search may cost.
+const MAX_SEARCH_WORK: u32 = 1 << 25;
+/// Longest string `repeat`, `padStart` and `padEnd` build (they fill it character by character).
+const MAX_STRING_BUILD: u32 = 1 << 24;
+/// Longest decimal text `BigInt()` parses, and largest BigInt (in bits) printed or truncated: both are quadratic.
+const MAX_BIGINT_TEXT: u32 = 1 << 14;
+const MAX_BIGINT_BITS: u32 = 1 << 16;
+/// Longest text a `$h` helper takes, and longest `formatDate` format: they run outside the memory cap.
+pub(super) const MAX_HELPER_TEXT: u32 = 1 << 20;
+pub(super) const MAX_DATE_FORMAT: u32 = 256;
 /// Longest error message or stack the prelude hands back; user code can throw arbitrarily large strings.
 const MAX_ERROR_TEXT: u32 = 16 * 1024;
 /// Microtasks a script may leave behind before its runtime is considered polluted.
@@ -406,6 +421,14 @@ fn harden(ctx: &Ctx<'_>, rng: Rc<Rng>) -> rquickjs::Result<Helpers> {
     let limits = Object::new(ctx.clone())?;
     limits.set("maxArrayLike", MAX_ARRAY_LIKE)?;
     limits.set("maxErrorText", MAX_ERROR_TEXT)?;
+    limits.set("maxTypedLength", MAX_TYPED_LENGTH)?;
+    limits.set("maxNormalize", MAX_NORMALIZE)?;
+    limits.set("maxSearchWork", MAX_SEARCH_WORK)?;
+    limits.set("maxStringBuild", MAX_STRING_BUILD)?;
+    limits.set("maxBigIntText", MAX_BIGINT_TEXT)?;
+    limits.set("maxBigIntBits", MAX_BIGINT_BITS)?;
+    limits.set("maxHelperText", MAX_HELPER_TEXT)?;
+    limits.set("maxDateFormat", MAX_DATE_FORMAT)?;
     let mut options = EvalOptions::default();
     options.filename = Some(PRELUDE_FILE.to_owned());
     let init: Function = ctx.eval_with_options(PRELUDE, options)?;

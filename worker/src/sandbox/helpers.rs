@@ -63,6 +63,14 @@ pub(super) fn raw_helpers<'js>(ctx: &Ctx<'js>, rng: Rc<Rng>) -> rquickjs::Result
     raw.set("formatMillis", Function::new(ctx.clone(), format_millis)?)?;
     raw.set("formatText", Function::new(ctx.clone(), format_text)?)?;
     raw.set("now", Function::new(ctx.clone(), now)?)?;
+    #[cfg(test)]
+    raw.set(
+        "testSpin",
+        Function::new(ctx.clone(), |ms: f64| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            std::thread::sleep(std::time::Duration::from_millis(ms as u64));
+        })?,
+    )?;
     Ok(raw)
 }
 
@@ -141,10 +149,37 @@ where
     if items.iter().any(|item| matches!(item, Item::Error)) {
         return Err(format!("$h.formatDate: invalid format string {format:?}"));
     }
-    let mut out = String::new();
-    write!(out, "{}", instant.format_with_items(items.iter()))
-        .map_err(|_| format!("$h.formatDate: cannot format this date with {format:?}"))?;
-    Ok(out)
+    // A short format can still expand (`%+` is 30-odd characters), and the text is built outside the memory cap.
+    let mut out = Bounded::default();
+    write!(out, "{}", instant.format_with_items(items.iter())).map_err(|_| {
+        if out.overflowed {
+            format!("$h.formatDate: the formatted date is longer than {MAX_DATE_TEXT} bytes")
+        } else {
+            "$h.formatDate: cannot format this date with this format".to_owned()
+        }
+    })?;
+    Ok(out.text)
+}
+
+/// Longest text `formatDate` produces.
+const MAX_DATE_TEXT: usize = 4096;
+
+/// A `String` that refuses to grow past `MAX_DATE_TEXT`.
+#[derive(Default)]
+struct Bounded {
+    text: String,
+    overflowed: bool,
+}
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.text.len() + s.len() > MAX_DATE_TEXT {
+            self.overflowed = true;
+            return Err(std::fmt::Error);
+        }
+        self.text.push_str(s);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -166,5 +201,12 @@ mod tests {
         );
         assert!(millis_to_datetime(f64::NAN).is_none());
         assert!(millis_to_datetime(1e300).is_none());
+    }
+
+    #[test]
+    fn formatted_dates_are_bounded() {
+        let d = parse_date("2024-05-01").unwrap();
+        let err = render(&d, Some(&"%+".repeat(200))).unwrap_err();
+        assert!(err.contains("longer than 4096 bytes"), "{err}");
     }
 }

@@ -17,9 +17,11 @@ use std::thread;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use self::engine::{Engine, Flow};
 use floq_shared::script::ScriptKind;
+use floq_shared::telemetry::METRICS;
 
 /// Interrupted by the wall-clock cap.
 pub const CODE_TIMEOUT: &str = "sandbox_timeout";
@@ -46,6 +48,9 @@ pub struct Limits {
     pub stack_bytes: usize,
     /// Largest accepted result, as UTF-8 JSON text.
     pub max_output_bytes: usize,
+    /// Threads stuck in native code the pool replaces before it declares itself exhausted
+    /// (`FLOQ_SANDBOX_MAX_ABANDONED`).
+    pub max_abandoned: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +59,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             stack_bytes: 1 << 20,
             max_output_bytes: 1 << 20,
+            max_abandoned: 8,
         }
     }
 }
@@ -91,8 +97,11 @@ struct Inner {
 struct Shared {
     receiver: Mutex<mpsc::Receiver<Task>>,
     limits: Limits,
-    /// How many more stuck threads may be replaced before the pool stops growing.
-    spare_threads: AtomicUsize,
+    /// Threads abandoned in native code and still running it.
+    stuck: AtomicUsize,
+    /// Cancelled once more than `Limits::max_abandoned` threads are stuck at once: the process should drain and
+    /// exit, since only ending it frees them.
+    exhausted: CancellationToken,
     /// Engines built so far (each a runtime and a hardened context, milliseconds of work): one per
     /// thread, plus one per rebuild. Tests use it to prove the pool reuses them.
     engines_built: AtomicUsize,
@@ -124,7 +133,8 @@ impl Sandbox {
         let shared = Arc::new(Shared {
             receiver: Mutex::new(receiver),
             limits,
-            spare_threads: AtomicUsize::new(threads),
+            stuck: AtomicUsize::new(0),
+            exhausted: CancellationToken::new(),
             engines_built: AtomicUsize::new(0),
         });
         for _ in 0..threads {
@@ -133,6 +143,16 @@ impl Sandbox {
         Sandbox {
             inner: Arc::new(Inner { sender, shared }),
         }
+    }
+
+    /// Cancelled when more threads are stuck in uninterruptible native code than `Limits::max_abandoned`.
+    pub fn exhausted(&self) -> CancellationToken {
+        self.inner.shared.exhausted.clone()
+    }
+
+    /// Threads abandoned in native code and still running it.
+    pub fn stuck_threads(&self) -> usize {
+        self.inner.shared.stuck.load(Ordering::Relaxed)
     }
 
     pub fn engines_built(&self) -> usize {
@@ -193,23 +213,38 @@ impl Sandbox {
 }
 
 impl Shared {
-    /// A thread stuck in native code cannot be stopped; the pool keeps its capacity by starting another thread, up
-    /// to as many extra threads as the pool has.
+    /// A thread stuck in native code cannot be stopped, only abandoned: the pool keeps its capacity by starting
+    /// another, counts it, and past `max_abandoned` threads stuck at once reports itself exhausted (the process
+    /// then drains and exits so its supervisor restarts it: ending the process is the only way to free them).
     fn replace(self: &Arc<Self>, worker: &Worker) {
+        // Only the caller whose task the thread runs gets here, once: the thread leaves after that task.
         if worker.replaced.load(Ordering::Acquire) {
             return;
         }
-        let took_spare = self
-            .spare_threads
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok();
-        if !took_spare {
-            return;
-        }
-        if spawn_thread(Arc::clone(self)).is_ok() {
-            worker.replaced.store(true, Ordering::Release);
+        METRICS.sandbox_abandoned_threads.inc();
+        // Counted before it is marked, so the thread (which uncounts itself once it sees the mark) never goes below.
+        let stuck = self.stuck.fetch_add(1, Ordering::AcqRel) + 1;
+        worker.replaced.store(true, Ordering::Release);
+        if stuck > self.limits.max_abandoned {
+            if !self.exhausted.is_cancelled() {
+                tracing::error!(
+                    stuck,
+                    max = self.limits.max_abandoned,
+                    "sandbox exhausted: more threads are stuck in native code that ignores the script deadline than \
+                     FLOQ_SANDBOX_MAX_ABANDONED allows; the worker drains and exits so that its supervisor restarts it"
+                );
+            }
+            self.exhausted.cancel();
         } else {
-            self.spare_threads.fetch_add(1, Ordering::AcqRel);
+            tracing::warn!(
+                stuck,
+                max = self.limits.max_abandoned,
+                "a sandbox thread could not be interrupted at its deadline; abandoned and replaced"
+            );
+        }
+        // Past the limit the process is going away; until it has drained, the other tenants still get threads.
+        if spawn_thread(Arc::clone(self)).is_err() {
+            tracing::error!("cannot start a replacement sandbox thread");
         }
     }
 }
@@ -260,7 +295,8 @@ fn thread_main(shared: &Arc<Shared>) {
         let results = run_task(&mut engine, shared, &task.scope, &task.jobs);
         let _ = task.reply.send(results);
         if worker.replaced.load(Ordering::Acquire) {
-            shared.spare_threads.fetch_add(1, Ordering::AcqRel);
+            // Its replacement already runs: this thread leaves the pool.
+            shared.stuck.fetch_sub(1, Ordering::AcqRel);
             return;
         }
     }

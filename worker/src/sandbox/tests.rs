@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::*;
+use floq_shared::telemetry::METRICS;
 
 const T: Duration = Duration::from_millis(150);
 
@@ -182,9 +183,9 @@ fn hostile_cases() -> Vec<Case> {
             E,
         ),
         // Memory.
-        case("repeat 2**30", expr("'x'.repeat(2 ** 30)"), M),
+        case("repeat 2**30 (guarded)", expr("'x'.repeat(2 ** 30)"), E),
         case("doubling string", code("let s = 'x'; while (true) s += s;"), M),
-        case("huge filled array", expr("new Array(1e8).fill(0)"), M),
+        case("huge filled array (guarded)", expr("new Array(1e8).fill(0)"), E),
         case("huge typed array", expr("new Uint8Array(1e9)"), M),
         case("1 GiB ArrayBuffer", expr("new ArrayBuffer(2 ** 30)"), M),
         case(
@@ -207,8 +208,8 @@ fn hostile_cases() -> Vec<Case> {
             code("const m = new Map(); for (let i = 0; ; i++) m.set(i, { i });"),
             M,
         ),
-        case("spread a huge string", expr("[...'x'.repeat(5e7)].length"), M),
-        case("Array.from huge", expr("Array.from({ length: 1e9 })"), M),
+        case("spread a huge string (guarded)", expr("[...'x'.repeat(5e6)].length"), E),
+        case("Array.from huge (guarded)", expr("Array.from({ length: 1e9 })"), E),
         // Stack.
         case("plain recursion", code("function f() { f(); } f();"), M),
         case(
@@ -817,6 +818,7 @@ async fn small_limits_are_enforced() {
         memory_bytes: 8 << 20,
         stack_bytes: 256 << 10,
         max_output_bytes: 64,
+        ..Limits::default()
     };
     let sandbox = Sandbox::new(1, limits);
     assert_eq!(
@@ -829,7 +831,7 @@ async fn small_limits_are_enforced() {
         CODE_OUTPUT
     );
     assert_eq!(
-        one(&sandbox, expr("new Array(2e6).fill(1).length"))
+        one(&sandbox, expr("new Array(1e6).fill(1).length"))
             .await
             .unwrap_err()
             .code,
@@ -881,19 +883,13 @@ async fn math_random_is_uniformish_and_per_job() {
     assert_ne!(first, second);
 }
 
-/// QuickJS does not poll the interrupt handler inside some native loops (here, stepping a string iterator over
-/// 200 M characters); the caller still gets its answer in bounded time and the pool keeps its capacity.
+/// A native call that ignores the interrupt (the test-only `$h.testSpin`, standing in for any loop QuickJS does not
+/// poll): the caller still gets its answer in bounded time, the thread is abandoned and replaced, and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninterruptible_native_loops_are_abandoned() {
-    let limits = Limits {
-        memory_bytes: 512 << 20,
-        ..Limits::default()
-    };
-    let sandbox = Sandbox::new(1, limits);
-    let job = with_timeout(
-        expr("'x'.repeat(2e8)[Symbol.iterator]().includes('y')"),
-        Duration::from_millis(50),
-    );
+    let sandbox = Sandbox::new(1, Limits::default());
+    let before = METRICS.sandbox_abandoned_threads.get();
+    let job = with_timeout(expr("$h.testSpin(3000)"), Duration::from_millis(50));
     let started = Instant::now();
     let result = one(&sandbox, job).await;
     let elapsed = started.elapsed();
@@ -901,12 +897,373 @@ async fn uninterruptible_native_loops_are_abandoned() {
     assert_eq!(err.code, CODE_TIMEOUT);
     assert!(err.message.contains("could not be interrupted"), "{err:?}");
     assert!(elapsed < Duration::from_millis(1_500), "{elapsed:?}");
+    assert!(METRICS.sandbox_abandoned_threads.get() > before);
+    assert_eq!(sandbox.stuck_threads(), 1);
     let started = Instant::now();
     assert_healthy(&sandbox, "an abandoned thread").await;
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "{:?}",
         started.elapsed()
+    );
+    assert!(
+        !sandbox.exhausted().is_cancelled(),
+        "one stuck thread is within the limit"
+    );
+    // Once its native call returns, the abandoned thread leaves the pool.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    assert_eq!(sandbox.stuck_threads(), 0);
+}
+
+/// Past `max_abandoned` threads stuck at once the pool says it is exhausted (the worker then drains and exits), yet
+/// keeps serving other tenants until it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_stuck_threads_exhaust_the_pool() {
+    let sandbox = Sandbox::new(
+        2,
+        Limits {
+            max_abandoned: 1,
+            ..Limits::default()
+        },
+    );
+    let exhausted = sandbox.exhausted();
+    let before = METRICS.sandbox_abandoned_threads.get();
+    let spin = || with_timeout(expr("$h.testSpin(2500)"), Duration::from_millis(50));
+    let (a, b) = tokio::join!(one(&sandbox, spin()), one(&sandbox, spin()));
+    for err in [a.unwrap_err(), b.unwrap_err()] {
+        assert!(err.message.contains("could not be interrupted"), "{err:?}");
+    }
+    assert!(METRICS.sandbox_abandoned_threads.get() >= before + 2);
+    assert!(exhausted.is_cancelled(), "two stuck threads exceed max_abandoned = 1");
+    let started = Instant::now();
+    assert_healthy(&sandbox, "an exhausted pool").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// One case per native loop QuickJS runs without polling the interrupt: each is refused at once by its guard, or
+/// (where rerouted through a JS callback) interrupted at its deadline. Either way the time cap holds and the thread
+/// is never abandoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_loops_respect_the_deadline() {
+    use super::{CODE_ERROR as E, CODE_MEMORY as M, CODE_TIMEOUT as TO};
+    let cases: &[(&str, &str, &[&str])] = &[
+        // Array.prototype on array-likes.
+        (
+            "Array fill",
+            "Array.prototype.fill.call({ length: 2 ** 32 - 1 }, 0)",
+            &[E],
+        ),
+        ("Array fill on a sparse array", "Array(2 ** 32 - 1).fill(0)", &[E]),
+        (
+            "Array with",
+            "Array.prototype.with.call({ length: 2 ** 32 - 1 }, 0, 1)",
+            &[E],
+        ),
+        (
+            "Array toReversed",
+            "Array.prototype.toReversed.call({ length: 2 ** 32 - 1 })",
+            &[E],
+        ),
+        (
+            "Array toSpliced",
+            "Array.prototype.toSpliced.call({ length: 2 ** 32 - 1 })",
+            &[E],
+        ),
+        (
+            "Array toSorted",
+            "Array.prototype.toSorted.call({ length: 2 ** 32 - 1 })",
+            &[E],
+        ),
+        (
+            "Array sort on an array-like",
+            "Array.prototype.sort.call({ length: 2 ** 32 - 1 })",
+            &[E],
+        ),
+        (
+            "Array sort, default order",
+            "Array.from({ length: 4e5 }, (_, i) => i).sort().length",
+            &[TO],
+        ),
+        (
+            "Array.from an array-like",
+            "Array.from({ length: 2 ** 32 - 1 }).length",
+            &[E],
+        ),
+        // Typed arrays.
+        ("TypedArray fill", "new Uint8Array(3e7).fill(1).length", &[E]),
+        ("TypedArray indexOf", "new Uint8Array(3e7).indexOf(1)", &[E]),
+        ("TypedArray lastIndexOf", "new Uint8Array(3e7).lastIndexOf(1)", &[E]),
+        ("TypedArray includes", "new Uint8Array(3e7).includes(1)", &[E]),
+        ("TypedArray reverse", "new Uint8Array(3e7).reverse().length", &[E]),
+        ("TypedArray toReversed", "new Uint8Array(3e7).toReversed().length", &[E]),
+        ("TypedArray with", "new Uint8Array(3e7).with(0, 1).length", &[E]),
+        ("TypedArray slice", "new Uint8Array(3e7).slice(1).length", &[E]),
+        (
+            "TypedArray copyWithin",
+            "new Uint8Array(3e7).copyWithin(1, 0).length",
+            &[E],
+        ),
+        ("TypedArray set", "new Float64Array(2e6).set(new Uint8Array(2e6))", &[E]),
+        (
+            "TypedArray set from an array-like",
+            "new Uint8Array(8).set({ length: 2 ** 32 - 1 })",
+            &[E],
+        ),
+        ("TypedArray join", "new Uint8Array(5e6).join().length", &[E]),
+        ("TypedArray toString", "String(new Uint8Array(5e6)).length", &[E]),
+        (
+            "TypedArray toLocaleString",
+            "new Uint8Array(5e6).toLocaleString().length",
+            &[E],
+        ),
+        (
+            "TypedArray sort, default order",
+            "new Float64Array(1e6).sort().length",
+            &[TO],
+        ),
+        (
+            "TypedArray toSorted, default order",
+            "new Float64Array(1e6).toSorted().length",
+            &[TO, M],
+        ),
+        (
+            "TypedArray from an array-like",
+            "new Uint8Array({ length: 2 ** 32 - 1 }).length",
+            &[E],
+        ),
+        (
+            "TypedArray.from an array-like",
+            "Uint8Array.from({ length: 2 ** 32 - 1 }).length",
+            &[E],
+        ),
+        // Strings.
+        (
+            "String normalize",
+            "'e\\u0301'.repeat(2e6).normalize('NFC').length",
+            &[E],
+        ),
+        ("String localeCompare", "'a'.repeat(3e6).localeCompare('b')", &[E]),
+        ("String indexOf", "'a'.repeat(1e6).indexOf('a'.repeat(1e4) + 'b')", &[E]),
+        (
+            "String lastIndexOf",
+            "'a'.repeat(1e6).lastIndexOf('b' + 'a'.repeat(1e4))",
+            &[E],
+        ),
+        (
+            "String includes",
+            "'a'.repeat(1e6).includes('a'.repeat(1e4) + 'b')",
+            &[E],
+        ),
+        (
+            "String split",
+            "'a'.repeat(1e6).split('a'.repeat(1e4) + 'b').length",
+            &[E],
+        ),
+        (
+            "String replace",
+            "'a'.repeat(1e6).replace('a'.repeat(1e4) + 'b', '').length",
+            &[E],
+        ),
+        (
+            "String replaceAll",
+            "'a'.repeat(1e6).replaceAll('a'.repeat(1e4) + 'b', '').length",
+            &[E],
+        ),
+        (
+            "String iterator helpers",
+            "'x'.repeat(5e6)[Symbol.iterator]().drop(1).next().done",
+            &[E],
+        ),
+        ("String spread", "[...'x'.repeat(5e6)].length", &[E]),
+        // BigInt.
+        ("BigInt parse", "BigInt('9'.repeat(300000)) > 0n", &[E]),
+        ("BigInt toString", "(1n << 900000n).toString().length", &[E]),
+        ("BigInt toString radix", "(1n << 900000n).toString(7).length", &[E]),
+        ("BigInt toLocaleString", "(1n << 900000n).toLocaleString().length", &[E]),
+        ("BigInt asUintN", "BigInt.asUintN(2 ** 40, -1n) > 0n", &[E]),
+        ("BigInt asIntN", "BigInt.asIntN(2 ** 40, -1n) > 0n", &[E]),
+        // JSON and regular expressions.
+        (
+            "JSON.stringify a huge sparse array",
+            "JSON.stringify(Array(2 ** 32 - 1)).length",
+            &[TO, M],
+        ),
+        (
+            "JSON.stringify with an indent",
+            "JSON.stringify(Array(2 ** 32 - 1), null, 2).length",
+            &[TO, M],
+        ),
+        (
+            "JSON.stringify with a property list",
+            "JSON.stringify(Array(2 ** 32 - 1), ['a']).length",
+            &[TO, M],
+        ),
+        ("String repeat", "'x'.repeat(6e7).length", &[E]),
+        ("String padStart", "''.padStart(6e7, 'ab').length", &[E]),
+        ("String padEnd", "''.padEnd(6e7).length", &[E]),
+        ("RegExp quadratic search", "'a'.repeat(1e5).search(/a*b/)", &[TO]),
+        (
+            "RegExp global replace",
+            "'x'.repeat(1e6).replace(/x/g, () => 'y').length",
+            &[TO],
+        ),
+    ];
+    let sandbox = Sandbox::new(1, Limits::default());
+    let before = sandbox.stuck_threads();
+    let mut failures = Vec::new();
+    for (name, source, expected) in cases {
+        let job = expr(source);
+        let started = Instant::now();
+        let result = one(&sandbox, job).await;
+        let elapsed = started.elapsed();
+        match &result {
+            Err(err) if expected.contains(&err.code) && !err.message.contains("could not be interrupted") => {
+                if elapsed > T + Duration::from_millis(400) {
+                    failures.push(format!("{name}: answered only after {elapsed:?}"));
+                }
+                if err.code == E && !err.message.contains("RangeError") {
+                    failures.push(format!("{name}: not refused by its guard: {err:?}"));
+                }
+            }
+            _ => failures.push(format!("{name}: got {result:?} after {elapsed:?}")),
+        }
+    }
+    assert_eq!(sandbox.stuck_threads(), before, "a guarded loop held its thread");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_healthy(&sandbox, "the native loop cases").await;
+}
+
+/// The guards keep what they wrap working as the language defines it.
+#[tokio::test]
+async fn guarded_builtins_keep_their_semantics() {
+    let sandbox = Sandbox::new(1, Limits::default());
+    let cases = [
+        ("[3, 1, 10, 2].sort()", json!([1, 10, 2, 3])),
+        ("[3, undefined, 1, , 2].sort()", json!([1, 2, 3, null, null])),
+        ("['b', 'a', 'B'].toSorted()", json!(["B", "a", "b"])),
+        ("[3, 1, 2].sort((a, b) => b - a)", json!([3, 2, 1])),
+        (
+            "Array.from(new Float64Array([3, NaN, 0, -0, -1]).sort(), (x) => Object.is(x, -0) ? '-0' : String(x))",
+            json!(["-1", "-0", "0", "3", "NaN"]),
+        ),
+        ("new Uint8Array([3, 1, 2]).toSorted().join()", json!("1,2,3")),
+        ("new BigInt64Array([3n, -1n]).sort().join()", json!("-1,3")),
+        ("new Uint8Array([1, 2, 3]).fill(7, 1).join()", json!("1,7,7")),
+        ("[1, 2, 3].fill(0, 2)", json!([1, 2, 0])),
+        ("Array.from({ length: 3 }, (_, i) => i * 2)", json!([0, 2, 4])),
+        ("Array.from('héllo').length", json!(5)),
+        ("[...'héllo'].length", json!(5)),
+        (
+            "JSON.stringify({ a: [1, { b: 2 }], c: undefined, d: () => 1 })",
+            json!("{\"a\":[1,{\"b\":2}]}"),
+        ),
+        ("JSON.stringify({ toJSON() { return 5; } })", json!("5")),
+        ("JSON.stringify({ a: 1, b: 2 }, ['b'])", json!("{\"b\":2}")),
+        (
+            "JSON.stringify({ c: 1, a: { b: 2, a: 3, c: undefined }, b: [{ a: 4, z: 5 }] }, ['b', 'a', 'b', 'c'])",
+            json!("{\"b\":[{\"a\":4}],\"a\":{\"b\":2,\"a\":3},\"c\":1}"),
+        ),
+        (
+            "JSON.stringify({ a: new Number(1), b: new String('s'), d: { toJSON() { return { a: 9, x: 1 }; } } }, ['a', 'b', 'd'])",
+            json!("{\"a\":1,\"b\":\"s\",\"d\":{\"a\":9}}"),
+        ),
+        (
+            "'ab'.repeat(3) + 'x'.padStart(3, '-') + 'y'.padEnd(2)",
+            json!("ababab--xy "),
+        ),
+        ("JSON.stringify([1], null, 2)", json!("[\n  1\n]")),
+        ("JSON.stringify(undefined) === undefined", json!(true)),
+        (
+            "JSON.stringify({ a: 1 }, (k, v) => (k === 'a' ? 2 : v))",
+            json!("{\"a\":2}"),
+        ),
+        ("new Uint8Array([1, 2]).constructor === Uint8Array", json!(true)),
+        ("Uint8Array.BYTES_PER_ELEMENT", json!(1)),
+        (
+            "Uint8Array.from([1, 2]).length + Uint8Array.of(1, 2, 3).length",
+            json!(5),
+        ),
+        (
+            "Object.getPrototypeOf(Uint8Array) === Object.getPrototypeOf(Int8Array)",
+            json!(true),
+        ),
+        ("new Uint8Array(4).subarray(1) instanceof Uint8Array", json!(true)),
+        ("new Uint8Array(new ArrayBuffer(8), 2, 3).length", json!(3)),
+        ("new Float64Array([1.5, 2])[0]", json!(1.5)),
+        ("[Uint8Array.name, Uint8Array.length]", json!(["Uint8Array", 3])),
+        ("new Uint8Array(3).map((_, i) => i * 2).join()", json!("0,2,4")),
+        ("'a,b'.split(',')", json!(["a", "b"])),
+        ("'ab'.split()", json!(["ab"])),
+        ("'aXbX'.replaceAll('X', '-')", json!("a-b-")),
+        ("'abc'.replace('b', (m) => m.toUpperCase())", json!("aBc")),
+        ("'abcabc'.lastIndexOf('bc')", json!(4)),
+        ("'a1b2'.replace(/\\d/g, '#')", json!("a#b#")),
+        ("'e\\u0301'.normalize('NFC') === '\\u00e9'", json!(true)),
+        ("'a'.localeCompare('b')", json!(-1)),
+        ("String.prototype.includes.call(12345, 34)", json!(true)),
+        ("String(BigInt('123') + 1n)", json!("124")),
+        ("(255n).toString(16)", json!("ff")),
+        ("(2n ** 64n).toLocaleString()", json!("18446744073709551616")),
+        ("BigInt.asUintN(8, 257n) === 1n", json!(true)),
+        (
+            "BigInt(7) === 7n && (1n).constructor === BigInt && typeof BigInt",
+            json!("function"),
+        ),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(one(&sandbox, expr(source)).await, Ok(expected), "{source}");
+    }
+    let code_cases = [
+        (
+            "class Bytes extends Uint8Array { first() { return this[0]; } } const b = new Bytes([9, 8]); \
+             return [b.first(), b instanceof Uint8Array, b.slice(1) instanceof Bytes];",
+            json!([9, true, true]),
+        ),
+        (
+            "try { Uint8Array(2); return 'no error'; } catch (e) { return e instanceof TypeError; }",
+            json!(true),
+        ),
+        (
+            "try { new BigInt(1); return 'no error'; } catch (e) { return e instanceof TypeError; }",
+            json!(true),
+        ),
+    ];
+    for (source, expected) in code_cases {
+        assert_eq!(one(&sandbox, code(source)).await, Ok(expected), "{source}");
+    }
+}
+
+/// The helpers run in Rust, outside the runtime's memory cap: what they take and produce is bounded.
+#[tokio::test]
+async fn helpers_cannot_build_huge_strings() {
+    let sandbox = Sandbox::new(1, Limits::default());
+    for source in [
+        "$h.formatDate(0, '%Y'.repeat(1e6))",
+        "$h.formatDate(0, '%+'.repeat(200))",
+        "$h.base64Encode('x'.repeat(2e6))",
+        "$h.sha256('x'.repeat(2e6))",
+    ] {
+        let started = Instant::now();
+        let err = one(&sandbox, expr(source)).await.unwrap_err();
+        assert_eq!(err.code, CODE_ERROR, "{source}: {err:?}");
+        assert!(
+            err.message.contains("limit") || err.message.contains("longer than"),
+            "{source}: {err:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(500), "{source}");
+    }
+    assert_eq!(
+        one(&sandbox, expr("$h.formatDate(0, '%Y-%m-%d')")).await,
+        Ok(json!("1970-01-01"))
     );
 }
 
@@ -971,4 +1328,32 @@ async fn bench_per_evaluation() {
         "new pool thread + hardened context + first evaluation: {:?}",
         started.elapsed()
     );
+}
+
+/// What no prelude guard can reach: BigInt operators near the engine's 1 Mbit cap run as one native operation
+/// each (printing one through `'' +` took 8 s unoptimised). The pool abandons such threads; this measures them:
+/// `cargo test -p floq-worker -- --ignored --nocapture bigint_operator_costs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn bigint_operator_costs() {
+    let cands = [
+        "(10n ** 300000n) > 0n",
+        "(3n ** 600000n) > 0n",
+        "('' + 3n ** 600000n).length",
+        "((1n << 500000n) - 1n) * ((1n << 499000n) - 1n) > 0n",
+    ];
+    let sandbox = Sandbox::new(1, Limits::default());
+    for c in cands {
+        let started = Instant::now();
+        let r = one(&sandbox, with_timeout(expr(c), Duration::from_secs(30))).await;
+        let r = match r {
+            Ok(v) => format!("ok {v}"),
+            Err(e) => format!("{}: {}", e.code, e.message.chars().take(70).collect::<String>()),
+        };
+        println!("{:>6} ms  {c}  => {r}", started.elapsed().as_millis());
+        // Let an abandoned thread finish before the next measurement.
+        while sandbox.stuck_threads() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
