@@ -215,34 +215,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
 
-    #[derive(Debug)]
-    struct Server(&'static str);
-    impl std::fmt::Display for Server {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "error {}", self.0)
-        }
-    }
-    impl std::error::Error for Server {}
-    impl sqlx::error::DatabaseError for Server {
-        fn message(&self) -> &str {
-            "refused"
-        }
-        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-            Some(self.0.into())
-        }
-        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-            self
-        }
-        fn kind(&self) -> sqlx::error::ErrorKind {
-            sqlx::error::ErrorKind::Other
-        }
-    }
+    use floq_shared::batch::refused_by as Server;
 
     fn mapped(code: &'static str) -> (StatusCode, &'static str) {
         match ApiError::from(sqlx::Error::Database(Box::new(Server(code)))) {

@@ -73,6 +73,7 @@ pub fn is_refusal(e: &sqlx::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::refused_by as Server;
     use super::*;
 
     /// A fake commit: refuses any part holding a poison item, fails everything during an outage.
@@ -137,36 +138,6 @@ mod tests {
         assert_eq!(commits, 1);
     }
 
-    /// A server error with this SQLSTATE, as sqlx would hand it over.
-    #[derive(Debug)]
-    struct Server(&'static str);
-    impl std::fmt::Display for Server {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "error {}", self.0)
-        }
-    }
-    impl std::error::Error for Server {}
-    impl sqlx::error::DatabaseError for Server {
-        fn message(&self) -> &str {
-            "refused"
-        }
-        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-            Some(self.0.into())
-        }
-        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-            self
-        }
-        fn kind(&self) -> sqlx::error::ErrorKind {
-            sqlx::error::ErrorKind::Other
-        }
-    }
-
     #[test]
     fn data_refusals_are_split_and_outages_are_not() {
         for code in ["22P05", "22021", "22008", "23505", "23503", "54000", "P0001", "40P01"] {
@@ -187,5 +158,42 @@ mod tests {
         let (done, commits) = run(&[]);
         assert!(done.is_empty());
         assert_eq!(commits, 0);
+    }
+}
+
+/// A server error with a given SQLSTATE, as sqlx hands one over: for tests of
+/// code that tells refusals from outages (here and in the API's error mapping).
+#[doc(hidden)]
+pub fn refused_by(code: &'static str) -> RefusedBy {
+    RefusedBy(code)
+}
+
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct RefusedBy(pub &'static str);
+impl std::fmt::Display for RefusedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "error {}", self.0)
+    }
+}
+impl std::error::Error for RefusedBy {}
+impl sqlx::error::DatabaseError for RefusedBy {
+    fn message(&self) -> &str {
+        "refused"
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.0.into())
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
     }
 }

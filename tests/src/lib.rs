@@ -159,6 +159,21 @@ pub struct TestApp {
     pub scheduler: Option<Service>,
 }
 
+/// The `{code, message}` of a finished run's failed step (asserting it failed).
+pub fn failed_step(run: &Value) -> (String, String) {
+    assert_eq!(run["status"], "failed", "{run}");
+    let step = run["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["status"] == "failed")
+        .expect("a failed step");
+    (
+        step["error"]["code"].as_str().expect("code").to_string(),
+        step["error"]["message"].as_str().expect("message").to_string(),
+    )
+}
+
 /// One encryption key per test process (each test still gets its own database).
 pub static TEST_ENC_KEY: std::sync::LazyLock<(String, String)> =
     std::sync::LazyLock::new(floq_shared::crypto::generate);

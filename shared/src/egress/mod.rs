@@ -474,6 +474,11 @@ mod tests {
             "another host's PostgreSQL is not ours"
         );
         assert!(!p.permits(Some("mq.internal"), addr("10.9.9.9:5672")));
+        let listener = register_listener(addr("0.0.0.0:47123"));
+        assert!(!p.permits(None, addr("127.0.0.1:47123")));
+        assert!(!p.permits(None, addr("10.1.2.3:47123")));
+        drop(listener);
+        assert!(p.permits(None, addr("127.0.0.1:47123")));
         let p = policy("10.0.0.0/8", &[("10.0.0.5", 5432)]);
         assert!(
             !p.permits(None, addr("10.0.0.5:8008")),
@@ -481,11 +486,6 @@ mod tests {
         );
         assert!(p.permits(None, addr("10.0.0.6:5432")));
         assert!(!p.permits(None, addr("[64:ff9b:1::a9fe:a9fe]:80")));
-        let listener = register_listener(addr("0.0.0.0:47123"));
-        assert!(!p.permits(None, addr("127.0.0.1:47123")));
-        assert!(!p.permits(None, addr("10.1.2.3:47123")));
-        drop(listener);
-        assert!(p.permits(None, addr("127.0.0.1:47123")));
     }
 
     #[test]

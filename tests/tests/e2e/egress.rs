@@ -12,25 +12,10 @@ use serde_json::{Value, json};
 
 use crate::runs::serve;
 use floq_tests::smtp_sink::SmtpSink;
-use floq_tests::{Options, TestApp};
+use floq_tests::{Options, TestApp, failed_step};
 
 fn call(url: &str) -> Value {
     json!({"nodes": [{"id": "call", "type": "http_request", "params": {"method": "GET", "url": url}}]})
-}
-
-/// The failed step's `{code, message}`.
-fn failure(run: &Value) -> (String, String) {
-    assert_eq!(run["status"], "failed", "{run}");
-    let step = run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["status"] == "failed")
-        .expect("a failed step");
-    (
-        step["error"]["code"].as_str().unwrap().to_string(),
-        step["error"]["message"].as_str().unwrap().to_string(),
-    )
 }
 
 /// A server that counts the requests it gets.
@@ -57,7 +42,7 @@ async fn assert_all_denied(app: &TestApp, key: &str, urls: &[String]) {
     }
     for (url, run) in runs {
         let run = app.wait_run_as(key, &run).await;
-        let (code, message) = failure(&run);
+        let (code, message) = failed_step(&run);
         assert_eq!(code, "egress_denied", "{url}: {run}");
         assert!(message.contains("denied by the egress policy"), "{url}: {message}");
     }
@@ -95,7 +80,7 @@ async fn a_flow_cannot_reach_loopback_private_or_metadata_addresses_in_any_spell
     )
     .collect();
     assert_all_denied(&app, &attacker.api_key, &urls).await;
-    let (code, message) = failure(
+    let (code, message) = failed_step(
         &app.run_flow_as(
             &attacker.api_key,
             call(&format!("http://localhost:{port}/x")),
@@ -242,7 +227,7 @@ async fn the_postgres_node_connects_only_through_a_credential_and_never_to_the_p
                 json!({}),
             )
             .await;
-        let (code, message) = failure(&run);
+        let (code, message) = failed_step(&run);
         assert_eq!(code, expected, "{uri}: {run}");
         assert!(!message.contains("postgres@"), "no credential in the error: {message}");
         assert!(run["output"].is_null(), "{run}");
@@ -268,7 +253,7 @@ async fn smtp_send_obeys_the_egress_policy() {
                 json!({}),
             )
             .await;
-        assert_eq!(failure(&run).0, "egress_denied", "{uri}: {run}");
+        assert_eq!(failed_step(&run).0, "egress_denied", "{uri}: {run}");
     }
     assert!(sink.received().is_empty());
     app.teardown().await;

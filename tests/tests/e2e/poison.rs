@@ -45,23 +45,6 @@ async fn deploy(app: &TestApp, key: &str, definition: Value) -> String {
     id
 }
 
-/// Polls a run as `key`'s company until it finishes.
-async fn wait_as(app: &TestApp, key: &str, run_id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, run) = app.get(&format!("/api/v1/runs/{run_id}"), key).await;
-        assert_eq!(status, StatusCode::OK, "{run}");
-        if matches!(run["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
-            return run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run {run_id} did not finish: {run}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Starts `n` runs of `flow` as the main company, concurrently; returns each answer.
 async fn many_runs(app: &TestApp, flow: &str, n: usize) -> Vec<(StatusCode, Value)> {
     let path = format!("/api/v1/flows/{flow}/runs");
@@ -294,15 +277,15 @@ async fn nul_node_outputs_are_stored_as_replacement_characters_without_touching_
     let (ids, a_runs) = futures_util::join!(attack, many_runs(&app, &victim, 40));
     assert_all_succeed(&app, &a_runs).await;
 
-    let run = wait_as(&app, &attacker.api_key, &ids[0]).await;
+    let run = app.wait_run_as(&attacker.api_key, &ids[0]).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"], json!({"text": "a\u{FFFD}b", "k\u{FFFD}": ["\u{FFFD}"]}));
-    let run = wait_as(&app, &attacker.api_key, &ids[1]).await;
+    let run = app.wait_run_as(&attacker.api_key, &ids[1]).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["output"]["body"], "before\u{FFFD}after");
     assert_eq!(run["output"]["status"], 200);
     for id in &ids[2..] {
-        assert_eq!(wait_as(&app, &attacker.api_key, id).await["status"], "succeeded");
+        assert_eq!(app.wait_run_as(&attacker.api_key, id).await["status"], "succeeded");
     }
     app.teardown().await;
 }
@@ -431,7 +414,7 @@ async fn an_outcome_the_database_refuses_fails_only_its_run_and_answers_its_wait
         .iter()
         .chain([answer["error"]["details"]["run_id"].as_str().unwrap().to_string()].iter())
     {
-        let run = wait_as(&app, &attacker.api_key, id).await;
+        let run = app.wait_run_as(&attacker.api_key, id).await;
         assert_eq!(run["status"], "failed", "{run}");
         assert_eq!(run["attempt"], 1, "{run}");
         assert_eq!(run["output"], Value::Null, "{run}");

@@ -6,21 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::runs::serve;
-use floq_tests::TestApp;
-
-fn failure(run: &Value) -> (String, String) {
-    assert_eq!(run["status"], "failed", "{run}");
-    let step = run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["status"] == "failed")
-        .expect("a failed step");
-    (
-        step["error"]["code"].as_str().unwrap().to_string(),
-        step["error"]["message"].as_str().unwrap().to_string(),
-    )
-}
+use floq_tests::{TestApp, failed_step};
 
 async fn create_flow(app: &TestApp, key: &str, definition: Value) -> (StatusCode, Value) {
     app.post("/api/v1/flows", key, json!({"name": "reach", "definition": definition}))
@@ -110,7 +96,7 @@ async fn a_flow_editor_cannot_run_a_flow_hidden_from_them_through_sub_flow() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let run = app.start_run_as(&editor.api_key, &caller, json!({})).await;
     let run = app.wait_run_as(&editor.api_key, &run).await;
-    let (code, message) = failure(&run);
+    let (code, message) = failed_step(&run);
     assert_eq!(code, "author_lacks_access", "{run}");
     assert!(message.contains(&payroll), "{message}");
     assert!(!run.to_string().contains("250000"), "{run}");
@@ -232,7 +218,7 @@ async fn secret_values_need_a_grant_and_never_feed_a_script() {
     .await;
     let run = app.start_run_as(&editor.api_key, &flow, json!({})).await;
     let run = app.wait_run_as(&editor.api_key, &run).await;
-    assert_eq!(failure(&run).0, "author_lacks_access", "{run}");
+    assert_eq!(failed_step(&run).0, "author_lacks_access", "{run}");
     app.teardown().await;
 }
 
@@ -263,7 +249,7 @@ async fn a_credential_revoked_after_deploy_fails_the_run_for_lack_of_access() {
     .await;
     let run = app.start_run_as(&editor.api_key, &flow, json!({})).await;
     let run = app.wait_run_as(&editor.api_key, &run).await;
-    let (code, message) = failure(&run);
+    let (code, message) = failed_step(&run);
     assert_eq!(code, "author_lacks_access", "{run}");
     assert!(message.contains(&cred), "{message}");
     app.teardown().await;
@@ -357,7 +343,7 @@ async fn credentials_and_secrets_bound_to_origins_are_never_sent_elsewhere() {
         ),
     ] {
         let run = app.run_flow(flow, json!({})).await;
-        let (code, message) = failure(&run);
+        let (code, message) = failed_step(&run);
         assert_eq!(code, "destination_not_allowed", "{run}");
         assert!(message.contains(&elsewhere), "{message}");
     }
