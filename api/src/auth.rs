@@ -64,6 +64,12 @@ impl Keys {
     }
 }
 
+/// The scopes a key may carry.
+pub const SCOPES: [&str; 2] = ["api", "mcp"];
+/// Bounds of a key's requested lifetime, in seconds (one minute to one year).
+pub const MIN_KEY_TTL_SECS: u64 = 60;
+pub const MAX_KEY_TTL_SECS: u64 = 31_536_000;
+
 /// Inserts a key row and returns its signed token. The caller's transaction must be scoped to `company_id`.
 pub async fn issue_key(
     tx: &mut db::Tx,

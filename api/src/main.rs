@@ -8,7 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use floq_shared::{Config, db, telemetry};
 
 #[derive(Parser)]
-#[command(name = "floq-api", about = "floq HTTP API (and operator commands)")]
+#[command(name = "floq-api", version, about = "floq HTTP API (and operator commands)")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -44,6 +44,25 @@ enum AdminCommand {
     Bootstrap {
         #[arg(long)]
         company: String,
+        #[arg(long)]
+        email: String,
+    },
+    /// Print a new API key (the token alone, on stdout) for an existing member of a company.
+    IssueKey {
+        #[arg(long)]
+        email: String,
+        /// The company's id; needed only when the identity belongs to several.
+        #[arg(long, value_name = "ID")]
+        company: Option<String>,
+        /// Lifetime in seconds (60 to 31536000; default FLOQ_API_KEY_TTL).
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<String>,
+        /// api or mcp.
+        #[arg(long, default_value = "api")]
+        scope: String,
+    },
+    /// Set an identity's password, read from the first line of standard input, and end its sessions.
+    SetPassword {
         #[arg(long)]
         email: String,
     },
@@ -114,6 +133,42 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin {
+            command:
+                AdminCommand::IssueKey {
+                    email,
+                    company,
+                    ttl,
+                    scope,
+                },
+        } => {
+            // Arguments are checked before connecting, so a typo answers at once.
+            let company = company
+                .map(|c| c.trim().parse::<uuid::Uuid>())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--company must be a company id (a UUID)"))?;
+            let ttl = ttl
+                .map(|t| t.trim().parse::<u64>())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--ttl must be a whole number of seconds"))?;
+            let pool = db::connect(&config).await?;
+            let issued = floq_api::admin::issue_key(&pool, &config, &email, company, ttl, &scope).await?;
+            println!("{}", issued.api_key);
+            Ok(())
+        }
+        Command::Admin {
+            command: AdminCommand::SetPassword { email },
+        } => {
+            let password = first_line_of_stdin()?;
+            let pool = db::connect(&config).await?;
+            let done = floq_api::admin::set_password(&pool, &email, password).await?;
+            eprintln!(
+                "password set for {}; {} session(s) ended",
+                email.trim(),
+                done.sessions_revoked
+            );
+            Ok(())
+        }
+        Command::Admin {
             command: AdminCommand::RotateKeys { batch },
         } => {
             let pool = db::connect(&config).await?;
@@ -127,4 +182,20 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             command: AdminCommand::GenKeys,
         } => unreachable!("handled before the configuration is read"),
     }
+}
+
+/// The password on the first line of standard input, without its line ending
+/// (so `echo`, a here-string or a file all work; other whitespace is kept).
+fn first_line_of_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| anyhow::anyhow!("cannot read the password from standard input: {e}"))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "no password on standard input (give it as the first line)"
+    );
+    Ok(password.to_string())
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use validator::Validate;
 
 use crate::audit;
-use crate::auth::{Principal, issue_key};
+use crate::auth::{MAX_KEY_TTL_SECS, MIN_KEY_TTL_SECS, Principal, SCOPES, issue_key};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, ValidJson};
 use crate::state::AppState;
@@ -25,8 +25,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/api-keys", get(list).post(create))
         .route("/api/v1/api-keys/{id}", delete(revoke))
 }
-
-const SCOPES: [&str; 2] = ["api", "mcp"];
 
 fn valid_scopes(scopes: &[String]) -> Result<(), validator::ValidationError> {
     if scopes.is_empty() || scopes.iter().any(|s| !SCOPES.contains(&s.as_str())) {
@@ -44,7 +42,7 @@ struct CreateKey {
     name: String,
     #[validate(custom(function = "valid_scopes"))]
     scopes: Vec<String>,
-    #[validate(range(min = 60, max = 31_536_000))]
+    #[validate(range(min = MIN_KEY_TTL_SECS, max = MAX_KEY_TTL_SECS))]
     ttl_seconds: Option<u64>,
 }
 
