@@ -334,7 +334,8 @@ Logs:     $LOGS/{api,worker,scheduler}.log
 Metrics:  http://$API_METRICS_ADDR/metrics, http://$WORKER_ADDR/metrics, http://$SCHEDULER_ADDR/metrics
           (Authorization: Bearer \$FLOQ_METRICS_TOKEN from $ENV_FILE)
 
-Try:
+Try (the README's examples read these two):
+  export FLOQ_API='$API_URL'
   export FLOQ_KEY='$KEY'
   curl -s -H "Authorization: Bearer \$FLOQ_KEY" $API_URL/api/v1/runs/$run_id
   curl -s -X POST -H "Authorization: Bearer \$FLOQ_KEY" -H 'Content-Type: application/json' \\
