@@ -2,7 +2,10 @@
 # The project's test command: make sure PostgreSQL and RabbitMQ are up, then
 # rustfmt check, clippy (warnings are errors) and the whole workspace's tests.
 #
-#   deploy/local/test.sh [extra cargo test args...]   e.g.  -- --nocapture
+#   deploy/local/test.sh [--slow] [extra cargo test args...]   e.g.  -- --nocapture
+#
+# --slow also runs the tests marked #[ignore] (the heavy ones: benchmarks,
+# long fault streams); CI runs without it.
 #
 # Environment (each only defaulted when unset):
 #   CARGO_TARGET_DIR        /var/tmp/floq-target (persistent, outside the clone,
@@ -31,6 +34,12 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/floq-target}
 export FLOQ_TEST_DATABASE_URL=${FLOQ_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export FLOQ_TEST_AMQP_URL=${FLOQ_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 
+slow=0
+if [[ ${1:-} == --slow ]]; then
+  slow=1
+  shift
+fi
+
 step "services (PostgreSQL, RabbitMQ)"
 # Check the servers the tests will actually use.
 FLOQ_DATABASE_URL=$FLOQ_TEST_DATABASE_URL FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
@@ -38,15 +47,19 @@ FLOQ_DATABASE_URL=$FLOQ_TEST_DATABASE_URL FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
 
 step "leftovers of interrupted test runs"
 # Each test makes its own database (floq_t_*, cloned from floq_tmpl_*, which
-# is rebuilt when missing) and queues (t<32 hex>.*) and
-# removes them at the end; a killed run leaves them behind, and idle quorum
-# queues still cost the broker CPU. Nothing else uses these names.
-psql "$FLOQ_TEST_DATABASE_URL" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'floq\_t\_%' OR datname LIKE 'floq\_tmpl\_%'" 2>/dev/null |
+# is rebuilt when missing) and queues (t<32 hex>.*) and removes them at the
+# end; a killed run leaves them behind, and idle quorum queues still cost the
+# broker CPU. Only leftovers nobody uses go: a database with a connection (a
+# concurrent run's) is never dropped, nor a queue with a consumer.
+psql "$FLOQ_TEST_DATABASE_URL" -tAc "SELECT d.datname FROM pg_database d
+   WHERE (d.datname LIKE 'floq\_t\_%' OR d.datname LIKE 'floq\_tmpl\_%')
+     AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)" 2>/dev/null |
   while read -r db; do
-    [[ -n $db ]] && psql "$FLOQ_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" </dev/null >/dev/null 2>&1 || true
+    # Without FORCE: a run that connected since the query keeps its database.
+    [[ -n $db ]] && psql "$FLOQ_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" </dev/null >/dev/null 2>&1 || true
   done || true
 if command -v rabbitmqctl >/dev/null 2>&1; then
-  timeout 60 rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^t[0-9a-f]{32}\.' |
+  timeout 60 rabbitmqctl -q list_queues name consumers 2>/dev/null | awk '$1 ~ /^t[0-9a-f]{32}\./ && $2 == 0 {print $1}' |
     while read -r q; do timeout 30 rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done || true
 fi
 
@@ -56,7 +69,12 @@ cargo fmt --all -- --check || die "cargo fmt --check failed (unformatted code? r
 step "cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings || die "clippy failed"
 
-step "cargo test --workspace --locked $*"
-cargo test --workspace --locked "$@" || die "tests failed"
+if ((slow)); then
+  step "cargo test --workspace --locked $* -- --include-ignored (slow)"
+  cargo test --workspace --locked "$@" -- --include-ignored || die "tests failed"
+else
+  step "cargo test --workspace --locked $*"
+  cargo test --workspace --locked "$@" || die "tests failed"
+fi
 
 step "all checks passed"
