@@ -58,6 +58,29 @@ pub fn link(public_url: &str, token: &str) -> String {
 }
 
 /// An identity looked up by e-mail across companies (as `floq_system`).
+/// A new platform identity. `owner`: the company that created it (and alone
+/// may set its password until its mailbox is proven); None when the mailbox
+/// owner created it by accepting a link.
+pub struct NewIdentity<'a> {
+    pub email: &'a str,
+    pub name: &'a str,
+    pub password_hash: Option<&'a str>,
+    pub owner: Option<Uuid>,
+}
+
+pub async fn create_identity(tx: &mut db::Tx, new: NewIdentity<'_>) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO users (id, email, name, password_hash, created_by_company) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(new.email.trim())
+        .bind(new.name.trim())
+        .bind(new.password_hash)
+        .bind(new.owner)
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
 pub async fn find_by_email(tx: &mut db::Tx, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1)")
         .bind(email.trim())
@@ -198,19 +221,21 @@ pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> 
     let Some((purpose, email, user_id, company_id, roles, invited_by)) = row else {
         return Ok(None);
     };
-    let purpose = Purpose::parse(&purpose).expect("the CHECK constraint lists the purposes");
+    // The CHECK constraint lists the purposes; a row outside it is a failed read, not a panic.
+    let purpose = Purpose::parse(&purpose)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown account token purpose `{purpose}`").into()))?;
     let user_id = match user_id {
         Some(id) => id,
         None => match find_by_email(&mut tx, &email).await? {
             Some(id) => id,
             None => {
-                let id = Uuid::now_v7();
-                sqlx::query("INSERT INTO users (id, email) VALUES ($1, $2)")
-                    .bind(id)
-                    .bind(email.trim())
-                    .execute(&mut *tx)
-                    .await?;
-                id
+                let new = NewIdentity {
+                    email: &email,
+                    name: "",
+                    password_hash: None,
+                    owner: None,
+                };
+                create_identity(&mut tx, new).await?
             }
         },
     };

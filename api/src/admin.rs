@@ -8,7 +8,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::auth::{self, Keys, MAX_KEY_TTL_SECS, MIN_KEY_TTL_SECS, SCOPES};
-use crate::{audit, password};
+use crate::{accounts, audit, password};
 use floq_shared::audit::{Actor, Entry, PLATFORM};
 use floq_shared::{Config, db};
 
@@ -52,14 +52,13 @@ pub async fn bootstrap(pool: &PgPool, config: &Config, company: &str, email: &st
     let user_id = match existing {
         Some(id) => id,
         None => {
-            let id = Uuid::now_v7();
-            sqlx::query("INSERT INTO users (id, email, created_by_company) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(email)
-                .bind(company_id)
-                .execute(&mut *tx)
-                .await?;
-            id
+            let new = accounts::NewIdentity {
+                email,
+                name: "",
+                password_hash: None,
+                owner: Some(company_id),
+            };
+            accounts::create_identity(&mut tx, new).await?
         }
     };
     sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, ARRAY['admin'])")

@@ -183,15 +183,13 @@ async fn create(
         Some(p) => Some(password::hash(p).await.map_err(ApiError::internal)?),
         None => None,
     };
-    let user_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, email, name, password_hash, created_by_company) VALUES ($1, $2, $3, $4, $5)")
-        .bind(user_id)
-        .bind(&email)
-        .bind(body.name.trim())
-        .bind(hash)
-        .bind(company_id)
-        .execute(&mut *tx)
-        .await?;
+    let new = accounts::NewIdentity {
+        email: &email,
+        name: &body.name,
+        password_hash: hash.as_deref(),
+        owner: Some(company_id),
+    };
+    let user_id = accounts::create_identity(&mut tx, new).await?;
     sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3)")
         .bind(company_id)
         .bind(user_id)
