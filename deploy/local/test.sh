@@ -23,12 +23,9 @@ die() {
   exit 1
 }
 
-# rustup installs cargo into ~/.cargo/bin, which a non-login shell may lack.
-cargo_bin=${CARGO_HOME:-${HOME:-}/.cargo}/bin
-if [[ -d $cargo_bin && ":$PATH:" != *":$cargo_bin:"* ]]; then
-  PATH=$cargo_bin:$PATH
-fi
-command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust with rustup)"
+# Install what is missing (build tools, Rust with clippy and rustfmt, psql) first.
+# shellcheck source=deploy/local/bootstrap.sh
+. "$ROOT/deploy/local/bootstrap.sh" --dev || die "could not install the tools the tests need (see above)"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/floq-target}
 export FLOQ_TEST_DATABASE_URL=${FLOQ_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}

@@ -46,11 +46,9 @@ print("" if v is None else (json.dumps(v) if isinstance(v, (dict, list)) else v)
 ' "$1"
 }
 
-# rustup installs cargo into ~/.cargo/bin, which a non-login shell may lack.
-cargo_bin=${CARGO_HOME:-${HOME:-}/.cargo}/bin
-if [[ -d $cargo_bin && ":$PATH:" != *":$cargo_bin:"* ]]; then
-  PATH=$cargo_bin:$PATH
-fi
+# Install what is missing (build tools, Rust, curl, python3, psql) before checking anything.
+# shellcheck source=deploy/local/bootstrap.sh
+. "$ROOT/deploy/local/bootstrap.sh" || die "could not install the tools floq needs (see above)"
 for tool in cargo curl python3 psql; do
   command -v "$tool" >/dev/null 2>&1 || die "'$tool' is required but not installed"
 done
