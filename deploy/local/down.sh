@@ -76,17 +76,18 @@ if ((reset)); then
       psql -X -w -q -d "$admin" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" ||
         warn "could not drop database '$db'"
     fi
-    # The role goes too when it owns nothing else (e.g. test databases).
-    if [[ -n ${FLOQ_LOCAL_PG_USER:-} ]] && id postgres >/dev/null 2>&1; then
-      if as_root runuser -u postgres -- psql -X -w -q -d postgres \
-        -c "DROP ROLE IF EXISTS \"$FLOQ_LOCAL_PG_USER\"" </dev/null >/dev/null 2>&1 ||
-        psql -X -w -q -d "postgres://postgres@127.0.0.1:5432/postgres" \
-          -c "DROP ROLE IF EXISTS \"$FLOQ_LOCAL_PG_USER\"" </dev/null >/dev/null 2>&1; then
-        log "dropped role '$FLOQ_LOCAL_PG_USER'"
+    # The roles go too when they own nothing else (e.g. another run's test databases).
+    for role in ${FLOQ_LOCAL_PG_USER:-floq_local} ${FLOQ_TEST_PG_USER:-floq_test}; do
+      [[ $role =~ ^[a-z_]+$ ]] || continue
+      if psql -X -w -q -d "postgres://postgres@127.0.0.1:5432/postgres" \
+        -c "DROP ROLE IF EXISTS \"$role\"" </dev/null >/dev/null 2>&1 ||
+        { id postgres >/dev/null 2>&1 && as_root runuser -u postgres -- psql -X -w -q -d postgres \
+          -c "DROP ROLE IF EXISTS \"$role\"" </dev/null >/dev/null 2>&1; }; then
+        log "dropped role '$role'"
       else
-        warn "kept role '$FLOQ_LOCAL_PG_USER' (it still owns other databases, or no superuser access)"
+        warn "kept role '$role' (it still owns databases, or there is no superuser access)"
       fi
-    fi
+    done
   fi
   prefix=${FLOQ_QUEUE_PREFIX:-floq}
   if command -v rabbitmqctl >/dev/null 2>&1; then

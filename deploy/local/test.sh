@@ -10,8 +10,8 @@
 # Environment (each only defaulted when unset):
 #   CARGO_TARGET_DIR        /var/tmp/floq-target (persistent, outside the clone,
 #                           so repeated CI runs on fresh clones stay incremental)
-#   FLOQ_TEST_DATABASE_URL  floq's local role (services.sh creates it, with a
-#                           password in .local/postgres.env) on 127.0.0.1:5432
+#   FLOQ_TEST_DATABASE_URL  the local test role floq_test (services.sh creates it,
+#                           with a password in .local/postgres.env) on 127.0.0.1:5432
 #   FLOQ_TEST_AMQP_URL      amqp://guest:guest@127.0.0.1:5672/%2f
 #
 # Every database and queue the tests make is named after this run
@@ -51,12 +51,11 @@ if [[ -n ${FLOQ_TEST_DATABASE_URL:-} ]]; then
   FLOQ_DATABASE_URL=$FLOQ_TEST_DATABASE_URL FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
     "$ROOT/deploy/local/services.sh"
 else
-  FLOQ_DATABASE_URL='' FLOQ_LOCAL_ROLE=1 FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
+  FLOQ_DATABASE_URL='' FLOQ_LOCAL_ROLE=test FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
     "$ROOT/deploy/local/services.sh"
-  pg_password=$(sed -n 's/^FLOQ_LOCAL_PG_PASSWORD=//p' "$ROOT/.local/postgres.env")
-  pg_user=$(sed -n 's/^FLOQ_LOCAL_PG_USER=//p' "$ROOT/.local/postgres.env")
-  [[ -n $pg_password && -n $pg_user ]] || die "no role in $ROOT/.local/postgres.env"
-  export FLOQ_TEST_DATABASE_URL="postgres://$pg_user:$pg_password@127.0.0.1:5432/postgres"
+  pg_password=$(sed -n 's/^FLOQ_TEST_PG_PASSWORD=//p' "$ROOT/.local/postgres.env")
+  [[ -n $pg_password ]] || die "no password for floq_test in $ROOT/.local/postgres.env"
+  export FLOQ_TEST_DATABASE_URL="postgres://floq_test:$pg_password@127.0.0.1:5432/postgres"
 fi
 
 # remove_leftovers MIN_AGE_SECONDS [RUN_ID]: drop test databases and queues of

@@ -114,7 +114,7 @@ step "services (PostgreSQL, RabbitMQ)"
 if grep -q '^FLOQ_DATABASE_URL=' "$ENV_FILE"; then
   "$ROOT/deploy/local/services.sh"
 else
-  FLOQ_DATABASE_URL='' FLOQ_LOCAL_ROLE=1 "$ROOT/deploy/local/services.sh"
+  FLOQ_DATABASE_URL='' FLOQ_LOCAL_ROLE=stack "$ROOT/deploy/local/services.sh"
   unset FLOQ_DATABASE_URL
   floq_load_local_env
 fi

@@ -188,7 +188,9 @@ pub struct TestApp {
     pub api_metrics: std::net::SocketAddr,
     pub config: Config,
     pub db_name: String,
-    /// A pool on the test database as its owner (bypasses nothing: RLS is forced).
+    /// A pool on the test database as the tests' role, which has `BYPASSRLS`
+    /// (test.sh's `floq_test`) or is a superuser: it sees every tenant's rows.
+    /// The services under test still work as `floq_app`/`floq_system`.
     pub pool: PgPool,
     pub admin: Bootstrapped,
     pub client: reqwest::Client,
