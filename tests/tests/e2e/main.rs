@@ -2,6 +2,7 @@
 //! and RabbitMQ, one database and queue prefix per test.
 
 mod accounts;
+mod db_errors;
 mod admin_cli;
 mod audit;
 mod egress;
