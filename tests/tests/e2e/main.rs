@@ -13,6 +13,7 @@ mod limits;
 mod nodes;
 mod poison;
 mod reach;
+mod readme;
 mod resilience;
 mod retention;
 mod runs;
