@@ -276,7 +276,11 @@ mod tests {
             .headers()
             .get(axum::http::header::RETRY_AFTER)
             .map(|v| v.to_str().unwrap().to_string());
-        let body = response.extensions().get::<ErrorBody>().expect("an error body").render("r");
+        let body = response
+            .extensions()
+            .get::<ErrorBody>()
+            .expect("an error body")
+            .render("r");
         (response.status(), body, retry)
     }
 
@@ -314,9 +318,15 @@ mod tests {
             "23505",
             "credentials_company_id_name_key",
         ))));
-        assert_eq!(body["error"]["details"], json!([{"field": "name", "message": "already taken"}]));
+        assert_eq!(
+            body["error"]["details"],
+            json!([{"field": "name", "message": "already taken"}])
+        );
         // A constraint no client value stands behind names no field.
-        let (_, body, _) = response(sqlx::Error::Database(Box::new(refused_on("23505", "sessions_token_hash_key"))));
+        let (_, body, _) = response(sqlx::Error::Database(Box::new(refused_on(
+            "23505",
+            "sessions_token_hash_key",
+        ))));
         assert_eq!(body["error"]["details"], Value::Null);
     }
 

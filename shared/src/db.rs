@@ -70,9 +70,7 @@ pub async fn system_tx(pool: &PgPool) -> Result<Tx, sqlx::Error> {
 pub fn unique_field(constraint: &str) -> Option<&'static str> {
     Some(match constraint {
         "users_email_key" => "email",
-        "groups_company_id_name_key"
-        | "flow_groups_company_id_name_key"
-        | "credentials_company_id_name_key" => "name",
+        "groups_company_id_name_key" | "flow_groups_company_id_name_key" | "credentials_company_id_name_key" => "name",
         "kv_pkey" => "key",
         "memberships_pkey" | "group_members_pkey" => "user_id",
         "idempotency_keys_pkey" => "Idempotency-Key",

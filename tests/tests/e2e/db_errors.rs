@@ -2,7 +2,7 @@
 //! a `409` naming the field, a database that went away is a `503` with
 //! `Retry-After`, and neither leaks anything of the server.
 
-use futures::future::join_all;
+use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -40,7 +40,10 @@ async fn concurrent_creates_of_one_new_address_give_one_identity_and_never_a_500
                     json!([{"field": "email", "message": "already taken"}]),
                     "{body}"
                 );
-                assert_eq!(body["error"]["message"], "a resource with the same `email` already exists");
+                assert_eq!(
+                    body["error"]["message"],
+                    "a resource with the same `email` already exists"
+                );
             }
             other => panic!("unexpected {other}: {body}"),
         }
@@ -85,7 +88,10 @@ async fn a_database_outage_answers_503_with_retry_after_and_the_api_recovers() {
             .await
             .unwrap();
         let status = response.status();
-        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
         let body: serde_json::Value = response.json().await.unwrap();
         if status != StatusCode::OK || started.elapsed() > std::time::Duration::from_secs(30) {
             break (status, body, retry_after);
@@ -120,4 +126,49 @@ async fn a_database_outage_answers_503_with_retry_after_and_the_api_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     app.teardown().await;
+}
+
+/// 0001 swallowed a failed `GRANT floq_app TO current_user`, so such an
+/// install migrated "successfully" and failed on every tenant transaction.
+#[tokio::test]
+async fn migrating_as_a_user_who_cannot_use_floqs_roles_fails_loudly() {
+    use sqlx::{Connection, PgConnection};
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let role = format!("floq_t_role_{}", &tag[..12]);
+    let db = format!("floq_t_{}_{tag}", *floq_tests::RUN_ID);
+    let password = format!("pw-{tag}");
+    let mut admin = PgConnection::connect(&floq_tests::admin_database_url()).await.unwrap();
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN NOCREATEROLE PASSWORD '{password}'"),
+        format!("CREATE DATABASE {db}"),
+        format!("GRANT CREATE ON DATABASE {db} TO {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
+    }
+    let mut owner = PgConnection::connect(&floq_tests::database_url(&db)).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("GRANT ALL ON SCHEMA public TO {role}")))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    owner.close().await.unwrap();
+
+    let mut url = url::Url::parse(&floq_tests::database_url(&db)).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some(&password)).unwrap();
+    let outcome = match sqlx::PgPool::connect(url.as_str()).await {
+        Ok(pool) => {
+            let outcome = floq_shared::db::migrate(&pool).await;
+            pool.close().await;
+            outcome.map_err(|e| format!("{e}"))
+        }
+        Err(e) => Err(format!("connect: {e}")),
+    };
+    for sql in [format!("DROP DATABASE {db} WITH (FORCE)"), format!("DROP ROLE {role}")] {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
+    }
+    let error = outcome.expect_err("migrating without floq's roles must fail");
+    assert!(
+        error.contains(&format!("the database user {role} is not a member of role floq_app")),
+        "{error}"
+    );
 }

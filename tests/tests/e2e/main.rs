@@ -2,9 +2,9 @@
 //! and RabbitMQ, one database and queue prefix per test.
 
 mod accounts;
-mod db_errors;
 mod admin_cli;
 mod audit;
+mod db_errors;
 mod egress;
 mod flows;
 mod grants;
@@ -20,5 +20,6 @@ mod runs;
 mod schedules;
 mod secrets;
 mod tenancy;
+mod vocabulary;
 mod webhook_safety;
 mod webhooks;
