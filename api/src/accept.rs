@@ -21,10 +21,11 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::queue::{Envelope, INLINE_INPUT_MAX, Publisher, RunFlowV1};
+use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::replies::{Replies, Waiter};
+use floq_shared::run::Trigger;
 use floq_shared::telemetry::METRICS;
-use floq_shared::{batch, db};
+use floq_shared::{batch, db, runs};
 
 const MAX_BATCH: usize = 1000;
 const COMMITTERS: usize = 4;
@@ -36,7 +37,7 @@ struct Request {
     flow_id: Uuid,
     run_id: Uuid,
     input: Value,
-    trigger: &'static str,
+    trigger: Trigger,
     /// The run's `run.create` entry, appended in the same commit as the run.
     audit: Entry,
     idempotency_key: Option<String>,
@@ -59,7 +60,7 @@ pub struct RunRequest {
     pub grantee: Option<Uuid>,
     pub flow_id: Uuid,
     pub input: Value,
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     pub actor: Actor,
     /// `Idempotency-Key`: the same key for the same flow within 24 hours returns the first run.
     pub idempotency_key: Option<String>,
@@ -154,7 +155,7 @@ impl Acceptor {
             .map_err(|_| AcceptError::ShuttingDown)?;
         match rx.await.map_err(|_| AcceptError::ShuttingDown)? {
             Ok(Reply::Committed(version)) => {
-                METRICS.runs_enqueued.with_label_values(&[trigger]).inc();
+                METRICS.runs_enqueued.with_label_values(&[trigger.as_str()]).inc();
                 Ok(Accepted::New {
                     run_id,
                     version,
@@ -179,13 +180,13 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publ
         }
         // A request the database refuses (something in its row) is isolated, so only it fails.
         let parts = batch::isolate(&batch, |part| commit(&pool, part), batch::is_refusal).await;
-        let mut runs = BTreeMap::new();
+        let mut created = BTreeMap::new();
         let mut existing = HashMap::new();
         let mut failed = HashMap::new();
         for (range, result) in parts {
             match result {
                 Ok(part) => {
-                    runs.extend(part.runs);
+                    created.extend(part.runs);
                     existing.extend(part.existing);
                 }
                 Err(e) => {
@@ -200,30 +201,18 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publ
                 }
             }
         }
-        let mut to_publish = Vec::with_capacity(runs.len());
+        let mut to_publish = Vec::with_capacity(created.len());
         for req in batch {
             if let Some(e) = failed.remove(&req.run_id) {
                 let _ = req.reply.send(Err(e));
                 continue;
             }
-            let reply = match (runs.get(&req.run_id), existing.get(&req.run_id)) {
+            let reply = match (created.remove(&req.run_id), existing.get(&req.run_id)) {
                 (Some(new), _) => {
-                    // The message the outbox row holds, built here rather than read back:
-                    // the request's input moves into it instead of round-tripping as jsonb.
-                    let envelope = Envelope::RunFlowV1(RunFlowV1 {
-                        run_id: req.run_id,
-                        company_id: req.company_id,
-                        flow_id: req.flow_id,
-                        version: new.version,
-                        attempt: new.attempt,
-                        trigger: req.trigger.to_string(),
-                        input: new.inline.then_some(req.input),
-                        traceparent: None,
-                    });
                     to_publish.push(Publish {
                         company_id: req.company_id,
                         outbox_id: new.outbox_id,
-                        envelope,
+                        envelope: new.envelope,
                         wants_reply: req.wants_reply,
                     });
                     Reply::Committed(new.version)
@@ -240,18 +229,9 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publ
     }
 }
 
-/// A run a commit created.
-struct NewRun {
-    outbox_id: i64,
-    version: i32,
-    attempt: i32,
-    /// Whether its message carries the input (small enough, see `INLINE_INPUT_MAX`).
-    inline: bool,
-}
-
 struct Committed {
     /// New runs by id.
-    runs: BTreeMap<Uuid, NewRun>,
+    runs: BTreeMap<Uuid, runs::Enqueued>,
     /// Requests whose idempotency key already named a run: request's run id → that run.
     existing: HashMap<Uuid, Uuid>,
 }
@@ -299,55 +279,27 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, sqlx::Err
         db::set_tenant(&mut tx, company_id).await?;
         claim_keys(&mut tx, &reqs, &mut existing).await?;
         let reqs: Vec<&Request> = reqs.into_iter().filter(|r| !existing.contains_key(&r.run_id)).collect();
-        let ids: Vec<Uuid> = reqs.iter().map(|r| r.run_id).collect();
-        let flows: Vec<Uuid> = reqs.iter().map(|r| r.flow_id).collect();
-        let triggers: Vec<&str> = reqs.iter().map(|r| r.trigger).collect();
-        let inputs: Vec<&Value> = reqs.iter().map(|r| &r.input).collect();
-        let grantees: Vec<Option<Uuid>> = reqs.iter().map(|r| r.grantee).collect();
-        let rows: Vec<(i64, Uuid, i32, i32, bool)> = sqlx::query_as(
-            "WITH ins AS (
-                INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input)
-                SELECT r.id, f.company_id, f.id, f.latest_version, 'queued', r.trigger, r.input
-                  FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $6::uuid[])
-                       AS r(id, flow_id, trigger, input, grantee)
-                  JOIN flows f ON f.id = r.flow_id AND f.latest_version IS NOT NULL AND f.deleted_at IS NULL
-                 WHERE r.grantee IS NULL OR floq_access(r.grantee, 'flow', f.id, f.group_id) >= 2
-                RETURNING id, company_id, flow_id, version, attempt, trigger, input
-             )
-             INSERT INTO outbox (company_id, run_id, payload)
-             SELECT company_id, id, jsonb_build_object(
-                        'kind', 'run_flow.v1', 'run_id', id, 'company_id', company_id,
-                        'flow_id', flow_id, 'version', version, 'attempt', attempt, 'trigger', trigger)
-                    || CASE WHEN octet_length(input::text) <= $5 THEN jsonb_build_object('input', input)
-                            ELSE '{}'::jsonb END
-               FROM ins
-             RETURNING id, run_id, (payload->>'version')::int, (payload->>'attempt')::int, payload ? 'input'",
-        )
-        .bind(&ids)
-        .bind(&flows)
-        .bind(&triggers)
-        .bind(&inputs)
-        .bind(INLINE_INPUT_MAX)
-        .bind(&grantees)
-        .fetch_all(&mut *tx)
-        .await?;
+        let new_runs: Vec<runs::NewRun> = reqs
+            .iter()
+            .map(|r| runs::NewRun {
+                id: r.run_id,
+                flow_id: r.flow_id,
+                trigger: r.trigger,
+                input: &r.input,
+                grantee: r.grantee,
+            })
+            .collect();
+        let created = runs::enqueue(&mut tx, company_id, &new_runs).await?;
         let by_id: HashMap<Uuid, &Request> = reqs.iter().map(|r| (r.run_id, *r)).collect();
-        let mut entries = Vec::with_capacity(rows.len());
-        for (outbox_id, run_id, version, attempt, inline) in rows {
+        let mut entries = Vec::with_capacity(created.len());
+        for run in created {
+            let run_id = run.envelope.run_id();
             if let Some(req) = by_id.get(&run_id) {
                 let mut entry = req.audit.clone();
-                entry.details["version"] = version.into();
+                entry.details["version"] = run.version.into();
                 entries.push(entry);
             }
-            committed.insert(
-                run_id,
-                NewRun {
-                    outbox_id,
-                    version,
-                    attempt,
-                    inline,
-                },
-            );
+            committed.insert(run_id, run);
         }
         audit::append(&mut tx, &entries).await?;
         // A key claimed for a run that could not be created must not keep pointing at it.

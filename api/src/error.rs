@@ -112,12 +112,28 @@ impl From<std::sync::Arc<sqlx::Error>> for ApiError {
     }
 }
 
-/// Two refusals are the client's to fix and map here, once: text the
-/// database cannot store (ingress refuses it first; this is the second
-/// wall) and a unique value another request just took (a race past a
-/// handler's own check). Everything else is an internal error.
+/// What a database error means to the client, in one place. Text the
+/// database cannot store (ingress refuses it first; this is the second wall)
+/// is `422`; a unique value another request just took (a race past a
+/// handler's own check) is `409` naming the field; a deadlock or
+/// serialization failure that outlived the statement's own retries, and a
+/// database that cannot be reached, are `503` with `Retry-After`. Only what
+/// no client can fix (a statement the server cannot run, say) is internal.
 fn refusal(e: &sqlx::Error) -> Option<ApiError> {
-    match floq_shared::batch::sqlstate(e).as_deref() {
+    if is_outage(e) {
+        return Some(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database is unavailable; retry shortly",
+            )
+            .retry_after(2),
+        );
+    }
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    match db.code().as_deref() {
         // untranslatable_character, character_not_in_repertoire
         Some("22P05" | "22021") => Some(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -125,12 +141,49 @@ fn refusal(e: &sqlx::Error) -> Option<ApiError> {
             "the request holds text that cannot be stored",
         )),
         // unique_violation
-        Some("23505") => Some(ApiError::new(
+        Some("23505") => {
+            let field = db.constraint().and_then(floq_shared::db::unique_field);
+            let message = match field {
+                Some(field) => format!("a resource with the same `{field}` already exists"),
+                None => "a resource with the same unique value already exists".into(),
+            };
+            let error = ApiError::new(StatusCode::CONFLICT, "conflict", message);
+            Some(match field {
+                Some(field) => error.with_details(json!([{"field": field, "message": "already taken"}])),
+                None => error,
+            })
+        }
+        // foreign_key_violation: what it names was deleted meanwhile
+        Some("23503") => Some(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            "a resource with the same unique value already exists",
+            "something the request refers to was removed meanwhile",
         )),
+        // serialization_failure, deadlock_detected
+        Some("40001" | "40P01") => Some(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the request collided with concurrent changes; retry it",
+            )
+            .retry_after(1),
+        ),
         _ => None,
+    }
+}
+
+/// The database is down, restarting, out of connections or unreachable:
+/// nothing about the request is wrong.
+fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // connection_exception (08), too_many_connections, admin_shutdown,
+            // crash_shutdown, cannot_connect_now, database_dropped
+            code.starts_with("08") || matches!(code.as_ref(), "53300" | "57P01" | "57P02" | "57P03" | "57P04")
+        }),
+        _ => false,
     }
 }
 
@@ -215,7 +268,21 @@ pub type ApiResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
 
-    use floq_shared::batch::refused_by as Server;
+    use floq_shared::batch::{refused_by as Server, refused_on};
+
+    fn response(e: sqlx::Error) -> (StatusCode, Value, Option<String>) {
+        let response = ApiError::from(e).into_response();
+        let retry = response
+            .headers()
+            .get(axum::http::header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = response
+            .extensions()
+            .get::<ErrorBody>()
+            .expect("an error body")
+            .render("r");
+        (response.status(), body, retry)
+    }
 
     fn mapped(code: &'static str) -> (StatusCode, &'static str) {
         match ApiError::from(sqlx::Error::Database(Box::new(Server(code)))) {
@@ -229,7 +296,65 @@ mod tests {
         assert_eq!(mapped("22P05"), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text"));
         assert_eq!(mapped("22021"), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_text"));
         assert_eq!(mapped("23505"), (StatusCode::CONFLICT, "conflict"));
+        assert_eq!(mapped("23503"), (StatusCode::CONFLICT, "conflict"));
         assert_eq!(mapped("42P01"), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
-        assert_eq!(mapped("08006"), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+        assert_eq!(mapped("XX000"), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+    }
+
+    #[test]
+    fn a_taken_unique_value_names_its_field() {
+        let (status, body, _) = response(sqlx::Error::Database(Box::new(refused_on("23505", "users_email_key"))));
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(
+            body,
+            json!({"error": {
+                "code": "conflict",
+                "message": "a resource with the same `email` already exists",
+                "details": [{"field": "email", "message": "already taken"}],
+                "request_id": "r",
+            }})
+        );
+        let (_, body, _) = response(sqlx::Error::Database(Box::new(refused_on(
+            "23505",
+            "credentials_company_id_name_key",
+        ))));
+        assert_eq!(
+            body["error"]["details"],
+            json!([{"field": "name", "message": "already taken"}])
+        );
+        // A constraint no client value stands behind names no field.
+        let (_, body, _) = response(sqlx::Error::Database(Box::new(refused_on(
+            "23505",
+            "sessions_token_hash_key",
+        ))));
+        assert_eq!(body["error"]["details"], Value::Null);
+    }
+
+    #[test]
+    fn collisions_and_outages_ask_the_client_to_retry() {
+        for code in ["40001", "40P01"] {
+            let (status, body, retry) = response(sqlx::Error::Database(Box::new(Server(code))));
+            assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+            assert_eq!(body["error"]["code"], "busy");
+        }
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Io(std::io::Error::other("connection reset")),
+            sqlx::Error::Database(Box::new(Server("08006"))),
+            sqlx::Error::Database(Box::new(Server("57P01"))),
+            sqlx::Error::Database(Box::new(Server("53300"))),
+        ] {
+            let (status, body, retry) = response(e);
+            assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("2")));
+            assert_eq!(
+                body,
+                json!({"error": {
+                    "code": "unavailable",
+                    "message": "the database is unavailable; retry shortly",
+                    "details": null,
+                    "request_id": "r",
+                }})
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Cron firing: every due schedule fires through the same outbox path as the
-//! API (trigger `cron`), one transaction per schedule under its tenant.
+//! Cron firing: every due schedule creates its runs through `runs::enqueue`,
+//! as API and webhook runs are (trigger `cron`, the same outbox message and
+//! `run.create` entry), one transaction per schedule under its tenant.
 //! A fire is keyed by (schedule, tick), so a tick fires exactly once even
 //! with several schedulers or across a leader fail-over.
 //!
@@ -16,6 +17,8 @@ use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::cron::CronSchedule;
 use floq_shared::db;
 use floq_shared::queue::{Envelope, Publisher};
+use floq_shared::run::Trigger;
+use floq_shared::runs;
 
 /// Late ticks within this are still fired as ticks, not misfires.
 pub const GRACE: Duration = Duration::seconds(30);
@@ -105,25 +108,30 @@ async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result
             continue;
         }
         let run_id = Uuid::now_v7();
-        let created: Option<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(
-            "WITH ins AS (
-                INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input)
-                SELECT $1, f.company_id, f.id, f.latest_version, 'queued', 'cron', $3
-                  FROM flows f WHERE f.id = $2 AND f.latest_version IS NOT NULL AND f.deleted_at IS NULL
-                RETURNING id, company_id, flow_id, version, attempt, trigger, input
-             )
-             INSERT INTO outbox (company_id, run_id, payload)
-             SELECT company_id, id, jsonb_build_object(
-                        'kind', 'run_flow.v1', 'run_id', id, 'company_id', company_id, 'flow_id', flow_id,
-                        'version', version, 'attempt', attempt, 'trigger', trigger, 'input', input)
-               FROM ins
-             RETURNING id, payload",
-        )
-        .bind(run_id)
-        .bind(s.flow_id)
-        .bind(json!({"schedule_id": due.id, "tick": tick}))
-        .fetch_optional(&mut *tx)
-        .await?;
+        let input = json!({"schedule_id": due.id, "tick": tick});
+        let run = runs::NewRun {
+            id: run_id,
+            flow_id: s.flow_id,
+            trigger: Trigger::Cron,
+            input: &input,
+            grantee: None,
+        };
+        let created = runs::enqueue(&mut tx, due.company_id, std::slice::from_ref(&run))
+            .await?
+            .pop();
+        if let Some(run) = &created {
+            // The same entry an API or webhook run gets.
+            entries.push(
+                Entry::new(due.company_id, Actor::system("scheduler"), "run.create")
+                    .resource("run", run_id)
+                    .details(json!({
+                        "flow_id": s.flow_id,
+                        "trigger": Trigger::Cron,
+                        "input": audit::shape(&input),
+                        "version": run.version,
+                    })),
+            );
+        }
         let drift_ms = (now - *tick).num_milliseconds();
         sqlx::query("UPDATE schedule_fires SET run_id = $3 WHERE schedule_id = $1 AND tick = $2")
             .bind(due.id)
@@ -142,8 +150,8 @@ async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result
                     "skipped_reason": if created.is_none() { Some("the flow has no deployed version") } else { None },
                 })),
         );
-        if let Some((outbox_id, envelope)) = created {
-            envelopes.push((outbox_id, envelope.0));
+        if let Some(run) = created {
+            envelopes.push((run.outbox_id, run.envelope));
         }
     }
     let last_fired = to_fire.last().copied();

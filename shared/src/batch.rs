@@ -165,12 +165,18 @@ mod tests {
 /// code that tells refusals from outages (here and in the API's error mapping).
 #[doc(hidden)]
 pub fn refused_by(code: &'static str) -> RefusedBy {
-    RefusedBy(code)
+    RefusedBy(code, None)
+}
+
+/// The same, naming the constraint the statement broke.
+#[doc(hidden)]
+pub fn refused_on(code: &'static str, constraint: &'static str) -> RefusedBy {
+    RefusedBy(code, Some(constraint))
 }
 
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct RefusedBy(pub &'static str);
+pub struct RefusedBy(pub &'static str, pub Option<&'static str>);
 impl std::fmt::Display for RefusedBy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "error {}", self.0)
@@ -195,5 +201,8 @@ impl sqlx::error::DatabaseError for RefusedBy {
     }
     fn kind(&self) -> sqlx::error::ErrorKind {
         sqlx::error::ErrorKind::Other
+    }
+    fn constraint(&self) -> Option<&str> {
+        self.1
     }
 }

@@ -63,3 +63,18 @@ pub async fn set_tenant(tx: &mut Tx, company_id: Uuid) -> Result<(), sqlx::Error
 pub async fn system_tx(pool: &PgPool) -> Result<Tx, sqlx::Error> {
     pool.begin_with("BEGIN; SET LOCAL ROLE floq_system").await
 }
+
+/// The request field a unique constraint (or unique index) protects, for a
+/// `409` that names it. Constraints not listed protect nothing a client
+/// chooses (random tokens, internal keys) and name no field.
+pub fn unique_field(constraint: &str) -> Option<&'static str> {
+    Some(match constraint {
+        "users_email_key" => "email",
+        "groups_company_id_name_key" | "flow_groups_company_id_name_key" | "credentials_company_id_name_key" => "name",
+        "kv_pkey" => "key",
+        "memberships_pkey" | "group_members_pkey" => "user_id",
+        "idempotency_keys_pkey" => "Idempotency-Key",
+        c if c.starts_with("grants_company_id_subject_type") => "grant",
+        _ => return None,
+    })
+}

@@ -15,6 +15,8 @@ pub mod ops;
 pub mod pgtext;
 pub mod queue;
 pub mod replies;
+pub mod run;
+pub mod runs;
 pub mod script;
 pub mod secrets;
 pub mod telemetry;

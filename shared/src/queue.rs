@@ -34,7 +34,7 @@ pub struct RunFlowV1 {
     pub flow_id: Uuid,
     pub version: i32,
     pub attempt: i32,
-    pub trigger: String,
+    pub trigger: crate::run::Trigger,
     /// The run's input, carried inline when small (see `INLINE_INPUT_MAX`) so
     /// the worker need not read it back; otherwise the worker loads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

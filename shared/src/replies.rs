@@ -66,8 +66,8 @@ pub const FORBIDDEN_REPLY_HEADERS: [&str; 17] = [
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunReply {
     pub run_id: Uuid,
-    /// `succeeded` or `failed`.
-    pub status: String,
+    /// The run's final status.
+    pub status: crate::run::RunStatus,
     #[serde(default)]
     pub output: Option<Value>,
     #[serde(default)]
@@ -172,7 +172,7 @@ mod tests {
     fn reply(run_id: Uuid) -> Vec<u8> {
         ReplyEnvelope::RunReplyV1(RunReply {
             run_id,
-            status: "succeeded".into(),
+            status: crate::run::RunStatus::Succeeded,
             output: Some(serde_json::json!({"ok": true})),
             error: None,
             respond: None,

@@ -1,6 +1,7 @@
 //! A TCP forwarder on 127.0.0.1: stands in for a tenant's own database host
 //! (flows may never reach the platform's database address, but a customer's
-//! server elsewhere is fine). Dropping it stops accepting.
+//! server elsewhere is fine), or for the platform's database in outage
+//! tests. Dropping it stops accepting and cuts every connection it carries.
 
 use std::net::SocketAddr;
 
@@ -20,14 +21,22 @@ impl Drop for Forward {
 
 pub async fn forward(target: SocketAddr) -> Forward {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    forward_from(listener, target)
+}
+
+/// Forwards what `listener` accepts (e.g. a port reopened after an outage).
+pub fn forward_from(listener: TcpListener, target: SocketAddr) -> Forward {
     let port = listener.local_addr().expect("addr").port();
     let task = tokio::spawn(async move {
+        // Dropped with this task when the forwarder is: every connection ends.
+        let mut connections = tokio::task::JoinSet::new();
         while let Ok((mut inbound, _)) = listener.accept().await {
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 if let Ok(mut outbound) = TcpStream::connect(target).await {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
             });
+            while connections.try_join_next().is_some() {}
         }
     });
     Forward { port, task }

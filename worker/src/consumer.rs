@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::{self, Outcome, RunInput};
+use crate::executor::{self, Outcome, RunInput, RunStatus};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
 use crate::outcome_writer::{self, OutcomeWriter, Write};
@@ -185,7 +185,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                         run_id: msg.run_id,
                         company_id: msg.company_id,
                         flow_id: msg.flow_id,
-                        trigger: msg.trigger.clone(),
+                        trigger: msg.trigger,
                         attempt: msg.attempt,
                         depth: 0,
                         vars: None,
@@ -270,12 +270,13 @@ async fn requeue(delivery: &Delivery) {
 
 async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::Error> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
+    let status: Option<RunStatus> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
         .bind(msg.run_id)
         .fetch_optional(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(!matches!(status.as_deref(), Some("queued" | "running")))
+    // A run that is gone (retention) is as finished as one that ended.
+    Ok(status.is_none_or(RunStatus::is_final))
 }
 
 /// Takes the inline input out of the message (nothing else reads it) or loads it.

@@ -19,26 +19,13 @@ use floq_shared::flow::{EvalScope, RetryPolicy};
 use floq_shared::script::ScriptKind;
 use floq_shared::telemetry::METRICS;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RunStatus {
-    Succeeded,
-    Failed,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-        }
-    }
-}
+pub use floq_shared::run::{RunStatus, StepStatus};
 
 #[derive(Debug)]
 pub struct Step {
     pub node_id: String,
     pub seq: i32,
-    pub status: &'static str,
+    pub status: StepStatus,
     pub output: Option<Value>,
     pub error: Option<Value>,
     pub started_at: Option<DateTime<Utc>>,
@@ -153,7 +140,15 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                 changed = true;
                 if !parents.is_empty() && active.is_empty() {
                     state[i] = State::Skipped;
-                    steps.push(step(&flow.nodes[i].id, steps.len(), "skipped", None, None, None, None));
+                    steps.push(step(
+                        &flow.nodes[i].id,
+                        steps.len(),
+                        StepStatus::Skipped,
+                        None,
+                        None,
+                        None,
+                        None,
+                    ));
                     continue;
                 }
                 let node = &flow.nodes[i];
@@ -210,10 +205,14 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
             }
             Ok(out)
         });
-        let status = if result.is_ok() { "succeeded" } else { "failed" };
+        let status = if result.is_ok() {
+            StepStatus::Succeeded
+        } else {
+            StepStatus::Failed
+        };
         METRICS
             .node_duration
-            .with_label_values(&[node.spec.name, status])
+            .with_label_values(&[node.spec.name, status.as_str()])
             .observe(elapsed.as_secs_f64());
         let mut shape = std::mem::take(&mut shapes[i]);
         shape["params"] = params_shape;
@@ -246,7 +245,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                 steps.push(step(
                     &node.id,
                     steps.len(),
-                    "succeeded",
+                    StepStatus::Succeeded,
                     Some(value.clone()),
                     None,
                     Some(started),
@@ -258,7 +257,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                 steps.push(step(
                     &node.id,
                     steps.len(),
-                    "failed",
+                    StepStatus::Failed,
                     None,
                     Some(e.to_json()),
                     Some(started),
@@ -535,7 +534,7 @@ fn run_error(node_id: &str, e: &NodeError) -> Value {
 fn step(
     node_id: &str,
     seq: usize,
-    status: &'static str,
+    status: StepStatus,
     output: Option<Value>,
     error: Option<Value>,
     started_at: Option<DateTime<Utc>>,

@@ -318,7 +318,7 @@ impl<'a> FinishedColumns<'a> {
             self.step_runs.push(run_id);
             self.step_nodes.push(s.node_id.clone());
             self.step_seqs.push(s.seq);
-            self.step_statuses.push(s.status);
+            self.step_statuses.push(s.status.as_str());
             self.step_outputs.push(s.output.as_ref());
             self.step_errors.push(s.error.as_ref());
             self.step_started.push(s.started_at);
@@ -394,7 +394,7 @@ mod tests {
         o.steps.push(Step {
             node_id: "h".into(),
             seq: 0,
-            status: "succeeded",
+            status: crate::executor::StepStatus::Succeeded,
             output: Some(json!(["\u{0}"])),
             error: None,
             started_at: None,

@@ -12,7 +12,7 @@ use lapin::{BasicProperties, Channel};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::executor::Outcome;
+use crate::executor::{Outcome, RunStatus, StepStatus};
 use crate::flow_cache::CompiledFlow;
 use floq_shared::db;
 use floq_shared::queue::RunFlowV1;
@@ -84,12 +84,12 @@ pub fn from_outcome(run_id: Uuid, flow: Option<&CompiledFlow>, outcome: &Outcome
         outcome
             .steps
             .iter()
-            .filter(|s| s.status == "succeeded" && respond_nodes(flow).any(|id| id == s.node_id))
+            .filter(|s| s.status == StepStatus::Succeeded && respond_nodes(flow).any(|id| id == s.node_id))
             .min_by_key(|s| s.seq)
     });
     RunReply {
         run_id,
-        status: outcome.status.as_str().to_string(),
+        status: outcome.status,
         output: outcome.output.clone(),
         error: outcome.error.clone(),
         respond: responded.and_then(|s| s.output.clone()),
@@ -103,7 +103,7 @@ pub fn from_outcome(run_id: Uuid, flow: Option<&CompiledFlow>, outcome: &Outcome
 pub async fn from_database(pool: &PgPool, msg: &RunFlowV1, flow: &CompiledFlow) -> Result<RunReply, sqlx::Error> {
     let respond_ids: Vec<&str> = respond_nodes(flow).collect();
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let (status, output, error): (String, Option<serde_json::Value>, Option<serde_json::Value>) =
+    let (status, output, error): (RunStatus, Option<serde_json::Value>, Option<serde_json::Value>) =
         sqlx::query_as("SELECT status, output, error FROM runs WHERE id = $1")
             .bind(msg.run_id)
             .fetch_one(&mut *tx)

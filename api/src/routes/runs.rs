@@ -19,6 +19,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
 use crate::state::AppState;
 use floq_shared::db;
+use floq_shared::run::{RunStatus, Trigger};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -68,7 +69,7 @@ async fn start(
         grantee: (!auth.principal.is_admin()).then_some(auth.principal.user_id),
         flow_id,
         input: body.input,
-        trigger: "api",
+        trigger: Trigger::Api,
         actor: auth.principal.actor(),
         idempotency_key,
         wait: false,
@@ -76,7 +77,7 @@ async fn start(
     match state.acceptor.accept(request).await {
         Ok(Accepted::New { run_id, version, .. }) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"run_id": run_id, "version": version, "status": "queued"})),
+            Json(json!({"run_id": run_id, "version": version, "status": RunStatus::Queued})),
         )),
         Ok(Accepted::Existing { run_id }) => Ok((
             StatusCode::OK,
@@ -123,8 +124,8 @@ struct Run {
     id: Uuid,
     flow_id: Uuid,
     version: i32,
-    status: String,
-    trigger: String,
+    status: RunStatus,
+    trigger: Trigger,
     input: Value,
     output: Option<Value>,
     error: Option<Value>,
@@ -187,22 +188,23 @@ struct ListQuery {
     cursor: Option<Uuid>,
 }
 
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
-
 async fn list(
     State(state): State<AppState>,
     auth: Authorized<RunRead>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = page_limit(q.limit)?;
-    if let Some(s) = &q.status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::validation(
-            "unknown run status",
-            json!([{"field": "status", "message": format!("must be one of {}", STATUSES.join(", "))}]),
-        ));
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<RunStatus>)
+        .transpose()
+        .map_err(|e| {
+            ApiError::validation(
+                "unknown run status",
+                json!([{"field": "status", "message": format!("must be one of {}", e.allowed.join(", "))}]),
+            )
+        })?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let runs: Vec<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM runs
@@ -214,7 +216,7 @@ async fn list(
           ORDER BY id DESC LIMIT $4"
     )))
     .bind(q.flow_id)
-    .bind(q.status)
+    .bind(status.map(RunStatus::as_str))
     .bind(q.cursor)
     .bind(limit)
     .bind(auth.principal.is_admin())

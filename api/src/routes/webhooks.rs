@@ -46,6 +46,7 @@ use crate::state::AppState;
 use floq_shared::audit::Actor;
 use floq_shared::db;
 use floq_shared::replies::{FORBIDDEN_REPLY_HEADERS, RunReply};
+use floq_shared::run::{RunStatus, Trigger};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -395,7 +396,7 @@ async fn receive(
         grantee: None,
         flow_id,
         input,
-        trigger: "webhook",
+        trigger: Trigger::Webhook,
         actor,
         idempotency_key,
         wait: wait.is_some(),
@@ -527,7 +528,7 @@ fn sync_reply(reply: RunReply, redirects: &RedirectOrigins) -> Response {
                 );
             }
         }
-    } else if reply.status == "succeeded" {
+    } else if reply.status == RunStatus::Succeeded {
         Json(reply.output.unwrap_or(Value::Null)).into_response()
     } else {
         let node = reply.error.as_ref().and_then(|e| e.get("node")).cloned();

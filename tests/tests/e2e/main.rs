@@ -4,6 +4,7 @@
 mod accounts;
 mod admin_cli;
 mod audit;
+mod db_errors;
 mod egress;
 mod flows;
 mod grants;
@@ -19,5 +20,6 @@ mod runs;
 mod schedules;
 mod secrets;
 mod tenancy;
+mod vocabulary;
 mod webhook_safety;
 mod webhooks;

@@ -36,7 +36,7 @@ async fn accept_without_publishing(app: &TestApp, flow_id: &str) -> Uuid {
         flow_id,
         version: 1,
         attempt: 1,
-        trigger: "api".into(),
+        trigger: floq_shared::run::Trigger::Api,
         input: None,
         traceparent: None,
     });
@@ -140,7 +140,7 @@ async fn a_duplicate_delivery_of_a_finished_run_changes_nothing() {
         flow_id: flow.parse().unwrap(),
         version: 1,
         attempt: 1,
-        trigger: "api".into(),
+        trigger: floq_shared::run::Trigger::Api,
         input: Some(json!({"n": 999})),
         traceparent: None,
     });

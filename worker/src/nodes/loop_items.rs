@@ -71,7 +71,7 @@ impl Node for Loop {
                                 }
                                 Ok(output)
                             }
-                            RunStatus::Failed => Err(NodeError::new(
+                            _ => Err(NodeError::new(
                                 "loop_item_failed",
                                 format!("item {i} failed: {}", executor::error_message(&outcome)),
                             )),

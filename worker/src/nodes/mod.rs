@@ -98,7 +98,7 @@ pub struct RunCtx {
     pub run_id: Uuid,
     pub company_id: Uuid,
     pub flow_id: Uuid,
-    pub trigger: String,
+    pub trigger: floq_shared::run::Trigger,
     pub attempt: i32,
     /// 0 for a run; +1 inside each loop body or sub-flow.
     pub depth: u32,

@@ -72,7 +72,7 @@ impl Node for SubFlow {
             let outcome = executor::execute(&flow, RunInput { run, input: &input }, ctx.env.clone()).await;
             match outcome.status {
                 RunStatus::Succeeded => Ok(NodeOutput::value(outcome.output.unwrap_or(Value::Null))),
-                RunStatus::Failed => Err(NodeError::new(
+                _ => Err(NodeError::new(
                     "sub_flow_failed",
                     format!("the sub-flow failed: {}", executor::error_message(&outcome)),
                 )),
