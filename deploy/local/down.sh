@@ -5,8 +5,9 @@
 # are left alone.
 #
 #   deploy/local/down.sh            stop
-#   deploy/local/down.sh --reset    stop, then remove the local database, its
-#                                   role, floq's queues, and .local/
+#   deploy/local/down.sh --reset    stop, then remove the local database, the
+#                                   local roles (and their passwords in
+#                                   ~/.config/floq/), floq's queues, and .local/
 #
 # Environment: FLOQ_DOWN_KEEP_SERVICES=1 stops floq but no service.
 set -euo pipefail
@@ -77,6 +78,7 @@ if ((reset)); then
         warn "could not drop database '$db'"
     fi
     # The roles go too when they own nothing else (e.g. another run's test databases).
+    kept_role=0
     for role in ${FLOQ_LOCAL_PG_USER:-floq_local} ${FLOQ_TEST_PG_USER:-floq_test}; do
       [[ $role =~ ^[a-z_]+$ ]] || continue
       if psql -X -w -q -d "postgres://postgres@127.0.0.1:5432/postgres" \
@@ -86,8 +88,12 @@ if ((reset)); then
         log "dropped role '$role'"
       else
         warn "kept role '$role' (it still owns databases, or there is no superuser access)"
+        kept_role=1
       fi
     done
+    if ((kept_role == 0)); then
+      rm -f "$FLOQ_PG_ENV_FILE"
+    fi
   fi
   prefix=${FLOQ_QUEUE_PREFIX:-floq}
   if command -v rabbitmqctl >/dev/null 2>&1; then

@@ -4,7 +4,7 @@
 #   PostgreSQL: host/port from FLOQ_DATABASE_URL (default 127.0.0.1:5432). With
 #               FLOQ_LOCAL_ROLE=stack|test, also floq's own role for the local stack
 #               (floq_local) or the tests (floq_test), with a generated password in
-#               .local/postgres.env; pg_hba.conf is never edited. Otherwise a URL
+#               ~/.config/floq/postgres.env; pg_hba.conf is never edited. Otherwise a URL
 #               without a password must work as given (trust auth).
 #   RabbitMQ:   host/port from FLOQ_AMQP_URL (default 127.0.0.1:5672, guest/guest).
 #
@@ -271,7 +271,7 @@ pg_superuser_sql() {
 }
 
 # floq's local roles, each LOGIN with a generated password kept in
-# .local/postgres.env, CREATEDB and CREATEROLE (migrations create floq's
+# ~/.config/floq/postgres.env (see lib/env.sh), CREATEDB and CREATEROLE (migrations create floq's
 # NOLOGIN roles floq_app and floq_system), never SUPERUSER:
 #   floq_local  what up.sh's stack connects as;
 #   floq_test   what the tests connect as; also BYPASSRLS, so that a test can
@@ -279,13 +279,15 @@ pg_superuser_sql() {
 #               floq_app or floq_system (SET LOCAL ROLE), where RLS holds.
 # They sign in over TCP with the password, which Debian's stock pg_hba.conf
 # allows (scram-sha-256 on loopback).
-PG_ENV_FILE=$LOCAL_DIR/postgres.env
+# shellcheck source=deploy/local/lib/env.sh
+. "$PROJECT/deploy/local/lib/env.sh"
+PG_ENV_FILE=$FLOQ_PG_ENV_FILE
 
 # ensure_local_role ROLE VAR ATTRIBUTES: make ROLE sign in with the password in
 # $PG_ENV_FILE's VAR (generated if missing) and hold ATTRIBUTES.
 ensure_local_role() {
   local role=$1 var=$2 attributes=$3 password="" url want has
-  mkdir -p "$LOCAL_DIR"
+  mkdir -p "$(dirname "$PG_ENV_FILE")"
   if [[ -r $PG_ENV_FILE ]]; then
     password=$(sed -n "s/^$var=//p" "$PG_ENV_FILE")
   fi

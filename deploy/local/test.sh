@@ -11,7 +11,7 @@
 #   CARGO_TARGET_DIR        /var/tmp/floq-target (persistent, outside the clone,
 #                           so repeated CI runs on fresh clones stay incremental)
 #   FLOQ_TEST_DATABASE_URL  the local test role floq_test (services.sh creates it,
-#                           with a password in .local/postgres.env) on 127.0.0.1:5432
+#                           with a password in ~/.config/floq/postgres.env) on 127.0.0.1:5432
 #   FLOQ_TEST_AMQP_URL      amqp://guest:guest@127.0.0.1:5672/%2f
 #
 # Every database and queue the tests make is named after this run
@@ -53,8 +53,10 @@ if [[ -n ${FLOQ_TEST_DATABASE_URL:-} ]]; then
 else
   FLOQ_DATABASE_URL='' FLOQ_LOCAL_ROLE=test FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
     "$ROOT/deploy/local/services.sh"
-  pg_password=$(sed -n 's/^FLOQ_TEST_PG_PASSWORD=//p' "$ROOT/.local/postgres.env")
-  [[ -n $pg_password ]] || die "no password for floq_test in $ROOT/.local/postgres.env"
+  # shellcheck source=deploy/local/lib/env.sh
+  . "$ROOT/deploy/local/lib/env.sh"
+  pg_password=$(sed -n 's/^FLOQ_TEST_PG_PASSWORD=//p' "$FLOQ_PG_ENV_FILE")
+  [[ -n $pg_password ]] || die "no password for floq_test in $FLOQ_PG_ENV_FILE"
   export FLOQ_TEST_DATABASE_URL="postgres://floq_test:$pg_password@127.0.0.1:5432/postgres"
 fi
 
