@@ -20,4 +20,5 @@ mod schedules;
 mod secrets;
 mod tenancy;
 mod webhook_safety;
+mod webhook_secrets;
 mod webhooks;
