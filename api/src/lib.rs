@@ -1,5 +1,7 @@
 //! `floq-api`: authenticates, authorizes, validates, writes, enqueues and
-//! answers. It never executes user code and never decrypts credentials.
+//! answers. It never executes user code and never decrypts credentials or
+//! secret KV values; the one secret it opens is a webhook's own signing secret
+//! ([`webhook_secret`]), to verify a signed call and to show it once.
 
 pub mod accept;
 pub mod access;
@@ -21,6 +23,7 @@ mod routes;
 pub mod session;
 pub mod state;
 pub mod throttle;
+pub mod webhook_secret;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use axum::extract::DefaultBodyLimit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use floq_shared::crypto::Keyring;
 use floq_shared::queue::{Publisher, Topology};
 use floq_shared::{Config, db, ops, queue};
 
@@ -47,8 +51,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let pool = db::connect(&config)
         .await
         .context("cannot connect to PostgreSQL: check FLOQ_DATABASE_URL and that the server is up")?;
+    let keyring = {
+        let config = config.clone();
+        // Argon2id key derivation is deliberately slow: keep it off the async workers.
+        tokio::task::spawn_blocking(move || Keyring::from_config(&config)).await??
+    };
     if config.auto_migrate {
-        db::migrate(&pool).await.context("applying migrations failed")?;
+        migrate(&pool, &config, &keyring).await?;
     }
     let topology = Topology::new(&config.queue_prefix);
     let conn = queue::connect(config.amqp_url.expose())
@@ -70,11 +79,6 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let key_listener = {
         let (cache, pool, stop) = (key_cache.clone(), pool.clone(), listener_shutdown.clone());
         tokio::spawn(async move { cache.listen(pool, stop).await })
-    };
-    let keyring = {
-        let config = config.clone();
-        // Argon2id key derivation is deliberately slow: keep it off the async workers.
-        tokio::task::spawn_blocking(move || floq_shared::crypto::Keyring::from_config(&config)).await??
     };
     let (audit, audit_task) = floq_shared::audit::Writer::start(pool.clone(), "api");
     let state = state::AppState {
@@ -145,6 +149,30 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics_addr,
         handle,
     })
+}
+
+/// Everything migrating means for the API: the schema, then the one-time
+/// backfill that needs configuration SQL cannot see (the signing secrets of
+/// webhooks from before migration 0020, derived from `FLOQ_JWT_SECRET`). Run
+/// by `floq-api migrate`, `admin bootstrap` and start-up with
+/// `FLOQ_AUTO_MIGRATE`; idempotent and safe with replicas starting together.
+pub async fn migrate(pool: &sqlx::PgPool, config: &Config, keyring: &Keyring) -> anyhow::Result<()> {
+    db::migrate(pool).await.context("applying migrations failed")?;
+    let stored = webhook_secret::backfill(
+        pool,
+        config.jwt_secret.expose(),
+        keyring,
+        webhook_secret::BACKFILL_BATCH,
+    )
+    .await
+    .context("storing the signing secrets of webhooks from before migration 0020 failed")?;
+    if stored > 0 {
+        tracing::info!(
+            webhooks = stored,
+            "stored the signing secrets of webhooks from before migration 0020"
+        );
+    }
+    Ok(())
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -113,7 +113,8 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let pool = db::connect(&config).await?;
-            db::migrate(&pool).await?;
+            let keyring = keyring(&config).await?;
+            floq_api::migrate(&pool, &config, &keyring).await?;
             println!("migrations applied");
             Ok(())
         }
@@ -127,7 +128,8 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             command: AdminCommand::Bootstrap { company, email },
         } => {
             let pool = db::connect(&config).await?;
-            db::migrate(&pool).await?;
+            let keyring = keyring(&config).await?;
+            floq_api::migrate(&pool, &config, &keyring).await?;
             let out = floq_api::admin::bootstrap(&pool, &config, &company, &email).await?;
             println!("{}", serde_json::to_string(&out)?);
             Ok(())
@@ -172,8 +174,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             command: AdminCommand::RotateKeys { batch },
         } => {
             let pool = db::connect(&config).await?;
-            let keyring =
-                tokio::task::spawn_blocking(move || floq_shared::crypto::Keyring::from_config(&config)).await??;
+            let keyring = keyring(&config).await?;
             let rotated = floq_api::rotate::rotate(&pool, &keyring, batch.clamp(1, 10_000)).await?;
             println!("{}", serde_json::to_string(&rotated)?);
             Ok(())
@@ -182,6 +183,12 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             command: AdminCommand::GenKeys,
         } => unreachable!("handled before the configuration is read"),
     }
+}
+
+/// Every configured encryption key (Argon2id: derived off the async workers).
+async fn keyring(config: &Config) -> anyhow::Result<floq_shared::crypto::Keyring> {
+    let config = config.clone();
+    Ok(tokio::task::spawn_blocking(move || floq_shared::crypto::Keyring::from_config(&config)).await??)
 }
 
 /// The password on the first line of standard input, without its line ending

@@ -1,5 +1,6 @@
-//! `floq-api admin rotate-keys`: re-encrypts every credential and secret KV
-//! value still sealed by an older key under the primary one, in small
+//! `floq-api admin rotate-keys`: re-encrypts every credential, secret KV
+//! value and webhook signing secret ([`crate::webhook_secret::rekey`]) still
+//! sealed by an older key under the primary one, in small
 //! batches, each its own transaction with its rows locked. The system keeps
 //! serving meanwhile (new writes already use the primary key); a stopped
 //! rotation resumes where it left off, since it only looks for rows whose
@@ -18,6 +19,7 @@ pub struct Rotated {
     pub primary_key: String,
     pub credentials: u64,
     pub kv_secrets: u64,
+    pub webhook_secrets: u64,
     /// Values no configured key can open (left as they are, and listed).
     pub undecryptable: Vec<String>,
 }
@@ -97,5 +99,6 @@ pub async fn rotate(pool: &PgPool, keyring: &Keyring, batch: i64) -> anyhow::Res
             }
         }
     }
+    out.webhook_secrets = crate::webhook_secret::rekey(pool, keyring, batch, &mut out.undecryptable).await?;
     Ok(out)
 }

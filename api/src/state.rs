@@ -18,7 +18,8 @@ pub struct AppState {
     pub key_cache: Arc<KeyCache>,
     pub acceptor: Acceptor,
     pub audit: audit::Writer,
-    /// Encrypts credential data and secret KV values; the API never decrypts.
+    /// Encrypts credential data, secret KV values and webhook signing secrets;
+    /// the API decrypts only the last (to verify a signed call and show it once).
     pub keyring: Arc<Keyring>,
     pub trigger_limits: Arc<TriggerLimits>,
 }

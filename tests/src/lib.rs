@@ -344,6 +344,42 @@ impl TestApp {
         )
     }
 
+    /// Stops the API and starts it again with `tweak` applied to the
+    /// configuration (a new `FLOQ_JWT_SECRET`, new encryption keys,
+    /// `FLOQ_AUTO_MIGRATE`), as an operator's redeploy would; `base` follows
+    /// the new listener. API keys are signed with `FLOQ_JWT_SECRET`, so when
+    /// that changes the main admin gets a fresh key.
+    pub async fn restart_api(&mut self, tweak: impl FnOnce(&mut Config)) {
+        if let Some(api) = self.api.take() {
+            api.stop().await;
+        }
+        let jwt_before = self.config.jwt_secret.expose().to_string();
+        tweak(&mut self.config);
+        let shutdown = CancellationToken::new();
+        let api = floq_api::spawn(self.config.clone(), shutdown.clone())
+            .await
+            .expect("api restarts");
+        self.base = format!("http://{}", api.addr);
+        self.api_metrics = api.metrics_addr;
+        self.api = Some(Service {
+            shutdown,
+            handle: api.handle,
+        });
+        if self.config.jwt_secret.expose() != jwt_before {
+            let issued = floq_api::admin::issue_key(
+                &self.pool,
+                &self.config,
+                "admin@acme.test",
+                Some(self.admin.company_id),
+                None,
+                "api",
+            )
+            .await
+            .expect("a key under the new FLOQ_JWT_SECRET");
+            self.admin.api_key = issued.api_key;
+        }
+    }
+
     /// Another company with its own admin, in the same deployment.
     pub async fn other_company(&self) -> Bootstrapped {
         floq_api::admin::bootstrap(&self.pool, &self.config, "Globex", "admin@globex.test")

@@ -1,8 +1,10 @@
 //! Webhooks: `/api/v1/flows/{id}/webhook` configures a flow's trigger URL;
 //! `/hooks/{token}` is that URL. The token is the credential (only its hash
 //! is stored); an optional HMAC-SHA256 signature with a timestamp guards
-//! against forged and replayed calls. Requests become a run whose `$input`
-//! is `{method, body, query, headers}` (without credentials or cookies).
+//! against forged and replayed calls, under the webhook's own signing secret
+//! (random, stored sealed: [`crate::webhook_secret`]). Requests become a run
+//! whose `$input` is `{method, body, query, headers}` (without credentials or
+//! cookies).
 //! A signed request is accepted once (see [`crate::replay`]).
 //!
 //! A call may wait for its run (`?wait=SECONDS`, or the webhook's
@@ -43,6 +45,7 @@ use crate::middleware::FlowReply;
 use crate::redirects::{self, RedirectOrigins};
 use crate::replay::{self, Signature};
 use crate::state::AppState;
+use crate::webhook_secret::SigningSecret;
 use floq_shared::audit::Actor;
 use floq_shared::db;
 use floq_shared::replies::{FORBIDDEN_REPLY_HEADERS, RunReply};
@@ -67,14 +70,15 @@ struct Webhook {
     allow_wait: bool,
     /// Origins a reply's `Location`/`Link` may point to besides relative targets.
     redirect_origins: Vec<String>,
+    /// The sealed signing secret: never serialized (responses, audit), shown only by [`revealed`].
     #[serde(skip)]
-    secret_version: i32,
+    signing_secret: Option<Vec<u8>>,
     created_at: DateTime<Utc>,
     rotated_at: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str = "flow_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait, redirect_origins, \
-     secret_version, created_at, rotated_at";
+     signing_secret, created_at, rotated_at";
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -86,26 +90,24 @@ fn new_token() -> String {
     hex::encode(bytes)
 }
 
-/// The signing secret of a flow's webhook: derived from a server key, the
-/// flow and a version, so it is never stored and rotates with the token.
-fn signing_secret(state: &AppState, flow_id: Uuid, version: i32) -> String {
-    let key = Sha256::digest(format!("floq-webhook-secret:{}", state.config.jwt_secret.expose()).as_bytes());
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
-    mac.update(format!("{flow_id}:{version}").as_bytes());
-    format!("whsec_{}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// What a caller is shown once: the URL (its token) and, if signed, the secret.
-fn revealed(state: &AppState, hook: &Webhook, token: Option<&str>) -> Value {
+/// What a caller is shown once: the URL (its token) and, if signed, the
+/// secret, opened from what was just stored, so it is exactly what calls are verified with.
+fn revealed(state: &AppState, company_id: Uuid, hook: &Webhook, token: Option<&str>) -> ApiResult<Value> {
     let mut out = serde_json::to_value(hook).unwrap_or_default();
     if let Some(token) = token {
         out["token"] = token.into();
         out["path"] = format!("/hooks/{token}").into();
     }
     if hook.signed {
-        out["secret"] = signing_secret(state, hook.flow_id, hook.secret_version).into();
+        let sealed = hook
+            .signing_secret
+            .as_deref()
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a stored webhook has no signing secret")))?;
+        let secret =
+            SigningSecret::open(&state.keyring, company_id, hook.flow_id, sealed).map_err(ApiError::internal)?;
+        out["secret"] = secret.expose().into();
     }
-    out
+    Ok(out)
 }
 
 async fn fetch(tx: &mut db::Tx, flow_id: Uuid) -> Result<Option<Webhook>, sqlx::Error> {
@@ -179,17 +181,22 @@ async fn configure(
         None => (StatusCode::CREATED, Some(new_token())),
         Some(_) => (StatusCode::OK, None),
     };
+    // Every webhook gets its secret when it is enabled, signed or not, and keeps
+    // it until rotated: switching signing off and on again shows the same one.
+    let sealed = SigningSecret::generate().seal(&state.keyring, company_id, id);
     let hook: Webhook = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO flow_webhooks (flow_id, company_id, token_hash, signed, signature_header, tolerance_seconds,
-                                    wait_seconds, allow_wait, redirect_origins)
+                                    wait_seconds, allow_wait, redirect_origins, signing_secret, signing_key_id)
          VALUES ($1, $2, $3, $4, COALESCE($5, 'x-floq-signature'), COALESCE($6, 300), COALESCE($7, 0),
-                 COALESCE($8, true), COALESCE($9, '{{}}'))
+                 COALESCE($8, true), COALESCE($9, '{{}}'), $10, $11)
          ON CONFLICT (flow_id) DO UPDATE SET signed = excluded.signed,
              signature_header = COALESCE($5, flow_webhooks.signature_header),
              tolerance_seconds = COALESCE($6, flow_webhooks.tolerance_seconds),
              wait_seconds = COALESCE($7, flow_webhooks.wait_seconds),
              allow_wait = COALESCE($8, flow_webhooks.allow_wait),
-             redirect_origins = COALESCE($9, flow_webhooks.redirect_origins)
+             redirect_origins = COALESCE($9, flow_webhooks.redirect_origins),
+             signing_secret = COALESCE(flow_webhooks.signing_secret, excluded.signing_secret),
+             signing_key_id = COALESCE(flow_webhooks.signing_key_id, excluded.signing_key_id)
          RETURNING {COLUMNS}"
     )))
     .bind(id)
@@ -201,6 +208,8 @@ async fn configure(
     .bind(body.wait_seconds)
     .bind(body.allow_wait)
     .bind(redirect_origins.map(|o| o.as_slice().to_vec()))
+    .bind(sealed.ciphertext)
+    .bind(sealed.key_id)
     .fetch_one(&mut *tx)
     .await?;
     if let Some(before) = &before {
@@ -213,35 +222,45 @@ async fn configure(
     };
     let entry = auth.principal.audit(action, "flow", id);
     audit::record(&mut tx, &[entry.change(before.as_ref(), Some(&hook))]).await?;
-    tx.commit().await?;
-    // The secret is shown when signing is switched on, as the token is at creation.
+    // The secret is shown when signing is switched on, as the token is at creation;
+    // opened before the commit, so a change whose answer cannot be given is not kept.
     let newly_signed = hook.signed && !before.as_ref().is_some_and(|b| b.signed);
-    let mut out = revealed(&state, &hook, token.as_deref());
+    let mut out = revealed(&state, company_id, &hook, token.as_deref())?;
     if !newly_signed {
         out.as_object_mut().map(|o| o.remove("secret"));
     }
+    tx.commit().await?;
     Ok((status, Json(out)))
 }
 
+/// A new token and a new signing secret; the old ones stop working at once.
 async fn rotate(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     let token = new_token();
+    let sealed = SigningSecret::generate().seal(&state.keyring, company_id, id);
     let hook: Webhook = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE flow_webhooks SET token_hash = $2, secret_version = secret_version + 1, rotated_at = now()
-          WHERE flow_id = $1 RETURNING {COLUMNS}"
+        // secret_version keeps counting rotations; only the backfill of rows from before 0020 reads it.
+        "UPDATE flow_webhooks SET token_hash = $2, secret_version = secret_version + 1, rotated_at = now(),
+                signing_secret = $3, signing_key_id = $4
+          WHERE flow_id = $1 AND company_id = $5 RETURNING {COLUMNS}"
     )))
     .bind(id)
     .bind(token_hash(&token))
+    .bind(sealed.ciphertext)
+    .bind(sealed.key_id)
+    .bind(company_id)
     .fetch_one(&mut *tx)
     .await?;
     let entry = auth.principal.audit("webhook.rotate", "flow", id);
     audit::record(&mut tx, &[entry.change(Some(&before), Some(&hook))]).await?;
+    let out = revealed(&state, company_id, &hook, Some(&token))?;
     tx.commit().await?;
-    Ok(Json(revealed(&state, &hook, Some(&token))))
+    Ok(Json(out))
 }
 
 async fn disable(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
@@ -302,6 +321,21 @@ fn verify_signature(secret: &str, header: Option<&str>, body: &[u8], tolerance: 
     Some(Signature::new(&v1, t, tolerance))
 }
 
+/// The secret a signed call must be signed with. One that cannot be opened
+/// is the operator's to fix (a key missing from `FLOQ_ENC_*`, a row from
+/// before migration 0020 that `floq-api migrate` has not reached): it is
+/// logged, and the caller gets the same refusal as for a bad signature.
+fn signing_secret(state: &AppState, hook: &Resolved) -> Option<SigningSecret> {
+    let flow_id = hook.flow_id;
+    let Some(sealed) = hook.signing_secret.as_deref() else {
+        tracing::error!(%flow_id, "a signed webhook has no stored signing secret: run `floq-api migrate`");
+        return None;
+    };
+    SigningSecret::open(&state.keyring, hook.company_id, flow_id, sealed)
+        .inspect_err(|e| tracing::error!(%flow_id, error = %e, "cannot open a webhook's signing secret"))
+        .ok()
+}
+
 /// A webhook found by its token.
 #[derive(sqlx::FromRow)]
 struct Resolved {
@@ -313,7 +347,8 @@ struct Resolved {
     wait_seconds: i32,
     allow_wait: bool,
     redirect_origins: Vec<String>,
-    secret_version: i32,
+    /// Sealed; `None` only on a row from before migration 0020 the backfill has not reached.
+    signing_secret: Option<Vec<u8>>,
 }
 
 const HIDDEN_HEADERS: [&str; 4] = ["authorization", "cookie", "proxy-authorization", "x-api-key"];
@@ -365,7 +400,7 @@ async fn receive(
     let mut tx = db::system_tx(&state.pool).await?;
     let found: Option<Resolved> = sqlx::query_as(
         "SELECT flow_id, company_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait,
-                redirect_origins, secret_version
+                redirect_origins, signing_secret
            FROM flow_webhooks WHERE token_hash = $1",
     )
     .bind(token_hash(&token))
@@ -377,11 +412,11 @@ async fn receive(
     let (flow_id, company_id) = (hook.flow_id, hook.company_id);
     state.trigger_limits.check(company_id, flow_id)?;
     let signature = if hook.signed {
-        let secret = signing_secret(&state, flow_id, hook.secret_version);
+        let secret = signing_secret(&state, &hook).ok_or_else(refused)?;
         let given = headers
             .get(hook.signature_header.as_str())
             .and_then(|v| v.to_str().ok());
-        Some(verify_signature(&secret, given, &body, hook.tolerance_seconds.into()).ok_or_else(refused)?)
+        Some(verify_signature(secret.expose(), given, &body, hook.tolerance_seconds.into()).ok_or_else(refused)?)
     } else {
         None
     };

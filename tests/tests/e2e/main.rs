@@ -22,4 +22,5 @@ mod secrets;
 mod tenancy;
 mod vocabulary;
 mod webhook_safety;
+mod webhook_secrets;
 mod webhooks;
