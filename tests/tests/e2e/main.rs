@@ -10,6 +10,7 @@ mod grants;
 mod identity;
 mod limits;
 mod nodes;
+mod paging;
 mod poison;
 mod reach;
 mod readme;
