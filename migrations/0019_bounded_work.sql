@@ -13,3 +13,15 @@ DROP INDEX schedules_flow_idx; -- a prefix of the one above
 CREATE INDEX memberships_joined_idx ON memberships (company_id, created_at, user_id);
 CREATE INDEX account_tokens_invitation_idx ON account_tokens (company_id, id)
     WHERE purpose = 'invitation' AND used_at IS NULL;
+
+-- Trimming what would otherwise grow forever (scheduler/src/retention.rs):
+-- each batch is the oldest rows of one of these indexes.
+CREATE INDEX sessions_expiry_idx ON sessions (expires_at);
+CREATE INDEX login_attempts_age_idx ON login_attempts (updated_at);
+CREATE INDEX schedule_fires_age_idx ON schedule_fires (fired_at);
+-- A fire record only keys its tick while the tick can still be fired; the
+-- scheduler may read and delete only records a day past that
+-- (scheduler/src/cron_fire.rs `FIRE_RECORD_KEEP`).
+CREATE POLICY system_trim ON schedule_fires FOR DELETE TO floq_system USING (fired_at < now() - interval '1 day');
+CREATE POLICY system_trim_read ON schedule_fires FOR SELECT TO floq_system USING (fired_at < now() - interval '1 day');
+GRANT SELECT, DELETE ON schedule_fires TO floq_system;

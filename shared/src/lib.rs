@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod db;
 pub mod egress;
 pub mod flow;
+pub mod login_attempts;
 pub mod mail;
 pub mod ops;
 pub mod pgtext;
@@ -17,6 +18,7 @@ pub mod queue;
 pub mod replies;
 pub mod script;
 pub mod secrets;
+pub mod sessions;
 pub mod telemetry;
 
 pub use config::{AuditSink, Config, ConfigError, Secret};

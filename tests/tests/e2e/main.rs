@@ -20,5 +20,6 @@ mod runs;
 mod schedules;
 mod secrets;
 mod tenancy;
+mod trimming;
 mod webhook_safety;
 mod webhooks;
