@@ -4,6 +4,7 @@
 mod accounts;
 mod admin_cli;
 mod audit;
+mod audit_filters;
 mod egress;
 mod flows;
 mod grants;
