@@ -314,12 +314,16 @@ pub struct Pending {
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-pub async fn pending(tx: &mut db::Tx) -> Result<Vec<Pending>, sqlx::Error> {
+pub async fn pending(tx: &mut db::Tx, company_id: Uuid, before: Uuid, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
+    // Newest first by (v7) id, below `before`: one range of `account_tokens_invitation_idx`.
     sqlx::query_as(
         "SELECT id, email, roles, invited_by, created_at, expires_at FROM account_tokens
-          WHERE purpose = 'invitation' AND used_at IS NULL AND expires_at > now()
-          ORDER BY created_at DESC",
+          WHERE company_id = $1 AND purpose = 'invitation' AND used_at IS NULL AND id < $2 AND expires_at > now()
+          ORDER BY id DESC LIMIT $3",
     )
+    .bind(company_id)
+    .bind(before)
+    .bind(limit)
     .fetch_all(&mut **tx)
     .await
 }

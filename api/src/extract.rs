@@ -12,6 +12,9 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -175,15 +178,154 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     }
 }
 
+/// Rows a list answers when the caller gives no `limit`, and the most it may ask for.
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
+
 /// `limit` and `cursor` for list endpoints; newest first, keyed on time-ordered ids.
 pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {
-        None => Ok(50),
-        Some(l) if (1..=200).contains(&l) => Ok(l),
+        None => Ok(DEFAULT_PAGE),
+        Some(l) if (1..=MAX_PAGE).contains(&l) => Ok(l),
         Some(_) => Err(ApiError::validation(
             "limit is out of range",
             json!([{"field": "limit", "message": "must be between 1 and 200"}]),
         )),
+    }
+}
+
+/// Where a page of a keyset-ordered list starts. Every list has one fixed
+/// order with a unique key, and a page is "the first `limit` rows after the
+/// key": one index range scan however deep the caller pages, where an
+/// offset would read every row it skips. Without a cursor a page starts at
+/// [`Cursor::START`], a key before every row, so each list is one statement
+/// whose bound the planner can always put on its index (no
+/// `$n IS NULL OR …` that a generic plan cannot).
+pub trait Cursor: Sized {
+    const START: Self;
+    fn encode(&self) -> String;
+    fn decode(raw: &str) -> Option<Self>;
+}
+
+/// Newest first by time-ordered (v7) id, the order of flows and runs: the
+/// cursor is the last id seen, rows continue with `id < cursor`.
+impl Cursor for Uuid {
+    const START: Self = Uuid::max();
+    fn encode(&self) -> String {
+        self.to_string()
+    }
+    fn decode(raw: &str) -> Option<Self> {
+        Uuid::parse_str(raw).ok()
+    }
+}
+
+/// By name, then id, for lists of things a company names uniquely
+/// (credentials, groups, flow groups, KV keys): rows continue with
+/// `(name, id) > cursor`. Opaque (base64url of the pair): clients pass it back, never build it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ByName(pub String, pub Uuid);
+
+impl Cursor for ByName {
+    const START: Self = ByName(String::new(), Uuid::nil());
+    fn encode(&self) -> String {
+        opaque(&(&self.0, self.1))
+    }
+    fn decode(raw: &str) -> Option<Self> {
+        let (name, id): (String, Uuid) = unopaque(raw)?;
+        Some(ByName(name, id))
+    }
+}
+
+/// Newest first by a time, then id, for rows without a time-ordered id of
+/// their own (members, by when they joined): rows continue with
+/// `(at, id) < cursor`. Opaque like [`ByName`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct ByTime(pub DateTime<Utc>, pub Uuid);
+
+impl Cursor for ByTime {
+    // 9999-12-31T23:59:59Z: after every row, and a timestamptz PostgreSQL holds.
+    const START: Self = match DateTime::from_timestamp(253_402_300_799, 0) {
+        Some(end_of_9999) => ByTime(end_of_9999, Uuid::max()),
+        None => panic!("9999-12-31 is a valid time"),
+    };
+    fn encode(&self) -> String {
+        opaque(&(self.0, self.1))
+    }
+    fn decode(raw: &str) -> Option<Self> {
+        let (at, id): (DateTime<Utc>, Uuid) = unopaque(raw)?;
+        Some(ByTime(at, id))
+    }
+}
+
+fn opaque(key: &impl serde::Serialize) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).unwrap_or_default())
+}
+
+fn unopaque<T: DeserializeOwned>(raw: &str) -> Option<T> {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(raw).ok()?).ok()
+}
+
+/// `?limit=&cursor=` of a list endpoint, checked: a `limit` outside
+/// 1..=[`MAX_PAGE`] or a cursor this list did not hand out is `422` naming
+/// the parameter. Other parameters are refused like any unknown field.
+pub struct Page<K> {
+    pub limit: i64,
+    pub after: K,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+impl<K: Cursor> Page<K> {
+    fn parse(q: PageQuery) -> Result<Self, ApiError> {
+        let limit = match q.limit {
+            None => None,
+            Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
+                ApiError::validation(
+                    "limit is out of range",
+                    json!([{"field": "limit", "message": "must be between 1 and 200"}]),
+                )
+            })?),
+        };
+        let after = match q.cursor {
+            None => K::START,
+            Some(raw) => K::decode(&raw).ok_or_else(|| {
+                ApiError::validation(
+                    "a query parameter is invalid",
+                    json!([{"field": "cursor", "message": "not a cursor from this listing"}]),
+                )
+            })?,
+        };
+        Ok(Page {
+            limit: page_limit(limit)?,
+            after,
+        })
+    }
+
+    /// `{items, next_cursor}`: a full page hands out the key of its last row
+    /// (the next page may then be empty), a short one `null`.
+    pub fn answer<T: serde::Serialize>(&self, items: Vec<T>, key: impl Fn(&T) -> K) -> Value {
+        let next_cursor = self.next_cursor(&items, key);
+        json!({"items": items, "next_cursor": next_cursor})
+    }
+
+    pub fn next_cursor<T>(&self, items: &[T], key: impl Fn(&T) -> K) -> Option<String> {
+        (items.len() as i64 == self.limit)
+            .then(|| items.last().map(|last| key(last).encode()))
+            .flatten()
+    }
+}
+
+impl<S: Send + Sync, K: Cursor> FromRequestParts<S> for Page<K> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let ApiQuery(q) = ApiQuery::<PageQuery>::from_request_parts(parts, state).await?;
+        Page::parse(q)
     }
 }
 
@@ -255,6 +397,44 @@ mod tests {
         assert_eq!(field(storable_query(&uri).unwrap_err()).2, json!("query"));
         let uri: axum::http::Uri = "/x?a=%2500".parse().unwrap();
         assert!(storable_query(&uri).is_ok(), "%25 is a percent sign, not a NUL");
+    }
+
+    fn page<K: Cursor>(limit: Option<&str>, cursor: Option<&str>) -> Result<Page<K>, ApiError> {
+        Page::parse(PageQuery {
+            limit: limit.map(str::to_string),
+            cursor: cursor.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn cursors_round_trip_and_start_before_every_row() {
+        let id = Uuid::now_v7();
+        let by_name = ByName("billing ✓".into(), id);
+        assert_eq!(ByName::decode(&by_name.encode()), Some(by_name));
+        let by_time = ByTime(Utc::now(), id);
+        assert_eq!(ByTime::decode(&by_time.encode()), Some(by_time));
+        assert_eq!(<Uuid as Cursor>::decode(&id.encode()), Some(id));
+        assert_eq!(ByTime::START.0.to_rfc3339(), "9999-12-31T23:59:59+00:00");
+        let first = page::<ByName>(None, None).unwrap();
+        assert_eq!((first.limit, first.after), (DEFAULT_PAGE, ByName::START));
+        assert_eq!(page::<Uuid>(Some("200"), None).unwrap().after, Uuid::max());
+    }
+
+    #[test]
+    fn a_bad_limit_or_cursor_is_refused_naming_it() {
+        for limit in ["0", "201", "-1", "ten"] {
+            let e = page::<Uuid>(Some(limit), None).err().expect(limit);
+            assert_eq!(
+                field(e),
+                (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", json!("limit"))
+            );
+        }
+        let id = Uuid::now_v7().to_string();
+        for cursor in ["nope", "", &id] {
+            let e = page::<ByName>(None, Some(cursor)).err().expect(cursor);
+            assert_eq!(field(e).2, json!("cursor"), "{cursor}");
+        }
+        assert_eq!(field(page::<Uuid>(None, Some("x")).err().unwrap()).2, json!("cursor"));
     }
 
     #[test]

@@ -21,13 +21,13 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use floq_shared::db;
+// One failure is forgiven per DECAY_SECS; the scheduler forgets a bucket by the same rule.
+use floq_shared::login_attempts::DECAY_SECS;
 
 /// Failures a bucket allows before it locks.
 const FREE_PER_PAIR: f64 = 4.0;
 const FREE_PER_CLIENT: f64 = 20.0;
 const MAX_LOCK_SECS: f64 = 900.0;
-/// Seconds after which one failure is forgiven.
-const DECAY_SECS: f64 = 60.0;
 
 /// The buckets one sign-in attempt counts against: (key, failures it allows).
 pub fn keys(email: &str, client: &IpAddr) -> [(String, f64); 2] {

@@ -24,6 +24,11 @@ use floq_shared::runs;
 pub const GRACE: Duration = Duration::seconds(30);
 /// Catch-up is bounded: at most this many ticks per schedule per pass.
 const MAX_TICKS: usize = 100;
+/// How long a fire record is kept. It keys its tick only until the fire's
+/// transaction moves `next_fire_at` past that tick (no pass looks at an
+/// earlier tick again); a day leaves room for inspection. The row-level
+/// policy in `migrations/0019_bounded_work.sql` says the same.
+pub const FIRE_RECORD_KEEP: Duration = Duration::days(1);
 
 #[derive(sqlx::FromRow)]
 struct Due {
@@ -191,4 +196,20 @@ async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result
         }
     }
     Ok(fired)
+}
+
+/// Deletes up to `limit` fire records older than [`FIRE_RECORD_KEEP`], oldest
+/// first (one range of `schedule_fires_age_idx`); returns how many went.
+/// Runs as `floq_system`, in the caller's transaction.
+pub async fn delete_old_fires(tx: &mut db::Tx, limit: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM schedule_fires WHERE (schedule_id, tick) IN (
+            SELECT schedule_id, tick FROM schedule_fires WHERE fired_at < now() - make_interval(secs => $1)
+             ORDER BY fired_at LIMIT $2)",
+    )
+    .bind(FIRE_RECORD_KEEP.num_seconds() as f64)
+    .bind(limit)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
 }

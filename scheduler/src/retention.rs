@@ -1,6 +1,8 @@
 //! Retention: per company, audit entries older than `audit_max_age_days` or
 //! beyond the newest `audit_max_entries`, and finished runs older than
-//! `runs_max_age_days`. Everything goes in bounded batches, each its own
+//! `runs_max_age_days`; across companies, rows that are dead by their own
+//! rule (expired sessions, forgiven sign-in buckets, old cron fire records,
+//! idempotency keys, webhook signature claims). Everything goes in bounded batches, each its own
 //! short transaction, so the API stays responsive and a crash loses only the
 //! batch in flight; the next pass resumes. Audit entries leave oldest first
 //! along each company's hash chain, so what remains still verifies (the
@@ -13,7 +15,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::db;
+use floq_shared::{db, login_attempts, sessions};
+
+use crate::cron_fire;
 
 const BATCH: i64 = 5_000;
 
@@ -35,6 +39,48 @@ struct Settings {
 pub struct Swept {
     pub audit_entries: u64,
     pub runs: u64,
+    pub dead: Trimmed,
+}
+
+/// Rows trimmed because their own rule says they can no longer matter.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    pub sessions: u64,
+    pub login_attempts: u64,
+    pub schedule_fires: u64,
+}
+
+/// Deletes, in batches of [`BATCH`] (each its own `floq_system` transaction),
+/// whatever one batch function finds, until a batch comes back short.
+/// The SQL stays with the module that owns the table.
+async fn in_batches<F>(pool: &PgPool, batch: F) -> anyhow::Result<u64>
+where
+    F: for<'t> Fn(&'t mut db::Tx, i64) -> futures_util::future::BoxFuture<'t, Result<u64, sqlx::Error>>,
+{
+    let mut deleted = 0;
+    loop {
+        let mut tx = db::system_tx(pool).await?;
+        let done = batch(&mut tx, BATCH).await?;
+        tx.commit().await?;
+        deleted += done;
+        if done < BATCH as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Expired sessions, forgiven sign-in buckets and old cron fire records:
+/// tables that grow with use and whose rows stop mattering on their own clock.
+pub async fn trim_dead_rows(pool: &PgPool) -> anyhow::Result<Trimmed> {
+    let trimmed = Trimmed {
+        sessions: in_batches(pool, |tx, n| Box::pin(sessions::delete_expired(tx, n))).await?,
+        login_attempts: in_batches(pool, |tx, n| Box::pin(login_attempts::delete_forgiven(tx, n))).await?,
+        schedule_fires: in_batches(pool, |tx, n| Box::pin(cron_fire::delete_old_fires(tx, n))).await?,
+    };
+    if trimmed != Trimmed::default() {
+        tracing::info!(?trimmed, "retention trimmed dead rows");
+    }
+    Ok(trimmed)
 }
 
 pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
@@ -52,7 +98,10 @@ pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    let mut total = Swept::default();
+    let mut total = Swept {
+        dead: trim_dead_rows(pool).await?,
+        ..Swept::default()
+    };
     for settings in companies {
         let company_id = settings.id;
         let now = Utc::now();
@@ -142,22 +191,35 @@ async fn trim_audit(pool: &PgPool, company_id: Uuid, cutoff: DateTime<Utc>, keep
     }
 }
 
+/// The lowest uuid v7 of the millisecond `at` falls in: every v7 id made
+/// before that millisecond sorts below it.
+pub fn v7_floor(at: DateTime<Utc>) -> Uuid {
+    let ms = at.timestamp_millis().clamp(0, (1 << 48) - 1) as u128;
+    Uuid::from_u128(ms << 80)
+}
+
 /// Finished runs queued before the cutoff, with their steps; queued and
-/// running ones stay whatever their age.
+/// running ones stay whatever their age. A run's id is a uuid v7 made when it
+/// was queued, so `id < v7_floor(cutoff)` bounds each batch to the range of
+/// `runs_company_idx` before the cutoff: a batch reads what it deletes (plus
+/// the tenant's unfinished old runs), never the tenant's whole window.
 async fn trim_runs(pool: &PgPool, company_id: Uuid, cutoff: DateTime<Utc>) -> anyhow::Result<u64> {
     let mut deleted = 0;
+    let floor = v7_floor(cutoff);
     loop {
         let mut tx = db::system_tx(pool).await?;
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "DELETE FROM runs WHERE id IN (
                 SELECT id FROM runs
-                 WHERE company_id = $1 AND queued_at < $2 AND status IN ('succeeded', 'failed', 'cancelled')
+                 WHERE company_id = $1 AND id < $4 AND queued_at < $2
+                   AND status IN ('succeeded', 'failed', 'cancelled')
                  ORDER BY id LIMIT $3)
              RETURNING id",
         )
         .bind(company_id)
         .bind(cutoff)
         .bind(BATCH / 5)
+        .bind(floor)
         .fetch_all(&mut *tx)
         .await?;
         if ids.is_empty() {
@@ -169,5 +231,26 @@ async fn trim_runs(pool: &PgPool, company_id: Uuid, cutoff: DateTime<Utc>) -> an
             .await?;
         tx.commit().await?;
         deleted += ids.len() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_v7_floor_sorts_below_every_id_made_before_it_and_none_after() {
+        let cutoff = Utc::now() - Duration::days(30);
+        let floor = v7_floor(cutoff);
+        let at = |t: DateTime<Utc>| {
+            let ts = uuid::Timestamp::from_unix(uuid::NoContext, t.timestamp() as u64, t.timestamp_subsec_nanos());
+            Uuid::new_v7(ts)
+        };
+        for _ in 0..100 {
+            assert!(at(cutoff - Duration::milliseconds(1)) < floor);
+            assert!(at(cutoff + Duration::milliseconds(1)) > floor);
+            assert!(Uuid::now_v7() > floor);
+        }
+        assert_eq!(v7_floor(DateTime::<Utc>::UNIX_EPOCH), Uuid::nil());
     }
 }

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod db;
 pub mod egress;
 pub mod flow;
+pub mod login_attempts;
 pub mod mail;
 pub mod ops;
 pub mod pgtext;
@@ -19,6 +20,7 @@ pub mod run;
 pub mod runs;
 pub mod script;
 pub mod secrets;
+pub mod sessions;
 pub mod telemetry;
 
 pub use config::{AuditSink, Config, ConfigError, Secret};

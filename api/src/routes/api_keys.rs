@@ -16,7 +16,7 @@ use validator::Validate;
 use crate::audit;
 use crate::auth::{MAX_KEY_TTL_SECS, MIN_KEY_TTL_SECS, Principal, SCOPES, issue_key};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, ValidJson};
+use crate::extract::{Id, Page, ValidJson};
 use crate::state::AppState;
 use floq_shared::db;
 
@@ -96,18 +96,28 @@ struct KeyInfo {
     revoked_at: Option<DateTime<Utc>>,
 }
 
-async fn list(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
-    let keys: Vec<KeyInfo> = sqlx::query_as(
+/// Newest first by (v7) id; served by `api_keys (company_id, id)` for admins
+/// and `api_keys (company_id, user_id, id)` for everyone else's own keys.
+async fn list(State(state): State<AppState>, principal: Principal, page: Page<Uuid>) -> ApiResult<Json<Value>> {
+    let company_id = principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let mine = (!principal.is_admin()).then_some(principal.user_id);
+    let keys = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT id, user_id, name, scopes, created_at, expires_at, revoked_at FROM api_keys
-          WHERE ($1 OR user_id = $2) ORDER BY id DESC",
-    )
-    .bind(principal.is_admin())
-    .bind(principal.user_id)
+          WHERE company_id = $1 AND id < $2 {} ORDER BY id DESC LIMIT $3",
+        if mine.is_some() { "AND user_id = $4" } else { "" }
+    )))
+    .bind(company_id)
+    .bind(page.after)
+    .bind(page.limit);
+    let keys: Vec<KeyInfo> = match mine {
+        Some(user_id) => keys.bind(user_id),
+        None => keys,
+    }
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(json!({"items": keys})))
+    Ok(Json(page.answer(keys, |k| k.id)))
 }
 
 async fn revoke(State(state): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult<StatusCode> {

@@ -2,6 +2,8 @@
 //! `admin` and `audit_viewer` only; entries of other companies are invisible
 //! under row-level security.
 
+use std::borrow::Cow;
+
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -44,14 +46,7 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// Filters shared by listing and export; `$1..$7` in this order. Queries
-/// limit rows first and render entries after, so a plan that sorts many
-/// candidates never renders more than one page.
-const FILTERS: &str = "($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at < $2)
-    AND ($3::uuid IS NULL OR actor_id = $3) AND ($4::text IS NULL OR actor_label = $4)
-    AND ($5::text IS NULL OR action = $5 OR (right($5, 1) = '*' AND starts_with(action, rtrim($5, '*'))))
-    AND ($6::text IS NULL OR resource_type = $6) AND ($7::text IS NULL OR resource_id = $7)";
-
+/// Filters shared by listing and export.
 struct Filters {
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -62,19 +57,119 @@ struct Filters {
     resource_id: Option<String>,
 }
 
-impl Filters {
+/// One bound parameter of a [`Where`].
+enum Param<'a> {
+    Company(Uuid),
+    At(DateTime<Utc>),
+    Uuid(Uuid),
+    Text(Cow<'a, str>),
+    Id(i64),
+}
+
+/// A WHERE clause holding a condition for each filter given, and only those,
+/// each value a bound parameter. A catch-all `($n IS NULL OR col = $n)`
+/// would let one statement serve every combination, but the plan PostgreSQL
+/// caches for a prepared statement cannot assume which `$n` are null, so it
+/// cannot pick the index of the filter that was given and scans the tenant's
+/// whole log instead. Every clause starts with the company (the second lock
+/// besides row-level security, and the leading column of every index).
+struct Where<'a> {
+    sql: String,
+    params: Vec<Param<'a>>,
+}
+
+impl<'a> Where<'a> {
+    fn new(company_id: Uuid) -> Self {
+        Where {
+            sql: "company_id = $1".into(),
+            params: vec![Param::Company(company_id)],
+        }
+    }
+
+    /// Adds `condition`, in which `$?` stands for the next parameter.
+    fn and(&mut self, condition: &str, values: impl IntoIterator<Item = Param<'a>>) {
+        let mut condition = condition.to_string();
+        for value in values {
+            self.params.push(value);
+            condition = condition.replacen("$?", &format!("${}", self.params.len()), 1);
+        }
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&condition);
+    }
+
     fn bind<'q>(
-        &'q self,
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, String), sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, String), sqlx::postgres::PgArguments> {
+        self,
+        mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, String), sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, String), sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        for param in self.params {
+            query = match param {
+                Param::Company(id) | Param::Uuid(id) => query.bind(id),
+                Param::At(at) => query.bind(at),
+                Param::Text(text) => query.bind(text.into_owned()),
+                Param::Id(id) => query.bind(id),
+            };
+        }
         query
-            .bind(self.from)
-            .bind(self.to)
-            .bind(self.actor_id)
-            .bind(self.actor_label.as_deref())
-            .bind(self.action.as_deref())
-            .bind(self.resource_type.as_deref())
-            .bind(self.resource_id.as_deref())
+    }
+}
+
+/// The smallest string above every string starting with `prefix`, in
+/// byte order (UTF-8 orders like code points): `prefix` with its last
+/// character incremented. None when nothing is above (an empty prefix, or one
+/// ending in the last code point).
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    let last = chars.pop()?;
+    let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32)?;
+    chars.push(next);
+    Some(chars.into_iter().collect())
+}
+
+impl Filters {
+    /// The filters as a [`Where`], each served by an index of
+    /// `migrations/0019_bounded_work.sql`: `(company_id, action, id)` (an
+    /// action prefix is a byte-order range of it), `(company_id, actor_id,
+    /// id)` or `(company_id, actor_label, id)`, `(company_id, resource_type,
+    /// resource_id, id)`, and a BRIN index on `at` for from/to.
+    fn clause(&self, company_id: Uuid) -> Where<'_> {
+        let mut w = Where::new(company_id);
+        if let Some(from) = self.from {
+            w.and("at >= $?", [Param::At(from)]);
+        }
+        if let Some(to) = self.to {
+            w.and("at < $?", [Param::At(to)]);
+        }
+        if let Some(actor_id) = self.actor_id {
+            w.and("actor_id = $?", [Param::Uuid(actor_id)]);
+        }
+        if let Some(label) = self.actor_label.as_deref() {
+            w.and("actor_label = $?", [Param::Text(label.into())]);
+        }
+        match self.action.as_deref() {
+            None => {}
+            Some(action) => match action.strip_suffix('*') {
+                None => w.and("action = $?", [Param::Text(action.into())]),
+                Some("") => {}
+                Some(prefix) => match prefix_end(prefix) {
+                    // `~>=~`/`~<~` compare bytes, the order of the text_pattern_ops index.
+                    Some(end) => w.and(
+                        "action ~>=~ $? AND action ~<~ $?",
+                        [Param::Text(prefix.into()), Param::Text(end.into())],
+                    ),
+                    None => w.and("starts_with(action, $?)", [Param::Text(prefix.into())]),
+                },
+            },
+        }
+        if let Some(resource_type) = self.resource_type.as_deref() {
+            w.and("resource_type = $?", [Param::Text(resource_type.into())]);
+        }
+        if let Some(resource_id) = self.resource_id.as_deref() {
+            w.and("resource_id = $?", [Param::Text(resource_id.into())]);
+        }
+        w
     }
 }
 
@@ -126,15 +221,23 @@ async fn list(
     let limit = page_limit(q.limit)?;
     let before = cursor(q.cursor.as_deref())?;
     let filters = filters(q)?;
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let mut clause = filters.clause(company_id);
+    if let Some(before) = before {
+        clause.and("id < $?", [Param::Id(before)]);
+    }
+    // Rows are limited first and rendered after, so a plan that sorts many
+    // candidates never renders more than one page.
     let sql = format!(
         "SELECT id, floq_audit_json(a)::text FROM (
-            SELECT * FROM audit_log WHERE {FILTERS} AND ($8::bigint IS NULL OR id < $8) ORDER BY id DESC LIMIT $9
-         ) a ORDER BY id DESC"
+            SELECT * FROM audit_log WHERE {} ORDER BY id DESC LIMIT ${}
+         ) a ORDER BY id DESC",
+        clause.sql,
+        clause.params.len() + 1
     );
-    let rows: Vec<(i64, String)> = filters
+    let rows: Vec<(i64, String)> = clause
         .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .bind(before)
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
@@ -149,24 +252,74 @@ async fn list(
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 
-/// Recomputes the company's hash chain. Entries not yet sealed (the scheduler
-/// seals every second) are counted as pending, not checked.
-async fn verify(State(state): State<AppState>, auth: Authorized<AuditRead>) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let (checked, broken_seq, broken_entry, reason): (i64, Option<i64>, Option<i64>, Option<String>) =
-        sqlx::query_as("SELECT * FROM floq_audit_verify()")
+/// The most seals one verification call checks (and its default): a call
+/// costs at most this many hash computations, ≈ 20 µs each in PostgreSQL.
+pub const MAX_VERIFY: i64 = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyQuery {
+    /// Where to start: a `next_seq` from an earlier call. Absent (or below
+    /// the chain's oldest remaining seal): from that oldest seal.
+    from_seq: Option<String>,
+    limit: Option<String>,
+}
+
+/// Recomputes up to `limit` links of the company's hash chain from `from_seq`
+/// and says where it stopped (`next_seq`, null once it reached the newest
+/// seal), so a caller verifies a chain of any length in bounded steps.
+/// Entries not yet sealed (the scheduler seals every second) are counted as
+/// pending, not checked.
+async fn verify(
+    State(state): State<AppState>,
+    auth: Authorized<AuditRead>,
+    ApiQuery(q): ApiQuery<VerifyQuery>,
+) -> ApiResult<Json<Value>> {
+    let from_seq = q
+        .from_seq
+        .map(|raw| {
+            raw.parse::<i64>()
+                .ok()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| bad_param("from_seq", "a `next_seq` from an earlier verification"))
+        })
+        .transpose()?;
+    let limit = match q.limit {
+        None => MAX_VERIFY,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_VERIFY).contains(l))
+            .ok_or_else(|| bad_param("limit", &format!("must be between 1 and {MAX_VERIFY}")))?,
+    };
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    type Report = (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>);
+    let (checked, first_seq, last_seq, broken_seq, broken_entry, reason): Report =
+        sqlx::query_as("SELECT * FROM floq_audit_verify_range($1, $2::int)")
+            .bind(from_seq)
+            .bind(limit)
             .fetch_one(&mut *tx)
             .await?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
-        .fetch_one(&mut *tx)
-        .await?;
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log
+          WHERE company_id = $1 AND xact >= (SELECT watermark FROM audit_seal_state)",
+    )
+    .bind(company_id)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
     let first_broken = reason.map(|reason| json!({"seq": broken_seq, "entry_id": broken_entry, "reason": reason}));
+    // A full step may have more after it; a short one reached the newest seal.
+    let next_seq = (checked == limit).then(|| last_seq.map(|s| s + 1)).flatten();
     Ok(Json(json!({
         "ok": first_broken.is_none(),
         "checked": checked,
-        "pending": (total - checked).max(0),
+        "pending": pending,
         "first_broken": first_broken,
+        "from_seq": first_seq,
+        "last_seq": last_seq,
+        "next_seq": next_seq,
     })))
 }
 
@@ -222,14 +375,17 @@ async fn export(
 /// empty) and its lines.
 async fn page(pool: &PgPool, company_id: Uuid, filters: &Filters, after: i64) -> ApiResult<(Option<i64>, String)> {
     let mut tx = db::tenant_tx(pool, company_id).await?;
+    let mut clause = filters.clause(company_id);
+    clause.and("id > $?", [Param::Id(after)]);
     let sql = format!(
         "SELECT id, floq_audit_json(a)::text FROM (
-            SELECT * FROM audit_log WHERE {FILTERS} AND id > $8 ORDER BY id LIMIT $9
-         ) a ORDER BY id"
+            SELECT * FROM audit_log WHERE {} ORDER BY id LIMIT ${}
+         ) a ORDER BY id",
+        clause.sql,
+        clause.params.len() + 1
     );
-    let rows: Vec<(i64, String)> = filters
+    let rows: Vec<(i64, String)> = clause
         .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .bind(after)
         .bind(EXPORT_PAGE)
         .fetch_all(&mut *tx)
         .await?;

@@ -18,7 +18,7 @@ use crate::access::{self, Level};
 use crate::audit;
 use crate::authz::{Authorized, IntegrationManage, IntegrationRead};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, ValidJson};
+use crate::extract::{ByName, Id, Page, ValidJson};
 use crate::state::AppState;
 use floq_shared::{db, secrets};
 
@@ -109,18 +109,30 @@ fn name_taken() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "name_taken", "a credential with this name exists")
 }
 
-async fn list(State(state): State<AppState>, auth: Authorized<IntegrationRead>) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+/// By name (unique per company), then id; served by `credentials (company_id, name)`.
+async fn list(
+    State(state): State<AppState>,
+    auth: Authorized<IntegrationRead>,
+    page: Page<ByName>,
+) -> ApiResult<Json<Value>> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let items: Vec<Credential> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM credentials
-          WHERE $1 OR floq_access($2, 'integration', id, NULL) >= 1 ORDER BY name"
+          WHERE company_id = $1 AND (name, id) > ($2, $3)
+            AND ($4 OR floq_access($5, 'integration', id, NULL) >= 1)
+          ORDER BY name, id LIMIT $6"
     )))
+    .bind(company_id)
+    .bind(&page.after.0)
+    .bind(page.after.1)
     .bind(auth.principal.is_admin())
     .bind(auth.principal.user_id)
+    .bind(page.limit)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(json!({"items": items})))
+    Ok(Json(page.answer(items, |c| ByName(c.name.clone(), c.id))))
 }
 
 async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Credential> {

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 use validator::Validate;
 
@@ -15,7 +15,7 @@ use crate::access::{self, Level};
 use crate::audit;
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, ValidJson};
+use crate::extract::{ByName, Id, Page, ValidJson};
 use crate::state::AppState;
 use floq_shared::db;
 
@@ -43,18 +43,26 @@ fn name_taken() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "name_taken", "a flow group with this name exists")
 }
 
-async fn list(State(state): State<AppState>, auth: Authorized<FlowRead>) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+/// By name (unique per company), then id; served by `flow_groups (company_id, name)`.
+async fn list(State(state): State<AppState>, auth: Authorized<FlowRead>, page: Page<ByName>) -> ApiResult<Json<Value>> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let groups: Vec<FlowGroup> = sqlx::query_as(
         "SELECT id, name, created_at FROM flow_groups
-          WHERE $1 OR floq_access($2, 'flow_group', id, NULL) >= 1 ORDER BY name",
+          WHERE company_id = $1 AND (name, id) > ($2, $3)
+            AND ($4 OR floq_access($5, 'flow_group', id, NULL) >= 1)
+          ORDER BY name, id LIMIT $6",
     )
+    .bind(company_id)
+    .bind(&page.after.0)
+    .bind(page.after.1)
     .bind(auth.principal.is_admin())
     .bind(auth.principal.user_id)
+    .bind(page.limit)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(json!({"items": groups})))
+    Ok(Json(page.answer(groups, |g| ByName(g.name.clone(), g.id))))
 }
 
 async fn create(

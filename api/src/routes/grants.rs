@@ -8,14 +8,14 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 use validator::Validate;
 
 use crate::audit;
 use crate::authz::{AccessManage, Authorized};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, ValidJson};
+use crate::extract::{Id, Page, ValidJson};
 use crate::state::AppState;
 use floq_shared::db;
 
@@ -72,15 +72,24 @@ struct CreateGrant {
     level: String,
 }
 
-async fn list(State(state): State<AppState>, auth: Authorized<AccessManage>) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+/// Newest first by (v7) id; served by `grants (company_id, id)`.
+async fn list(
+    State(state): State<AppState>,
+    auth: Authorized<AccessManage>,
+    page: Page<Uuid>,
+) -> ApiResult<Json<Value>> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let grants: Vec<Grant> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {GRANT_COLUMNS} FROM grants ORDER BY id DESC"
+        "SELECT {GRANT_COLUMNS} FROM grants WHERE company_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
     )))
+    .bind(company_id)
+    .bind(page.after)
+    .bind(page.limit)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(json!({"items": grants})))
+    Ok(Json(page.answer(grants, |g| g.id)))
 }
 
 async fn create(

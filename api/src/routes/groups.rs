@@ -15,7 +15,7 @@ use validator::Validate;
 use crate::audit;
 use crate::authz::{Authorized, UserManage};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ValidJson;
+use crate::extract::{ByName, Page, ValidJson};
 use crate::state::AppState;
 use floq_shared::db;
 
@@ -41,18 +41,31 @@ struct CreateGroup {
     name: String,
 }
 
-async fn list(State(state): State<AppState>, auth: Authorized<UserManage>) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+/// By name (unique per company), then id; served by `groups (company_id, name)`.
+/// The page is cut before members are gathered, so only its groups are joined.
+async fn list(
+    State(state): State<AppState>,
+    auth: Authorized<UserManage>,
+    page: Page<ByName>,
+) -> ApiResult<Json<Value>> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let groups: Vec<Group> = sqlx::query_as(
         "SELECT g.id, g.name, g.created_at,
                 COALESCE(array_agg(gm.user_id) FILTER (WHERE gm.user_id IS NOT NULL), '{}') AS members
-           FROM groups g LEFT JOIN group_members gm ON gm.group_id = g.id
-          GROUP BY g.id ORDER BY g.name",
+           FROM (SELECT id, name, created_at FROM groups
+                  WHERE company_id = $1 AND (name, id) > ($2, $3) ORDER BY name, id LIMIT $4) g
+           LEFT JOIN group_members gm ON gm.group_id = g.id
+          GROUP BY g.id, g.name, g.created_at ORDER BY g.name, g.id",
     )
+    .bind(company_id)
+    .bind(&page.after.0)
+    .bind(page.after.1)
+    .bind(page.limit)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(json!({"items": groups})))
+    Ok(Json(page.answer(groups, |g| ByName(g.name.clone(), g.id))))
 }
 
 async fn create(

@@ -17,7 +17,7 @@ use crate::access;
 use crate::audit;
 use crate::authz::{Authorized, KvRead, KvWrite};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ValidJson;
+use crate::extract::{ByName, Page, ValidJson};
 use crate::state::AppState;
 use floq_shared::{db, secrets};
 
@@ -59,13 +59,21 @@ fn valid_key(raw: &str) -> ApiResult<&str> {
     }
 }
 
-async fn list(State(state): State<AppState>, auth: Authorized<KvRead>) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let items: Vec<Entry> = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM kv ORDER BY key")))
-        .fetch_all(&mut *tx)
-        .await?;
+/// By key (unique per company), then id; served by the primary key `(company_id, key)`.
+async fn list(State(state): State<AppState>, auth: Authorized<KvRead>, page: Page<ByName>) -> ApiResult<Json<Value>> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let items: Vec<Entry> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM kv WHERE company_id = $1 AND (key, id) > ($2, $3) ORDER BY key, id LIMIT $4"
+    )))
+    .bind(company_id)
+    .bind(&page.after.0)
+    .bind(page.after.1)
+    .bind(page.limit)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(Json(json!({"items": items})))
+    Ok(Json(page.answer(items, |e| ByName(e.key.clone(), e.id))))
 }
 
 async fn fetch(tx: &mut db::Tx, key: &str) -> Result<Option<Entry>, sqlx::Error> {

@@ -17,7 +17,7 @@ use crate::access::{self, Level};
 use crate::audit;
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, ValidJson};
+use crate::extract::{Id, Page, ValidJson};
 use crate::state::AppState;
 use floq_shared::cron::CronSchedule;
 use floq_shared::db;
@@ -63,17 +63,31 @@ fn shown(s: &Schedule) -> Value {
     out
 }
 
-async fn list(State(state): State<AppState>, auth: Authorized<FlowRead>, Id(id): Id) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+/// Newest first by (v7) id; served by `schedules (company_id, flow_id, id)`.
+async fn list(
+    State(state): State<AppState>,
+    auth: Authorized<FlowRead>,
+    Id(id): Id,
+    page: Page<Uuid>,
+) -> ApiResult<Json<Value>> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::View).await?;
     let items: Vec<Schedule> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM schedules WHERE flow_id = $1 ORDER BY created_at"
+        "SELECT {COLUMNS} FROM schedules WHERE company_id = $1 AND flow_id = $2 AND id < $3
+          ORDER BY id DESC LIMIT $4"
     )))
+    .bind(company_id)
     .bind(id)
+    .bind(page.after)
+    .bind(page.limit)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(json!({"items": items.iter().map(shown).collect::<Vec<_>>()})))
+    let next_cursor = page.next_cursor(&items, |s| s.id);
+    Ok(Json(
+        json!({"items": items.iter().map(shown).collect::<Vec<_>>(), "next_cursor": next_cursor}),
+    ))
 }
 
 fn utc() -> String {

@@ -18,7 +18,7 @@ use crate::accounts;
 use crate::audit;
 use crate::authz::{Authorized, ROLES, UserManage};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Id, ValidJson};
+use crate::extract::{ByTime, Id, Page, ValidJson};
 use crate::password;
 use crate::state::AppState;
 use floq_shared::{db, mail};
@@ -57,13 +57,28 @@ struct Member {
 const MEMBER_SELECT: &str = "SELECT u.id, u.email, u.name, m.roles, m.created_at AS joined_at
                                FROM memberships m JOIN users u ON u.id = m.user_id";
 
-async fn list(State(state): State<AppState>, auth: Authorized<UserManage>) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let members: Vec<Member> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{MEMBER_SELECT} ORDER BY m.created_at")))
-        .fetch_all(&mut *tx)
-        .await?;
+/// Newest member first, by when they joined, then user id: a user's id tells
+/// when the identity was made, not when it joined this company. Served by
+/// `memberships (company_id, created_at, user_id)`.
+async fn list(
+    State(state): State<AppState>,
+    auth: Authorized<UserManage>,
+    page: Page<ByTime>,
+) -> ApiResult<Json<Value>> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let members: Vec<Member> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{MEMBER_SELECT} WHERE m.company_id = $1 AND (m.created_at, m.user_id) < ($2, $3)
+          ORDER BY m.created_at DESC, m.user_id DESC LIMIT $4"
+    )))
+    .bind(company_id)
+    .bind(page.after.0)
+    .bind(page.after.1)
+    .bind(page.limit)
+    .fetch_all(&mut *tx)
+    .await?;
     tx.commit().await?;
-    Ok(Json(json!({"items": members})))
+    Ok(Json(page.answer(members, |m| ByTime(m.joined_at, m.id))))
 }
 
 async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Member> {
@@ -223,11 +238,17 @@ async fn company_name(state: &AppState, company_id: Uuid) -> Result<String, sqlx
 }
 
 /// Pending invitations of the caller's company (addresses it typed itself).
-async fn invitations(State(state): State<AppState>, auth: Authorized<UserManage>) -> ApiResult<Json<Value>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let items = accounts::pending(&mut tx).await?;
+/// Newest first by (v7) id.
+async fn invitations(
+    State(state): State<AppState>,
+    auth: Authorized<UserManage>,
+    page: Page<Uuid>,
+) -> ApiResult<Json<Value>> {
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let items = accounts::pending(&mut tx, company_id, page.after, page.limit).await?;
     tx.commit().await?;
-    Ok(Json(json!({"items": items})))
+    Ok(Json(page.answer(items, |p| p.id)))
 }
 
 async fn withdraw(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id): Id) -> ApiResult<StatusCode> {

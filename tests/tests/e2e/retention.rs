@@ -9,6 +9,41 @@ use serde_json::json;
 
 use floq_tests::{Options, TestApp};
 
+/// Makes a finished run (with its steps) look `age` old as a real one would:
+/// queued then, under a uuid v7 made then (retention ages runs by both).
+/// Returns its new id.
+async fn backdated(app: &TestApp, run: &str, age: chrono::Duration) -> String {
+    let then = chrono::Utc::now() - age;
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, then.timestamp() as u64, then.timestamp_subsec_nanos());
+    let id = uuid::Uuid::new_v7(ts);
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input, output, error, attempt,
+                           queued_at, started_at, finished_at)
+         SELECT $2, company_id, flow_id, version, status, trigger, input, output, error, attempt,
+                $3, started_at, finished_at FROM runs WHERE id = $1::uuid",
+    )
+    .bind(run)
+    .bind(id)
+    .bind(then)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE run_steps SET run_id = $2 WHERE run_id = $1::uuid")
+        .bind(run)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM runs WHERE id = $1::uuid")
+        .bind(run)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    id.to_string()
+}
+
 #[tokio::test]
 async fn retention_deletes_exactly_what_the_settings_say_while_the_api_answers() {
     let app = TestApp::spawn_configured(Options::default(), |c| c.retention_interval = Duration::from_secs(1)).await;
@@ -25,11 +60,9 @@ async fn retention_deletes_exactly_what_the_settings_say_while_the_api_answers()
         app.wait_run(&run).await;
         runs.push(run);
     }
-    sqlx::query("UPDATE runs SET queued_at = now() - interval '10 days' WHERE id = ANY($1::uuid[])")
-        .bind(&runs[..2])
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    for run in &mut runs[..2] {
+        *run = backdated(&app, run, chrono::Duration::days(10)).await;
+    }
     let stuck = uuid::Uuid::now_v7();
     sqlx::query(
         "INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input, queued_at)
