@@ -106,7 +106,7 @@ pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Resu
 /// The one encoder of a new run's message: its input travels inline when
 /// small, so the worker need not read it back.
 fn envelope(company_id: Uuid, run: &NewRun, version: i32, attempt: i32) -> Envelope {
-    let inline = inline_size(run.input) <= INLINE_INPUT_MAX as usize;
+    let inline = crate::audit::json_len(run.input) <= INLINE_INPUT_MAX as usize;
     Envelope::RunFlowV1(RunFlowV1 {
         run_id: run.id,
         company_id,
@@ -117,23 +117,6 @@ fn envelope(company_id: Uuid, run: &NewRun, version: i32, attempt: i32) -> Envel
         input: inline.then(|| run.input.clone()),
         traceparent: None,
     })
-}
-
-/// The input's size as JSON text, counted without building the text.
-fn inline_size(input: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, input);
-    count.0
 }
 
 #[cfg(test)]
@@ -160,6 +143,6 @@ mod tests {
         );
         let Envelope::RunFlowV1(m) = envelope(company, &run(&large), 3, 1);
         assert_eq!(m.input, None);
-        assert_eq!(inline_size(&small), small.to_string().len());
+        assert_eq!(crate::audit::json_len(&small), small.to_string().len());
     }
 }

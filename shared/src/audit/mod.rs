@@ -182,7 +182,7 @@ pub fn shape(value: &Value) -> Value {
 }
 
 /// Bytes of a value's JSON text, counted without building it.
-fn json_len(value: &Value) -> usize {
+pub(crate) fn json_len(value: &Value) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
