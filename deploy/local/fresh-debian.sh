@@ -9,8 +9,10 @@
 #               cached as a tarball in /var/tmp/floq-fresh-debian/ and restored from it on
 #               later runs (--rebuild makes a new one). Like an installed Debian 12 its
 #               apt sources are bookworm, bookworm-updates and bookworm-security; it gets
-#               /etc/hostname, /etc/hosts, LANG=C.UTF-8 (/etc/default/locale) and the
-#               host's resolv.conf. No package lists, no Rust, PostgreSQL, RabbitMQ, curl,
+#               /etc/hostname, /etc/hosts, LANG=C.UTF-8 (/etc/default/locale), the
+#               host's resolv.conf and the CAs the host trusts beyond Debian's own (a
+#               TLS-intercepting egress proxy's, say) in /usr/local/share/ca-certificates,
+#               where a local administrator would put them. No package lists, no Rust, PostgreSQL, RabbitMQ, curl,
 #               python3, gcc or git: only what debootstrap installed.
 #   2. clone    a fresh `git clone --no-hardlinks` of this repository (at REF, default
 #               HEAD; uncommitted changes are NOT included), made on the host straight
@@ -401,6 +403,7 @@ ff02::1	ip6-allnodes
 ff02::2	ip6-allrouters
 EOF
   echo 'LANG=C.UTF-8' >"$R/etc/default/locale"
+  copy_host_cas
   rm -f "$R/etc/resolv.conf"
   cat /etc/resolv.conf >"$R/etc/resolv.conf"
   echo "$SUITE-$VARIANT root for floq's fresh-debian.sh, restored $STAMP" >"$R/etc/floq-fresh-debian"
@@ -415,6 +418,31 @@ EOF
     fi
     echo "  $t: absent"
   done
+}
+
+# The certificate authorities this host trusts beyond Debian's (Mozilla's) set, e.g. a
+# TLS-intercepting egress proxy's: without them no HTTPS (crates.io) works from here.
+# They go where an administrator puts local CAs, /usr/local/share/ca-certificates/;
+# the ca-certificates package (not in the root yet) picks them up when installed.
+copy_host_cas() {
+  local bundle=/etc/ssl/certs/ca-certificates.crt tmp f fp n=0
+  [[ -r $bundle && -d /usr/share/ca-certificates/mozilla ]] || return 0
+  command -v openssl >/dev/null 2>&1 || return 0
+  tmp=$(mktemp -d)
+  for f in /usr/share/ca-certificates/mozilla/*.crt; do
+    openssl x509 -in "$f" -noout -fingerprint -sha256
+  done | sort >"$tmp/known"
+  awk -v dir="$tmp" '/BEGIN CERT/ {n++; f = sprintf("%s/c%04d.pem", dir, n)} n {print > f} /END CERT/ {close(f)}' "$bundle"
+  mkdir -p "$R/usr/local/share/ca-certificates"
+  for f in "$tmp"/c*.pem; do
+    [[ -e $f ]] || continue
+    fp=$(openssl x509 -in "$f" -noout -fingerprint -sha256 2>/dev/null) || continue
+    grep -qxF "$fp" "$tmp/known" && continue
+    n=$((n + 1))
+    cp "$f" "$R/usr/local/share/ca-certificates/host-local-$n.crt"
+    echo "host-local CA copied into the root: $(openssl x509 -in "$f" -noout -subject)"
+  done
+  rm -rf "$tmp"
 }
 
 step_root() {
