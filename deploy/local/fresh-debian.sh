@@ -373,11 +373,15 @@ make_cache() {
   ls -l "$CACHE"
 }
 
+# A root kept by an earlier --keep run (not part of the timed step).
+remove_old_root() {
+  [[ -d $R ]] || return 0
+  root_mounted && die "something is mounted below $R; refusing to replace it"
+  say "removing the root of an earlier run ($R)"
+  rm -rf --one-file-system "$R"
+}
+
 restore_root() {
-  if [[ -d $R ]]; then
-    root_mounted && die "something is mounted below $R; refusing to replace it"
-    rm -rf --one-file-system "$R"
-  fi
   mkdir -p "$R"
   tar --numeric-owner --xattrs --xattrs-include='*' -C "$R" -xpf "$CACHE"
   configure_root
@@ -603,6 +607,7 @@ readme_commands() {
 say "commit $SHA ($REF) of $REPO; logs in $LOGDIR"
 remove_stale
 host_tools
+remove_old_root
 step_root
 
 start=$SECONDS
