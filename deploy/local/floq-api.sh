@@ -19,8 +19,7 @@ die() { printf 'floq-api.sh: ERROR: %s\n' "$*" >&2; exit 1; }
 [[ -x $BIN ]] || die "$BIN is not built yet; run deploy/local/up.sh first (or set CARGO_TARGET_DIR to where it built)"
 [[ -r $ENV_FILE ]] || die "$ENV_FILE is missing; run deploy/local/up.sh first"
 
-set -a
-# shellcheck source=/dev/null
-. "$ENV_FILE"
-set +a
+# shellcheck source=deploy/local/lib/env.sh
+. "$ROOT/deploy/local/lib/env.sh"
+floq_load_local_env
 exec "$BIN" "$@"

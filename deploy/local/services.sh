@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Make sure the PostgreSQL and RabbitMQ that floq needs are reachable.
 #
-#   PostgreSQL: host/port from FLOQ_DATABASE_URL (default 127.0.0.1:5432). If the
-#               URL has no password, postgres://USER@HOST:PORT/postgres must work
-#               with trust auth (USER defaults to postgres).
+#   PostgreSQL: host/port from FLOQ_DATABASE_URL (default 127.0.0.1:5432). With
+#               FLOQ_LOCAL_ROLE=1, also floq's own role 'floq_local' with a generated
+#               password (.local/postgres.env); pg_hba.conf is never edited. Otherwise
+#               a URL without a password must work as given (trust auth).
 #   RabbitMQ:   host/port from FLOQ_AMQP_URL (default 127.0.0.1:5672, guest/guest).
 #
 # Already reachable: nothing to do (fast). Otherwise: install the Debian packages if
 # their binaries are missing, start the system instances, and if those do not exist
 # or cannot be used, start private throw-away instances under $PROJECT/.local/.
+# What it started is listed in .local/started-services, so that down.sh stops
+# exactly that.
 #
 # Can be executed or sourced; a sourced copy runs itself as a child process so that
 # its shell options, traps and variables do not leak into the caller.
@@ -29,6 +32,11 @@ TIMEOUT=${FLOQ_SERVICES_TIMEOUT:-60}
 PATH=$PATH:/usr/sbin:/sbin
 
 log() { printf '[services] %s\n' "$*" >&2; }
+# One line per service started here (not ones that were already running), for down.sh.
+record_started() {
+  mkdir -p "$LOCAL_DIR"
+  printf '%s\n' "$*" >>"$LOCAL_DIR/started-services"
+}
 die() {
   printf '[services] ERROR: %s\n' "$*" >&2
   exit 1
@@ -129,7 +137,6 @@ apt_install() {
 
 # ---------------------------------------------------------------- PostgreSQL
 
-PG_INSTALLED_NOW=0
 PG_SYS_VER=""
 PG_SYS_CLUSTER=""
 PG_SYS_STATUS=""
@@ -178,11 +185,14 @@ start_system_postgres() {
   if [[ $PG_SYS_STATUS == online* ]]; then
     # e.g. just started by the package's postinst: only wait for it.
     log "system PostgreSQL cluster $PG_SYS_VER/$PG_SYS_CLUSTER is already running; waiting for it"
+    # Not reachable when we began: booting because our apt-get just installed it.
+    record_started postgres-system "$PG_SYS_VER" "$PG_SYS_CLUSTER"
     return 0
   fi
   log "starting system PostgreSQL cluster $PG_SYS_VER/$PG_SYS_CLUSTER"
   run_logged "$LOCAL_DIR/logs/postgres-start.log" \
-    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_SYS_VER" "$PG_SYS_CLUSTER" start
+    as_root pg_ctlcluster --skip-systemctl-redirect "$PG_SYS_VER" "$PG_SYS_CLUSTER" start || return 1
+  record_started postgres-system "$PG_SYS_VER" "$PG_SYS_CLUSTER"
 }
 
 # A throw-away cluster in .local/postgres: trust auth, superuser "postgres".
@@ -222,39 +232,119 @@ start_private_postgres() {
     tail -n 20 "$dir/postgres.log" >&2 2>/dev/null || true
     die "could not start the private PostgreSQL (log: $dir/postgres.log)"
   }
+  record_started postgres-private "$bindir" "$data"
 }
 
-# Connection check with the credentials the floq scripts rely on (trust auth).
+psql_ok() {
+  PGCONNECT_TIMEOUT=5 psql -X -w -q -tA -c 'select 1' -d "$1" >/dev/null 2>&1 </dev/null
+}
+
+pg_host_in_url() {
+  if [[ $PG_HOST == *:* ]]; then echo "[$PG_HOST]"; else echo "$PG_HOST"; fi
+}
+
+# Run SQL (stdin) as a PostgreSQL superuser on this machine: over TCP as
+# 'postgres' where that needs no password (trust, e.g. a private instance),
+# else through the server's Unix socket as the postgres system user (Debian's
+# default "peer" authentication). Nothing in pg_hba.conf is changed.
+pg_superuser_sql() {
+  local url
+  url="postgres://postgres@$(pg_host_in_url):$PG_PORT/postgres"
+  if psql_ok "$url"; then
+    psql -X -w -q -v ON_ERROR_STOP=1 -d "$url" >/dev/null
+    return
+  fi
+  id postgres >/dev/null 2>&1 || return 1
+  local -a sockets=()
+  [[ -d /var/run/postgresql ]] && sockets+=(/var/run/postgresql)
+  [[ -d $LOCAL_DIR/postgres/run ]] && sockets+=("$LOCAL_DIR/postgres/run")
+  local sql sock
+  sql=$(cat)
+  for sock in "${sockets[@]}"; do
+    if as_root runuser -u postgres -- psql -X -w -q -h "$sock" -p "$PG_PORT" -d postgres -tAc 'select 1' </dev/null >/dev/null 2>&1; then
+      as_root runuser -u postgres -- psql -X -w -q -v ON_ERROR_STOP=1 -h "$sock" -p "$PG_PORT" -d postgres <<<"$sql" >/dev/null
+      return
+    fi
+  done
+  return 1
+}
+
+# floq's local role: LOGIN with a generated password (kept in
+# .local/postgres.env), CREATEDB and CREATEROLE (migrations create floq's
+# NOLOGIN roles floq_app and floq_system, tests create their own databases),
+# never SUPERUSER. It signs in over TCP with that password, which Debian's
+# stock pg_hba.conf allows (scram-sha-256 on loopback).
+LOCAL_ROLE=floq_local
+ensure_local_role() {
+  local file=$LOCAL_DIR/postgres.env password="" url
+  mkdir -p "$LOCAL_DIR"
+  if [[ -r $file ]]; then
+    password=$(sed -n 's/^FLOQ_LOCAL_PG_PASSWORD=//p' "$file")
+  fi
+  if [[ ! $password =~ ^[0-9a-f]{32,}$ ]]; then
+    password=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+    (
+      umask 077
+      printf '# The local PostgreSQL role of deploy/local/, generated by services.sh. Not in git.\nFLOQ_LOCAL_PG_USER=%s\nFLOQ_LOCAL_PG_PASSWORD=%s\n' \
+        "$LOCAL_ROLE" "$password" >"$file.tmp"
+    )
+    mv "$file.tmp" "$file"
+  fi
+  url="postgres://$LOCAL_ROLE:$password@$(pg_host_in_url):$PG_PORT/postgres"
+  if psql_ok "$url"; then
+    return 0
+  fi
+  log "creating PostgreSQL role '$LOCAL_ROLE' (password in $file)"
+  pg_superuser_sql <<SQL || die "could not reach PostgreSQL on $PG_HOST:$PG_PORT as a superuser to create the role
+  '$LOCAL_ROLE' (tried TCP as 'postgres' without a password, then the Unix socket as the
+  postgres system user). Create it yourself:
+    CREATE ROLE $LOCAL_ROLE LOGIN CREATEDB CREATEROLE PASSWORD '<password from $file>';
+  or put a URL with a password into FLOQ_DATABASE_URL."
+DO \$\$
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$LOCAL_ROLE') THEN
+    ALTER ROLE $LOCAL_ROLE LOGIN CREATEDB CREATEROLE NOSUPERUSER PASSWORD '$password';
+  ELSE
+    CREATE ROLE $LOCAL_ROLE LOGIN CREATEDB CREATEROLE NOSUPERUSER PASSWORD '$password';
+  END IF;
+  -- Made by an earlier install as another user: floq's migrations SET ROLE to them.
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'floq_app') THEN
+    GRANT floq_app TO $LOCAL_ROLE;
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'floq_system') THEN
+    GRANT floq_system TO $LOCAL_ROLE;
+  END IF;
+END
+\$\$;
+SQL
+  psql_ok "$url" || die "role '$LOCAL_ROLE' exists but cannot sign in with its password over TCP at $PG_HOST:$PG_PORT
+  (does pg_hba.conf allow password (scram-sha-256 or md5) connections from loopback?)"
+}
+
+# Connection check for a URL the caller chose itself; nothing is changed.
 check_pg_auth() {
-  local user=${URL_PG_USER:-postgres} err host=$PG_HOST
+  local user=${URL_PG_USER:-postgres} err url
   # A URL with a password is not ours to verify; psql is needed to check at all.
   if ((URL_PG_HAS_PASS)) || ! command -v psql >/dev/null 2>&1; then
     return 0
   fi
-  [[ $host != *:* ]] || host="[$host]"
-  local url="postgres://$user@$host:$PG_PORT/postgres"
+  url="postgres://$user@$(pg_host_in_url):$PG_PORT/postgres"
   if err=$(PGCONNECT_TIMEOUT=5 psql -X -w -q -tA -c 'select 1' -d "$url" 2>&1 >/dev/null </dev/null); then
     return 0
   fi
-  # A cluster our own apt-get just created still has Debian's password auth on TCP:
-  # give the postgres role trust on loopback, which is what local development needs.
-  if ((PG_INSTALLED_NOW)) && [[ $user == postgres ]] && find_system_cluster; then
-    local hba=/etc/postgresql/$PG_SYS_VER/$PG_SYS_CLUSTER/pg_hba.conf
-    log "allowing trust auth for postgres on loopback in the freshly installed $hba"
-    as_root sed -i -e '1i host all postgres 127.0.0.1/32 trust' \
-      -e '1i host all postgres ::1/128 trust' "$hba"
-    run_logged "$LOCAL_DIR/logs/postgres-reload.log" \
-      as_root pg_ctlcluster --skip-systemctl-redirect "$PG_SYS_VER" "$PG_SYS_CLUSTER" reload ||
-      die "could not reload PostgreSQL"
-    sleep 0.5
-    if err=$(PGCONNECT_TIMEOUT=5 psql -X -w -q -tA -c 'select 1' -d "$url" 2>&1 >/dev/null </dev/null); then
-      return 0
-    fi
-  fi
   die "PostgreSQL on $PG_HOST:$PG_PORT is up but rejects $url: ${err//$'\n'/ }
-  floq's local scripts expect trust auth for '$user' on loopback: add
-  'host all $user 127.0.0.1/32 trust' at the top of pg_hba.conf and reload PostgreSQL,
-  or put a password into FLOQ_DATABASE_URL."
+  Leave FLOQ_DATABASE_URL unset to use floq's own local role (created with a generated
+  password), or put a password into FLOQ_DATABASE_URL."
+}
+
+# FLOQ_LOCAL_ROLE=1 (up.sh, test.sh without a URL of their own): make sure
+# floq's local role exists; otherwise check the URL we were given.
+pg_access() {
+  if [[ ${FLOQ_LOCAL_ROLE:-0} == 1 ]]; then
+    ensure_local_role
+  else
+    check_pg_auth
+  fi
 }
 
 ensure_postgres() {
@@ -265,7 +355,7 @@ ensure_postgres() {
   URL_PG_HAS_PASS=$URL_HAS_PASS
 
   if pg_ready; then
-    check_pg_auth
+    pg_access
     return 0
   fi
   is_local_host "$PG_HOST" ||
@@ -274,15 +364,16 @@ ensure_postgres() {
 
   if ! pg_server_bindir >/dev/null; then
     apt_install postgresql
-    PG_INSTALLED_NOW=1
   fi
   # The package's postinst may already have started the new cluster.
   if ! pg_ready; then
     start_system_postgres || start_private_postgres
+  elif find_system_cluster; then
+    record_started postgres-system "$PG_SYS_VER" "$PG_SYS_CLUSTER"
   fi
   wait_until pg_ready ||
     die "PostgreSQL did not become ready on $PG_HOST:$PG_PORT within ${TIMEOUT}s (logs: /var/log/postgresql/, $LOCAL_DIR/)"
-  check_pg_auth
+  pg_access
   log "PostgreSQL is ready on $PG_HOST:$PG_PORT"
 }
 
@@ -333,11 +424,13 @@ start_system_rabbitmq() {
   pid=$(as_root cat "$pidfile" 2>/dev/null || true)
   if pid_alive "$pid"; then
     log "system RabbitMQ node $nodename is already running (pid $pid); waiting for it"
+    record_started rabbitmq-system "$nodename"
   else
     # A stale PID file would make 'rabbitmqctl wait' watch a dead process.
     as_root rm -f "$pidfile"
     log "starting system RabbitMQ node $nodename"
     run_logged "$LOCAL_DIR/logs/rabbitmq-start.log" as_root rabbitmq-server -detached || return 1
+    record_started rabbitmq-system "$nodename"
   fi
   # 'await_startup' right after -detached fails (node not registered yet): wait for
   # the PID file and the node first.
@@ -400,6 +493,7 @@ start_private_rabbitmq() {
     # The /usr/sbin wrappers switch user and directory, so call the real script.
     run_logged "$dir/start.log" env "${node_env[@]}" "$bin/rabbitmq-server" -detached ||
       die "could not start the private RabbitMQ node (logs: $dir/log/)"
+    record_started rabbitmq-private "$node"
     # A node that dies while booting leaves a crash dump and never writes its PID
     # file; notice that instead of letting 'rabbitmqctl wait' sit out its timeout.
     wait_until test -e "$pidfile" -o -e "$dir/erl_crash.dump" || true
@@ -431,6 +525,9 @@ ensure_rabbitmq() {
   if ! mq_ready; then
     # Run in a subshell: the private node exports its own HOME and RABBITMQ_* variables.
     start_system_rabbitmq || (start_private_rabbitmq)
+  else
+    # Started by the package we just installed.
+    record_started rabbitmq-system "rabbit@$(hostname -s)"
   fi
   wait_until mq_ready ||
     die "RabbitMQ did not accept connections on $MQ_HOST:$MQ_PORT within ${TIMEOUT}s (logs: /var/log/rabbitmq/, $LOCAL_DIR/)"

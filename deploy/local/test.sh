@@ -10,8 +10,14 @@
 # Environment (each only defaulted when unset):
 #   CARGO_TARGET_DIR        /var/tmp/floq-target (persistent, outside the clone,
 #                           so repeated CI runs on fresh clones stay incremental)
-#   FLOQ_TEST_DATABASE_URL  postgres://postgres@127.0.0.1:5432/postgres
+#   FLOQ_TEST_DATABASE_URL  floq's local role (services.sh creates it, with a
+#                           password in .local/postgres.env) on 127.0.0.1:5432
 #   FLOQ_TEST_AMQP_URL      amqp://guest:guest@127.0.0.1:5672/%2f
+#
+# Every database and queue the tests make is named after this run
+# (FLOQ_TEST_RUN_ID=<unix time>_<4 hex>); they remove their own, and this script
+# removes what is left of this run at the end. Another run's leftovers go only
+# when they are older than 6 hours and nobody uses them.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -28,8 +34,10 @@ die() {
 . "$ROOT/deploy/local/bootstrap.sh" --dev || die "could not install the tools the tests need (see above)"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/floq-target}
-export FLOQ_TEST_DATABASE_URL=${FLOQ_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export FLOQ_TEST_AMQP_URL=${FLOQ_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
+FLOQ_TEST_RUN_ID=$(date +%s)_$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')
+export FLOQ_TEST_RUN_ID
+STALE_AFTER=$((6 * 3600))
 
 slow=0
 if [[ ${1:-} == --slow ]]; then
@@ -39,25 +47,61 @@ fi
 
 step "services (PostgreSQL, RabbitMQ)"
 # Check the servers the tests will actually use.
-FLOQ_DATABASE_URL=$FLOQ_TEST_DATABASE_URL FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
-  "$ROOT/deploy/local/services.sh"
+if [[ -n ${FLOQ_TEST_DATABASE_URL:-} ]]; then
+  FLOQ_DATABASE_URL=$FLOQ_TEST_DATABASE_URL FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
+    "$ROOT/deploy/local/services.sh"
+else
+  FLOQ_DATABASE_URL='' FLOQ_LOCAL_ROLE=1 FLOQ_AMQP_URL=$FLOQ_TEST_AMQP_URL \
+    "$ROOT/deploy/local/services.sh"
+  pg_password=$(sed -n 's/^FLOQ_LOCAL_PG_PASSWORD=//p' "$ROOT/.local/postgres.env")
+  pg_user=$(sed -n 's/^FLOQ_LOCAL_PG_USER=//p' "$ROOT/.local/postgres.env")
+  [[ -n $pg_password && -n $pg_user ]] || die "no role in $ROOT/.local/postgres.env"
+  export FLOQ_TEST_DATABASE_URL="postgres://$pg_user:$pg_password@127.0.0.1:5432/postgres"
+fi
 
-step "leftovers of interrupted test runs"
-# Each test makes its own database (floq_t_*, cloned from floq_tmpl_*, which
-# is rebuilt when missing) and queues (t<32 hex>.*) and removes them at the
-# end; a killed run leaves them behind, and idle quorum queues still cost the
-# broker CPU. Only leftovers nobody uses go: a database with a connection (a
-# concurrent run's) is never dropped, nor a queue with a consumer.
-psql "$FLOQ_TEST_DATABASE_URL" -tAc "SELECT d.datname FROM pg_database d
-   WHERE (d.datname LIKE 'floq\_t\_%' OR d.datname LIKE 'floq\_tmpl\_%')
-     AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)" 2>/dev/null |
-  while read -r db; do
-    # Without FORCE: a run that connected since the query keeps its database.
-    [[ -n $db ]] && psql "$FLOQ_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" </dev/null >/dev/null 2>&1 || true
-  done || true
-if command -v rabbitmqctl >/dev/null 2>&1; then
-  timeout 60 rabbitmqctl -q list_queues name consumers 2>/dev/null | awk '$1 ~ /^t[0-9a-f]{32}\./ && $2 == 0 {print $1}' |
-    while read -r q; do timeout 30 rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done || true
+# remove_leftovers MIN_AGE_SECONDS [RUN_ID]: drop test databases and queues of
+# run RUN_ID (any age), or of any run older than MIN_AGE_SECONDS, that nobody
+# uses: a database with a connection and a queue with a consumer stay.
+remove_leftovers() {
+  local min_age=$1 run=${2:-} now
+  now=$(date +%s)
+  psql -X -w "$FLOQ_TEST_DATABASE_URL" -tA -F ' ' -c "SELECT d.datname, d.datistemplate,
+       coalesce(substring(shobj_description(d.oid, 'pg_database') from 'created ([0-9]+)'), '0')
+     FROM pg_database d
+    WHERE (d.datname ~ '^floq_t_[0-9]+_[0-9a-f]{4}_[0-9a-f]{32}$' OR d.datname LIKE 'floq\_tmpl\_%')
+      AND pg_has_role(d.datdba, 'USAGE')
+      AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)" 2>/dev/null |
+    while read -r db is_template born; do
+      [[ -n $db ]] || continue
+      if [[ $db =~ ^floq_t_([0-9]+)_([0-9a-f]{4})_ ]]; then
+        born=${BASH_REMATCH[1]}
+        [[ ${BASH_REMATCH[1]}_${BASH_REMATCH[2]} == "$run" ]] || ((now - born > min_age)) || continue
+      else
+        # Templates are shared by all runs and rebuilt when missing: only old ones go.
+        ((now - born > min_age && min_age > 0)) || continue
+        [[ $is_template != t ]] || psql -X -w "$FLOQ_TEST_DATABASE_URL" -qc "ALTER DATABASE \"$db\" IS_TEMPLATE false" </dev/null >/dev/null 2>&1 || continue
+      fi
+      # Without FORCE: a run that connected since the query keeps its database.
+      psql -X -w "$FLOQ_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" </dev/null >/dev/null 2>&1 || true
+    done || true
+  if command -v rabbitmqctl >/dev/null 2>&1 && { ((EUID == 0)) || [[ -r /var/lib/rabbitmq/.erlang.cookie ]]; }; then
+    timeout 60 rabbitmqctl -q list_queues name consumers 2>/dev/null |
+      awk -v now="$now" -v age="$min_age" -v run="$run" '
+        $2 == 0 && match($1, /^t[0-9]+_[0-9a-f]{4}_[0-9a-f]{32}\./) {
+          split(substr($1, 2), p, "_")
+          if (p[1] "_" p[2] == run || now - p[1] > age) print $1
+        }' |
+      while read -r q; do timeout 30 rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true; done || true
+  fi
+}
+
+step "leftovers of earlier test runs (older than $((STALE_AFTER / 3600)) h, unused)"
+remove_leftovers "$STALE_AFTER"
+# Whatever happens below, this run's own databases and queues go at the end.
+trap 'remove_leftovers "$STALE_AFTER" "$FLOQ_TEST_RUN_ID"' EXIT
+
+if [[ ! -d $CARGO_TARGET_DIR/debug/deps ]]; then
+  step "note: a first build of the tests takes 20-40 minutes on two cores (target dir: $CARGO_TARGET_DIR)"
 fi
 
 step "cargo fmt --all -- --check"

@@ -34,11 +34,42 @@ pub fn database_url(name: &str) -> String {
     format!("{}/{name}", &base[..cut])
 }
 
+/// Names every database and queue prefix this test process makes, so that a
+/// test run removes its own and only its own leftovers: `FLOQ_TEST_RUN_ID`
+/// from `deploy/local/test.sh`, else one of our own. It starts with the Unix
+/// time, which lets a later run tell a stale leftover from a live one.
+pub static RUN_ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("FLOQ_TEST_RUN_ID")
+        .ok()
+        .filter(|id| valid_run_id(id))
+        .unwrap_or_else(|| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!("{secs}_{}", &Uuid::new_v4().simple().to_string()[..4])
+        })
+});
+
+/// `<unix seconds>_<4 hex>`, the shape test.sh's clean-up recognises.
+fn valid_run_id(id: &str) -> bool {
+    id.split_once('_').is_some_and(|(secs, tag)| {
+        (9..=11).contains(&secs.len())
+            && secs.bytes().all(|b| b.is_ascii_digit())
+            && tag.len() == 4
+            && tag.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
+}
+
 /// The template's name changes whenever a migration changes.
+/// The role is part of it: a template is cloned by the role that built it.
 fn template_name() -> String {
     let mut hash: u64 = 0xcbf29ce484222325;
-    for m in floq_shared::db::MIGRATOR.iter() {
-        for b in m.checksum.iter() {
+    let role = url::Url::parse(&admin_database_url())
+        .map(|u| u.username().to_string())
+        .unwrap_or_default();
+    let role = std::iter::once(role.into_bytes());
+    for bytes in role.chain(floq_shared::db::MIGRATOR.iter().map(|m| m.checksum.to_vec())) {
+        for b in bytes.iter() {
             hash = (hash ^ u64::from(*b)).wrapping_mul(0x100000001b3);
         }
     }
@@ -69,11 +100,18 @@ async fn ensure_template() -> anyhow::Result<String> {
         let pool = PgPool::connect(&database_url(&building)).await?;
         floq_shared::db::migrate(&pool).await?;
         pool.close().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {building} RENAME TO {name}"
-        )))
-        .execute(&mut admin)
-        .await?;
+        // A template any CREATEDB role may clone (test.sh's role need not own
+        // it), and a birth date for test.sh's clean-up of stale ones.
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for statement in [
+            format!("COMMENT ON DATABASE {building} IS 'floq test template, created {secs}'"),
+            format!("ALTER DATABASE {building} RENAME TO {name}"),
+            format!("ALTER DATABASE {name} IS_TEMPLATE true"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut admin).await?;
+        }
     }
     sqlx::query("SELECT pg_advisory_unlock(hashtext('floq-test-template'))")
         .execute(&mut admin)
@@ -84,7 +122,7 @@ async fn ensure_template() -> anyhow::Result<String> {
 
 async fn create_database() -> anyhow::Result<String> {
     let template = ensure_template().await?;
-    let name = format!("floq_t_{}", Uuid::new_v4().simple());
+    let name = format!("floq_t_{}_{}", *RUN_ID, Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&admin_database_url()).await?;
     let mut attempt = 0;
     loop {
@@ -157,6 +195,7 @@ pub struct TestApp {
     pub api: Option<Service>,
     pub worker: Option<Service>,
     pub scheduler: Option<Service>,
+    torn_down: bool,
 }
 
 /// The `{code, message}` of a finished run's failed step (asserting it failed).
@@ -226,7 +265,7 @@ impl TestApp {
 
     pub async fn spawn_configured(options: Options, tweak: impl FnOnce(&mut Config)) -> Self {
         let db_name = create_database().await.expect("creating the test database");
-        let prefix = format!("t{}", Uuid::new_v4().simple());
+        let prefix = format!("t{}_{}", *RUN_ID, Uuid::new_v4().simple());
         let mut config = test_config(&db_name, &prefix);
         tweak(&mut config);
         floq_shared::telemetry::init_tracing(&config);
@@ -252,6 +291,7 @@ impl TestApp {
             }),
             worker: None,
             scheduler: None,
+            torn_down: false,
         };
         if options.worker {
             app.start_worker().await;
@@ -473,24 +513,46 @@ impl TestApp {
             service.stop().await;
         }
         self.pool.close().await;
-        if let Ok(conn) = floq_shared::queue::connect(&amqp_url()).await
-            && let Ok(ch) = conn.create_channel().await
-        {
-            let t = floq_shared::queue::Topology::new(&self.config.queue_prefix);
-            for q in [&t.runs, &t.dead] {
-                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        remove_resources(&self.db_name, &self.config.queue_prefix).await;
+        self.torn_down = true;
+    }
+}
+
+/// A test that fails before `teardown` still removes its database and queues:
+/// on a thread of its own, because this may run inside the test's runtime.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        let (db_name, prefix) = (self.db_name.clone(), self.config.queue_prefix.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(remove_resources(&db_name, &prefix));
             }
-            let _ = ch
-                .exchange_delete(t.dead_exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
+        })
+        .join();
+    }
+}
+
+async fn remove_resources(db_name: &str, queue_prefix: &str) {
+    if let Ok(conn) = floq_shared::queue::connect(&amqp_url()).await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        let t = floq_shared::queue::Topology::new(queue_prefix);
+        for q in [&t.runs, &t.dead] {
+            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
         }
-        if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            )))
-            .execute(&mut admin)
+        let _ = ch
+            .exchange_delete(t.dead_exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await;
-        }
+        let _ = conn.close(0, "test done".into()).await;
+    }
+    if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
     }
 }

@@ -12,6 +12,7 @@ mod limits;
 mod nodes;
 mod poison;
 mod reach;
+mod readme;
 mod resilience;
 mod retention;
 mod runs;

@@ -327,11 +327,17 @@ async fn nodes_retry_by_policy_and_give_up_at_their_timeout() {
 /// A credential naming a database reached through a forwarder: to the egress
 /// policy it is a customer's server on another port, not the platform's.
 async fn tenant_database(app: &TestApp) -> (floq_tests::forward::Forward, String) {
-    let fwd = floq_tests::forward::forward("127.0.0.1:5432".parse().unwrap()).await;
-    let uri = format!(
-        "postgres://postgres:trust-ignores-this@127.0.0.1:{}/{}",
-        fwd.port, app.db_name
-    );
+    // The tests' own role and password (trust auth ignores the password).
+    let mut uri = url::Url::parse(&floq_tests::admin_database_url()).unwrap();
+    let server = format!("{}:{}", uri.host_str().unwrap(), uri.port().unwrap_or(5432));
+    let fwd = floq_tests::forward::forward(server.parse().unwrap()).await;
+    if uri.password().is_none() {
+        uri.set_password(Some("trust-ignores-this")).unwrap();
+    }
+    uri.set_host(Some("127.0.0.1")).unwrap();
+    uri.set_port(Some(fwd.port)).unwrap();
+    uri.set_path(&app.db_name);
+    let uri = uri.to_string();
     let id = app
         .credential(&app.admin.api_key, "postgres", json!({"uri": uri}))
         .await;
