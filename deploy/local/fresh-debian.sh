@@ -216,6 +216,7 @@ cleanup() {
   set +e
   if [[ -n $STEP_PID ]] && kill -0 "$STEP_PID" 2>/dev/null; then
     kill -TERM "$STEP_PID" 2>/dev/null
+    record "$STEP_NAME" $((SECONDS - STEP_START)) "INTERRUPTED (exit $rc)"
   fi
   if [[ -n $INIT_PID || -n $HOLDER_PID ]]; then
     say "tearing down: killing the namespace's init (every process inside dies with it)"
@@ -330,6 +331,7 @@ run_step() {
   say "$name ... (log: $log)"
   "$@" </dev/null >>"$log" 2>&1 &
   STEP_PID=$!
+  STEP_NAME=$name STEP_START=$start
   next_beat=$((SECONDS + 300))
   while kill -0 "$STEP_PID" 2>/dev/null; do
     sleep 2
