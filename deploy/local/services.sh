@@ -248,7 +248,7 @@ pg_host_in_url() {
 # 'postgres' where that needs no password (trust, e.g. a private instance),
 # else through the server's Unix socket as the postgres system user (Debian's
 # default "peer" authentication). Nothing in pg_hba.conf is changed.
-pg_superuser_sql() {
+pg_superuser_sql() (
   local url
   url="postgres://postgres@$(pg_host_in_url):$PG_PORT/postgres"
   if psql_ok "$url"; then
@@ -261,6 +261,8 @@ pg_superuser_sql() {
   [[ -d $LOCAL_DIR/postgres/run ]] && sockets+=("$LOCAL_DIR/postgres/run")
   local sql sock
   sql=$(cat)
+  # From /, which the postgres user can enter (unlike, say, a clone under /root).
+  cd /
   for sock in "${sockets[@]}"; do
     if as_root runuser -u postgres -- psql -X -w -q -h "$sock" -p "$PG_PORT" -d postgres -tAc 'select 1' </dev/null >/dev/null 2>&1; then
       as_root runuser -u postgres -- psql -X -w -q -v ON_ERROR_STOP=1 -h "$sock" -p "$PG_PORT" -d postgres <<<"$sql" >/dev/null
@@ -268,7 +270,7 @@ pg_superuser_sql() {
     fi
   done
   return 1
-}
+)
 
 # floq's local roles, each LOGIN with a generated password kept in
 # ~/.config/floq/postgres.env (see lib/env.sh), CREATEDB and CREATEROLE (migrations create floq's
