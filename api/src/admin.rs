@@ -83,10 +83,7 @@ pub async fn bootstrap(pool: &PgPool, config: &Config, company: &str, email: &st
 /// Looks a user up by e-mail across companies, as the operator duty.
 async fn existing_user_id(pool: &PgPool, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
     let mut tx = db::duty_tx(pool, db::Duty::Operator).await?;
-    let id = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1)")
-        .bind(email)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let id = crate::accounts::find_by_email(&mut tx, email).await?;
     tx.commit().await?;
     Ok(id)
 }

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod db;
 pub mod egress;
 pub mod flow;
+pub mod kv;
 pub mod login_attempts;
 pub mod mail;
 pub mod ops;

@@ -19,6 +19,7 @@ use crate::authz::{Authorized, KvRead, KvWrite};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ByName, Page, ValidJson};
 use crate::state::AppState;
+use floq_shared::kv::KvKey;
 use floq_shared::{db, secrets};
 
 pub fn router() -> Router<AppState> {
@@ -45,17 +46,12 @@ const COLUMNS: &str = "id, key, value, secret IS NOT NULL AS secret, allowed_ori
 const MAX_VALUE_BYTES: usize = 256 * 1024;
 
 fn valid_key(raw: &str) -> ApiResult<&str> {
-    let ok = (1..=128).contains(&raw.len())
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(raw)
-    } else {
-        Err(ApiError::validation(
+    match KvKey::parse(raw) {
+        Some(_) => Ok(raw),
+        None => Err(ApiError::validation(
             "the key is invalid",
-            json!([{"field": "key", "message": "keys are 1-128 letters, digits, '_', '.' or '-'"}]),
-        ))
+            json!([{"field": "key", "message": KvKey::RULE}]),
+        )),
     }
 }
 

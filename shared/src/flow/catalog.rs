@@ -56,7 +56,7 @@ fn object(properties: Value, required: &[&str]) -> Value {
 }
 
 fn kv_key() -> Value {
-    tpl(json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}))
+    tpl(json!({"type": "string", "pattern": crate::kv::KvKey::PATTERN}))
 }
 
 /// An entity id (credential, sub-flow). A credential reference: the worker decrypts it for the node when it

@@ -101,6 +101,11 @@ fn walk(def: &Value, at: &str, refs: &mut Vec<Reference>, misuse: &mut Vec<Misus
                         field: format!("{field}.$secret"),
                         message: "which secret a flow reads is fixed: no templates in `$secret`",
                     });
+                } else if crate::kv::KvKey::parse(&key).is_none() {
+                    misuse.push(Misuse {
+                        field: format!("{field}.$secret"),
+                        message: crate::kv::KvKey::RULE,
+                    });
                 } else {
                     refs.push(Reference {
                         target: Target::Secret,

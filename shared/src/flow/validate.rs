@@ -37,9 +37,6 @@ pub fn validate(raw: &Value) -> Result<FlowDefinition, Vec<FieldError>> {
     validate_at(raw, "definition", 0)
 }
 
-/// Loops nest sub-flows; this bounds how deep.
-pub const MAX_NESTING: usize = 4;
-
 fn validate_at(raw: &Value, root: &str, depth: usize) -> Result<FlowDefinition, Vec<FieldError>> {
     let def: FlowDefinition =
         serde_json::from_value(raw.clone()).map_err(|e| vec![FieldError::new(root, None, e.to_string())])?;
@@ -239,11 +236,11 @@ fn check_node(spec: &NodeSpec, node: &Node, at: &str, depth: usize, errors: &mut
             }
         }
         "loop" => {
-            if depth + 1 >= MAX_NESTING {
+            if depth + 1 > super::MAX_DEPTH as usize {
                 errors.push(FieldError::new(
                     format!("{at}.params.flow"),
                     id,
-                    format!("loops nest at most {MAX_NESTING} deep"),
+                    super::depth_exceeded_message(),
                 ));
             } else if let Err(inner) = validate_at(&params["flow"], &format!("{at}.params.flow"), depth + 1) {
                 errors.extend(inner);
@@ -319,6 +316,24 @@ mod tests {
         assert_eq!(e[1].node.as_deref(), Some("b"));
         assert_eq!(e[1].field, "definition.nodes[1].params.values");
         assert_eq!(e[2].message, "duplicate node id `b`");
+    }
+
+    /// `n` loops, each the only node of the one around it.
+    fn nested_loops(n: u32) -> Value {
+        let mut flow = json!({"nodes": [{"id": "leaf", "type": "merge"}]});
+        for _ in 0..n {
+            flow = json!({"nodes": [{"id": "l", "type": "loop", "params": {"items": "{{ [1] }}", "flow": flow}}]});
+        }
+        flow
+    }
+
+    #[test]
+    fn loops_nest_as_deep_as_a_run_may_go_and_no_deeper() {
+        validate(&nested_loops(crate::flow::MAX_DEPTH)).unwrap();
+        let e = errors(nested_loops(crate::flow::MAX_DEPTH + 1));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].message, "loops and sub-flows nest at most 5 deep");
+        assert!(e[0].field.ends_with(".params.flow"), "{}", e[0].field);
     }
 
     #[test]

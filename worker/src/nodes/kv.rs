@@ -6,19 +6,16 @@ use serde_json::{Value, json};
 
 use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult};
 use floq_shared::audit::{self, Actor, Entry};
+use floq_shared::kv::KvKey;
 use floq_shared::{db, secrets};
 
 fn key(params: &Value) -> Result<String, NodeError> {
     params
         .get("key")
         .and_then(Value::as_str)
-        .filter(|k| {
-            (1..=128).contains(&k.len())
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        })
-        .map(str::to_string)
-        .ok_or_else(|| NodeError::invalid("`key` must be 1-128 letters, digits, '_', '.' or '-'"))
+        .and_then(KvKey::parse)
+        .map(|k| k.as_str().to_string())
+        .ok_or_else(|| NodeError::invalid(format!("`key`: {}", KvKey::RULE)))
 }
 
 fn storage(_: sqlx::Error) -> NodeError {

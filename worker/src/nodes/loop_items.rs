@@ -40,7 +40,7 @@ impl Node for Loop {
             if ctx.run.depth + 1 > MAX_DEPTH {
                 return Err(NodeError::new(
                     "depth_exceeded",
-                    format!("loops and sub-flows nest at most {MAX_DEPTH} deep"),
+                    floq_shared::flow::depth_exceeded_message(),
                 ));
             }
             let concurrency = ctx

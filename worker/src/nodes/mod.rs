@@ -161,8 +161,7 @@ pub struct RunCtx {
     pub deployed_by: Option<Uuid>,
 }
 
-/// Sub-flows and loops nest at most this deep.
-pub const MAX_DEPTH: u32 = 5;
+pub use floq_shared::flow::MAX_DEPTH;
 
 #[derive(Clone)]
 pub struct NodeCtx {
