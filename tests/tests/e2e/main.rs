@@ -12,6 +12,7 @@ mod grants;
 mod identity;
 mod limits;
 mod nodes;
+mod openapi;
 mod paging;
 mod poison;
 mod reach;
