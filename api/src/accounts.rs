@@ -304,8 +304,7 @@ pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> 
 }
 
 /// A company's invitations not yet accepted, newest first.
-#[derive(serde::Serialize, sqlx::FromRow)]
-#[derive(utoipa::ToSchema)]
+#[derive(serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[schema(as = Invitation)]
 pub struct Pending {
     pub id: Uuid,

@@ -160,9 +160,13 @@ fn add_shared_errors(method: &str, op: &mut Operation) {
                 .and_then(|s| serde_json::from_value(s.clone()).ok())
                 .unwrap_or_default()
         });
-    let params = op.parameters.as_deref().unwrap_or_default();
-    let in_path = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
-    let in_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
+    let located = |place: ParameterIn| {
+        op.parameters
+            .iter()
+            .flatten()
+            .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == place))
+    };
+    let (in_path, in_query) = (located(ParameterIn::Path), located(ParameterIn::Query));
     let mut shared: Vec<(&str, &str)> = Vec::new();
     if op.request_body.is_some() {
         shared.push(("400", "The body is not valid JSON (`malformed_json`)"));
@@ -217,7 +221,7 @@ pub fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
                        Errors are `ErrorBody`; lists page with `limit` and `cursor`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    components(schemas(ErrorBody, ErrorDetail, AnyJson, RawBody)),
+    components(schemas(ErrorBody, ErrorDetail, AnyJson, RawBody))
 )]
 struct Header;
 

@@ -107,7 +107,11 @@ pub fn operations_of(doc: &Value) -> Vec<Operation> {
             });
         }
     }
-    assert!(ops.len() > 20, "the document lists too little: {} operations", ops.len());
+    assert!(
+        ops.len() > 20,
+        "the document lists too little: {} operations",
+        ops.len()
+    );
     ops
 }
 
@@ -127,7 +131,10 @@ fn guard(method: &str, template: &str, spec: &Value) -> Guard {
         schemes.push(scheme);
         let these: Vec<String> = serde_json::from_value(these.clone()).expect("scopes are strings");
         if let Some(seen) = &scopes {
-            assert_eq!(seen, &these, "{method} {template}: every scheme needs the same capability");
+            assert_eq!(
+                seen, &these,
+                "{method} {template}: every scheme needs the same capability"
+            );
         }
         scopes = Some(these);
     }

@@ -15,8 +15,8 @@ use crate::audit;
 use crate::auth::{MAX_KEY_TTL_SECS, MIN_KEY_TTL_SECS, Principal, SCOPES, issue_key};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, Page, ValidJson};
-use crate::state::AppState;
 use crate::openapi::{PageParams, page};
+use crate::state::AppState;
 use floq_shared::db;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -49,7 +49,7 @@ struct CreateKey {
     scopes: Vec<String>,
     /// Lifetime; the configured default (24 h) when absent.
     #[validate(range(min = MIN_KEY_TTL_SECS, max = MAX_KEY_TTL_SECS))]
-    #[schema(minimum = 60)]
+    #[schema(minimum = 60, maximum = 31_536_000)]
     ttl_seconds: Option<u64>,
 }
 

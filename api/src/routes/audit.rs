@@ -49,7 +49,7 @@ struct AuditEntry {
     resource: AuditResource,
     /// `success`, `failure` or `denied`.
     outcome: String,
-    details: Option<AnyJson>,
+    details: AnyJson,
 }
 
 #[derive(ToSchema)]

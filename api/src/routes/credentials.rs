@@ -17,8 +17,8 @@ use crate::audit;
 use crate::authz::{Authorized, IntegrationManage, IntegrationRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ByName, Id, Page, ValidJson};
-use crate::state::AppState;
 use crate::openapi::{AnyJson, ErrorBody, PageParams, page};
+use crate::state::AppState;
 use floq_shared::{db, secrets};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -69,7 +69,7 @@ struct CreateCredential {
 struct UpdateCredential {
     #[validate(length(min = 1, max = 200))]
     name: Option<String>,
-    #[schema(value_type = Option<AnyJson>)]
+    #[schema(value_type = AnyJson, required = false)]
     data: Option<Value>,
     allowed_origins: Option<Vec<String>>,
 }

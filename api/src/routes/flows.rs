@@ -15,8 +15,8 @@ use crate::auth::Principal;
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
-use crate::state::AppState;
 use crate::openapi::{AnyJson, ErrorBody, page};
+use crate::state::AppState;
 use floq_shared::db;
 use floq_shared::flow;
 use floq_shared::flow::reach::{self, Target};
@@ -63,7 +63,7 @@ struct CreateFlow {
 struct UpdateFlow {
     #[validate(custom(function = "flow_name"))]
     name: Option<String>,
-    #[schema(value_type = Option<AnyJson>)]
+    #[schema(value_type = AnyJson, required = false)]
     definition: Option<Value>,
     /// Absent: unchanged; `null`: out of its group; an id: into that group.
     #[serde(default, deserialize_with = "present")]

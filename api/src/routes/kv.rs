@@ -16,8 +16,8 @@ use crate::audit;
 use crate::authz::{Authorized, KvRead, KvWrite};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ByName, Page, ValidJson};
-use crate::state::AppState;
 use crate::openapi::{AnyJson, ErrorBody, PageParams, page};
+use crate::state::AppState;
 use floq_shared::{db, secrets};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -38,7 +38,7 @@ struct Entry {
     key: String,
     /// Absent for secret values.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<AnyJson>)]
+    #[schema(value_type = AnyJson, required = false)]
     value: Option<Value>,
     secret: bool,
     /// For secret values: where they may be sent; empty: anywhere the egress policy allows.

@@ -10,8 +10,8 @@ use utoipa_axum::routes;
 
 use crate::auth::Principal;
 use crate::error::ApiResult;
-use crate::state::AppState;
 use crate::openapi::AnyJson;
+use crate::state::AppState;
 use floq_shared::flow::catalog;
 
 pub fn router() -> OpenApiRouter<AppState> {

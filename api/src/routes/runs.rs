@@ -15,9 +15,9 @@ use crate::auth::Principal;
 use crate::authz::{Authorized, FlowExecute, RunRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
+use crate::openapi::{AnyJson, ErrorBody, page};
 use crate::state::AppState;
 use floq_shared::db;
-use crate::openapi::{AnyJson, ErrorBody, page};
 use floq_shared::run::{RunStatus, Trigger};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -165,9 +165,9 @@ struct Run {
     trigger: Trigger,
     #[schema(value_type = AnyJson)]
     input: Value,
-    #[schema(value_type = Option<AnyJson>)]
+    #[schema(value_type = AnyJson)]
     output: Option<Value>,
-    #[schema(value_type = Option<AnyJson>)]
+    #[schema(value_type = AnyJson)]
     error: Option<Value>,
     attempt: i32,
     queued_at: DateTime<Utc>,
@@ -182,9 +182,9 @@ const RUN_COLUMNS: &str =
 struct Step {
     node_id: String,
     status: String,
-    #[schema(value_type = Option<AnyJson>)]
+    #[schema(value_type = AnyJson)]
     output: Option<Value>,
-    #[schema(value_type = Option<AnyJson>)]
+    #[schema(value_type = AnyJson)]
     error: Option<Value>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,

@@ -47,7 +47,10 @@ pub const MATRIX: &[(&str, &[&str])] = &[
         &["flow:read", "flow:execute", "run:read", "integration:read", "kv:read"],
     ),
     ("viewer", &["flow:read", "run:read", "integration:read", "kv:read"]),
-    ("analytics_viewer", &["flow:read", "run:read", "integration:read", "kv:read"]),
+    (
+        "analytics_viewer",
+        &["flow:read", "run:read", "integration:read", "kv:read"],
+    ),
     ("audit_viewer", &["audit:read"]),
     (
         "integration_manager",
@@ -727,6 +730,10 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
     app.teardown().await;
 }
 
+fn refs(fixtures: &[(String, String)]) -> Vec<(&str, &str)> {
+    fixtures.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
 /// The matrix above covers exactly the server's roles and capabilities
 /// (their names only: what each role may do is what the sweeps check).
 #[test]
@@ -772,7 +779,7 @@ async fn every_role_without_the_capability_gets_403_on_every_guarded_endpoint() 
             .collect()
     };
     let (granted_flow, unknown) = (fill(&flow), fill(&id));
-    let refs = |f: &[(String, String)]| f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>();
+    let (granted_flow, unknown) = (refs(&granted_flow), refs(&unknown));
     let mut checked = 0;
     for (role, _) in MATRIX {
         let caller = app.member(&[role]).await;
@@ -780,9 +787,9 @@ async fn every_role_without_the_capability_gets_403_on_every_guarded_endpoint() 
         for op in &ops {
             let (expect_403, path) = match &op.guard {
                 Guard::Public => continue,
-                Guard::Authenticated => (false, op.path(&refs(&unknown))),
-                Guard::Capability(cap) if may(role, cap) => (false, op.path(&refs(&unknown))),
-                Guard::Capability(_) => (true, op.path(&refs(&granted_flow))),
+                Guard::Authenticated => (false, op.path(&unknown)),
+                Guard::Capability(cap) if may(role, cap) => (false, op.path(&unknown)),
+                Guard::Capability(_) => (true, op.path(&granted_flow)),
             };
             let (status, body) = app
                 .request(op.method.clone(), &path, &caller.api_key, Some(json!({})))

@@ -56,11 +56,22 @@ async fn the_document_is_openapi_3_1_and_every_body_has_a_named_typed_schema() {
     let doc = document(&app).await;
     app.teardown().await;
 
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1."),
+        "{}",
+        doc["openapi"]
+    );
     assert_eq!(doc["info"]["title"], "floq API");
     assert!(doc["info"]["version"].is_string());
-    // The document deserializes as OpenAPI 3.1 (utoipa's model of the specification).
-    serde_json::from_value::<utoipa::openapi::OpenApi>(doc.clone()).expect("an OpenAPI 3.1 document");
+    // Valid by the OpenAPI Initiative's JSON Schema of OpenAPI 3.1 documents
+    // (tests/data/openapi-3.1-schema.json, the 2022-10-07 release).
+    let oas: Value = serde_json::from_str(include_str!("../../data/openapi-3.1-schema.json")).unwrap();
+    let oas = jsonschema::validator_for(&oas).expect("the OpenAPI 3.1 schema compiles");
+    let errors: Vec<String> = oas
+        .iter_errors(&doc)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "not a valid OpenAPI 3.1 document: {errors:#?}");
 
     let schemes = &doc["components"]["securitySchemes"];
     assert_eq!(schemes["api_key"]["type"], "http");
@@ -75,7 +86,10 @@ async fn the_document_is_openapi_3_1_and_every_body_has_a_named_typed_schema() {
         let name = reference
             .strip_prefix("#/components/schemas/")
             .unwrap_or_else(|| panic!("{reference} points outside the document's schemas"));
-        assert!(doc["components"]["schemas"].get(name).is_some(), "{reference} is not defined");
+        assert!(
+            doc["components"]["schemas"].get(name).is_some(),
+            "{reference} is not defined"
+        );
     }
 
     let capabilities: BTreeSet<&str> = MATRIX.iter().flat_map(|(_, caps)| caps.iter().copied()).collect();
@@ -83,9 +97,17 @@ async fn the_document_is_openapi_3_1_and_every_body_has_a_named_typed_schema() {
     let ops = operations_of(&doc);
     for op in &ops {
         let at = format!("{} {}", op.method, op.template);
-        let id = op.spec["operationId"].as_str().unwrap_or_else(|| panic!("{at}: no operationId"));
-        assert!(operation_ids.insert(id.to_string()), "{at}: operationId {id} is used twice");
-        assert!(op.spec["tags"].as_array().is_some_and(|t| !t.is_empty()), "{at}: no tag");
+        let id = op.spec["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{at}: no operationId"));
+        assert!(
+            operation_ids.insert(id.to_string()),
+            "{at}: operationId {id} is used twice"
+        );
+        assert!(
+            op.spec["tags"].as_array().is_some_and(|t| !t.is_empty()),
+            "{at}: no tag"
+        );
 
         // Path parameters: exactly the template's placeholders, each required.
         let params = op.spec["parameters"].as_array().cloned().unwrap_or_default();
@@ -114,7 +136,9 @@ async fn the_document_is_openapi_3_1_and_every_body_has_a_named_typed_schema() {
             }
         }
 
-        let responses = op.spec["responses"].as_object().unwrap_or_else(|| panic!("{at}: no responses"));
+        let responses = op.spec["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{at}: no responses"));
         assert!(
             responses.keys().any(|s| s.starts_with('2')),
             "{at}: no success response: {responses:?}"
@@ -142,7 +166,10 @@ async fn the_document_is_openapi_3_1_and_every_body_has_a_named_typed_schema() {
             Guard::Authenticated => assert!(responses.contains_key("401"), "{at}: no 401"),
             Guard::Capability(cap) => {
                 assert!(capabilities.contains(cap.as_str()), "{at}: unknown capability {cap}");
-                assert!(responses.contains_key("401") && responses.contains_key("403"), "{at}: no 401/403");
+                assert!(
+                    responses.contains_key("401") && responses.contains_key("403"),
+                    "{at}: no 401/403"
+                );
             }
         }
     }
@@ -278,7 +305,9 @@ fn assert_conforms(doc: &Value, method: &str, template: &str, status: StatusCode
         assert!(body.is_null(), "{at}: documented without a body, answered {body}");
         return;
     };
-    let media = content.get("application/json").unwrap_or_else(|| panic!("{at}: not JSON"));
+    let media = content
+        .get("application/json")
+        .unwrap_or_else(|| panic!("{at}: not JSON"));
     let schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$ref": media["schema"]["$ref"],
@@ -309,7 +338,10 @@ async fn call(
 }
 
 fn id_of(answer: &Value, field: &str) -> String {
-    answer[field].as_str().unwrap_or_else(|| panic!("no {field}: {answer}")).to_string()
+    answer[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field}: {answer}"))
+        .to_string()
 }
 
 /// What the server answers is what the document says, for every operation
@@ -322,25 +354,55 @@ async fn the_answers_match_their_documented_schemas() {
     let d = &doc;
     let none: &[(&str, &str)] = &[];
     let def = json!({"nodes": [{"id": "a", "type": "merge"}]});
-    let (_, flow) = call(&app, d, (Method::POST, "/api/v1/flows"), none, Some(json!({"name": "f", "definition": def}))).await;
+    let (_, flow) = call(
+        &app,
+        d,
+        (Method::POST, "/api/v1/flows"),
+        none,
+        Some(json!({"name": "f", "definition": def})),
+    )
+    .await;
     let flow = id_of(&flow, "id");
     let f: &[(&str, &str)] = &[("flow_id", &flow)];
     let (status, _) = call(&app, d, (Method::POST, "/api/v1/flows/{flow_id}/deploy"), f, None).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, run) = call(&app, d, (Method::POST, "/api/v1/flows/{flow_id}/runs"), f, Some(json!({"input": {"x": 1}}))).await;
+    let (status, run) = call(
+        &app,
+        d,
+        (Method::POST, "/api/v1/flows/{flow_id}/runs"),
+        f,
+        Some(json!({"input": {"x": 1}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let run = id_of(&run, "run_id");
     app.wait_run(&run).await;
-    let (_, group) = call(&app, d, (Method::POST, "/api/v1/groups"), none, Some(json!({"name": "team"}))).await;
+    let (_, group) = call(
+        &app,
+        d,
+        (Method::POST, "/api/v1/groups"),
+        none,
+        Some(json!({"name": "team"})),
+    )
+    .await;
     let group = id_of(&group, "id");
-    let (_, folder) = call(&app, d, (Method::POST, "/api/v1/flow-groups"), none, Some(json!({"name": "folder"}))).await;
+    let (_, folder) = call(
+        &app,
+        d,
+        (Method::POST, "/api/v1/flow-groups"),
+        none,
+        Some(json!({"name": "folder"})),
+    )
+    .await;
     let folder = id_of(&folder, "id");
     let (status, user) = call(
         &app,
         d,
         (Method::POST, "/api/v1/users"),
         none,
-        Some(json!({"email": "ada@acme.test", "name": "Ada", "password": "correct horse battery", "roles": ["viewer"]})),
+        Some(
+            json!({"email": "ada@acme.test", "name": "Ada", "password": "correct horse battery", "roles": ["viewer"]}),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
@@ -354,7 +416,14 @@ async fn the_answers_match_their_documented_schemas() {
     )
     .await;
     let grant = id_of(&grant, "id");
-    let (_, key) = call(&app, d, (Method::POST, "/api/v1/api-keys"), none, Some(json!({"name": "k", "scopes": ["api"]}))).await;
+    let (_, key) = call(
+        &app,
+        d,
+        (Method::POST, "/api/v1/api-keys"),
+        none,
+        Some(json!({"name": "k", "scopes": ["api"]})),
+    )
+    .await;
     let key = id_of(&key, "id");
     let (_, credential) = call(
         &app,
@@ -366,11 +435,39 @@ async fn the_answers_match_their_documented_schemas() {
     .await;
     let credential = id_of(&credential, "id");
     let kv: &[(&str, &str)] = &[("key", "greeting")];
-    call(&app, d, (Method::PUT, "/api/v1/kv/{key}"), kv, Some(json!({"value": {"hello": [1, 2]}}))).await;
-    call(&app, d, (Method::PUT, "/api/v1/kv/{key}"), &[("key", "token")], Some(json!({"value": "secret:abc"}))).await;
-    let (status, _) = call(&app, d, (Method::POST, "/api/v1/flows/{flow_id}/schedules"), f, Some(json!({"cron": "*/5 * * * *"}))).await;
+    call(
+        &app,
+        d,
+        (Method::PUT, "/api/v1/kv/{key}"),
+        kv,
+        Some(json!({"value": {"hello": [1, 2]}})),
+    )
+    .await;
+    call(
+        &app,
+        d,
+        (Method::PUT, "/api/v1/kv/{key}"),
+        &[("key", "token")],
+        Some(json!({"value": "secret:abc"})),
+    )
+    .await;
+    let (status, _) = call(
+        &app,
+        d,
+        (Method::POST, "/api/v1/flows/{flow_id}/schedules"),
+        f,
+        Some(json!({"cron": "*/5 * * * *"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, hook) = call(&app, d, (Method::PUT, "/api/v1/flows/{flow_id}/webhook"), f, Some(json!({}))).await;
+    let (status, hook) = call(
+        &app,
+        d,
+        (Method::PUT, "/api/v1/flows/{flow_id}/webhook"),
+        f,
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
     let token = id_of(&hook, "token");
     let resp = app
@@ -383,13 +480,40 @@ async fn the_answers_match_their_documented_schemas() {
     let status = resp.status();
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_conforms(d, "post", "/hooks/{token}", status, &resp.json().await.unwrap());
-    let (status, _) = call(&app, d, (Method::PUT, "/api/v1/flows/{flow_id}/webhook"), f, Some(json!({"signed": true}))).await;
+    let (status, _) = call(
+        &app,
+        d,
+        (Method::PUT, "/api/v1/flows/{flow_id}/webhook"),
+        f,
+        Some(json!({"signed": true})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    call(&app, d, (Method::POST, "/api/v1/flows/{flow_id}/webhook/rotate"), f, None).await;
-    let (status, _) = call(&app, d, (Method::POST, "/api/v1/groups/{group_id}/members/{user_id}"), &[("group_id", &group), ("user_id", &user)], None).await;
+    call(
+        &app,
+        d,
+        (Method::POST, "/api/v1/flows/{flow_id}/webhook/rotate"),
+        f,
+        None,
+    )
+    .await;
+    let (status, _) = call(
+        &app,
+        d,
+        (Method::POST, "/api/v1/groups/{group_id}/members/{user_id}"),
+        &[("group_id", &group), ("user_id", &user)],
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = call(&app, d, (Method::PUT, "/api/v1/settings/retention"), none,
-        Some(json!({"audit_max_age_days": 400, "audit_max_entries": 20000, "runs_max_age_days": 30}))).await;
+    let (status, _) = call(
+        &app,
+        d,
+        (Method::PUT, "/api/v1/settings/retention"),
+        none,
+        Some(json!({"audit_max_age_days": 400, "audit_max_entries": 20000, "runs_max_age_days": 30})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 
     let fixtures: &[(&str, &str)] = &[
@@ -417,14 +541,30 @@ async fn the_answers_match_their_documented_schemas() {
 
     // Errors, each an ErrorBody.
     let unknown = uuid::Uuid::now_v7().to_string();
-    let (status, _) = call(&app, d, (Method::GET, "/api/v1/flows/{flow_id}"), &[("flow_id", &unknown)], None).await;
+    let (status, _) = call(
+        &app,
+        d,
+        (Method::GET, "/api/v1/flows/{flow_id}"),
+        &[("flow_id", &unknown)],
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = call(&app, d, (Method::POST, "/api/v1/flows"), none, Some(json!({}))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let (status, _) = call(&app, d, (Method::POST, "/api/v1/groups"), none, Some(json!({"name": "team"}))).await;
+    let (status, _) = call(
+        &app,
+        d,
+        (Method::POST, "/api/v1/groups"),
+        none,
+        Some(json!({"name": "team"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT);
     let viewer = app.member(&["viewer"]).await;
-    let (status, body) = app.request(Method::POST, "/api/v1/flows", &viewer.api_key, Some(json!({}))).await;
+    let (status, body) = app
+        .request(Method::POST, "/api/v1/flows", &viewer.api_key, Some(json!({})))
+        .await;
     assert_conforms(d, "post", "/api/v1/flows", status, &body);
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, body) = app.request(Method::GET, "/api/v1/flows", "not-a-key", None).await;

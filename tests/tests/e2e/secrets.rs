@@ -167,7 +167,9 @@ async fn no_endpoint_ever_returns_secret_material() {
         let names = op.placeholders();
         if op.method != Method::GET
             || op.guard == Guard::Public
-            || ["group_id", "flow_group_id", "grant_id"].iter().any(|f| names.iter().any(|n| n == f))
+            || ["group_id", "flow_group_id", "grant_id"]
+                .iter()
+                .any(|f| names.iter().any(|n| n == f))
         {
             continue;
         }
