@@ -96,7 +96,8 @@ async fn fetch(tx: &mut db::Tx, key: &str) -> Result<Option<Entry>, sqlx::Error>
 #[utoipa::path(get, operation_id = "kv_show", path = "/api/v1/kv/{key}", tag = "kv",
     params(("key" = String, Path, description = "1-128 letters, digits, `_`, `.` or `-`")),
     security(("api_key" = ["kv:read"]), ("session" = ["kv:read"])),
-    responses((status = 200, description = "The value", body = Entry)))]
+    responses((status = 200, description = "The value", body = Entry),
+        (status = 422, description = "Not a valid key", body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
     auth: Authorized<KvRead>,
@@ -209,7 +210,8 @@ async fn put(
 #[utoipa::path(delete, operation_id = "kv_remove", path = "/api/v1/kv/{key}", tag = "kv",
     params(("key" = String, Path, description = "1-128 letters, digits, `_`, `.` or `-`")),
     security(("api_key" = ["kv:write"]), ("session" = ["kv:write"])),
-    responses((status = 204, description = "Deleted")))]
+    responses((status = 204, description = "Deleted"),
+        (status = 422, description = "Not a valid key", body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
     auth: Authorized<KvWrite>,

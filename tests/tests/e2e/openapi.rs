@@ -572,3 +572,44 @@ async fn the_answers_match_their_documented_schemas() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     app.teardown().await;
 }
+
+/// The document drives a fuzzer: schemathesis (PyPI; `deploy/local/test.sh
+/// --slow` installs it and sets `FLOQ_SCHEMATHESIS`) sends generated requests
+/// to every operation as the admin, and no answer is a server error or one the
+/// document does not describe (status, content type, schema).
+#[tokio::test]
+#[ignore = "slow: fuzzes the API with schemathesis (deploy/local/test.sh --slow)"]
+async fn a_fuzzer_driven_by_the_document_finds_no_server_error_and_no_undocumented_answer() {
+    let schemathesis = std::env::var("FLOQ_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    // With mail, so invitations and password resets answer as they do in production.
+    let sink = floq_tests::smtp_sink::SmtpSink::start().await;
+    let app = TestApp::spawn_configured(no_services(), |c| {
+        c.smtp_url = Some(floq_shared::config::Secret::new(format!(
+            "smtp://127.0.0.1:{}",
+            sink.port
+        )));
+        c.mail_from = "floq <no-reply@floq.test>".into();
+    })
+    .await;
+    let report = std::env::temp_dir().join(format!("floq-schemathesis-{}", app.db_name));
+    let mut command = tokio::process::Command::new(&schemathesis);
+    command
+        .arg("run")
+        .arg(format!("{}/api/v1/openapi.json", app.base))
+        .args(["--header", &format!("Authorization: Bearer {}", app.admin.api_key)])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", "25", "--workers", "1", "--seed", "1", "--no-color"])
+        .args(["--report-dir", report.to_str().unwrap()])
+        .kill_on_drop(true);
+    let out = command.output().await.unwrap_or_else(|e| {
+        panic!("cannot run {schemathesis} (set FLOQ_SCHEMATHESIS, or run deploy/local/test.sh --slow): {e}")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "schemathesis found problems:\n{stdout}\n{stderr}");
+    app.teardown().await;
+}
