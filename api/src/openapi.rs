@@ -26,7 +26,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{IntoParams, Modify, ToSchema};
 
 /// `Authorization: Bearer <API key>` (or `X-API-Key: <API key>`).
@@ -88,6 +88,7 @@ macro_rules! page {
         #[allow(dead_code)]
         struct $name {
             items: Vec<$item>,
+            #[schema(required = true)]
             next_cursor: Option<String>,
         }
     };
@@ -150,6 +151,12 @@ impl Modify for Finish {
 }
 
 fn add_shared_errors(method: &str, op: &mut Operation) {
+    // A body taken as it came (any media type) may also be empty.
+    if let Some(RefOr::T(body)) = op.request_body.as_mut()
+        && body.content.contains_key("*/*")
+    {
+        body.required = Some(Required::False);
+    }
     let scopes: Option<Vec<String>> = op
         .security
         .as_ref()

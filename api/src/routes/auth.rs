@@ -100,8 +100,10 @@ struct ResetRequested {
 #[serde(deny_unknown_fields)]
 struct Login {
     #[validate(email)]
+    #[schema(format = Email)]
     email: String,
     #[validate(length(min = 1, max = 1024))]
+    #[schema(min_length = 1, max_length = 1024)]
     password: String,
 }
 
@@ -316,6 +318,7 @@ fn mail_not_configured() -> ApiError {
 #[serde(deny_unknown_fields)]
 struct ResetRequest {
     #[validate(email)]
+    #[schema(format = Email)]
     email: String,
 }
 
@@ -387,8 +390,10 @@ fn owners(companies: Vec<Uuid>) -> Vec<Uuid> {
 #[serde(deny_unknown_fields)]
 struct Accept {
     #[validate(length(min = 1, max = 256))]
+    #[schema(min_length = 1, max_length = 256)]
     token: String,
     #[validate(length(min = 12, max = 1024, message = "passwords are 12 to 1024 characters"))]
+    #[schema(min_length = 12, max_length = 1024)]
     password: String,
 }
 

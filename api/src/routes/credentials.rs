@@ -68,6 +68,7 @@ struct CreateCredential {
 #[serde(deny_unknown_fields)]
 struct UpdateCredential {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
     #[schema(value_type = AnyJson, required = false)]
     data: Option<Value>,

@@ -110,11 +110,14 @@ async fn show(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     #[validate(email)]
+    #[schema(format = Email)]
     email: String,
     #[validate(length(max = 200))]
+    #[schema(max_length = 200)]
     #[serde(default)]
     name: String,
     #[validate(length(min = 12, max = 1024, message = "passwords are 12 to 1024 characters"))]
+    #[schema(min_length = 12, max_length = 1024)]
     password: Option<String>,
     /// `none` when absent.
     #[validate(custom(function = "valid_roles"))]

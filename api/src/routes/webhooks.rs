@@ -177,6 +177,7 @@ struct Configure {
     #[serde(default)]
     signed: bool,
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     signature_header: Option<String>,
     #[validate(range(min = 1, max = 86_400))]
     tolerance_seconds: Option<i32>,
