@@ -23,6 +23,7 @@ use uuid::Uuid;
 use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::replies::{Replies, Waiter};
+use floq_shared::retry::{self, Policy};
 use floq_shared::run::Trigger;
 use floq_shared::telemetry::METRICS;
 use floq_shared::{batch, db, runs};
@@ -368,14 +369,14 @@ async fn clean_loop(pool: PgPool, mut rx: mpsc::Receiver<Vec<(Uuid, i64)>>) {
         for (company, id) in batches.drain(..).flatten() {
             by_company.entry(company).or_default().push(id);
         }
-        for attempt in 0..3 {
-            match delete_published(&pool, &by_company).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "deleting published outbox rows failed");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-            }
+        let mut backoff = retry::backoff(Policy::Brief);
+        while let Err(e) = delete_published(&pool, &by_company).await {
+            let Some(delay) = backoff.next() else {
+                tracing::warn!(error = %e, "deleting published outbox rows failed; the sweep will republish them");
+                break;
+            };
+            tracing::warn!(error = %e, "deleting published outbox rows failed; retrying");
+            tokio::time::sleep(delay).await;
         }
         // Let confirmations pile up a little so each delete covers many rows.
         tokio::time::sleep(Duration::from_millis(20)).await;

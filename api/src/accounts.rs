@@ -57,7 +57,6 @@ pub fn link(public_url: &str, token: &str) -> String {
     format!("{public_url}/accept?token={token}")
 }
 
-/// An identity looked up by e-mail across companies (as `floq_system`).
 /// A new platform identity. `owner`: the company that created it (and alone
 /// may set its password until its mailbox is proven); None when the mailbox
 /// owner created it by accepting a link.
@@ -135,9 +134,9 @@ pub async fn request_reset(
     email: &str,
     ttl: Duration,
 ) -> Result<Option<String>, sqlx::Error> {
-    let mut tx = db::system_tx(pool).await?;
-    // Serialise concurrent requests for one identity.
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+    let mut tx = db::lookup_tx(pool, db::Duty::SignIn, db::Lookup::Id(user_id)).await?;
+    // Serialise concurrent requests for one identity (the sign-in duty may not lock its row).
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
         .bind(user_id)
         .execute(&mut *tx)
         .await?;
@@ -171,11 +170,12 @@ pub async fn request_reset(
 /// Whether a token is live (known, unused, unexpired): checked before the
 /// costly password hash, so random tokens cost the server one lookup each.
 pub async fn is_live(pool: &sqlx::PgPool, token: &str) -> Result<bool, sqlx::Error> {
-    let mut tx = db::system_tx(pool).await?;
+    let hash = token_hash(token);
+    let mut tx = db::lookup_tx(pool, db::Duty::Accounts, db::Lookup::Hash(&hash)).await?;
     let live = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM account_tokens WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now())",
     )
-    .bind(token_hash(token))
+    .bind(&hash)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -208,14 +208,15 @@ type TokenRow = (
 /// Spends a token and applies it, all in one transaction: None when the token
 /// is unknown, used or expired (one answer for all three).
 pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> Result<Option<Accepted>, sqlx::Error> {
-    let mut tx = db::system_tx(pool).await?;
+    let hash = token_hash(token);
+    let mut tx = db::lookup_tx(pool, db::Duty::Accounts, db::Lookup::Hash(&hash)).await?;
     // Spending the token first makes it single-use even under concurrent accepts.
     let row: Option<TokenRow> = sqlx::query_as(
         "UPDATE account_tokens SET used_at = now()
           WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
           RETURNING purpose, email, user_id, company_id, roles, invited_by",
     )
-    .bind(token_hash(token))
+    .bind(&hash)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((purpose, email, user_id, company_id, roles, invited_by)) = row else {
@@ -224,6 +225,8 @@ pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> 
     // The CHECK constraint lists the purposes; a row outside it is a failed read, not a panic.
     let purpose = Purpose::parse(&purpose)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown account token purpose `{purpose}`").into()))?;
+    // From here the transaction sees the identity the token names, and only it.
+    db::set_lookup(&mut tx, db::Lookup::Email(&email)).await?;
     let user_id = match user_id {
         Some(id) => id,
         None => match find_by_email(&mut tx, &email).await? {
@@ -239,6 +242,7 @@ pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> 
             }
         },
     };
+    db::set_lookup(&mut tx, db::Lookup::Id(user_id)).await?;
     // The mailbox is proven: the owner's password replaces any a company set,
     // and no company owns the identity any more.
     sqlx::query("UPDATE users SET password_hash = $2, email_verified_at = now() WHERE id = $1")
@@ -265,12 +269,11 @@ pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> 
         .fetch_all(&mut *tx)
         .await?;
 
-    // API keys and memberships are tenant rows: write them as floq_app, one
-    // company at a time, rather than widening floq_system's reach.
-    sqlx::query("SET LOCAL ROLE floq_app").execute(&mut *tx).await?;
+    // API keys and memberships are tenant rows: written as floq_app, one
+    // company at a time, rather than widening the accounts duty's reach.
     let mut keys_revoked = 0;
     for company in &companies {
-        db::set_tenant(&mut tx, *company).await?;
+        db::become_tenant(&mut tx, *company).await?;
         keys_revoked += sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
             .bind(user_id)
             .execute(&mut *tx)
@@ -278,7 +281,7 @@ pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> 
             .rows_affected();
     }
     if let (Purpose::Invitation, Some(company)) = (purpose, company_id) {
-        db::set_tenant(&mut tx, company).await?;
+        db::become_tenant(&mut tx, company).await?;
         let added = sqlx::query(
             "INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )

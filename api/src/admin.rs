@@ -80,10 +80,9 @@ pub async fn bootstrap(pool: &PgPool, config: &Config, company: &str, email: &st
     })
 }
 
-/// Looks a user up by e-mail across companies, as `floq_system` (whose policy
-/// allows exactly this read).
+/// Looks a user up by e-mail across companies, as the operator duty.
 async fn existing_user_id(pool: &PgPool, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::Operator).await?;
     let id = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1)")
         .bind(email)
         .fetch_optional(&mut *tx)
@@ -247,7 +246,7 @@ pub async fn set_password(pool: &PgPool, email: &str, new_password: String) -> a
         .await?
         .ok_or_else(|| anyhow::anyhow!("no identity has the e-mail address {email}"))?;
     let hash = password::hash(new_password).await?;
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::Operator).await?;
     sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
         .bind(user_id)
         .bind(hash)
@@ -287,9 +286,9 @@ pub async fn set_password(pool: &PgPool, email: &str, new_password: String) -> a
     })
 }
 
-/// The companies an identity belongs to, with their names, as `floq_system`.
+/// The companies an identity belongs to, with their names, as the operator duty.
 async fn companies_of(pool: &PgPool, user_id: Uuid) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::Operator).await?;
     let rows = sqlx::query_as(
         "SELECT c.id, c.name FROM memberships m JOIN companies c ON c.id = m.company_id
           WHERE m.user_id = $1 ORDER BY c.id",

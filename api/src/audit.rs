@@ -1,87 +1,10 @@
-//! The API's side of auditing: what each request knows about its caller, and
-//! entries built from it. Handlers append change entries inside their own
-//! transaction with [`record`]; the request envelope records one entry per
+//! The API's side of auditing. Handlers append change entries inside their
+//! own transaction with [`record`]; the request envelope records one entry per
 //! request, and one per denied permission check, through the batched writer.
+//! Entries name their caller through [`crate::request`].
 
-use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
-
-use floq_shared::audit::{self, Actor, ActorType, Entry, Via};
+use floq_shared::audit::{self, Entry};
 use floq_shared::db;
-use uuid::Uuid;
-
-use crate::auth::{Credential, Principal};
-
-/// Set by the request envelope on every request.
-#[derive(Debug)]
-pub struct RequestMeta {
-    pub request_id: String,
-    pub client_ip: IpAddr,
-    caller: OnceLock<Caller>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Caller {
-    user_id: Uuid,
-    company_id: Uuid,
-    credential: Credential,
-}
-
-impl RequestMeta {
-    pub fn new(request_id: String, client_ip: IpAddr) -> Arc<Self> {
-        Arc::new(Self {
-            request_id,
-            client_ip,
-            caller: OnceLock::new(),
-        })
-    }
-
-    /// Called once authentication succeeds, so the request's own entry names the caller.
-    pub fn authenticated(&self, principal: &Principal) {
-        let _ = self.caller.set(Caller {
-            user_id: principal.user_id,
-            company_id: principal.company_id,
-            credential: principal.credential,
-        });
-    }
-
-    /// The company the request's entries belong to: the caller's, or the platform's.
-    pub fn company_id(&self) -> Uuid {
-        self.caller.get().map_or(audit::PLATFORM, |c| c.company_id)
-    }
-
-    pub fn actor(&self) -> Actor {
-        match self.caller.get() {
-            Some(c) => user_actor(c.user_id, c.credential, self),
-            None => Actor::anonymous(Some(self.client_ip.to_string()), Some(self.request_id.clone())),
-        }
-    }
-}
-
-fn user_actor(user_id: Uuid, credential: Credential, meta: &RequestMeta) -> Actor {
-    Actor {
-        kind: ActorType::User,
-        id: Some(user_id),
-        label: None,
-        via: Some(match credential {
-            Credential::ApiKey(id) => (Via::ApiKey, id),
-            Credential::Session(id) => (Via::Session, id),
-        }),
-        client_ip: Some(meta.client_ip.to_string()),
-        request_id: Some(meta.request_id.clone()),
-    }
-}
-
-impl Principal {
-    pub fn actor(&self) -> Actor {
-        user_actor(self.user_id, self.credential, &self.request)
-    }
-
-    /// An entry by this caller, in their company, about one resource.
-    pub fn audit(&self, action: &str, resource_type: &str, resource_id: impl ToString) -> Entry {
-        Entry::new(self.company_id, self.actor(), action).resource(resource_type, resource_id)
-    }
-}
 
 /// Appends change entries inside the transaction that makes the change, so
 /// neither commits without the other.

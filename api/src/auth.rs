@@ -14,8 +14,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::audit::RequestMeta;
 use crate::error::ApiError;
+use crate::request::RequestMeta;
+pub use crate::request::{Credential, Principal};
 use crate::session;
 use crate::state::AppState;
 use floq_shared::audit::Entry;
@@ -104,29 +105,6 @@ pub async fn issue_key(
 }
 
 const X_API_KEY: &str = "x-api-key";
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Credential {
-    ApiKey(Uuid),
-    Session(Uuid),
-}
-
-/// Who is calling, in which company, with which roles there.
-#[derive(Clone, Debug)]
-pub struct Principal {
-    pub user_id: Uuid,
-    pub company_id: Uuid,
-    pub credential: Credential,
-    pub roles: Vec<String>,
-    /// The request this caller made: its id and client address, for audit entries.
-    pub request: Arc<RequestMeta>,
-}
-
-impl Principal {
-    pub fn is_admin(&self) -> bool {
-        self.roles.iter().any(|r| r == "admin")
-    }
-}
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;

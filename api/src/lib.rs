@@ -19,6 +19,7 @@ pub mod password;
 pub mod rate;
 pub mod redirects;
 pub mod replay;
+pub mod request;
 pub mod rotate;
 mod routes;
 pub mod session;

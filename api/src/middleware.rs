@@ -15,8 +15,8 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::audit::RequestMeta;
 use crate::error::{Denial, ErrorBody};
+use crate::request::RequestMeta;
 use crate::state::AppState;
 use crate::throttle;
 use floq_shared::audit::{Entry, Outcome};

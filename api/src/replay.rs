@@ -41,7 +41,7 @@ impl Signature {
 }
 
 /// Claims a signature for a webhook; `false` if it was claimed before.
-/// Runs as `floq_system` in the lookup transaction: its policy admits a claim
+/// Runs in the webhook lookup's transaction: its policy admits a claim
 /// only for an existing webhook under that webhook's own company.
 pub async fn claim(tx: &mut db::Tx, flow_id: Uuid, company_id: Uuid, sig: &Signature) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(

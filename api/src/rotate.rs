@@ -53,7 +53,7 @@ pub async fn rotate(pool: &PgPool, keyring: &Keyring, batch: i64) -> anyhow::Res
     for table in [CREDENTIALS, KV] {
         let mut skipped: Vec<String> = Vec::new();
         loop {
-            let mut tx = db::system_tx(pool).await?;
+            let mut tx = db::duty_tx(pool, db::Duty::KeyRotation).await?;
             let rows: Vec<(String, Uuid, Vec<u8>)> = sqlx::query_as(table.select)
                 .bind(keyring.primary_id())
                 .bind(&skipped)

@@ -56,7 +56,8 @@ pub async fn create(
     rand::rng().fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
     let id = Uuid::now_v7();
-    let mut tx = db::system_tx(pool).await?;
+    // As the sign-in duty, which may open a session only for the identity it looked up.
+    let mut tx = db::lookup_tx(pool, db::Duty::SignIn, db::Lookup::Id(user_id)).await?;
     sqlx::query("INSERT INTO sessions (id, token_hash, user_id, company_id, expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(id)
         .bind(token_hash(&token))
@@ -85,13 +86,14 @@ pub enum Lookup {
 
 /// The session behind a token, if it is live and its user still belongs to its company.
 pub async fn lookup(pool: &PgPool, token: &str) -> Result<Lookup, sqlx::Error> {
-    let mut tx = db::system_tx(pool).await?;
+    let hash = token_hash(token);
+    let mut tx = db::lookup_tx(pool, db::Duty::SessionLookup, db::Lookup::Hash(&hash)).await?;
     let row: Option<SessionRow> = sqlx::query_as(
         "SELECT s.id, s.user_id, s.company_id, m.roles, s.expires_at > now() FROM sessions s
            LEFT JOIN memberships m ON m.company_id = s.company_id AND m.user_id = s.user_id
           WHERE s.token_hash = $1 AND s.revoked_at IS NULL",
     )
-    .bind(token_hash(token))
+    .bind(&hash)
     .fetch_optional(&mut *tx)
     .await?;
     let found = match row {
@@ -127,7 +129,7 @@ pub async fn lookup(pool: &PgPool, token: &str) -> Result<Lookup, sqlx::Error> {
 }
 
 pub async fn revoke(pool: &PgPool, session_id: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::lookup_tx(pool, db::Duty::SessionLookup, db::Lookup::Id(session_id)).await?;
     sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1")
         .bind(session_id)
         .execute(&mut *tx)
@@ -142,7 +144,7 @@ pub async fn switch_company(
     user_id: Uuid,
     company_id: Uuid,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::lookup_tx(pool, db::Duty::SessionLookup, db::Lookup::Id(session_id)).await?;
     let moved = sqlx::query(
         "UPDATE sessions SET company_id = $3
           WHERE id = $1 AND EXISTS (SELECT 1 FROM memberships WHERE user_id = $2 AND company_id = $3)",

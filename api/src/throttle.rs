@@ -61,7 +61,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
 /// The latest `locked_until` in the future among the buckets, if any.
 pub async fn locked_until(pool: &PgPool, keys: &[(String, f64)]) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::SignIn).await?;
     let until: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT max(locked_until) FROM login_attempts WHERE key = ANY($1) AND locked_until > now()")
             .bind(&names)
@@ -76,7 +76,7 @@ pub async fn locked_until(pool: &PgPool, keys: &[(String, f64)]) -> Result<Optio
 pub async fn record_failure(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), sqlx::Error> {
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
     let free: Vec<f64> = keys.iter().map(|(_, f)| *f).collect();
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::SignIn).await?;
     sqlx::query(
         "INSERT INTO login_attempts AS a (key, failures, locked_until, updated_at)
          SELECT k, 1, NULL, now() FROM unnest($1::text[]) AS k
@@ -106,7 +106,7 @@ pub async fn record_failure(pool: &PgPool, keys: &[(String, f64)]) -> Result<(),
 /// A success forgets the client's failures, for this account and overall.
 pub async fn clear(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), sqlx::Error> {
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::SignIn).await?;
     sqlx::query("DELETE FROM login_attempts WHERE key = ANY($1)")
         .bind(&names)
         .execute(&mut *tx)

@@ -223,14 +223,13 @@ pub async fn rekey(
     }
 }
 
-/// The next rows to work on, across companies: through the token lookup's
-/// cross-tenant SELECT (the only cross-tenant access `floq_system` has to
-/// webhooks), without locking; the writer locks and re-checks them.
+/// The next rows to work on, across companies: as the key-rotation duty (whose only
+/// cross-tenant access to webhooks is this SELECT), without locking; the writer locks and re-checks them.
 async fn find(
     pool: &PgPool,
     query: QueryAs<'_, Postgres, (Uuid, Uuid), PgArguments>,
 ) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::KeyRotation).await?;
     let rows = query.fetch_all(&mut *tx).await?;
     tx.commit().await?;
     Ok(rows)

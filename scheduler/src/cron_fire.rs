@@ -47,7 +47,7 @@ struct Schedule {
 
 /// Fires every due schedule; returns how many runs it started.
 pub async fn fire_due(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::CronDue).await?;
     let due: Vec<Due> = sqlx::query_as(
         "SELECT id, company_id FROM schedules WHERE enabled AND next_fire_at <= now() ORDER BY next_fire_at LIMIT 500",
     )
@@ -200,7 +200,7 @@ async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result
 
 /// Deletes up to `limit` fire records older than [`FIRE_RECORD_KEEP`], oldest
 /// first (one range of `schedule_fires_age_idx`); returns how many went.
-/// Runs as `floq_system`, in the caller's transaction.
+/// Runs as the retention duty, in the caller's transaction.
 pub async fn delete_old_fires(tx: &mut db::Tx, limit: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM schedule_fires WHERE (schedule_id, tick) IN (

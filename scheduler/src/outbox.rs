@@ -1,7 +1,7 @@
 //! The outbox sweep: publishes runs whose outbox rows are still there a few
 //! seconds after acceptance (the API died between commit and publish, or
-//! the broker refused), then deletes them. Runs as `floq_system`, whose only
-//! reach into tenant data is the outbox policy.
+//! the broker refused), then deletes them. Runs as the outbox-sweep duty
+//! (`floq_outbox`), whose only reach into tenant data is the outbox.
 
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ fn entries(envelopes: &[Envelope]) -> Vec<Entry> {
 pub async fn sweep(pool: &PgPool, publisher: &Publisher, after: Duration) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        let mut tx = db::system_tx(pool).await?;
+        let mut tx = db::duty_tx(pool, db::Duty::OutboxSweep).await?;
         let rows: Vec<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(
             "SELECT id, payload FROM outbox
               WHERE created_at < now() - make_interval(secs => $1)
@@ -54,7 +54,7 @@ pub async fn sweep(pool: &PgPool, publisher: &Publisher, after: Duration) -> any
         }
         let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
         let envelopes: Vec<Envelope> = rows.into_iter().map(|(_, e)| e.0).collect();
-        publisher.publish(&envelopes).await?;
+        publisher.republish(&envelopes).await?;
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)
@@ -66,7 +66,7 @@ pub async fn sweep(pool: &PgPool, publisher: &Publisher, after: Duration) -> any
             break;
         }
     }
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::OutboxSweep).await?;
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(&mut *tx)
         .await?;

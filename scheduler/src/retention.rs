@@ -50,7 +50,7 @@ pub struct Trimmed {
     pub schedule_fires: u64,
 }
 
-/// Deletes, in batches of [`BATCH`] (each its own `floq_system` transaction),
+/// Deletes, in batches of [`BATCH`] (each its own transaction as the retention duty),
 /// whatever one batch function finds, until a batch comes back short.
 /// The SQL stays with the module that owns the table.
 async fn in_batches<F>(pool: &PgPool, batch: F) -> anyhow::Result<u64>
@@ -59,7 +59,7 @@ where
 {
     let mut deleted = 0;
     loop {
-        let mut tx = db::system_tx(pool).await?;
+        let mut tx = db::duty_tx(pool, db::Duty::Retention).await?;
         let done = batch(&mut tx, BATCH).await?;
         tx.commit().await?;
         deleted += done;
@@ -84,7 +84,7 @@ pub async fn trim_dead_rows(pool: &PgPool) -> anyhow::Result<Trimmed> {
 }
 
 pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::Retention).await?;
     let companies: Vec<Settings> = sqlx::query_as(
         "SELECT c.id, s.audit_max_age_days, s.audit_max_entries, s.runs_max_age_days
            FROM companies c LEFT JOIN company_settings s ON s.company_id = c.id",
@@ -93,7 +93,7 @@ pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
     .await?;
     tx.commit().await?;
     // Idempotency keys are only honoured for 24 hours; past that they are dead weight.
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::Retention).await?;
     sqlx::query("DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'")
         .execute(&mut *tx)
         .await?;
@@ -113,7 +113,8 @@ pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
         let audit_deleted = trim_audit(pool, company_id, audit_cutoff, keep).await?;
         let runs_deleted = trim_runs(pool, company_id, run_cutoff).await?;
         if audit_deleted + runs_deleted > 0 {
-            let mut tx = db::system_tx(pool).await?;
+            // The company's own entry, appended as the company.
+            let mut tx = db::tenant_tx(pool, company_id).await?;
             let entry = Entry::new(company_id, Actor::system("scheduler"), "job.retention").details(json!({
                 "audit_entries_deleted": audit_deleted,
                 "runs_deleted": runs_deleted,
@@ -133,11 +134,11 @@ pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
 
 /// Forgets webhook signature claims past their window (`api/src/replay.rs`):
 /// a signature that can no longer verify cannot be replayed. Bounded batches;
-/// `floq_system` may delete only expired claims.
+/// the retention duty may delete only expired claims.
 pub async fn trim_webhook_signatures(pool: &PgPool) -> anyhow::Result<u64> {
     let mut deleted = 0;
     loop {
-        let mut tx = db::system_tx(pool).await?;
+        let mut tx = db::duty_tx(pool, db::Duty::Retention).await?;
         let done = sqlx::query(
             "DELETE FROM webhook_signatures WHERE ctid = ANY(ARRAY(
                 SELECT ctid FROM webhook_signatures WHERE expires_at < now() LIMIT $1))",
@@ -158,7 +159,7 @@ pub async fn trim_webhook_signatures(pool: &PgPool) -> anyhow::Result<u64> {
 async fn trim_audit(pool: &PgPool, company_id: Uuid, cutoff: DateTime<Utc>, keep: i64) -> anyhow::Result<u64> {
     let mut deleted = 0;
     loop {
-        let mut tx = db::system_tx(pool).await?;
+        let mut tx = db::duty_tx(pool, db::Duty::Retention).await?;
         let ids: Vec<i64> = sqlx::query_scalar(
             "WITH head AS (SELECT seq FROM audit_chain_heads WHERE company_id = $1),
                   doomed AS (
@@ -207,7 +208,8 @@ async fn trim_runs(pool: &PgPool, company_id: Uuid, cutoff: DateTime<Utc>) -> an
     let mut deleted = 0;
     let floor = v7_floor(cutoff);
     loop {
-        let mut tx = db::system_tx(pool).await?;
+        // Runs are tenant rows: trimmed as the tenant, under its policies.
+        let mut tx = db::tenant_tx(pool, company_id).await?;
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "DELETE FROM runs WHERE id IN (
                 SELECT id FROM runs

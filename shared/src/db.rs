@@ -58,10 +58,132 @@ pub async fn set_tenant(tx: &mut Tx, company_id: Uuid) -> Result<(), sqlx::Error
     Ok(())
 }
 
-/// Opens a transaction as `floq_system`, which sees only what its explicit
-/// cross-tenant policies allow (the scheduler's duties).
-pub async fn system_tx(pool: &PgPool) -> Result<Tx, sqlx::Error> {
-    pool.begin_with("BEGIN; SET LOCAL ROLE floq_system").await
+/// A cross-tenant duty. Each is its own PostgreSQL role (migration 0022)
+/// whose policies admit exactly that duty's rows, so a bug in one path can
+/// reach only what that duty needs. None can read runs, steps, credentials
+/// or KV except [`Duty::KeyRotation`] (credentials and KV, to re-encrypt them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duty {
+    /// The scheduler's outbox sweep: any company's pending run messages.
+    OutboxSweep,
+    /// Batched audit appends for many companies (append only).
+    AuditAppend,
+    /// Sealing the audit hash chains.
+    AuditSeal,
+    /// Audit retention and trimming rows that are dead on their own clock.
+    Retention,
+    /// Finding due schedules (firing one is tenant work).
+    CronDue,
+    /// A webhook by its token (anonymous): keyed by [`Lookup::Hash`].
+    WebhookLookup,
+    /// A session by its cookie (anonymous) or by its id: keyed.
+    SessionLookup,
+    /// An identity by e-mail or id for sign-in and enrolment: keyed.
+    SignIn,
+    /// Spending a mailed link (anonymous): keyed by the token, then the identity.
+    Accounts,
+    /// Re-encrypting every company's secrets (operator CLI).
+    KeyRotation,
+    /// Identity repair from the operator CLI.
+    Operator,
+}
+
+impl Duty {
+    pub const ALL: [Duty; 11] = [
+        Duty::OutboxSweep,
+        Duty::AuditAppend,
+        Duty::AuditSeal,
+        Duty::Retention,
+        Duty::CronDue,
+        Duty::WebhookLookup,
+        Duty::SessionLookup,
+        Duty::SignIn,
+        Duty::Accounts,
+        Duty::KeyRotation,
+        Duty::Operator,
+    ];
+
+    pub fn role(self) -> &'static str {
+        match self {
+            Duty::OutboxSweep => "floq_outbox",
+            Duty::AuditAppend => "floq_audit_writer",
+            Duty::AuditSeal => "floq_sealer",
+            Duty::Retention => "floq_retention",
+            Duty::CronDue => "floq_cron",
+            Duty::WebhookLookup => "floq_webhook_lookup",
+            Duty::SessionLookup => "floq_session_lookup",
+            Duty::SignIn => "floq_signin",
+            Duty::Accounts => "floq_accounts",
+            Duty::KeyRotation => "floq_key_rotation",
+            Duty::Operator => "floq_operator",
+        }
+    }
+}
+
+/// What a keyed duty's transaction looks up; its role sees only matching rows.
+#[derive(Clone, Copy, Debug)]
+pub enum Lookup<'a> {
+    /// A token's SHA-256.
+    Hash(&'a [u8]),
+    Id(Uuid),
+    Email(&'a str),
+}
+
+/// Opens a transaction as the duty's role (see [`Duty`]).
+pub async fn duty_tx(pool: &PgPool, duty: Duty) -> Result<Tx, sqlx::Error> {
+    pool.begin_with(AssertSqlSafe(format!("BEGIN; SET LOCAL ROLE {}", duty.role())))
+        .await
+}
+
+/// Opens a keyed duty's transaction looking up `key`.
+pub async fn lookup_tx(pool: &PgPool, duty: Duty, key: Lookup<'_>) -> Result<Tx, sqlx::Error> {
+    match key {
+        // Hex digits and a hyphenated uuid are safe to inline, which keeps
+        // BEGIN, the role and the key in one round trip on the anonymous paths.
+        Lookup::Hash(hash) => {
+            pool.begin_with(AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL ROLE {}; SELECT set_config('floq.lookup', '{}', true)",
+                duty.role(),
+                hex::encode(hash)
+            )))
+            .await
+        }
+        Lookup::Id(id) => {
+            pool.begin_with(AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL ROLE {}; SELECT set_config('floq.lookup', '{id}', true)",
+                duty.role()
+            )))
+            .await
+        }
+        Lookup::Email(_) => {
+            let mut tx = duty_tx(pool, duty).await?;
+            set_lookup(&mut tx, key).await?;
+            Ok(tx)
+        }
+    }
+}
+
+/// Changes what a keyed duty's transaction looks up (a link's identity once
+/// its token is spent, say).
+pub async fn set_lookup(tx: &mut Tx, key: Lookup<'_>) -> Result<(), sqlx::Error> {
+    let value = match key {
+        Lookup::Hash(hash) => hex::encode(hash),
+        Lookup::Id(id) => id.to_string(),
+        // Policies compare lower(email) with lower(floq_lookup()).
+        Lookup::Email(email) => email.trim().to_string(),
+    };
+    sqlx::query("SELECT set_config('floq.lookup', $1, true)")
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Switches a duty's transaction to tenant work as `floq_app` for one company
+/// (accepting an invitation writes the membership and revokes API keys so).
+pub async fn become_tenant(tx: &mut Tx, company_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL ROLE floq_app").execute(&mut **tx).await?;
+    set_tenant(tx, company_id).await
 }
 
 /// The request field a unique constraint (or unique index) protects, for a

@@ -16,6 +16,7 @@ pub mod ops;
 pub mod pgtext;
 pub mod queue;
 pub mod replies;
+pub mod retry;
 pub mod run;
 pub mod runs;
 pub mod script;

@@ -11,7 +11,7 @@ pub const DECAY_SECS: f64 = 60.0;
 /// lock, oldest first (one range of `login_attempts_age_idx`). Such a bucket
 /// is indistinguishable from none: the next failure would count as the first
 /// either way, so trimming never changes a throttling decision. Runs as
-/// `floq_system`, in the caller's transaction.
+/// the retention duty, in the caller's transaction.
 pub async fn delete_forgiven(tx: &mut db::Tx, limit: i64) -> Result<u64, sqlx::Error> {
     // A bucket holds at least one failure, so nothing younger than one decay can be forgiven.
     let done = sqlx::query(

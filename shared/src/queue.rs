@@ -142,6 +142,11 @@ pub enum PublishError {
 ///
 /// With [`Publisher::with_replies`] the channel also consumes direct reply-to,
 /// so runs published with a reply request answer the waiting caller.
+/// The AMQP `type` of a message published again ([`Publisher::republish`]).
+/// With the broker's own `redelivered` flag it marks every way a run's
+/// message can arrive twice, and only those pay for a status check.
+pub const REPUBLISHED: &str = "floq.republished";
+
 pub struct Publisher {
     url: String,
     queue: String,
@@ -177,9 +182,21 @@ impl Publisher {
         self.publish_asking(&batch).await
     }
 
+    /// Publishes messages that may have been published before (the outbox
+    /// sweep): they are marked [`REPUBLISHED`], so a worker first checks
+    /// whether the run already finished instead of running its nodes again.
+    pub async fn republish(&self, batch: &[Envelope]) -> Result<(), PublishError> {
+        let batch: Vec<(&Envelope, bool)> = batch.iter().map(|e| (e, false)).collect();
+        self.send(&batch, true).await
+    }
+
     /// As [`Publisher::publish`]; messages paired with `true` ask their worker
     /// to reply (direct reply-to), which needs [`Publisher::with_replies`].
     pub async fn publish_asking(&self, batch: &[(&Envelope, bool)]) -> Result<(), PublishError> {
+        self.send(batch, false).await
+    }
+
+    async fn send(&self, batch: &[(&Envelope, bool)], again: bool) -> Result<(), PublishError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -190,14 +207,19 @@ impl Publisher {
                 lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
             )));
         };
-        let result = self.publish_on(channel, batch).await;
+        let result = self.publish_on(channel, batch, again).await;
         if matches!(result, Err(PublishError::Broker(_))) {
             *guard = None;
         }
         result
     }
 
-    async fn publish_on(&self, channel: &Channel, batch: &[(&Envelope, bool)]) -> Result<(), PublishError> {
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        batch: &[(&Envelope, bool)],
+        again: bool,
+    ) -> Result<(), PublishError> {
         let mut confirms = Vec::with_capacity(batch.len());
         for (envelope, ask) in batch {
             let mut properties = BasicProperties::default()
@@ -205,6 +227,9 @@ impl Publisher {
                 .with_content_type("application/json".into());
             if *ask && self.replies.is_some() {
                 properties = properties.with_reply_to(DIRECT_REPLY_TO.into());
+            }
+            if again {
+                properties = properties.with_type(REPUBLISHED.into());
             }
             let confirm = channel
                 .basic_publish(

@@ -47,15 +47,31 @@ pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Resu
     let triggers: Vec<&str> = runs.iter().map(|r| r.trigger.as_str()).collect();
     let inputs: Vec<&Value> = runs.iter().map(|r| r.input).collect();
     let grantees: Vec<Option<Uuid>> = runs.iter().map(|r| r.grantee).collect();
-    let created: Vec<(Uuid, i32, i32)> = sqlx::query_as(
-        "INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input)
-         SELECT r.id, f.company_id, f.id, f.latest_version, 'queued', r.trigger, r.input
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[])
-                AS r(id, flow_id, trigger, input, grantee)
-           JOIN flows f ON f.id = r.flow_id AND f.company_id = $6
-                       AND f.latest_version IS NOT NULL AND f.deleted_at IS NULL
-          WHERE r.grantee IS NULL OR floq_access(r.grantee, 'flow', f.id, f.group_id) >= $7
-         RETURNING id, version, attempt",
+    // Each message is encoded here; only the version the insert picks (the
+    // flow's latest) and the attempt are merged in by the database, so runs
+    // and outbox rows are written in one statement, one round trip.
+    let mut envelopes: Vec<Envelope> = runs.iter().map(|r| envelope(company_id, r, 0, 1)).collect();
+    let messages: Vec<Value> = envelopes
+        .iter()
+        .map(|e| serde_json::to_value(e).expect("envelopes always serialize"))
+        .collect();
+    let created: Vec<(Uuid, i32, i32, i64)> = sqlx::query_as(
+        "WITH r AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[], $8::jsonb[])
+                 AS r(id, flow_id, trigger, input, grantee, message)),
+         created AS (
+             INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input)
+             SELECT r.id, f.company_id, f.id, f.latest_version, 'queued', r.trigger, r.input
+               FROM r JOIN flows f ON f.id = r.flow_id AND f.company_id = $6
+                                  AND f.latest_version IS NOT NULL AND f.deleted_at IS NULL
+              WHERE r.grantee IS NULL OR floq_access(r.grantee, 'flow', f.id, f.group_id) >= $7
+             RETURNING id, version, attempt),
+         sent AS (
+             INSERT INTO outbox (company_id, run_id, payload)
+             SELECT $6, c.id, r.message || jsonb_build_object('version', c.version, 'attempt', c.attempt)
+               FROM created c JOIN r ON r.id = c.id
+             RETURNING run_id, id)
+         SELECT c.id, c.version, c.attempt, s.id FROM created c JOIN sent s ON s.run_id = c.id",
     )
     .bind(&ids)
     .bind(&flows)
@@ -64,41 +80,21 @@ pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Resu
     .bind(&grantees)
     .bind(company_id)
     .bind(EXECUTE)
+    .bind(&messages)
     .fetch_all(&mut **tx)
     .await?;
-    if created.is_empty() {
-        return Ok(Vec::new());
-    }
-    let by_id: std::collections::HashMap<Uuid, &NewRun> = runs.iter().map(|r| (r.id, r)).collect();
-    let envelopes: Vec<(i32, Envelope)> = created
-        .iter()
-        .map(|(id, version, attempt)| {
-            let run = by_id[id];
-            (*version, envelope(company_id, run, *version, *attempt))
-        })
-        .collect();
-    let run_ids: Vec<Uuid> = envelopes.iter().map(|(_, e)| e.run_id()).collect();
-    let payloads: Vec<Value> = envelopes
-        .iter()
-        .map(|(_, e)| serde_json::to_value(e).expect("envelopes always serialize"))
-        .collect();
-    let outbox: Vec<(Uuid, i64)> = sqlx::query_as(
-        "INSERT INTO outbox (company_id, run_id, payload)
-         SELECT $1, r.run_id, r.payload FROM unnest($2::uuid[], $3::jsonb[]) AS r(run_id, payload)
-         RETURNING run_id, id",
-    )
-    .bind(company_id)
-    .bind(&run_ids)
-    .bind(&payloads)
-    .fetch_all(&mut **tx)
-    .await?;
-    let outbox: std::collections::HashMap<Uuid, i64> = outbox.into_iter().collect();
-    Ok(envelopes
+    let mut by_id: std::collections::HashMap<Uuid, Envelope> = ids.iter().copied().zip(envelopes.drain(..)).collect();
+    Ok(created
         .into_iter()
-        .map(|(version, envelope)| Enqueued {
-            outbox_id: outbox[&envelope.run_id()],
-            version,
-            envelope,
+        .map(|(id, version, attempt, outbox_id)| {
+            let mut envelope = by_id.remove(&id).expect("the database returns only runs it was given");
+            let Envelope::RunFlowV1(m) = &mut envelope;
+            (m.version, m.attempt) = (version, attempt);
+            Enqueued {
+                outbox_id,
+                version,
+                envelope,
+            }
         })
         .collect())
 }
@@ -144,5 +140,27 @@ mod tests {
         let Envelope::RunFlowV1(m) = envelope(company, &run(&large), 3, 1);
         assert_eq!(m.input, None);
         assert_eq!(crate::audit::json_len(&small), small.to_string().len());
+    }
+
+    #[test]
+    fn the_database_merges_version_and_attempt_into_top_level_fields() {
+        // `enqueue` lets PostgreSQL fill these two with `message || {...}`;
+        // that is only right while they are top-level keys of the message.
+        let input = json!({});
+        let run = NewRun {
+            id: Uuid::now_v7(),
+            flow_id: Uuid::now_v7(),
+            trigger: Trigger::Api,
+            input: &input,
+            grantee: None,
+        };
+        let company = Uuid::now_v7();
+        let mut message = serde_json::to_value(envelope(company, &run, 0, 1)).unwrap();
+        let merged = message.as_object_mut().unwrap();
+        assert!(merged.contains_key("version") && merged.contains_key("attempt"));
+        merged.insert("version".into(), json!(7));
+        merged.insert("attempt".into(), json!(2));
+        let decoded: Envelope = serde_json::from_value(message).unwrap();
+        assert_eq!(decoded, envelope(company, &run, 7, 2));
     }
 }

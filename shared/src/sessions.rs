@@ -14,7 +14,7 @@ pub const KEEP_AFTER_EXPIRY: Duration = Duration::days(1);
 
 /// Deletes up to `limit` sessions past [`KEEP_AFTER_EXPIRY`], oldest first
 /// (one range of `sessions_expiry_idx`); returns how many went. Runs as
-/// `floq_system`, in the caller's transaction.
+/// the retention duty, in the caller's transaction.
 pub async fn delete_expired(tx: &mut db::Tx, limit: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM sessions WHERE id = ANY(ARRAY(

@@ -190,7 +190,7 @@ pub struct TestApp {
     pub db_name: String,
     /// A pool on the test database as the tests' role, which has `BYPASSRLS`
     /// (test.sh's `floq_test`) or is a superuser: it sees every tenant's rows.
-    /// The services under test still work as `floq_app`/`floq_system`.
+    /// The services under test still work as `floq_app` and the duty roles.
     pub pool: PgPool,
     pub admin: Bootstrapped,
     pub client: reqwest::Client,

@@ -135,7 +135,15 @@ async fn handle(worker: &Worker, replies: &Channel, delivery: Delivery) {
 
 async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: Delivery) {
     let reply_to = delivery.properties.reply_to().as_ref().map(|to| to.to_string());
-    if delivery.redelivered {
+    // The two ways a message can arrive twice: the broker redelivers it, or
+    // the outbox sweep publishes it again. Only those may find the run done.
+    let again = delivery.redelivered
+        || delivery
+            .properties
+            .kind()
+            .as_ref()
+            .is_some_and(|kind| kind.as_str() == queue::REPUBLISHED);
+    if again {
         match already_finished(&worker.pool, &msg).await {
             Ok(true) => {
                 if let Some(to) = &reply_to {

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value, json};
 
 use crate::flow_cache::{CompiledFlow, CompiledNode};
-use crate::nodes::{self, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, RunCtx};
+use crate::nodes::{self, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, RunCtx, output_size, too_large};
 use crate::sandbox::Job;
 use crate::vault;
 use floq_shared::audit::{self, Actor, Entry};
@@ -74,7 +75,7 @@ pub struct RunInput<'a> {
 }
 
 /// The error message of a failed outcome, for the node that ran it (loops, sub-flows).
-pub fn error_message(outcome: &Outcome) -> String {
+fn error_message(outcome: &Outcome) -> String {
     outcome
         .error
         .as_ref()
@@ -82,6 +83,27 @@ pub fn error_message(outcome: &Outcome) -> String {
         .and_then(Value::as_str)
         .unwrap_or("unknown error")
         .to_string()
+}
+
+/// The executor as nodes see it ([`nodes::Runner`]): loops and sub-flows run their bodies here.
+pub struct Executor;
+
+impl nodes::Runner for Executor {
+    fn run<'a>(
+        &'a self,
+        flow: &'a CompiledFlow,
+        run: RunCtx,
+        input: &'a Value,
+        env: Arc<NodeEnv>,
+    ) -> BoxFuture<'a, nodes::Nested> {
+        Box::pin(async move {
+            let outcome = execute(flow, RunInput { run, input }, env).await;
+            match outcome.status {
+                RunStatus::Succeeded => Ok(outcome.output.unwrap_or(Value::Null)),
+                _ => Err(error_message(&outcome)),
+            }
+        })
+    }
 }
 
 pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) -> Outcome {
@@ -491,40 +513,6 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
         params_shape,
         audit: opened.audit,
     }
-}
-
-/// The JSON size of a node's output, or `output_too_large` once it passes `limit` (counted without building the
-/// text, and abandoned at the limit).
-pub fn output_size(value: &Value, limit: usize) -> Result<usize, NodeError> {
-    struct Counter {
-        bytes: usize,
-        limit: usize,
-    }
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.bytes += buf.len();
-            if self.bytes > self.limit {
-                return Err(std::io::Error::other("over the limit"));
-            }
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter { bytes: 0, limit };
-    match serde_json::to_writer(&mut counter, value) {
-        Ok(()) => Ok(counter.bytes),
-        Err(_) => Err(too_large("its output", limit, "FLOQ_STEP_OUTPUT_MAX_BYTES")),
-    }
-}
-
-/// `output_too_large`, naming what grew and the setting that bounds it (the run error names the node).
-pub fn too_large(what: &str, limit: usize, setting: &str) -> NodeError {
-    NodeError::new(
-        "output_too_large",
-        format!("{what} exceeded the {limit}-byte limit ({setting})"),
-    )
 }
 
 fn run_error(node_id: &str, e: &NodeError) -> Value {

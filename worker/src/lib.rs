@@ -74,6 +74,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         code_max_timeout: config.code_max_timeout,
         step_output_max_bytes: config.step_output_max_bytes,
         run_output_max_bytes: config.run_output_max_bytes,
+        runner: Arc::new(executor::Executor),
     });
     let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone());
     let worker = Arc::new(consumer::Worker {

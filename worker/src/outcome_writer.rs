@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::Acker;
@@ -24,6 +23,7 @@ use uuid::Uuid;
 use crate::executor::{Outcome, RunStatus};
 use crate::reply::{self, PendingReply};
 use floq_shared::audit::{self, Entry};
+use floq_shared::retry::{self, Policy};
 use floq_shared::telemetry::METRICS;
 use floq_shared::{batch, db, pgtext};
 
@@ -132,8 +132,8 @@ async fn store(pool: &PgPool, batch: &mut [Write]) -> (Vec<bool>, HashSet<Uuid>)
     let mut stored = vec![false; batch.len()];
     let mut finished = HashSet::new();
     let mut pending: Vec<usize> = (0..batch.len()).collect();
-    let mut outages = 0u32;
-    while !pending.is_empty() && outages < 5 {
+    let mut backoff = retry::backoff(Policy::BeforeRedelivery);
+    while !pending.is_empty() {
         let mut refused = Vec::new();
         let mut retry = Vec::new();
         let mut outage = None;
@@ -166,9 +166,12 @@ async fn store(pool: &PgPool, batch: &mut [Write]) -> (Vec<bool>, HashSet<Uuid>)
             }
         }
         if let Some(e) = outage {
-            tracing::warn!(error = %e, attempt = outages, writes = retry.len(), "recording run outcomes failed");
-            tokio::time::sleep(Duration::from_millis(100 << outages)).await;
-            outages += 1;
+            let Some(delay) = backoff.next() else {
+                tracing::warn!(error = %e, writes = retry.len(), "recording run outcomes failed; their messages go back to the queue");
+                break;
+            };
+            tracing::warn!(error = %e, writes = retry.len(), "recording run outcomes failed; retrying");
+            tokio::time::sleep(delay).await;
         }
         retry.sort_unstable();
         pending = retry;

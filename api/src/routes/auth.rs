@@ -15,11 +15,11 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
 
-use crate::audit::RequestMeta;
 use crate::auth::{Credential, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ValidJson;
 use crate::openapi::ErrorBody;
+use crate::request::RequestMeta;
 use crate::state::AppState;
 use crate::{accounts, password, session, throttle};
 use floq_shared::audit::{self, Entry, Outcome};
@@ -195,7 +195,7 @@ async fn login(
 }
 
 async fn find_user(state: &AppState, email: &str) -> Result<Option<(Uuid, Option<String>)>, sqlx::Error> {
-    let mut tx = db::system_tx(&state.pool).await?;
+    let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Email(email)).await?;
     let row = sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
         .bind(email)
         .fetch_optional(&mut *tx)
@@ -206,7 +206,7 @@ async fn find_user(state: &AppState, email: &str) -> Result<Option<(Uuid, Option
 
 /// The user's companies, oldest membership first: a fresh session starts in the first.
 async fn companies_of(state: &AppState, user_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
-    let mut tx = db::system_tx(&state.pool).await?;
+    let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Id(user_id)).await?;
     let companies = sqlx::query_scalar("SELECT company_id FROM memberships WHERE user_id = $1 ORDER BY created_at")
         .bind(user_id)
         .fetch_all(&mut *tx)
@@ -245,7 +245,7 @@ async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResul
     security(("api_key" = []), ("session" = [])),
     responses((status = 200, description = "The caller", body = Me)))]
 async fn me(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Value>> {
-    let mut tx = db::system_tx(&state.pool).await?;
+    let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Id(principal.user_id)).await?;
     let (email, name): (String, String) = sqlx::query_as("SELECT email, name FROM users WHERE id = $1")
         .bind(principal.user_id)
         .fetch_one(&mut *tx)

@@ -169,7 +169,7 @@ async fn create(
     let email = body.email.trim().to_string();
     let roles = normalized(body.roles);
     let existing = {
-        let mut tx = db::system_tx(&state.pool).await?;
+        let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Email(&email)).await?;
         let id = accounts::find_by_email(&mut tx, &email).await?;
         tx.commit().await?;
         id

@@ -472,13 +472,14 @@ async fn receive(
 ) -> ApiResult<Response> {
     // The lookup's transaction also claims a signed call's signature, so a
     // replay costs the database one statement more, and only for signed webhooks.
-    let mut tx = db::system_tx(&state.pool).await?;
+    let hash = token_hash(&token);
+    let mut tx = db::lookup_tx(&state.pool, db::Duty::WebhookLookup, db::Lookup::Hash(&hash)).await?;
     let found: Option<Resolved> = sqlx::query_as(
         "SELECT flow_id, company_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait,
                 redirect_origins, signing_secret
            FROM flow_webhooks WHERE token_hash = $1",
     )
-    .bind(token_hash(&token))
+    .bind(&hash)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(hook) = found else {

@@ -24,7 +24,7 @@ pub const GENESIS: [u8; 32] = [0; 32];
 /// Seals up to about `limit` entries; returns how many it sealed (0 when
 /// another sealer holds the lock).
 pub async fn seal_pending(pool: &PgPool, sink: Option<&AuditSink>, limit: i64) -> anyhow::Result<usize> {
-    let mut tx = db::system_tx(pool).await?;
+    let mut tx = db::duty_tx(pool, db::Duty::AuditSeal).await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('floq.audit.seal'))")
         .fetch_one(&mut *tx)
         .await?;

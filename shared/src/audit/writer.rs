@@ -1,10 +1,9 @@
-use std::time::Duration;
-
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Entry, append};
+use crate::retry::{self, Policy};
 use crate::telemetry::METRICS;
 use crate::{batch, db};
 
@@ -52,7 +51,7 @@ async fn write_loop(pool: PgPool, mut rx: mpsc::Receiver<Entry>, name: &'static 
 
 /// Writes a batch, retrying outages with backoff; returns how many entries were stored.
 async fn write(pool: &PgPool, batch: &[Entry]) -> usize {
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = retry::backoff(Policy::Persistent);
     let mut written = 0;
     // Index ranges of `batch` still to write.
     #[allow(clippy::single_range_in_vec_init, reason = "a list of ranges, one so far")]
@@ -79,8 +78,7 @@ async fn write(pool: &PgPool, batch: &[Entry]) -> usize {
             }
         }
         if !retry.is_empty() {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(backoff.next().expect("the persistent policy never gives up")).await;
         }
         pending = retry;
     }
@@ -88,8 +86,8 @@ async fn write(pool: &PgPool, batch: &[Entry]) -> usize {
 }
 
 async fn commit(pool: &PgPool, batch: &[Entry]) -> Result<(), sqlx::Error> {
-    // Entries of many companies (and of none) share one commit; floq_system may append for any.
-    let mut tx = db::system_tx(pool).await?;
+    // Entries of many companies (and of none) share one commit, appended by the writer's own role.
+    let mut tx = db::duty_tx(pool, db::Duty::AuditAppend).await?;
     append(&mut tx, batch).await?;
     tx.commit().await
 }

@@ -465,7 +465,9 @@ async fn the_sealer_renders_entries_byte_for_byte_as_the_database_does() {
         Entry::new(company, Actor::system("scheduler"), "cron.fire"),
         Entry::new(company, Actor::anonymous(None, None), "auth.login").at(chrono::Utc::now()),
     ];
-    let mut tx = floq_shared::db::system_tx(&app.pool).await.unwrap();
+    let mut tx = floq_shared::db::duty_tx(&app.pool, floq_shared::db::Duty::AuditAppend)
+        .await
+        .unwrap();
     floq_shared::audit::append(&mut tx, &entries).await.unwrap();
     tx.commit().await.unwrap();
 

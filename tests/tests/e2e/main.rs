@@ -6,6 +6,7 @@ mod admin_cli;
 mod audit;
 mod audit_filters;
 mod db_errors;
+mod duties;
 mod egress;
 mod flows;
 mod grants;

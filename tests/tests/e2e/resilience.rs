@@ -1,3 +1,5 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
@@ -11,6 +13,22 @@ use floq_tests::{Options, TestApp};
 
 fn quick_flow() -> Value {
     json!({"nodes": [{"id": "a", "type": "set", "params": {"values": {"n": "{{ $input.n }}"}}}]})
+}
+
+/// A server counting the calls flows make to `{base}/hit`: what a side
+/// effect done twice would show, where the run's record might not.
+async fn counter() -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = hits.clone();
+    let base = crate::runs::serve(axum::Router::new().route(
+        "/hit",
+        axum::routing::post(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { "counted" }
+        }),
+    ))
+    .await;
+    (base, hits)
 }
 
 /// Writes exactly what the API commits when it accepts a run, then "dies"
@@ -90,11 +108,13 @@ async fn a_worker_stopped_mid_stream_and_restarted_loses_no_run_and_runs_none_tw
         |c| c.worker_prefetch = 10,
     )
     .await;
+    let (base, hits) = counter().await;
     let flow = app
         .deployed_flow(json!({
             "nodes": [{"id": "wait", "type": "delay", "params": {"ms": 30}},
+                      {"id": "call", "type": "http_request", "params": {"method": "POST", "url": format!("{base}/hit")}},
                       {"id": "done", "type": "set", "params": {"values": {"n": "{{ $input.n }}"}}}],
-            "edges": [{"from": "wait", "to": "done"}]
+            "edges": [{"from": "wait", "to": "call"}, {"from": "call", "to": "done"}]
         }))
         .await;
     let mut runs = Vec::new();
@@ -121,17 +141,26 @@ async fn a_worker_stopped_mid_stream_and_restarted_loses_no_run_and_runs_none_tw
         let run = app.wait_run(id).await;
         assert_eq!(run["status"], "succeeded");
         assert_eq!(run["output"], json!({"n": n}));
-        assert_eq!(run["steps"].as_array().unwrap().len(), 2);
+        assert_eq!(run["steps"].as_array().unwrap().len(), 3);
     }
+    // The stopped worker drained what it had started: every call happened once.
+    assert_eq!(hits.load(Ordering::SeqCst), 300);
     app.teardown().await;
 }
 
 #[tokio::test]
 async fn a_duplicate_delivery_of_a_finished_run_changes_nothing() {
     let app = TestApp::spawn().await;
-    let flow = app.deployed_flow(quick_flow()).await;
+    let (base, hits) = counter().await;
+    let flow = app
+        .deployed_flow(json!({"nodes": [
+            {"id": "call", "type": "http_request", "params": {"method": "POST", "url": format!("{base}/hit")}}
+        ]}))
+        .await;
     let run_id = app.start_run(&flow, json!({"n": 1})).await;
     let first = app.wait_run(&run_id).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 
     let publisher = Publisher::new(&floq_tests::amqp_url(), &Topology::new(&app.config.queue_prefix));
     let envelope = Envelope::RunFlowV1(RunFlowV1 {
@@ -144,13 +173,20 @@ async fn a_duplicate_delivery_of_a_finished_run_changes_nothing() {
         input: Some(json!({"n": 999})),
         traceparent: None,
     });
-    publisher.publish(&[envelope.clone(), envelope]).await.unwrap();
+    // Published again as the outbox sweep does (the broker's redeliveries are
+    // the other way a message arrives twice, covered by the test above).
+    publisher.republish(&[envelope.clone(), envelope]).await.unwrap();
     // Let the worker consume both duplicates.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.queue_depth(&format!("{}.runs", app.config.queue_prefix)).await, 0);
 
     let again = app.wait_run(&run_id).await;
     assert_eq!(again, first);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "a duplicate delivery ran the node again"
+    );
     app.teardown().await;
 }
 

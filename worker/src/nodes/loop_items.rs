@@ -6,8 +6,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde_json::Value;
 
-use super::{MAX_DEPTH, Node, NodeCtx, NodeError, NodeOutput, NodeResult};
-use crate::executor::{self, RunInput, RunStatus};
+use super::{MAX_DEPTH, Node, NodeCtx, NodeError, NodeOutput, NodeResult, output_size, too_large};
 
 pub struct Loop;
 
@@ -60,20 +59,18 @@ impl Node for Loop {
                     async move {
                         let mut run = (*ctx.run).clone();
                         run.depth += 1;
-                        let outcome = executor::execute(&body, RunInput { run, input: &item }, ctx.env.clone()).await;
-                        match outcome.status {
-                            RunStatus::Succeeded => {
-                                let output = outcome.output.unwrap_or(Value::Null);
-                                let size = executor::output_size(&output, limit)?;
+                        match ctx.env.runner.run(&body, run, &item, ctx.env.clone()).await {
+                            Ok(output) => {
+                                let size = output_size(&output, limit)?;
                                 let so_far = total.fetch_add(size, std::sync::atomic::Ordering::Relaxed) + size;
                                 if so_far > limit {
-                                    return Err(executor::too_large("its output", limit, "FLOQ_STEP_OUTPUT_MAX_BYTES"));
+                                    return Err(too_large("its output", limit, "FLOQ_STEP_OUTPUT_MAX_BYTES"));
                                 }
                                 Ok(output)
                             }
-                            _ => Err(NodeError::new(
+                            Err(message) => Err(NodeError::new(
                                 "loop_item_failed",
-                                format!("item {i} failed: {}", executor::error_message(&outcome)),
+                                format!("item {i} failed: {message}"),
                             )),
                         }
                     }

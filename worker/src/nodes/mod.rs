@@ -71,6 +71,57 @@ impl NodeError {
 
 pub type NodeResult = Result<NodeOutput, NodeError>;
 
+/// How a nested flow (a loop's body, a sub-flow) ended: its output, or the
+/// message of its failure.
+pub type Nested = Result<Value, String>;
+
+/// Runs a nested flow to its end. `loop` and `sub_flow` reach the executor
+/// only through this, so nodes do not depend on the graph walker that runs
+/// them; the worker hands its executor in as [`NodeEnv::runner`].
+pub trait Runner: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        flow: &'a CompiledFlow,
+        run: RunCtx,
+        input: &'a Value,
+        env: Arc<NodeEnv>,
+    ) -> BoxFuture<'a, Nested>;
+}
+
+/// The JSON size of a node's output, or `output_too_large` once it passes `limit` (counted without building the
+/// text, and abandoned at the limit).
+pub fn output_size(value: &Value, limit: usize) -> Result<usize, NodeError> {
+    struct Counter {
+        bytes: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.bytes += buf.len();
+            if self.bytes > self.limit {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { bytes: 0, limit };
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => Ok(counter.bytes),
+        Err(_) => Err(too_large("its output", limit, "FLOQ_STEP_OUTPUT_MAX_BYTES")),
+    }
+}
+
+/// `output_too_large`, naming what grew and the setting that bounds it (the run error names the node).
+pub fn too_large(what: &str, limit: usize, setting: &str) -> NodeError {
+    NodeError::new(
+        "output_too_large",
+        format!("{what} exceeded the {limit}-byte limit ({setting})"),
+    )
+}
+
 /// Limits, clients and services nodes share within one worker.
 pub struct NodeEnv {
     /// Built by `egress::http_client`: it can only reach what `egress` vetted.
@@ -90,6 +141,8 @@ pub struct NodeEnv {
     /// Largest JSON output of one node, and of all of a run's steps together (`output_too_large` past them).
     pub step_output_max_bytes: usize,
     pub run_output_max_bytes: usize,
+    /// Runs loop bodies and sub-flows.
+    pub runner: Arc<dyn Runner>,
 }
 
 /// The run a node executes in.

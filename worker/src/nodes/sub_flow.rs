@@ -9,7 +9,6 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{MAX_DEPTH, Node, NodeCtx, NodeError, NodeOutput, NodeResult, lacks_access};
-use crate::executor::{self, RunInput, RunStatus};
 use floq_shared::db;
 
 pub struct SubFlow;
@@ -69,12 +68,11 @@ impl Node for SubFlow {
             run.depth += 1;
             run.flow_id = flow_id;
             run.deployed_by = flow.deployed_by;
-            let outcome = executor::execute(&flow, RunInput { run, input: &input }, ctx.env.clone()).await;
-            match outcome.status {
-                RunStatus::Succeeded => Ok(NodeOutput::value(outcome.output.unwrap_or(Value::Null))),
-                _ => Err(NodeError::new(
+            match ctx.env.runner.run(&flow, run, &input, ctx.env.clone()).await {
+                Ok(output) => Ok(NodeOutput::value(output)),
+                Err(message) => Err(NodeError::new(
                     "sub_flow_failed",
-                    format!("the sub-flow failed: {}", executor::error_message(&outcome)),
+                    format!("the sub-flow failed: {message}"),
                 )),
             }
         }
