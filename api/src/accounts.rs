@@ -307,7 +307,8 @@ pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> 
 }
 
 /// A company's invitations not yet accepted, newest first.
-#[derive(serde::Serialize, sqlx::FromRow)]
+#[derive(serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = Invitation)]
 pub struct Pending {
     pub id: Uuid,
     pub email: String,

@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod key_cache;
 pub mod middleware;
+pub mod openapi;
 pub mod password;
 pub mod rate;
 pub mod redirects;
@@ -97,8 +98,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Arc::new(move || publisher.is_connected())
     };
     let ready = ops::db_and_broker_ready(pool.clone(), broker_up);
+    let (routes, _) = routes::router().split_for_parts();
     let app = Router::new()
-        .merge(routes::router())
+        .merge(routes)
         .fallback(|| async { error::ApiError::not_found("route") })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
@@ -174,6 +176,11 @@ pub async fn migrate(pool: &sqlx::PgPool, config: &Config, keyring: &Keyring) ->
         );
     }
     Ok(())
+}
+
+/// The OpenAPI document of every route the API serves (also at `GET /api/v1/openapi.json`).
+pub fn document() -> utoipa::openapi::OpenApi {
+    openapi::complete(routes::router().into_openapi())
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -34,7 +34,8 @@ pub struct RequestId(pub String);
 #[derive(Clone, Copy, Debug)]
 pub struct FlowReply;
 
-/// On every response: this is a JSON API, never framed, cached or sniffed.
+/// On every response: this is a JSON API, never framed, cached or sniffed
+/// (cached only where the handler says so itself: the OpenAPI document).
 const SECURITY_HEADERS: [(header::HeaderName, &str); 6] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     (header::CACHE_CONTROL, "no-store"),
@@ -110,6 +111,9 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
         headers.insert(REQUEST_ID, v);
     }
     for (name, value) in SECURITY_HEADERS {
+        if name == header::CACHE_CONTROL && headers.contains_key(&name) && !flow_shaped {
+            continue;
+        }
         headers.insert(name, HeaderValue::from_static(value));
     }
     if flow_shaped {

@@ -5,7 +5,9 @@
 #   deploy/local/test.sh [--slow] [extra cargo test args...]   e.g.  -- --nocapture
 #
 # --slow also runs the tests marked #[ignore] (the heavy ones: benchmarks,
-# long fault streams); CI runs without it.
+# long fault streams, the schemathesis fuzzing driven by the API's OpenAPI
+# document, for which it installs schemathesis from PyPI into a venv,
+# FLOQ_SCHEMATHESIS_VENV, default /var/tmp/floq-schemathesis); CI runs without it.
 #
 # Environment (each only defaulted when unset):
 #   CARGO_TARGET_DIR        /var/tmp/floq-target (persistent, outside the clone,
@@ -112,6 +114,17 @@ step "cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings || die "clippy failed"
 
 if ((slow)); then
+  st_venv=${FLOQ_SCHEMATHESIS_VENV:-/var/tmp/floq-schemathesis}
+  if [[ -z ${FLOQ_SCHEMATHESIS:-} && ! -x $st_venv/bin/schemathesis ]]; then
+    step "schemathesis (PyPI) into $st_venv, for the fuzzing test"
+    # Debian's python3 makes venvs only with python3-venv.
+    python3 -m venv "$st_venv" 2>/dev/null || {
+      ((EUID == 0)) && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv </dev/null >&2 &&
+        python3 -m venv "$st_venv"
+    } || die "cannot make a Python venv in $st_venv (install python3-venv)"
+    "$st_venv/bin/pip" install -q 'schemathesis==4.32.5' || die "could not install schemathesis into $st_venv"
+  fi
+  export FLOQ_SCHEMATHESIS=${FLOQ_SCHEMATHESIS:-$st_venv/bin/schemathesis}
   step "cargo test --workspace --locked $* -- --include-ignored (slow)"
   cargo test --workspace --locked "$@" -- --include-ignored || die "tests failed"
 else

@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub mod endpoints;
 pub mod forward;
+pub mod openapi;
 pub mod smtp_sink;
 
 pub use floq_api::admin::Bootstrapped;

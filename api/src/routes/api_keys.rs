@@ -2,10 +2,8 @@
 //! of their company. A token is shown once, at creation.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -17,13 +15,17 @@ use crate::audit;
 use crate::auth::{MAX_KEY_TTL_SECS, MIN_KEY_TTL_SECS, Principal, SCOPES, issue_key};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, Page, ValidJson};
+use crate::openapi::{PageParams, page};
 use crate::state::AppState;
 use floq_shared::db;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/api-keys", get(list).post(create))
-        .route("/api/v1/api-keys/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
 fn valid_scopes(scopes: &[String]) -> Result<(), validator::ValidationError> {
@@ -35,16 +37,39 @@ fn valid_scopes(scopes: &[String]) -> Result<(), validator::ValidationError> {
     Ok(())
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    /// One or more of `api` (this REST API) and `mcp`.
     #[validate(custom(function = "valid_scopes"))]
+    #[schema(min_items = 1)]
     scopes: Vec<String>,
+    /// Lifetime; the configured default (24 h) when absent.
     #[validate(range(min = MIN_KEY_TTL_SECS, max = MAX_KEY_TTL_SECS))]
+    #[schema(minimum = 60, maximum = 31_536_000)]
     ttl_seconds: Option<u64>,
 }
+
+/// A new key, with its token: shown this once.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation of the json! answer
+struct CreatedKey {
+    id: Uuid,
+    user_id: Uuid,
+    name: String,
+    scopes: Vec<String>,
+    expires_at: DateTime<Utc>,
+    /// `Authorization: Bearer <token>`.
+    token: String,
+}
+
+/// Creates an API key for the caller, in the caller's company.
+#[utoipa::path(post, operation_id = "api_keys_create", path = "/api/v1/api-keys", tag = "api-keys", request_body = CreateKey,
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 201, description = "Created; the token is shown once", body = CreatedKey)))]
 
 async fn create(
     State(state): State<AppState>,
@@ -85,7 +110,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
-#[derive(Clone, Serialize, sqlx::FromRow)]
+#[derive(Clone, Serialize, sqlx::FromRow, ToSchema)]
 struct KeyInfo {
     id: Uuid,
     user_id: Uuid,
@@ -96,8 +121,13 @@ struct KeyInfo {
     revoked_at: Option<DateTime<Utc>>,
 }
 
+page!(KeyPage, KeyInfo);
+
 /// Newest first by (v7) id; served by `api_keys (company_id, id)` for admins
 /// and `api_keys (company_id, user_id, id)` for everyone else's own keys.
+#[utoipa::path(get, operation_id = "api_keys_list", path = "/api/v1/api-keys", tag = "api-keys", params(PageParams),
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 200, description = "The caller's keys (an admin's: the company's), newest first", body = KeyPage)))]
 async fn list(State(state): State<AppState>, principal: Principal, page: Page<Uuid>) -> ApiResult<Json<Value>> {
     let company_id = principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
@@ -120,6 +150,10 @@ async fn list(State(state): State<AppState>, principal: Principal, page: Page<Uu
     Ok(Json(page.answer(keys, |k| k.id)))
 }
 
+/// Revokes a key: the caller's own, or (admin) any of the company's.
+#[utoipa::path(delete, operation_id = "api_keys_revoke", path = "/api/v1/api-keys/{api_key_id}", tag = "api-keys", params(("api_key_id" = Uuid, Path)),
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 204, description = "Revoked")))]
 async fn revoke(State(state): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
     let revoked: KeyInfo = sqlx::query_as(

@@ -5,12 +5,10 @@
 use std::borrow::Cow;
 
 use axum::Json;
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use futures_util::stream;
 use serde::Deserialize;
@@ -23,16 +21,86 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, page_limit};
 use crate::state::AppState;
 use floq_shared::db;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/audit", get(list))
-        .route("/api/v1/audit/verify", get(verify))
-        .route("/api/v1/audit/export", get(export))
+use crate::openapi::{AnyJson, page};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(verify))
+        .routes(routes!(export))
 }
 
-#[derive(Deserialize)]
+/// One audit entry, as `floq_audit_json` renders it (secrets and PII masked).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation: the database renders entries
+struct AuditEntry {
+    id: i64,
+    company_id: Uuid,
+    at: DateTime<Utc>,
+    actor: AuditActor,
+    client_ip: Option<String>,
+    request_id: Option<String>,
+    /// e.g. `flow.create`, `auth.login`, `http.request`.
+    action: String,
+    resource: AuditResource,
+    /// `success`, `failure` or `denied`.
+    outcome: String,
+    details: AnyJson,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct AuditActor {
+    /// `user`, `api_key`, `system`, `anonymous`, …
+    #[schema(rename = "type")]
+    kind: String,
+    id: Option<Uuid>,
+    label: Option<String>,
+    via: Option<String>,
+    via_id: Option<Uuid>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct AuditResource {
+    #[schema(rename = "type")]
+    kind: Option<String>,
+    id: Option<String>,
+}
+
+page!(AuditPage, AuditEntry);
+
+/// What a verification step found.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Verification {
+    /// No broken link in the range checked.
+    ok: bool,
+    checked: i64,
+    /// Entries not sealed yet, so not checked.
+    pending: i64,
+    first_broken: Option<BrokenLink>,
+    from_seq: Option<i64>,
+    last_seq: Option<i64>,
+    /// Where the next step starts; `null` once the newest seal was reached.
+    next_seq: Option<i64>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct BrokenLink {
+    seq: Option<i64>,
+    entry_id: Option<i64>,
+    reason: String,
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -42,7 +110,10 @@ struct ListQuery {
     action: Option<String>,
     resource_type: Option<String>,
     resource_id: Option<String>,
+    /// Rows on the page, 1 to 200; 50 when absent.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -213,6 +284,9 @@ fn filters(q: ListQuery) -> ApiResult<Filters> {
 }
 
 /// Newest first.
+#[utoipa::path(get, operation_id = "audit_list", path = "/api/v1/audit", tag = "audit", params(ListQuery),
+    security(("api_key" = ["audit:read"]), ("session" = ["audit:read"])),
+    responses((status = 200, description = "A page of the company's audit log, newest first", body = AuditPage)))]
 async fn list(
     State(state): State<AppState>,
     auth: Authorized<AuditRead>,
@@ -256,12 +330,16 @@ async fn list(
 /// costs at most this many hash computations, ≈ 20 µs each in PostgreSQL.
 pub const MAX_VERIFY: i64 = 10_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct VerifyQuery {
     /// Where to start: a `next_seq` from an earlier call. Absent (or below
     /// the chain's oldest remaining seal): from that oldest seal.
+    #[param(value_type = Option<i64>, minimum = 0)]
     from_seq: Option<String>,
+    /// Links to check, 1 to 10 000 (the default).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 10_000)]
     limit: Option<String>,
 }
 
@@ -270,6 +348,9 @@ struct VerifyQuery {
 /// seal), so a caller verifies a chain of any length in bounded steps.
 /// Entries not yet sealed (the scheduler seals every second) are counted as
 /// pending, not checked.
+#[utoipa::path(get, operation_id = "audit_verify", path = "/api/v1/audit/verify", tag = "audit", params(VerifyQuery),
+    security(("api_key" = ["audit:read"]), ("session" = ["audit:read"])),
+    responses((status = 200, description = "What this step of the verification found", body = Verification)))]
 async fn verify(
     State(state): State<AppState>,
     auth: Authorized<AuditRead>,
@@ -323,8 +404,9 @@ async fn verify(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ExportQuery {
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -334,6 +416,10 @@ const EXPORT_PAGE: i64 = 1000;
 
 /// Oldest first, one JSON entry per line, streamed a page at a time (each
 /// page its own short transaction) so memory stays flat whatever the range.
+#[utoipa::path(get, operation_id = "audit_export", path = "/api/v1/audit/export", tag = "audit", params(ExportQuery),
+    security(("api_key" = ["audit:read"]), ("session" = ["audit:read"])),
+    responses((status = 200, description = "Every entry in the range, oldest first, one JSON `AuditEntry` a line",
+        content_type = "application/x-ndjson", body = AuditEntry)))]
 async fn export(
     State(state): State<AppState>,
     auth: Authorized<AuditRead>,

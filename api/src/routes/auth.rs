@@ -5,12 +5,10 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::http::header::SET_COOKIE;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -20,28 +18,92 @@ use validator::Validate;
 use crate::auth::{Credential, Principal};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ValidJson;
+use crate::openapi::ErrorBody;
 use crate::request::RequestMeta;
 use crate::state::AppState;
 use crate::{accounts, password, session, throttle};
 use floq_shared::audit::{self, Entry, Outcome};
 use floq_shared::{db, mail};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/auth/logout", post(logout))
-        .route("/api/v1/auth/me", get(me))
-        .route("/api/v1/auth/switch-company", post(switch_company))
-        .route("/api/v1/auth/password-reset", post(password_reset))
-        .route("/api/v1/auth/accept", post(accept))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(switch_company))
+        .routes(routes!(password_reset))
+        .routes(routes!(accept))
 }
 
-#[derive(Deserialize, Validate)]
+/// Who signed in, or whose link was accepted, and in which company.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation of the json! answers
+struct SignedIn {
+    user_id: Uuid,
+    company_id: Uuid,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Me {
+    user: MeUser,
+    /// The company the credential acts in.
+    company: Option<MeCompany>,
+    /// The caller's roles there.
+    roles: Vec<String>,
+    /// Every company the caller belongs to, with the roles there.
+    companies: Vec<MeMembership>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct MeUser {
+    id: Uuid,
+    email: String,
+    name: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct MeCompany {
+    id: Uuid,
+    name: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct MeMembership {
+    id: Uuid,
+    name: String,
+    roles: Vec<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct SwitchedCompany {
+    company_id: Uuid,
+}
+
+/// The same answer whether or not the address has an identity.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct ResetRequested {
+    /// `requested`
+    status: String,
+    message: String,
+}
+
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
     #[validate(email)]
+    #[schema(format = Email)]
     email: String,
     #[validate(length(min = 1, max = 1024))]
+    #[schema(min_length = 1, max_length = 1024)]
     password: String,
 }
 
@@ -53,6 +115,11 @@ fn invalid_credentials() -> ApiError {
     )
 }
 
+/// Signs in: sets the `floq_session` cookie.
+#[utoipa::path(post, operation_id = "auth_login", path = "/api/v1/auth/login", tag = "auth", request_body = Login,
+    responses((status = 200, description = "Signed in; `Set-Cookie: floq_session=…`", body = SignedIn),
+        (status = 401, description = "Wrong e-mail or password (`invalid_credentials`)", body = ErrorBody),
+        (status = 429, description = "Too many failed sign-ins from this client (`too_many_attempts`); see `Retry-After`", body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     Extension(request): Extension<Arc<RequestMeta>>,
@@ -148,6 +215,11 @@ async fn companies_of(state: &AppState, user_id: Uuid) -> Result<Vec<Uuid>, sqlx
     Ok(companies)
 }
 
+/// Ends the session the request carries.
+#[utoipa::path(post, operation_id = "auth_logout", path = "/api/v1/auth/logout", tag = "auth",
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 204, description = "Signed out; the cookie is cleared"),
+        (status = 400, description = "The credential is an API key, not a session (`not_a_session`)", body = ErrorBody)))]
 async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
     let Credential::Session(session_id) = principal.credential else {
         return Err(ApiError::new(
@@ -168,6 +240,10 @@ async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResul
     Ok(response)
 }
 
+/// The caller, the company the credential acts in, and every company they belong to.
+#[utoipa::path(get, operation_id = "auth_me", path = "/api/v1/auth/me", tag = "auth",
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 200, description = "The caller", body = Me)))]
 async fn me(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Value>> {
     let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Id(principal.user_id)).await?;
     let (email, name): (String, String) = sqlx::query_as("SELECT email, name FROM users WHERE id = $1")
@@ -191,12 +267,18 @@ async fn me(State(state): State<AppState>, principal: Principal) -> ApiResult<Js
     })))
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SwitchCompany {
     company_id: Uuid,
 }
 
+/// Moves the session to another company the caller belongs to.
+#[utoipa::path(post, operation_id = "auth_switch_company", path = "/api/v1/auth/switch-company", tag = "auth", request_body = SwitchCompany,
+    security(("api_key" = []), ("session" = [])),
+    responses((status = 200, description = "Switched", body = SwitchedCompany),
+        (status = 400, description = "The credential is an API key, not a session (`not_a_session`)", body = ErrorBody),
+        (status = 404, description = "The caller is no member of that company", body = ErrorBody)))]
 async fn switch_company(
     State(state): State<AppState>,
     principal: Principal,
@@ -232,16 +314,20 @@ fn mail_not_configured() -> ApiError {
     )
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetRequest {
     #[validate(email)]
+    #[schema(format = Email)]
     email: String,
 }
 
 /// Mails a single-use reset link if an identity has this address. The answer
 /// is the same either way, and the mail leaves in the background so the
 /// answer's timing does not tell either.
+#[utoipa::path(post, operation_id = "auth_password_reset", path = "/api/v1/auth/password-reset", tag = "auth", request_body = ResetRequest,
+    responses((status = 202, description = "Requested", body = ResetRequested),
+        (status = 503, description = "No mail relay is configured (`mail_not_configured`)", body = ErrorBody)))]
 async fn password_reset(
     State(state): State<AppState>,
     Extension(request): Extension<Arc<RequestMeta>>,
@@ -300,18 +386,23 @@ fn owners(companies: Vec<Uuid>) -> Vec<Uuid> {
     }
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Accept {
     #[validate(length(min = 1, max = 256))]
+    #[schema(min_length = 1, max_length = 256)]
     token: String,
     #[validate(length(min = 12, max = 1024, message = "passwords are 12 to 1024 characters"))]
+    #[schema(min_length = 12, max_length = 1024)]
     password: String,
 }
 
 /// Accepts an invitation or a password reset: the holder of the mailed link
 /// proves the mailbox and chooses the password. Every session and API key
 /// the identity had dies; an invitation adds the membership.
+#[utoipa::path(post, operation_id = "auth_accept", path = "/api/v1/auth/accept", tag = "auth", request_body = Accept,
+    responses((status = 200, description = "Accepted: the password is set", body = SignedIn),
+        (status = 404, description = "The token is unknown, used or expired (`invalid_token`)", body = ErrorBody)))]
 async fn accept(
     State(state): State<AppState>,
     Extension(request): Extension<Arc<RequestMeta>>,

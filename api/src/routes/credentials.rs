@@ -4,10 +4,8 @@
 //! non-admins, `edit` on the credential); seeing one needs a grant too.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -19,17 +17,21 @@ use crate::audit;
 use crate::authz::{Authorized, IntegrationManage, IntegrationRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ByName, Id, Page, ValidJson};
+use crate::openapi::{AnyJson, ErrorBody, PageParams, page};
 use crate::state::AppState;
 use floq_shared::{db, secrets};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/credentials", get(list).post(create))
-        .route("/api/v1/credentials/{id}", get(show).put(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
 }
 
 /// All a read ever shows of a credential.
-#[derive(Clone, Serialize, sqlx::FromRow)]
+#[derive(Clone, Serialize, sqlx::FromRow, ToSchema)]
 struct Credential {
     id: Uuid,
     name: String,
@@ -46,23 +48,29 @@ struct Credential {
 
 const COLUMNS: &str = "id, name, type, fields, hint, allowed_origins, created_at, updated_at";
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateCredential {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    /// `http_bearer`, `http_basic`, `api_key_header`, `api_key_query`, `postgres`, … (docs/secrets.md).
     #[serde(rename = "type")]
     kind: String,
+    /// The secret fields the type needs; encrypted, never returned.
+    #[schema(value_type = AnyJson)]
     data: Value,
     #[serde(default)]
     allowed_origins: Vec<String>,
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateCredential {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    #[schema(value_type = AnyJson, required = false)]
     data: Option<Value>,
     allowed_origins: Option<Vec<String>>,
 }
@@ -109,7 +117,12 @@ fn name_taken() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "name_taken", "a credential with this name exists")
 }
 
+page!(CredentialPage, Credential);
+
 /// By name (unique per company), then id; served by `credentials (company_id, name)`.
+#[utoipa::path(get, operation_id = "credentials_list", path = "/api/v1/credentials", tag = "credentials", params(PageParams),
+    security(("api_key" = ["integration:read"]), ("session" = ["integration:read"])),
+    responses((status = 200, description = "The credentials the caller may see, by name; never their secrets", body = CredentialPage)))]
 async fn list(
     State(state): State<AppState>,
     auth: Authorized<IntegrationRead>,
@@ -145,6 +158,9 @@ async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Credential> {
     .ok_or_else(|| ApiError::not_found("credential"))
 }
 
+#[utoipa::path(get, operation_id = "credentials_show", path = "/api/v1/credentials/{credential_id}", tag = "credentials", params(("credential_id" = Uuid, Path)),
+    security(("api_key" = ["integration:read"]), ("session" = ["integration:read"])),
+    responses((status = 200, description = "The credential: type, field names and a masked hint", body = Credential)))]
 async fn show(
     State(state): State<AppState>,
     auth: Authorized<IntegrationRead>,
@@ -157,6 +173,11 @@ async fn show(
     Ok(Json(credential))
 }
 
+/// Stores an integration's secret, encrypted; its creator gets `edit` on it.
+#[utoipa::path(post, operation_id = "credentials_create", path = "/api/v1/credentials", tag = "credentials", request_body = CreateCredential,
+    security(("api_key" = ["integration:manage"]), ("session" = ["integration:manage"])),
+    responses((status = 201, description = "Created", body = Credential),
+        (status = 409, description = "The name is taken (`name_taken`)", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<IntegrationManage>,
@@ -196,6 +217,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(credential)))
 }
 
+#[utoipa::path(put, operation_id = "credentials_update", path = "/api/v1/credentials/{credential_id}", tag = "credentials", params(("credential_id" = Uuid, Path)),
+    request_body = UpdateCredential,
+    security(("api_key" = ["integration:manage"]), ("session" = ["integration:manage"])),
+    responses((status = 200, description = "Updated", body = Credential),
+        (status = 403, description = "A grant below `edit`, or the role lacks `integration:manage`", body = ErrorBody),
+        (status = 409, description = "The name is taken (`name_taken`)", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     auth: Authorized<IntegrationManage>,
@@ -260,6 +287,10 @@ async fn update(
     Ok(Json(after))
 }
 
+#[utoipa::path(delete, operation_id = "credentials_remove", path = "/api/v1/credentials/{credential_id}", tag = "credentials", params(("credential_id" = Uuid, Path)),
+    security(("api_key" = ["integration:manage"]), ("session" = ["integration:manage"])),
+    responses((status = 204, description = "Deleted"),
+        (status = 403, description = "A grant below `edit`, or the role lacks `integration:manage`", body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
     auth: Authorized<IntegrationManage>,

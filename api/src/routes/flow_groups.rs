@@ -1,10 +1,8 @@
 //! `/api/v1/flow-groups`: folders of flows; a flow inherits its group's grants.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,26 +14,33 @@ use crate::audit;
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ByName, Id, Page, ValidJson};
+use crate::openapi::{ErrorBody, PageParams, page};
 use crate::state::AppState;
 use floq_shared::db;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/flow-groups", get(list).post(create))
-        .route("/api/v1/flow-groups/{id}", get(show).put(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct FlowGroup {
     id: Uuid,
     name: String,
     created_at: DateTime<Utc>,
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = FlowGroupBody)]
 struct Body {
+    /// 1 to 200 characters, unique in the company.
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
 }
 
@@ -43,7 +48,12 @@ fn name_taken() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "name_taken", "a flow group with this name exists")
 }
 
+page!(FlowGroupPage, FlowGroup);
+
 /// By name (unique per company), then id; served by `flow_groups (company_id, name)`.
+#[utoipa::path(get, operation_id = "flow_groups_list", path = "/api/v1/flow-groups", tag = "flow-groups", params(PageParams),
+    security(("api_key" = ["flow:read"]), ("session" = ["flow:read"])),
+    responses((status = 200, description = "The flow groups the caller may see, by name", body = FlowGroupPage)))]
 async fn list(State(state): State<AppState>, auth: Authorized<FlowRead>, page: Page<ByName>) -> ApiResult<Json<Value>> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
@@ -65,6 +75,11 @@ async fn list(State(state): State<AppState>, auth: Authorized<FlowRead>, page: P
     Ok(Json(page.answer(groups, |g| ByName(g.name.clone(), g.id))))
 }
 
+/// Creates a flow group; its creator gets `edit` on it.
+#[utoipa::path(post, operation_id = "flow_groups_create", path = "/api/v1/flow-groups", tag = "flow-groups", request_body = Body,
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 201, description = "Created", body = FlowGroup),
+        (status = 409, description = "The name is taken (`name_taken`)", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,
@@ -97,6 +112,10 @@ async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<FlowGroup> {
         .ok_or_else(|| ApiError::not_found("flow group"))
 }
 
+#[utoipa::path(get, operation_id = "flow_groups_show", path = "/api/v1/flow-groups/{flow_group_id}", tag = "flow-groups",
+    params(("flow_group_id" = Uuid, Path)),
+    security(("api_key" = ["flow:read"]), ("session" = ["flow:read"])),
+    responses((status = 200, description = "The flow group", body = FlowGroup)))]
 async fn show(State(state): State<AppState>, auth: Authorized<FlowRead>, Id(id): Id) -> ApiResult<Json<FlowGroup>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow_group(&mut tx, &auth.principal, id, Level::View).await?;
@@ -105,6 +124,13 @@ async fn show(State(state): State<AppState>, auth: Authorized<FlowRead>, Id(id):
     Ok(Json(group))
 }
 
+/// Renames a flow group.
+#[utoipa::path(put, operation_id = "flow_groups_update", path = "/api/v1/flow-groups/{flow_group_id}", tag = "flow-groups",
+    params(("flow_group_id" = Uuid, Path)), request_body = Body,
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 200, description = "Renamed", body = FlowGroup),
+        (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody),
+        (status = 409, description = "The name is taken (`name_taken`)", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,
@@ -135,6 +161,10 @@ async fn update(
 }
 
 /// The group's flows stay, outside any group; grants on the group go with it.
+#[utoipa::path(delete, operation_id = "flow_groups_remove", path = "/api/v1/flow-groups/{flow_group_id}", tag = "flow-groups",
+    params(("flow_group_id" = Uuid, Path)),
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow_group(&mut tx, &auth.principal, id, Level::Edit).await?;

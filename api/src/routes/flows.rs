@@ -1,10 +1,8 @@
 //! `/api/v1/flows`: drafts, and deploying them as immutable numbered versions.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -17,22 +15,28 @@ use crate::auth::Principal;
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
+use crate::openapi::{AnyJson, ErrorBody, page};
 use crate::state::AppState;
 use floq_shared::db;
 use floq_shared::flow;
 use floq_shared::flow::reach::{self, Target};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/flows", get(list).post(create))
-        .route("/api/v1/flows/{id}", get(show).put(update).delete(remove))
-        .route("/api/v1/flows/{id}/deploy", post(deploy))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(deploy))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct Flow {
     id: Uuid,
     name: String,
+    /// The draft's definition (docs/nodes.md).
+    #[schema(value_type = AnyJson)]
     definition: Value,
     latest_version: Option<i32>,
     group_id: Option<Uuid>,
@@ -42,23 +46,28 @@ struct Flow {
 
 const FLOW_COLUMNS: &str = "id, name, definition, latest_version, group_id, created_at, updated_at";
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateFlow {
+    /// 1 to 200 characters, trimmed.
     #[validate(custom(function = "flow_name"))]
     name: String,
+    /// `{nodes, edges}` (docs/nodes.md); validated against the node types' schemas.
+    #[schema(value_type = AnyJson)]
     definition: Value,
     group_id: Option<Uuid>,
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateFlow {
     #[validate(custom(function = "flow_name"))]
     name: Option<String>,
+    #[schema(value_type = AnyJson, required = false)]
     definition: Option<Value>,
     /// Absent: unchanged; `null`: out of its group; an id: into that group.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Uuid>)]
     group_id: Option<Option<Uuid>>,
 }
 
@@ -150,6 +159,11 @@ async fn usable_reach(tx: &mut db::Tx, principal: &Principal, def: &Value) -> Ap
     }
 }
 
+/// Creates a draft; its creator gets `edit` on it.
+#[utoipa::path(post, operation_id = "flows_create", path = "/api/v1/flows", tag = "flows", request_body = CreateFlow,
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 201, description = "Created", body = Flow),
+        (status = 404, description = "The group is not one the caller may see", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,
@@ -180,12 +194,23 @@ async fn create(
     Ok((StatusCode::CREATED, Json(flow)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Rows on the page, 1 to 200; 50 when absent.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
 }
+
+page!(FlowPage, Flow);
+
+/// The flows the caller may see, newest first.
+#[utoipa::path(get, operation_id = "flows_list", path = "/api/v1/flows", tag = "flows", params(ListQuery),
+    security(("api_key" = ["flow:read"]), ("session" = ["flow:read"])),
+    responses((status = 200, description = "A page of flows", body = FlowPage)))]
 
 async fn list(
     State(state): State<AppState>,
@@ -213,6 +238,9 @@ async fn list(
     Ok(Json(json!({"items": flows, "next_cursor": next_cursor})))
 }
 
+#[utoipa::path(get, operation_id = "flows_show", path = "/api/v1/flows/{flow_id}", tag = "flows", params(("flow_id" = Uuid, Path)),
+    security(("api_key" = ["flow:read"]), ("session" = ["flow:read"])),
+    responses((status = 200, description = "The flow and its draft", body = Flow)))]
 async fn show(State(state): State<AppState>, auth: Authorized<FlowRead>, Id(id): Id) -> ApiResult<Json<Flow>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::View).await?;
@@ -231,6 +259,12 @@ async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Flow> {
     .ok_or_else(|| ApiError::not_found("flow"))
 }
 
+/// Edits the draft; absent fields stay.
+#[utoipa::path(put, operation_id = "flows_update", path = "/api/v1/flows/{flow_id}", tag = "flows", params(("flow_id" = Uuid, Path)),
+    request_body = UpdateFlow,
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 200, description = "The edited flow", body = Flow),
+        (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,
@@ -268,6 +302,9 @@ async fn update(
 }
 
 /// Deleting keeps the row (and its versions) so past runs stay readable.
+#[utoipa::path(delete, operation_id = "flows_remove", path = "/api/v1/flows/{flow_id}", tag = "flows", params(("flow_id" = Uuid, Path)),
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 204, description = "Deleted")))]
 async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
@@ -282,12 +319,17 @@ async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Deployed {
     flow_id: Uuid,
     version: i32,
 }
 
+/// Freezes the draft as the next immutable version.
+#[utoipa::path(post, operation_id = "flows_deploy", path = "/api/v1/flows/{flow_id}/deploy", tag = "flows", params(("flow_id" = Uuid, Path)),
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 201, description = "The new version", body = Deployed),
+        (status = 422, description = "The draft reaches what the deployer may not use", body = ErrorBody)))]
 async fn deploy(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,

@@ -2,10 +2,8 @@
 //! flow, flow group, integration or secret KV value. Admin only.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,16 +14,20 @@ use crate::audit;
 use crate::authz::{AccessManage, Authorized};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, Page, ValidJson};
+use crate::openapi::{ErrorBody, PageParams, page};
 use crate::state::AppState;
 use floq_shared::db;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/grants", get(list).post(create))
-        .route("/api/v1/grants/{id}", delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(remove))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct Grant {
     id: Uuid,
     subject_type: String,
@@ -59,20 +61,28 @@ fn level(v: &str) -> Result<(), validator::ValidationError> {
     one_of(v, &["view", "execute", "edit"])
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateGrant {
+    /// `user` or `group`.
     #[validate(custom(function = "subject_type"))]
     subject_type: String,
     subject_id: Uuid,
+    /// `flow`, `flow_group`, `integration` or `secret`.
     #[validate(custom(function = "entity_type"))]
     entity_type: String,
     entity_id: Uuid,
+    /// `view`, `execute` or `edit` (each includes the ones before it).
     #[validate(custom(function = "level"))]
     level: String,
 }
 
+page!(GrantPage, Grant);
+
 /// Newest first by (v7) id; served by `grants (company_id, id)`.
+#[utoipa::path(get, operation_id = "grants_list", path = "/api/v1/grants", tag = "grants", params(PageParams),
+    security(("api_key" = ["access:manage"]), ("session" = ["access:manage"])),
+    responses((status = 200, description = "The company's grants, newest first", body = GrantPage)))]
 async fn list(
     State(state): State<AppState>,
     auth: Authorized<AccessManage>,
@@ -92,6 +102,12 @@ async fn list(
     Ok(Json(page.answer(grants, |g| g.id)))
 }
 
+/// Gives a user or group a level of access to an entity.
+#[utoipa::path(post, operation_id = "grants_create", path = "/api/v1/grants", tag = "grants", request_body = CreateGrant,
+    security(("api_key" = ["access:manage"]), ("session" = ["access:manage"])),
+    responses((status = 201, description = "Created", body = Grant),
+        (status = 404, description = "The subject or entity is not the company's", body = ErrorBody),
+        (status = 409, description = "The subject already has a grant on the entity", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<AccessManage>,
@@ -139,6 +155,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(grant)))
 }
 
+#[utoipa::path(delete, operation_id = "grants_remove", path = "/api/v1/grants/{grant_id}", tag = "grants", params(("grant_id" = Uuid, Path)),
+    security(("api_key" = ["access:manage"]), ("session" = ["access:manage"])),
+    responses((status = 204, description = "Removed")))]
 async fn remove(State(state): State<AppState>, auth: Authorized<AccessManage>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let removed: Grant = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -2,10 +2,8 @@
 //! Admin only.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -16,17 +14,20 @@ use crate::audit;
 use crate::authz::{Authorized, UserManage};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ByName, Page, ValidJson};
+use crate::openapi::{ErrorBody, PageParams, page};
 use crate::state::AppState;
 use floq_shared::db;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/groups", get(list).post(create)).route(
-        "/api/v1/groups/{id}/members/{user_id}",
-        post(add_member).delete(remove_member),
-    )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(add_member, remove_member))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct Group {
     id: Uuid,
     name: String,
@@ -34,15 +35,21 @@ struct Group {
     created_at: DateTime<Utc>,
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateGroup {
     #[validate(length(min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
 }
 
+page!(GroupPage, Group);
+
 /// By name (unique per company), then id; served by `groups (company_id, name)`.
 /// The page is cut before members are gathered, so only its groups are joined.
+#[utoipa::path(get, operation_id = "groups_list", path = "/api/v1/groups", tag = "groups", params(PageParams),
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 200, description = "The company's groups with their members, by name", body = GroupPage)))]
 async fn list(
     State(state): State<AppState>,
     auth: Authorized<UserManage>,
@@ -68,6 +75,10 @@ async fn list(
     Ok(Json(page.answer(groups, |g| ByName(g.name.clone(), g.id))))
 }
 
+#[utoipa::path(post, operation_id = "groups_create", path = "/api/v1/groups", tag = "groups", request_body = CreateGroup,
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 201, description = "Created", body = Group),
+        (status = 409, description = "The name is taken (`name_taken`)", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<UserManage>,
@@ -99,6 +110,11 @@ fn ids(raw: &(String, String)) -> ApiResult<(Uuid, Uuid)> {
     }
 }
 
+/// Adds a member of the company to the group (again: a no-op).
+#[utoipa::path(post, operation_id = "groups_add_member", path = "/api/v1/groups/{group_id}/members/{user_id}", tag = "groups",
+    params(("group_id" = Uuid, Path), ("user_id" = Uuid, Path)),
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 204, description = "A member")))]
 async fn add_member(
     State(state): State<AppState>,
     auth: Authorized<UserManage>,
@@ -137,6 +153,10 @@ async fn add_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(delete, operation_id = "groups_remove_member", path = "/api/v1/groups/{group_id}/members/{user_id}", tag = "groups",
+    params(("group_id" = Uuid, Path), ("user_id" = Uuid, Path)),
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 204, description = "No longer a member")))]
 async fn remove_member(
     State(state): State<AppState>,
     auth: Authorized<UserManage>,

@@ -3,10 +3,8 @@
 //! templates); nodes reach it only by reference (`{"$secret": "key"}`).
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -18,23 +16,30 @@ use crate::audit;
 use crate::authz::{Authorized, KvRead, KvWrite};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ByName, Page, ValidJson};
+use crate::openapi::{AnyJson, ErrorBody, PageParams, page};
 use crate::state::AppState;
 use floq_shared::kv::KvKey;
 use floq_shared::{db, secrets};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/kv", get(list))
-        .route("/api/v1/kv/{key}", get(show).put(put).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show, put, remove))
 }
 
 /// What a read shows: the value, or only that a secret is there.
-#[derive(Clone, Serialize, sqlx::FromRow)]
+#[derive(Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[schema(as = KvEntry)]
 struct Entry {
     /// What grants on a secret value name (`entity_type: "secret"`).
     id: Uuid,
     key: String,
+    /// Absent for secret values.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = AnyJson, required = false)]
     value: Option<Value>,
     secret: bool,
     /// For secret values: where they may be sent; empty: anywhere the egress policy allows.
@@ -55,7 +60,12 @@ fn valid_key(raw: &str) -> ApiResult<&str> {
     }
 }
 
+page!(KvPage, Entry);
+
 /// By key (unique per company), then id; served by the primary key `(company_id, key)`.
+#[utoipa::path(get, operation_id = "kv_list", path = "/api/v1/kv", tag = "kv", params(PageParams),
+    security(("api_key" = ["kv:read"]), ("session" = ["kv:read"])),
+    responses((status = 200, description = "The company's values, by key; secret values only as `secret: true`", body = KvPage)))]
 async fn list(State(state): State<AppState>, auth: Authorized<KvRead>, page: Page<ByName>) -> ApiResult<Json<Value>> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
@@ -79,6 +89,11 @@ async fn fetch(tx: &mut db::Tx, key: &str) -> Result<Option<Entry>, sqlx::Error>
         .await
 }
 
+#[utoipa::path(get, operation_id = "kv_show", path = "/api/v1/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "1-128 letters, digits, `_`, `.` or `-`")),
+    security(("api_key" = ["kv:read"]), ("session" = ["kv:read"])),
+    responses((status = 200, description = "The value", body = Entry),
+        (status = 422, description = "Not a valid key", body = ErrorBody)))]
 async fn show(
     State(state): State<AppState>,
     auth: Authorized<KvRead>,
@@ -91,14 +106,23 @@ async fn show(
     Ok(Json(entry))
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutValue {
+    /// Any JSON; a string starting `secret:` is stored encrypted and never returned.
+    #[schema(value_type = AnyJson)]
     value: Value,
     /// Only for `secret:` values; absent keeps what a secret was bound to.
     allowed_origins: Option<Vec<String>>,
 }
 
+/// Writes a value (at most 256 KiB).
+#[utoipa::path(put, operation_id = "kv_put", path = "/api/v1/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "1-128 letters, digits, `_`, `.` or `-`")),
+    request_body = PutValue,
+    security(("api_key" = ["kv:write"]), ("session" = ["kv:write"])),
+    responses((status = 200, description = "Written", body = Entry),
+        (status = 403, description = "A secret value the caller has no `edit` grant on, or the role lacks `kv:write`", body = ErrorBody)))]
 async fn put(
     State(state): State<AppState>,
     auth: Authorized<KvWrite>,
@@ -179,6 +203,11 @@ async fn put(
     Ok(Json(after))
 }
 
+#[utoipa::path(delete, operation_id = "kv_remove", path = "/api/v1/kv/{key}", tag = "kv",
+    params(("key" = String, Path, description = "1-128 letters, digits, `_`, `.` or `-`")),
+    security(("api_key" = ["kv:write"]), ("session" = ["kv:write"])),
+    responses((status = 204, description = "Deleted"),
+        (status = 422, description = "Not a valid key", body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
     auth: Authorized<KvWrite>,

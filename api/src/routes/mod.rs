@@ -1,6 +1,9 @@
-//! Routes, one module per resource.
+//! Routes, one module per resource. Each module's `router()` registers its
+//! handlers with `routes!(…)`: the route and its OpenAPI operation come from
+//! the handler's one `#[utoipa::path]` annotation (see [`crate::openapi`]).
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 
@@ -20,8 +23,9 @@ mod settings;
 mod users;
 mod webhooks;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(crate::openapi::serve))
         .merge(auth::router())
         .merge(api_keys::router())
         .merge(users::router())

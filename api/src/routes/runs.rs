@@ -1,10 +1,8 @@
 //! Starting runs and reading their outcome.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -17,22 +15,46 @@ use crate::auth::Principal;
 use crate::authz::{Authorized, FlowExecute, RunRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
+use crate::openapi::{AnyJson, ErrorBody, page};
 use crate::state::AppState;
 use floq_shared::db;
 use floq_shared::run::{RunStatus, Trigger};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/flows/{id}/runs", post(start))
-        .route("/api/v1/runs", get(list))
-        .route("/api/v1/runs/{id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start))
+        .routes(routes!(list))
+        .routes(routes!(show))
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartRun {
+    /// The run's `$input`; `{}` when absent.
     #[serde(default = "empty_object")]
+    #[schema(value_type = AnyJson)]
     input: Value,
+}
+
+/// `202`: the run is queued (committed, it will run).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation of the json! answer
+pub(super) struct RunQueued {
+    run_id: Uuid,
+    version: i32,
+    /// `queued`
+    status: String,
+}
+
+/// `200`: an `Idempotency-Key` seen within 24 h; the first run's id.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct RunReplayed {
+    run_id: Uuid,
+    idempotent_replay: bool,
 }
 
 fn empty_object() -> Value {
@@ -55,6 +77,17 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> 
     }
 }
 
+/// Runs the flow's latest deployed version.
+#[utoipa::path(post, operation_id = "runs_start", path = "/api/v1/flows/{flow_id}/runs", tag = "runs",
+    params(("flow_id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a repeat within 24 h answers the first run")),
+    request_body = StartRun,
+    security(("api_key" = ["flow:execute"]), ("session" = ["flow:execute"])),
+    responses((status = 202, description = "Queued", body = RunQueued),
+        (status = 200, description = "A repeated `Idempotency-Key`", body = RunReplayed),
+        (status = 403, description = "A grant below `execute`, or the role lacks `flow:execute`", body = ErrorBody),
+        (status = 409, description = "The flow was never deployed (`not_deployed`)", body = ErrorBody),
+        (status = 429, description = "Too many runs started for the flow or company (`rate_limited`); see `Retry-After`", body = ErrorBody)))]
 async fn start(
     State(state): State<AppState>,
     auth: Authorized<FlowExecute>,
@@ -119,15 +152,22 @@ async fn not_runnable(state: &AppState, principal: &Principal, flow_id: Uuid) ->
     }
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct Run {
     id: Uuid,
     flow_id: Uuid,
     version: i32,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[schema(value_type = String)]
     status: RunStatus,
+    /// What started it: `api`, `webhook`, `schedule`, …
+    #[schema(value_type = String)]
     trigger: Trigger,
+    #[schema(value_type = AnyJson)]
     input: Value,
+    #[schema(value_type = AnyJson)]
     output: Option<Value>,
+    #[schema(value_type = AnyJson)]
     error: Option<Value>,
     attempt: i32,
     queued_at: DateTime<Utc>,
@@ -138,23 +178,29 @@ struct Run {
 const RUN_COLUMNS: &str =
     "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at";
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct Step {
     node_id: String,
     status: String,
+    #[schema(value_type = AnyJson)]
     output: Option<Value>,
+    #[schema(value_type = AnyJson)]
     error: Option<Value>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct RunWithSteps {
     #[serde(flatten)]
     run: Run,
     steps: Vec<Step>,
 }
 
+/// A run: status, input, output, error and each step.
+#[utoipa::path(get, operation_id = "runs_show", path = "/api/v1/runs/{run_id}", tag = "runs", params(("run_id" = Uuid, Path)),
+    security(("api_key" = ["run:read"]), ("session" = ["run:read"])),
+    responses((status = 200, description = "The run with its steps", body = RunWithSteps)))]
 async fn show(State(state): State<AppState>, auth: Authorized<RunRead>, Id(id): Id) -> ApiResult<Json<RunWithSteps>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let run: Run = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -179,14 +225,27 @@ async fn show(State(state): State<AppState>, auth: Authorized<RunRead>, Id(id): 
     Ok(Json(RunWithSteps { run, steps }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this flow's runs.
     flow_id: Option<Uuid>,
+    /// Only runs in this status.
     status: Option<String>,
+    /// Rows on the page, 1 to 200; 50 when absent.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<Uuid>,
 }
+
+page!(RunPage, Run);
+
+/// The runs of the flows the caller may see, newest first.
+#[utoipa::path(get, operation_id = "runs_list", path = "/api/v1/runs", tag = "runs", params(ListQuery),
+    security(("api_key" = ["run:read"]), ("session" = ["run:read"])),
+    responses((status = 200, description = "A page of runs", body = RunPage)))]
 
 async fn list(
     State(state): State<AppState>,

@@ -3,10 +3,8 @@
 //! (`scheduler/src/cron_fire.rs`); the DST rule is in `shared/src/cron.rs`.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -18,17 +16,21 @@ use crate::audit;
 use crate::authz::{Authorized, FlowEdit, FlowRead};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, Page, ValidJson};
+use crate::openapi::{ErrorBody, PageParams, page};
 use crate::state::AppState;
 use floq_shared::cron::CronSchedule;
 use floq_shared::db;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/flows/{id}/schedules", get(list).post(create))
-        .route("/api/v1/flows/{id}/schedules/{schedule_id}", delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(remove))
 }
 
-#[derive(Clone, Serialize, sqlx::FromRow)]
+#[derive(Clone, Serialize, sqlx::FromRow, ToSchema)]
 struct Schedule {
     id: Uuid,
     flow_id: Uuid,
@@ -45,6 +47,18 @@ struct Schedule {
 
 const COLUMNS: &str = "id, flow_id, cron, timezone, enabled, misfire, next_fire_at, last_tick, last_fired_at, \
                        last_drift_ms, created_at";
+
+/// What [`shown`] answers.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // documentation of `shown`
+struct ShownSchedule {
+    #[serde(flatten)]
+    schedule: Schedule,
+    /// The next three fire times.
+    upcoming: Option<Vec<DateTime<Utc>>>,
+}
+
+page!(SchedulePage, ShownSchedule);
 
 /// A schedule as shown: its row plus the next few fire times.
 fn shown(s: &Schedule) -> Value {
@@ -64,6 +78,10 @@ fn shown(s: &Schedule) -> Value {
 }
 
 /// Newest first by (v7) id; served by `schedules (company_id, flow_id, id)`.
+#[utoipa::path(get, operation_id = "schedules_list", path = "/api/v1/flows/{flow_id}/schedules", tag = "schedules",
+    params(("flow_id" = Uuid, Path), PageParams),
+    security(("api_key" = ["flow:read"]), ("session" = ["flow:read"])),
+    responses((status = 200, description = "The flow's schedules, newest first", body = SchedulePage)))]
 async fn list(
     State(state): State<AppState>,
     auth: Authorized<FlowRead>,
@@ -110,20 +128,29 @@ fn misfire_policy(v: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateSchedule {
+    /// 5 or 6 fields.
     #[validate(length(min = 9, max = 200))]
+    #[schema(min_length = 9, max_length = 200)]
     cron: String,
+    /// An IANA zone; `UTC` when absent.
     #[serde(default = "utc")]
     timezone: String,
     #[serde(default = "yes")]
     enabled: bool,
+    /// `skip` (the default) or `fire_once`.
     #[serde(default = "skip")]
     #[validate(custom(function = "misfire_policy"))]
     misfire: String,
 }
 
+#[utoipa::path(post, operation_id = "schedules_create", path = "/api/v1/flows/{flow_id}/schedules", tag = "schedules",
+    params(("flow_id" = Uuid, Path)), request_body = CreateSchedule,
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 201, description = "Created", body = ShownSchedule),
+        (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,
@@ -163,6 +190,11 @@ async fn create(
     Ok((StatusCode::CREATED, Json(shown(&schedule))))
 }
 
+#[utoipa::path(delete, operation_id = "schedules_remove", path = "/api/v1/flows/{flow_id}/schedules/{schedule_id}", tag = "schedules",
+    params(("flow_id" = Uuid, Path), ("schedule_id" = Uuid, Path)),
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 204, description = "Deleted"),
+        (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody)))]
 async fn remove(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,

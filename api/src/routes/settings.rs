@@ -3,9 +3,7 @@
 //! (or a stolen admin key) from erasing the audit trail.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use validator::{Validate, ValidationError, ValidationErrors};
 
@@ -15,19 +13,26 @@ use crate::error::ApiResult;
 use crate::extract::{ValidJson, invalid_body};
 use crate::state::AppState;
 use floq_shared::{Config, db};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/settings/retention", get(show).put(update))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(show, update))
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, Validate, sqlx::FromRow)]
+/// Floors below the ranges shown are the operator's (`FLOQ_AUDIT_MIN_AGE_DAYS`, `FLOQ_AUDIT_MIN_ENTRIES`).
+#[derive(Clone, Debug, Deserialize, Serialize, Validate, sqlx::FromRow, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     #[validate(range(min = 1, max = 36_500))]
+    #[schema(minimum = 1, maximum = 36_500)]
     audit_max_age_days: i32,
     #[validate(range(min = 1))]
+    #[schema(minimum = 1)]
     audit_max_entries: i64,
     #[validate(range(min = 1, max = 36_500))]
+    #[schema(minimum = 1, maximum = 36_500)]
     runs_max_age_days: i32,
 }
 
@@ -68,6 +73,10 @@ async fn current(tx: &mut db::Tx) -> Result<Retention, sqlx::Error> {
     Ok(stored.unwrap_or(Retention::DEFAULT))
 }
 
+/// How long the company keeps audit entries and runs.
+#[utoipa::path(get, operation_id = "settings_show", path = "/api/v1/settings/retention", tag = "settings",
+    security(("api_key" = ["settings:manage"]), ("session" = ["settings:manage"])),
+    responses((status = 200, description = "The retention in force", body = Retention)))]
 async fn show(State(state): State<AppState>, auth: Authorized<SettingsManage>) -> ApiResult<Json<Retention>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let retention = current(&mut tx).await?;
@@ -75,6 +84,9 @@ async fn show(State(state): State<AppState>, auth: Authorized<SettingsManage>) -
     Ok(Json(retention))
 }
 
+#[utoipa::path(put, operation_id = "settings_update", path = "/api/v1/settings/retention", tag = "settings", request_body = Retention,
+    security(("api_key" = ["settings:manage"]), ("session" = ["settings:manage"])),
+    responses((status = 200, description = "The retention now in force", body = Retention)))]
 async fn update(
     State(state): State<AppState>,
     auth: Authorized<SettingsManage>,

@@ -3,11 +3,9 @@
 //! company does not own is an invitation (see [`crate::accounts`]).
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -19,16 +17,20 @@ use crate::audit;
 use crate::authz::{Authorized, ROLES, UserManage};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ByTime, Id, Page, ValidJson};
+use crate::openapi::{ErrorBody, PageParams, page};
 use crate::password;
 use crate::state::AppState;
 use floq_shared::{db, mail};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/users", get(list).post(create))
-        .route("/api/v1/users/{id}", get(show).patch(update).delete(remove))
-        .route("/api/v1/invitations", get(invitations))
-        .route("/api/v1/invitations/{id}", delete(withdraw))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(invitations))
+        .routes(routes!(withdraw))
 }
 
 fn valid_roles(roles: &[String]) -> Result<(), validator::ValidationError> {
@@ -45,7 +47,7 @@ fn normalized(mut roles: Vec<String>) -> Vec<String> {
     roles
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 struct Member {
     id: Uuid,
     email: String,
@@ -57,9 +59,14 @@ struct Member {
 const MEMBER_SELECT: &str = "SELECT u.id, u.email, u.name, m.roles, m.created_at AS joined_at
                                FROM memberships m JOIN users u ON u.id = m.user_id";
 
+page!(MemberPage, Member);
+
 /// Newest member first, by when they joined, then user id: a user's id tells
 /// when the identity was made, not when it joined this company. Served by
 /// `memberships (company_id, created_at, user_id)`.
+#[utoipa::path(get, operation_id = "users_list", path = "/api/v1/users", tag = "users", params(PageParams),
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 200, description = "The company's members, newest first", body = MemberPage)))]
 async fn list(
     State(state): State<AppState>,
     auth: Authorized<UserManage>,
@@ -89,6 +96,9 @@ async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Member> {
         .ok_or_else(|| ApiError::not_found("user"))
 }
 
+#[utoipa::path(get, operation_id = "users_show", path = "/api/v1/users/{user_id}", tag = "users", params(("user_id" = Uuid, Path)),
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 200, description = "The member", body = Member)))]
 async fn show(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id): Id) -> ApiResult<Json<Member>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let member = fetch(&mut tx, id).await?;
@@ -96,19 +106,33 @@ async fn show(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id
     Ok(Json(member))
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     #[validate(email)]
+    #[schema(format = Email)]
     email: String,
     #[validate(length(max = 200))]
+    #[schema(max_length = 200)]
     #[serde(default)]
     name: String,
     #[validate(length(min = 12, max = 1024, message = "passwords are 12 to 1024 characters"))]
+    #[schema(min_length = 12, max_length = 1024)]
     password: Option<String>,
+    /// `none` when absent.
     #[validate(custom(function = "valid_roles"))]
     #[serde(default = "no_role")]
     roles: Vec<String>,
+}
+
+/// The one answer to an invitation, whoever the address belongs to.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation of `invited`
+struct Invited {
+    /// `invited`
+    status: String,
+    email: String,
+    message: String,
 }
 
 fn no_role() -> Vec<String> {
@@ -130,6 +154,12 @@ fn mail_not_configured() -> ApiError {
 /// nothing about the identity; without a password every address is invited, so
 /// nothing at all is learned. A password or name given for an existing identity
 /// is ignored: no company sets anything on an identity it does not own.
+#[utoipa::path(post, operation_id = "users_create", path = "/api/v1/users", tag = "users", request_body = CreateUser,
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 201, description = "A brand-new identity, now a member", body = Member),
+        (status = 202, description = "Invited", body = Invited),
+        (status = 409, description = "Already a member (`already_member`)", body = ErrorBody),
+        (status = 503, description = "Inviting needs mail and none is configured (`mail_not_configured`)", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
     auth: Authorized<UserManage>,
@@ -237,8 +267,13 @@ async fn company_name(state: &AppState, company_id: Uuid) -> Result<String, sqlx
     Ok(name)
 }
 
+page!(InvitationPage, accounts::Pending);
+
 /// Pending invitations of the caller's company (addresses it typed itself).
 /// Newest first by (v7) id.
+#[utoipa::path(get, operation_id = "users_invitations", path = "/api/v1/invitations", tag = "users", params(PageParams),
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 200, description = "Pending invitations, newest first", body = InvitationPage)))]
 async fn invitations(
     State(state): State<AppState>,
     auth: Authorized<UserManage>,
@@ -251,6 +286,10 @@ async fn invitations(
     Ok(Json(page.answer(items, |p| p.id)))
 }
 
+/// Withdraws a pending invitation.
+#[utoipa::path(delete, operation_id = "users_withdraw", path = "/api/v1/invitations/{invitation_id}", tag = "users", params(("invitation_id" = Uuid, Path)),
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 204, description = "Withdrawn")))]
 async fn withdraw(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let before = accounts::withdraw(&mut tx, id)
@@ -262,7 +301,7 @@ async fn withdraw(State(state): State<AppState>, auth: Authorized<UserManage>, I
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateUser {
     #[validate(custom(function = "valid_roles"))]
@@ -285,6 +324,12 @@ async fn is_last_admin(tx: &mut db::Tx, user_id: Uuid) -> Result<bool, sqlx::Err
     Ok(admins == [user_id])
 }
 
+/// Replaces the member's roles.
+#[utoipa::path(patch, operation_id = "users_update", path = "/api/v1/users/{user_id}", tag = "users", params(("user_id" = Uuid, Path)),
+    request_body = UpdateUser,
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 200, description = "The member", body = Member),
+        (status = 409, description = "It would leave the company without an admin (`last_admin`)", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
     auth: Authorized<UserManage>,
@@ -310,6 +355,10 @@ async fn update(
 }
 
 /// Removes the membership; the user and their other companies stay.
+#[utoipa::path(delete, operation_id = "users_remove", path = "/api/v1/users/{user_id}", tag = "users", params(("user_id" = Uuid, Path)),
+    security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
+    responses((status = 204, description = "No longer a member"),
+        (status = 409, description = "The company's last admin (`last_admin`)", body = ErrorBody)))]
 async fn remove(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let before = fetch(&mut tx, id).await?;

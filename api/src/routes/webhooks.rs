@@ -20,11 +20,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -42,6 +40,7 @@ use crate::authz::{Authorized, FlowEdit};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, StorableBytes, ValidJson};
 use crate::middleware::FlowReply;
+use crate::openapi::{AnyJson, ErrorBody, RawBody};
 use crate::redirects::{self, RedirectOrigins};
 use crate::replay::{self, Signature};
 use crate::state::AppState;
@@ -50,15 +49,18 @@ use floq_shared::audit::Actor;
 use floq_shared::db;
 use floq_shared::replies::{FORBIDDEN_REPLY_HEADERS, RunReply};
 use floq_shared::run::{RunStatus, Trigger};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/flows/{id}/webhook", get(show).put(configure).delete(disable))
-        .route("/api/v1/flows/{id}/webhook/rotate", post(rotate))
-        .route("/hooks/{token}", get(receive).post(receive).put(receive))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(show, configure, disable))
+        .routes(routes!(rotate))
+        .routes(routes!(receive))
 }
 
-#[derive(Clone, Serialize, sqlx::FromRow)]
+#[derive(Clone, Serialize, sqlx::FromRow, ToSchema)]
 struct Webhook {
     flow_id: Uuid,
     signed: bool,
@@ -90,6 +92,40 @@ fn new_token() -> String {
     hex::encode(bytes)
 }
 
+/// What [`revealed`] answers.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // documentation of `revealed`
+struct RevealedWebhook {
+    #[serde(flatten)]
+    webhook: Webhook,
+    /// Shown once, when the webhook is enabled or rotated.
+    token: Option<String>,
+    /// `/hooks/{token}`, shown with the token.
+    path: Option<String>,
+    /// The signing secret (`whsec_…`), shown when signing is switched on and on rotation.
+    secret: Option<String>,
+}
+
+/// Whether the flow has a webhook, and its settings (never its token or secret).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation of the json! answer
+struct WebhookState {
+    enabled: bool,
+    webhook: Option<Webhook>,
+}
+
+/// A webhook call's run was accepted (and, if it waited, did not finish in time).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct HookAccepted {
+    run_id: Uuid,
+    /// `pending` when the call waited and the run goes on.
+    status: Option<String>,
+    message: Option<String>,
+    /// A repeated `Idempotency-Key`: the first run's id.
+    idempotent_replay: Option<bool>,
+}
+
 /// What a caller is shown once: the URL (its token) and, if signed, the
 /// secret, opened from what was just stored, so it is exactly what calls are verified with.
 fn revealed(state: &AppState, company_id: Uuid, hook: &Webhook, token: Option<&str>) -> ApiResult<Value> {
@@ -119,6 +155,10 @@ async fn fetch(tx: &mut db::Tx, flow_id: Uuid) -> Result<Option<Webhook>, sqlx::
     .await
 }
 
+#[utoipa::path(get, operation_id = "webhooks_show", path = "/api/v1/flows/{flow_id}/webhook", tag = "webhooks", params(("flow_id" = Uuid, Path)),
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 200, description = "The webhook, if enabled", body = WebhookState),
+        (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody)))]
 async fn show(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<Json<Value>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
@@ -130,12 +170,14 @@ async fn show(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id):
     }))
 }
 
-#[derive(Deserialize, Validate)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ConfigureWebhook)]
 struct Configure {
     #[serde(default)]
     signed: bool,
     #[validate(length(min = 1, max = 100))]
+    #[schema(min_length = 1, max_length = 100)]
     signature_header: Option<String>,
     #[validate(range(min = 1, max = 86_400))]
     tolerance_seconds: Option<i32>,
@@ -147,6 +189,12 @@ struct Configure {
 }
 
 /// Enables the webhook (answering its token once) or changes its settings.
+#[utoipa::path(put, operation_id = "webhooks_configure", path = "/api/v1/flows/{flow_id}/webhook", tag = "webhooks", params(("flow_id" = Uuid, Path)),
+    request_body = Configure,
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 201, description = "Enabled: the token (and secret, if signed) are shown this once", body = RevealedWebhook),
+        (status = 200, description = "Settings changed", body = RevealedWebhook),
+        (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody)))]
 async fn configure(
     State(state): State<AppState>,
     auth: Authorized<FlowEdit>,
@@ -234,6 +282,10 @@ async fn configure(
 }
 
 /// A new token and a new signing secret; the old ones stop working at once.
+#[utoipa::path(post, operation_id = "webhooks_rotate", path = "/api/v1/flows/{flow_id}/webhook/rotate", tag = "webhooks", params(("flow_id" = Uuid, Path)),
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 200, description = "The new token (and secret, if signed), shown this once", body = RevealedWebhook),
+        (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody)))]
 async fn rotate(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<Json<Value>> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
@@ -263,6 +315,10 @@ async fn rotate(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id
     Ok(Json(out))
 }
 
+#[utoipa::path(delete, operation_id = "webhooks_disable", path = "/api/v1/flows/{flow_id}/webhook", tag = "webhooks", params(("flow_id" = Uuid, Path)),
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 204, description = "Disabled"),
+        (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody)))]
 async fn disable(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
@@ -386,6 +442,25 @@ fn wait_for(state: &AppState, query: &[(String, String)], hook: &Resolved) -> Ap
     Ok(Some(Duration::from_secs(seconds)))
 }
 
+/// A flow's webhook URL: no API key, the token is the credential. Starts a run
+/// whose `$input` is `{method, body, query, headers}`; other query parameters
+/// than `wait` reach the run as they are.
+#[utoipa::path(method(get, post, put), operation_id = "webhooks_receive", path = "/hooks/{token}", tag = "webhooks",
+    params(("token" = String, Path, description = "The webhook's token"),
+        ("wait" = Option<u64>, Query, description = "Seconds to wait for the run's reply, if the webhook allows it"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; a repeat within 24 h answers the first run"),
+        ("X-Floq-Signature" = Option<String>, Header, description = "Signed webhooks: `t=<unix>,v1=<hex HMAC-SHA256 of \"t.body\">`")),
+    request_body(description = "Any body; JSON is parsed into `$input.body`",
+        content((AnyJson = "application/json"), (RawBody = "*/*"))),
+    responses((status = 202, description = "The run is queued (or did not finish within the wait)", body = HookAccepted),
+        (status = 200, description = "The run's reply: its `respond` node's (status, headers and body), or its output", body = AnyJson),
+        (status = 401, description = "Unknown token, or a signature missing, wrong or out of tolerance (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "Unknown token", body = ErrorBody),
+        (status = 409, description = "The signature was used before (`signature_replayed`), or the flow was never deployed (`not_deployed`)", body = ErrorBody),
+        (status = 413, description = "The body is over the limit (`payload_too_large`)", body = ErrorBody),
+        (status = 422, description = "The body or query holds text that cannot be stored (`invalid_text`), or a bad `wait`", body = ErrorBody),
+        (status = 429, description = "Too many runs started for the flow or company (`rate_limited`); see `Retry-After`", body = ErrorBody),
+        (status = 502, description = "The run failed (`run_failed`) or its reply was refused (`reply_refused`)", body = ErrorBody)))]
 async fn receive(
     State(state): State<AppState>,
     Path(token): Path<String>,

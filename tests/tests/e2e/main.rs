@@ -13,6 +13,7 @@ mod grants;
 mod identity;
 mod limits;
 mod nodes;
+mod openapi;
 mod paging;
 mod poison;
 mod reach;

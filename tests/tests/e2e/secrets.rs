@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::runs::serve;
 use floq_shared::crypto::{Key, Keyring, generate};
 use floq_shared::secrets;
-use floq_tests::endpoints::{ENDPOINTS, Guard};
+use floq_tests::openapi::{Guard, operations};
 use floq_tests::{Options, TestApp};
 
 const TOKEN: &str = "sk_live_51HtokenSecretValue0042";
@@ -153,23 +153,27 @@ async fn no_endpoint_ever_returns_secret_material() {
         .await;
     let run = app.start_run(&flow, json!({})).await;
     app.wait_run(&run).await;
+    let (user, key) = (app.admin.user_id.to_string(), app.admin.key_id.to_string());
     let fixtures = [
-        ("{flow}", flow.clone()),
-        ("{run}", run.clone()),
-        ("{credential}", id.clone()),
-        ("{kv}", "webhook-secret".to_string()),
-        ("{user}", app.admin.user_id.to_string()),
-        ("{key}", app.admin.key_id.to_string()),
+        ("flow_id", flow.as_str()),
+        ("run_id", run.as_str()),
+        ("credential_id", id.as_str()),
+        ("key", "webhook-secret"),
+        ("user_id", user.as_str()),
+        ("api_key_id", key.as_str()),
     ];
     let mut checked = 0;
-    for (method, template, guard) in ENDPOINTS {
-        if *method != "GET"
-            || *guard == Guard::Public
-            || ["{group}", "{folder}", "{grant}"].iter().any(|f| template.contains(f))
+    for op in operations(&app).await {
+        let names = op.placeholders();
+        if op.method != Method::GET
+            || op.guard == Guard::Public
+            || ["group_id", "flow_group_id", "grant_id"]
+                .iter()
+                .any(|f| names.iter().any(|n| n == f))
         {
             continue;
         }
-        let path = fixtures.iter().fold(template.to_string(), |p, (k, v)| p.replace(k, v));
+        let path = op.path(&fixtures);
         let resp = app
             .client
             .get(format!("{}{path}", app.base))
