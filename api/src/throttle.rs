@@ -17,17 +17,13 @@
 use std::net::IpAddr;
 
 use axum::http::HeaderMap;
-use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 
-use floq_shared::db;
-// One failure is forgiven per DECAY_SECS; the scheduler forgets a bucket by the same rule.
-use floq_shared::login_attempts::DECAY_SECS;
+// Counting, locking and forgetting are the buckets' storage rules, with the table.
+pub use floq_shared::login_attempts::{clear, locked_until, record_failure};
 
 /// Failures a bucket allows before it locks.
 const FREE_PER_PAIR: f64 = 4.0;
 const FREE_PER_CLIENT: f64 = 20.0;
-const MAX_LOCK_SECS: f64 = 900.0;
 
 /// The buckets one sign-in attempt counts against: (key, failures it allows).
 pub fn keys(email: &str, client: &IpAddr) -> [(String, f64); 2] {
@@ -56,62 +52,6 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
         .rev()
         .find(|a| !trusted.contains(a))
         .unwrap_or(peer)
-}
-
-/// The latest `locked_until` in the future among the buckets, if any.
-pub async fn locked_until(pool: &PgPool, keys: &[(String, f64)]) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
-    let mut tx = db::duty_tx(pool, db::Duty::SignIn).await?;
-    let until: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT max(locked_until) FROM login_attempts WHERE key = ANY($1) AND locked_until > now()")
-            .bind(&names)
-            .fetch_one(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    Ok(until)
-}
-
-/// Counts a failure in each bucket (after decaying what it held) and locks
-/// the buckets past their allowance.
-pub async fn record_failure(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), sqlx::Error> {
-    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
-    let free: Vec<f64> = keys.iter().map(|(_, f)| *f).collect();
-    let mut tx = db::duty_tx(pool, db::Duty::SignIn).await?;
-    sqlx::query(
-        "INSERT INTO login_attempts AS a (key, failures, locked_until, updated_at)
-         SELECT k, 1, NULL, now() FROM unnest($1::text[]) AS k
-         ON CONFLICT (key) DO UPDATE
-            SET failures = greatest(a.failures - extract(epoch FROM now() - a.updated_at)::float8 / $2, 0) + 1,
-                updated_at = now()",
-    )
-    .bind(&names)
-    .bind(DECAY_SECS)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE login_attempts a
-            SET locked_until = CASE WHEN a.failures > i.free
-                THEN now() + make_interval(secs => least(power(2, a.failures - i.free - 1), $3)) END
-           FROM unnest($1::text[], $2::float8[]) AS i(key, free)
-          WHERE a.key = i.key",
-    )
-    .bind(&names)
-    .bind(&free)
-    .bind(MAX_LOCK_SECS)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
-}
-
-/// A success forgets the client's failures, for this account and overall.
-pub async fn clear(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), sqlx::Error> {
-    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
-    let mut tx = db::duty_tx(pool, db::Duty::SignIn).await?;
-    sqlx::query("DELETE FROM login_attempts WHERE key = ANY($1)")
-        .bind(&names)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
 }
 
 #[cfg(test)]
