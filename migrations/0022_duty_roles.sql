@@ -5,10 +5,12 @@
 --
 -- The lookup roles behind unauthenticated paths are keyed: they see only the
 -- rows matching the value the transaction looked up (`floq.lookup`, set by
--- `shared::db::duty_tx`): a token's SHA-256 (hex), an id or an e-mail address.
--- A token hash cannot be guessed, so even a query injected into such a path
--- reads nothing but the one row its caller already holds the token of. None
--- of them can read runs, steps, credentials or KV at all: there is no GRANT.
+-- `shared::db::lookup_tx`): a token's SHA-256 (hex), an id or an e-mail
+-- address. That bounds what a faulty statement (one missing its WHERE, say)
+-- can reach; it is not a wall against injected SQL, which could set another
+-- key: every statement binds its values (sqlx). Writes are granted per column,
+-- so even a keyed row can change only in the columns its duty changes. None
+-- of these roles can read runs, steps, credentials or KV at all: no GRANT.
 --
 -- | role                 | duty                                   | keyed by          |
 -- | floq_outbox          | outbox sweep                           |                   |
@@ -19,6 +21,8 @@
 -- | floq_webhook_lookup  | a webhook by its token                 | token hash        |
 -- | floq_session_lookup  | a session by its cookie (or its id)    | token hash / id   |
 -- | floq_signin          | an identity for sign-in, enrolment     | e-mail / user id  |
+-- | floq_session_issue   | a session for a signed-in identity     | user id           |
+-- | floq_reset_issue     | a password-reset link for an identity  | user id           |
 -- | floq_accounts        | spending a mailed link                 | token hash, then the identity |
 -- | floq_key_rotation    | re-encrypting secrets (operator CLI)   |                   |
 -- | floq_operator        | identity repair (operator CLI)         |                   |
@@ -32,6 +36,7 @@ DECLARE
 BEGIN
     FOREACH role_name IN ARRAY ARRAY['floq_outbox', 'floq_audit_writer', 'floq_sealer', 'floq_retention',
                                      'floq_cron', 'floq_webhook_lookup', 'floq_session_lookup', 'floq_signin',
+                                     'floq_session_issue', 'floq_reset_issue',
                                      'floq_accounts', 'floq_key_rotation', 'floq_operator'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = role_name) THEN
             BEGIN
@@ -69,7 +74,7 @@ LANGUAGE sql STABLE AS $$
                 THEN floq_lookup()::uuid END
 $$;
 GRANT EXECUTE ON FUNCTION floq_lookup(), floq_lookup_hash(), floq_lookup_id()
-    TO floq_webhook_lookup, floq_session_lookup, floq_signin, floq_accounts;
+    TO floq_webhook_lookup, floq_session_lookup, floq_signin, floq_session_issue, floq_reset_issue, floq_accounts;
 
 -- floq_system keeps existing (other databases of the cluster may still use
 -- it) but loses every policy and privilege here.
@@ -105,7 +110,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM floq_system;
 -- Outbox sweep: publishes and deletes any company's pending messages, and
 -- tells each company which of its runs it had to publish; nothing else.
 CREATE POLICY outbox_sweep ON outbox TO floq_outbox USING (true) WITH CHECK (true);
-CREATE POLICY outbox_sweep_audit ON audit_log FOR INSERT TO floq_outbox WITH CHECK (action = 'job.outbox_sweep');
+CREATE POLICY outbox_sweep_audit ON audit_log FOR INSERT TO floq_outbox
+    WITH CHECK (action = 'job.outbox_sweep' AND actor_type = 'system' AND actor_label = 'scheduler' AND actor_id IS NULL);
 GRANT SELECT, UPDATE, DELETE ON outbox TO floq_outbox;
 GRANT INSERT ON audit_log TO floq_outbox;
 
@@ -163,34 +169,44 @@ GRANT INSERT ON webhook_signatures TO floq_webhook_lookup;
 
 -- Session lookup (anonymous cookie check; logout and company switch by id):
 -- the one session, and its user's memberships.
+-- A session may only be revoked or moved (the columns granted), never given
+-- another user. One moved to a company its user does not belong to is dead:
+-- the lookup joins the membership and finds none.
 CREATE POLICY session_lookup ON sessions TO floq_session_lookup
     USING (token_hash = floq_lookup_hash() OR id = floq_lookup_id())
     WITH CHECK (token_hash = floq_lookup_hash() OR id = floq_lookup_id());
 CREATE POLICY session_lookup ON memberships FOR SELECT TO floq_session_lookup
     USING (user_id IN (SELECT user_id FROM sessions));
-GRANT SELECT, UPDATE ON sessions TO floq_session_lookup;
+GRANT SELECT ON sessions TO floq_session_lookup;
+GRANT UPDATE (revoked_at, company_id) ON sessions TO floq_session_lookup;
 GRANT SELECT ON memberships TO floq_session_lookup;
 
--- Sign-in (anonymous) and enrolment: the identity with the e-mail address (or
--- id) looked up, its memberships and companies, a new session for it, its
--- password-reset links, and the sign-in failure counters (which hold no
--- tenant data).
+-- Sign-in (anonymous) and enrolment, read only: the identity with the e-mail
+-- address (or id) looked up, its memberships and companies; and the sign-in
+-- failure counters, whose keys are hashes (api/src/throttle.rs).
 CREATE POLICY signin_lookup ON users FOR SELECT TO floq_signin
     USING (lower(email) = lower(floq_lookup()) OR id = floq_lookup_id());
 CREATE POLICY signin_lookup ON memberships FOR SELECT TO floq_signin USING (user_id IN (SELECT id FROM users));
 CREATE POLICY signin_lookup ON companies FOR SELECT TO floq_signin USING (id IN (SELECT company_id FROM memberships));
-CREATE POLICY sign_in ON sessions FOR INSERT TO floq_signin
-    WITH CHECK (user_id IN (SELECT id FROM users)
-                AND company_id IN (SELECT company_id FROM memberships WHERE memberships.user_id = sessions.user_id));
-CREATE POLICY reset ON account_tokens FOR SELECT TO floq_signin
-    USING (purpose = 'password_reset' AND user_id IN (SELECT id FROM users));
-CREATE POLICY reset_issue ON account_tokens FOR INSERT TO floq_signin
-    WITH CHECK (purpose = 'password_reset' AND company_id IS NULL AND user_id IN (SELECT id FROM users));
 CREATE POLICY throttle ON login_attempts TO floq_signin USING (true) WITH CHECK (true);
 GRANT SELECT ON users, memberships, companies TO floq_signin;
-GRANT INSERT ON sessions TO floq_signin;
-GRANT SELECT, INSERT ON account_tokens TO floq_signin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON login_attempts TO floq_signin;
+
+-- Issuing a session, only after the password was checked: for the identity
+-- looked up by id, in a company it belongs to.
+CREATE POLICY session_issue ON memberships FOR SELECT TO floq_session_issue USING (user_id = floq_lookup_id());
+CREATE POLICY session_issue ON sessions FOR INSERT TO floq_session_issue
+    WITH CHECK (user_id = floq_lookup_id()
+                AND company_id IN (SELECT m.company_id FROM memberships m WHERE m.user_id = sessions.user_id));
+GRANT SELECT ON memberships TO floq_session_issue;
+GRANT INSERT ON sessions TO floq_session_issue;
+
+-- Issuing a password-reset link for the identity looked up by id.
+CREATE POLICY reset_issue ON account_tokens FOR SELECT TO floq_reset_issue
+    USING (purpose = 'password_reset' AND user_id = floq_lookup_id());
+CREATE POLICY reset_issue_insert ON account_tokens FOR INSERT TO floq_reset_issue
+    WITH CHECK (purpose = 'password_reset' AND company_id IS NULL AND user_id = floq_lookup_id());
+GRANT SELECT, INSERT ON account_tokens TO floq_reset_issue;
 
 -- Accepting a mailed link (anonymous): the token it holds, then the identity
 -- that token names (by e-mail to find or create it, then by id): its
@@ -207,9 +223,12 @@ CREATE POLICY accept_update ON users FOR UPDATE TO floq_accounts
 CREATE POLICY accept ON sessions TO floq_accounts
     USING (user_id = floq_lookup_id()) WITH CHECK (user_id = floq_lookup_id());
 CREATE POLICY accept ON memberships FOR SELECT TO floq_accounts USING (user_id = floq_lookup_id());
-GRANT SELECT, UPDATE ON account_tokens TO floq_accounts;
-GRANT SELECT, INSERT, UPDATE ON users TO floq_accounts;
-GRANT SELECT, UPDATE ON sessions TO floq_accounts;
+GRANT SELECT ON account_tokens TO floq_accounts;
+GRANT UPDATE (used_at) ON account_tokens TO floq_accounts;
+GRANT SELECT, INSERT ON users TO floq_accounts;
+GRANT UPDATE (password_hash, email_verified_at) ON users TO floq_accounts;
+GRANT SELECT ON sessions TO floq_accounts;
+GRANT UPDATE (revoked_at) ON sessions TO floq_accounts;
 GRANT SELECT ON memberships TO floq_accounts;
 
 -- Key rotation (operator CLI): re-encrypts every company's secrets and audits each.
@@ -218,7 +237,7 @@ CREATE POLICY rotate ON kv TO floq_key_rotation USING (true) WITH CHECK (true);
 CREATE POLICY rotate_find ON flow_webhooks FOR SELECT TO floq_key_rotation USING (true);
 CREATE POLICY rotate_audit ON audit_log FOR INSERT TO floq_key_rotation WITH CHECK (true);
 GRANT SELECT, UPDATE ON credentials, kv TO floq_key_rotation;
-GRANT SELECT ON flow_webhooks TO floq_key_rotation;
+GRANT SELECT (company_id, flow_id, signing_key_id, signing_secret) ON flow_webhooks TO floq_key_rotation;
 GRANT INSERT ON audit_log TO floq_key_rotation;
 GRANT USAGE ON SEQUENCE audit_log_id_seq TO floq_key_rotation;
 
@@ -228,7 +247,9 @@ CREATE POLICY operator ON sessions TO floq_operator USING (true) WITH CHECK (tru
 CREATE POLICY operator ON memberships FOR SELECT TO floq_operator USING (true);
 CREATE POLICY operator ON companies FOR SELECT TO floq_operator USING (true);
 CREATE POLICY operator_audit ON audit_log FOR INSERT TO floq_operator WITH CHECK (true);
-GRANT SELECT, UPDATE ON users, sessions TO floq_operator;
+GRANT SELECT ON users, sessions TO floq_operator;
+GRANT UPDATE (password_hash) ON users TO floq_operator;
+GRANT UPDATE (revoked_at) ON sessions TO floq_operator;
 GRANT SELECT ON memberships, companies TO floq_operator;
 GRANT INSERT ON audit_log TO floq_operator;
 GRANT USAGE ON SEQUENCE audit_log_id_seq TO floq_operator;

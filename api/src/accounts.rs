@@ -134,8 +134,8 @@ pub async fn request_reset(
     email: &str,
     ttl: Duration,
 ) -> Result<Option<String>, sqlx::Error> {
-    let mut tx = db::lookup_tx(pool, db::Duty::SignIn, db::Lookup::Id(user_id)).await?;
-    // Serialise concurrent requests for one identity (the sign-in duty may not lock its row).
+    let mut tx = db::lookup_tx(pool, db::Duty::ResetIssue, db::Lookup::Id(user_id)).await?;
+    // Serialise concurrent requests for one identity (the duty may not lock its row).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
         .bind(user_id)
         .execute(&mut *tx)
@@ -228,7 +228,19 @@ pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> 
     // From here the transaction sees the identity the token names, and only it.
     db::set_lookup(&mut tx, db::Lookup::Email(&email)).await?;
     let user_id = match user_id {
-        Some(id) => id,
+        // The link went to the address it names: it must still be that identity's.
+        Some(id) => {
+            let same: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND lower(email) = lower($2))")
+                    .bind(id)
+                    .bind(&email)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !same {
+                return Ok(None);
+            }
+            id
+        }
         None => match find_by_email(&mut tx, &email).await? {
             Some(id) => id,
             None => {

@@ -345,6 +345,19 @@ impl<S: Send + Sync, T: DeserializeOwned + validator::Validate> FromRequest<S> f
 
 /// `422` with one `{field, message}` per broken rule; also for rules that
 /// depend on configuration and are checked in a handler.
+/// The e-mail rule beside `#[validate(email)]`: ASCII only. PostgreSQL's
+/// `lower()` folds some non-ASCII letters onto ASCII ones (`İ` → `i`), so an
+/// internationalized look-alike would find another person's identity while
+/// its mail went to the look-alike's owner.
+pub fn ascii_email(value: &str) -> Result<(), validator::ValidationError> {
+    if value.is_ascii() {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("ascii_email")
+            .with_message("e-mail addresses must be ASCII (internationalized addresses are not supported)".into()))
+    }
+}
+
 pub fn invalid_body(errors: validator::ValidationErrors) -> ApiError {
     let details: Vec<serde_json::Value> = errors
         .field_errors()

@@ -17,6 +17,7 @@
 use std::net::IpAddr;
 
 use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
 
 // Counting, locking and forgetting are the buckets' storage rules, with the table.
 pub use floq_shared::login_attempts::{clear, locked_until, record_failure};
@@ -26,10 +27,16 @@ const FREE_PER_PAIR: f64 = 4.0;
 const FREE_PER_CLIENT: f64 = 20.0;
 
 /// The buckets one sign-in attempt counts against: (key, failures it allows).
+/// A key is a SHA-256 of the e-mail address and client address it counts,
+/// so the table holds no one's address in the clear.
 pub fn keys(email: &str, client: &IpAddr) -> [(String, f64); 2] {
+    let hashed = |kind: &str, what: String| format!("{kind}:{}", hex::encode(Sha256::digest(what.as_bytes())));
     [
-        (format!("pair:{}|{client}", email.trim().to_lowercase()), FREE_PER_PAIR),
-        (format!("ip:{client}"), FREE_PER_CLIENT),
+        (
+            hashed("pair", format!("{}|{client}", email.trim().to_lowercase())),
+            FREE_PER_PAIR,
+        ),
+        (hashed("ip", client.to_string()), FREE_PER_CLIENT),
     ]
 }
 
@@ -64,7 +71,10 @@ mod tests {
         let b: IpAddr = "198.51.100.7".parse().unwrap();
         let [(pair_a, _), (client_a, _)] = keys("Ada@Acme.test", &a);
         let [(pair_b, _), (client_b, _)] = keys("ada@acme.test ", &b);
-        assert_eq!(pair_a, "pair:ada@acme.test|203.0.113.9");
+        assert_eq!(
+            pair_a,
+            format!("pair:{}", hex::encode(Sha256::digest(b"ada@acme.test|203.0.113.9")))
+        );
         assert_ne!(pair_a, pair_b, "another address never shares the account's bucket");
         assert_ne!(client_a, client_b);
     }

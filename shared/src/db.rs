@@ -78,8 +78,12 @@ pub enum Duty {
     WebhookLookup,
     /// A session by its cookie (anonymous) or by its id: keyed.
     SessionLookup,
-    /// An identity by e-mail or id for sign-in and enrolment: keyed.
+    /// An identity by e-mail or id for sign-in and enrolment, read only: keyed.
     SignIn,
+    /// A session for an identity whose password was checked: keyed by its id.
+    SessionIssue,
+    /// A password-reset link for an identity: keyed by its id.
+    ResetIssue,
     /// Spending a mailed link (anonymous): keyed by the token, then the identity.
     Accounts,
     /// Re-encrypting every company's secrets (operator CLI).
@@ -89,7 +93,7 @@ pub enum Duty {
 }
 
 impl Duty {
-    pub const ALL: [Duty; 11] = [
+    pub const ALL: [Duty; 13] = [
         Duty::OutboxSweep,
         Duty::AuditAppend,
         Duty::AuditSeal,
@@ -98,6 +102,8 @@ impl Duty {
         Duty::WebhookLookup,
         Duty::SessionLookup,
         Duty::SignIn,
+        Duty::SessionIssue,
+        Duty::ResetIssue,
         Duty::Accounts,
         Duty::KeyRotation,
         Duty::Operator,
@@ -113,6 +119,8 @@ impl Duty {
             Duty::WebhookLookup => "floq_webhook_lookup",
             Duty::SessionLookup => "floq_session_lookup",
             Duty::SignIn => "floq_signin",
+            Duty::SessionIssue => "floq_session_issue",
+            Duty::ResetIssue => "floq_reset_issue",
             Duty::Accounts => "floq_accounts",
             Duty::KeyRotation => "floq_key_rotation",
             Duty::Operator => "floq_operator",

@@ -57,8 +57,8 @@ pub async fn create(
     rand::rng().fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
     let id = Uuid::now_v7();
-    // As the sign-in duty, which may open a session only for the identity it looked up.
-    let mut tx = db::lookup_tx(pool, db::Duty::SignIn, db::Lookup::Id(user_id)).await?;
+    // A duty of its own, which may only open a session for this identity in one of its companies.
+    let mut tx = db::lookup_tx(pool, db::Duty::SessionIssue, db::Lookup::Id(user_id)).await?;
     sqlx::query("INSERT INTO sessions (id, token_hash, user_id, company_id, expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(id)
         .bind(token_hash(&token))

@@ -135,29 +135,35 @@ async fn handle(worker: &Worker, replies: &Channel, delivery: Delivery) {
 
 async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: Delivery) {
     let reply_to = delivery.properties.reply_to().as_ref().map(|to| to.to_string());
-    // The two ways a message can arrive twice: the broker redelivers it, or
-    // the outbox sweep publishes it again. Only those may find the run done.
-    let again = delivery.redelivered
-        || delivery
-            .properties
-            .kind()
-            .as_ref()
-            .is_some_and(|kind| kind.as_str() == queue::REPUBLISHED);
-    if again {
-        match already_finished(&worker.pool, &msg).await {
-            Ok(true) => {
-                if let Some(to) = &reply_to {
-                    reply_stored(worker, replies, to, &msg).await;
-                }
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                return;
+    // The two ways a message can arrive twice: the broker redelivers it (its
+    // worker died: the run may be unfinished and is run again), or the outbox
+    // sweep publishes it again (the first copy may be queued, running or
+    // done: this copy runs only if it can claim a run still `queued`).
+    let republished = delivery
+        .properties
+        .kind()
+        .as_ref()
+        .is_some_and(|kind| kind.as_str() == queue::REPUBLISHED);
+    let check = if delivery.redelivered {
+        already_finished(&worker.pool, &msg).await
+    } else if republished {
+        claimed_elsewhere(&worker.pool, &msg).await
+    } else {
+        Ok(false)
+    };
+    match check {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Some(to) = &reply_to {
+                reply_stored(worker, replies, to, &msg).await;
             }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check a redelivered run; returning it to the queue");
-                requeue(&delivery).await;
-                return;
-            }
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check a repeated run message; returning it to the queue");
+            requeue(&delivery).await;
+            return;
         }
     }
     if let Some(ts) = msg.run_id.get_timestamp() {
@@ -285,6 +291,22 @@ async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::
     tx.commit().await?;
     // A run that is gone (retention) is as finished as one that ended.
     Ok(status.is_none_or(RunStatus::is_final))
+}
+
+/// For a message the outbox sweep published again: claims the run (`queued`
+/// → `running`), or says another copy has it (running or finished). A crashed
+/// first copy is redelivered by the broker and runs then.
+async fn claimed_elsewhere(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::Error> {
+    let mut tx = db::tenant_tx(pool, msg.company_id).await?;
+    let claimed =
+        sqlx::query("UPDATE runs SET status = 'running', started_at = now() WHERE id = $1 AND status = 'queued'")
+            .bind(msg.run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+    tx.commit().await?;
+    Ok(!claimed)
 }
 
 /// Takes the inline input out of the message (nothing else reads it) or loads it.

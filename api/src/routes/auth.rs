@@ -99,7 +99,7 @@ struct ResetRequested {
 #[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
-    #[validate(email)]
+    #[validate(email, custom(function = "crate::extract::ascii_email"))]
     #[schema(format = Email)]
     email: String,
     #[validate(length(min = 1, max = 1024))]
@@ -147,7 +147,7 @@ async fn login(
 
     let found = find_user(&state, &body.email).await?;
     let (user_id, hash) = match &found {
-        Some((id, hash)) => (Some(*id), hash.clone()),
+        Some((id, hash, _)) => (Some(*id), hash.clone()),
         None => (None, None),
     };
     let companies = match user_id {
@@ -194,9 +194,11 @@ async fn login(
     Ok(response)
 }
 
-async fn find_user(state: &AppState, email: &str) -> Result<Option<(Uuid, Option<String>)>, sqlx::Error> {
+/// The identity with this address: its id, password hash and the address as
+/// stored (which is where mail goes, never the spelling a request used).
+async fn find_user(state: &AppState, email: &str) -> Result<Option<(Uuid, Option<String>, String)>, sqlx::Error> {
     let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Email(email)).await?;
-    let row = sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = lower($1)")
+    let row = sqlx::query_as("SELECT id, password_hash, email FROM users WHERE lower(email) = lower($1)")
         .bind(email)
         .fetch_optional(&mut *tx)
         .await?;
@@ -317,7 +319,7 @@ fn mail_not_configured() -> ApiError {
 #[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetRequest {
-    #[validate(email)]
+    #[validate(email, custom(function = "crate::extract::ascii_email"))]
     #[schema(format = Email)]
     email: String,
 }
@@ -344,9 +346,9 @@ async fn password_reset(
         let entry = Entry::new(audit::PLATFORM, actor, "auth.password_reset_request").details(json!({"mailed": false}));
         state.audit.record(entry).await;
     }
-    if let Some((user_id, _)) = found {
+    if let Some((user_id, _, stored)) = found {
         let companies = companies_of(&state, user_id).await?;
-        let token = accounts::request_reset(&state.pool, user_id, &email, state.config.password_reset_ttl).await?;
+        let token = accounts::request_reset(&state.pool, user_id, &stored, state.config.password_reset_ttl).await?;
         let mut actor = request.actor();
         actor.label = Some(email.clone());
         for company_id in owners(companies) {
@@ -365,7 +367,7 @@ async fn password_reset(
                 accounts::link(&state.config.public_url, &token),
                 state.config.password_reset_ttl.as_secs().div_ceil(60),
             );
-            mail::send_detached(state.config.clone(), email.clone(), "Reset your floq password", text);
+            mail::send_detached(state.config.clone(), stored, "Reset your floq password", text);
         }
     }
     Ok((

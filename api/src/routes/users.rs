@@ -109,7 +109,7 @@ async fn show(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id
 #[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateUser {
-    #[validate(email)]
+    #[validate(email, custom(function = "crate::extract::ascii_email"))]
     #[schema(format = Email)]
     email: String,
     #[validate(length(max = 200))]

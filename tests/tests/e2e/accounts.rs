@@ -537,9 +537,13 @@ async fn a_strangers_failed_sign_ins_never_lock_the_owner_out_and_success_resets
     let mut tx = app.pool.begin().await.unwrap();
     sqlx::query(
         "UPDATE login_attempts SET updated_at = now() - interval '1 hour', locked_until = NULL
-          WHERE key LIKE '%' || $1",
+          WHERE key = ANY($1)",
     )
-    .bind(ATTACKER)
+    .bind(
+        floq_api::throttle::keys("ada@acme.test", &ATTACKER.parse().unwrap())
+            .map(|(key, _)| key)
+            .to_vec(),
+    )
     .execute(&mut *tx)
     .await
     .unwrap();

@@ -195,3 +195,86 @@ async fn anonymous_lookups_see_only_the_row_whose_token_they_hold() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_keyed_session_can_only_be_revoked_or_moved_and_a_move_outside_its_users_companies_kills_it() {
+    let app = TestApp::spawn_with(no_services()).await;
+    let other = app.other_company().await;
+    let hash = Sha256::digest(b"cookie").to_vec();
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, user_id, company_id, expires_at)
+         VALUES ($1, $2, $3, $4, now() + interval '1 hour')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&hash)
+    .bind(app.admin.user_id)
+    .bind(app.admin.company_id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let attempt = |sql: String| {
+        let (pool, hash) = (app.pool.clone(), hash.clone());
+        async move {
+            let mut tx = db::lookup_tx(&pool, Duty::SessionLookup, Lookup::Hash(&hash))
+                .await
+                .unwrap();
+            let result = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await;
+            match result {
+                Ok(done) => Ok(done.rows_affected()),
+                Err(sqlx::Error::Database(e)) => Err(e.code().unwrap_or_default().to_string()),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    // Another user: the column is not the duty's to write.
+    assert_eq!(
+        attempt(format!("UPDATE sessions SET user_id = '{}'", other.user_id)).await,
+        Err("42501".into())
+    );
+    assert_eq!(
+        attempt("UPDATE sessions SET token_hash = 'x'".into()).await,
+        Err("42501".into())
+    );
+    assert_eq!(attempt("UPDATE sessions SET revoked_at = now()".into()).await, Ok(1));
+    // Moved to a company its user does not belong to, a session is dead.
+    assert_eq!(
+        attempt(format!("UPDATE sessions SET company_id = '{}'", other.company_id)).await,
+        Ok(1)
+    );
+    let moved = sqlx::query("UPDATE sessions SET company_id = $1, revoked_at = NULL WHERE token_hash = $2")
+        .bind(other.company_id)
+        .bind(&hash)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(moved.rows_affected(), 1);
+    assert!(matches!(
+        floq_shared::sessions::lookup(&app.pool, "cookie").await.unwrap(),
+        floq_shared::sessions::Lookup::Unknown
+    ));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn an_address_outside_ascii_is_refused_before_any_lookup() {
+    // PostgreSQL folds `İ` onto `i`: without this rule a look-alike address
+    // would find admin@acme.test while its mail went to someone else.
+    let app = TestApp::spawn_with(no_services()).await;
+    for (path, body) in [
+        ("/api/v1/auth/password-reset", json!({"email": "admİn@acme.test"})),
+        (
+            "/api/v1/auth/login",
+            json!({"email": "admİn@acme.test", "password": "irrelevant password"}),
+        ),
+        (
+            "/api/v1/users",
+            json!({"email": "admİn@acme.test", "name": "x", "roles": ["viewer"]}),
+        ),
+    ] {
+        let (status, answer) = app.post(path, &app.admin.api_key, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], "validation_failed", "{answer}");
+        assert_eq!(answer["error"]["details"][0]["field"], "email", "{answer}");
+    }
+    app.teardown().await;
+}
