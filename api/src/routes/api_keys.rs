@@ -123,8 +123,8 @@ struct KeyInfo {
 
 page!(KeyPage, KeyInfo);
 
-/// Newest first by (v7) id; served by `api_keys (company_id, id)` for admins
-/// and `api_keys (company_id, user_id, id)` for everyone else's own keys.
+// Newest first by (v7) id; served by `api_keys (company_id, id)` for admins
+// and `api_keys (company_id, user_id, id)` for everyone else's own keys.
 #[utoipa::path(get, operation_id = "api_keys_list", path = "/api/v1/api-keys", tag = "api-keys", params(PageParams),
     security(("api_key" = []), ("session" = [])),
     responses((status = 200, description = "The caller's keys (an admin's: the company's), newest first", body = KeyPage)))]

@@ -34,7 +34,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(export))
 }
 
-/// One audit entry, as `floq_audit_json` renders it (secrets and PII masked).
+/// One audit entry (secrets and personal data masked).
+// Rendered by the database (`floq_audit_json`).
 #[derive(ToSchema)]
 #[allow(dead_code)] // documentation: the database renders entries
 struct AuditEntry {

@@ -119,7 +119,7 @@ fn name_taken() -> ApiError {
 
 page!(CredentialPage, Credential);
 
-/// By name (unique per company), then id; served by `credentials (company_id, name)`.
+// By name (unique per company), then id; served by `credentials (company_id, name)`.
 #[utoipa::path(get, operation_id = "credentials_list", path = "/api/v1/credentials", tag = "credentials", params(PageParams),
     security(("api_key" = ["integration:read"]), ("session" = ["integration:read"])),
     responses((status = 200, description = "The credentials the caller may see, by name; never their secrets", body = CredentialPage)))]

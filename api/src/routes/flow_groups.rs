@@ -50,7 +50,7 @@ fn name_taken() -> ApiError {
 
 page!(FlowGroupPage, FlowGroup);
 
-/// By name (unique per company), then id; served by `flow_groups (company_id, name)`.
+// By name (unique per company), then id; served by `flow_groups (company_id, name)`.
 #[utoipa::path(get, operation_id = "flow_groups_list", path = "/api/v1/flow-groups", tag = "flow-groups", params(PageParams),
     security(("api_key" = ["flow:read"]), ("session" = ["flow:read"])),
     responses((status = 200, description = "The flow groups the caller may see, by name", body = FlowGroupPage)))]

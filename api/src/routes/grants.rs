@@ -79,7 +79,7 @@ struct CreateGrant {
 
 page!(GrantPage, Grant);
 
-/// Newest first by (v7) id; served by `grants (company_id, id)`.
+// Newest first by (v7) id; served by `grants (company_id, id)`.
 #[utoipa::path(get, operation_id = "grants_list", path = "/api/v1/grants", tag = "grants", params(PageParams),
     security(("api_key" = ["access:manage"]), ("session" = ["access:manage"])),
     responses((status = 200, description = "The company's grants, newest first", body = GrantPage)))]

@@ -45,8 +45,8 @@ struct CreateGroup {
 
 page!(GroupPage, Group);
 
-/// By name (unique per company), then id; served by `groups (company_id, name)`.
-/// The page is cut before members are gathered, so only its groups are joined.
+// By name (unique per company), then id; served by `groups (company_id, name)`.
+// The page is cut before members are gathered, so only its groups are joined.
 #[utoipa::path(get, operation_id = "groups_list", path = "/api/v1/groups", tag = "groups", params(PageParams),
     security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
     responses((status = 200, description = "The company's groups with their members, by name", body = GroupPage)))]

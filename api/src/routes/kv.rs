@@ -62,7 +62,7 @@ fn valid_key(raw: &str) -> ApiResult<&str> {
 
 page!(KvPage, Entry);
 
-/// By key (unique per company), then id; served by the primary key `(company_id, key)`.
+// By key (unique per company), then id; served by the primary key `(company_id, key)`.
 #[utoipa::path(get, operation_id = "kv_list", path = "/api/v1/kv", tag = "kv", params(PageParams),
     security(("api_key" = ["kv:read"]), ("session" = ["kv:read"])),
     responses((status = 200, description = "The company's values, by key; secret values only as `secret: true`", body = KvPage)))]

@@ -77,7 +77,7 @@ fn shown(s: &Schedule) -> Value {
     out
 }
 
-/// Newest first by (v7) id; served by `schedules (company_id, flow_id, id)`.
+// Newest first by (v7) id; served by `schedules (company_id, flow_id, id)`.
 #[utoipa::path(get, operation_id = "schedules_list", path = "/api/v1/flows/{flow_id}/schedules", tag = "schedules",
     params(("flow_id" = Uuid, Path), PageParams),
     security(("api_key" = ["flow:read"]), ("session" = ["flow:read"])),

@@ -21,7 +21,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(show, update))
 }
 
-/// Floors below the ranges shown are the operator's (`FLOQ_AUDIT_MIN_AGE_DAYS`, `FLOQ_AUDIT_MIN_ENTRIES`).
+/// A company's retention settings, within the ranges the operator allows.
+// Floors below the ranges shown are the operator's (`FLOQ_AUDIT_MIN_AGE_DAYS`, `FLOQ_AUDIT_MIN_ENTRIES`).
 #[derive(Clone, Debug, Deserialize, Serialize, Validate, sqlx::FromRow, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {

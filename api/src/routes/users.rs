@@ -61,9 +61,9 @@ const MEMBER_SELECT: &str = "SELECT u.id, u.email, u.name, m.roles, m.created_at
 
 page!(MemberPage, Member);
 
-/// Newest member first, by when they joined, then user id: a user's id tells
-/// when the identity was made, not when it joined this company. Served by
-/// `memberships (company_id, created_at, user_id)`.
+// Newest member first, by when they joined, then user id: a user's id tells
+// when the identity was made, not when it joined this company. Served by
+// `memberships (company_id, created_at, user_id)`.
 #[utoipa::path(get, operation_id = "users_list", path = "/api/v1/users", tag = "users", params(PageParams),
     security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
     responses((status = 200, description = "The company's members, newest first", body = MemberPage)))]
