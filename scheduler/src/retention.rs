@@ -15,16 +15,12 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
+use floq_shared::retention::{DEFAULT_AUDIT_MAX_AGE_DAYS, DEFAULT_AUDIT_MAX_ENTRIES, DEFAULT_RUNS_MAX_AGE_DAYS};
 use floq_shared::{db, login_attempts, sessions};
 
 use crate::cron_fire;
 
 const BATCH: i64 = 5_000;
-
-/// What a company keeps when it has not said otherwise (the API's defaults).
-const DEFAULT_AUDIT_DAYS: i32 = 365;
-const DEFAULT_AUDIT_ENTRIES: i64 = 10_000_000;
-const DEFAULT_RUN_DAYS: i32 = 30;
 
 /// A company and its settings, absent where it never set them.
 #[derive(sqlx::FromRow)]
@@ -105,11 +101,11 @@ pub async fn enforce(pool: &PgPool) -> anyhow::Result<Swept> {
     for settings in companies {
         let company_id = settings.id;
         let now = Utc::now();
-        let audit_days = settings.audit_max_age_days.unwrap_or(DEFAULT_AUDIT_DAYS);
+        let audit_days = settings.audit_max_age_days.unwrap_or(DEFAULT_AUDIT_MAX_AGE_DAYS);
         let audit_cutoff = now - Duration::days(audit_days.into());
-        let run_days = settings.runs_max_age_days.unwrap_or(DEFAULT_RUN_DAYS);
+        let run_days = settings.runs_max_age_days.unwrap_or(DEFAULT_RUNS_MAX_AGE_DAYS);
         let run_cutoff = now - Duration::days(run_days.into());
-        let keep = settings.audit_max_entries.unwrap_or(DEFAULT_AUDIT_ENTRIES);
+        let keep = settings.audit_max_entries.unwrap_or(DEFAULT_AUDIT_MAX_ENTRIES);
         let audit_deleted = trim_audit(pool, company_id, audit_cutoff, keep).await?;
         let runs_deleted = trim_runs(pool, company_id, run_cutoff).await?;
         if audit_deleted + runs_deleted > 0 {

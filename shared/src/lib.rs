@@ -17,6 +17,7 @@ pub mod ops;
 pub mod pgtext;
 pub mod queue;
 pub mod replies;
+pub mod retention;
 pub mod retry;
 pub mod run;
 pub mod runs;

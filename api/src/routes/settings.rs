@@ -12,7 +12,7 @@ use crate::authz::{Authorized, SettingsManage};
 use crate::error::ApiResult;
 use crate::extract::{ValidJson, invalid_body};
 use crate::state::AppState;
-use floq_shared::{Config, db};
+use floq_shared::{Config, db, retention};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -40,9 +40,9 @@ pub struct Retention {
 impl Retention {
     /// What a company keeps until its admin says otherwise.
     const DEFAULT: Retention = Retention {
-        audit_max_age_days: 365,
-        audit_max_entries: 10_000_000,
-        runs_max_age_days: 30,
+        audit_max_age_days: retention::DEFAULT_AUDIT_MAX_AGE_DAYS,
+        audit_max_entries: retention::DEFAULT_AUDIT_MAX_ENTRIES,
+        runs_max_age_days: retention::DEFAULT_RUNS_MAX_AGE_DAYS,
     };
 
     /// The floors an operator configured (`FLOQ_AUDIT_MIN_AGE_DAYS`, `FLOQ_AUDIT_MIN_ENTRIES`).
