@@ -128,6 +128,16 @@ pub async fn require_secret_edit(tx: &mut db::Tx, principal: &Principal, secret_
     }
 }
 
+/// Removes every grant on an entity that is being deleted, in the deleting transaction.
+pub async fn revoke_all(tx: &mut db::Tx, entity_type: &str, entity_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM grants WHERE entity_type = $1 AND entity_id = $2")
+        .bind(entity_type)
+        .bind(entity_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Gives the creator of an entity `edit` on it, so a non-admin can reach what they made.
 pub async fn grant_creator(
     tx: &mut db::Tx,

@@ -1,8 +1,17 @@
-//! The KV store's vocabulary: what a key may be. The API's routes, the
-//! `kv_get`/`kv_set` nodes and the node catalog's schema all take the rule
-//! from here.
+//! The KV store: what a key may be, and the one home of the `kv` table's
+//! statements. The API's routes, the `kv_get`/`kv_set` nodes and the node
+//! catalog's schema all take the key rule from here; every statement runs in
+//! the caller's tenant transaction (row-level security) and names the
+//! company explicitly where it writes.
 
 use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::db::Tx;
 
 /// A KV key: 1-128 ASCII letters, digits, `_`, `.` or `-`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +41,123 @@ impl fmt::Display for KvKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A stored value as its company sees it: the value, or only that a secret is there.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Entry {
+    /// What grants on a secret value name (`entity_type: "secret"`).
+    pub id: Uuid,
+    pub key: String,
+    /// Absent for secret values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    pub secret: bool,
+    /// For secret values: where they may be sent; empty: anywhere the egress policy allows.
+    pub allowed_origins: Vec<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, key, value, secret IS NOT NULL AS secret, allowed_origins, updated_at";
+
+/// One page by key, after `(key, id)`: one range of the primary key `(company_id, key)`.
+pub async fn page(tx: &mut Tx, company_id: Uuid, after: (&str, Uuid), limit: i64) -> Result<Vec<Entry>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM kv WHERE company_id = $1 AND (key, id) > ($2, $3) ORDER BY key, id LIMIT $4"
+    )))
+    .bind(company_id)
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+pub async fn find(tx: &mut Tx, key: &KvKey) -> Result<Option<Entry>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM kv WHERE key = $1")))
+        .bind(key.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// A value to store: plain, or sealed (with the key that sealed it).
+pub struct Put<'a> {
+    pub company_id: Uuid,
+    pub key: &'a KvKey,
+    pub plain: Option<Value>,
+    pub sealed: Option<(Vec<u8>, String)>,
+    /// For a sealed value; `None` keeps what a replaced secret was bound to.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+pub async fn put(tx: &mut Tx, put: Put<'_>) -> Result<Entry, sqlx::Error> {
+    let (sealed, key_id) = put.sealed.unzip();
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO kv (company_id, key, value, secret, key_id, allowed_origins)
+         VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{{}}'))
+         ON CONFLICT (company_id, key) DO UPDATE
+            SET value = excluded.value, secret = excluded.secret, key_id = excluded.key_id,
+                -- Replacing a secret keeps its binding unless the request names one; a plain value has none.
+                allowed_origins = CASE WHEN excluded.secret IS NULL THEN '{{}}'
+                                       ELSE COALESCE($6, kv.allowed_origins) END,
+                updated_at = now()
+         RETURNING {COLUMNS}"
+    )))
+    .bind(put.company_id)
+    .bind(put.key.as_str())
+    .bind(put.plain)
+    .bind(sealed)
+    .bind(key_id)
+    .bind(put.allowed_origins)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+pub async fn delete(tx: &mut Tx, key: &KvKey) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM kv WHERE key = $1")
+        .bind(key.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// What a flow sees of a key (`kv_get`, and `kv_set` before it writes).
+#[derive(Debug, PartialEq)]
+pub enum Plain {
+    Missing,
+    /// A secret: flows reach it only by reference.
+    Secret,
+    Value(Option<Value>),
+}
+
+/// Reads a key for a flow; `lock` holds its row until the transaction ends.
+pub async fn plain(tx: &mut Tx, key: &KvKey, lock: bool) -> Result<Plain, sqlx::Error> {
+    let sql = if lock {
+        "SELECT value, secret IS NOT NULL FROM kv WHERE key = $1 FOR UPDATE"
+    } else {
+        "SELECT value, secret IS NOT NULL FROM kv WHERE key = $1"
+    };
+    let row: Option<(Option<Value>, bool)> = sqlx::query_as(sql).bind(key.as_str()).fetch_optional(&mut **tx).await?;
+    Ok(match row {
+        None => Plain::Missing,
+        Some((_, true)) => Plain::Secret,
+        Some((value, false)) => Plain::Value(value),
+    })
+}
+
+/// Writes a plain value for a flow (never over a secret: the caller checks with [`plain`] first).
+pub async fn set_plain(tx: &mut Tx, company_id: Uuid, key: &KvKey, value: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO kv (company_id, key, value) VALUES ($1, $2, $3)
+         ON CONFLICT (company_id, key) DO UPDATE SET value = excluded.value, updated_at = now()
+         WHERE kv.secret IS NULL",
+    )
+    .bind(company_id)
+    .bind(key.as_str())
+    .bind(value)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -299,10 +299,7 @@ async fn remove(
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_integration(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, id).await?;
-    sqlx::query("DELETE FROM grants WHERE entity_type = 'integration' AND entity_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    access::revoke_all(&mut tx, "integration", id).await?;
     sqlx::query("DELETE FROM credentials WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)

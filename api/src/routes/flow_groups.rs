@@ -169,10 +169,7 @@ async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow_group(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, id).await?;
-    sqlx::query("DELETE FROM grants WHERE entity_type = 'flow_group' AND entity_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    access::revoke_all(&mut tx, "flow_group", id).await?;
     sqlx::query("DELETE FROM flow_groups WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)

@@ -337,8 +337,10 @@ async fn a_worker_with_too_many_stuck_sandbox_threads_drains_and_exits() {
     let before = floq_shared::telemetry::METRICS.sandbox_abandoned_threads.get();
     let run = app
         .run_flow(
+            // Seconds of native work on any machine: 3n ** 200000n printed in about 0.5 s on a quiet one,
+            // inside the pool's grace, and then the test's premise did not hold.
             json!({"nodes": [{"id": "stuck", "type": "code", "params": {
-                "code": "return ('' + 3n ** 200000n).length;", "timeout_ms": 10,
+                "code": "return ('' + 3n ** 400000n).length;", "timeout_ms": 10,
             }}]}),
             json!({}),
         )

@@ -6,15 +6,14 @@ use serde_json::{Value, json};
 
 use super::{Node, NodeCtx, NodeError, NodeOutput, NodeResult};
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::kv::KvKey;
+use floq_shared::kv::{self, KvKey, Plain};
 use floq_shared::{db, secrets};
 
-fn key(params: &Value) -> Result<String, NodeError> {
+fn key(params: &Value) -> Result<KvKey, NodeError> {
     params
         .get("key")
         .and_then(Value::as_str)
         .and_then(KvKey::parse)
-        .map(|k| k.as_str().to_string())
         .ok_or_else(|| NodeError::invalid(format!("`key`: {}", KvKey::RULE)))
 }
 
@@ -31,20 +30,19 @@ impl Node for KvGet {
             let mut tx = db::tenant_tx(&ctx.env.pool, ctx.run.company_id)
                 .await
                 .map_err(storage)?;
-            let row: Option<(Option<Value>, bool)> =
-                sqlx::query_as("SELECT value, secret IS NOT NULL FROM kv WHERE key = $1")
-                    .bind(&key)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(storage)?;
+            let found = kv::plain(&mut tx, &key, false).await.map_err(storage)?;
             tx.commit().await.map_err(storage)?;
-            match row {
-                Some((_, true)) => Err(NodeError::new(
+            match found {
+                Plain::Secret => Err(NodeError::new(
                     "kv_secret",
                     format!("`{key}` is secret: reference it as {{\"$secret\": \"{key}\"}}"),
                 )),
-                Some((value, false)) => Ok(NodeOutput::value(json!({"key": key, "found": true, "value": value}))),
-                None => Ok(NodeOutput::value(json!({"key": key, "found": false, "value": null}))),
+                Plain::Value(value) => Ok(NodeOutput::value(
+                    json!({"key": key.as_str(), "found": true, "value": value}),
+                )),
+                Plain::Missing => Ok(NodeOutput::value(
+                    json!({"key": key.as_str(), "found": false, "value": null}),
+                )),
             }
         }
         .boxed()
@@ -66,39 +64,30 @@ impl Node for KvSet {
             let mut tx = db::tenant_tx(&ctx.env.pool, ctx.run.company_id)
                 .await
                 .map_err(storage)?;
-            let before: Option<(Option<Value>, bool)> =
-                sqlx::query_as("SELECT value, secret IS NOT NULL FROM kv WHERE key = $1 FOR UPDATE")
-                    .bind(&key)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(storage)?;
-            if before.as_ref().is_some_and(|(_, secret)| *secret) {
-                return Err(NodeError::new(
-                    "kv_secret",
-                    format!("`{key}` is secret and cannot be overwritten by a flow"),
-                ));
-            }
-            sqlx::query(
-                "INSERT INTO kv (company_id, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (company_id, key) DO UPDATE SET value = excluded.value, updated_at = now()",
-            )
-            .bind(ctx.run.company_id)
-            .bind(&key)
-            .bind(&value)
-            .execute(&mut *tx)
-            .await
-            .map_err(storage)?;
+            let before = match kv::plain(&mut tx, &key, true).await.map_err(storage)? {
+                Plain::Secret => {
+                    return Err(NodeError::new(
+                        "kv_secret",
+                        format!("`{key}` is secret and cannot be overwritten by a flow"),
+                    ));
+                }
+                Plain::Value(value) => value,
+                Plain::Missing => None,
+            };
+            kv::set_plain(&mut tx, ctx.run.company_id, &key, &value)
+                .await
+                .map_err(storage)?;
             let entry = Entry::new(ctx.run.company_id, Actor::system("worker"), "kv.put")
-                .resource("kv", &key)
+                .resource("kv", key.as_str())
                 .details(json!({
-                    "before": before.and_then(|(v, _)| v),
+                    "before": before,
                     "after": value,
                     "run_id": ctx.run.run_id,
                     "flow_id": ctx.run.flow_id,
                 }));
             audit::append(&mut tx, &[entry]).await.map_err(storage)?;
             tx.commit().await.map_err(storage)?;
-            Ok(NodeOutput::value(json!({"key": key})))
+            Ok(NodeOutput::value(json!({"key": key.as_str()})))
         }
         .boxed()
     }
