@@ -84,17 +84,18 @@ pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Resu
     .fetch_all(&mut **tx)
     .await?;
     let mut by_id: std::collections::HashMap<Uuid, Envelope> = ids.iter().copied().zip(envelopes.drain(..)).collect();
+    // The statement returns only runs it was given; anything else is skipped, not trusted.
     Ok(created
         .into_iter()
-        .map(|(id, version, attempt, outbox_id)| {
-            let mut envelope = by_id.remove(&id).expect("the database returns only runs it was given");
+        .filter_map(|(id, version, attempt, outbox_id)| {
+            let mut envelope = by_id.remove(&id)?;
             let Envelope::RunFlowV1(m) = &mut envelope;
             (m.version, m.attempt) = (version, attempt);
-            Enqueued {
+            Some(Enqueued {
                 outbox_id,
                 version,
                 envelope,
-            }
+            })
         })
         .collect())
 }

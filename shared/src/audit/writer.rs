@@ -78,7 +78,10 @@ async fn write(pool: &PgPool, batch: &[Entry]) -> usize {
             }
         }
         if !retry.is_empty() {
-            tokio::time::sleep(backoff.next().expect("the persistent policy never gives up")).await;
+            // The persistent policy never runs out; were it to, retrying at once is still right.
+            if let Some(delay) = backoff.next() {
+                tokio::time::sleep(delay).await;
+            }
         }
         pending = retry;
     }
