@@ -10,6 +10,7 @@
 //! that request is pinned down (`batch::isolate`): it alone gets the error,
 //! every other tenant's run commits.
 
+use floq_shared::db::StoreError;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,7 @@ struct Request {
     idempotency_key: Option<String>,
     /// The worker should send the outcome back (a synchronous webhook waits for it).
     wants_reply: bool,
-    reply: oneshot::Sender<Result<Reply, Arc<sqlx::Error>>>,
+    reply: oneshot::Sender<Result<Reply, Arc<StoreError>>>,
 }
 
 enum Reply {
@@ -92,7 +93,7 @@ pub enum AcceptError {
     #[error("the flow does not exist, is not executable by the caller, or has no deployed version")]
     NotRunnable,
     #[error("database error while accepting a run")]
-    Database(#[source] Arc<sqlx::Error>),
+    Database(#[source] Arc<StoreError>),
     #[error("the API is shutting down")]
     ShuttingDown,
 }
@@ -180,7 +181,7 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publ
             }
         }
         // A request the database refuses (something in its row) is isolated, so only it fails.
-        let parts = batch::isolate(&batch, |part| commit(&pool, part), batch::is_refusal).await;
+        let parts = batch::isolate(&batch, |part| commit(&pool, part), StoreError::is_refusal).await;
         let mut created = BTreeMap::new();
         let mut existing = HashMap::new();
         let mut failed = HashMap::new();
@@ -191,7 +192,7 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publ
                     existing.extend(part.existing);
                 }
                 Err(e) => {
-                    if batch::is_refusal(&e) {
+                    if e.is_refusal() {
                         METRICS.batch_rows_refused.with_label_values(&["acceptor"]).inc();
                         tracing::warn!(error = %e, "the database refused a run request; only it fails");
                     } else {
@@ -240,7 +241,7 @@ struct Committed {
 /// Claims each request's idempotency key, or finds the run that holds it.
 /// Runs under the batch's transaction: a concurrent duplicate in another
 /// commit waits on the key row, then sees the winner's run.
-async fn claim_keys(tx: &mut db::Tx, reqs: &[&Request], existing: &mut HashMap<Uuid, Uuid>) -> Result<(), sqlx::Error> {
+async fn claim_keys(tx: &mut db::Tx, reqs: &[&Request], existing: &mut HashMap<Uuid, Uuid>) -> Result<(), StoreError> {
     for req in reqs {
         let Some(key) = &req.idempotency_key else { continue };
         let claimed: Option<Uuid> = sqlx::query_scalar(
@@ -268,7 +269,7 @@ async fn claim_keys(tx: &mut db::Tx, reqs: &[&Request], existing: &mut HashMap<U
 }
 
 /// One transaction for the whole batch, one insert statement per company.
-async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, sqlx::Error> {
+async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, StoreError> {
     let mut by_company: BTreeMap<Uuid, Vec<&Request>> = BTreeMap::new();
     for req in batch {
         by_company.entry(req.company_id).or_default().push(req);
@@ -383,7 +384,7 @@ async fn clean_loop(pool: PgPool, mut rx: mpsc::Receiver<Vec<(Uuid, i64)>>) {
     }
 }
 
-async fn delete_published(pool: &PgPool, by_company: &BTreeMap<Uuid, Vec<i64>>) -> Result<(), sqlx::Error> {
+async fn delete_published(pool: &PgPool, by_company: &BTreeMap<Uuid, Vec<i64>>) -> Result<(), StoreError> {
     let mut tx = db::multi_tenant_tx(pool).await?;
     for (company_id, ids) in by_company {
         db::set_tenant(&mut tx, *company_id).await?;
@@ -392,5 +393,5 @@ async fn delete_published(pool: &PgPool, by_company: &BTreeMap<Uuid, Vec<i64>>) 
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await
+    tx.commit().await.map_err(StoreError::from)
 }

@@ -5,6 +5,7 @@
 //! Not visible at all answers `404` (as for another company's id); visible
 //! but below the level needed answers `403`.
 
+use floq_shared::db::StoreError;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -129,7 +130,7 @@ pub async fn require_secret_edit(tx: &mut db::Tx, principal: &Principal, secret_
 }
 
 /// Removes every grant on an entity that is being deleted, in the deleting transaction.
-pub async fn revoke_all(tx: &mut db::Tx, entity_type: &str, entity_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn revoke_all(tx: &mut db::Tx, entity_type: &str, entity_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM grants WHERE entity_type = $1 AND entity_id = $2")
         .bind(entity_type)
         .bind(entity_id)
@@ -144,7 +145,7 @@ pub async fn grant_creator(
     principal: &Principal,
     entity_type: &str,
     entity_id: Uuid,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     if principal.is_admin() {
         return Ok(());
     }

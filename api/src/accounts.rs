@@ -11,6 +11,7 @@
 //!
 //! Only a SHA-256 of a token is stored; a token is single-use and expires.
 
+use floq_shared::db::StoreError;
 use std::time::Duration;
 
 use rand::RngCore;
@@ -67,7 +68,7 @@ pub struct NewIdentity<'a> {
     pub owner: Option<Uuid>,
 }
 
-pub async fn create_identity(tx: &mut db::Tx, new: NewIdentity<'_>) -> Result<Uuid, sqlx::Error> {
+pub async fn create_identity(tx: &mut db::Tx, new: NewIdentity<'_>) -> Result<Uuid, StoreError> {
     let id = Uuid::now_v7();
     sqlx::query("INSERT INTO users (id, email, name, password_hash, created_by_company) VALUES ($1, $2, $3, $4, $5)")
         .bind(id)
@@ -80,11 +81,12 @@ pub async fn create_identity(tx: &mut db::Tx, new: NewIdentity<'_>) -> Result<Uu
     Ok(id)
 }
 
-pub async fn find_by_email(tx: &mut db::Tx, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn find_by_email(tx: &mut db::Tx, email: &str) -> Result<Option<Uuid>, StoreError> {
     sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1)")
         .bind(email.trim())
         .fetch_optional(&mut **tx)
         .await
+        .map_err(StoreError::from)
 }
 
 pub struct Invitation<'a> {
@@ -99,7 +101,7 @@ pub struct Invitation<'a> {
 
 /// Records an invitation in the caller's tenant transaction, replacing any
 /// pending one of this company for the same address. Returns (id, token).
-pub async fn invite(tx: &mut db::Tx, inv: Invitation<'_>) -> Result<(Uuid, String), sqlx::Error> {
+pub async fn invite(tx: &mut db::Tx, inv: Invitation<'_>) -> Result<(Uuid, String), StoreError> {
     sqlx::query(
         "DELETE FROM account_tokens WHERE purpose = 'invitation' AND lower(email) = lower($1) AND used_at IS NULL",
     )
@@ -133,7 +135,7 @@ pub async fn request_reset(
     user_id: Uuid,
     email: &str,
     ttl: Duration,
-) -> Result<Option<String>, sqlx::Error> {
+) -> Result<Option<String>, StoreError> {
     let mut tx = db::lookup_tx(pool, db::Duty::ResetIssue, db::Lookup::Id(user_id)).await?;
     // Serialise concurrent requests for one identity (the duty may not lock its row).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
@@ -169,7 +171,7 @@ pub async fn request_reset(
 
 /// Whether a token is live (known, unused, unexpired): checked before the
 /// costly password hash, so random tokens cost the server one lookup each.
-pub async fn is_live(pool: &sqlx::PgPool, token: &str) -> Result<bool, sqlx::Error> {
+pub async fn is_live(pool: &sqlx::PgPool, token: &str) -> Result<bool, StoreError> {
     let hash = token_hash(token);
     let mut tx = db::lookup_tx(pool, db::Duty::Accounts, db::Lookup::Hash(&hash)).await?;
     let live = sqlx::query_scalar(
@@ -207,7 +209,7 @@ type TokenRow = (
 
 /// Spends a token and applies it, all in one transaction: None when the token
 /// is unknown, used or expired (one answer for all three).
-pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> Result<Option<Accepted>, sqlx::Error> {
+pub async fn accept(pool: &sqlx::PgPool, token: &str, password_hash: String) -> Result<Option<Accepted>, StoreError> {
     let hash = token_hash(token);
     let mut tx = db::lookup_tx(pool, db::Duty::Accounts, db::Lookup::Hash(&hash)).await?;
     // Spending the token first makes it single-use even under concurrent accepts.
@@ -330,7 +332,7 @@ pub struct Pending {
     pub expires_at: chrono::DateTime<chrono::Utc>,
 }
 
-pub async fn pending(tx: &mut db::Tx, company_id: Uuid, before: Uuid, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
+pub async fn pending(tx: &mut db::Tx, company_id: Uuid, before: Uuid, limit: i64) -> Result<Vec<Pending>, StoreError> {
     // Newest first by (v7) id, below `before`: one range of `account_tokens_invitation_idx`.
     sqlx::query_as(
         "SELECT id, email, roles, invited_by, created_at, expires_at FROM account_tokens
@@ -342,10 +344,11 @@ pub async fn pending(tx: &mut db::Tx, company_id: Uuid, before: Uuid, limit: i64
     .bind(limit)
     .fetch_all(&mut **tx)
     .await
+    .map_err(StoreError::from)
 }
 
 /// Withdraws a pending invitation of the transaction's company; false if there is none.
-pub async fn withdraw(tx: &mut db::Tx, id: Uuid) -> Result<Option<Pending>, sqlx::Error> {
+pub async fn withdraw(tx: &mut db::Tx, id: Uuid) -> Result<Option<Pending>, StoreError> {
     sqlx::query_as(
         "DELETE FROM account_tokens WHERE id = $1 AND purpose = 'invitation' AND used_at IS NULL
          RETURNING id, email, roles, invited_by, created_at, expires_at",
@@ -353,6 +356,7 @@ pub async fn withdraw(tx: &mut db::Tx, id: Uuid) -> Result<Option<Pending>, sqlx
     .bind(id)
     .fetch_optional(&mut **tx)
     .await
+    .map_err(StoreError::from)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Administrative commands run from the CLI (`floq-api admin …`).
 
 use chrono::{DateTime, Utc};
+use floq_shared::db::StoreError;
 use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
@@ -81,7 +82,7 @@ pub async fn bootstrap(pool: &PgPool, config: &Config, company: &str, email: &st
 }
 
 /// Looks a user up by e-mail across companies, as the operator duty.
-async fn existing_user_id(pool: &PgPool, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
+async fn existing_user_id(pool: &PgPool, email: &str) -> Result<Option<Uuid>, StoreError> {
     let mut tx = db::duty_tx(pool, db::Duty::Operator).await?;
     let id = crate::accounts::find_by_email(&mut tx, email).await?;
     tx.commit().await?;
@@ -284,7 +285,7 @@ pub async fn set_password(pool: &PgPool, email: &str, new_password: String) -> a
 }
 
 /// The companies an identity belongs to, with their names, as the operator duty.
-async fn companies_of(pool: &PgPool, user_id: Uuid) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+async fn companies_of(pool: &PgPool, user_id: Uuid) -> Result<Vec<(Uuid, String)>, StoreError> {
     let mut tx = db::duty_tx(pool, db::Duty::Operator).await?;
     let rows = sqlx::query_as(
         "SELECT c.id, c.name FROM memberships m JOIN companies c ON c.id = m.company_id

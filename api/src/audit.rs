@@ -5,9 +5,10 @@
 
 use floq_shared::audit::{self, Entry};
 use floq_shared::db;
+use floq_shared::db::StoreError;
 
 /// Appends change entries inside the transaction that makes the change, so
 /// neither commits without the other.
-pub async fn record(tx: &mut db::Tx, entries: &[Entry]) -> Result<(), sqlx::Error> {
+pub async fn record(tx: &mut db::Tx, entries: &[Entry]) -> Result<(), StoreError> {
     audit::append(tx, entries).await
 }

@@ -3,6 +3,7 @@
 //! session cookie. Cookie-authenticated requests that change state must come
 //! from an allowed `Origin`.
 
+use floq_shared::db::StoreError;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
@@ -80,7 +81,7 @@ pub async fn issue_key(
     name: &str,
     scopes: &[String],
     expires_at: DateTime<Utc>,
-) -> Result<(Uuid, String), sqlx::Error> {
+) -> Result<(Uuid, String), StoreError> {
     let key_id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO api_keys (id, company_id, user_id, name, scopes, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",

@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
+use floq_shared::db::{Fault, StoreError};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -99,92 +101,70 @@ impl ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        refusal(e.fault()).unwrap_or_else(|| ApiError::Internal(e.into()))
+    }
+}
+
+// TRANSITIONAL: removed once every statement lives in a store module.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        refusal(&e).unwrap_or_else(|| ApiError::Internal(e.into()))
+        StoreError::from(e).into()
     }
 }
 
 /// A batch writer's error, shared by every request of the part that failed.
-impl From<std::sync::Arc<sqlx::Error>> for ApiError {
-    fn from(e: std::sync::Arc<sqlx::Error>) -> Self {
-        refusal(&e).unwrap_or_else(|| ApiError::Internal(anyhow::Error::new(e)))
+impl From<Arc<StoreError>> for ApiError {
+    fn from(e: Arc<StoreError>) -> Self {
+        refusal(e.fault()).unwrap_or_else(|| ApiError::Internal(anyhow::Error::new(e)))
     }
 }
 
-/// What a database error means to the client, in one place. Text the
+/// What a database fault means to the client, in one place. Text the
 /// database cannot store (ingress refuses it first; this is the second wall)
 /// is `422`; a unique value another request just took (a race past a
 /// handler's own check) is `409` naming the field; a deadlock or
 /// serialization failure that outlived the statement's own retries, and a
 /// database that cannot be reached, are `503` with `Retry-After`. Only what
 /// no client can fix (a statement the server cannot run, say) is internal.
-fn refusal(e: &sqlx::Error) -> Option<ApiError> {
-    if is_outage(e) {
-        return Some(
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the database is unavailable; retry shortly",
-            )
-            .retry_after(2),
-        );
-    }
-    let sqlx::Error::Database(db) = e else {
-        return None;
-    };
-    match db.code().as_deref() {
-        // untranslatable_character, character_not_in_repertoire
-        Some("22P05" | "22021") => Some(ApiError::new(
+fn refusal(fault: Fault) -> Option<ApiError> {
+    Some(match fault {
+        Fault::Unavailable => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is unavailable; retry shortly",
+        )
+        .retry_after(2),
+        Fault::InvalidText => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_text",
             "the request holds text that cannot be stored",
-        )),
-        // unique_violation
-        Some("23505") => {
-            let field = db.constraint().and_then(floq_shared::db::unique_field);
+        ),
+        Fault::Conflict { field } => {
             let message = match field {
                 Some(field) => format!("a resource with the same `{field}` already exists"),
                 None => "a resource with the same unique value already exists".into(),
             };
             let error = ApiError::new(StatusCode::CONFLICT, "conflict", message);
-            Some(match field {
+            match field {
                 Some(field) => error.with_details(json!([{"field": field, "message": "already taken"}])),
                 None => error,
-            })
+            }
         }
-        // foreign_key_violation: what it names was deleted meanwhile
-        Some("23503") => Some(ApiError::new(
+        Fault::Removed => ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
             "something the request refers to was removed meanwhile",
-        )),
-        // serialization_failure, deadlock_detected
-        Some("40001" | "40P01") => Some(
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "the request collided with concurrent changes; retry it",
-            )
-            .retry_after(1),
         ),
-        _ => None,
-    }
-}
-
-/// The database is down, restarting, out of connections or unreachable:
-/// nothing about the request is wrong.
-fn is_outage(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
-        sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // connection_exception (08), too_many_connections, admin_shutdown,
-            // crash_shutdown, cannot_connect_now, database_dropped
-            code.starts_with("08") || matches!(code.as_ref(), "53300" | "57P01" | "57P02" | "57P03" | "57P04")
-        }),
-        _ => false,
-    }
+        Fault::Busy => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the request collided with concurrent changes; retry it",
+        )
+        .retry_after(1),
+        Fault::Other => return None,
+    })
 }
 
 /// A permission check that failed, carried to the request envelope.
@@ -268,9 +248,9 @@ pub type ApiResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
 
-    use floq_shared::batch::{refused_by as Server, refused_on};
+    use floq_shared::db::fake::{connection_reset, pool_timeout, refused, refused_on};
 
-    fn response(e: sqlx::Error) -> (StatusCode, Value, Option<String>) {
+    fn response(e: StoreError) -> (StatusCode, Value, Option<String>) {
         let response = ApiError::from(e).into_response();
         let retry = response
             .headers()
@@ -285,7 +265,7 @@ mod tests {
     }
 
     fn mapped(code: &'static str) -> (StatusCode, &'static str) {
-        match ApiError::from(sqlx::Error::Database(Box::new(Server(code)))) {
+        match ApiError::from(refused(code)) {
             ApiError::Client { status, code, .. } => (status, code),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -303,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_taken_unique_value_names_its_field() {
-        let (status, body, _) = response(sqlx::Error::Database(Box::new(refused_on("23505", "users_email_key"))));
+        let (status, body, _) = response(refused_on("23505", Some("users_email_key")));
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(
             body,
@@ -314,35 +294,29 @@ mod tests {
                 "request_id": "r",
             }})
         );
-        let (_, body, _) = response(sqlx::Error::Database(Box::new(refused_on(
-            "23505",
-            "credentials_company_id_name_key",
-        ))));
+        let (_, body, _) = response(refused_on("23505", Some("credentials_company_id_name_key")));
         assert_eq!(
             body["error"]["details"],
             json!([{"field": "name", "message": "already taken"}])
         );
         // A constraint no client value stands behind names no field.
-        let (_, body, _) = response(sqlx::Error::Database(Box::new(refused_on(
-            "23505",
-            "sessions_token_hash_key",
-        ))));
+        let (_, body, _) = response(refused_on("23505", Some("sessions_token_hash_key")));
         assert_eq!(body["error"]["details"], Value::Null);
     }
 
     #[test]
     fn collisions_and_outages_ask_the_client_to_retry() {
         for code in ["40001", "40P01"] {
-            let (status, body, retry) = response(sqlx::Error::Database(Box::new(Server(code))));
+            let (status, body, retry) = response(refused(code));
             assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
             assert_eq!(body["error"]["code"], "busy");
         }
         for e in [
-            sqlx::Error::PoolTimedOut,
-            sqlx::Error::Io(std::io::Error::other("connection reset")),
-            sqlx::Error::Database(Box::new(Server("08006"))),
-            sqlx::Error::Database(Box::new(Server("57P01"))),
-            sqlx::Error::Database(Box::new(Server("53300"))),
+            pool_timeout(),
+            connection_reset(),
+            refused("08006"),
+            refused("57P01"),
+            refused("53300"),
         ] {
             let (status, body, retry) = response(e);
             assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("2")));

@@ -10,6 +10,7 @@
 //! loaded from the database is only cached if no notification arrived while
 //! it was being loaded.
 
+use floq_shared::db::StoreError;
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -119,7 +120,7 @@ impl KeyCache {
         self.set_listening(false);
     }
 
-    async fn listen_once(&self, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
+    async fn listen_once(&self, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), StoreError> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.eager_reconnect(false);
         listener.listen(CHANNEL).await?;
@@ -129,7 +130,7 @@ impl KeyCache {
                 _ = shutdown.cancelled() => return Ok(()),
                 next = listener.try_recv() => match next? {
                     Some(_) => self.invalidate(),
-                    None => return Err(sqlx::Error::PoolClosed),
+                    None => return Err(StoreError::closed()),
                 },
             }
         }

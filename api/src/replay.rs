@@ -11,6 +11,7 @@
 //! scheduler's trim of expired claims (`scheduler/src/retention.rs`).
 
 use chrono::{DateTime, Utc};
+use floq_shared::db::StoreError;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -43,7 +44,7 @@ impl Signature {
 /// Claims a signature for a webhook; `false` if it was claimed before.
 /// Runs in the webhook lookup's transaction: its policy admits a claim
 /// only for an existing webhook under that webhook's own company.
-pub async fn claim(tx: &mut db::Tx, flow_id: Uuid, company_id: Uuid, sig: &Signature) -> Result<bool, sqlx::Error> {
+pub async fn claim(tx: &mut db::Tx, flow_id: Uuid, company_id: Uuid, sig: &Signature) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "INSERT INTO webhook_signatures (flow_id, company_id, signature_hash, expires_at)
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -59,19 +60,19 @@ pub async fn claim(tx: &mut db::Tx, flow_id: Uuid, company_id: Uuid, sig: &Signa
 
 /// Forgets a claim whose call started no run (the flow was not deployed, the
 /// API was shutting down), so the sender's retry of the same request is not a replay.
-pub async fn release(pool: &sqlx::PgPool, company_id: Uuid, flow_id: Uuid, sig: &Signature) -> Result<(), sqlx::Error> {
+pub async fn release(pool: &sqlx::PgPool, company_id: Uuid, flow_id: Uuid, sig: &Signature) -> Result<(), StoreError> {
     let mut tx = db::tenant_tx(pool, company_id).await?;
     sqlx::query("DELETE FROM webhook_signatures WHERE flow_id = $1 AND signature_hash = $2")
         .bind(flow_id)
         .bind(&sig.hash)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    tx.commit().await.map_err(StoreError::from)
 }
 
 /// A webhook's tolerance grew: its old signatures verify for longer, so their
 /// claims must last as long.
-pub async fn extend(tx: &mut db::Tx, flow_id: Uuid, by_seconds: i32) -> Result<(), sqlx::Error> {
+pub async fn extend(tx: &mut db::Tx, flow_id: Uuid, by_seconds: i32) -> Result<(), StoreError> {
     if by_seconds <= 0 {
         return Ok(());
     }

@@ -12,6 +12,7 @@
 //! it. Outside the webhook routes, this module owns the SQL of the two secret
 //! columns: the backfill and key rotation ([`rekey`]).
 
+use floq_shared::db::StoreError;
 use std::fmt;
 
 use hmac::{Hmac, Mac};
@@ -113,7 +114,7 @@ pub const BACKFILL_BATCH: i64 = 500;
 /// is left alone, and every replica returns only once no row is left without
 /// a secret. Rows are found through the token lookup's cross-tenant SELECT and
 /// written as `floq_app` under their own company.
-pub async fn backfill(pool: &PgPool, jwt_secret: &str, keyring: &Keyring, batch: i64) -> Result<u64, sqlx::Error> {
+pub async fn backfill(pool: &PgPool, jwt_secret: &str, keyring: &Keyring, batch: i64) -> Result<u64, StoreError> {
     let mut stored = 0;
     loop {
         let found = find(
@@ -165,7 +166,7 @@ pub async fn rekey(
     keyring: &Keyring,
     batch: i64,
     undecryptable: &mut Vec<String>,
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64, StoreError> {
     let primary = keyring.primary_id();
     let mut skipped: Vec<Uuid> = Vec::new();
     let mut moved = 0;
@@ -228,7 +229,7 @@ pub async fn rekey(
 async fn find(
     pool: &PgPool,
     query: QueryAs<'_, Postgres, (Uuid, Uuid), PgArguments>,
-) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
     let mut tx = db::duty_tx(pool, db::Duty::KeyRotation).await?;
     let rows = query.fetch_all(&mut *tx).await?;
     tx.commit().await?;
@@ -253,7 +254,7 @@ async fn store(
     company_id: Uuid,
     sealed: Vec<(Uuid, Vec<u8>)>,
     key_id: &str,
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64, StoreError> {
     if sealed.is_empty() {
         return Ok(0);
     }

@@ -9,6 +9,7 @@
 //! `fire_once` fires once for all of them.
 
 use chrono::{DateTime, Duration, Utc};
+use floq_shared::db::StoreError;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -201,7 +202,7 @@ async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result
 /// Deletes up to `limit` fire records older than [`FIRE_RECORD_KEEP`], oldest
 /// first (one range of `schedule_fires_age_idx`); returns how many went.
 /// Runs as the retention duty, in the caller's transaction.
-pub async fn delete_old_fires(tx: &mut db::Tx, limit: i64) -> Result<u64, sqlx::Error> {
+pub async fn delete_old_fires(tx: &mut db::Tx, limit: i64) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "DELETE FROM schedule_fires WHERE (schedule_id, tick) IN (
             SELECT schedule_id, tick FROM schedule_fires WHERE fired_at < now() - make_interval(secs => $1)

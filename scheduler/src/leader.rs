@@ -2,6 +2,7 @@
 //! connection. Whoever holds it leads; if its process or connection dies,
 //! the lock is released and a standby takes over on its next attempt.
 
+use floq_shared::db::StoreError;
 use sqlx::{Connection, PgConnection};
 
 use floq_shared::Config;
@@ -12,7 +13,7 @@ pub struct Leadership {
 
 impl Leadership {
     /// Tries once; `Ok(None)` while another scheduler leads.
-    pub async fn try_acquire(config: &Config) -> Result<Option<Self>, sqlx::Error> {
+    pub async fn try_acquire(config: &Config) -> Result<Option<Self>, StoreError> {
         let mut conn = PgConnection::connect(config.database_url.expose()).await?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('floq.scheduler:' || $1))")
             .bind(&config.queue_prefix)

@@ -10,6 +10,7 @@
 //! itself audited, with counts.
 
 use chrono::{DateTime, Duration, Utc};
+use floq_shared::db::StoreError;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -51,7 +52,7 @@ pub struct Trimmed {
 /// The SQL stays with the module that owns the table.
 async fn in_batches<F>(pool: &PgPool, batch: F) -> anyhow::Result<u64>
 where
-    F: for<'t> Fn(&'t mut db::Tx, i64) -> futures_util::future::BoxFuture<'t, Result<u64, sqlx::Error>>,
+    F: for<'t> Fn(&'t mut db::Tx, i64) -> futures_util::future::BoxFuture<'t, Result<u64, StoreError>>,
 {
     let mut deleted = 0;
     loop {

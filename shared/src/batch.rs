@@ -43,37 +43,8 @@ where
     done
 }
 
-/// The SQLSTATE of a database error, if the server sent one.
-pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
-    match e {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
-    }
-}
-
-/// Whether PostgreSQL refused a statement because of the rows it carried,
-/// as opposed to being unreachable or unable to run anything. Refusals are
-/// worth splitting a batch over: data exceptions (class 22, e.g. 22P05 for a
-/// NUL), integrity violations (23), program limits such as an oversized
-/// value (54), a raised exception (P0), and deadlocks or serialization
-/// failures (40), which a smaller batch usually avoids. Everything else —
-/// I/O, pool timeouts, connection exceptions (08), insufficient resources
-/// (53), operator intervention (57), system errors (58), or a statement the
-/// server cannot run at all (42) — fails every part alike, so splitting
-/// would only multiply the load.
-pub fn is_refusal(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Encode(_) => true,
-        sqlx::Error::Database(_) => {
-            sqlstate(e).is_some_and(|code| matches!(code.get(..2), Some("22" | "23" | "54" | "P0" | "40")))
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::refused_by as Server;
     use super::*;
 
     /// A fake commit: refuses any part holding a poison item, fails everything during an outage.
@@ -139,70 +110,9 @@ mod tests {
     }
 
     #[test]
-    fn data_refusals_are_split_and_outages_are_not() {
-        for code in ["22P05", "22021", "22008", "23505", "23503", "54000", "P0001", "40P01"] {
-            let e = sqlx::Error::Database(Box::new(Server(code)));
-            assert!(is_refusal(&e), "{code}");
-            assert_eq!(sqlstate(&e).as_deref(), Some(code));
-        }
-        for code in ["08006", "53300", "57P01", "57014", "58030", "42P01", "42501", "XX000"] {
-            assert!(!is_refusal(&sqlx::Error::Database(Box::new(Server(code)))), "{code}");
-        }
-        assert!(!is_refusal(&sqlx::Error::PoolTimedOut));
-        assert!(!is_refusal(&sqlx::Error::Io(std::io::Error::other("reset"))));
-        assert!(is_refusal(&sqlx::Error::Encode("out of range".into())));
-    }
-
-    #[test]
     fn an_empty_batch_commits_nothing() {
         let (done, commits) = run(&[]);
         assert!(done.is_empty());
         assert_eq!(commits, 0);
-    }
-}
-
-/// A server error with a given SQLSTATE, as sqlx hands one over: for tests of
-/// code that tells refusals from outages (here and in the API's error mapping).
-#[doc(hidden)]
-pub fn refused_by(code: &'static str) -> RefusedBy {
-    RefusedBy(code, None)
-}
-
-/// The same, naming the constraint the statement broke.
-#[doc(hidden)]
-pub fn refused_on(code: &'static str, constraint: &'static str) -> RefusedBy {
-    RefusedBy(code, Some(constraint))
-}
-
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct RefusedBy(pub &'static str, pub Option<&'static str>);
-impl std::fmt::Display for RefusedBy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "error {}", self.0)
-    }
-}
-impl std::error::Error for RefusedBy {}
-impl sqlx::error::DatabaseError for RefusedBy {
-    fn message(&self) -> &str {
-        "refused"
-    }
-    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some(self.0.into())
-    }
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
-    fn kind(&self) -> sqlx::error::ErrorKind {
-        sqlx::error::ErrorKind::Other
-    }
-    fn constraint(&self) -> Option<&str> {
-        self.1
     }
 }

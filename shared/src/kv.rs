@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::db::Tx;
+use crate::db::{StoreError, Tx};
 
 /// A KV key: 1-128 ASCII letters, digits, `_`, `.` or `-`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -61,7 +61,7 @@ pub struct Entry {
 const COLUMNS: &str = "id, key, value, secret IS NOT NULL AS secret, allowed_origins, updated_at";
 
 /// One page by key, after `(key, id)`: one range of the primary key `(company_id, key)`.
-pub async fn page(tx: &mut Tx, company_id: Uuid, after: (&str, Uuid), limit: i64) -> Result<Vec<Entry>, sqlx::Error> {
+pub async fn page(tx: &mut Tx, company_id: Uuid, after: (&str, Uuid), limit: i64) -> Result<Vec<Entry>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM kv WHERE company_id = $1 AND (key, id) > ($2, $3) ORDER BY key, id LIMIT $4"
     )))
@@ -71,13 +71,15 @@ pub async fn page(tx: &mut Tx, company_id: Uuid, after: (&str, Uuid), limit: i64
     .bind(limit)
     .fetch_all(&mut **tx)
     .await
+    .map_err(StoreError::from)
 }
 
-pub async fn find(tx: &mut Tx, key: &KvKey) -> Result<Option<Entry>, sqlx::Error> {
+pub async fn find(tx: &mut Tx, key: &KvKey) -> Result<Option<Entry>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM kv WHERE key = $1")))
         .bind(key.as_str())
         .fetch_optional(&mut **tx)
         .await
+        .map_err(StoreError::from)
 }
 
 /// A value to store: plain, or sealed (with the key that sealed it).
@@ -90,7 +92,7 @@ pub struct Put<'a> {
     pub allowed_origins: Option<Vec<String>>,
 }
 
-pub async fn put(tx: &mut Tx, put: Put<'_>) -> Result<Entry, sqlx::Error> {
+pub async fn put(tx: &mut Tx, put: Put<'_>) -> Result<Entry, StoreError> {
     let (sealed, key_id) = put.sealed.unzip();
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO kv (company_id, key, value, secret, key_id, allowed_origins)
@@ -111,9 +113,10 @@ pub async fn put(tx: &mut Tx, put: Put<'_>) -> Result<Entry, sqlx::Error> {
     .bind(put.allowed_origins)
     .fetch_one(&mut **tx)
     .await
+    .map_err(StoreError::from)
 }
 
-pub async fn delete(tx: &mut Tx, key: &KvKey) -> Result<(), sqlx::Error> {
+pub async fn delete(tx: &mut Tx, key: &KvKey) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM kv WHERE key = $1")
         .bind(key.as_str())
         .execute(&mut **tx)
@@ -131,7 +134,7 @@ pub enum Plain {
 }
 
 /// Reads a key for a flow; `lock` holds its row until the transaction ends.
-pub async fn plain(tx: &mut Tx, key: &KvKey, lock: bool) -> Result<Plain, sqlx::Error> {
+pub async fn plain(tx: &mut Tx, key: &KvKey, lock: bool) -> Result<Plain, StoreError> {
     let sql = if lock {
         "SELECT value, secret IS NOT NULL FROM kv WHERE key = $1 FOR UPDATE"
     } else {
@@ -146,7 +149,7 @@ pub async fn plain(tx: &mut Tx, key: &KvKey, lock: bool) -> Result<Plain, sqlx::
 }
 
 /// Writes a plain value for a flow (never over a secret: the caller checks with [`plain`] first).
-pub async fn set_plain(tx: &mut Tx, company_id: Uuid, key: &KvKey, value: &Value) -> Result<(), sqlx::Error> {
+pub async fn set_plain(tx: &mut Tx, company_id: Uuid, key: &KvKey, value: &Value) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO kv (company_id, key, value) VALUES ($1, $2, $3)
          ON CONFLICT (company_id, key) DO UPDATE SET value = excluded.value, updated_at = now()

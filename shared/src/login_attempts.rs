@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::db;
+use crate::db::{self, StoreError};
 
 /// Seconds after which one failure is forgiven.
 pub const DECAY_SECS: f64 = 60.0;
@@ -20,7 +20,7 @@ const MAX_LOCK_SECS: f64 = 900.0;
 /// is indistinguishable from none: the next failure would count as the first
 /// either way, so trimming never changes a throttling decision. Runs as
 /// the retention duty, in the caller's transaction.
-pub async fn delete_forgiven(tx: &mut db::Tx, limit: i64) -> Result<u64, sqlx::Error> {
+pub async fn delete_forgiven(tx: &mut db::Tx, limit: i64) -> Result<u64, StoreError> {
     // A bucket holds at least one failure, so nothing younger than one decay can be forgiven.
     let done = sqlx::query(
         "DELETE FROM login_attempts WHERE key = ANY(ARRAY(
@@ -40,7 +40,7 @@ pub async fn delete_forgiven(tx: &mut db::Tx, limit: i64) -> Result<u64, sqlx::E
 }
 
 /// The latest `locked_until` in the future among the buckets, if any.
-pub async fn locked_until(pool: &PgPool, keys: &[(String, f64)]) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+pub async fn locked_until(pool: &PgPool, keys: &[(String, f64)]) -> Result<Option<DateTime<Utc>>, StoreError> {
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
     let mut tx = db::duty_tx(pool, db::Duty::SignIn).await?;
     let until: Option<DateTime<Utc>> =
@@ -54,7 +54,7 @@ pub async fn locked_until(pool: &PgPool, keys: &[(String, f64)]) -> Result<Optio
 
 /// Counts a failure in each bucket (after decaying what it held) and locks
 /// the buckets past their allowance.
-pub async fn record_failure(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), sqlx::Error> {
+pub async fn record_failure(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), StoreError> {
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
     let free: Vec<f64> = keys.iter().map(|(_, f)| *f).collect();
     let mut tx = db::duty_tx(pool, db::Duty::SignIn).await?;
@@ -81,16 +81,16 @@ pub async fn record_failure(pool: &PgPool, keys: &[(String, f64)]) -> Result<(),
     .bind(MAX_LOCK_SECS)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    tx.commit().await.map_err(StoreError::from)
 }
 
 /// A success forgets the client's failures, for this account and overall.
-pub async fn clear(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), sqlx::Error> {
+pub async fn clear(pool: &PgPool, keys: &[(String, f64)]) -> Result<(), StoreError> {
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
     let mut tx = db::duty_tx(pool, db::Duty::SignIn).await?;
     sqlx::query("DELETE FROM login_attempts WHERE key = ANY($1)")
         .bind(&names)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    tx.commit().await.map_err(StoreError::from)
 }

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::db::Tx;
+use crate::db::{StoreError, Tx};
 use crate::queue::{Envelope, INLINE_INPUT_MAX, RunFlowV1};
 use crate::run::Trigger;
 
@@ -38,7 +38,7 @@ const EXECUTE: i32 = 2;
 /// transaction for `company_id` — the company is checked explicitly as well
 /// as by row-level security. Runs of flows that are gone, never deployed or
 /// not executable are left out of the answer.
-pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Result<Vec<Enqueued>, sqlx::Error> {
+pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Result<Vec<Enqueued>, StoreError> {
     if runs.is_empty() {
         return Ok(Vec::new());
     }

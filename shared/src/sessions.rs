@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::db;
+use crate::db::{self, StoreError};
 
 /// The SHA-256 kept of a session's (or a mailed link's) token.
 pub fn token_hash(token: &str) -> Vec<u8> {
@@ -26,7 +26,7 @@ pub const KEEP_AFTER_EXPIRY: Duration = Duration::days(1);
 /// Deletes up to `limit` sessions past [`KEEP_AFTER_EXPIRY`], oldest first
 /// (one range of `sessions_expiry_idx`); returns how many went. Runs as
 /// the retention duty, in the caller's transaction.
-pub async fn delete_expired(tx: &mut db::Tx, limit: i64) -> Result<u64, sqlx::Error> {
+pub async fn delete_expired(tx: &mut db::Tx, limit: i64) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "DELETE FROM sessions WHERE id = ANY(ARRAY(
             SELECT id FROM sessions WHERE expires_at < now() - make_interval(secs => $1)
@@ -52,7 +52,7 @@ pub async fn create(
     user_id: Uuid,
     company_id: Uuid,
     expires_at: DateTime<Utc>,
-) -> Result<(Uuid, String), sqlx::Error> {
+) -> Result<(Uuid, String), StoreError> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token = hex::encode(bytes);
@@ -86,7 +86,7 @@ pub enum Lookup {
 }
 
 /// The session behind a token, if it is live and its user still belongs to its company.
-pub async fn lookup(pool: &PgPool, token: &str) -> Result<Lookup, sqlx::Error> {
+pub async fn lookup(pool: &PgPool, token: &str) -> Result<Lookup, StoreError> {
     let hash = token_hash(token);
     let mut tx = db::lookup_tx(pool, db::Duty::SessionLookup, db::Lookup::Hash(&hash)).await?;
     let row: Option<SessionRow> = sqlx::query_as(
@@ -129,13 +129,13 @@ pub async fn lookup(pool: &PgPool, token: &str) -> Result<Lookup, sqlx::Error> {
     Ok(found)
 }
 
-pub async fn revoke(pool: &PgPool, session_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn revoke(pool: &PgPool, session_id: Uuid) -> Result<(), StoreError> {
     let mut tx = db::lookup_tx(pool, db::Duty::SessionLookup, db::Lookup::Id(session_id)).await?;
     sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1")
         .bind(session_id)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await
+    tx.commit().await.map_err(StoreError::from)
 }
 
 /// Moves a session to another company; false if the user is not a member there.
@@ -144,7 +144,7 @@ pub async fn switch_company(
     session_id: Uuid,
     user_id: Uuid,
     company_id: Uuid,
-) -> Result<bool, sqlx::Error> {
+) -> Result<bool, StoreError> {
     let mut tx = db::lookup_tx(pool, db::Duty::SessionLookup, db::Lookup::Id(session_id)).await?;
     let moved = sqlx::query(
         "UPDATE sessions SET company_id = $3

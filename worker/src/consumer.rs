@@ -2,6 +2,7 @@
 //! delivery. The database is consulted before executing only when the broker
 //! says the delivery is a redelivery.
 
+use floq_shared::db::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -282,7 +283,7 @@ async fn requeue(delivery: &Delivery) {
     let _ = delivery.acker.nack(options).await;
 }
 
-async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::Error> {
+async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, StoreError> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
     let status: Option<RunStatus> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
         .bind(msg.run_id)
@@ -296,7 +297,7 @@ async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::
 /// For a message the outbox sweep published again: claims the run (`queued`
 /// → `running`), or says another copy has it (running or finished). A crashed
 /// first copy is redelivered by the broker and runs then.
-async fn claimed_elsewhere(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx::Error> {
+async fn claimed_elsewhere(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, StoreError> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
     let claimed =
         sqlx::query("UPDATE runs SET status = 'running', started_at = now() WHERE id = $1 AND status = 'queued'")
@@ -310,7 +311,7 @@ async fn claimed_elsewhere(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, sqlx:
 }
 
 /// Takes the inline input out of the message (nothing else reads it) or loads it.
-async fn inline_or_load_input(pool: &PgPool, msg: &mut RunFlowV1) -> Result<Option<serde_json::Value>, sqlx::Error> {
+async fn inline_or_load_input(pool: &PgPool, msg: &mut RunFlowV1) -> Result<Option<serde_json::Value>, StoreError> {
     if let Some(input) = msg.input.take() {
         return Ok(Some(input));
     }

@@ -2,6 +2,7 @@
 //! (independent branches concurrently), routes branch ports, skips what a
 //! branch did not take, and stops at the first failure.
 
+use floq_shared::db::StoreError;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -323,7 +324,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
 }
 
 /// The company's plain KV values as `$vars` (secrets never: they stay encrypted).
-async fn load_vars(env: &NodeEnv, company_id: uuid::Uuid) -> Result<Value, sqlx::Error> {
+async fn load_vars(env: &NodeEnv, company_id: uuid::Uuid) -> Result<Value, StoreError> {
     let mut tx = floq_shared::db::tenant_tx(&env.pool, company_id).await?;
     let rows: Vec<(String, Value)> =
         sqlx::query_as("SELECT key, value FROM kv WHERE value IS NOT NULL ORDER BY key LIMIT 10000")

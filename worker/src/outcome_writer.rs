@@ -8,6 +8,7 @@
 //! refuses for what it holds fails only its own run (`output_unstorable`),
 //! never the batch it shares with other tenants' runs.
 
+use floq_shared::db::StoreError;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -139,14 +140,14 @@ async fn store(pool: &PgPool, batch: &mut [Write]) -> (Vec<bool>, HashSet<Uuid>)
         let mut outage = None;
         {
             let writes: Vec<&Write> = pending.iter().map(|&i| &batch[i]).collect();
-            for (range, result) in batch::isolate(&writes, |part| commit(pool, part), batch::is_refusal).await {
+            for (range, result) in batch::isolate(&writes, |part| commit(pool, part), StoreError::is_refusal).await {
                 let indexes = pending[range.clone()].iter().copied();
                 match result {
                     Ok(ids) => {
                         finished.extend(ids);
                         indexes.for_each(|i| stored[i] = true);
                     }
-                    Err(e) if batch::is_refusal(&e) => refused.push((pending[range.start], e)),
+                    Err(e) if e.is_refusal() => refused.push((pending[range.start], e)),
                     Err(e) => {
                         retry.extend(indexes);
                         outage = Some(e);
@@ -185,7 +186,7 @@ pub const OUTPUT_UNSTORABLE: &str = "output_unstorable";
 /// Replaces a refused write's outcome with less of it ([`degrade`]) and
 /// answers a waiting caller with what is stored instead. Returns `false`
 /// when there is nothing left to drop.
-fn unstorable(write: &mut Write, e: &sqlx::Error) -> bool {
+fn unstorable(write: &mut Write, e: &StoreError) -> bool {
     let Write::Finished {
         run_id, outcome, reply, ..
     } = write
@@ -193,7 +194,7 @@ fn unstorable(write: &mut Write, e: &sqlx::Error) -> bool {
         // A `running` mark holds nothing a database could refuse; losing one costs nothing.
         return false;
     };
-    if !degrade(outcome, &batch::sqlstate(e).unwrap_or_else(|| "unknown".into())) {
+    if !degrade(outcome, &e.sqlstate().unwrap_or_else(|| "unknown".into())) {
         return false;
     }
     if let Some(pending) = reply.take() {
@@ -254,7 +255,7 @@ pub fn make_storable(outcome: &mut Outcome) {
     }
 }
 
-async fn commit(pool: &PgPool, batch: &[&Write]) -> Result<HashSet<Uuid>, sqlx::Error> {
+async fn commit(pool: &PgPool, batch: &[&Write]) -> Result<HashSet<Uuid>, StoreError> {
     let mut by_company: BTreeMap<Uuid, Vec<&Write>> = BTreeMap::new();
     for w in batch {
         by_company.entry(w.company_id()).or_default().push(*w);
@@ -331,7 +332,7 @@ impl<'a> FinishedColumns<'a> {
     }
 
     /// Returns the runs this write finished.
-    async fn write(&self, tx: &mut db::Tx, company_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    async fn write(&self, tx: &mut db::Tx, company_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
         // Row by row through the primary key: see migrations/0002 for why not a set-based join.
         let updated: Vec<Uuid> = sqlx::query_scalar("SELECT floq_finish_runs($1, $2, $3, $4, $5, $6)")
             .bind(&self.ids)

@@ -7,6 +7,7 @@
 //! broker-side channel error on a reply must not take the unacked deliveries
 //! with it.
 
+use floq_shared::db::StoreError;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 use sqlx::PgPool;
@@ -100,7 +101,7 @@ pub fn from_outcome(run_id: Uuid, flow: Option<&CompiledFlow>, outcome: &Outcome
 
 /// What a caller is told about a run that had already finished when its
 /// message came back (the worker died between the commit and the reply).
-pub async fn from_database(pool: &PgPool, msg: &RunFlowV1, flow: &CompiledFlow) -> Result<RunReply, sqlx::Error> {
+pub async fn from_database(pool: &PgPool, msg: &RunFlowV1, flow: &CompiledFlow) -> Result<RunReply, StoreError> {
     let respond_ids: Vec<&str> = respond_nodes(flow).collect();
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
     let (status, output, error): (RunStatus, Option<serde_json::Value>, Option<serde_json::Value>) =

@@ -2,6 +2,7 @@
 //! moving the session to another company, and the mailed links that prove a
 //! mailbox (accepting an invitation, resetting a password).
 
+use floq_shared::db::StoreError;
 use std::sync::Arc;
 
 use axum::Json;
@@ -196,7 +197,7 @@ async fn login(
 
 /// The identity with this address: its id, password hash and the address as
 /// stored (which is where mail goes, never the spelling a request used).
-async fn find_user(state: &AppState, email: &str) -> Result<Option<(Uuid, Option<String>, String)>, sqlx::Error> {
+async fn find_user(state: &AppState, email: &str) -> Result<Option<(Uuid, Option<String>, String)>, StoreError> {
     let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Email(email)).await?;
     let row = sqlx::query_as("SELECT id, password_hash, email FROM users WHERE lower(email) = lower($1)")
         .bind(email)
@@ -207,7 +208,7 @@ async fn find_user(state: &AppState, email: &str) -> Result<Option<(Uuid, Option
 }
 
 /// The user's companies, oldest membership first: a fresh session starts in the first.
-async fn companies_of(state: &AppState, user_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+async fn companies_of(state: &AppState, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
     let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Id(user_id)).await?;
     let companies = sqlx::query_scalar("SELECT company_id FROM memberships WHERE user_id = $1 ORDER BY created_at")
         .bind(user_id)

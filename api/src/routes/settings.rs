@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use floq_shared::db::StoreError;
 use serde::{Deserialize, Serialize};
 use validator::{Validate, ValidationError, ValidationErrors};
 
@@ -66,7 +67,7 @@ impl Retention {
     }
 }
 
-async fn current(tx: &mut db::Tx) -> Result<Retention, sqlx::Error> {
+async fn current(tx: &mut db::Tx) -> Result<Retention, StoreError> {
     let stored: Option<Retention> =
         sqlx::query_as("SELECT audit_max_age_days, audit_max_entries, runs_max_age_days FROM company_settings")
             .fetch_optional(&mut **tx)

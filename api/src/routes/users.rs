@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use floq_shared::db::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -257,7 +258,7 @@ fn invited(email: &str) -> Value {
     })
 }
 
-async fn company_name(state: &AppState, company_id: Uuid) -> Result<String, sqlx::Error> {
+async fn company_name(state: &AppState, company_id: Uuid) -> Result<String, StoreError> {
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let name = sqlx::query_scalar("SELECT name FROM companies WHERE id = $1")
         .bind(company_id)
@@ -317,7 +318,7 @@ fn last_admin() -> ApiError {
 }
 
 /// Locks the company's admin memberships and tells whether `user_id` is the only one.
-async fn is_last_admin(tx: &mut db::Tx, user_id: Uuid) -> Result<bool, sqlx::Error> {
+async fn is_last_admin(tx: &mut db::Tx, user_id: Uuid) -> Result<bool, StoreError> {
     let admins: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM memberships WHERE 'admin' = ANY(roles) FOR UPDATE")
         .fetch_all(&mut **tx)
         .await?;

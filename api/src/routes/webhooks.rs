@@ -16,6 +16,7 @@
 //! origin the webhook does not list in `redirect_origins` is refused with
 //! `502 reply_refused` (see [`crate::redirects`]).
 
+use floq_shared::db::StoreError;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -146,13 +147,14 @@ fn revealed(state: &AppState, company_id: Uuid, hook: &Webhook, token: Option<&s
     Ok(out)
 }
 
-async fn fetch(tx: &mut db::Tx, flow_id: Uuid) -> Result<Option<Webhook>, sqlx::Error> {
+async fn fetch(tx: &mut db::Tx, flow_id: Uuid) -> Result<Option<Webhook>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM flow_webhooks WHERE flow_id = $1"
     )))
     .bind(flow_id)
     .fetch_optional(&mut **tx)
     .await
+    .map_err(StoreError::from)
 }
 
 #[utoipa::path(get, operation_id = "webhooks_show", path = "/api/v1/flows/{flow_id}/webhook", tag = "webhooks", params(("flow_id" = Uuid, Path)),

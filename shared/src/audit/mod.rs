@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::db::StoreError;
 use crate::pgtext;
 pub use writer::Writer;
 
@@ -203,7 +204,7 @@ pub(crate) fn json_len(value: &Value) -> usize {
 pub async fn append<'a>(
     conn: &mut PgConnection,
     entries: impl IntoIterator<Item = &'a Entry>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     let entries = entries.into_iter();
     let mut c = Columns::with_capacity(entries.size_hint().0);
     // Entries record what callers and flows sent, NULs included; text PostgreSQL

@@ -3,6 +3,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Entry, append};
+use crate::db::StoreError;
 use crate::retry::{self, Policy};
 use crate::telemetry::METRICS;
 use crate::{batch, db};
@@ -59,12 +60,12 @@ async fn write(pool: &PgPool, batch: &[Entry]) -> usize {
     while !pending.is_empty() {
         let mut retry = Vec::new();
         for range in pending {
-            let parts = batch::isolate(&batch[range.clone()], |part| commit(pool, part), batch::is_refusal).await;
+            let parts = batch::isolate(&batch[range.clone()], |part| commit(pool, part), StoreError::is_refusal).await;
             for (part, result) in parts {
                 let part = range.start + part.start..range.start + part.end;
                 match result {
                     Ok(()) => written += part.len(),
-                    Err(e) if batch::is_refusal(&e) => {
+                    Err(e) if e.is_refusal() => {
                         let entry = &batch[part.start];
                         METRICS.batch_rows_refused.with_label_values(&["audit"]).inc();
                         tracing::error!(error = %e, company.id = %entry.company_id, action = %entry.action,
@@ -88,9 +89,9 @@ async fn write(pool: &PgPool, batch: &[Entry]) -> usize {
     written
 }
 
-async fn commit(pool: &PgPool, batch: &[Entry]) -> Result<(), sqlx::Error> {
+async fn commit(pool: &PgPool, batch: &[Entry]) -> Result<(), StoreError> {
     // Entries of many companies (and of none) share one commit, appended by the writer's own role.
     let mut tx = db::duty_tx(pool, db::Duty::AuditAppend).await?;
     append(&mut tx, batch).await?;
-    tx.commit().await
+    tx.commit().await.map_err(StoreError::from)
 }

@@ -1,6 +1,7 @@
 //! `kv_get` and `kv_set`: the company's plain KV values. Secret values stay
 //! out of reach here: nodes get them only through `{"$secret": key}`.
 
+use floq_shared::db::StoreError;
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::{Value, json};
 
@@ -17,7 +18,7 @@ fn key(params: &Value) -> Result<KvKey, NodeError> {
         .ok_or_else(|| NodeError::invalid(format!("`key`: {}", KvKey::RULE)))
 }
 
-fn storage(_: sqlx::Error) -> NodeError {
+fn storage(_: StoreError) -> NodeError {
     NodeError::new("kv_unavailable", "the KV store could not be reached")
 }
 
@@ -31,7 +32,7 @@ impl Node for KvGet {
                 .await
                 .map_err(storage)?;
             let found = kv::plain(&mut tx, &key, false).await.map_err(storage)?;
-            tx.commit().await.map_err(storage)?;
+            db::commit(tx).await.map_err(storage)?;
             match found {
                 Plain::Secret => Err(NodeError::new(
                     "kv_secret",
@@ -86,7 +87,7 @@ impl Node for KvSet {
                     "flow_id": ctx.run.flow_id,
                 }));
             audit::append(&mut tx, &[entry]).await.map_err(storage)?;
-            tx.commit().await.map_err(storage)?;
+            db::commit(tx).await.map_err(storage)?;
             Ok(NodeOutput::value(json!({"key": key.as_str()})))
         }
         .boxed()

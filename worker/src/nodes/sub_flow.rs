@@ -4,6 +4,7 @@
 //! calling version's deployer must be allowed to run the sub-flow, and the
 //! sub-flow then runs with its own deployer's reach.
 
+use floq_shared::db::StoreError;
 use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::Value;
 use uuid::Uuid;
@@ -43,7 +44,7 @@ impl Node for SubFlow {
                 .fetch_optional(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok::<_, sqlx::Error>(found)
+                Ok::<_, StoreError>(found)
             }
             .await
             .map_err(|e| unavailable(e.to_string()))?;

@@ -13,17 +13,24 @@ use uuid::Uuid;
 
 use crate::config::Config;
 
+mod error;
+pub use error::{Fault, StoreError, fake};
+
+/// The pool every service holds.
+pub type Pool = PgPool;
+
 pub type Tx = Transaction<'static, Postgres>;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-pub async fn connect(config: &Config) -> Result<PgPool, sqlx::Error> {
+pub async fn connect(config: &Config) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(config.database_url.expose())?.application_name("floq");
     PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
+        .map_err(StoreError::from)
 }
 
 /// Applies pending migrations. sqlx holds a PostgreSQL advisory lock while it
@@ -33,24 +40,27 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 /// Opens a transaction scoped to one company, under row-level security.
-pub async fn tenant_tx(pool: &PgPool, company_id: Uuid) -> Result<Tx, sqlx::Error> {
+pub async fn tenant_tx(pool: &PgPool, company_id: Uuid) -> Result<Tx, StoreError> {
     // A Uuid formats as 36 hex digits and dashes, so it is safe to inline; inlining
     // lets BEGIN, the role switch and the tenant travel in one simple-query round trip.
     pool.begin_with(AssertSqlSafe(format!(
         "BEGIN; SET LOCAL ROLE floq_app; SELECT set_config('app.company_id', '{company_id}', true)"
     )))
     .await
+    .map_err(StoreError::from)
 }
 
 /// Opens a transaction under row-level security with no tenant yet: it sees no
 /// tenant rows until [`set_tenant`] is called. Batched writers use it to serve
 /// several companies in turn inside one commit.
-pub async fn multi_tenant_tx(pool: &PgPool) -> Result<Tx, sqlx::Error> {
-    pool.begin_with("BEGIN; SET LOCAL ROLE floq_app").await
+pub async fn multi_tenant_tx(pool: &PgPool) -> Result<Tx, StoreError> {
+    pool.begin_with("BEGIN; SET LOCAL ROLE floq_app")
+        .await
+        .map_err(StoreError::from)
 }
 
 /// Switches the tenant of a transaction opened by [`multi_tenant_tx`] or [`tenant_tx`].
-pub async fn set_tenant(tx: &mut Tx, company_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn set_tenant(tx: &mut Tx, company_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("SELECT set_config('app.company_id', $1, true)")
         .bind(company_id.to_string())
         .execute(&mut **tx)
@@ -138,31 +148,32 @@ pub enum Lookup<'a> {
 }
 
 /// Opens a transaction as the duty's role (see [`Duty`]).
-pub async fn duty_tx(pool: &PgPool, duty: Duty) -> Result<Tx, sqlx::Error> {
+pub async fn duty_tx(pool: &PgPool, duty: Duty) -> Result<Tx, StoreError> {
     pool.begin_with(AssertSqlSafe(format!("BEGIN; SET LOCAL ROLE {}", duty.role())))
         .await
+        .map_err(StoreError::from)
 }
 
 /// Opens a keyed duty's transaction looking up `key`.
-pub async fn lookup_tx(pool: &PgPool, duty: Duty, key: Lookup<'_>) -> Result<Tx, sqlx::Error> {
+pub async fn lookup_tx(pool: &PgPool, duty: Duty, key: Lookup<'_>) -> Result<Tx, StoreError> {
     match key {
         // Hex digits and a hyphenated uuid are safe to inline, which keeps
         // BEGIN, the role and the key in one round trip on the anonymous paths.
-        Lookup::Hash(hash) => {
-            pool.begin_with(AssertSqlSafe(format!(
+        Lookup::Hash(hash) => pool
+            .begin_with(AssertSqlSafe(format!(
                 "BEGIN; SET LOCAL ROLE {}; SELECT set_config('floq.lookup', '{}', true)",
                 duty.role(),
                 hex::encode(hash)
             )))
             .await
-        }
-        Lookup::Id(id) => {
-            pool.begin_with(AssertSqlSafe(format!(
+            .map_err(StoreError::from),
+        Lookup::Id(id) => pool
+            .begin_with(AssertSqlSafe(format!(
                 "BEGIN; SET LOCAL ROLE {}; SELECT set_config('floq.lookup', '{id}', true)",
                 duty.role()
             )))
             .await
-        }
+            .map_err(StoreError::from),
         Lookup::Email(_) => {
             let mut tx = duty_tx(pool, duty).await?;
             set_lookup(&mut tx, key).await?;
@@ -173,7 +184,7 @@ pub async fn lookup_tx(pool: &PgPool, duty: Duty, key: Lookup<'_>) -> Result<Tx,
 
 /// Changes what a keyed duty's transaction looks up (a link's identity once
 /// its token is spent, say).
-pub async fn set_lookup(tx: &mut Tx, key: Lookup<'_>) -> Result<(), sqlx::Error> {
+pub async fn set_lookup(tx: &mut Tx, key: Lookup<'_>) -> Result<(), StoreError> {
     let value = match key {
         Lookup::Hash(hash) => hex::encode(hash),
         Lookup::Id(id) => id.to_string(),
@@ -189,22 +200,12 @@ pub async fn set_lookup(tx: &mut Tx, key: Lookup<'_>) -> Result<(), sqlx::Error>
 
 /// Switches a duty's transaction to tenant work as `floq_app` for one company
 /// (accepting an invitation writes the membership and revokes API keys so).
-pub async fn become_tenant(tx: &mut Tx, company_id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn become_tenant(tx: &mut Tx, company_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("SET LOCAL ROLE floq_app").execute(&mut **tx).await?;
     set_tenant(tx, company_id).await
 }
 
-/// The request field a unique constraint (or unique index) protects, for a
-/// `409` that names it. Constraints not listed protect nothing a client
-/// chooses (random tokens, internal keys) and name no field.
-pub fn unique_field(constraint: &str) -> Option<&'static str> {
-    Some(match constraint {
-        "users_email_key" => "email",
-        "groups_company_id_name_key" | "flow_groups_company_id_name_key" | "credentials_company_id_name_key" => "name",
-        "kv_pkey" => "key",
-        "memberships_pkey" | "group_members_pkey" => "user_id",
-        "idempotency_keys_pkey" => "Idempotency-Key",
-        c if c.starts_with("grants_company_id_subject_type") => "grant",
-        _ => return None,
-    })
+/// Commits a transaction opened here.
+pub async fn commit(tx: Tx) -> Result<(), StoreError> {
+    Ok(tx.commit().await?)
 }
