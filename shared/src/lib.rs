@@ -2,6 +2,7 @@
 //! tenant-scoped transactions, the flow model, queue topology and envelopes,
 //! and telemetry.
 
+pub mod access;
 pub mod audit;
 pub mod batch;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod crypto;
 pub mod db;
 pub mod egress;
 pub mod flow;
+pub mod ids;
 pub mod kv;
 pub mod login_attempts;
 pub mod mail;

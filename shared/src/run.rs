@@ -3,12 +3,12 @@
 //! exactly the values its column's CHECK constraint allows (a test compares
 //! them against the live schema), so SQL and Rust cannot drift apart.
 
-use serde::{Deserialize, Serialize};
-
+/// Declares a text enum whose values are a column's CHECK list: `ALL`,
+/// `as_str`, `Display`, `FromStr`, serde and sqlx as snake_case text.
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type)]
         #[serde(rename_all = "snake_case")]
         #[sqlx(type_name = "text", rename_all = "snake_case")]
         pub enum $name {
@@ -33,11 +33,11 @@ macro_rules! text_enum {
         }
 
         impl std::str::FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+            type Err = $crate::run::UnknownValue;
+            fn from_str(s: &str) -> Result<Self, $crate::run::UnknownValue> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownValue {
+                    _ => Err($crate::run::UnknownValue {
                         kind: stringify!($name),
                         allowed: &[$($text),+],
                     }),
@@ -46,6 +46,8 @@ macro_rules! text_enum {
         }
     };
 }
+
+pub(crate) use text_enum;
 
 text_enum! {
     /// Where a run is in its life. `queued` and `running` are the only

@@ -1,6 +1,7 @@
-//! The CHECK constraints on status and trigger columns and the Rust enums
+//! The CHECK constraints on status, trigger, role and grant-level columns and the Rust enums
 //! that name the same values must list exactly the same ones.
 
+use floq_shared::access::{Level, Role};
 use floq_shared::run::{RunStatus, StepStatus, Trigger};
 use floq_tests::TestApp;
 
@@ -23,7 +24,7 @@ fn names<T: Copy>(all: &[T], text: fn(T) -> &'static str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn every_status_and_trigger_the_schema_allows_is_a_variant_and_no_more() {
+async fn every_value_the_schema_allows_is_a_variant_and_no_more() {
     let app = TestApp::spawn_with(floq_tests::Options {
         worker: false,
         scheduler: false,
@@ -41,5 +42,19 @@ async fn every_status_and_trigger_the_schema_allows_is_a_variant_and_no_more() {
         allowed(&app, "runs", "runs_trigger_check").await,
         names(Trigger::ALL, Trigger::as_str)
     );
+    assert_eq!(
+        allowed(&app, "grants", "grants_level_check").await,
+        names(Level::ALL, Level::as_str)
+    );
+    for (table, constraint) in [
+        ("memberships", "memberships_roles_check"),
+        ("account_tokens", "account_tokens_roles_check"),
+    ] {
+        assert_eq!(
+            allowed(&app, table, constraint).await,
+            names(Role::ALL, Role::as_str),
+            "{table}"
+        );
+    }
     app.teardown().await;
 }
