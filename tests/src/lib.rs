@@ -219,6 +219,22 @@ pub fn failed_step(run: &Value) -> (String, String) {
 pub static TEST_ENC_KEY: std::sync::LazyLock<(String, String)> =
     std::sync::LazyLock::new(floq_shared::crypto::generate);
 
+/// Asserts an error answer whole: exactly `{"error": {code, message,
+/// details, request_id}}` with these values and a non-empty request id, so
+/// a field that leaks in or goes missing fails the test.
+#[track_caller]
+pub fn assert_error(body: &Value, code: &str, message: &str, details: Value) {
+    let request_id = &body["error"]["request_id"];
+    assert!(
+        request_id.as_str().is_some_and(|id| !id.is_empty()),
+        "no request id: {body}"
+    );
+    assert_eq!(
+        *body,
+        json!({"error": {"code": code, "message": message, "details": details, "request_id": request_id}}),
+    );
+}
+
 pub fn test_config(db_name: &str, prefix: &str) -> Config {
     let vars: HashMap<String, String> = [
         ("FLOQ_DATABASE_URL", database_url(db_name)),

@@ -28,15 +28,11 @@ async fn grant_id(app: &TestApp, user: impl ToString, entity_type: &str, entity:
 
 fn refused(status: StatusCode, body: &Value, field: &str, message: &str) {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert_eq!(body["error"]["code"], "validation_failed", "{body}");
-    assert_eq!(
-        body["error"]["message"], "the flow reaches what it may not use",
-        "{body}"
-    );
-    assert_eq!(
-        body["error"]["details"],
+    floq_tests::assert_error(
+        body,
+        "validation_failed",
+        "the flow reaches what it may not use",
         json!([{"field": field, "message": message}]),
-        "{body}"
     );
 }
 
