@@ -2,7 +2,9 @@
 //! (independent branches concurrently), routes branch ports, skips what a
 //! branch did not take, and stops at the first failure.
 
-use floq_shared::db::StoreError;
+use floq_shared::db::{self, StoreError};
+use floq_shared::ids::CompanyId;
+use floq_shared::kv;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,45 +24,8 @@ use floq_shared::script::ScriptKind;
 use floq_shared::telemetry::METRICS;
 
 pub use floq_shared::run::{RunStatus, StepStatus};
-
-#[derive(Debug)]
-pub struct Step {
-    pub node_id: String,
-    pub seq: i32,
-    pub status: StepStatus,
-    pub output: Option<Value>,
-    pub error: Option<Value>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug)]
-pub struct Outcome {
-    pub status: RunStatus,
-    pub output: Option<Value>,
-    pub error: Option<Value>,
-    pub steps: Vec<Step>,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    /// One `node.execute` entry per node that ran, written with the outcome.
-    pub audit: Vec<Entry>,
-}
-
-impl Outcome {
-    /// A run that failed before any node ran (e.g. its flow version is unreadable).
-    pub fn failed_early(code: &str, message: &str) -> Self {
-        let now = Utc::now();
-        Self {
-            status: RunStatus::Failed,
-            output: None,
-            error: Some(json!({"code": code, "message": message})),
-            steps: vec![],
-            started_at: now,
-            finished_at: now,
-            audit: vec![],
-        }
-    }
-}
+pub use floq_shared::runs::outcomes::Outcome;
+pub use floq_shared::runs::steps::Step;
 
 #[derive(Clone, Copy, PartialEq)]
 enum State {
@@ -118,7 +83,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     let mut shapes: Vec<Value> = vec![Value::Null; n];
     let mut run_ctx = run.run;
     if run_ctx.vars.is_none() && flow.reads_vars {
-        match load_vars(&env, run_ctx.company_id).await {
+        match load_vars(&env, run_ctx.company_id.into()).await {
             Ok(vars) => run_ctx.vars = Some(Arc::new(vars)),
             Err(e) => {
                 tracing::warn!(error = %e, "reading $vars failed");
@@ -323,15 +288,15 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     }
 }
 
+/// At most this many plain KV values are read into `$vars`.
+const VARS_MAX: i64 = 10_000;
+
 /// The company's plain KV values as `$vars` (secrets never: they stay encrypted).
-async fn load_vars(env: &NodeEnv, company_id: uuid::Uuid) -> Result<Value, StoreError> {
-    let mut tx = floq_shared::db::tenant_tx(&env.pool, company_id).await?;
-    let rows: Vec<(String, Value)> =
-        sqlx::query_as("SELECT key, value FROM kv WHERE value IS NOT NULL ORDER BY key LIMIT 10000")
-            .fetch_all(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    Ok(Value::Object(rows.into_iter().collect()))
+async fn load_vars(env: &NodeEnv, company_id: CompanyId) -> Result<Value, StoreError> {
+    let mut tx = db::tenant_tx(&env.pool, company_id.into()).await?;
+    let vars = kv::plain_values(&mut tx, company_id, VARS_MAX).await?;
+    db::commit(tx).await?;
+    Ok(Value::Object(vars))
 }
 
 /// A node's params on their way to evaluation. Without expressions they are
