@@ -171,13 +171,12 @@ pub async fn plain_values(
     company_id: crate::ids::CompanyId,
     limit: i64,
 ) -> Result<serde_json::Map<String, Value>, StoreError> {
-    let rows: Vec<(String, Value)> = sqlx::query_as(
-        "SELECT key, value FROM kv WHERE company_id = $1 AND value IS NOT NULL ORDER BY key LIMIT $2",
-    )
-    .bind(company_id)
-    .bind(limit)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows: Vec<(String, Value)> =
+        sqlx::query_as("SELECT key, value FROM kv WHERE company_id = $1 AND value IS NOT NULL ORDER BY key LIMIT $2")
+            .bind(company_id)
+            .bind(limit)
+            .fetch_all(&mut **tx)
+            .await?;
     Ok(rows.into_iter().collect())
 }
 

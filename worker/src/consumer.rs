@@ -22,13 +22,13 @@ use crate::nodes::{NodeEnv, RunCtx};
 use crate::outcome_writer::{self, OutcomeWriter, Write};
 use crate::reply::{self, PendingReply};
 use floq_shared::Config;
-use floq_shared::db::{self, Pool as PgPool};
-use floq_shared::runs::delivery;
+use floq_shared::db::{self, Pool};
 use floq_shared::queue::{self, Envelope, RunFlowV1, Topology};
+use floq_shared::runs::delivery;
 use floq_shared::telemetry::METRICS;
 
 pub struct Worker {
-    pub pool: PgPool,
+    pub pool: Pool,
     pub config: Arc<Config>,
     pub cache: Arc<FlowCache>,
     pub env: Arc<NodeEnv>,
@@ -284,7 +284,7 @@ async fn requeue(delivery: &Delivery) {
     let _ = delivery.acker.nack(options).await;
 }
 
-async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, StoreError> {
+async fn already_finished(pool: &Pool, msg: &RunFlowV1) -> Result<bool, StoreError> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
     let status = delivery::status(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
     db::commit(tx).await?;
@@ -295,7 +295,7 @@ async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, StoreE
 /// For a message the outbox sweep published again: claims the run (`queued`
 /// → `running`), or says another copy has it (running or finished). A crashed
 /// first copy is redelivered by the broker and runs then.
-async fn claimed_elsewhere(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, StoreError> {
+async fn claimed_elsewhere(pool: &Pool, msg: &RunFlowV1) -> Result<bool, StoreError> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
     let claimed = delivery::claim(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
     db::commit(tx).await?;
@@ -303,7 +303,7 @@ async fn claimed_elsewhere(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, Store
 }
 
 /// Takes the inline input out of the message (nothing else reads it) or loads it.
-async fn inline_or_load_input(pool: &PgPool, msg: &mut RunFlowV1) -> Result<Option<serde_json::Value>, StoreError> {
+async fn inline_or_load_input(pool: &Pool, msg: &mut RunFlowV1) -> Result<Option<serde_json::Value>, StoreError> {
     if let Some(input) = msg.input.take() {
         return Ok(Some(input));
     }

@@ -21,11 +21,11 @@ use tokio::task::JoinSet;
 
 use crate::executor::{Outcome, RunStatus};
 use crate::reply::{self, PendingReply};
-use floq_shared::retry::{self, Policy};
-use floq_shared::telemetry::METRICS;
 use floq_shared::db::Pool;
 use floq_shared::ids::{CompanyId, RunId};
+use floq_shared::retry::{self, Policy};
 use floq_shared::runs::outcomes::{self, Started};
+use floq_shared::telemetry::METRICS;
 use floq_shared::{batch, db, pgtext};
 
 const MAX_BATCH: usize = 1000;

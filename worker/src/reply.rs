@@ -16,9 +16,9 @@ use crate::executor::{Outcome, StepStatus};
 use crate::flow_cache::CompiledFlow;
 use floq_shared::db::{self, Pool};
 use floq_shared::ids::{CompanyId, RunId};
-use floq_shared::runs::{outcomes, steps};
 use floq_shared::queue::RunFlowV1;
 use floq_shared::replies::{MAX_INLINE_REPLY_BYTES, ReplyEnvelope, RunReply, is_reply_address};
+use floq_shared::runs::{outcomes, steps};
 
 /// A reply waiting for its run's commit.
 pub struct PendingReply {
