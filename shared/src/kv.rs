@@ -163,6 +163,23 @@ pub async fn set_plain(tx: &mut Tx, company_id: Uuid, key: &KvKey, value: &Value
     Ok(())
 }
 
+/// The company's plain values by key, as a flow's `$vars` (secrets never:
+/// they stay sealed), at most `limit` of them in key order (one range of the
+/// primary key `(company_id, key)`).
+pub async fn plain_values(
+    tx: &mut Tx,
+    company_id: crate::ids::CompanyId,
+    limit: i64,
+) -> Result<serde_json::Map<String, Value>, StoreError> {
+    let rows: Vec<(String, Value)> =
+        sqlx::query_as("SELECT key, value FROM kv WHERE company_id = $1 AND value IS NOT NULL ORDER BY key LIMIT $2")
+            .bind(company_id)
+            .bind(limit)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,6 @@ use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -23,12 +22,13 @@ use crate::nodes::{NodeEnv, RunCtx};
 use crate::outcome_writer::{self, OutcomeWriter, Write};
 use crate::reply::{self, PendingReply};
 use floq_shared::Config;
-use floq_shared::db;
+use floq_shared::db::{self, Pool};
 use floq_shared::queue::{self, Envelope, RunFlowV1, Topology};
+use floq_shared::runs::delivery;
 use floq_shared::telemetry::METRICS;
 
 pub struct Worker {
-    pub pool: PgPool,
+    pub pool: Pool,
     pub config: Arc<Config>,
     pub cache: Arc<FlowCache>,
     pub env: Arc<NodeEnv>,
@@ -214,7 +214,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
             tokio::select! {
                 outcome = &mut exec => outcome,
                 _ = tokio::time::sleep(worker.config.running_mark_after) => {
-                    worker.writer.send(Write::Started { company_id: msg.company_id, run_id: msg.run_id, at: Utc::now() }).await;
+                    worker.writer.send(Write::Started { company_id: msg.company_id.into(), run_id: msg.run_id.into(), at: Utc::now() }).await;
                     exec.await
                 }
             }
@@ -244,8 +244,8 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
     worker
         .writer
         .send(Write::Finished {
-            company_id: msg.company_id,
-            run_id: msg.run_id,
+            company_id: msg.company_id.into(),
+            run_id: msg.run_id.into(),
             outcome: Box::new(outcome),
             acker: delivery.acker,
             reply,
@@ -265,11 +265,12 @@ async fn reply_stored(worker: &Worker, replies: &Channel, to: &str, msg: &RunFlo
         Err(e) => Err(e),
     };
     match stored {
-        Ok(stored) => {
+        Ok(Some(stored)) => {
             if let Some(reply) = PendingReply::new(replies, to, stored) {
                 reply.send().await;
             }
         }
+        Ok(None) => tracing::debug!("the finished run is gone; the caller falls back to 202"),
         Err(e) => tracing::debug!(error = %e, "cannot reload a finished run to reply; the caller falls back to 202"),
     }
 }
@@ -283,13 +284,10 @@ async fn requeue(delivery: &Delivery) {
     let _ = delivery.acker.nack(options).await;
 }
 
-async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, StoreError> {
+async fn already_finished(pool: &Pool, msg: &RunFlowV1) -> Result<bool, StoreError> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let status: Option<RunStatus> = sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
-        .bind(msg.run_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let status = delivery::status(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
+    db::commit(tx).await?;
     // A run that is gone (retention) is as finished as one that ended.
     Ok(status.is_none_or(RunStatus::is_final))
 }
@@ -297,29 +295,20 @@ async fn already_finished(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, StoreE
 /// For a message the outbox sweep published again: claims the run (`queued`
 /// → `running`), or says another copy has it (running or finished). A crashed
 /// first copy is redelivered by the broker and runs then.
-async fn claimed_elsewhere(pool: &PgPool, msg: &RunFlowV1) -> Result<bool, StoreError> {
+async fn claimed_elsewhere(pool: &Pool, msg: &RunFlowV1) -> Result<bool, StoreError> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let claimed =
-        sqlx::query("UPDATE runs SET status = 'running', started_at = now() WHERE id = $1 AND status = 'queued'")
-            .bind(msg.run_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-    tx.commit().await?;
+    let claimed = delivery::claim(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
+    db::commit(tx).await?;
     Ok(!claimed)
 }
 
 /// Takes the inline input out of the message (nothing else reads it) or loads it.
-async fn inline_or_load_input(pool: &PgPool, msg: &mut RunFlowV1) -> Result<Option<serde_json::Value>, StoreError> {
+async fn inline_or_load_input(pool: &Pool, msg: &mut RunFlowV1) -> Result<Option<serde_json::Value>, StoreError> {
     if let Some(input) = msg.input.take() {
         return Ok(Some(input));
     }
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let input = sqlx::query_scalar("SELECT input FROM runs WHERE id = $1")
-        .bind(msg.run_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let input = delivery::input(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
+    db::commit(tx).await?;
     Ok(input)
 }

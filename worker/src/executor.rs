@@ -2,7 +2,9 @@
 //! (independent branches concurrently), routes branch ports, skips what a
 //! branch did not take, and stops at the first failure.
 
-use floq_shared::db::StoreError;
+use floq_shared::db::{self, StoreError};
+use floq_shared::ids::CompanyId;
+use floq_shared::kv;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,45 +24,8 @@ use floq_shared::script::ScriptKind;
 use floq_shared::telemetry::METRICS;
 
 pub use floq_shared::run::{RunStatus, StepStatus};
-
-#[derive(Debug)]
-pub struct Step {
-    pub node_id: String,
-    pub seq: i32,
-    pub status: StepStatus,
-    pub output: Option<Value>,
-    pub error: Option<Value>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug)]
-pub struct Outcome {
-    pub status: RunStatus,
-    pub output: Option<Value>,
-    pub error: Option<Value>,
-    pub steps: Vec<Step>,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    /// One `node.execute` entry per node that ran, written with the outcome.
-    pub audit: Vec<Entry>,
-}
-
-impl Outcome {
-    /// A run that failed before any node ran (e.g. its flow version is unreadable).
-    pub fn failed_early(code: &str, message: &str) -> Self {
-        let now = Utc::now();
-        Self {
-            status: RunStatus::Failed,
-            output: None,
-            error: Some(json!({"code": code, "message": message})),
-            steps: vec![],
-            started_at: now,
-            finished_at: now,
-            audit: vec![],
-        }
-    }
-}
+pub use floq_shared::runs::outcomes::Outcome;
+pub use floq_shared::runs::steps::Step;
 
 #[derive(Clone, Copy, PartialEq)]
 enum State {
@@ -118,7 +83,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     let mut shapes: Vec<Value> = vec![Value::Null; n];
     let mut run_ctx = run.run;
     if run_ctx.vars.is_none() && flow.reads_vars {
-        match load_vars(&env, run_ctx.company_id).await {
+        match load_vars(&env, run_ctx.company_id.into()).await {
             Ok(vars) => run_ctx.vars = Some(Arc::new(vars)),
             Err(e) => {
                 tracing::warn!(error = %e, "reading $vars failed");
@@ -323,15 +288,15 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     }
 }
 
+/// At most this many plain KV values are read into `$vars`.
+const VARS_MAX: i64 = 10_000;
+
 /// The company's plain KV values as `$vars` (secrets never: they stay encrypted).
-async fn load_vars(env: &NodeEnv, company_id: uuid::Uuid) -> Result<Value, StoreError> {
-    let mut tx = floq_shared::db::tenant_tx(&env.pool, company_id).await?;
-    let rows: Vec<(String, Value)> =
-        sqlx::query_as("SELECT key, value FROM kv WHERE value IS NOT NULL ORDER BY key LIMIT 10000")
-            .fetch_all(&mut *tx)
-            .await?;
-    tx.commit().await?;
-    Ok(Value::Object(rows.into_iter().collect()))
+async fn load_vars(env: &NodeEnv, company_id: CompanyId) -> Result<Value, StoreError> {
+    let mut tx = db::tenant_tx(&env.pool, company_id.into()).await?;
+    let vars = kv::plain_values(&mut tx, company_id, VARS_MAX).await?;
+    db::commit(tx).await?;
+    Ok(Value::Object(vars))
 }
 
 /// A node's params on their way to evaluation. Without expressions they are
@@ -537,5 +502,243 @@ fn step(
         error,
         started_at,
         finished_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The graph walker on flows of pure nodes, with an environment whose
+    //! database is never reached: these flows need none.
+    use super::*;
+    use floq_shared::flow::FlowDefinition;
+    use std::sync::OnceLock;
+    use uuid::Uuid;
+
+    fn config() -> floq_shared::Config {
+        floq_shared::Config::from_vars(HashMap::from([
+            ("FLOQ_JWT_SECRET".into(), "x".repeat(40)),
+            ("FLOQ_ENC_KEY_SECRET".into(), "a".repeat(256)),
+            ("FLOQ_ENC_KEY_SALT".into(), "b".repeat(64)),
+        ]))
+        .unwrap()
+    }
+
+    /// A node environment for flows that reach nothing: its pool is closed,
+    /// so any node or `$vars` read that needed the database would fail the run.
+    async fn env(step_output_max_bytes: usize) -> Arc<NodeEnv> {
+        static KEYRING: OnceLock<Arc<floq_shared::crypto::Keyring>> = OnceLock::new();
+        let config = config();
+        let keyring = KEYRING
+            .get_or_init(|| Arc::new(floq_shared::crypto::Keyring::from_config(&config).unwrap()))
+            .clone();
+        let pool = db::Pool::connect_lazy("postgres://nobody@127.0.0.1:1/nowhere").unwrap();
+        pool.close().await;
+        Arc::new(NodeEnv {
+            http: floq_shared::egress::http_client("floq-test").unwrap(),
+            egress: floq_shared::egress::Policy::from_config(&config),
+            pool,
+            flows: Arc::default(),
+            sandbox: crate::sandbox::Sandbox::new(1, Default::default()),
+            keyring,
+            delay_max: Duration::from_secs(1),
+            http_max_timeout: Duration::from_secs(1),
+            http_max_response_bytes: 1024,
+            template_timeout: Duration::from_secs(1),
+            code_timeout: Duration::from_secs(1),
+            code_max_timeout: Duration::from_secs(1),
+            step_output_max_bytes,
+            run_output_max_bytes: 1 << 20,
+            runner: Arc::new(Executor),
+        })
+    }
+
+    fn flow(def: Value) -> CompiledFlow {
+        let def: FlowDefinition = serde_json::from_value(def).unwrap();
+        CompiledFlow::compile(&def).unwrap()
+    }
+
+    fn run_ctx(vars: Option<Value>) -> RunCtx {
+        RunCtx {
+            run_id: Uuid::now_v7(),
+            company_id: Uuid::now_v7(),
+            flow_id: Uuid::now_v7(),
+            trigger: floq_shared::run::Trigger::Api,
+            attempt: 1,
+            depth: 0,
+            vars: vars.map(Arc::new),
+            deployed_by: None,
+        }
+    }
+
+    async fn execute_with(flow: &CompiledFlow, input: Value, vars: Option<Value>, env: Arc<NodeEnv>) -> Outcome {
+        execute(
+            flow,
+            RunInput {
+                run: run_ctx(vars),
+                input: &input,
+            },
+            env,
+        )
+        .await
+    }
+
+    fn statuses(outcome: &Outcome) -> Vec<(&str, StepStatus)> {
+        outcome.steps.iter().map(|s| (s.node_id.as_str(), s.status)).collect()
+    }
+
+    fn branching() -> CompiledFlow {
+        flow(json!({
+            "nodes": [
+                {"id": "in", "type": "set", "params": {"values": {"ok": "{{ $input.ok }}", "name": "{{ $input.name }}"}}},
+                {"id": "check", "type": "if", "params": {"condition": "{{ $node.in.output.ok }}"}},
+                {"id": "yes", "type": "set", "params": {"values": {"hello": "hi {{ $node.in.output.name }}"}}},
+                {"id": "no", "type": "set", "params": {"values": {"sorry": true}}},
+                {"id": "after_no", "type": "set", "params": {"values": 1}}
+            ],
+            "edges": [
+                {"from": "in", "to": "check"},
+                {"from": "check", "to": "yes", "port": "true"},
+                {"from": "check", "to": "no", "port": "false"},
+                {"from": "no", "to": "after_no"}
+            ]
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_branch_runs_the_port_it_took_and_skips_the_rest_downstream() {
+        let outcome = execute_with(
+            &branching(),
+            json!({"ok": true, "name": "Ada"}),
+            None,
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+        assert_eq!(
+            outcome.output,
+            Some(json!({"hello": "hi Ada"})),
+            "the one sink that ran"
+        );
+        let mut seen = statuses(&outcome);
+        seen.sort_by_key(|(id, _)| *id);
+        assert_eq!(
+            seen,
+            [
+                ("after_no", StepStatus::Skipped),
+                ("check", StepStatus::Succeeded),
+                ("in", StepStatus::Succeeded),
+                ("no", StepStatus::Skipped),
+                ("yes", StepStatus::Succeeded),
+            ]
+        );
+        let seqs: Vec<i32> = outcome.steps.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, (0..5).collect::<Vec<_>>(), "steps are numbered as they end");
+        assert_eq!(
+            outcome.audit.len(),
+            3,
+            "one node.execute entry per node that ran, none for skipped ones"
+        );
+        assert!(outcome.audit.iter().all(|e| e.action == "node.execute"));
+
+        let other = execute_with(
+            &branching(),
+            json!({"ok": false, "name": "Ada"}),
+            None,
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(other.status, RunStatus::Succeeded);
+        assert_eq!(other.output, Some(json!(1)));
+        assert!(statuses(&other).contains(&("yes", StepStatus::Skipped)));
+    }
+
+    #[tokio::test]
+    async fn several_sinks_answer_together_by_node_id() {
+        let flow = flow(json!({
+            "nodes": [
+                {"id": "a", "type": "set", "params": {"values": {"x": 1}}},
+                {"id": "b", "type": "set", "params": {"values": "{{ $node.a.output.x }}"}},
+                {"id": "c", "type": "set", "params": {"values": "{{ $run.trigger }}"}}
+            ],
+            "edges": [{"from": "a", "to": "b"}, {"from": "a", "to": "c"}]
+        }));
+        let outcome = execute_with(&flow, json!({}), None, env(1 << 20).await).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+        assert_eq!(outcome.output, Some(json!({"b": 1, "c": "api"})));
+    }
+
+    #[tokio::test]
+    async fn the_first_failure_fails_the_run_naming_its_node() {
+        let flow = flow(json!({
+            "nodes": [
+                {"id": "a", "type": "set", "params": {"values": {"x": 1}}},
+                {"id": "pick", "type": "switch", "params": {"value": 1, "cases": "not a list"}},
+                {"id": "later", "type": "set", "params": {"values": 2}}
+            ],
+            "edges": [{"from": "a", "to": "pick"}, {"from": "pick", "to": "later"}]
+        }));
+        let outcome = execute_with(&flow, json!({}), None, env(1 << 20).await).await;
+        assert_eq!(outcome.status, RunStatus::Failed);
+        assert_eq!(outcome.output, None);
+        let error = outcome.error.as_ref().unwrap();
+        assert_eq!(
+            (&error["node"], &error["code"]),
+            (&json!("pick"), &json!("invalid_params"))
+        );
+        assert_eq!(
+            statuses(&outcome),
+            [("a", StepStatus::Succeeded), ("pick", StepStatus::Failed)],
+            "nothing runs after the failure"
+        );
+        let failed = outcome.steps.last().unwrap();
+        assert_eq!(failed.error.as_ref().unwrap()["code"], "invalid_params");
+        assert_eq!(failed.output, None);
+        assert_eq!(outcome.audit.last().unwrap().outcome, audit::Outcome::Failure);
+    }
+
+    #[tokio::test]
+    async fn an_output_over_the_step_limit_fails_its_node() {
+        let flow = flow(json!({
+            "nodes": [{"id": "big", "type": "set", "params": {"values": {"blob": "x".repeat(100)}}}]
+        }));
+        let outcome = execute_with(&flow, json!({}), None, env(64).await).await;
+        assert_eq!(outcome.status, RunStatus::Failed);
+        assert_eq!(outcome.error.as_ref().unwrap()["code"], "output_too_large");
+        assert!(
+            outcome.error.as_ref().unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .contains("FLOQ_STEP_OUTPUT_MAX_BYTES")
+        );
+    }
+
+    fn reading_vars() -> CompiledFlow {
+        let flow = flow(json!({
+            "nodes": [{"id": "v", "type": "set", "params": {"values": "{{ $vars.greeting }}"}}]
+        }));
+        assert!(flow.reads_vars);
+        flow
+    }
+
+    #[tokio::test]
+    async fn vars_a_run_already_holds_are_not_read_again() {
+        // A loop body or sub-flow gets its run's `$vars`; the pool here is closed.
+        let outcome = execute_with(
+            &reading_vars(),
+            json!({}),
+            Some(json!({"greeting": "hello"})),
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+        assert_eq!(outcome.output, Some(json!("hello")));
+    }
+
+    #[tokio::test]
+    async fn vars_that_cannot_be_read_fail_the_run_before_any_node() {
+        let outcome = execute_with(&reading_vars(), json!({}), None, env(1 << 20).await).await;
+        assert_eq!(outcome.status, RunStatus::Failed);
+        assert_eq!(outcome.error.as_ref().unwrap()["code"], "vars_unavailable");
+        assert!(outcome.steps.is_empty() && outcome.audit.is_empty());
     }
 }

@@ -16,15 +16,15 @@ use chrono::{DateTime, Utc};
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
-use uuid::Uuid;
 
 use crate::executor::{Outcome, RunStatus};
 use crate::reply::{self, PendingReply};
-use floq_shared::audit::{self, Entry};
+use floq_shared::db::Pool;
+use floq_shared::ids::{CompanyId, RunId};
 use floq_shared::retry::{self, Policy};
+use floq_shared::runs::outcomes::{self, Started};
 use floq_shared::telemetry::METRICS;
 use floq_shared::{batch, db, pgtext};
 
@@ -34,13 +34,13 @@ const WRITERS: usize = 2;
 pub enum Write {
     /// The run outlived the short threshold: show it as `running`.
     Started {
-        company_id: Uuid,
-        run_id: Uuid,
+        company_id: CompanyId,
+        run_id: RunId,
         at: DateTime<Utc>,
     },
     Finished {
-        company_id: Uuid,
-        run_id: Uuid,
+        company_id: CompanyId,
+        run_id: RunId,
         outcome: Box<Outcome>,
         acker: Acker,
         /// Sent once the outcome is committed (a synchronous caller waits for it).
@@ -49,7 +49,7 @@ pub enum Write {
 }
 
 impl Write {
-    fn company_id(&self) -> Uuid {
+    fn company_id(&self) -> CompanyId {
         match self {
             Write::Started { company_id, .. } | Write::Finished { company_id, .. } => *company_id,
         }
@@ -63,7 +63,7 @@ pub struct OutcomeWriter {
 
 impl OutcomeWriter {
     /// The tasks finish once every writer clone is dropped and the queue is flushed.
-    pub fn start(pool: PgPool) -> (Self, JoinSet<()>) {
+    pub fn start(pool: Pool) -> (Self, JoinSet<()>) {
         let (tx, rx) = mpsc::channel(MAX_BATCH * WRITERS * 2);
         let rx = Arc::new(Mutex::new(rx));
         let mut tasks = JoinSet::new();
@@ -79,7 +79,7 @@ impl OutcomeWriter {
     }
 }
 
-async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
+async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
     loop {
         let mut batch = Vec::new();
         {
@@ -129,7 +129,7 @@ async fn write_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
 /// batch and its run still finishes. Outages are retried a few times.
 /// Returns, per write, whether it is settled in the database (ack, else
 /// nack), and the runs this commit moved to their outcome.
-async fn store(pool: &PgPool, batch: &mut [Write]) -> (Vec<bool>, HashSet<Uuid>) {
+async fn store(pool: &Pool, batch: &mut [Write]) -> (Vec<bool>, HashSet<RunId>) {
     let mut stored = vec![false; batch.len()];
     let mut finished = HashSet::new();
     let mut pending: Vec<usize> = (0..batch.len()).collect();
@@ -199,7 +199,7 @@ fn unstorable(write: &mut Write, e: &StoreError) -> bool {
     }
     if let Some(pending) = reply.take() {
         *reply = pending
-            .replaced(reply::from_outcome(*run_id, None, outcome))
+            .replaced(reply::from_outcome(run_id.as_uuid(), None, outcome))
             .map(Box::new);
     }
     true
@@ -255,140 +255,39 @@ pub fn make_storable(outcome: &mut Outcome) {
     }
 }
 
-async fn commit(pool: &PgPool, batch: &[&Write]) -> Result<HashSet<Uuid>, StoreError> {
-    let mut by_company: BTreeMap<Uuid, Vec<&Write>> = BTreeMap::new();
+async fn commit(pool: &Pool, batch: &[&Write]) -> Result<HashSet<RunId>, StoreError> {
+    let mut by_company: BTreeMap<CompanyId, Vec<&Write>> = BTreeMap::new();
     for w in batch {
         by_company.entry(w.company_id()).or_default().push(*w);
     }
     let mut tx = db::multi_tenant_tx(pool).await?;
     let mut done = HashSet::new();
     for (company_id, writes) in by_company {
-        db::set_tenant(&mut tx, company_id).await?;
-        let mut started = (Vec::new(), Vec::new());
-        let mut finished = FinishedColumns::default();
+        db::set_tenant(&mut tx, company_id.into()).await?;
+        let mut started = Vec::new();
+        let mut finished = Vec::new();
         for w in writes {
             match w {
-                Write::Started { run_id, at, .. } => {
-                    started.0.push(*run_id);
-                    started.1.push(*at);
-                }
-                Write::Finished { run_id, outcome, .. } => finished.push(*run_id, outcome),
+                Write::Started { run_id, at, .. } => started.push(Started {
+                    run_id: *run_id,
+                    at: *at,
+                }),
+                Write::Finished { run_id, outcome, .. } => finished.push((*run_id, &**outcome)),
             }
         }
-        if !started.0.is_empty() {
-            sqlx::query("SELECT floq_mark_running($1, $2)")
-                .bind(&started.0)
-                .bind(&started.1)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !finished.ids.is_empty() {
-            done.extend(finished.write(&mut tx, company_id).await?);
-        }
+        outcomes::mark_running(&mut tx, company_id, &started).await?;
+        done.extend(outcomes::finish(&mut tx, company_id, &finished).await?);
     }
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(done)
-}
-
-/// The batch's outcomes as columns, borrowed from the batch (outputs can be large).
-#[derive(Default)]
-struct FinishedColumns<'a> {
-    ids: Vec<Uuid>,
-    statuses: Vec<&'static str>,
-    outputs: Vec<Option<&'a Value>>,
-    errors: Vec<Option<&'a Value>>,
-    started: Vec<DateTime<Utc>>,
-    finished: Vec<DateTime<Utc>>,
-    step_runs: Vec<Uuid>,
-    step_nodes: Vec<String>,
-    step_seqs: Vec<i32>,
-    step_statuses: Vec<&'static str>,
-    step_outputs: Vec<Option<&'a Value>>,
-    step_errors: Vec<Option<&'a Value>>,
-    step_started: Vec<Option<DateTime<Utc>>>,
-    step_finished: Vec<Option<DateTime<Utc>>>,
-    audit: Vec<(Uuid, &'a Entry)>,
-}
-
-impl<'a> FinishedColumns<'a> {
-    fn push(&mut self, run_id: Uuid, o: &'a Outcome) {
-        self.ids.push(run_id);
-        self.statuses.push(o.status.as_str());
-        self.outputs.push(o.output.as_ref());
-        self.errors.push(o.error.as_ref());
-        self.started.push(o.started_at);
-        self.finished.push(o.finished_at);
-        for s in &o.steps {
-            self.step_runs.push(run_id);
-            self.step_nodes.push(s.node_id.clone());
-            self.step_seqs.push(s.seq);
-            self.step_statuses.push(s.status.as_str());
-            self.step_outputs.push(s.output.as_ref());
-            self.step_errors.push(s.error.as_ref());
-            self.step_started.push(s.started_at);
-            self.step_finished.push(s.finished_at);
-        }
-        self.audit.extend(o.audit.iter().map(|e| (run_id, e)));
-    }
-
-    /// Returns the runs this write finished.
-    async fn write(&self, tx: &mut db::Tx, company_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
-        // Row by row through the primary key: see migrations/0002 for why not a set-based join.
-        let updated: Vec<Uuid> = sqlx::query_scalar("SELECT floq_finish_runs($1, $2, $3, $4, $5, $6)")
-            .bind(&self.ids)
-            .bind(&self.statuses)
-            .bind(&self.outputs)
-            .bind(&self.errors)
-            .bind(&self.started)
-            .bind(&self.finished)
-            .fetch_all(&mut **tx)
-            .await?;
-        if updated.is_empty() {
-            return Ok(updated);
-        }
-        // Node entries only for runs this commit finished, like their steps.
-        let finished: HashSet<Uuid> = updated.iter().copied().collect();
-        let entries: Vec<&Entry> = self
-            .audit
-            .iter()
-            .filter(|(run, _)| finished.contains(run))
-            .map(|(_, e)| *e)
-            .collect();
-        audit::append(tx, entries).await?;
-        if self.step_runs.is_empty() {
-            return Ok(updated);
-        }
-        // Steps only for the runs this commit finished; a duplicate delivery writes nothing.
-        sqlx::query(
-            "INSERT INTO run_steps (run_id, company_id, node_id, seq, status, output, error, started_at, finished_at)
-             SELECT s.run_id, $1, s.node_id, s.seq, s.status, s.output, s.error, s.started_at, s.finished_at
-               FROM unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[],
-                           $8::timestamptz[], $9::timestamptz[])
-                    AS s(run_id, node_id, seq, status, output, error, started_at, finished_at)
-               JOIN unnest($10::uuid[]) AS done(id) ON done.id = s.run_id
-             ON CONFLICT (run_id, node_id) DO NOTHING",
-        )
-        .bind(company_id)
-        .bind(&self.step_runs)
-        .bind(&self.step_nodes)
-        .bind(&self.step_seqs)
-        .bind(&self.step_statuses)
-        .bind(&self.step_outputs)
-        .bind(&self.step_errors)
-        .bind(&self.step_started)
-        .bind(&self.step_finished)
-        .bind(&updated)
-        .execute(&mut **tx)
-        .await?;
-        Ok(updated)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::executor::Step;
-    use floq_shared::audit::Actor;
+    use floq_shared::audit::{Actor, Entry};
+    use uuid::Uuid;
 
     fn outcome() -> Outcome {
         let mut o = Outcome::failed_early("x", "y");

@@ -10,18 +10,19 @@
 use floq_shared::db::StoreError;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::executor::{Outcome, RunStatus, StepStatus};
+use crate::executor::{Outcome, StepStatus};
 use crate::flow_cache::CompiledFlow;
-use floq_shared::db;
+use floq_shared::db::{self, Pool};
+use floq_shared::ids::{CompanyId, RunId};
 use floq_shared::queue::RunFlowV1;
 use floq_shared::replies::{MAX_INLINE_REPLY_BYTES, ReplyEnvelope, RunReply, is_reply_address};
+use floq_shared::runs::{outcomes, steps};
 
 /// A reply waiting for its run's commit.
 pub struct PendingReply {
-    pub run_id: Uuid,
+    pub run_id: RunId,
     channel: Channel,
     to: String,
     body: Vec<u8>,
@@ -34,7 +35,7 @@ impl PendingReply {
             tracing::warn!(reply_to = to, "ignoring a reply address that is not direct reply-to");
             return None;
         }
-        let run_id = reply.run_id;
+        let run_id = RunId::from(reply.run_id);
         let envelope = ReplyEnvelope::RunReplyV1(reply);
         let mut body = envelope.to_bytes();
         if body.len() > MAX_INLINE_REPLY_BYTES {
@@ -100,34 +101,27 @@ pub fn from_outcome(run_id: Uuid, flow: Option<&CompiledFlow>, outcome: &Outcome
 }
 
 /// What a caller is told about a run that had already finished when its
-/// message came back (the worker died between the commit and the reply).
-pub async fn from_database(pool: &PgPool, msg: &RunFlowV1, flow: &CompiledFlow) -> Result<RunReply, StoreError> {
+/// message came back (the worker died between the commit and the reply);
+/// `None` once the run is gone.
+pub async fn from_database(pool: &Pool, msg: &RunFlowV1, flow: &CompiledFlow) -> Result<Option<RunReply>, StoreError> {
     let respond_ids: Vec<&str> = respond_nodes(flow).collect();
+    let (company_id, run_id) = (CompanyId::from(msg.company_id), RunId::from(msg.run_id));
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let (status, output, error): (RunStatus, Option<serde_json::Value>, Option<serde_json::Value>) =
-        sqlx::query_as("SELECT status, output, error FROM runs WHERE id = $1")
-            .bind(msg.run_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    let responded: Option<(String, Option<serde_json::Value>)> = sqlx::query_as(
-        "SELECT node_id, output FROM run_steps
-          WHERE run_id = $1 AND node_id = ANY($2) AND status = 'succeeded' ORDER BY seq LIMIT 1",
-    )
-    .bind(msg.run_id)
-    .bind(&respond_ids)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let (respond_node, respond) = responded.unzip();
-    Ok(RunReply {
+    let Some(stored) = outcomes::stored(&mut tx, company_id, run_id).await? else {
+        return Ok(None);
+    };
+    let responded = steps::first_succeeded(&mut tx, company_id, run_id, &respond_ids).await?;
+    db::commit(tx).await?;
+    let (respond_node, respond) = responded.map(|r| (r.node_id, r.output)).unzip();
+    Ok(Some(RunReply {
         run_id: msg.run_id,
-        status,
-        output,
-        error,
+        status: stored.status,
+        output: stored.output,
+        error: stored.error,
         respond: respond.flatten(),
         respond_node,
         oversized: false,
-    })
+    }))
 }
 
 fn respond_nodes(flow: &CompiledFlow) -> impl Iterator<Item = &str> {

@@ -1,0 +1,47 @@
+//! What the worker asks of a run when its message arrives: whether a
+//! repeated message's run is already finished or claimed by another copy,
+//! and the input of a run whose message did not carry it. Each call runs in
+//! the caller's tenant transaction (`db::tenant_tx` for the message's
+//! company) and names the company explicitly as well. Finishing runs is
+//! [`super::outcomes`]'s; nothing here writes an outcome.
+
+use serde_json::Value;
+
+use crate::db::{StoreError, Tx};
+use crate::ids::{CompanyId, RunId};
+use crate::run::RunStatus;
+
+/// The run's status; `None` once it is gone (retention, a deleted company).
+pub async fn status(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<Option<RunStatus>, StoreError> {
+    sqlx::query_scalar("SELECT status FROM runs WHERE id = $1 AND company_id = $2")
+        .bind(run_id)
+        .bind(company_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::from)
+}
+
+/// Claims a `queued` run for this copy of its message (`queued` → `running`).
+/// Returns `false` when the run is not queued (another copy has it, or it is
+/// finished or gone).
+pub async fn claim(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = 'running', started_at = now()
+          WHERE id = $1 AND company_id = $2 AND status = 'queued'",
+    )
+    .bind(run_id)
+    .bind(company_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The run's input; `None` once the run is gone.
+pub async fn input(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<Option<Value>, StoreError> {
+    sqlx::query_scalar("SELECT input FROM runs WHERE id = $1 AND company_id = $2")
+        .bind(run_id)
+        .bind(company_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::from)
+}
