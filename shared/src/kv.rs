@@ -178,6 +178,88 @@ pub async fn plain_values(
             .fetch_all(&mut **tx)
             .await?;
     Ok(rows.into_iter().collect())
+
+// Secret values for the worker's vault and for key rotation (`shared::credentials` is the other half).
+
+/// A secret value as a run's node may open it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SecretForUse {
+    pub sealed: Vec<u8>,
+    /// Whether the user the flow's version was deployed by may use it now.
+    pub usable: bool,
+    pub allowed_origins: Vec<String>,
+}
+
+/// The sealed secret at `key` for a run deployed by `deployed_by`; `None` if
+/// the company has no secret there (a plain value is no secret).
+pub async fn secret_for_use(
+    tx: &mut Tx,
+    company_id: crate::ids::CompanyId,
+    key: &str,
+    deployed_by: Option<crate::ids::UserId>,
+) -> Result<Option<SecretForUse>, StoreError> {
+    sqlx::query_as(
+        "SELECT secret AS sealed, COALESCE(floq_may_use($3, 'secret', id, NULL), false) AS usable, allowed_origins
+           FROM kv WHERE company_id = $1 AND key = $2 AND secret IS NOT NULL",
+    )
+    .bind(company_id)
+    .bind(key)
+    .bind(deployed_by)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}
+
+/// A secret value still sealed by a key other than the primary one.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StaleSecret {
+    pub company_id: crate::ids::CompanyId,
+    pub key: String,
+    pub sealed: Vec<u8>,
+}
+
+/// Key rotation: up to `limit` secret values of any company not sealed by
+/// `primary_key_id` (leaving out `skipped`, which no key opens), locked for
+/// resealing; rows another rotation holds are passed over.
+pub async fn stale_secrets(
+    tx: &mut Tx,
+    primary_key_id: &str,
+    skipped: &[(crate::ids::CompanyId, String)],
+    limit: i64,
+) -> Result<Vec<StaleSecret>, StoreError> {
+    let skipped: Vec<String> = skipped
+        .iter()
+        .map(|(company, key)| format!("{company}/{key}"))
+        .collect();
+    sqlx::query_as(
+        "SELECT company_id, key, secret AS sealed FROM kv
+          WHERE key_id <> $1 AND NOT (company_id::text || '/' || key = ANY($2))
+          ORDER BY company_id, key LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(primary_key_id)
+    .bind(skipped)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}
+
+/// Key rotation: stores a secret value sealed anew by `key_id`.
+pub async fn reseal_secret(
+    tx: &mut Tx,
+    company_id: crate::ids::CompanyId,
+    key: &str,
+    sealed: &[u8],
+    key_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE kv SET secret = $3, key_id = $4 WHERE company_id = $1 AND key = $2")
+        .bind(company_id)
+        .bind(key)
+        .bind(sealed)
+        .bind(key_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

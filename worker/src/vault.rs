@@ -14,8 +14,9 @@ use crate::nodes::{NodeEnv, NodeError, RunCtx, lacks_access};
 use floq_shared::audit::sanitize::MASK;
 use floq_shared::audit::{Actor, Entry};
 use floq_shared::flow::reach::secret_ref;
+use floq_shared::ids::{CompanyId, CredentialId, UserId};
 use floq_shared::telemetry::METRICS;
-use floq_shared::{db, secrets};
+use floq_shared::{credentials, db, kv, secrets};
 
 /// A decrypted credential, field by field; each value is zeroized on drop.
 pub struct Credential {
@@ -68,6 +69,8 @@ pub async fn open(
     let mut tx = db::tenant_tx(&env.pool, run.company_id)
         .await
         .map_err(|_| unavailable("the secrets"))?;
+    let company_id = CompanyId(run.company_id);
+    let deployed_by = run.deployed_by.map(UserId);
     let entry = |action: &str, kind: &str, id: &str| {
         Entry::new(run.company_id, Actor::system("worker"), action)
             .resource(kind, id)
@@ -77,17 +80,15 @@ pub async fn open(
         let id = Uuid::parse_str(&raw).map_err(|_| NodeError::invalid("`credential_id` must be a credential id"))?;
         // Under the run's company: another company's credential is simply not there.
         // The deployer must still be allowed to use it: a revoked grant takes effect at the next run.
-        let row: Option<(String, Vec<u8>, bool, Vec<String>)> = sqlx::query_as(
-            "SELECT type, data, COALESCE(floq_may_use($2, 'integration', id, NULL), false), allowed_origins
-               FROM credentials WHERE id = $1",
-        )
-        .bind(id)
-        .bind(run.deployed_by)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|_| unavailable("the credential"))?;
-        let (kind, sealed, usable, allowed_origins) =
-            row.ok_or_else(|| NodeError::new("credential_not_found", "no such credential"))?;
+        let credential = credentials::for_use(&mut tx, company_id, CredentialId(id), deployed_by)
+            .await
+            .map_err(|_| unavailable("the credential"))?;
+        let credentials::ForUse {
+            kind,
+            data: sealed,
+            usable,
+            allowed_origins,
+        } = credential.ok_or_else(|| NodeError::new("credential_not_found", "no such credential"))?;
         if !usable {
             return Err(lacks_access(&format!("credential {id}")));
         }
@@ -112,17 +113,14 @@ pub async fn open(
     }
     let mut values = HashMap::new();
     for key in refs {
-        let row: Option<(Vec<u8>, bool, Vec<String>)> = sqlx::query_as(
-            "SELECT secret, COALESCE(floq_may_use($2, 'secret', id, NULL), false), allowed_origins
-               FROM kv WHERE key = $1 AND secret IS NOT NULL",
-        )
-        .bind(&key)
-        .bind(run.deployed_by)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|_| unavailable("a secret"))?;
-        let (sealed, usable, allowed_origins) =
-            row.ok_or_else(|| NodeError::new("secret_not_found", format!("no secret KV value `{key}`")))?;
+        let secret = kv::secret_for_use(&mut tx, company_id, &key, deployed_by)
+            .await
+            .map_err(|_| unavailable("a secret"))?;
+        let kv::SecretForUse {
+            sealed,
+            usable,
+            allowed_origins,
+        } = secret.ok_or_else(|| NodeError::new("secret_not_found", format!("no secret KV value `{key}`")))?;
         if !usable {
             return Err(lacks_access(&format!("the secret `{key}`")));
         }
@@ -139,7 +137,7 @@ pub async fn open(
         opened.scrub.push(text.clone());
         values.insert(key, text);
     }
-    let _ = tx.commit().await;
+    let _ = db::commit(tx).await;
     for (pointer, key) in secret_paths {
         if let (Some(slot), Some(text)) = (params.pointer_mut(pointer), values.get(key))
             && secret_ref(slot) == Some(key.as_str())

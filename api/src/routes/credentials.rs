@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
@@ -19,6 +19,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ByName, Id, Page, ValidJson};
 use crate::openapi::{AnyJson, ErrorBody, PageParams, page};
 use crate::state::AppState;
+use floq_shared::access::{Entity, Viewer};
+use floq_shared::credentials::{self, Change, Credential, NewCredential, Sealed};
+use floq_shared::ids::{CompanyId, CredentialId, UserId};
 use floq_shared::{db, secrets};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -31,12 +34,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// All a read ever shows of a credential.
-#[derive(Clone, Serialize, sqlx::FromRow, ToSchema)]
-struct Credential {
+#[derive(ToSchema)]
+#[schema(as = Credential)]
+#[allow(dead_code)] // documentation of `credentials::Credential`, which the store returns
+struct CredentialDoc {
     id: Uuid,
     name: String,
     #[serde(rename = "type")]
-    #[sqlx(rename = "type")]
     kind: String,
     fields: Vec<String>,
     hint: String,
@@ -45,8 +49,6 @@ struct Credential {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
-
-const COLUMNS: &str = "id, name, type, fields, hint, allowed_origins, created_at, updated_at";
 
 #[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -117,7 +119,7 @@ fn name_taken() -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "name_taken", "a credential with this name exists")
 }
 
-page!(CredentialPage, Credential);
+page!(CredentialPage, CredentialDoc);
 
 // By name (unique per company), then id; served by `credentials (company_id, name)`.
 #[utoipa::path(get, operation_id = "credentials_list", path = "/api/v1/credentials", tag = "credentials", params(PageParams),
@@ -130,37 +132,25 @@ async fn list(
 ) -> ApiResult<Json<Value>> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let items: Vec<Credential> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM credentials
-          WHERE company_id = $1 AND (name, id) > ($2, $3)
-            AND ($4 OR floq_access($5, 'integration', id, NULL) >= 1)
-          ORDER BY name, id LIMIT $6"
-    )))
-    .bind(company_id)
-    .bind(&page.after.0)
-    .bind(page.after.1)
-    .bind(auth.principal.is_admin())
-    .bind(auth.principal.user_id)
-    .bind(page.limit)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Json(page.answer(items, |c| ByName(c.name.clone(), c.id))))
+    let viewer = Viewer {
+        user_id: UserId(auth.principal.user_id),
+        admin: auth.principal.is_admin(),
+    };
+    let after = (page.after.0.as_str(), CredentialId(page.after.1));
+    let items = credentials::page(&mut tx, CompanyId(company_id), viewer, after, page.limit).await?;
+    db::commit(tx).await?;
+    Ok(Json(page.answer(items, |c| ByName(c.name.clone(), c.id.as_uuid()))))
 }
 
-async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Credential> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM credentials WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("credential"))
+async fn fetch(tx: &mut db::Tx, company_id: Uuid, id: Uuid) -> ApiResult<Credential> {
+    credentials::find(tx, CompanyId(company_id), CredentialId(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("credential"))
 }
 
 #[utoipa::path(get, operation_id = "credentials_show", path = "/api/v1/credentials/{credential_id}", tag = "credentials", params(("credential_id" = Uuid, Path)),
     security(("api_key" = ["integration:read"]), ("session" = ["integration:read"])),
-    responses((status = 200, description = "The credential: type, field names and a masked hint", body = Credential)))]
+    responses((status = 200, description = "The credential: type, field names and a masked hint", body = CredentialDoc)))]
 async fn show(
     State(state): State<AppState>,
     auth: Authorized<IntegrationRead>,
@@ -168,15 +158,15 @@ async fn show(
 ) -> ApiResult<Json<Credential>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_integration(&mut tx, &auth.principal, id, Level::View).await?;
-    let credential = fetch(&mut tx, id).await?;
-    tx.commit().await?;
+    let credential = fetch(&mut tx, auth.principal.company_id, id).await?;
+    db::commit(tx).await?;
     Ok(Json(credential))
 }
 
 /// Stores an integration's secret, encrypted; its creator gets `edit` on it.
 #[utoipa::path(post, operation_id = "credentials_create", path = "/api/v1/credentials", tag = "credentials", request_body = CreateCredential,
     security(("api_key" = ["integration:manage"]), ("session" = ["integration:manage"])),
-    responses((status = 201, description = "Created", body = Credential),
+    responses((status = 201, description = "Created", body = CredentialDoc),
         (status = 409, description = "The name is taken (`name_taken`)", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
@@ -193,34 +183,33 @@ async fn create(
         .keyring
         .encrypt(&plaintext, secrets::credential_binding(company_id, &id_text));
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let credential: Credential = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO credentials (id, company_id, name, type, data, key_id, fields, hint, created_by, allowed_origins)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
-    )))
-    .bind(id)
-    .bind(company_id)
-    .bind(body.name.trim())
-    .bind(&body.kind)
-    .bind(sealed)
-    .bind(state.keyring.primary_id())
-    .bind(fields(&body.data))
-    .bind(secrets::hint(&body.kind, &body.data))
-    .bind(auth.principal.user_id)
-    .bind(allowed_origins)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(name_taken)?;
+    let new = NewCredential {
+        id: CredentialId(id),
+        name: body.name.trim(),
+        kind: &body.kind,
+        sealed: Sealed {
+            data: sealed,
+            key_id: state.keyring.primary_id(),
+            fields: fields(&body.data),
+            hint: secrets::hint(&body.kind, &body.data),
+        },
+        created_by: UserId(auth.principal.user_id),
+        allowed_origins,
+    };
+    let credential = credentials::create(&mut tx, CompanyId(company_id), new)
+        .await?
+        .ok_or_else(name_taken)?;
     let entry = auth.principal.audit("credential.create", "credential", id);
     audit::record(&mut tx, &[entry.change(None::<&Credential>, Some(&credential))]).await?;
     access::grant_creator(&mut tx, &auth.principal, "integration", id).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok((StatusCode::CREATED, Json(credential)))
 }
 
 #[utoipa::path(put, operation_id = "credentials_update", path = "/api/v1/credentials/{credential_id}", tag = "credentials", params(("credential_id" = Uuid, Path)),
     request_body = UpdateCredential,
     security(("api_key" = ["integration:manage"]), ("session" = ["integration:manage"])),
-    responses((status = 200, description = "Updated", body = Credential),
+    responses((status = 200, description = "Updated", body = CredentialDoc),
         (status = 403, description = "A grant below `edit`, or the role lacks `integration:manage`", body = ErrorBody),
         (status = 409, description = "The name is taken (`name_taken`)", body = ErrorBody)))]
 async fn update(
@@ -233,7 +222,7 @@ async fn update(
     let allowed_origins = body.allowed_origins.as_deref().map(origins).transpose()?;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_integration(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let before = fetch(&mut tx, id).await?;
+    let before = fetch(&mut tx, company_id, id).await?;
     let sealed = match &body.data {
         Some(data) => {
             checked(&before.kind, data)?;
@@ -242,48 +231,34 @@ async fn update(
             let sealed = state
                 .keyring
                 .encrypt(&plaintext, secrets::credential_binding(company_id, &id_text));
-            Some((sealed, fields(data), secrets::hint(&before.kind, data)))
+            Some(Sealed {
+                data: sealed,
+                key_id: state.keyring.primary_id(),
+                fields: fields(data),
+                hint: secrets::hint(&before.kind, data),
+            })
         }
         None => None,
     };
-    let taken = match &body.name {
-        Some(name) => {
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credentials WHERE name = $1 AND id <> $2)")
-                .bind(name.trim())
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?
-        }
-        None => false,
-    };
-    if taken {
+    let name = body.name.as_deref().map(str::trim);
+    if let Some(name) = name
+        && credentials::name_taken(&mut tx, CompanyId(company_id), name, CredentialId(id)).await?
+    {
         return Err(name_taken());
     }
-    let (data, fields, hint) = match sealed {
-        Some((d, f, h)) => (Some(d), Some(f), Some(h)),
-        None => (None, None, None),
+    let change = Change {
+        name,
+        sealed,
+        allowed_origins,
     };
-    let after: Credential = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE credentials SET name = COALESCE($2, name), data = COALESCE($3, data),
-                key_id = CASE WHEN $3 IS NULL THEN key_id ELSE $4 END,
-                fields = COALESCE($5, fields), hint = COALESCE($6, hint),
-                allowed_origins = COALESCE($7, allowed_origins), updated_at = now()
-          WHERE id = $1 RETURNING {COLUMNS}"
-    )))
-    .bind(id)
-    .bind(body.name.as_deref().map(str::trim))
-    .bind(data)
-    .bind(state.keyring.primary_id())
-    .bind(fields)
-    .bind(hint)
-    .bind(allowed_origins)
-    .fetch_one(&mut *tx)
-    .await?;
+    let after = credentials::update(&mut tx, CompanyId(company_id), CredentialId(id), change)
+        .await?
+        .ok_or_else(|| ApiError::not_found("credential"))?;
     let mut entry = auth.principal.audit("credential.update", "credential", id);
     entry = entry.change(Some(&before), Some(&after));
     entry.details["data_replaced"] = body.data.is_some().into();
     audit::record(&mut tx, &[entry]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Json(after))
 }
 
@@ -296,16 +271,14 @@ async fn remove(
     auth: Authorized<IntegrationManage>,
     Id(id): Id,
 ) -> ApiResult<StatusCode> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_integration(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let before = fetch(&mut tx, id).await?;
-    access::revoke_all(&mut tx, "integration", id).await?;
-    sqlx::query("DELETE FROM credentials WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    let before = fetch(&mut tx, company_id, id).await?;
+    floq_shared::access::revoke_all(&mut tx, CompanyId(company_id), Entity::Integration, id).await?;
+    credentials::delete(&mut tx, CompanyId(company_id), CredentialId(id)).await?;
     let entry = auth.principal.audit("credential.delete", "credential", id);
     audit::record(&mut tx, &[entry.change(Some(&before), None::<&Credential>)]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,8 +4,10 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use std::str::FromStr;
+
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 use validator::Validate;
@@ -16,7 +18,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, Page, ValidJson};
 use crate::openapi::{ErrorBody, PageParams, page};
 use crate::state::AppState;
+use floq_shared::access::{self, Entity, Grant, Level, NewGrant, Subject};
 use floq_shared::db;
+use floq_shared::ids::{CompanyId, GrantId};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,8 +31,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(remove))
 }
 
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
-struct Grant {
+#[derive(ToSchema)]
+#[schema(as = Grant)]
+#[allow(dead_code)] // documentation of `access::Grant`, which the store returns
+struct GrantDoc {
     id: Uuid,
     subject_type: String,
     subject_id: Uuid,
@@ -38,27 +44,30 @@ struct Grant {
     created_at: DateTime<Utc>,
 }
 
-const GRANT_COLUMNS: &str = "id, subject_type, subject_id, entity_type, entity_id, level, created_at";
-
-fn one_of(value: &str, allowed: &[&str]) -> Result<(), validator::ValidationError> {
-    if allowed.contains(&value) {
+fn one_of<T: FromStr>(
+    value: &str,
+    allowed: &[T],
+    text: fn(&T) -> &'static str,
+) -> Result<(), validator::ValidationError> {
+    if value.parse::<T>().is_ok() {
         Ok(())
     } else {
+        let names: Vec<&str> = allowed.iter().map(text).collect();
         Err(validator::ValidationError::new("one_of")
-            .with_message(format!("must be one of: {}", allowed.join(", ")).into()))
+            .with_message(format!("must be one of: {}", names.join(", ")).into()))
     }
 }
 
 fn subject_type(v: &str) -> Result<(), validator::ValidationError> {
-    one_of(v, &["user", "group"])
+    one_of(v, Subject::ALL, |s| s.as_str())
 }
 
 fn entity_type(v: &str) -> Result<(), validator::ValidationError> {
-    one_of(v, &["flow", "flow_group", "integration", "secret"])
+    one_of(v, Entity::ALL, |e| e.as_str())
 }
 
 fn level(v: &str) -> Result<(), validator::ValidationError> {
-    one_of(v, &["view", "execute", "edit"])
+    one_of(v, Level::ALL, |l| l.as_str())
 }
 
 #[derive(Deserialize, Validate, ToSchema)]
@@ -77,7 +86,20 @@ struct CreateGrant {
     level: String,
 }
 
-page!(GrantPage, Grant);
+impl CreateGrant {
+    /// The grant a validated body asks for.
+    fn parsed(&self) -> ApiResult<NewGrant> {
+        Ok(NewGrant {
+            subject_type: self.subject_type.parse().map_err(ApiError::internal)?,
+            subject_id: self.subject_id,
+            entity_type: self.entity_type.parse().map_err(ApiError::internal)?,
+            entity_id: self.entity_id,
+            level: self.level.parse().map_err(ApiError::internal)?,
+        })
+    }
+}
+
+page!(GrantPage, GrantDoc);
 
 // Newest first by (v7) id; served by `grants (company_id, id)`.
 #[utoipa::path(get, operation_id = "grants_list", path = "/api/v1/grants", tag = "grants", params(PageParams),
@@ -90,22 +112,15 @@ async fn list(
 ) -> ApiResult<Json<Value>> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let grants: Vec<Grant> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {GRANT_COLUMNS} FROM grants WHERE company_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
-    )))
-    .bind(company_id)
-    .bind(page.after)
-    .bind(page.limit)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Json(page.answer(grants, |g| g.id)))
+    let grants = access::page(&mut tx, CompanyId(company_id), GrantId(page.after), page.limit).await?;
+    db::commit(tx).await?;
+    Ok(Json(page.answer(grants, |g| g.id.as_uuid())))
 }
 
 /// Gives a user or group a level of access to an entity.
 #[utoipa::path(post, operation_id = "grants_create", path = "/api/v1/grants", tag = "grants", request_body = CreateGrant,
     security(("api_key" = ["access:manage"]), ("session" = ["access:manage"])),
-    responses((status = 201, description = "Created", body = Grant),
+    responses((status = 201, description = "Created", body = GrantDoc),
         (status = 404, description = "The subject or entity is not the company's", body = ErrorBody),
         (status = 409, description = "The subject already has a grant on the entity", body = ErrorBody)))]
 async fn create(
@@ -115,43 +130,19 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<Grant>)> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    // Both ends must exist in this company (RLS hides every other company's rows).
-    let subject_sql = match body.subject_type.as_str() {
-        "user" => "SELECT EXISTS (SELECT 1 FROM memberships WHERE user_id = $1)",
-        _ => "SELECT EXISTS (SELECT 1 FROM groups WHERE id = $1)",
-    };
-    let entity_sql = match body.entity_type.as_str() {
-        "flow" => "SELECT EXISTS (SELECT 1 FROM flows WHERE id = $1 AND deleted_at IS NULL)",
-        "flow_group" => "SELECT EXISTS (SELECT 1 FROM flow_groups WHERE id = $1)",
-        "secret" => "SELECT EXISTS (SELECT 1 FROM kv WHERE id = $1 AND secret IS NOT NULL)",
-        _ => "SELECT EXISTS (SELECT 1 FROM credentials WHERE id = $1)",
-    };
-    for (sql, id, what) in [
-        (subject_sql, body.subject_id, "subject"),
-        (entity_sql, body.entity_id, "entity"),
-    ] {
-        let exists: bool = sqlx::query_scalar(sql).bind(id).fetch_one(&mut *tx).await?;
-        if !exists {
-            return Err(ApiError::not_found(what));
-        }
+    let grant = body.parsed()?;
+    let company = CompanyId(company_id);
+    if !access::subject_exists(&mut tx, company, grant.subject_type, grant.subject_id).await? {
+        return Err(ApiError::not_found("subject"));
     }
-    let grant: Option<Grant> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO grants (id, company_id, subject_type, subject_id, entity_type, entity_id, level)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING {GRANT_COLUMNS}"
-    )))
-    .bind(Uuid::now_v7())
-    .bind(company_id)
-    .bind(&body.subject_type)
-    .bind(body.subject_id)
-    .bind(&body.entity_type)
-    .bind(body.entity_id)
-    .bind(&body.level)
-    .fetch_optional(&mut *tx)
-    .await?;
+    if !access::entity_exists(&mut tx, company, grant.entity_type, grant.entity_id).await? {
+        return Err(ApiError::not_found("entity"));
+    }
+    let grant = access::create(&mut tx, company, grant).await?;
     let grant = grant.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "exists", "this grant exists already"))?;
     let entry = auth.principal.audit("grant.create", "grant", grant.id);
     audit::record(&mut tx, &[entry.change(None::<&Grant>, Some(&grant))]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok((StatusCode::CREATED, Json(grant)))
 }
 
@@ -159,16 +150,13 @@ async fn create(
     security(("api_key" = ["access:manage"]), ("session" = ["access:manage"])),
     responses((status = 204, description = "Removed")))]
 async fn remove(State(state): State<AppState>, auth: Authorized<AccessManage>, Id(id): Id) -> ApiResult<StatusCode> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let removed: Grant = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM grants WHERE id = $1 RETURNING {GRANT_COLUMNS}"
-    )))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("grant"))?;
+    let company_id = CompanyId(auth.principal.company_id);
+    let mut tx = db::tenant_tx(&state.pool, company_id.as_uuid()).await?;
+    let removed = access::delete(&mut tx, company_id, GrantId(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("grant"))?;
     let entry = auth.principal.audit("grant.delete", "grant", id);
     audit::record(&mut tx, &[entry.change(Some(&removed), None::<&Grant>)]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }

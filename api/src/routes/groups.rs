@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
@@ -17,6 +17,8 @@ use crate::extract::{ByName, Page, ValidJson};
 use crate::openapi::{ErrorBody, PageParams, page};
 use crate::state::AppState;
 use floq_shared::db;
+use floq_shared::groups::{self, Group, Joined};
+use floq_shared::ids::{CompanyId, GroupId, UserId};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -27,8 +29,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(add_member, remove_member))
 }
 
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
-struct Group {
+#[derive(ToSchema)]
+#[schema(as = Group)]
+#[allow(dead_code)] // documentation of `groups::Group`, which the store returns
+struct GroupDoc {
     id: Uuid,
     name: String,
     members: Vec<Uuid>,
@@ -43,7 +47,7 @@ struct CreateGroup {
     name: String,
 }
 
-page!(GroupPage, Group);
+page!(GroupPage, GroupDoc);
 
 // By name (unique per company), then id; served by `groups (company_id, name)`.
 // The page is cut before members are gathered, so only its groups are joined.
@@ -57,27 +61,15 @@ async fn list(
 ) -> ApiResult<Json<Value>> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let groups: Vec<Group> = sqlx::query_as(
-        "SELECT g.id, g.name, g.created_at,
-                COALESCE(array_agg(gm.user_id) FILTER (WHERE gm.user_id IS NOT NULL), '{}') AS members
-           FROM (SELECT id, name, created_at FROM groups
-                  WHERE company_id = $1 AND (name, id) > ($2, $3) ORDER BY name, id LIMIT $4) g
-           LEFT JOIN group_members gm ON gm.group_id = g.id
-          GROUP BY g.id, g.name, g.created_at ORDER BY g.name, g.id",
-    )
-    .bind(company_id)
-    .bind(&page.after.0)
-    .bind(page.after.1)
-    .bind(page.limit)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Json(page.answer(groups, |g| ByName(g.name.clone(), g.id))))
+    let after = (page.after.0.as_str(), GroupId(page.after.1));
+    let groups = groups::page(&mut tx, CompanyId(company_id), after, page.limit).await?;
+    db::commit(tx).await?;
+    Ok(Json(page.answer(groups, |g| ByName(g.name.clone(), g.id.as_uuid()))))
 }
 
 #[utoipa::path(post, operation_id = "groups_create", path = "/api/v1/groups", tag = "groups", request_body = CreateGroup,
     security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
-    responses((status = 201, description = "Created", body = Group),
+    responses((status = 201, description = "Created", body = GroupDoc),
         (status = 409, description = "The name is taken (`name_taken`)", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
@@ -86,26 +78,18 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<Group>)> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let group: Option<Group> = sqlx::query_as(
-        "INSERT INTO groups (id, company_id, name) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
-         RETURNING id, name, created_at, '{}'::uuid[] AS members",
-    )
-    .bind(Uuid::now_v7())
-    .bind(company_id)
-    .bind(body.name.trim())
-    .fetch_optional(&mut *tx)
-    .await?;
+    let group = groups::create(&mut tx, CompanyId(company_id), body.name.trim()).await?;
     let group =
         group.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "name_taken", "a group with this name exists"))?;
     let entry = auth.principal.audit("group.create", "group", group.id);
     audit::record(&mut tx, &[entry.change(None::<&Group>, Some(&group))]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok((StatusCode::CREATED, Json(group)))
 }
 
-fn ids(raw: &(String, String)) -> ApiResult<(Uuid, Uuid)> {
+fn ids(raw: &(String, String)) -> ApiResult<(GroupId, UserId)> {
     match (Uuid::parse_str(&raw.0), Uuid::parse_str(&raw.1)) {
-        (Ok(g), Ok(u)) => Ok((g, u)),
+        (Ok(g), Ok(u)) => Ok((GroupId(g), UserId(u))),
         _ => Err(ApiError::not_found("group member")),
     }
 }
@@ -123,33 +107,16 @@ async fn add_member(
     let (group_id, user_id) = ids(&raw)?;
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    // Both must be this company's: the group under RLS, the user as a member.
-    let added = sqlx::query(
-        "INSERT INTO group_members (company_id, group_id, user_id)
-         SELECT $1, g.id, m.user_id FROM groups g, memberships m WHERE g.id = $2 AND m.user_id = $3
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(company_id)
-    .bind(group_id)
-    .bind(user_id)
-    .execute(&mut *tx)
-    .await?;
-    if added.rows_affected() == 0 {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM group_members WHERE group_id = $1 AND user_id = $2)")
-                .bind(group_id)
-                .bind(user_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if !exists {
-            return Err(ApiError::not_found("group or user"));
+    match groups::add_member(&mut tx, CompanyId(company_id), group_id, user_id).await? {
+        Joined::Missing => return Err(ApiError::not_found("group or user")),
+        Joined::Already => {}
+        Joined::Added => {
+            let entry = auth.principal.audit("group.member_add", "group", group_id);
+            let member = json!({"group_id": group_id, "user_id": user_id});
+            audit::record(&mut tx, &[entry.change(None::<&Value>, Some(&member))]).await?;
         }
-    } else {
-        let entry = auth.principal.audit("group.member_add", "group", group_id);
-        let member = json!({"group_id": group_id, "user_id": user_id});
-        audit::record(&mut tx, &[entry.change(None::<&Value>, Some(&member))]).await?;
     }
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -163,18 +130,14 @@ async fn remove_member(
     Path(raw): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let (group_id, user_id) = ids(&raw)?;
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let removed = sqlx::query("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2")
-        .bind(group_id)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-    if removed.rows_affected() == 0 {
+    let company_id = CompanyId(auth.principal.company_id);
+    let mut tx = db::tenant_tx(&state.pool, company_id.as_uuid()).await?;
+    if !groups::remove_member(&mut tx, company_id, group_id, user_id).await? {
         return Err(ApiError::not_found("group member"));
     }
     let entry = auth.principal.audit("group.member_remove", "group", group_id);
     let member = json!({"group_id": group_id, "user_id": user_id});
     audit::record(&mut tx, &[entry.change(Some(&member), None::<&Value>)]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
