@@ -178,6 +178,7 @@ pub async fn plain_values(
             .fetch_all(&mut **tx)
             .await?;
     Ok(rows.into_iter().collect())
+}
 
 // Secret values for the worker's vault and for key rotation (`shared::credentials` is the other half).
 
