@@ -501,7 +501,9 @@ mod tests {
             vec![ids[0], ids[4]],
             "every new run is published, in request order"
         );
-        let mut answers = answers.into_iter().map(|mut rx| rx.try_recv().expect("every request is answered"));
+        let mut answers = answers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().expect("every request is answered"));
         assert!(matches!(answers.next(), Some(Ok(Reply::Committed(1)))));
         match answers.next() {
             Some(Err(e)) => assert!(e.is_refusal(), "the poisoned request gets its refusal"),

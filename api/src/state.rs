@@ -6,8 +6,8 @@ use crate::key_cache::KeyCache;
 use crate::rate::TriggerLimits;
 use floq_shared::Config;
 use floq_shared::audit;
-use floq_shared::db;
 use floq_shared::crypto::Keyring;
+use floq_shared::db;
 
 #[derive(Clone)]
 pub struct AppState {

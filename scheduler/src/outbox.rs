@@ -11,9 +11,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::{db, outbox};
 use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::telemetry::METRICS;
+use floq_shared::{db, outbox};
 
 const BATCH: i64 = 500;
 

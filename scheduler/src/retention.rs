@@ -218,7 +218,11 @@ mod tests {
         let mut batches = 0;
         let result = repeat(Until::Empty, || {
             batches += 1;
-            std::future::ready(if batches < 3 { Ok(1) } else { Err(anyhow::anyhow!("down")) })
+            std::future::ready(if batches < 3 {
+                Ok(1)
+            } else {
+                Err(anyhow::anyhow!("down"))
+            })
         })
         .await;
         assert!(result.is_err());

@@ -31,14 +31,13 @@ pub async fn claim(
     if claimed.is_some() {
         return Ok(None);
     }
-    let prior: RunId = sqlx::query_scalar(
-        "SELECT run_id FROM idempotency_keys WHERE company_id = $1 AND flow_id = $2 AND key = $3",
-    )
-    .bind(company_id)
-    .bind(flow_id)
-    .bind(key)
-    .fetch_one(&mut **tx)
-    .await?;
+    let prior: RunId =
+        sqlx::query_scalar("SELECT run_id FROM idempotency_keys WHERE company_id = $1 AND flow_id = $2 AND key = $3")
+            .bind(company_id)
+            .bind(flow_id)
+            .bind(key)
+            .fetch_one(&mut **tx)
+            .await?;
     Ok(Some(prior))
 }
 

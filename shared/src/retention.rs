@@ -142,6 +142,12 @@ mod tests {
             audit_max_entries: Some(5),
             ..never_set
         };
-        assert_eq!(partly.plan(now), Plan { audit_keep: 5, ..never_set.plan(now) });
+        assert_eq!(
+            partly.plan(now),
+            Plan {
+                audit_keep: 5,
+                ..never_set.plan(now)
+            }
+        );
     }
 }

@@ -19,8 +19,8 @@ use crate::openapi::{AnyJson, ErrorBody, page};
 use crate::state::AppState;
 use floq_shared::db;
 use floq_shared::ids::{CompanyId, FlowId, RunId, UserId};
-use floq_shared::runs::query;
 use floq_shared::run::{RunStatus, Trigger};
+use floq_shared::runs::query;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -147,8 +147,8 @@ async fn not_runnable(state: &AppState, principal: &Principal, flow_id: Uuid) ->
     }
 }
 
-/// The documented shape of [`query::Run`], which is what is served.
-#[derive(Serialize, ToSchema)]
+// The documented shape of `query::Run`, which is what is served (no doc comment: it would become the schema's description).
+#[derive(ToSchema)]
 #[allow(dead_code)] // documentation of the served `query::Run`
 struct Run {
     id: Uuid,
@@ -172,8 +172,8 @@ struct Run {
     finished_at: Option<DateTime<Utc>>,
 }
 
-/// The documented shape of [`query::Step`].
-#[derive(Serialize, ToSchema)]
+// The documented shape of `query::Step`.
+#[derive(ToSchema)]
 #[allow(dead_code)] // documentation of the served `query::Step`
 struct Step {
     node_id: String,

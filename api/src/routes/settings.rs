@@ -59,7 +59,6 @@ impl From<&Retention> for retention::Settings {
 }
 
 impl Retention {
-
     /// The floors an operator configured (`FLOQ_AUDIT_MIN_AGE_DAYS`, `FLOQ_AUDIT_MIN_ENTRIES`).
     fn check_minimums(&self, config: &Config) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::new();
