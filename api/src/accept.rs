@@ -10,24 +10,28 @@
 //! that request is pinned down (`batch::isolate`): it alone gets the error,
 //! every other tenant's run commits.
 
-use floq_shared::db::StoreError;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::error::ApiError;
 use floq_shared::audit::{self, Actor, Entry};
+use floq_shared::db::{Pool, StoreError};
+use floq_shared::ids::{CompanyId, FlowId, RunId};
 use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::replies::{Replies, Waiter};
 use floq_shared::retry::{self, Policy};
 use floq_shared::run::Trigger;
 use floq_shared::telemetry::METRICS;
-use floq_shared::{batch, db, runs};
+use floq_shared::{batch, db, idempotency, outbox, runs};
 
 const MAX_BATCH: usize = 1000;
 const COMMITTERS: usize = 4;
@@ -98,10 +102,26 @@ pub enum AcceptError {
     ShuttingDown,
 }
 
+impl AcceptError {
+    /// The one answer to a run that was not accepted, for every route that
+    /// starts runs. `not_runnable` says why this caller's flow cannot run (a
+    /// route may need a lookup for that); it is awaited only in that case.
+    pub async fn into_api_error(self, not_runnable: impl Future<Output = ApiError>) -> ApiError {
+        match self {
+            AcceptError::NotRunnable => not_runnable.await,
+            e @ AcceptError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+            }
+            // Only this request's row was refused: the acceptor isolates it from the rest of its batch.
+            AcceptError::Database(e) => e.into(),
+        }
+    }
+}
+
 impl Acceptor {
     /// Starts the committer, publisher and outbox-cleaner tasks. They finish
     /// after every `Acceptor` clone is dropped and all accepted work is flushed.
-    pub fn start(pool: PgPool, publisher: Arc<Publisher>) -> (Self, JoinSet<()>) {
+    pub fn start(pool: Pool, publisher: Arc<Publisher>) -> (Self, JoinSet<()>) {
         let replies = publisher.replies().cloned();
         let (tx, rx) = mpsc::channel::<Request>(MAX_BATCH * COMMITTERS * 2);
         let rx = Arc::new(Mutex::new(rx));
@@ -171,7 +191,7 @@ impl Acceptor {
     }
 }
 
-async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publish: mpsc::Sender<Vec<Publish>>) {
+async fn commit_loop(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publish: mpsc::Sender<Vec<Publish>>) {
     loop {
         let mut batch = Vec::new();
         {
@@ -182,53 +202,62 @@ async fn commit_loop(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Request>>>, publ
         }
         // A request the database refuses (something in its row) is isolated, so only it fails.
         let parts = batch::isolate(&batch, |part| commit(&pool, part), StoreError::is_refusal).await;
-        let mut created = BTreeMap::new();
-        let mut existing = HashMap::new();
-        let mut failed = HashMap::new();
-        for (range, result) in parts {
-            match result {
-                Ok(part) => {
-                    created.extend(part.runs);
-                    existing.extend(part.existing);
-                }
-                Err(e) => {
-                    if e.is_refusal() {
-                        METRICS.batch_rows_refused.with_label_values(&["acceptor"]).inc();
-                        tracing::warn!(error = %e, "the database refused a run request; only it fails");
-                    } else {
-                        tracing::error!(error = %e, runs = range.len(), "accepting a batch of runs failed");
-                    }
-                    let e = Arc::new(e);
-                    failed.extend(batch[range].iter().map(|r| (r.run_id, e.clone())));
-                }
-            }
-        }
-        let mut to_publish = Vec::with_capacity(created.len());
-        for req in batch {
-            if let Some(e) = failed.remove(&req.run_id) {
-                let _ = req.reply.send(Err(e));
-                continue;
-            }
-            let reply = match (created.remove(&req.run_id), existing.get(&req.run_id)) {
-                (Some(new), _) => {
-                    to_publish.push(Publish {
-                        company_id: req.company_id,
-                        outbox_id: new.outbox_id,
-                        envelope: new.envelope,
-                        wants_reply: req.wants_reply,
-                    });
-                    Reply::Committed(new.version)
-                }
-                (None, Some(prior)) => Reply::Existing(*prior),
-                (None, None) => Reply::NotRunnable,
-            };
-            let _ = req.reply.send(Ok(reply));
-        }
+        let to_publish = settle(batch, parts);
         // If the publisher is gone (shutdown) the rows stay in the outbox for the sweep.
         if !to_publish.is_empty() {
             let _ = publish.send(to_publish).await;
         }
     }
+}
+
+/// Answers every request of a batch from the parts `batch::isolate` tried:
+/// a request in a failed part gets that part's error, every other one its
+/// new run, the run its idempotency key already names, or `NotRunnable`.
+/// Returns the new runs to publish, in request order.
+fn settle(batch: Vec<Request>, parts: Vec<(Range<usize>, Result<Committed, StoreError>)>) -> Vec<Publish> {
+    let mut created = BTreeMap::new();
+    let mut existing = HashMap::new();
+    let mut failed = HashMap::new();
+    for (range, result) in parts {
+        match result {
+            Ok(part) => {
+                created.extend(part.runs);
+                existing.extend(part.existing);
+            }
+            Err(e) => {
+                if e.is_refusal() {
+                    METRICS.batch_rows_refused.with_label_values(&["acceptor"]).inc();
+                    tracing::warn!(error = %e, "the database refused a run request; only it fails");
+                } else {
+                    tracing::error!(error = %e, runs = range.len(), "accepting a batch of runs failed");
+                }
+                let e = Arc::new(e);
+                failed.extend(batch[range].iter().map(|r| (r.run_id, e.clone())));
+            }
+        }
+    }
+    let mut to_publish = Vec::with_capacity(created.len());
+    for req in batch {
+        if let Some(e) = failed.remove(&req.run_id) {
+            let _ = req.reply.send(Err(e));
+            continue;
+        }
+        let reply = match (created.remove(&req.run_id), existing.get(&req.run_id)) {
+            (Some(new), _) => {
+                to_publish.push(Publish {
+                    company_id: req.company_id,
+                    outbox_id: new.outbox_id,
+                    envelope: new.envelope,
+                    wants_reply: req.wants_reply,
+                });
+                Reply::Committed(new.version)
+            }
+            (None, Some(prior)) => Reply::Existing(*prior),
+            (None, None) => Reply::NotRunnable,
+        };
+        let _ = req.reply.send(Ok(reply));
+    }
+    to_publish
 }
 
 struct Committed {
@@ -244,32 +273,16 @@ struct Committed {
 async fn claim_keys(tx: &mut db::Tx, reqs: &[&Request], existing: &mut HashMap<Uuid, Uuid>) -> Result<(), StoreError> {
     for req in reqs {
         let Some(key) = &req.idempotency_key else { continue };
-        let claimed: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO idempotency_keys (company_id, flow_id, key, run_id) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (company_id, flow_id, key) DO UPDATE SET run_id = excluded.run_id, created_at = now()
-                WHERE idempotency_keys.created_at < now() - interval '24 hours'
-             RETURNING run_id",
-        )
-        .bind(req.company_id)
-        .bind(req.flow_id)
-        .bind(key)
-        .bind(req.run_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if claimed.is_none() {
-            let prior: Uuid = sqlx::query_scalar("SELECT run_id FROM idempotency_keys WHERE flow_id = $1 AND key = $2")
-                .bind(req.flow_id)
-                .bind(key)
-                .fetch_one(&mut **tx)
-                .await?;
-            existing.insert(req.run_id, prior);
+        let (company, flow, run) = (CompanyId(req.company_id), FlowId(req.flow_id), RunId(req.run_id));
+        if let Some(prior) = idempotency::claim(tx, company, flow, key, run).await? {
+            existing.insert(req.run_id, prior.as_uuid());
         }
     }
     Ok(())
 }
 
 /// One transaction for the whole batch, one insert statement per company.
-async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, StoreError> {
+async fn commit(pool: &Pool, batch: &[Request]) -> Result<Committed, StoreError> {
     let mut by_company: BTreeMap<Uuid, Vec<&Request>> = BTreeMap::new();
     for req in batch {
         by_company.entry(req.company_id).or_default().push(req);
@@ -305,20 +318,17 @@ async fn commit(pool: &PgPool, batch: &[Request]) -> Result<Committed, StoreErro
         }
         audit::append(&mut tx, &entries).await?;
         // A key claimed for a run that could not be created must not keep pointing at it.
-        let unclaimed: Vec<Uuid> = reqs
+        let unclaimed: Vec<RunId> = reqs
             .iter()
             .filter(|r| r.idempotency_key.is_some() && !committed.contains_key(&r.run_id))
-            .map(|r| r.run_id)
+            .map(|r| RunId(r.run_id))
             .collect();
         if !unclaimed.is_empty() {
-            sqlx::query("DELETE FROM idempotency_keys WHERE run_id = ANY($1)")
-                .bind(&unclaimed)
-                .execute(&mut *tx)
-                .await?;
-            existing.retain(|_, prior| !unclaimed.contains(prior));
+            idempotency::release(&mut tx, CompanyId(company_id), &unclaimed).await?;
+            existing.retain(|_, prior| !unclaimed.contains(&RunId(*prior)));
         }
     }
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Committed {
         runs: committed,
         existing,
@@ -363,7 +373,7 @@ async fn publish_loop(
 /// Deletes outbox rows whose messages the broker confirmed, batched across
 /// publishes. A crash here only means the sweep publishes them again, and
 /// workers treat duplicates as no-ops.
-async fn clean_loop(pool: PgPool, mut rx: mpsc::Receiver<Vec<(Uuid, i64)>>) {
+async fn clean_loop(pool: Pool, mut rx: mpsc::Receiver<Vec<(Uuid, i64)>>) {
     let mut batches = Vec::new();
     while rx.recv_many(&mut batches, 256).await > 0 {
         let mut by_company: BTreeMap<Uuid, Vec<i64>> = BTreeMap::new();
@@ -384,14 +394,163 @@ async fn clean_loop(pool: PgPool, mut rx: mpsc::Receiver<Vec<(Uuid, i64)>>) {
     }
 }
 
-async fn delete_published(pool: &PgPool, by_company: &BTreeMap<Uuid, Vec<i64>>) -> Result<(), StoreError> {
+async fn delete_published(pool: &Pool, by_company: &BTreeMap<Uuid, Vec<i64>>) -> Result<(), StoreError> {
     let mut tx = db::multi_tenant_tx(pool).await?;
     for (company_id, ids) in by_company {
         db::set_tenant(&mut tx, *company_id).await?;
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&mut *tx)
-            .await?;
+        outbox::delete_published(&mut tx, CompanyId(*company_id), ids).await?;
     }
-    tx.commit().await.map_err(StoreError::from)
+    db::commit(tx).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floq_shared::db::fake;
+    use floq_shared::queue::RunFlowV1;
+
+    type Answer = oneshot::Receiver<Result<Reply, Arc<StoreError>>>;
+
+    fn request(company_id: Uuid, input: Value, key: Option<&str>) -> (Request, Answer) {
+        let (reply, rx) = oneshot::channel();
+        let run_id = Uuid::now_v7();
+        let request = Request {
+            company_id,
+            grantee: None,
+            flow_id: Uuid::now_v7(),
+            run_id,
+            input,
+            trigger: Trigger::Api,
+            audit: Entry::new(company_id, Actor::system("test"), "run.create"),
+            idempotency_key: key.map(str::to_string),
+            wants_reply: false,
+            reply,
+        };
+        (request, rx)
+    }
+
+    fn enqueued(req: &Request, outbox_id: i64) -> runs::Enqueued {
+        runs::Enqueued {
+            outbox_id,
+            version: 1,
+            envelope: Envelope::RunFlowV1(RunFlowV1 {
+                run_id: req.run_id,
+                company_id: req.company_id,
+                flow_id: req.flow_id,
+                version: 1,
+                attempt: 1,
+                trigger: req.trigger,
+                input: None,
+                traceparent: None,
+            }),
+        }
+    }
+
+    /// Stands in for the database: refuses a part holding a NUL (as
+    /// PostgreSQL refuses `\u0000` in jsonb, 22P05), leaves out a part's
+    /// request whose input says `not_deployed`, and answers a request keyed
+    /// `seen` with the run its key names.
+    fn fake_commit(part: &[Request], prior: Uuid) -> Result<Committed, StoreError> {
+        if part.iter().any(|r| r.input.to_string().contains("\\u0000")) {
+            return Err(fake::refused("22P05"));
+        }
+        let mut committed = Committed {
+            runs: BTreeMap::new(),
+            existing: HashMap::new(),
+        };
+        for (i, req) in part.iter().enumerate() {
+            if req.idempotency_key.as_deref() == Some("seen") {
+                committed.existing.insert(req.run_id, prior);
+            } else if req.input != json!("not_deployed") {
+                committed.runs.insert(req.run_id, enqueued(req, i as i64));
+            }
+        }
+        Ok(committed)
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_request_fails_alone_and_the_rest_of_its_batch_commits() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let prior = Uuid::now_v7();
+        let inputs = [
+            (a, json!({"n": 1}), None),
+            (b, json!({"n": "bad\u{0}"}), None),
+            (a, json!("not_deployed"), None),
+            (b, json!({"n": 3}), Some("seen")),
+            (a, json!({"n": 4}), Some("new")),
+        ];
+        let (batch, answers): (Vec<Request>, Vec<Answer>) = inputs
+            .into_iter()
+            .map(|(company, input, key)| request(company, input, key))
+            .unzip();
+        let ids: Vec<Uuid> = batch.iter().map(|r| r.run_id).collect();
+        let commits = std::sync::atomic::AtomicUsize::new(0);
+        let parts = batch::isolate(
+            &batch,
+            |part| {
+                commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::future::ready(fake_commit(part, prior))
+            },
+            StoreError::is_refusal,
+        )
+        .await;
+        assert!(commits.into_inner() > 1, "the refused batch was split");
+        let published = settle(batch, parts);
+        assert_eq!(
+            published.iter().map(|p| p.envelope.run_id()).collect::<Vec<_>>(),
+            vec![ids[0], ids[4]],
+            "every new run is published, in request order"
+        );
+        let mut answers = answers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().expect("every request is answered"));
+        assert!(matches!(answers.next(), Some(Ok(Reply::Committed(1)))));
+        match answers.next() {
+            Some(Err(e)) => assert!(e.is_refusal(), "the poisoned request gets its refusal"),
+            _ => panic!("the poisoned request must fail"),
+        }
+        assert!(matches!(answers.next(), Some(Ok(Reply::NotRunnable))));
+        assert!(matches!(answers.next(), Some(Ok(Reply::Existing(run))) if run == prior));
+        assert!(matches!(answers.next(), Some(Ok(Reply::Committed(1)))));
+    }
+
+    #[tokio::test]
+    async fn an_outage_fails_every_request_of_the_batch_without_splitting_it() {
+        let (batch, answers): (Vec<Request>, Vec<Answer>) =
+            (0..4).map(|n| request(Uuid::now_v7(), json!({ "n": n }), None)).unzip();
+        let mut commits = 0;
+        let parts = batch::isolate(
+            &batch,
+            |_| {
+                commits += 1;
+                std::future::ready(Err::<Committed, _>(fake::connection_reset()))
+            },
+            StoreError::is_refusal,
+        )
+        .await;
+        assert_eq!(commits, 1);
+        assert!(settle(batch, parts).is_empty());
+        for mut rx in answers {
+            assert!(matches!(rx.try_recv(), Ok(Err(e)) if !e.is_refusal()));
+        }
+    }
+
+    #[tokio::test]
+    async fn each_refusal_maps_to_the_answer_its_route_gives() {
+        let not_runnable = || async { ApiError::new(StatusCode::CONFLICT, "not_deployed", "deploy it first") };
+        let status = |e: ApiError| axum::response::IntoResponse::into_response(e).status();
+        assert_eq!(
+            status(AcceptError::NotRunnable.into_api_error(not_runnable()).await),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(AcceptError::ShuttingDown.into_api_error(not_runnable()).await),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let refused = AcceptError::Database(Arc::new(fake::refused("22P05")));
+        assert_eq!(
+            status(refused.into_api_error(not_runnable()).await),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
 }

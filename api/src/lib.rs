@@ -159,7 +159,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 /// webhooks from before migration 0020, derived from `FLOQ_JWT_SECRET`). Run
 /// by `floq-api migrate`, `admin bootstrap` and start-up with
 /// `FLOQ_AUTO_MIGRATE`; idempotent and safe with replicas starting together.
-pub async fn migrate(pool: &sqlx::PgPool, config: &Config, keyring: &Keyring) -> anyhow::Result<()> {
+pub async fn migrate(pool: &db::Pool, config: &Config, keyring: &Keyring) -> anyhow::Result<()> {
     db::migrate(pool).await.context("applying migrations failed")?;
     let stored = webhook_secret::backfill(
         pool,

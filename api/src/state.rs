@@ -1,7 +1,5 @@
 use std::sync::Arc;
 
-use sqlx::PgPool;
-
 use crate::accept::Acceptor;
 use crate::auth::Keys;
 use crate::key_cache::KeyCache;
@@ -9,10 +7,11 @@ use crate::rate::TriggerLimits;
 use floq_shared::Config;
 use floq_shared::audit;
 use floq_shared::crypto::Keyring;
+use floq_shared::db;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    pub pool: db::Pool,
     pub config: Arc<Config>,
     pub keys: Arc<Keys>,
     pub key_cache: Arc<KeyCache>,

@@ -89,9 +89,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(Running { addr, handle })
 }
 
-async fn lead_or_stand_by(config: &Config, pool: &sqlx::PgPool, publisher: &Publisher, shutdown: &CancellationToken) {
+async fn lead_or_stand_by(config: &Config, pool: &db::Pool, publisher: &Publisher, shutdown: &CancellationToken) {
     while !shutdown.is_cancelled() {
-        match leader::Leadership::try_acquire(config).await {
+        match leader::try_acquire(config).await {
             Ok(Some(mut leadership)) => {
                 tracing::info!("this scheduler is now the leader");
                 METRICS.scheduler_is_leader.set(1);
@@ -158,7 +158,7 @@ enum Duty {
 }
 
 /// Seals whatever is pending, in bounded batches.
-async fn seal_all(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<()> {
+async fn seal_all(pool: &db::Pool, config: &Config) -> anyhow::Result<()> {
     const BATCH: i64 = 5_000;
     while audit::seal::seal_pending(pool, config.audit_sink.as_ref(), BATCH).await? as i64 >= BATCH {}
     Ok(())

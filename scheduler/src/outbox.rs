@@ -8,13 +8,12 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::db;
 use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::telemetry::METRICS;
+use floq_shared::{db, outbox};
 
 const BATCH: i64 = 500;
 
@@ -35,42 +34,27 @@ fn entries(envelopes: &[Envelope]) -> Vec<Entry> {
 }
 
 /// Publishes every row older than `after`; returns how many were published.
-pub async fn sweep(pool: &PgPool, publisher: &Publisher, after: Duration) -> anyhow::Result<usize> {
+pub async fn sweep(pool: &db::Pool, publisher: &Publisher, after: Duration) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
         let mut tx = db::duty_tx(pool, db::Duty::OutboxSweep).await?;
-        let rows: Vec<(i64, sqlx::types::Json<Envelope>)> = sqlx::query_as(
-            "SELECT id, payload FROM outbox
-              WHERE created_at < now() - make_interval(secs => $1)
-              ORDER BY id LIMIT $2
-              FOR UPDATE SKIP LOCKED",
-        )
-        .bind(after.as_secs_f64())
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = outbox::lock_due(&mut tx, after, BATCH).await?;
         if rows.is_empty() {
             break;
         }
-        let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-        let envelopes: Vec<Envelope> = rows.into_iter().map(|(_, e)| e.0).collect();
+        let (ids, envelopes): (Vec<i64>, Vec<Envelope>) = rows.into_iter().map(|r| (r.id, r.envelope)).unzip();
         publisher.republish(&envelopes).await?;
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+        outbox::delete_swept(&mut tx, &ids).await?;
         audit::append(&mut tx, &entries(&envelopes)).await?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         total += ids.len();
         if (ids.len() as i64) < BATCH {
             break;
         }
     }
     let mut tx = db::duty_tx(pool, db::Duty::OutboxSweep).await?;
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let pending = outbox::pending(&mut tx).await?;
+    db::commit(tx).await?;
     METRICS.outbox_pending.set(pending);
     if total > 0 {
         tracing::info!(published = total, "outbox sweep re-published runs");

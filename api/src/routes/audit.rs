@@ -2,8 +2,6 @@
 //! `admin` and `audit_viewer` only; entries of other companies are invisible
 //! under row-level security.
 
-use std::borrow::Cow;
-
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -13,14 +11,15 @@ use chrono::{DateTime, Utc};
 use futures_util::stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::authz::{AuditRead, Authorized};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, page_limit};
 use crate::state::AppState;
+use floq_shared::audit::query::{self, Filters, Order};
 use floq_shared::db;
+use floq_shared::ids::{CompanyId, UserId};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -118,133 +117,6 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-/// Filters shared by listing and export.
-struct Filters {
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    actor_id: Option<Uuid>,
-    actor_label: Option<String>,
-    action: Option<String>,
-    resource_type: Option<String>,
-    resource_id: Option<String>,
-}
-
-/// One bound parameter of a [`Where`].
-enum Param<'a> {
-    Company(Uuid),
-    At(DateTime<Utc>),
-    Uuid(Uuid),
-    Text(Cow<'a, str>),
-    Id(i64),
-}
-
-/// A WHERE clause holding a condition for each filter given, and only those,
-/// each value a bound parameter. A catch-all `($n IS NULL OR col = $n)`
-/// would let one statement serve every combination, but the plan PostgreSQL
-/// caches for a prepared statement cannot assume which `$n` are null, so it
-/// cannot pick the index of the filter that was given and scans the tenant's
-/// whole log instead. Every clause starts with the company (the second lock
-/// besides row-level security, and the leading column of every index).
-struct Where<'a> {
-    sql: String,
-    params: Vec<Param<'a>>,
-}
-
-impl<'a> Where<'a> {
-    fn new(company_id: Uuid) -> Self {
-        Where {
-            sql: "company_id = $1".into(),
-            params: vec![Param::Company(company_id)],
-        }
-    }
-
-    /// Adds `condition`, in which `$?` stands for the next parameter.
-    fn and(&mut self, condition: &str, values: impl IntoIterator<Item = Param<'a>>) {
-        let mut condition = condition.to_string();
-        for value in values {
-            self.params.push(value);
-            condition = condition.replacen("$?", &format!("${}", self.params.len()), 1);
-        }
-        self.sql.push_str(" AND ");
-        self.sql.push_str(&condition);
-    }
-
-    fn bind<'q>(
-        self,
-        mut query: sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, String), sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, String), sqlx::postgres::PgArguments>
-    where
-        'a: 'q,
-    {
-        for param in self.params {
-            query = match param {
-                Param::Company(id) | Param::Uuid(id) => query.bind(id),
-                Param::At(at) => query.bind(at),
-                Param::Text(text) => query.bind(text.into_owned()),
-                Param::Id(id) => query.bind(id),
-            };
-        }
-        query
-    }
-}
-
-/// The smallest string above every string starting with `prefix`, in
-/// byte order (UTF-8 orders like code points): `prefix` with its last
-/// character incremented. None when nothing is above (an empty prefix, or one
-/// ending in the last code point).
-fn prefix_end(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    let last = chars.pop()?;
-    let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32)?;
-    chars.push(next);
-    Some(chars.into_iter().collect())
-}
-
-impl Filters {
-    /// The filters as a [`Where`], each served by an index of
-    /// `migrations/0019_bounded_work.sql`: `(company_id, action, id)` (an
-    /// action prefix is a byte-order range of it), `(company_id, actor_id,
-    /// id)` or `(company_id, actor_label, id)`, `(company_id, resource_type,
-    /// resource_id, id)`, and a BRIN index on `at` for from/to.
-    fn clause(&self, company_id: Uuid) -> Where<'_> {
-        let mut w = Where::new(company_id);
-        if let Some(from) = self.from {
-            w.and("at >= $?", [Param::At(from)]);
-        }
-        if let Some(to) = self.to {
-            w.and("at < $?", [Param::At(to)]);
-        }
-        if let Some(actor_id) = self.actor_id {
-            w.and("actor_id = $?", [Param::Uuid(actor_id)]);
-        }
-        if let Some(label) = self.actor_label.as_deref() {
-            w.and("actor_label = $?", [Param::Text(label.into())]);
-        }
-        match self.action.as_deref() {
-            None => {}
-            Some(action) => match action.strip_suffix('*') {
-                None => w.and("action = $?", [Param::Text(action.into())]),
-                Some("") => {}
-                Some(prefix) => match prefix_end(prefix) {
-                    // `~>=~`/`~<~` compare bytes, the order of the text_pattern_ops index.
-                    Some(end) => w.and(
-                        "action ~>=~ $? AND action ~<~ $?",
-                        [Param::Text(prefix.into()), Param::Text(end.into())],
-                    ),
-                    None => w.and("starts_with(action, $?)", [Param::Text(prefix.into())]),
-                },
-            },
-        }
-        if let Some(resource_type) = self.resource_type.as_deref() {
-            w.and("resource_type = $?", [Param::Text(resource_type.into())]);
-        }
-        if let Some(resource_id) = self.resource_id.as_deref() {
-            w.and("resource_id = $?", [Param::Text(resource_id.into())]);
-        }
-        w
-    }
-}
-
 fn bad_param(field: &str, message: &str) -> ApiError {
     ApiError::validation(
         "a query parameter is invalid",
@@ -268,7 +140,7 @@ fn filters(q: ListQuery) -> ApiResult<Filters> {
     }
     let (actor_id, actor_label) = match q.actor {
         Some(a) => match Uuid::parse_str(&a) {
-            Ok(id) => (Some(id), None),
+            Ok(id) => (Some(UserId(id)), None),
             Err(_) => (None, Some(a)),
         },
         None => (None, None),
@@ -296,33 +168,16 @@ async fn list(
     let limit = page_limit(q.limit)?;
     let before = cursor(q.cursor.as_deref())?;
     let filters = filters(q)?;
-    let company_id = auth.principal.company_id;
-    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let mut clause = filters.clause(company_id);
-    if let Some(before) = before {
-        clause.and("id < $?", [Param::Id(before)]);
-    }
-    // Rows are limited first and rendered after, so a plan that sorts many
-    // candidates never renders more than one page.
-    let sql = format!(
-        "SELECT id, floq_audit_json(a)::text FROM (
-            SELECT * FROM audit_log WHERE {} ORDER BY id DESC LIMIT ${}
-         ) a ORDER BY id DESC",
-        clause.sql,
-        clause.params.len() + 1
-    );
-    let rows: Vec<(i64, String)> = clause
-        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let company_id = CompanyId(auth.principal.company_id);
+    let mut tx = db::tenant_tx(&state.pool, company_id.0).await?;
+    let rows = query::page(&mut tx, company_id, &filters, Order::NewestBefore(before), limit).await?;
+    db::commit(tx).await?;
     let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|(id, _)| id.to_string()))
+        .then(|| rows.last().map(|r| r.id.to_string()))
         .flatten();
     let items = rows
         .into_iter()
-        .map(|(_, entry)| serde_json::from_str(&entry).map_err(ApiError::internal))
+        .map(|r| serde_json::from_str(&r.json).map_err(ApiError::internal))
         .collect::<ApiResult<Vec<Value>>>()?;
     Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
@@ -374,24 +229,15 @@ async fn verify(
             .filter(|l| (1..=MAX_VERIFY).contains(l))
             .ok_or_else(|| bad_param("limit", &format!("must be between 1 and {MAX_VERIFY}")))?,
     };
-    let company_id = auth.principal.company_id;
-    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    type Report = (i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>);
-    let (checked, first_seq, last_seq, broken_seq, broken_entry, reason): Report =
-        sqlx::query_as("SELECT * FROM floq_audit_verify_range($1, $2::int)")
-            .bind(from_seq)
-            .bind(limit)
-            .fetch_one(&mut *tx)
-            .await?;
-    let pending: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log
-          WHERE company_id = $1 AND xact >= (SELECT watermark FROM audit_seal_state)",
-    )
-    .bind(company_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let first_broken = reason.map(|reason| json!({"seq": broken_seq, "entry_id": broken_entry, "reason": reason}));
+    let company_id = CompanyId(auth.principal.company_id);
+    let mut tx = db::tenant_tx(&state.pool, company_id.0).await?;
+    let step = query::verify(&mut tx, from_seq, limit).await?;
+    let pending = query::unsealed(&mut tx, company_id).await?;
+    db::commit(tx).await?;
+    let (checked, first_seq, last_seq) = (step.checked, step.first_seq, step.last_seq);
+    let first_broken = step
+        .broken
+        .map(|b| json!({"seq": b.seq, "entry_id": b.entry_id, "reason": b.reason}));
     // A full step may have more after it; a short one reached the newest seal.
     let next_seq = (checked == limit).then(|| last_seq.map(|s| s + 1)).flatten();
     Ok(Json(json!({
@@ -436,7 +282,7 @@ async fn export(
         limit: None,
         cursor: None,
     })?;
-    let company_id = auth.principal.company_id;
+    let company_id = CompanyId(auth.principal.company_id);
     // The first page is read before answering, so a database failure is still a clean 500.
     let first = page(&state.pool, company_id, &filters, 0).await?;
     let pages = stream::try_unfold(
@@ -460,27 +306,19 @@ async fn export(
 
 /// One page after entry `after`: the last id (if the page was full or not
 /// empty) and its lines.
-async fn page(pool: &PgPool, company_id: Uuid, filters: &Filters, after: i64) -> ApiResult<(Option<i64>, String)> {
-    let mut tx = db::tenant_tx(pool, company_id).await?;
-    let mut clause = filters.clause(company_id);
-    clause.and("id > $?", [Param::Id(after)]);
-    let sql = format!(
-        "SELECT id, floq_audit_json(a)::text FROM (
-            SELECT * FROM audit_log WHERE {} ORDER BY id LIMIT ${}
-         ) a ORDER BY id",
-        clause.sql,
-        clause.params.len() + 1
-    );
-    let rows: Vec<(i64, String)> = clause
-        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .bind(EXPORT_PAGE)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    let mut lines = String::with_capacity(rows.iter().map(|(_, l)| l.len() + 1).sum());
-    for (_, line) in &rows {
-        lines.push_str(line);
+async fn page(
+    pool: &db::Pool,
+    company_id: CompanyId,
+    filters: &Filters,
+    after: i64,
+) -> ApiResult<(Option<i64>, String)> {
+    let mut tx = db::tenant_tx(pool, company_id.0).await?;
+    let rows = query::page(&mut tx, company_id, filters, Order::OldestAfter(after), EXPORT_PAGE).await?;
+    db::commit(tx).await?;
+    let mut lines = String::with_capacity(rows.iter().map(|r| r.json.len() + 1).sum());
+    for row in &rows {
+        lines.push_str(&row.json);
         lines.push('\n');
     }
-    Ok((rows.last().map(|(id, _)| *id), lines))
+    Ok((rows.last().map(|r| r.id), lines))
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
 
-use crate::accept::{AcceptError, Accepted, RunRequest};
+use crate::accept::{Accepted, RunRequest};
 use crate::access::{self, Level};
 use crate::auth::Principal;
 use crate::authz::{Authorized, FlowExecute, RunRead};
@@ -18,7 +18,9 @@ use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
 use crate::openapi::{AnyJson, ErrorBody, page};
 use crate::state::AppState;
 use floq_shared::db;
+use floq_shared::ids::{CompanyId, FlowId, RunId, UserId};
 use floq_shared::run::{RunStatus, Trigger};
+use floq_shared::runs::query;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -116,14 +118,7 @@ async fn start(
             StatusCode::OK,
             Json(json!({"run_id": run_id, "idempotent_replay": true})),
         )),
-        Err(AcceptError::NotRunnable) => Err(not_runnable(&state, &auth.principal, flow_id).await),
-        Err(e @ AcceptError::ShuttingDown) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )),
-        // Only this request's row was refused: the acceptor isolates it from the rest of its batch.
-        Err(AcceptError::Database(e)) => Err(e.into()),
+        Err(e) => Err(e.into_api_error(not_runnable(&state, &auth.principal, flow_id)).await),
     }
 }
 
@@ -152,7 +147,9 @@ async fn not_runnable(state: &AppState, principal: &Principal, flow_id: Uuid) ->
     }
 }
 
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
+// The documented shape of `query::Run`, which is what is served (no doc comment: it would become the schema's description).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation of the served `query::Run`
 struct Run {
     id: Uuid,
     flow_id: Uuid,
@@ -175,10 +172,9 @@ struct Run {
     finished_at: Option<DateTime<Utc>>,
 }
 
-const RUN_COLUMNS: &str =
-    "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at";
-
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
+// The documented shape of `query::Step`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation of the served `query::Step`
 struct Step {
     node_id: String,
     status: String,
@@ -193,8 +189,10 @@ struct Step {
 #[derive(Serialize, ToSchema)]
 struct RunWithSteps {
     #[serde(flatten)]
-    run: Run,
-    steps: Vec<Step>,
+    #[schema(value_type = Run)]
+    run: query::Run,
+    #[schema(value_type = Vec<Step>)]
+    steps: Vec<query::Step>,
 }
 
 /// A run: status, input, output, error and each step.
@@ -202,26 +200,17 @@ struct RunWithSteps {
     security(("api_key" = ["run:read"]), ("session" = ["run:read"])),
     responses((status = 200, description = "The run with its steps", body = RunWithSteps)))]
 async fn show(State(state): State<AppState>, auth: Authorized<RunRead>, Id(id): Id) -> ApiResult<Json<RunWithSteps>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let run: Run = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("run"))?;
+    let company_id = CompanyId(auth.principal.company_id);
+    let mut tx = db::tenant_tx(&state.pool, company_id.0).await?;
+    let run = query::find(&mut tx, company_id, RunId(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
     // A run is as visible as its flow.
-    access::require_flow(&mut tx, &auth.principal, run.flow_id, Level::View)
+    access::require_flow(&mut tx, &auth.principal, run.flow_id.0, Level::View)
         .await
         .map_err(|_| ApiError::not_found("run"))?;
-    let steps: Vec<Step> = sqlx::query_as(
-        "SELECT node_id, status, output, error, started_at, finished_at
-           FROM run_steps WHERE run_id = $1 ORDER BY seq",
-    )
-    .bind(id)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let steps = query::steps(&mut tx, company_id, RunId(id)).await?;
+    db::commit(tx).await?;
     Ok(Json(RunWithSteps { run, steps }))
 }
 
@@ -264,25 +253,20 @@ async fn list(
                 json!([{"field": "status", "message": format!("must be one of {}", e.allowed.join(", "))}]),
             )
         })?;
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let runs: Vec<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {RUN_COLUMNS} FROM runs
-          WHERE ($1::uuid IS NULL OR flow_id = $1)
-            AND ($2::text IS NULL OR status = $2)
-            AND ($3::uuid IS NULL OR id < $3)
-            AND ($5 OR EXISTS (SELECT 1 FROM flows f WHERE f.id = runs.flow_id
-                                  AND floq_access($6, 'flow', f.id, f.group_id) >= 1))
-          ORDER BY id DESC LIMIT $4"
-    )))
-    .bind(q.flow_id)
-    .bind(status.map(RunStatus::as_str))
-    .bind(q.cursor)
-    .bind(limit)
-    .bind(auth.principal.is_admin())
-    .bind(auth.principal.user_id)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let company_id = CompanyId(auth.principal.company_id);
+    let viewer = query::Viewer {
+        user_id: UserId(auth.principal.user_id),
+        admin: auth.principal.is_admin(),
+    };
+    let filter = query::Filter {
+        flow_id: q.flow_id.map(FlowId),
+        status,
+        before: q.cursor.map(RunId),
+        limit,
+    };
+    let mut tx = db::tenant_tx(&state.pool, company_id.0).await?;
+    let runs = query::page(&mut tx, company_id, viewer, filter).await?;
+    db::commit(tx).await?;
     let next_cursor = (runs.len() as i64 == limit)
         .then(|| runs.last().map(|r| r.id))
         .flatten();

@@ -4,7 +4,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use floq_shared::db::StoreError;
 use serde::{Deserialize, Serialize};
 use validator::{Validate, ValidationError, ValidationErrors};
 
@@ -13,6 +12,7 @@ use crate::authz::{Authorized, SettingsManage};
 use crate::error::ApiResult;
 use crate::extract::{ValidJson, invalid_body};
 use crate::state::AppState;
+use floq_shared::ids::CompanyId;
 use floq_shared::{Config, db, retention};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -24,7 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A company's retention settings, within the ranges the operator allows.
 // Floors below the ranges shown are the operator's (`FLOQ_AUDIT_MIN_AGE_DAYS`, `FLOQ_AUDIT_MIN_ENTRIES`).
-#[derive(Clone, Debug, Deserialize, Serialize, Validate, sqlx::FromRow, ToSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     #[validate(range(min = 1, max = 36_500))]
@@ -38,14 +38,27 @@ pub struct Retention {
     runs_max_age_days: i32,
 }
 
-impl Retention {
-    /// What a company keeps until its admin says otherwise.
-    const DEFAULT: Retention = Retention {
-        audit_max_age_days: retention::DEFAULT_AUDIT_MAX_AGE_DAYS,
-        audit_max_entries: retention::DEFAULT_AUDIT_MAX_ENTRIES,
-        runs_max_age_days: retention::DEFAULT_RUNS_MAX_AGE_DAYS,
-    };
+impl From<retention::Settings> for Retention {
+    fn from(s: retention::Settings) -> Self {
+        Retention {
+            audit_max_age_days: s.audit_max_age_days,
+            audit_max_entries: s.audit_max_entries,
+            runs_max_age_days: s.runs_max_age_days,
+        }
+    }
+}
 
+impl From<&Retention> for retention::Settings {
+    fn from(r: &Retention) -> Self {
+        retention::Settings {
+            audit_max_age_days: r.audit_max_age_days,
+            audit_max_entries: r.audit_max_entries,
+            runs_max_age_days: r.runs_max_age_days,
+        }
+    }
+}
+
+impl Retention {
     /// The floors an operator configured (`FLOQ_AUDIT_MIN_AGE_DAYS`, `FLOQ_AUDIT_MIN_ENTRIES`).
     fn check_minimums(&self, config: &Config) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::new();
@@ -67,23 +80,16 @@ impl Retention {
     }
 }
 
-async fn current(tx: &mut db::Tx) -> Result<Retention, StoreError> {
-    let stored: Option<Retention> =
-        sqlx::query_as("SELECT audit_max_age_days, audit_max_entries, runs_max_age_days FROM company_settings")
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(stored.unwrap_or(Retention::DEFAULT))
-}
-
 /// How long the company keeps audit entries and runs.
 #[utoipa::path(get, operation_id = "settings_show", path = "/api/v1/settings/retention", tag = "settings",
     security(("api_key" = ["settings:manage"]), ("session" = ["settings:manage"])),
     responses((status = 200, description = "The retention in force", body = Retention)))]
 async fn show(State(state): State<AppState>, auth: Authorized<SettingsManage>) -> ApiResult<Json<Retention>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let retention = current(&mut tx).await?;
-    tx.commit().await?;
-    Ok(Json(retention))
+    let company_id = CompanyId(auth.principal.company_id);
+    let mut tx = db::tenant_tx(&state.pool, company_id.0).await?;
+    let current = retention::current(&mut tx, company_id).await?;
+    db::commit(tx).await?;
+    Ok(Json(current.into()))
 }
 
 #[utoipa::path(put, operation_id = "settings_update", path = "/api/v1/settings/retention", tag = "settings", request_body = Retention,
@@ -95,26 +101,14 @@ async fn update(
     ValidJson(body): ValidJson<Retention>,
 ) -> ApiResult<Json<Retention>> {
     body.check_minimums(&state.config).map_err(invalid_body)?;
-    let company_id = auth.principal.company_id;
-    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let before = current(&mut tx).await?;
-    sqlx::query(
-        "INSERT INTO company_settings (company_id, audit_max_age_days, audit_max_entries, runs_max_age_days)
-         VALUES ($1, $2, $3, $4)
-         ON CONFLICT (company_id) DO UPDATE SET audit_max_age_days = excluded.audit_max_age_days,
-             audit_max_entries = excluded.audit_max_entries, runs_max_age_days = excluded.runs_max_age_days,
-             updated_at = now()",
-    )
-    .bind(company_id)
-    .bind(body.audit_max_age_days)
-    .bind(body.audit_max_entries)
-    .bind(body.runs_max_age_days)
-    .execute(&mut *tx)
-    .await?;
+    let company_id = CompanyId(auth.principal.company_id);
+    let mut tx = db::tenant_tx(&state.pool, company_id.0).await?;
+    let before = Retention::from(retention::current(&mut tx, company_id).await?);
+    retention::save(&mut tx, company_id, &(&body).into()).await?;
     let entry = auth
         .principal
         .audit("settings.retention_update", "settings", "retention");
     audit::record(&mut tx, &[entry.change(Some(&before), Some(&body))]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Json(body))
 }

@@ -7,9 +7,11 @@
 //! entries go through [`Writer`], off the request's critical path.
 
 pub mod canonical;
+pub mod query;
 pub mod sanitize;
 pub mod seal;
 pub mod sink;
+pub mod trim;
 mod writer;
 
 use chrono::{DateTime, Utc};

@@ -3,6 +3,9 @@
 //! alike. The message is encoded once, here, in Rust ([`Envelope`]); the
 //! outbox holds exactly what is published.
 
+pub mod query;
+pub mod trim;
+
 use serde_json::Value;
 use uuid::Uuid;
 
