@@ -3,6 +3,8 @@
 //! and telemetry.
 
 pub mod access;
+pub mod account_tokens;
+pub mod api_keys;
 pub mod audit;
 pub mod batch;
 pub mod config;
@@ -10,6 +12,7 @@ pub mod cron;
 pub mod crypto;
 pub mod db;
 pub mod egress;
+pub mod email;
 pub mod flow;
 pub mod ids;
 pub mod kv;
@@ -27,5 +30,6 @@ pub mod script;
 pub mod secrets;
 pub mod sessions;
 pub mod telemetry;
+pub mod users;
 
 pub use config::{AuditSink, Config, ConfigError, Secret};
