@@ -87,7 +87,8 @@ pub async fn accept(pool: &db::Pool, token: &str, password_hash: String) -> Resu
         }
         None => {
             // Only invitations name no identity, and their address passed the rule when invited.
-            let email = Email::parse(&spent.email).map_err(|e| StoreError::corrupt(format!("invitation address: {e}")))?;
+            let email =
+                Email::parse(&spent.email).map_err(|e| StoreError::corrupt(format!("invitation address: {e}")))?;
             match users::by_email(&mut tx, &email).await? {
                 Some(identity) => identity.id,
                 None => {

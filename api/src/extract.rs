@@ -366,7 +366,6 @@ pub fn email(value: &str) -> Result<Email, ApiError> {
 
 /// `422` with one `{field, message}` per broken rule; also for rules that
 /// depend on configuration and are checked in a handler.
-
 pub fn invalid_body(errors: validator::ValidationErrors) -> ApiError {
     let details: Vec<serde_json::Value> = errors
         .field_errors()

@@ -87,7 +87,12 @@ pub async fn invite(tx: &mut Tx, inv: Invitation<'_>) -> Result<(InvitationId, S
 /// stored), unless one was issued in the last minute (so the endpoint cannot
 /// be used to flood a mailbox). Returns the token to mail, if any. In the
 /// reset duty's transaction keyed by `user_id`.
-pub async fn request_reset(tx: &mut Tx, user_id: UserId, email: &str, ttl: Duration) -> Result<Option<String>, StoreError> {
+pub async fn request_reset(
+    tx: &mut Tx,
+    user_id: UserId,
+    email: &str,
+    ttl: Duration,
+) -> Result<Option<String>, StoreError> {
     // Serialise concurrent requests for one identity (the duty may not lock its row).
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
         .bind(user_id)

@@ -93,7 +93,9 @@ pub async fn page(
     limit: i64,
 ) -> Result<Vec<Key>, StoreError> {
     let sql = match owner {
-        Owner::Anyone => format!("SELECT {COLUMNS} FROM api_keys WHERE company_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"),
+        Owner::Anyone => {
+            format!("SELECT {COLUMNS} FROM api_keys WHERE company_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3")
+        }
         Owner::Only(_) => format!(
             "SELECT {COLUMNS} FROM api_keys WHERE company_id = $1 AND id < $2 AND user_id = $4
               ORDER BY id DESC LIMIT $3"
@@ -113,7 +115,12 @@ pub async fn page(
 }
 
 /// Revokes a live key `owner` reaches; None if there is none.
-pub async fn revoke(tx: &mut Tx, company_id: CompanyId, key_id: ApiKeyId, owner: Owner) -> Result<Option<Key>, StoreError> {
+pub async fn revoke(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    key_id: ApiKeyId,
+    owner: Owner,
+) -> Result<Option<Key>, StoreError> {
     let only = match owner {
         Owner::Anyone => None,
         Owner::Only(user_id) => Some(user_id),

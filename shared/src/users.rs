@@ -28,7 +28,10 @@ pub(crate) fn roles_text(roles: &[Role]) -> Vec<&'static str> {
 /// outside them is a failed read, not a panic.
 pub(crate) fn parse_roles(raw: Vec<String>) -> Result<Vec<Role>, StoreError> {
     raw.iter()
-        .map(|r| r.parse::<Role>().map_err(|_| StoreError::corrupt(format!("unknown role `{r}`"))))
+        .map(|r| {
+            r.parse::<Role>()
+                .map_err(|_| StoreError::corrupt(format!("unknown role `{r}`")))
+        })
         .collect()
 }
 
@@ -245,14 +248,13 @@ pub async fn add_member(tx: &mut Tx, company_id: CompanyId, user_id: UserId, rol
 
 /// Makes the identity a member unless it is one already; true if it joined now.
 pub async fn join(tx: &mut Tx, company_id: CompanyId, user_id: UserId, roles: &[Role]) -> Result<bool, StoreError> {
-    let added = sqlx::query(
-        "INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(company_id)
-    .bind(user_id)
-    .bind(roles_text(roles))
-    .execute(&mut **tx)
-    .await?;
+    let added =
+        sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(company_id)
+            .bind(user_id)
+            .bind(roles_text(roles))
+            .execute(&mut **tx)
+            .await?;
     Ok(added.rows_affected() == 1)
 }
 

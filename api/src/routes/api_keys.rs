@@ -162,9 +162,14 @@ fn reach(principal: &Principal) -> Owner {
     responses((status = 204, description = "Revoked")))]
 async fn revoke(State(state): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
-    let revoked = api_keys::revoke(&mut tx, CompanyId(principal.company_id), ApiKeyId(id), reach(&principal))
-        .await?
-        .ok_or_else(|| ApiError::not_found("api key"))?;
+    let revoked = api_keys::revoke(
+        &mut tx,
+        CompanyId(principal.company_id),
+        ApiKeyId(id),
+        reach(&principal),
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("api key"))?;
     let before = Key {
         revoked_at: None,
         ..revoked.clone()

@@ -330,7 +330,6 @@ fn last_admin() -> ApiError {
     )
 }
 
-
 /// Replaces the member's roles.
 #[utoipa::path(patch, operation_id = "users_update", path = "/api/v1/users/{user_id}", tag = "users", params(("user_id" = Uuid, Path)),
     request_body = UpdateUser,
