@@ -1,17 +1,19 @@
 //! Administrative commands run from the CLI (`floq-api admin …`).
 
 use chrono::{DateTime, Utc};
-use floq_shared::db::StoreError;
+use floq_shared::access::Role;
+use floq_shared::db::{Pool as PgPool, StoreError};
+use floq_shared::email::Email;
+use floq_shared::ids::{CompanyId, UserId};
 use serde::Serialize;
 use serde_json::json;
-use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
 
 use crate::auth::{self, Keys, MAX_KEY_TTL_SECS, MIN_KEY_TTL_SECS, SCOPES};
-use crate::{accounts, audit, password};
+use crate::{audit, password};
 use floq_shared::audit::{Actor, Entry, PLATFORM};
-use floq_shared::{Config, db};
+use floq_shared::{Config, db, sessions, users};
 
 /// The actor of every entry an operator command writes.
 pub const OPERATOR: &str = "admin-cli";
@@ -32,10 +34,11 @@ pub async fn bootstrap(pool: &PgPool, config: &Config, company: &str, email: &st
         (1..=200).contains(&company.chars().count()),
         "--company must be 1 to 200 characters"
     );
-    let email = email.trim();
+    let email = address(email)?;
     anyhow::ensure!(
-        email.len() <= 254
+        email.as_str().len() <= 254
             && email
+                .as_str()
                 .split_once('@')
                 .is_some_and(|(l, d)| !l.is_empty() && d.contains('.')),
         "--email must be an e-mail address"
@@ -43,36 +46,29 @@ pub async fn bootstrap(pool: &PgPool, config: &Config, company: &str, email: &st
     let company_id = Uuid::now_v7();
     // Users are global; an existing one simply joins the new company (the
     // operator running this command vouches for it, unlike a company admin).
-    let existing = existing_user_id(pool, email).await?;
+    let existing = existing_user_id(pool, &email).await?;
     let mut tx = db::tenant_tx(pool, company_id).await?;
-    sqlx::query("INSERT INTO companies (id, name) VALUES ($1, $2)")
-        .bind(company_id)
-        .bind(company)
-        .execute(&mut *tx)
-        .await?;
+    users::create_company(&mut tx, CompanyId(company_id), company).await?;
     let user_id = match existing {
-        Some(id) => id,
+        Some(id) => UserId(id),
         None => {
-            let new = accounts::NewIdentity {
-                email,
+            let new = users::NewIdentity {
+                email: &email,
                 name: "",
                 password_hash: None,
-                owner: Some(company_id),
+                owner: Some(CompanyId(company_id)),
             };
-            accounts::create_identity(&mut tx, new).await?
+            users::create(&mut tx, new).await?
         }
     };
-    sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, ARRAY['admin'])")
-        .bind(company_id)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
+    users::add_member(&mut tx, CompanyId(company_id), user_id, &[Role::Admin]).await?;
+    let user_id = user_id.as_uuid();
     let keys = Keys::new(config.jwt_secret.expose());
     let expires_at = Utc::now() + config.api_key_ttl;
     let scopes = vec!["api".to_string()];
     let (key_id, api_key) =
         auth::issue_key(&mut tx, &keys, company_id, user_id, "bootstrap", &scopes, expires_at).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Bootstrapped {
         company_id,
         user_id,
@@ -81,12 +77,17 @@ pub async fn bootstrap(pool: &PgPool, config: &Config, company: &str, email: &st
     })
 }
 
+/// An address given on the command line, by the API's rule for addresses.
+fn address(raw: &str) -> anyhow::Result<Email> {
+    Email::parse(raw).map_err(|e| anyhow::anyhow!("--email: {e}"))
+}
+
 /// Looks a user up by e-mail across companies, as the operator duty.
-async fn existing_user_id(pool: &PgPool, email: &str) -> Result<Option<Uuid>, StoreError> {
+async fn existing_user_id(pool: &PgPool, email: &Email) -> Result<Option<Uuid>, StoreError> {
     let mut tx = db::duty_tx(pool, db::Duty::Operator).await?;
-    let id = crate::accounts::find_by_email(&mut tx, email).await?;
-    tx.commit().await?;
-    Ok(id)
+    let found = users::by_email(&mut tx, email).await?;
+    db::commit(tx).await?;
+    Ok(found.map(|identity| identity.id.as_uuid()))
 }
 
 /// Adds a user with the given roles to a company and issues them a key
@@ -98,20 +99,22 @@ pub async fn add_member(
     email: &str,
     roles: &[&str],
 ) -> anyhow::Result<Bootstrapped> {
-    let user_id = Uuid::now_v7();
+    let email = address(email)?;
+    let roles = roles
+        .iter()
+        .map(|r| r.parse::<Role>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut tx = db::tenant_tx(pool, company_id).await?;
-    sqlx::query("INSERT INTO users (id, email, created_by_company) VALUES ($1, $2, $3)")
-        .bind(user_id)
-        .bind(email)
-        .bind(company_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3)")
-        .bind(company_id)
-        .bind(user_id)
-        .bind(roles)
-        .execute(&mut *tx)
-        .await?;
+    let new = users::NewIdentity {
+        email: &email,
+        name: "",
+        password_hash: None,
+        owner: Some(CompanyId(company_id)),
+    };
+    let user = users::create(&mut tx, new).await?;
+    users::add_member(&mut tx, CompanyId(company_id), user, &roles).await?;
+    let user_id = user.as_uuid();
     let keys = Keys::new(config.jwt_secret.expose());
     let scopes = vec!["api".to_string()];
     let (key_id, api_key) = auth::issue_key(
@@ -124,7 +127,7 @@ pub async fn add_member(
         Utc::now() + config.api_key_ttl,
     )
     .await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Bootstrapped {
         company_id,
         user_id,
@@ -164,8 +167,8 @@ pub async fn issue_key(
             "--ttl must be {MIN_KEY_TTL_SECS} to {MAX_KEY_TTL_SECS} seconds"
         );
     }
-    let email = email.trim();
-    let user_id = existing_user_id(pool, email)
+    let email = address(email)?;
+    let user_id = existing_user_id(pool, &email)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no identity has the e-mail address {email}"))?;
     let companies = companies_of(pool, user_id).await?;
@@ -208,7 +211,7 @@ pub async fn issue_key(
             .details(json!({"scopes": scopes, "expires_at": expires_at}));
         audit::record(&mut tx, &[entry]).await?;
     }
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(IssuedKey {
         company_id,
         user_id,
@@ -239,28 +242,20 @@ pub async fn set_password(pool: &PgPool, email: &str, new_password: String) -> a
         password::MIN_LENGTH,
         password::MAX_LENGTH
     );
-    let email = email.trim();
-    let user_id = existing_user_id(pool, email)
+    let email = address(email)?;
+    let user_id = existing_user_id(pool, &email)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no identity has the e-mail address {email}"))?;
     let hash = password::hash(new_password).await?;
     let mut tx = db::duty_tx(pool, db::Duty::Operator).await?;
-    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
-        .bind(user_id)
-        .bind(hash)
-        .execute(&mut *tx)
-        .await?;
-    let sessions_revoked =
-        sqlx::query("UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    let companies: Vec<Uuid> =
-        sqlx::query_scalar("SELECT company_id FROM memberships WHERE user_id = $1 ORDER BY company_id")
-            .bind(user_id)
-            .fetch_all(&mut *tx)
-            .await?;
+    users::set_password(&mut tx, UserId(user_id), &hash).await?;
+    let sessions_revoked = sessions::revoke_all_of(&mut tx, UserId(user_id)).await?;
+    let mut companies: Vec<Uuid> = users::companies_joined(&mut tx, UserId(user_id))
+        .await?
+        .into_iter()
+        .map(CompanyId::as_uuid)
+        .collect();
+    companies.sort();
     let owners = if companies.is_empty() {
         vec![PLATFORM]
     } else {
@@ -276,7 +271,7 @@ pub async fn set_password(pool: &PgPool, email: &str, new_password: String) -> a
         })
         .collect();
     audit::record(&mut tx, &entries).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(PasswordSet {
         user_id,
         companies,
@@ -284,16 +279,15 @@ pub async fn set_password(pool: &PgPool, email: &str, new_password: String) -> a
     })
 }
 
-/// The companies an identity belongs to, with their names, as the operator duty.
+/// The companies an identity belongs to, with their names, by id, as the operator duty.
 async fn companies_of(pool: &PgPool, user_id: Uuid) -> Result<Vec<(Uuid, String)>, StoreError> {
     let mut tx = db::duty_tx(pool, db::Duty::Operator).await?;
-    let rows = sqlx::query_as(
-        "SELECT c.id, c.name FROM memberships m JOIN companies c ON c.id = m.company_id
-          WHERE m.user_id = $1 ORDER BY c.id",
-    )
-    .bind(user_id)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows)
+    let memberships = users::memberships_of(&mut tx, UserId(user_id)).await?;
+    db::commit(tx).await?;
+    let mut companies: Vec<(Uuid, String)> = memberships
+        .into_iter()
+        .map(|m| (m.company_id.as_uuid(), m.company_name))
+        .collect();
+    companies.sort();
+    Ok(companies)
 }

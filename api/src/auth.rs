@@ -21,7 +21,8 @@ pub use crate::request::{Credential, Principal};
 use crate::session;
 use crate::state::AppState;
 use floq_shared::audit::Entry;
-use floq_shared::db;
+use floq_shared::ids::{ApiKeyId, CompanyId, UserId};
+use floq_shared::{api_keys, db};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -83,17 +84,15 @@ pub async fn issue_key(
     expires_at: DateTime<Utc>,
 ) -> Result<(Uuid, String), StoreError> {
     let key_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO api_keys (id, company_id, user_id, name, scopes, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(key_id)
-    .bind(company_id)
-    .bind(user_id)
-    .bind(name)
-    .bind(scopes)
-    .bind(expires_at)
-    .execute(&mut **tx)
-    .await?;
+    let row = api_keys::NewKey {
+        id: ApiKeyId(key_id),
+        company_id: CompanyId(company_id),
+        user_id: UserId(user_id),
+        name,
+        scopes,
+        expires_at,
+    };
+    api_keys::insert(tx, row).await?;
     let token = keys.sign(&Claims {
         sub: user_id,
         cid: company_id,
@@ -208,16 +207,8 @@ async fn from_api_key(state: &AppState, token: &str, request: Arc<RequestMeta>) 
     let mut tx = db::tenant_tx(&state.pool, claims.cid).await?;
     // The key must exist, be live, and its owner must still be a member:
     // a key's authority is its owner's current roles, never more.
-    let roles: Option<Vec<String>> = sqlx::query_scalar(
-        "SELECT m.roles FROM api_keys k
-           JOIN memberships m ON m.company_id = k.company_id AND m.user_id = k.user_id
-          WHERE k.id = $1 AND k.user_id = $2 AND k.revoked_at IS NULL AND k.expires_at > now()",
-    )
-    .bind(claims.kid)
-    .bind(claims.sub)
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let roles = api_keys::authority(&mut tx, CompanyId(claims.cid), ApiKeyId(claims.kid), UserId(claims.sub)).await?;
+    db::commit(tx).await?;
     let roles = roles.ok_or_else(ApiError::unauthorized)?;
     state
         .key_cache

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+pub use floq_shared::access::Role;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -54,31 +55,21 @@ capabilities! {
     KvWrite => "kv:write",
 }
 
-pub const ROLES: [&str; 8] = [
-    "admin",
-    "flow_editor",
-    "flow_executor",
-    "audit_viewer",
-    "integration_manager",
-    "analytics_viewer",
-    "viewer",
-    "none",
-];
-
-/// The capability table (also in docs/authorization.md).
-pub fn role_grants(role: &str, cap: Capability) -> bool {
+/// The capability table (also in docs/authorization.md). Every role has its
+/// arm, so a new role does not compile until it is given its capabilities.
+pub fn role_grants(role: Role, cap: Capability) -> bool {
     use Capability::*;
     match role {
-        "admin" => true,
-        "flow_editor" => matches!(
+        Role::Admin => true,
+        Role::FlowEditor => matches!(
             cap,
             FlowRead | FlowEdit | FlowExecute | RunRead | IntegrationRead | KvRead | KvWrite
         ),
-        "flow_executor" => matches!(cap, FlowRead | FlowExecute | RunRead | IntegrationRead | KvRead),
-        "integration_manager" => matches!(cap, IntegrationRead | IntegrationManage | KvRead | KvWrite),
-        "viewer" | "analytics_viewer" => matches!(cap, FlowRead | RunRead | IntegrationRead | KvRead),
-        "audit_viewer" => matches!(cap, AuditRead),
-        _ => false,
+        Role::FlowExecutor => matches!(cap, FlowRead | FlowExecute | RunRead | IntegrationRead | KvRead),
+        Role::IntegrationManager => matches!(cap, IntegrationRead | IntegrationManage | KvRead | KvWrite),
+        Role::Viewer | Role::AnalyticsViewer => matches!(cap, FlowRead | RunRead | IntegrationRead | KvRead),
+        Role::AuditViewer => matches!(cap, AuditRead),
+        Role::None => false,
     }
 }
 
@@ -97,7 +88,7 @@ impl<C: Cap> FromRequestParts<AppState> for Authorized<C> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let principal = Principal::from_request_parts(parts, state).await?;
-        if !principal.roles.iter().any(|r| role_grants(r, C::CAP)) {
+        if !principal.roles.iter().any(|r| role_grants(*r, C::CAP)) {
             tracing::info!(
                 user.id = %principal.user_id,
                 company.id = %principal.company_id,
@@ -119,17 +110,12 @@ mod tests {
 
     #[test]
     fn none_grants_nothing_and_admin_everything() {
-        for cap in [
-            Capability::FlowRead,
-            Capability::FlowEdit,
-            Capability::FlowExecute,
-            Capability::RunRead,
-        ] {
-            assert!(!role_grants("none", cap));
-            assert!(role_grants("admin", cap));
+        for &cap in Capability::ALL {
+            assert!(!role_grants(Role::None, cap));
+            assert!(role_grants(Role::Admin, cap));
         }
-        assert!(!role_grants("viewer", Capability::FlowExecute));
-        assert!(role_grants("flow_executor", Capability::FlowExecute));
-        assert!(!role_grants("flow_executor", Capability::FlowEdit));
+        assert!(!role_grants(Role::Viewer, Capability::FlowExecute));
+        assert!(role_grants(Role::FlowExecutor, Capability::FlowExecute));
+        assert!(!role_grants(Role::FlowExecutor, Capability::FlowEdit));
     }
 }

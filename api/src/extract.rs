@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use floq_shared::email::Email;
 use floq_shared::pgtext;
 
 pub struct ApiJson<T>(pub T);
@@ -343,21 +344,28 @@ impl<S: Send + Sync, T: DeserializeOwned + validator::Validate> FromRequest<S> f
     }
 }
 
-/// `422` with one `{field, message}` per broken rule; also for rules that
-/// depend on configuration and are checked in a handler.
-/// The e-mail rule beside `#[validate(email)]`: ASCII only. PostgreSQL's
-/// `lower()` folds some non-ASCII letters onto ASCII ones (`İ` → `i`), so an
-/// internationalized look-alike would find another person's identity while
-/// its mail went to the look-alike's owner.
+/// The e-mail rule beside `#[validate(email)]`: [`Email`]'s (ASCII only; see
+/// `floq_shared::email` on why).
 pub fn ascii_email(value: &str) -> Result<(), validator::ValidationError> {
-    if value.is_ascii() {
-        Ok(())
-    } else {
-        Err(validator::ValidationError::new("ascii_email")
-            .with_message("e-mail addresses must be ASCII (internationalized addresses are not supported)".into()))
+    match Email::parse(value) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(validator::ValidationError::new("ascii_email").with_message(e.to_string().into())),
     }
 }
 
+/// A body's `email` field, which [`ascii_email`] has already passed: the
+/// same `422` if it did not.
+pub fn email(value: &str) -> Result<Email, ApiError> {
+    Email::parse(value).map_err(|e| {
+        ApiError::validation(
+            "the request body is invalid",
+            json!([{"field": "email", "message": e.to_string()}]),
+        )
+    })
+}
+
+/// `422` with one `{field, message}` per broken rule; also for rules that
+/// depend on configuration and are checked in a handler.
 pub fn invalid_body(errors: validator::ValidationErrors) -> ApiError {
     let details: Vec<serde_json::Value> = errors
         .field_errors()

@@ -16,19 +16,19 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use floq_shared::access::Role;
+use floq_shared::api_keys::Changes;
+use floq_shared::db::Pool as PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const CHANNEL: &str = "floq_auth_changed";
 const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Clone)]
 pub struct CachedKey {
     pub user_id: Uuid,
     pub company_id: Uuid,
-    pub roles: Vec<String>,
+    pub roles: Vec<Role>,
     cached_at: Instant,
 }
 
@@ -65,7 +65,7 @@ impl KeyCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    pub fn put(&self, generation: u64, key_id: Uuid, user_id: Uuid, company_id: Uuid, roles: Vec<String>) {
+    pub fn put(&self, generation: u64, key_id: Uuid, user_id: Uuid, company_id: Uuid, roles: Vec<Role>) {
         if self.ttl.is_zero() || !self.listening.load(Ordering::Acquire) {
             return;
         }
@@ -121,17 +121,15 @@ impl KeyCache {
     }
 
     async fn listen_once(&self, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), StoreError> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.eager_reconnect(false);
-        listener.listen(CHANNEL).await?;
+        let mut changes = Changes::listen(pool).await?;
         self.set_listening(true);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                next = listener.try_recv() => match next? {
-                    Some(_) => self.invalidate(),
-                    None => return Err(StoreError::closed()),
-                },
+                next = changes.next() => {
+                    next?;
+                    self.invalidate();
+                }
             }
         }
     }

@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
+use floq_shared::access::Role;
 use floq_shared::audit::{self, Actor, ActorType, Entry, Via};
 use uuid::Uuid;
 
@@ -94,13 +95,13 @@ pub struct Principal {
     pub user_id: Uuid,
     pub company_id: Uuid,
     pub credential: Credential,
-    pub roles: Vec<String>,
+    pub roles: Vec<Role>,
     /// The request this caller made: its id and client address, for audit entries.
     pub request: Arc<RequestMeta>,
 }
 
 impl Principal {
     pub fn is_admin(&self) -> bool {
-        self.roles.iter().any(|r| r == "admin")
+        self.roles.contains(&Role::Admin)
     }
 }

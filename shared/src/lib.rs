@@ -3,6 +3,8 @@
 //! and telemetry.
 
 pub mod access;
+pub mod account_tokens;
+pub mod api_keys;
 pub mod audit;
 pub mod batch;
 pub mod config;
@@ -11,6 +13,7 @@ pub mod cron;
 pub mod crypto;
 pub mod db;
 pub mod egress;
+pub mod email;
 pub mod flow;
 pub mod flow_groups;
 pub mod groups;
@@ -34,5 +37,6 @@ pub mod secrets;
 pub mod sessions;
 pub mod signatures;
 pub mod telemetry;
+pub mod users;
 
 pub use config::{AuditSink, Config, ConfigError, Secret};

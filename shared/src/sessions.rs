@@ -10,7 +10,10 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::access::Role;
 use crate::db::{self, StoreError};
+use crate::ids::UserId;
+use crate::users::parse_roles;
 
 /// The SHA-256 kept of a session's (or a mailed link's) token.
 pub fn token_hash(token: &str) -> Vec<u8> {
@@ -44,7 +47,7 @@ pub struct Live {
     pub id: Uuid,
     pub user_id: Uuid,
     pub company_id: Uuid,
-    pub roles: Vec<String>,
+    pub roles: Vec<Role>,
 }
 
 pub async fn create(
@@ -103,7 +106,7 @@ pub async fn lookup(pool: &PgPool, token: &str) -> Result<Lookup, StoreError> {
             id,
             user_id,
             company_id,
-            roles,
+            roles: parse_roles(roles)?,
         }),
         Some((_, _, _, None, true)) => Lookup::Unknown,
         Some((id, user_id, company_id, _, false)) => {
@@ -136,6 +139,17 @@ pub async fn revoke(pool: &PgPool, session_id: Uuid) -> Result<(), StoreError> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await.map_err(StoreError::from)
+}
+
+/// Ends every live session of an identity, in the caller's transaction (a
+/// duty that may: accepting a link, the operator setting a password);
+/// returns how many ended.
+pub async fn revoke_all_of(tx: &mut db::Tx, user_id: UserId) -> Result<u64, StoreError> {
+    let done = sqlx::query("UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 /// Moves a session to another company; false if the user is not a member there.

@@ -5,7 +5,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use floq_shared::api_keys::{self, Key, Owner};
+use floq_shared::ids::{ApiKeyId, CompanyId, UserId};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
 use uuid::Uuid;
@@ -104,13 +106,15 @@ async fn create(
             .change(None::<&Value>, Some(&key))],
     )
     .await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     let mut shown = key;
     shown["token"] = token.into();
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
-#[derive(Clone, Serialize, sqlx::FromRow, ToSchema)]
+#[derive(ToSchema)]
+#[schema(as = KeyInfo)]
+#[allow(dead_code)] // documentation of `api_keys::Key`, which the store returns
 struct KeyInfo {
     id: Uuid,
     user_id: Uuid,
@@ -131,23 +135,25 @@ page!(KeyPage, KeyInfo);
 async fn list(State(state): State<AppState>, principal: Principal, page: Page<Uuid>) -> ApiResult<Json<Value>> {
     let company_id = principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let mine = (!principal.is_admin()).then_some(principal.user_id);
-    let keys = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, user_id, name, scopes, created_at, expires_at, revoked_at FROM api_keys
-          WHERE company_id = $1 AND id < $2 {} ORDER BY id DESC LIMIT $3",
-        if mine.is_some() { "AND user_id = $4" } else { "" }
-    )))
-    .bind(company_id)
-    .bind(page.after)
-    .bind(page.limit);
-    let keys: Vec<KeyInfo> = match mine {
-        Some(user_id) => keys.bind(user_id),
-        None => keys,
-    }
-    .fetch_all(&mut *tx)
+    let keys = api_keys::page(
+        &mut tx,
+        CompanyId(company_id),
+        reach(&principal),
+        ApiKeyId(page.after),
+        page.limit,
+    )
     .await?;
-    tx.commit().await?;
-    Ok(Json(page.answer(keys, |k| k.id)))
+    db::commit(tx).await?;
+    Ok(Json(page.answer(keys, |k| k.id.as_uuid())))
+}
+
+/// Whose keys the caller sees and revokes: an admin every key of the company.
+fn reach(principal: &Principal) -> Owner {
+    if principal.is_admin() {
+        Owner::Anyone
+    } else {
+        Owner::Only(UserId(principal.user_id))
+    }
 }
 
 /// Revokes a key: the caller's own, or (admin) any of the company's.
@@ -156,17 +162,15 @@ async fn list(State(state): State<AppState>, principal: Principal, page: Page<Uu
     responses((status = 204, description = "Revoked")))]
 async fn revoke(State(state): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
-    let revoked: KeyInfo = sqlx::query_as(
-        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL AND ($2 OR user_id = $3)
-         RETURNING id, user_id, name, scopes, created_at, expires_at, revoked_at",
+    let revoked = api_keys::revoke(
+        &mut tx,
+        CompanyId(principal.company_id),
+        ApiKeyId(id),
+        reach(&principal),
     )
-    .bind(id)
-    .bind(principal.is_admin())
-    .bind(principal.user_id)
-    .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("api key"))?;
-    let before = KeyInfo {
+    let before = Key {
         revoked_at: None,
         ..revoked.clone()
     };
@@ -177,7 +181,7 @@ async fn revoke(State(state): State<AppState>, principal: Principal, Id(id): Id)
             .change(Some(&before), Some(&revoked))],
     )
     .await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     // This replica forgets it now; the others on the change notification.
     state.key_cache.invalidate();
     Ok(StatusCode::NO_CONTENT)

@@ -3,6 +3,8 @@
 //! mailbox (accepting an invitation, resetting a password).
 
 use floq_shared::db::StoreError;
+use floq_shared::email::Email;
+use floq_shared::ids::{CompanyId, UserId};
 use std::sync::Arc;
 
 use axum::Json;
@@ -18,13 +20,13 @@ use validator::Validate;
 
 use crate::auth::{Credential, Principal};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ValidJson;
+use crate::extract::{self, ValidJson};
 use crate::openapi::ErrorBody;
 use crate::request::RequestMeta;
 use crate::state::AppState;
 use crate::{accounts, password, session, throttle};
 use floq_shared::audit::{self, Entry, Outcome};
-use floq_shared::{db, mail};
+use floq_shared::{db, mail, users};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -146,9 +148,9 @@ async fn login(
         .retry_after(wait));
     }
 
-    let found = find_user(&state, &body.email).await?;
-    let (user_id, hash) = match &found {
-        Some((id, hash, _)) => (Some(*id), hash.clone()),
+    let found = find_user(&state, &extract::email(&body.email)?).await?;
+    let (user_id, hash) = match found {
+        Some(identity) => (Some(identity.id.as_uuid()), identity.password_hash),
         None => (None, None),
     };
     let companies = match user_id {
@@ -195,27 +197,20 @@ async fn login(
     Ok(response)
 }
 
-/// The identity with this address: its id, password hash and the address as
-/// stored (which is where mail goes, never the spelling a request used).
-async fn find_user(state: &AppState, email: &str) -> Result<Option<(Uuid, Option<String>, String)>, StoreError> {
-    let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Email(email)).await?;
-    let row = sqlx::query_as("SELECT id, password_hash, email FROM users WHERE lower(email) = lower($1)")
-        .bind(email)
-        .fetch_optional(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(row)
+/// The identity with this address, as the sign-in duty.
+async fn find_user(state: &AppState, email: &Email) -> Result<Option<users::Identity>, StoreError> {
+    let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Email(email.as_str())).await?;
+    let found = users::by_email(&mut tx, email).await?;
+    db::commit(tx).await?;
+    Ok(found)
 }
 
 /// The user's companies, oldest membership first: a fresh session starts in the first.
 async fn companies_of(state: &AppState, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
     let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Id(user_id)).await?;
-    let companies = sqlx::query_scalar("SELECT company_id FROM memberships WHERE user_id = $1 ORDER BY created_at")
-        .bind(user_id)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(companies)
+    let companies = users::companies_joined(&mut tx, UserId(user_id)).await?;
+    db::commit(tx).await?;
+    Ok(companies.into_iter().map(CompanyId::as_uuid).collect())
 }
 
 /// Ends the session the request carries.
@@ -248,25 +243,19 @@ async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResul
     security(("api_key" = []), ("session" = [])),
     responses((status = 200, description = "The caller", body = Me)))]
 async fn me(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Value>> {
+    let user_id = UserId(principal.user_id);
     let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Id(principal.user_id)).await?;
-    let (email, name): (String, String) = sqlx::query_as("SELECT email, name FROM users WHERE id = $1")
-        .bind(principal.user_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    let companies: Vec<(Uuid, String, Vec<String>)> = sqlx::query_as(
-        "SELECT c.id, c.name, m.roles FROM memberships m JOIN companies c ON c.id = m.company_id
-          WHERE m.user_id = $1 ORDER BY m.created_at",
-    )
-    .bind(principal.user_id)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let active = companies.iter().find(|(id, _, _)| *id == principal.company_id);
+    let profile = users::profile(&mut tx, user_id).await?;
+    let companies = users::memberships_of(&mut tx, user_id).await?;
+    db::commit(tx).await?;
+    let active = companies
+        .iter()
+        .find(|m| m.company_id == CompanyId(principal.company_id));
     Ok(Json(json!({
-        "user": {"id": principal.user_id, "email": email, "name": name},
-        "company": active.map(|(id, name, _)| json!({"id": id, "name": name})),
+        "user": {"id": principal.user_id, "email": profile.email, "name": profile.name},
+        "company": active.map(|m| json!({"id": m.company_id, "name": m.company_name})),
         "roles": principal.roles,
-        "companies": companies.iter().map(|(id, name, roles)| json!({"id": id, "name": name, "roles": roles})).collect::<Vec<_>>(),
+        "companies": companies.iter().map(|m| json!({"id": m.company_id, "name": m.company_name, "roles": m.roles})).collect::<Vec<_>>(),
     })))
 }
 
@@ -340,14 +329,15 @@ async fn password_reset(
         return Err(mail_not_configured());
     }
     let email = body.email.trim().to_string();
-    let found = find_user(&state, &email).await?;
+    let found = find_user(&state, &extract::email(&email)?).await?;
     if found.is_none() {
         let mut actor = request.actor();
         actor.label = Some(email.clone());
         let entry = Entry::new(audit::PLATFORM, actor, "auth.password_reset_request").details(json!({"mailed": false}));
         state.audit.record(entry).await;
     }
-    if let Some((user_id, _, stored)) = found {
+    if let Some(users::Identity { id, email: stored, .. }) = found {
+        let user_id = id.as_uuid();
         let companies = companies_of(&state, user_id).await?;
         let token = accounts::request_reset(&state.pool, user_id, &stored, state.config.password_reset_ttl).await?;
         let mut actor = request.actor();

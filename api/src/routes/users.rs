@@ -7,21 +7,24 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use floq_shared::access::Role;
 use floq_shared::db::StoreError;
-use serde::{Deserialize, Serialize};
+use floq_shared::ids::{CompanyId, InvitationId, UserId};
+use floq_shared::users::Member;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use validator::Validate;
 
 use crate::accounts;
 use crate::audit;
-use crate::authz::{Authorized, ROLES, UserManage};
+use crate::authz::{Authorized, UserManage};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ByTime, Id, Page, ValidJson};
+use crate::extract::{self, ByTime, Id, Page, ValidJson};
 use crate::openapi::{ErrorBody, PageParams, page};
 use crate::password;
 use crate::state::AppState;
-use floq_shared::{db, mail};
+use floq_shared::{account_tokens, api_keys, db, mail, users};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -34,22 +37,40 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(withdraw))
 }
 
-fn valid_roles(roles: &[String]) -> Result<(), validator::ValidationError> {
-    if roles.is_empty() || roles.iter().any(|r| !ROLES.contains(&r.as_str())) {
-        return Err(validator::ValidationError::new("roles")
-            .with_message(format!("roles are one or more of: {}", ROLES.join(", ")).into()));
+/// One or more roles, each a [`Role`]; what an unknown one is told names them all.
+fn parse_roles(raw: &[String]) -> Result<Vec<Role>, validator::ValidationError> {
+    let roles: Option<Vec<Role>> = raw.iter().map(|r| r.parse::<Role>().ok()).collect();
+    match roles {
+        Some(roles) if !roles.is_empty() => Ok(roles),
+        _ => {
+            let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+            Err(validator::ValidationError::new("roles")
+                .with_message(format!("roles are one or more of: {}", names.join(", ")).into()))
+        }
     }
-    Ok(())
 }
 
-fn normalized(mut roles: Vec<String>) -> Vec<String> {
-    roles.sort();
+fn valid_roles(roles: &[String]) -> Result<(), validator::ValidationError> {
+    parse_roles(roles).map(|_| ())
+}
+
+/// A body's roles, which [`valid_roles`] has passed, each once, in the order
+/// of their names (as stored and audited).
+fn normalized(raw: &[String]) -> ApiResult<Vec<Role>> {
+    let mut roles = parse_roles(raw).map_err(|e| {
+        let mut errors = validator::ValidationErrors::new();
+        errors.add("roles", e);
+        extract::invalid_body(errors)
+    })?;
+    roles.sort_by_key(|r| r.as_str());
     roles.dedup();
-    roles
+    Ok(roles)
 }
 
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
-struct Member {
+#[derive(ToSchema)]
+#[schema(as = Member)]
+#[allow(dead_code)] // documentation of `users::Member`, which the store returns
+struct MemberDoc {
     id: Uuid,
     email: String,
     name: String,
@@ -57,10 +78,7 @@ struct Member {
     joined_at: DateTime<Utc>,
 }
 
-const MEMBER_SELECT: &str = "SELECT u.id, u.email, u.name, m.roles, m.created_at AS joined_at
-                               FROM memberships m JOIN users u ON u.id = m.user_id";
-
-page!(MemberPage, Member);
+page!(MemberPage, MemberDoc);
 
 // Newest member first, by when they joined, then user id: a user's id tells
 // when the identity was made, not when it joined this company. Served by
@@ -73,37 +91,28 @@ async fn list(
     auth: Authorized<UserManage>,
     page: Page<ByTime>,
 ) -> ApiResult<Json<Value>> {
-    let company_id = auth.principal.company_id;
-    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let members: Vec<Member> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{MEMBER_SELECT} WHERE m.company_id = $1 AND (m.created_at, m.user_id) < ($2, $3)
-          ORDER BY m.created_at DESC, m.user_id DESC LIMIT $4"
-    )))
-    .bind(company_id)
-    .bind(page.after.0)
-    .bind(page.after.1)
-    .bind(page.limit)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Json(page.answer(members, |m| ByTime(m.joined_at, m.id))))
+    let company_id = CompanyId(auth.principal.company_id);
+    let mut tx = db::tenant_tx(&state.pool, company_id.as_uuid()).await?;
+    let after = (page.after.0, UserId(page.after.1));
+    let members = users::members_page(&mut tx, company_id, after, page.limit).await?;
+    db::commit(tx).await?;
+    Ok(Json(page.answer(members, |m| ByTime(m.joined_at, m.id.as_uuid()))))
 }
 
-async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Member> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("{MEMBER_SELECT} WHERE u.id = $1")))
-        .bind(id)
-        .fetch_optional(&mut **tx)
+async fn fetch(tx: &mut db::Tx, company_id: Uuid, id: Uuid) -> ApiResult<Member> {
+    users::member(tx, CompanyId(company_id), UserId(id))
         .await?
         .ok_or_else(|| ApiError::not_found("user"))
 }
 
 #[utoipa::path(get, operation_id = "users_show", path = "/api/v1/users/{user_id}", tag = "users", params(("user_id" = Uuid, Path)),
     security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
-    responses((status = 200, description = "The member", body = Member)))]
+    responses((status = 200, description = "The member", body = MemberDoc)))]
 async fn show(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id): Id) -> ApiResult<Json<Member>> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let member = fetch(&mut tx, id).await?;
-    tx.commit().await?;
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let member = fetch(&mut tx, company_id, id).await?;
+    db::commit(tx).await?;
     Ok(Json(member))
 }
 
@@ -157,7 +166,7 @@ fn mail_not_configured() -> ApiError {
 /// is ignored: no company sets anything on an identity it does not own.
 #[utoipa::path(post, operation_id = "users_create", path = "/api/v1/users", tag = "users", request_body = CreateUser,
     security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
-    responses((status = 201, description = "A brand-new identity, now a member", body = Member),
+    responses((status = 201, description = "A brand-new identity, now a member", body = MemberDoc),
         (status = 202, description = "Invited", body = Invited),
         (status = 409, description = "Already a member (`already_member`)", body = ErrorBody),
         (status = 503, description = "Inviting needs mail and none is configured (`mail_not_configured`)", body = ErrorBody)))]
@@ -167,23 +176,21 @@ async fn create(
     ValidJson(body): ValidJson<CreateUser>,
 ) -> ApiResult<Response> {
     let company_id = auth.principal.company_id;
-    let email = body.email.trim().to_string();
-    let roles = normalized(body.roles);
+    let company = CompanyId(company_id);
+    let address = extract::email(&body.email)?;
+    let email = address.to_string();
+    let roles = normalized(&body.roles)?;
     let existing = {
-        let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Email(&email)).await?;
-        let id = accounts::find_by_email(&mut tx, &email).await?;
-        tx.commit().await?;
-        id
+        let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Email(address.as_str())).await?;
+        let found = users::by_email(&mut tx, &address).await?;
+        db::commit(tx).await?;
+        found.map(|identity| identity.id)
     };
     let mailing = mail::configured(&state.config);
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     if let Some(id) = existing {
         // Members are visible to their company anyway, so this tells nothing new.
-        let member: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM memberships WHERE user_id = $1)")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        if member {
+        if users::is_member(&mut tx, company, id).await? {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "already_member",
@@ -195,14 +202,14 @@ async fn create(
         if !mailing {
             return Err(mail_not_configured());
         }
-        let (invitation_id, token) = accounts::invite(
+        let (invitation_id, token) = account_tokens::invite(
             &mut tx,
             accounts::Invitation {
-                company_id,
-                email: &email,
+                company_id: company,
+                email: &address,
                 user_id: existing,
                 roles: &roles,
-                invited_by: auth.principal.user_id,
+                invited_by: UserId(auth.principal.user_id),
                 ttl: state.config.invitation_ttl,
             },
         )
@@ -212,7 +219,7 @@ async fn create(
             .audit("user.invite", "invitation", invitation_id)
             .details(json!({"email": email, "roles": roles}));
         audit::record(&mut tx, &[entry]).await?;
-        tx.commit().await?;
+        db::commit(tx).await?;
         let company: String = company_name(&state, company_id).await?;
         let text = format!(
             "You have been invited to join {company} on floq.\n\n\
@@ -229,23 +236,18 @@ async fn create(
         Some(p) => Some(password::hash(p).await.map_err(ApiError::internal)?),
         None => None,
     };
-    let new = accounts::NewIdentity {
-        email: &email,
+    let new = users::NewIdentity {
+        email: &address,
         name: &body.name,
         password_hash: hash.as_deref(),
-        owner: Some(company_id),
+        owner: Some(company),
     };
-    let user_id = accounts::create_identity(&mut tx, new).await?;
-    sqlx::query("INSERT INTO memberships (company_id, user_id, roles) VALUES ($1, $2, $3)")
-        .bind(company_id)
-        .bind(user_id)
-        .bind(&roles)
-        .execute(&mut *tx)
-        .await?;
-    let member = fetch(&mut tx, user_id).await?;
+    let user_id = users::create(&mut tx, new).await?;
+    users::add_member(&mut tx, company, user_id, &roles).await?;
+    let member = fetch(&mut tx, company_id, user_id.as_uuid()).await?;
     let entry = auth.principal.audit("user.add", "user", user_id);
     audit::record(&mut tx, &[entry.change(None::<&Member>, Some(&member))]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok((StatusCode::CREATED, Json(member)).into_response())
 }
 
@@ -260,15 +262,25 @@ fn invited(email: &str) -> Value {
 
 async fn company_name(state: &AppState, company_id: Uuid) -> Result<String, StoreError> {
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let name = sqlx::query_scalar("SELECT name FROM companies WHERE id = $1")
-        .bind(company_id)
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    let name = users::company_name(&mut tx, CompanyId(company_id)).await?;
+    db::commit(tx).await?;
     Ok(name)
 }
 
-page!(InvitationPage, accounts::Pending);
+/// A company's invitations not yet accepted, newest first.
+#[derive(ToSchema)]
+#[schema(as = Invitation)]
+#[allow(dead_code)] // documentation of `account_tokens::Pending`, which the store returns
+struct InvitationDoc {
+    id: Uuid,
+    email: String,
+    roles: Vec<String>,
+    invited_by: Option<Uuid>,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+page!(InvitationPage, InvitationDoc);
 
 /// Pending invitations of the caller's company (addresses it typed itself).
 /// Newest first by (v7) id.
@@ -282,9 +294,9 @@ async fn invitations(
 ) -> ApiResult<Json<Value>> {
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
-    let items = accounts::pending(&mut tx, company_id, page.after, page.limit).await?;
-    tx.commit().await?;
-    Ok(Json(page.answer(items, |p| p.id)))
+    let items = account_tokens::pending(&mut tx, CompanyId(company_id), InvitationId(page.after), page.limit).await?;
+    db::commit(tx).await?;
+    Ok(Json(page.answer(items, |p| p.id.as_uuid())))
 }
 
 /// Withdraws a pending invitation.
@@ -292,13 +304,14 @@ async fn invitations(
     security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
     responses((status = 204, description = "Withdrawn")))]
 async fn withdraw(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id): Id) -> ApiResult<StatusCode> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let before = accounts::withdraw(&mut tx, id)
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let before = account_tokens::withdraw(&mut tx, CompanyId(company_id), InvitationId(id))
         .await?
         .ok_or_else(|| ApiError::not_found("invitation"))?;
     let entry = auth.principal.audit("user.invitation_withdraw", "invitation", id);
     audit::record(&mut tx, &[entry.change(Some(&before), None::<&accounts::Pending>)]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -317,19 +330,11 @@ fn last_admin() -> ApiError {
     )
 }
 
-/// Locks the company's admin memberships and tells whether `user_id` is the only one.
-async fn is_last_admin(tx: &mut db::Tx, user_id: Uuid) -> Result<bool, StoreError> {
-    let admins: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM memberships WHERE 'admin' = ANY(roles) FOR UPDATE")
-        .fetch_all(&mut **tx)
-        .await?;
-    Ok(admins == [user_id])
-}
-
 /// Replaces the member's roles.
 #[utoipa::path(patch, operation_id = "users_update", path = "/api/v1/users/{user_id}", tag = "users", params(("user_id" = Uuid, Path)),
     request_body = UpdateUser,
     security(("api_key" = ["user:manage"]), ("session" = ["user:manage"])),
-    responses((status = 200, description = "The member", body = Member),
+    responses((status = 200, description = "The member", body = MemberDoc),
         (status = 409, description = "It would leave the company without an admin (`last_admin`)", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
@@ -337,21 +342,19 @@ async fn update(
     Id(id): Id,
     ValidJson(body): ValidJson<UpdateUser>,
 ) -> ApiResult<Json<Member>> {
-    let roles = normalized(body.roles);
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let before = fetch(&mut tx, id).await?;
-    if !roles.iter().any(|r| r == "admin") && is_last_admin(&mut tx, id).await? {
+    let roles = normalized(&body.roles)?;
+    let company_id = auth.principal.company_id;
+    let (company, user) = (CompanyId(company_id), UserId(id));
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let before = fetch(&mut tx, company_id, id).await?;
+    if !roles.contains(&Role::Admin) && users::is_last_admin(&mut tx, company, user).await? {
         return Err(last_admin());
     }
-    sqlx::query("UPDATE memberships SET roles = $2 WHERE user_id = $1")
-        .bind(id)
-        .bind(&roles)
-        .execute(&mut *tx)
-        .await?;
-    let member = fetch(&mut tx, id).await?;
+    users::set_roles(&mut tx, company, user, &roles).await?;
+    let member = fetch(&mut tx, company_id, id).await?;
     let entry = auth.principal.audit("user.roles_update", "user", id);
     audit::record(&mut tx, &[entry.change(Some(&before), Some(&member))]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Json(member))
 }
 
@@ -361,21 +364,17 @@ async fn update(
     responses((status = 204, description = "No longer a member"),
         (status = 409, description = "The company's last admin (`last_admin`)", body = ErrorBody)))]
 async fn remove(State(state): State<AppState>, auth: Authorized<UserManage>, Id(id): Id) -> ApiResult<StatusCode> {
-    let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let before = fetch(&mut tx, id).await?;
-    if is_last_admin(&mut tx, id).await? {
+    let company_id = auth.principal.company_id;
+    let (company, user) = (CompanyId(company_id), UserId(id));
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let before = fetch(&mut tx, company_id, id).await?;
+    if users::is_last_admin(&mut tx, company, user).await? {
         return Err(last_admin());
     }
-    sqlx::query("DELETE FROM memberships WHERE user_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    users::remove_member(&mut tx, company, user).await?;
+    api_keys::revoke_all_of(&mut tx, company, user).await?;
     let entry = auth.principal.audit("user.remove", "user", id);
     audit::record(&mut tx, &[entry.change(Some(&before), None::<&Member>)]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
