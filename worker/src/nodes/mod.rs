@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use floq_shared::db::Pool as PgPool;
 use uuid::Uuid;
 
 use crate::flow_cache::{CompiledFlow, FlowCache};
