@@ -197,7 +197,12 @@ mod tests {
     #[test]
     fn a_tick_within_the_grace_fires_and_the_next_is_after_now() {
         let cron = CronSchedule::parse("*/5 * * * *", "UTC").unwrap();
-        let p = plan(&cron, utc("2026-01-10T10:05:00Z"), Misfire::Skip, utc("2026-01-10T10:05:20Z"));
+        let p = plan(
+            &cron,
+            utc("2026-01-10T10:05:00Z"),
+            Misfire::Skip,
+            utc("2026-01-10T10:05:20Z"),
+        );
         assert_eq!(p.to_fire, [utc("2026-01-10T10:05:00Z")]);
         assert_eq!(p.missed, 0);
         assert_eq!(p.next_fire_at, Some(utc("2026-01-10T10:10:00Z")));
@@ -230,7 +235,13 @@ mod tests {
         assert_eq!(p.next_fire_at, Some(utc("2026-10-26T01:30:00Z")));
         let schedule_id = floq_shared::ids::ScheduleId(Uuid::now_v7());
         let keys = |p: &Plan| -> Vec<FireKey> {
-            p.to_fire.iter().map(|tick| FireKey { schedule_id, tick: *tick }).collect()
+            p.to_fire
+                .iter()
+                .map(|tick| FireKey {
+                    schedule_id,
+                    tick: *tick,
+                })
+                .collect()
         };
         assert_eq!(keys(&plan(&cron, first, Misfire::Skip, now)), keys(&p));
     }

@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use crate::nodes::{self, Node};
 use floq_shared::db;
-use floq_shared::flows;
-use floq_shared::ids::UserId;
 use floq_shared::flow::reach;
 use floq_shared::flow::validate::without;
 use floq_shared::flow::{CompiledParams, FlowDefinition, NodeKind, NodeSpec, RetryPolicy, catalog};
+use floq_shared::flows;
+use floq_shared::ids::UserId;
 
 const MAX_ENTRIES: usize = 10_000;
 

@@ -108,36 +108,33 @@ async fn usable_reach(tx: &mut db::Tx, principal: &Principal, def: &Value) -> Ap
         .map(|m| json!({"field": m.field, "message": m.message}))
         .collect();
     for r in refs {
-        let usable: Option<bool> =
-            match r.target {
-                Target::Credential => match Uuid::parse_str(&r.name) {
-                    Ok(id) => {
-                        sqlx::query_scalar(
-                            "SELECT floq_may_use($2, 'integration', id, NULL) FROM credentials WHERE id = $1",
-                        )
-                        .bind(id)
-                        .bind(principal.user_id)
-                        .fetch_optional(&mut **tx)
-                        .await?
-                    }
-                    Err(_) => None,
-                },
-                Target::SubFlow => match Uuid::parse_str(&r.name) {
-                    Ok(id) => {
-                        flows::may_run(tx, principal.company_id.into(), id.into(), principal.user_id.into()).await?
-                    }
-                    Err(_) => None,
-                },
-                Target::Secret => {
+        let usable: Option<bool> = match r.target {
+            Target::Credential => match Uuid::parse_str(&r.name) {
+                Ok(id) => {
                     sqlx::query_scalar(
-                        "SELECT floq_may_use($2, 'secret', id, NULL) FROM kv WHERE key = $1 AND secret IS NOT NULL",
+                        "SELECT floq_may_use($2, 'integration', id, NULL) FROM credentials WHERE id = $1",
                     )
-                    .bind(&r.name)
+                    .bind(id)
                     .bind(principal.user_id)
                     .fetch_optional(&mut **tx)
                     .await?
                 }
-            };
+                Err(_) => None,
+            },
+            Target::SubFlow => match Uuid::parse_str(&r.name) {
+                Ok(id) => flows::may_run(tx, principal.company_id.into(), id.into(), principal.user_id.into()).await?,
+                Err(_) => None,
+            },
+            Target::Secret => {
+                sqlx::query_scalar(
+                    "SELECT floq_may_use($2, 'secret', id, NULL) FROM kv WHERE key = $1 AND secret IS NOT NULL",
+                )
+                .bind(&r.name)
+                .bind(principal.user_id)
+                .fetch_optional(&mut **tx)
+                .await?
+            }
+        };
         if usable != Some(true) {
             let what = match r.target {
                 Target::Credential => "no credential you may use has this id",

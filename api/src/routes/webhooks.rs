@@ -138,8 +138,8 @@ fn revealed(state: &AppState, company_id: Uuid, hook: &Webhook, token: Option<&s
             .signing_secret
             .as_deref()
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a stored webhook has no signing secret")))?;
-        let secret = SigningSecret::open(&state.keyring, company_id, hook.flow_id.into(), sealed)
-            .map_err(ApiError::internal)?;
+        let secret =
+            SigningSecret::open(&state.keyring, company_id, hook.flow_id.into(), sealed).map_err(ApiError::internal)?;
         out["secret"] = secret.expose().into();
     }
     Ok(out)
@@ -283,7 +283,14 @@ async fn rotate(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     let token = new_token();
     let sealed = SigningSecret::generate().seal(&state.keyring, company_id, id);
-    let hook = webhooks::rotate(&mut tx, company_id.into(), id.into(), &token_hash(&token), sealed_ref(&sealed)).await?;
+    let hook = webhooks::rotate(
+        &mut tx,
+        company_id.into(),
+        id.into(),
+        &token_hash(&token),
+        sealed_ref(&sealed),
+    )
+    .await?;
     let entry = auth.principal.audit("webhook.rotate", "flow", id);
     audit::record(&mut tx, &[entry.change(Some(&before), Some(&hook))]).await?;
     let out = revealed(&state, company_id, &hook, Some(&token))?;

@@ -412,7 +412,10 @@ mod tests {
         assert!(check_params(NodeKind::DELAY, &json!({"ms": 10})).is_empty());
         let errors = check_params(NodeKind::DELAY, &json!({"ms": "soon"}));
         assert_eq!(errors[0].0, "ms");
-        let errors = check_params(NodeKind::HTTP_REQUEST, &json!({"method": "GET", "url": "http://x", "bogus": 1}));
+        let errors = check_params(
+            NodeKind::HTTP_REQUEST,
+            &json!({"method": "GET", "url": "http://x", "bogus": 1}),
+        );
         assert_eq!(errors.len(), 1, "{errors:?}");
     }
 }

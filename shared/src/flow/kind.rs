@@ -106,7 +106,8 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), NodeKind::BUILT_IN.len());
         assert_eq!(serde_json::to_value(NodeKind::SUB_FLOW).unwrap(), "sub_flow");
-        assert!(NodeKind::LOOP == "loop" && "loop" == NodeKind::LOOP);
+        assert_eq!(NodeKind::LOOP, "loop");
+        assert_eq!("loop", NodeKind::LOOP);
         assert_eq!(NodeKind::registered("set"), NodeKind::SET, "a kind is its name");
     }
 }
