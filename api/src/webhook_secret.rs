@@ -9,8 +9,8 @@
 //! `FLOQ_JWT_SECRET` ([`legacy`]), so rotating the API-key secret changed every
 //! webhook's secret. [`backfill`] stores that value, once, for every row from
 //! before, wherever migrations run ([`crate::migrate`]); nothing else derives
-//! it. Outside the webhook routes, this module owns the SQL of the two secret
-//! columns: the backfill and key rotation ([`rekey`]).
+//! it. Besides the webhook routes, this module is what writes the two secret
+//! columns (through `floq_shared::webhooks`): the backfill and key rotation ([`rekey`]).
 
 use floq_shared::db::StoreError;
 use std::fmt;
@@ -18,15 +18,14 @@ use std::fmt;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::PgArguments;
-use sqlx::query::QueryAs;
-use sqlx::{PgPool, Postgres};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::crypto::{Binding, CryptoError, Keyring};
-use floq_shared::db;
+use floq_shared::db::{self, Pool};
+use floq_shared::ids::{CompanyId, FlowId};
+use floq_shared::webhooks::{self, RowKey};
 
 /// Where a webhook's secret lives, as bound into its ciphertext.
 fn binding(company_id: Uuid, flow_id: &str) -> Binding<'_> {
@@ -114,45 +113,30 @@ pub const BACKFILL_BATCH: i64 = 500;
 /// is left alone, and every replica returns only once no row is left without
 /// a secret. Rows are found through the token lookup's cross-tenant SELECT and
 /// written as `floq_app` under their own company.
-pub async fn backfill(pool: &PgPool, jwt_secret: &str, keyring: &Keyring, batch: i64) -> Result<u64, StoreError> {
+pub async fn backfill(pool: &Pool, jwt_secret: &str, keyring: &Keyring, batch: i64) -> Result<u64, StoreError> {
     let mut stored = 0;
     loop {
-        let found = find(
-            pool,
-            sqlx::query_as(
-                "SELECT company_id, flow_id FROM flow_webhooks WHERE signing_secret IS NULL
-                  ORDER BY company_id, flow_id LIMIT $1",
-            )
-            .bind(batch),
-        )
-        .await?;
+        let mut find = db::duty_tx(pool, db::Duty::KeyRotation).await?;
+        let found = webhooks::needing_secret(&mut find, batch).await?;
+        db::commit(find).await?;
         if found.is_empty() {
             return Ok(stored);
         }
         let mut tx = db::multi_tenant_tx(pool).await?;
-        for (company_id, flow_ids) in by_company(found) {
+        for (company, flow_ids) in by_company(found) {
+            let company_id = company.as_uuid();
             db::set_tenant(&mut tx, company_id).await?;
-            // Every backfiller locks in one order (no deadlock between replicas),
-            // and the lock re-reads the row: one filled meanwhile no longer matches.
-            let rows: Vec<(Uuid, i32)> = sqlx::query_as(
-                "SELECT flow_id, secret_version FROM flow_webhooks
-                  WHERE company_id = $1 AND flow_id = ANY($2) AND signing_secret IS NULL
-                  ORDER BY flow_id FOR UPDATE",
-            )
-            .bind(company_id)
-            .bind(&flow_ids)
-            .fetch_all(&mut *tx)
-            .await?;
-            let sealed: Vec<(Uuid, Vec<u8>)> = rows
+            let rows = webhooks::lock_needing_secret(&mut tx, company, &flow_ids).await?;
+            let sealed: Vec<(FlowId, Vec<u8>)> = rows
                 .into_iter()
-                .map(|(flow_id, version)| {
-                    let secret = legacy(jwt_secret, flow_id, version);
-                    (flow_id, secret.seal(keyring, company_id, flow_id).ciphertext)
+                .map(|(flow, version)| {
+                    let secret = legacy(jwt_secret, flow.as_uuid(), version);
+                    (flow, secret.seal(keyring, company_id, flow.as_uuid()).ciphertext)
                 })
                 .collect();
-            stored += store(&mut tx, company_id, sealed, &keyring.primary_id()).await?;
+            stored += webhooks::store_secrets(&mut tx, company, &sealed, &keyring.primary_id()).await?;
         }
-        tx.commit().await?;
+        db::commit(tx).await?;
     }
 }
 
@@ -162,50 +146,34 @@ pub async fn backfill(pool: &PgPool, jwt_secret: &str, keyring: &Keyring, batch:
 /// is and named in `undecryptable` (`flow_webhooks:<flow id>`). Returns how
 /// many moved. Resumable: it looks only for rows whose key is not the primary.
 pub async fn rekey(
-    pool: &PgPool,
+    pool: &Pool,
     keyring: &Keyring,
     batch: i64,
     undecryptable: &mut Vec<String>,
 ) -> Result<u64, StoreError> {
     let primary = keyring.primary_id();
-    let mut skipped: Vec<Uuid> = Vec::new();
+    let mut skipped: Vec<FlowId> = Vec::new();
     let mut moved = 0;
     loop {
-        let found = find(
-            pool,
-            sqlx::query_as(
-                "SELECT company_id, flow_id FROM flow_webhooks
-                  WHERE signing_key_id <> $1 AND NOT (flow_id = ANY($2))
-                  ORDER BY company_id, flow_id LIMIT $3",
-            )
-            .bind(&primary)
-            .bind(&skipped)
-            .bind(batch),
-        )
-        .await?;
+        let mut find = db::duty_tx(pool, db::Duty::KeyRotation).await?;
+        let found = webhooks::not_under_key(&mut find, &primary, &skipped, batch).await?;
+        db::commit(find).await?;
         if found.is_empty() {
             return Ok(moved);
         }
         let mut tx = db::multi_tenant_tx(pool).await?;
-        for (company_id, flow_ids) in by_company(found) {
+        for (company, flow_ids) in by_company(found) {
+            let company_id = company.as_uuid();
             db::set_tenant(&mut tx, company_id).await?;
-            let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
-                "SELECT flow_id, signing_secret FROM flow_webhooks
-                  WHERE company_id = $1 AND flow_id = ANY($2) AND signing_key_id <> $3
-                  ORDER BY flow_id FOR UPDATE",
-            )
-            .bind(company_id)
-            .bind(&flow_ids)
-            .bind(&primary)
-            .fetch_all(&mut *tx)
-            .await?;
+            let rows = webhooks::lock_not_under_key(&mut tx, company, &flow_ids, &primary).await?;
             let mut resealed = Vec::with_capacity(rows.len());
-            for (flow_id, ciphertext) in rows {
+            for (flow, ciphertext) in rows {
+                let flow_id = flow.as_uuid();
                 match SigningSecret::open(keyring, company_id, flow_id, &ciphertext) {
-                    Ok(secret) => resealed.push((flow_id, secret.seal(keyring, company_id, flow_id).ciphertext)),
+                    Ok(secret) => resealed.push((flow, secret.seal(keyring, company_id, flow_id).ciphertext)),
                     Err(_) => {
                         undecryptable.push(format!("flow_webhooks:{flow_id}"));
-                        skipped.push(flow_id);
+                        skipped.push(flow);
                     }
                 }
             }
@@ -217,60 +185,23 @@ pub async fn rekey(
                         .details(serde_json::json!({"key_id": primary}))
                 })
                 .collect();
-            moved += store(&mut tx, company_id, resealed, &primary).await?;
+            moved += webhooks::store_secrets(&mut tx, company, &resealed, &primary).await?;
             audit::append(&mut tx, &entries).await?;
         }
-        tx.commit().await?;
+        db::commit(tx).await?;
     }
 }
 
-/// The next rows to work on, across companies: as the key-rotation duty (whose only
-/// cross-tenant access to webhooks is this SELECT), without locking; the writer locks and re-checks them.
-async fn find(
-    pool: &PgPool,
-    query: QueryAs<'_, Postgres, (Uuid, Uuid), PgArguments>,
-) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
-    let mut tx = db::duty_tx(pool, db::Duty::KeyRotation).await?;
-    let rows = query.fetch_all(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(rows)
-}
-
 /// `(company, flow)` pairs, sorted by company, as each company's flows.
-fn by_company(rows: Vec<(Uuid, Uuid)>) -> Vec<(Uuid, Vec<Uuid>)> {
-    let mut out: Vec<(Uuid, Vec<Uuid>)> = Vec::new();
-    for (company_id, flow_id) in rows {
+fn by_company(rows: Vec<RowKey>) -> Vec<(CompanyId, Vec<FlowId>)> {
+    let mut out: Vec<(CompanyId, Vec<FlowId>)> = Vec::new();
+    for RowKey { company_id, flow_id } in rows {
         match out.last_mut() {
             Some((c, flows)) if *c == company_id => flows.push(flow_id),
             _ => out.push((company_id, vec![flow_id])),
         }
     }
     out
-}
-
-/// Writes sealed secrets of one company's webhooks (rows the caller has locked).
-async fn store(
-    tx: &mut db::Tx,
-    company_id: Uuid,
-    sealed: Vec<(Uuid, Vec<u8>)>,
-    key_id: &str,
-) -> Result<u64, StoreError> {
-    if sealed.is_empty() {
-        return Ok(0);
-    }
-    let (flow_ids, ciphertexts): (Vec<Uuid>, Vec<Vec<u8>>) = sealed.into_iter().unzip();
-    let done = sqlx::query(
-        "UPDATE flow_webhooks w SET signing_secret = u.ciphertext, signing_key_id = $4
-           FROM unnest($2::uuid[], $3::bytea[]) AS u (flow_id, ciphertext)
-          WHERE w.company_id = $1 AND w.flow_id = u.flow_id",
-    )
-    .bind(company_id)
-    .bind(&flow_ids)
-    .bind(&ciphertexts)
-    .bind(key_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 #[cfg(test)]
@@ -325,10 +256,11 @@ mod tests {
 
     #[test]
     fn rows_group_by_company_in_order() {
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let (f1, f2, f3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (a, b) = (CompanyId(Uuid::now_v7()), CompanyId(Uuid::now_v7()));
+        let (f1, f2, f3) = (FlowId(Uuid::now_v7()), FlowId(Uuid::now_v7()), FlowId(Uuid::now_v7()));
+        let row = |company_id, flow_id| RowKey { company_id, flow_id };
         assert_eq!(
-            by_company(vec![(a, f1), (a, f2), (b, f3)]),
+            by_company(vec![row(a, f1), row(a, f2), row(b, f3)]),
             vec![(a, vec![f1, f2]), (b, vec![f3])]
         );
     }

@@ -11,77 +11,40 @@
 use chrono::{DateTime, Duration, Utc};
 use floq_shared::db::StoreError;
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::cron::CronSchedule;
 use floq_shared::db;
+use floq_shared::ids::RunId;
 use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::run::Trigger;
 use floq_shared::runs;
+use floq_shared::schedules::{self, Advance, Due, FireKey, Misfire};
+
+pub use floq_shared::schedules::FIRE_RECORD_KEEP;
 
 /// Late ticks within this are still fired as ticks, not misfires.
 pub const GRACE: Duration = Duration::seconds(30);
 /// Catch-up is bounded: at most this many ticks per schedule per pass.
 const MAX_TICKS: usize = 100;
-/// How long a fire record is kept. It keys its tick only until the fire's
-/// transaction moves `next_fire_at` past that tick (no pass looks at an
-/// earlier tick again); a day leaves room for inspection. The row-level
-/// policy in `migrations/0019_bounded_work.sql` says the same.
-pub const FIRE_RECORD_KEEP: Duration = Duration::days(1);
 
-#[derive(sqlx::FromRow)]
-struct Due {
-    id: Uuid,
-    company_id: Uuid,
+/// What one pass does with a due schedule.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    /// Ticks to fire, oldest first.
+    to_fire: Vec<DateTime<Utc>>,
+    /// Ticks missed by more than [`GRACE`].
+    missed: usize,
+    next_fire_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
-struct Schedule {
-    flow_id: Uuid,
-    cron: String,
-    timezone: String,
-    misfire: String,
-    next_fire_at: DateTime<Utc>,
-}
-
-/// Fires every due schedule; returns how many runs it started.
-pub async fn fire_due(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
-    let mut tx = db::duty_tx(pool, db::Duty::CronDue).await?;
-    let due: Vec<Due> = sqlx::query_as(
-        "SELECT id, company_id FROM schedules WHERE enabled AND next_fire_at <= now() ORDER BY next_fire_at LIMIT 500",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let mut fired = 0;
-    for schedule in due {
-        match fire(pool, publisher, &schedule).await {
-            Ok(n) => fired += n,
-            Err(e) => tracing::warn!(schedule = %schedule.id, error = format!("{e:#}"), "firing a schedule failed"),
-        }
-    }
-    Ok(fired)
-}
-
-async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result<usize> {
-    let mut tx = db::tenant_tx(pool, due.company_id).await?;
-    // The row lock keeps two passes off one schedule; the fire key keeps them off one tick.
-    let Some(s): Option<Schedule> = sqlx::query_as(
-        "SELECT flow_id, cron, timezone, misfire, next_fire_at FROM schedules
-          WHERE id = $1 AND enabled AND next_fire_at <= now() FOR UPDATE SKIP LOCKED",
-    )
-    .bind(due.id)
-    .fetch_optional(&mut *tx)
-    .await?
-    else {
-        return Ok(0);
-    };
-    let cron = CronSchedule::parse(&s.cron, &s.timezone)?;
-    let now = Utc::now();
+/// The ticks from `next_fire_at` up to `now`: those within [`GRACE`] fire
+/// one by one; older ones are misfires, dropped or (`fire_once`) fired once
+/// as the latest of them.
+fn plan(cron: &CronSchedule, next_fire_at: DateTime<Utc>, misfire: Misfire, now: DateTime<Utc>) -> Plan {
     let mut ticks = Vec::new();
-    let mut tick = s.next_fire_at;
+    let mut tick = next_fire_at;
     while tick <= now && ticks.len() < MAX_TICKS {
         ticks.push(tick);
         match cron.next_after(tick) {
@@ -92,46 +55,77 @@ async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result
     let next_fire_at = cron.next_after(now.max(*ticks.last().unwrap_or(&now)));
     let (late, missed): (Vec<_>, Vec<_>) = ticks.into_iter().partition(|t| now - *t <= GRACE);
     let mut to_fire = late;
-    if s.misfire == "fire_once"
+    if misfire == Misfire::FireOnce
         && let Some(last_missed) = missed.last()
     {
         to_fire.insert(0, *last_missed);
     }
+    Plan {
+        to_fire,
+        missed: missed.len(),
+        next_fire_at,
+    }
+}
+
+/// Fires every due schedule; returns how many runs it started.
+pub async fn fire_due(pool: &db::Pool, publisher: &Publisher) -> anyhow::Result<usize> {
+    let mut tx = db::duty_tx(pool, db::Duty::CronDue).await?;
+    let due = schedules::due(&mut tx).await?;
+    db::commit(tx).await?;
+    let mut fired = 0;
+    for schedule in due {
+        match fire(pool, publisher, &schedule).await {
+            Ok(n) => fired += n,
+            Err(e) => tracing::warn!(schedule = %schedule.id, error = format!("{e:#}"), "firing a schedule failed"),
+        }
+    }
+    Ok(fired)
+}
+
+async fn fire(pool: &db::Pool, publisher: &Publisher, due: &Due) -> anyhow::Result<usize> {
+    let company_id = due.company_id.as_uuid();
+    let schedule_id = due.id.as_uuid();
+    let mut tx = db::tenant_tx(pool, company_id).await?;
+    let Some(s) = schedules::lock_due(&mut tx, *due).await? else {
+        return Ok(0);
+    };
+    let cron = CronSchedule::parse(&s.cron, &s.timezone)?;
+    let now = Utc::now();
+    let Plan {
+        to_fire,
+        missed,
+        next_fire_at,
+    } = plan(&cron, s.next_fire_at, s.misfire, now);
+    let flow_id = s.flow_id.as_uuid();
     let mut envelopes = Vec::new();
     let mut entries = Vec::new();
     for tick in &to_fire {
-        let claimed = sqlx::query(
-            "INSERT INTO schedule_fires (schedule_id, company_id, tick) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind(due.id)
-        .bind(due.company_id)
-        .bind(tick)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !claimed {
+        let key = FireKey {
+            schedule_id: due.id,
+            tick: *tick,
+        };
+        if !schedules::claim_fire(&mut tx, due.company_id, key).await? {
             continue;
         }
         let run_id = Uuid::now_v7();
-        let input = json!({"schedule_id": due.id, "tick": tick});
+        let input = json!({"schedule_id": schedule_id, "tick": tick});
         let run = runs::NewRun {
             id: run_id,
-            flow_id: s.flow_id,
+            flow_id,
             trigger: Trigger::Cron,
             input: &input,
             grantee: None,
         };
-        let created = runs::enqueue(&mut tx, due.company_id, std::slice::from_ref(&run))
+        let created = runs::enqueue(&mut tx, company_id, std::slice::from_ref(&run))
             .await?
             .pop();
         if let Some(run) = &created {
             // The same entry an API or webhook run gets.
             entries.push(
-                Entry::new(due.company_id, Actor::system("scheduler"), "run.create")
+                Entry::new(company_id, Actor::system("scheduler"), "run.create")
                     .resource("run", run_id)
                     .details(json!({
-                        "flow_id": s.flow_id,
+                        "flow_id": flow_id,
                         "trigger": Trigger::Cron,
                         "input": audit::shape(&input),
                         "version": run.version,
@@ -139,17 +133,12 @@ async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result
             );
         }
         let drift_ms = (now - *tick).num_milliseconds();
-        sqlx::query("UPDATE schedule_fires SET run_id = $3 WHERE schedule_id = $1 AND tick = $2")
-            .bind(due.id)
-            .bind(tick)
-            .bind(created.as_ref().map(|_| run_id))
-            .execute(&mut *tx)
-            .await?;
+        schedules::record_fire(&mut tx, due.company_id, key, created.as_ref().map(|_| RunId(run_id))).await?;
         entries.push(
-            Entry::new(due.company_id, Actor::system("scheduler"), "job.cron_fire")
-                .resource("schedule", due.id)
+            Entry::new(company_id, Actor::system("scheduler"), "job.cron_fire")
+                .resource("schedule", schedule_id)
                 .details(json!({
-                    "flow_id": s.flow_id,
+                    "flow_id": flow_id,
                     "tick": tick,
                     "run_id": created.as_ref().map(|_| run_id),
                     "drift_ms": drift_ms,
@@ -160,35 +149,28 @@ async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result
             envelopes.push((run.outbox_id, run.envelope));
         }
     }
-    let last_fired = to_fire.last().copied();
-    sqlx::query(
-        "UPDATE schedules SET next_fire_at = $2, last_tick = COALESCE($3, last_tick),
-                last_fired_at = CASE WHEN $3 IS NULL THEN last_fired_at ELSE now() END,
-                last_drift_ms = COALESCE($4, last_drift_ms)
-          WHERE id = $1",
-    )
-    .bind(due.id)
-    .bind(next_fire_at)
-    .bind(last_fired)
-    .bind(last_fired.map(|t| (now - t).num_milliseconds()))
-    .execute(&mut *tx)
-    .await?;
-    if !missed.is_empty() {
+    let advance = Advance {
+        next_fire_at,
+        fired: to_fire.last().map(|t| (*t, (now - *t).num_milliseconds())),
+    };
+    schedules::advance(&mut tx, due.company_id, due.id, advance).await?;
+    if missed > 0 {
         entries.push(
-            Entry::new(due.company_id, Actor::system("scheduler"), "job.cron_misfire")
-                .resource("schedule", due.id)
-                .details(json!({"missed_ticks": missed.len(), "policy": s.misfire})),
+            Entry::new(company_id, Actor::system("scheduler"), "job.cron_misfire")
+                .resource("schedule", schedule_id)
+                .details(json!({"missed_ticks": missed, "policy": s.misfire})),
         );
     }
     audit::append(&mut tx, &entries).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     let fired = envelopes.len();
     if !envelopes.is_empty() {
         let messages: Vec<Envelope> = envelopes.iter().map(|(_, e)| e.clone()).collect();
         // On failure the rows stay in the outbox and the sweep publishes them.
         if publisher.publish(&messages).await.is_ok() {
             let ids: Vec<i64> = envelopes.iter().map(|(id, _)| *id).collect();
-            let mut tx = db::tenant_tx(pool, due.company_id).await?;
+            // The outbox belongs to `runs`; this statement stays until that store deletes published rows.
+            let mut tx = db::tenant_tx(pool, company_id).await?;
             sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
                 .bind(&ids)
                 .execute(&mut *tx)
@@ -199,18 +181,81 @@ async fn fire(pool: &PgPool, publisher: &Publisher, due: &Due) -> anyhow::Result
     Ok(fired)
 }
 
-/// Deletes up to `limit` fire records older than [`FIRE_RECORD_KEEP`], oldest
-/// first (one range of `schedule_fires_age_idx`); returns how many went.
-/// Runs as the retention duty, in the caller's transaction.
+/// Trims old fire records (see [`schedules::delete_old_fires`]), as the retention duty.
 pub async fn delete_old_fires(tx: &mut db::Tx, limit: i64) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "DELETE FROM schedule_fires WHERE (schedule_id, tick) IN (
-            SELECT schedule_id, tick FROM schedule_fires WHERE fired_at < now() - make_interval(secs => $1)
-             ORDER BY fired_at LIMIT $2)",
-    )
-    .bind(FIRE_RECORD_KEEP.num_seconds() as f64)
-    .bind(limit)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected())
+    schedules::delete_old_fires(tx, limit).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_tick_within_the_grace_fires_and_the_next_is_after_now() {
+        let cron = CronSchedule::parse("*/5 * * * *", "UTC").unwrap();
+        let p = plan(
+            &cron,
+            utc("2026-01-10T10:05:00Z"),
+            Misfire::Skip,
+            utc("2026-01-10T10:05:20Z"),
+        );
+        assert_eq!(p.to_fire, [utc("2026-01-10T10:05:00Z")]);
+        assert_eq!(p.missed, 0);
+        assert_eq!(p.next_fire_at, Some(utc("2026-01-10T10:10:00Z")));
+    }
+
+    #[test]
+    fn missed_ticks_are_dropped_or_fired_once_by_policy() {
+        let cron = CronSchedule::parse("*/5 * * * *", "UTC").unwrap();
+        let (from, now) = (utc("2026-01-10T10:00:00Z"), utc("2026-01-10T10:17:00Z"));
+        let skip = plan(&cron, from, Misfire::Skip, now);
+        assert_eq!((skip.to_fire.len(), skip.missed), (0, 4));
+        assert_eq!(skip.next_fire_at, Some(utc("2026-01-10T10:20:00Z")));
+        let once = plan(&cron, from, Misfire::FireOnce, now);
+        assert_eq!(once.to_fire, [utc("2026-01-10T10:15:00Z")]);
+        assert_eq!(once.next_fire_at, skip.next_fire_at);
+    }
+
+    /// Fall back in Berlin (2026-10-25, 03:00 CEST → 02:00 CET): 02:30 local
+    /// happens twice and fires once, so a pass planning across the change
+    /// claims one fire key for it, and a second pass over the same span plans
+    /// the same keys (which the first already claimed).
+    #[test]
+    fn across_fall_back_each_wall_clock_tick_has_one_fire_key() {
+        let cron = CronSchedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        let first = utc("2026-10-25T00:30:00Z"); // 02:30 CEST
+        let now = first + Duration::seconds(10);
+        let p = plan(&cron, first, Misfire::Skip, now);
+        assert_eq!(p.to_fire, [first]);
+        // The repeated 02:30 (01:30Z, CET) is not a tick: the next is the next day's.
+        assert_eq!(p.next_fire_at, Some(utc("2026-10-26T01:30:00Z")));
+        let schedule_id = floq_shared::ids::ScheduleId(Uuid::now_v7());
+        let keys = |p: &Plan| -> Vec<FireKey> {
+            p.to_fire
+                .iter()
+                .map(|tick| FireKey {
+                    schedule_id,
+                    tick: *tick,
+                })
+                .collect()
+        };
+        assert_eq!(keys(&plan(&cron, first, Misfire::Skip, now)), keys(&p));
+    }
+
+    /// Spring forward in Berlin (2026-03-29, 02:00 CET → 03:00 CEST): 02:30
+    /// local does not exist and fires once, at 03:00 CEST.
+    #[test]
+    fn across_spring_forward_the_skipped_tick_fires_once_after_the_gap() {
+        let cron = CronSchedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        let before = utc("2026-03-28T01:30:00Z"); // 02:30 CET the day before
+        let next = cron.next_after(before).unwrap();
+        assert_eq!(next, utc("2026-03-29T01:00:00Z")); // 03:00 CEST
+        let p = plan(&cron, next, Misfire::Skip, next + Duration::seconds(1));
+        assert_eq!(p.to_fire, [next]);
+        assert_eq!(p.next_fire_at, Some(utc("2026-03-30T00:30:00Z")));
+    }
 }

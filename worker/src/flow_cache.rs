@@ -5,14 +5,15 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::nodes::{self, Node};
 use floq_shared::db;
 use floq_shared::flow::reach;
 use floq_shared::flow::validate::without;
-use floq_shared::flow::{CompiledParams, FlowDefinition, NodeSpec, RetryPolicy, catalog};
+use floq_shared::flow::{CompiledParams, FlowDefinition, NodeKind, NodeSpec, RetryPolicy, catalog};
+use floq_shared::flows;
+use floq_shared::ids::UserId;
 
 const MAX_ENTRIES: usize = 10_000;
 
@@ -52,7 +53,7 @@ impl CompiledFlow {
         for n in &def.nodes {
             let unknown = || anyhow::anyhow!("unknown node type `{}`", n.kind);
             let spec = catalog::spec(&n.kind).ok_or_else(unknown)?;
-            let implementation = *nodes::registry().get(spec.name).ok_or_else(unknown)?;
+            let implementation = *nodes::registry().get(&spec.kind).ok_or_else(unknown)?;
             let params = CompiledParams::compile(&without(&n.params, spec.raw_params))
                 .map_err(|(at, e)| anyhow::anyhow!("node `{}` param {at}: {e}", n.id))?;
             let raw: Vec<(String, Value)> = spec
@@ -61,7 +62,7 @@ impl CompiledFlow {
                 .filter_map(|k| n.params.get(*k).map(|v| (k.to_string(), v.clone())))
                 .collect();
             let body = match n.params.get("flow") {
-                Some(sub) if spec.name == "loop" => {
+                Some(sub) if spec.kind == NodeKind::LOOP => {
                     let sub: FlowDefinition = serde_json::from_value(sub.clone())?;
                     Some(Arc::new(CompiledFlow::compile(&sub)?))
                 }
@@ -76,7 +77,7 @@ impl CompiledFlow {
                 retry: n.retry.clone(),
                 timeout: n.timeout_ms.map(Duration::from_millis),
                 body,
-                secrets: reach::secret_paths(spec.name, &n.params),
+                secrets: reach::secret_paths(spec.kind, &n.params),
             });
         }
         let mut incoming = vec![Vec::new(); nodes.len()];
@@ -108,7 +109,7 @@ pub struct FlowCache {
 impl FlowCache {
     pub async fn get(
         &self,
-        pool: &PgPool,
+        pool: &db::Pool,
         company_id: Uuid,
         flow_id: Uuid,
         version: i32,
@@ -118,18 +119,13 @@ impl FlowCache {
             return Ok(Some(hit.clone()));
         }
         let mut tx = db::tenant_tx(pool, company_id).await?;
-        let row: Option<(sqlx::types::Json<FlowDefinition>, Option<Uuid>)> =
-            sqlx::query_as("SELECT definition, deployed_by FROM flow_versions WHERE flow_id = $1 AND version = $2")
-                .bind(flow_id)
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        let Some((definition, deployed_by)) = row else {
+        let found = flows::version(&mut tx, company_id.into(), flow_id.into(), version).await?;
+        db::commit(tx).await?;
+        let Some(found) = found else {
             return Ok(None);
         };
-        let mut compiled = CompiledFlow::compile(&definition.0)?;
-        compiled.deployed_by = deployed_by;
+        let mut compiled = CompiledFlow::compile(&found.definition)?;
+        compiled.deployed_by = found.deployed_by.map(UserId::as_uuid);
         let compiled = Arc::new(compiled);
         let mut entries = self.entries.write().expect("cache lock");
         if entries.len() >= MAX_ENTRIES {

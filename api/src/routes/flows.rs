@@ -20,6 +20,8 @@ use crate::state::AppState;
 use floq_shared::db;
 use floq_shared::flow;
 use floq_shared::flow::reach::{self, Target};
+use floq_shared::flows::{self, Flow};
+use floq_shared::ids::{FlowGroupId, FlowId};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -31,8 +33,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(deploy))
 }
 
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
-struct Flow {
+#[derive(ToSchema)]
+#[schema(as = Flow)]
+#[allow(dead_code)] // documentation of `flows::Flow`, which the store returns
+struct FlowDoc {
     id: Uuid,
     name: String,
     /// The draft's definition (docs/nodes.md).
@@ -43,8 +47,6 @@ struct Flow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
-
-const FLOW_COLUMNS: &str = "id, name, definition, latest_version, group_id, created_at, updated_at";
 
 #[derive(Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -106,40 +108,33 @@ async fn usable_reach(tx: &mut db::Tx, principal: &Principal, def: &Value) -> Ap
         .map(|m| json!({"field": m.field, "message": m.message}))
         .collect();
     for r in refs {
-        let usable: Option<bool> =
-            match r.target {
-                Target::Credential => match Uuid::parse_str(&r.name) {
-                    Ok(id) => {
-                        sqlx::query_scalar(
-                            "SELECT floq_may_use($2, 'integration', id, NULL) FROM credentials WHERE id = $1",
-                        )
-                        .bind(id)
-                        .bind(principal.user_id)
-                        .fetch_optional(&mut **tx)
-                        .await?
-                    }
-                    Err(_) => None,
-                },
-                Target::SubFlow => match Uuid::parse_str(&r.name) {
-                    Ok(id) => sqlx::query_scalar(
-                        "SELECT floq_may_use($2, 'flow', id, group_id) FROM flows WHERE id = $1 AND deleted_at IS NULL",
+        let usable: Option<bool> = match r.target {
+            Target::Credential => match Uuid::parse_str(&r.name) {
+                Ok(id) => {
+                    sqlx::query_scalar(
+                        "SELECT floq_may_use($2, 'integration', id, NULL) FROM credentials WHERE id = $1",
                     )
                     .bind(id)
                     .bind(principal.user_id)
                     .fetch_optional(&mut **tx)
-                    .await?,
-                    Err(_) => None,
-                },
-                Target::Secret => {
-                    sqlx::query_scalar(
-                        "SELECT floq_may_use($2, 'secret', id, NULL) FROM kv WHERE key = $1 AND secret IS NOT NULL",
-                    )
-                    .bind(&r.name)
-                    .bind(principal.user_id)
-                    .fetch_optional(&mut **tx)
                     .await?
                 }
-            };
+                Err(_) => None,
+            },
+            Target::SubFlow => match Uuid::parse_str(&r.name) {
+                Ok(id) => flows::may_run(tx, principal.company_id.into(), id.into(), principal.user_id.into()).await?,
+                Err(_) => None,
+            },
+            Target::Secret => {
+                sqlx::query_scalar(
+                    "SELECT floq_may_use($2, 'secret', id, NULL) FROM kv WHERE key = $1 AND secret IS NOT NULL",
+                )
+                .bind(&r.name)
+                .bind(principal.user_id)
+                .fetch_optional(&mut **tx)
+                .await?
+            }
+        };
         if usable != Some(true) {
             let what = match r.target {
                 Target::Credential => "no credential you may use has this id",
@@ -162,7 +157,7 @@ async fn usable_reach(tx: &mut db::Tx, principal: &Principal, def: &Value) -> Ap
 /// Creates a draft; its creator gets `edit` on it.
 #[utoipa::path(post, operation_id = "flows_create", path = "/api/v1/flows", tag = "flows", request_body = CreateFlow,
     security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
-    responses((status = 201, description = "Created", body = Flow),
+    responses((status = 201, description = "Created", body = FlowDoc),
         (status = 404, description = "The group is not one the caller may see", body = ErrorBody)))]
 async fn create(
     State(state): State<AppState>,
@@ -177,20 +172,18 @@ async fn create(
         access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
     }
     usable_reach(&mut tx, &auth.principal, &definition).await?;
-    let flow: Flow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO flows (id, company_id, name, definition, group_id) VALUES ($1, $2, $3, $4, $5) RETURNING {FLOW_COLUMNS}"
-    )))
-    .bind(Uuid::now_v7())
-    .bind(company_id)
-    .bind(name)
-    .bind(&definition)
-    .bind(body.group_id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let new = flows::NewFlow {
+        id: FlowId(Uuid::now_v7()),
+        company_id: company_id.into(),
+        name,
+        definition: &definition,
+        group_id: body.group_id.map(FlowGroupId),
+    };
+    let flow = flows::create(&mut tx, new).await?;
     let entry = auth.principal.audit("flow.create", "flow", flow.id);
     audit::record(&mut tx, &[entry.change(None::<&Flow>, Some(&flow))]).await?;
-    access::grant_creator(&mut tx, &auth.principal, "flow", flow.id).await?;
-    tx.commit().await?;
+    access::grant_creator(&mut tx, &auth.principal, "flow", flow.id.into()).await?;
+    db::commit(tx).await?;
     Ok((StatusCode::CREATED, Json(flow)))
 }
 
@@ -205,7 +198,7 @@ struct ListQuery {
     cursor: Option<Uuid>,
 }
 
-page!(FlowPage, Flow);
+page!(FlowPage, FlowDoc);
 
 /// The flows the caller may see, newest first.
 #[utoipa::path(get, operation_id = "flows_list", path = "/api/v1/flows", tag = "flows", params(ListQuery),
@@ -219,19 +212,14 @@ async fn list(
 ) -> ApiResult<Json<Value>> {
     let limit = page_limit(q.limit)?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
-    let flows: Vec<Flow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {FLOW_COLUMNS} FROM flows f
-          WHERE deleted_at IS NULL AND ($1::uuid IS NULL OR id < $1) AND {}
-          ORDER BY id DESC LIMIT $2",
-        access::visible_flow_sql("$3", "$4")
-    )))
-    .bind(q.cursor)
-    .bind(limit)
-    .bind(auth.principal.is_admin())
-    .bind(auth.principal.user_id)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let viewer = flows::Viewer {
+        admin: auth.principal.is_admin(),
+        user_id: auth.principal.user_id.into(),
+    };
+    let company_id = auth.principal.company_id.into();
+    let visible = access::visible_flow_sql("$4", "$5");
+    let flows = flows::page(&mut tx, company_id, q.cursor.map(FlowId), limit, viewer, &visible).await?;
+    db::commit(tx).await?;
     let next_cursor = (flows.len() as i64 == limit)
         .then(|| flows.last().map(|f| f.id))
         .flatten();
@@ -240,30 +228,26 @@ async fn list(
 
 #[utoipa::path(get, operation_id = "flows_show", path = "/api/v1/flows/{flow_id}", tag = "flows", params(("flow_id" = Uuid, Path)),
     security(("api_key" = ["flow:read"]), ("session" = ["flow:read"])),
-    responses((status = 200, description = "The flow and its draft", body = Flow)))]
+    responses((status = 200, description = "The flow and its draft", body = FlowDoc)))]
 async fn show(State(state): State<AppState>, auth: Authorized<FlowRead>, Id(id): Id) -> ApiResult<Json<Flow>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::View).await?;
-    let flow = fetch(&mut tx, id).await?;
-    tx.commit().await?;
+    let flow = fetch(&mut tx, &auth.principal, id).await?;
+    db::commit(tx).await?;
     Ok(Json(flow))
 }
 
-async fn fetch(tx: &mut db::Tx, id: Uuid) -> ApiResult<Flow> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {FLOW_COLUMNS} FROM flows WHERE id = $1 AND deleted_at IS NULL"
-    )))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("flow"))
+async fn fetch(tx: &mut db::Tx, principal: &Principal, id: Uuid) -> ApiResult<Flow> {
+    flows::find(tx, principal.company_id.into(), id.into())
+        .await?
+        .ok_or_else(|| ApiError::not_found("flow"))
 }
 
 /// Edits the draft; absent fields stay.
 #[utoipa::path(put, operation_id = "flows_update", path = "/api/v1/flows/{flow_id}", tag = "flows", params(("flow_id" = Uuid, Path)),
     request_body = UpdateFlow,
     security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
-    responses((status = 200, description = "The edited flow", body = Flow),
+    responses((status = 200, description = "The edited flow", body = FlowDoc),
         (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody)))]
 async fn update(
     State(state): State<AppState>,
@@ -275,29 +259,24 @@ async fn update(
     let definition = body.definition.as_ref().map(definition).transpose()?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let before = fetch(&mut tx, id).await?;
+    let before = fetch(&mut tx, &auth.principal, id).await?;
     if let Some(def) = &definition {
         usable_reach(&mut tx, &auth.principal, def).await?;
     }
     if let Some(Some(group)) = body.group_id {
         access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
     }
-    let flow: Flow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE flows SET name = COALESCE($2, name), definition = COALESCE($3, definition),
-                group_id = CASE WHEN $4 THEN $5 ELSE group_id END, updated_at = now()
-          WHERE id = $1 AND deleted_at IS NULL RETURNING {FLOW_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(name)
-    .bind(definition)
-    .bind(body.group_id.is_some())
-    .bind(body.group_id.flatten())
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("flow"))?;
+    let edit = flows::Edit {
+        name,
+        definition: definition.as_ref(),
+        group_id: body.group_id.map(|g| g.map(FlowGroupId)),
+    };
+    let flow = flows::update(&mut tx, auth.principal.company_id.into(), id.into(), edit)
+        .await?
+        .ok_or_else(|| ApiError::not_found("flow"))?;
     let entry = auth.principal.audit("flow.update", "flow", id);
     audit::record(&mut tx, &[entry.change(Some(&before), Some(&flow))]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Json(flow))
 }
 
@@ -308,14 +287,11 @@ async fn update(
 async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let before = fetch(&mut tx, id).await?;
-    sqlx::query("UPDATE flows SET deleted_at = now() WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    let before = fetch(&mut tx, &auth.principal, id).await?;
+    flows::delete(&mut tx, auth.principal.company_id.into(), id.into()).await?;
     let entry = auth.principal.audit("flow.delete", "flow", id);
     audit::record(&mut tx, &[entry.change(Some(&before), None::<&Flow>)]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -340,33 +316,25 @@ async fn deploy(
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     // The row lock taken here serializes concurrent deploys of one flow (numbers never collide)
     // and holds off edits, so the definition checked below is the one frozen.
-    let version: i32 = sqlx::query_scalar(
-        "UPDATE flows SET latest_version = COALESCE(latest_version, 0) + 1
-          WHERE id = $1 AND deleted_at IS NULL RETURNING latest_version",
-    )
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("flow"))?;
-    let draft = fetch(&mut tx, id).await?;
+    let version = flows::next_version(&mut tx, company_id.into(), id.into())
+        .await?
+        .ok_or_else(|| ApiError::not_found("flow"))?;
+    let draft = fetch(&mut tx, &auth.principal, id).await?;
     // The version runs with what its deployer may use, so the deployer must be able to use all of it now.
     usable_reach(&mut tx, &auth.principal, &draft.definition).await?;
-    sqlx::query(
-        "INSERT INTO flow_versions (company_id, flow_id, version, definition, deployed_by)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(company_id)
-    .bind(id)
-    .bind(version)
-    .bind(&draft.definition)
-    .bind(auth.principal.user_id)
-    .execute(&mut *tx)
-    .await?;
+    let frozen = flows::NewVersion {
+        company_id: company_id.into(),
+        flow_id: id.into(),
+        version,
+        definition: &draft.definition,
+        deployed_by: auth.principal.user_id.into(),
+    };
+    flows::insert_version(&mut tx, frozen).await?;
     let deployed = Deployed { flow_id: id, version };
     let entry = auth
         .principal
         .audit("flow.deploy", "flow_version", format!("{id}:{version}"));
     audit::record(&mut tx, &[entry.change(None::<&Deployed>, Some(&deployed))]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok((StatusCode::CREATED, Json(Deployed { flow_id: id, version })))
 }

@@ -20,6 +20,8 @@ use crate::openapi::{ErrorBody, PageParams, page};
 use crate::state::AppState;
 use floq_shared::cron::CronSchedule;
 use floq_shared::db;
+use floq_shared::ids::ScheduleId;
+use floq_shared::schedules::{self, Misfire, Schedule};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -30,8 +32,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(remove))
 }
 
-#[derive(Clone, Serialize, sqlx::FromRow, ToSchema)]
-struct Schedule {
+#[derive(Serialize, ToSchema)]
+#[schema(as = Schedule)]
+#[allow(dead_code)] // documentation of `schedules::Schedule`, which the store returns
+struct ScheduleDoc {
     id: Uuid,
     flow_id: Uuid,
     cron: String,
@@ -45,15 +49,12 @@ struct Schedule {
     created_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, flow_id, cron, timezone, enabled, misfire, next_fire_at, last_tick, last_fired_at, \
-                       last_drift_ms, created_at";
-
 /// What [`shown`] answers.
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)] // documentation of `shown`
 struct ShownSchedule {
     #[serde(flatten)]
-    schedule: Schedule,
+    schedule: ScheduleDoc,
     /// The next three fire times.
     upcoming: Option<Vec<DateTime<Utc>>>,
 }
@@ -91,18 +92,16 @@ async fn list(
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::View).await?;
-    let items: Vec<Schedule> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM schedules WHERE company_id = $1 AND flow_id = $2 AND id < $3
-          ORDER BY id DESC LIMIT $4"
-    )))
-    .bind(company_id)
-    .bind(id)
-    .bind(page.after)
-    .bind(page.limit)
-    .fetch_all(&mut *tx)
+    let items = schedules::page(
+        &mut tx,
+        company_id.into(),
+        id.into(),
+        ScheduleId(page.after),
+        page.limit,
+    )
     .await?;
-    tx.commit().await?;
-    let next_cursor = page.next_cursor(&items, |s| s.id);
+    db::commit(tx).await?;
+    let next_cursor = page.next_cursor(&items, |s| s.id.as_uuid());
     Ok(Json(
         json!({"items": items.iter().map(shown).collect::<Vec<_>>(), "next_cursor": next_cursor}),
     ))
@@ -121,7 +120,7 @@ fn skip() -> String {
 }
 
 fn misfire_policy(v: &str) -> Result<(), validator::ValidationError> {
-    if matches!(v, "skip" | "fire_once") {
+    if v.parse::<Misfire>().is_ok() {
         Ok(())
     } else {
         Err(validator::ValidationError::new("misfire").with_message("must be `skip` or `fire_once`".into()))
@@ -167,26 +166,29 @@ async fn create(
             json!([{"field": field, "message": e.to_string()}]),
         )
     })?;
+    let misfire: Misfire = body.misfire.parse().map_err(|_| {
+        ApiError::validation(
+            "the schedule is invalid",
+            json!([{"field": "misfire", "message": "must be `skip` or `fire_once`"}]),
+        )
+    })?;
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let schedule: Schedule = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO schedules (id, company_id, flow_id, cron, timezone, enabled, misfire, next_fire_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
-    )))
-    .bind(Uuid::now_v7())
-    .bind(company_id)
-    .bind(id)
-    .bind(body.cron.trim())
-    .bind(&body.timezone)
-    .bind(body.enabled)
-    .bind(&body.misfire)
-    .bind(cron.next_after(Utc::now()))
-    .fetch_one(&mut *tx)
-    .await?;
+    let new = schedules::NewSchedule {
+        id: ScheduleId(Uuid::now_v7()),
+        company_id: company_id.into(),
+        flow_id: id.into(),
+        cron: body.cron.trim(),
+        timezone: &body.timezone,
+        enabled: body.enabled,
+        misfire,
+        next_fire_at: cron.next_after(Utc::now()),
+    };
+    let schedule = schedules::create(&mut tx, new).await?;
     let entry = auth.principal.audit("schedule.create", "schedule", schedule.id);
     audit::record(&mut tx, &[entry.change(None::<&Schedule>, Some(&schedule))]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok((StatusCode::CREATED, Json(shown(&schedule))))
 }
 
@@ -205,16 +207,12 @@ async fn remove(
     };
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, flow_id, Level::Edit).await?;
-    let removed: Schedule = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "DELETE FROM schedules WHERE id = $1 AND flow_id = $2 RETURNING {COLUMNS}"
-    )))
-    .bind(schedule_id)
-    .bind(flow_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("schedule"))?;
+    let company_id = auth.principal.company_id;
+    let removed = schedules::delete(&mut tx, company_id.into(), flow_id.into(), ScheduleId(schedule_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("schedule"))?;
     let entry = auth.principal.audit("schedule.delete", "schedule", schedule_id);
     audit::record(&mut tx, &[entry.change(Some(&removed), None::<&Schedule>)]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -45,11 +45,13 @@ use crate::openapi::{AnyJson, ErrorBody, RawBody};
 use crate::redirects::{self, RedirectOrigins};
 use crate::replay::{self, Signature};
 use crate::state::AppState;
-use crate::webhook_secret::SigningSecret;
+use crate::webhook_secret::{Sealed, SigningSecret};
 use floq_shared::audit::Actor;
 use floq_shared::db;
 use floq_shared::replies::{FORBIDDEN_REPLY_HEADERS, RunReply};
 use floq_shared::run::{RunStatus, Trigger};
+use floq_shared::runs::waiting;
+use floq_shared::webhooks::{self, Resolved, SealedRef, Webhook};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -61,8 +63,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(receive))
 }
 
-#[derive(Clone, Serialize, sqlx::FromRow, ToSchema)]
-struct Webhook {
+#[derive(Serialize, ToSchema)]
+#[schema(as = Webhook)]
+#[allow(dead_code)] // documentation of `webhooks::Webhook`, which the store returns
+struct WebhookDoc {
     flow_id: Uuid,
     signed: bool,
     signature_header: String,
@@ -73,15 +77,9 @@ struct Webhook {
     allow_wait: bool,
     /// Origins a reply's `Location`/`Link` may point to besides relative targets.
     redirect_origins: Vec<String>,
-    /// The sealed signing secret: never serialized (responses, audit), shown only by [`revealed`].
-    #[serde(skip)]
-    signing_secret: Option<Vec<u8>>,
     created_at: DateTime<Utc>,
     rotated_at: Option<DateTime<Utc>>,
 }
-
-const COLUMNS: &str = "flow_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait, redirect_origins, \
-     signing_secret, created_at, rotated_at";
 
 fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
@@ -98,7 +96,7 @@ fn new_token() -> String {
 #[allow(dead_code)] // documentation of `revealed`
 struct RevealedWebhook {
     #[serde(flatten)]
-    webhook: Webhook,
+    webhook: WebhookDoc,
     /// Shown once, when the webhook is enabled or rotated.
     token: Option<String>,
     /// `/hooks/{token}`, shown with the token.
@@ -112,7 +110,7 @@ struct RevealedWebhook {
 #[allow(dead_code)] // documentation of the json! answer
 struct WebhookState {
     enabled: bool,
-    webhook: Option<Webhook>,
+    webhook: Option<WebhookDoc>,
 }
 
 /// A webhook call's run was accepted (and, if it waited, did not finish in time).
@@ -141,20 +139,21 @@ fn revealed(state: &AppState, company_id: Uuid, hook: &Webhook, token: Option<&s
             .as_deref()
             .ok_or_else(|| ApiError::internal(anyhow::anyhow!("a stored webhook has no signing secret")))?;
         let secret =
-            SigningSecret::open(&state.keyring, company_id, hook.flow_id, sealed).map_err(ApiError::internal)?;
+            SigningSecret::open(&state.keyring, company_id, hook.flow_id.into(), sealed).map_err(ApiError::internal)?;
         out["secret"] = secret.expose().into();
     }
     Ok(out)
 }
 
-async fn fetch(tx: &mut db::Tx, flow_id: Uuid) -> Result<Option<Webhook>, StoreError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM flow_webhooks WHERE flow_id = $1"
-    )))
-    .bind(flow_id)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(StoreError::from)
+async fn fetch(tx: &mut db::Tx, company_id: Uuid, flow_id: Uuid) -> Result<Option<Webhook>, StoreError> {
+    webhooks::find(tx, company_id.into(), flow_id.into()).await
+}
+
+fn sealed_ref(sealed: &Sealed) -> SealedRef<'_> {
+    SealedRef {
+        ciphertext: &sealed.ciphertext,
+        key_id: &sealed.key_id,
+    }
 }
 
 #[utoipa::path(get, operation_id = "webhooks_show", path = "/api/v1/flows/{flow_id}/webhook", tag = "webhooks", params(("flow_id" = Uuid, Path)),
@@ -164,8 +163,8 @@ async fn fetch(tx: &mut db::Tx, flow_id: Uuid) -> Result<Option<Webhook>, StoreE
 async fn show(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<Json<Value>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let hook = fetch(&mut tx, id).await?;
-    tx.commit().await?;
+    let hook = fetch(&mut tx, auth.principal.company_id, id).await?;
+    db::commit(tx).await?;
     Ok(Json(match hook {
         Some(h) => json!({"enabled": true, "webhook": h}),
         None => json!({"enabled": false}),
@@ -225,7 +224,7 @@ async fn configure(
         })?;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let before = fetch(&mut tx, id).await?;
+    let before = fetch(&mut tx, company_id, id).await?;
     let header = body.signature_header.map(|h| h.to_ascii_lowercase());
     let (status, token) = match &before {
         None => (StatusCode::CREATED, Some(new_token())),
@@ -234,34 +233,21 @@ async fn configure(
     // Every webhook gets its secret when it is enabled, signed or not, and keeps
     // it until rotated: switching signing off and on again shows the same one.
     let sealed = SigningSecret::generate().seal(&state.keyring, company_id, id);
-    let hook: Webhook = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO flow_webhooks (flow_id, company_id, token_hash, signed, signature_header, tolerance_seconds,
-                                    wait_seconds, allow_wait, redirect_origins, signing_secret, signing_key_id)
-         VALUES ($1, $2, $3, $4, COALESCE($5, 'x-floq-signature'), COALESCE($6, 300), COALESCE($7, 0),
-                 COALESCE($8, true), COALESCE($9, '{{}}'), $10, $11)
-         ON CONFLICT (flow_id) DO UPDATE SET signed = excluded.signed,
-             signature_header = COALESCE($5, flow_webhooks.signature_header),
-             tolerance_seconds = COALESCE($6, flow_webhooks.tolerance_seconds),
-             wait_seconds = COALESCE($7, flow_webhooks.wait_seconds),
-             allow_wait = COALESCE($8, flow_webhooks.allow_wait),
-             redirect_origins = COALESCE($9, flow_webhooks.redirect_origins),
-             signing_secret = COALESCE(flow_webhooks.signing_secret, excluded.signing_secret),
-             signing_key_id = COALESCE(flow_webhooks.signing_key_id, excluded.signing_key_id)
-         RETURNING {COLUMNS}"
-    )))
-    .bind(id)
-    .bind(company_id)
-    .bind(token_hash(token.as_deref().unwrap_or("unused: the row exists")))
-    .bind(body.signed)
-    .bind(header)
-    .bind(body.tolerance_seconds)
-    .bind(body.wait_seconds)
-    .bind(body.allow_wait)
-    .bind(redirect_origins.map(|o| o.as_slice().to_vec()))
-    .bind(sealed.ciphertext)
-    .bind(sealed.key_id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let hash = token_hash(token.as_deref().unwrap_or("unused: the row exists"));
+    let redirect_origins = redirect_origins.map(|o| o.as_slice().to_vec());
+    let settings = webhooks::Settings {
+        company_id: company_id.into(),
+        flow_id: id.into(),
+        token_hash: &hash,
+        signed: body.signed,
+        signature_header: header.as_deref(),
+        tolerance_seconds: body.tolerance_seconds,
+        wait_seconds: body.wait_seconds,
+        allow_wait: body.allow_wait,
+        redirect_origins: redirect_origins.as_deref(),
+        secret: sealed_ref(&sealed),
+    };
+    let hook = webhooks::configure(&mut tx, settings).await?;
     if let Some(before) = &before {
         replay::extend(&mut tx, id, hook.tolerance_seconds - before.tolerance_seconds).await?;
     }
@@ -279,7 +265,7 @@ async fn configure(
     if !newly_signed {
         out.as_object_mut().map(|o| o.remove("secret"));
     }
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok((status, Json(out)))
 }
 
@@ -292,28 +278,23 @@ async fn rotate(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let before = fetch(&mut tx, id)
+    let before = fetch(&mut tx, company_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     let token = new_token();
     let sealed = SigningSecret::generate().seal(&state.keyring, company_id, id);
-    let hook: Webhook = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        // secret_version keeps counting rotations; only the backfill of rows from before 0020 reads it.
-        "UPDATE flow_webhooks SET token_hash = $2, secret_version = secret_version + 1, rotated_at = now(),
-                signing_secret = $3, signing_key_id = $4
-          WHERE flow_id = $1 AND company_id = $5 RETURNING {COLUMNS}"
-    )))
-    .bind(id)
-    .bind(token_hash(&token))
-    .bind(sealed.ciphertext)
-    .bind(sealed.key_id)
-    .bind(company_id)
-    .fetch_one(&mut *tx)
+    let hook = webhooks::rotate(
+        &mut tx,
+        company_id.into(),
+        id.into(),
+        &token_hash(&token),
+        sealed_ref(&sealed),
+    )
     .await?;
     let entry = auth.principal.audit("webhook.rotate", "flow", id);
     audit::record(&mut tx, &[entry.change(Some(&before), Some(&hook))]).await?;
     let out = revealed(&state, company_id, &hook, Some(&token))?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Json(out))
 }
 
@@ -324,16 +305,14 @@ async fn rotate(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id
 async fn disable(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
-    let before = fetch(&mut tx, id)
+    let company_id = auth.principal.company_id;
+    let before = fetch(&mut tx, company_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
-    sqlx::query("DELETE FROM flow_webhooks WHERE flow_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    webhooks::delete(&mut tx, company_id.into(), id.into()).await?;
     let entry = auth.principal.audit("webhook.disable", "flow", id);
     audit::record(&mut tx, &[entry.change(Some(&before), None::<&Webhook>)]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -389,24 +368,9 @@ fn signing_secret(state: &AppState, hook: &Resolved) -> Option<SigningSecret> {
         tracing::error!(%flow_id, "a signed webhook has no stored signing secret: run `floq-api migrate`");
         return None;
     };
-    SigningSecret::open(&state.keyring, hook.company_id, flow_id, sealed)
+    SigningSecret::open(&state.keyring, hook.company_id.into(), flow_id.into(), sealed)
         .inspect_err(|e| tracing::error!(%flow_id, error = %e, "cannot open a webhook's signing secret"))
         .ok()
-}
-
-/// A webhook found by its token.
-#[derive(sqlx::FromRow)]
-struct Resolved {
-    flow_id: Uuid,
-    company_id: Uuid,
-    signed: bool,
-    signature_header: String,
-    tolerance_seconds: i32,
-    wait_seconds: i32,
-    allow_wait: bool,
-    redirect_origins: Vec<String>,
-    /// Sealed; `None` only on a row from before migration 0020 the backfill has not reached.
-    signing_secret: Option<Vec<u8>>,
 }
 
 const HIDDEN_HEADERS: [&str; 4] = ["authorization", "cookie", "proxy-authorization", "x-api-key"];
@@ -476,18 +440,10 @@ async fn receive(
     // replay costs the database one statement more, and only for signed webhooks.
     let hash = token_hash(&token);
     let mut tx = db::lookup_tx(&state.pool, db::Duty::WebhookLookup, db::Lookup::Hash(&hash)).await?;
-    let found: Option<Resolved> = sqlx::query_as(
-        "SELECT flow_id, company_id, signed, signature_header, tolerance_seconds, wait_seconds, allow_wait,
-                redirect_origins, signing_secret
-           FROM flow_webhooks WHERE token_hash = $1",
-    )
-    .bind(&hash)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(hook) = found else {
+    let Some(hook) = webhooks::resolve(&mut tx, &hash).await? else {
         return Err(ApiError::not_found("webhook"));
     };
-    let (flow_id, company_id) = (hook.flow_id, hook.company_id);
+    let (flow_id, company_id): (Uuid, Uuid) = (hook.flow_id.into(), hook.company_id.into());
     state.trigger_limits.check(company_id, flow_id)?;
     let signature = if hook.signed {
         let secret = signing_secret(&state, &hook).ok_or_else(refused)?;
@@ -516,7 +472,7 @@ async fn receive(
     };
     let accepted_run = match signature {
         None => {
-            tx.commit().await?;
+            db::commit(tx).await?;
             state.acceptor.accept(request).await
         }
         // A task of its own, so a caller hanging up mid-way cannot leave a
@@ -574,7 +530,7 @@ async fn claim_and_accept(
     if !replay::claim(&mut tx, flow_id, company_id, &sig).await? {
         return Err(replayed());
     }
-    tx.commit().await?;
+    db::commit(tx).await?;
     let accepted = state.acceptor.accept(request).await;
     if accepted.is_err()
         && let Err(e) = replay::release(&state.pool, company_id, flow_id, &sig).await
@@ -697,21 +653,13 @@ fn respond_reply(mut respond: Value, redirects: &RedirectOrigins) -> Result<Resp
 /// answer is made of (the `respond` node's reply, else the run's output).
 async fn stored_reply(state: &AppState, company_id: Uuid, mut reply: RunReply) -> ApiResult<RunReply> {
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    let (company, run) = (company_id.into(), reply.run_id.into());
     if let Some(node) = &reply.respond_node {
-        reply.respond = sqlx::query_scalar("SELECT output FROM run_steps WHERE run_id = $1 AND node_id = $2")
-            .bind(reply.run_id)
-            .bind(node)
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
+        reply.respond = waiting::step_output(&mut tx, company, run, node).await?;
     } else {
-        reply.output = sqlx::query_scalar("SELECT output FROM runs WHERE id = $1")
-            .bind(reply.run_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
+        reply.output = waiting::run_output(&mut tx, company, run).await?;
     }
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(reply)
 }
 

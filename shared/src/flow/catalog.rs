@@ -14,6 +14,8 @@ use jsonschema::error::ValidationErrorKind;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::kind::NodeKind;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ports {
@@ -28,6 +30,9 @@ pub enum Ports {
 #[derive(Debug, Serialize)]
 pub struct NodeSpec {
     #[serde(rename = "type")]
+    pub kind: NodeKind,
+    /// `kind`'s name, for callers that want text (metric labels, messages).
+    #[serde(skip)]
     pub name: &'static str,
     pub summary: &'static str,
     pub params_schema: Value,
@@ -77,7 +82,8 @@ fn specs() -> Vec<NodeSpec> {
     let ms = |max: u64| tpl(json!({"type": "integer", "minimum": 0, "maximum": max}));
     vec![
         NodeSpec {
-            name: "set",
+            kind: NodeKind::SET,
+            name: NodeKind::SET.as_str(),
             summary: "Outputs `values`, with templates evaluated.",
             params_schema: object(json!({"values": tpl(json!({"type": "object"}))}), &["values"]),
             ports: Ports::Single,
@@ -86,7 +92,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "if",
+            kind: NodeKind::IF,
+            name: NodeKind::IF.as_str(),
             summary: "Routes to port `true` or `false` by the truthiness of `condition`.",
             params_schema: object(json!({"condition": {}}), &["condition"]),
             ports: Ports::Boolean,
@@ -95,7 +102,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "switch",
+            kind: NodeKind::SWITCH,
+            name: NodeKind::SWITCH.as_str(),
             summary: "Routes to the port of the first case equal to `value`, else `default`.",
             params_schema: object(
                 json!({
@@ -111,7 +119,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "merge",
+            kind: NodeKind::MERGE,
+            name: NodeKind::MERGE.as_str(),
             summary: "Waits for its parents and outputs their outputs by node id.",
             params_schema: object(json!({}), &[]),
             ports: Ports::Single,
@@ -120,7 +129,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "delay",
+            kind: NodeKind::DELAY,
+            name: NodeKind::DELAY.as_str(),
             summary: "Waits `ms` milliseconds (bounded by FLOQ_DELAY_MAX_MS).",
             // The ceiling is the operator's (FLOQ_DELAY_MAX_MS), checked when the node runs.
             params_schema: object(json!({"ms": tpl(json!({"type": "integer", "minimum": 0}))}), &["ms"]),
@@ -130,7 +140,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "code",
+            kind: NodeKind::CODE,
+            name: NodeKind::CODE.as_str(),
             summary: "Runs a JavaScript function body in the sandbox; its `return` value is the output.",
             params_schema: object(
                 json!({
@@ -145,7 +156,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "loop",
+            kind: NodeKind::LOOP,
+            name: NodeKind::LOOP.as_str(),
             summary: "Runs the sub-flow `flow` once per item of `items` (as its `$input`), `concurrency` at a time; outputs the results in order.",
             params_schema: object(
                 json!({
@@ -162,7 +174,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "http_request",
+            kind: NodeKind::HTTP_REQUEST,
+            name: NodeKind::HTTP_REQUEST.as_str(),
             summary: "One HTTP(S) call; non-2xx statuses are outputs, transport failures fail the node.",
             params_schema: object(
                 json!({
@@ -185,7 +198,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &["headers", "query", "body"],
         },
         NodeSpec {
-            name: "sub_flow",
+            kind: NodeKind::SUB_FLOW,
+            name: NodeKind::SUB_FLOW.as_str(),
             summary: "Runs the latest deployed version of another flow of this company with `input` and outputs its output.",
             params_schema: object(
                 json!({
@@ -201,7 +215,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "postgres",
+            kind: NodeKind::POSTGRES,
+            name: NodeKind::POSTGRES.as_str(),
             summary: "Runs one parameterized SQL statement ($1, $2, … bound from `params`) and outputs its rows; the database is a `postgres` credential (never an inline URI, so who may reach a database is a grant).",
             params_schema: object(
                 json!({
@@ -219,7 +234,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &["params"],
         },
         NodeSpec {
-            name: "smtp_send",
+            kind: NodeKind::SMTP_SEND,
+            name: NodeKind::SMTP_SEND.as_str(),
             summary: "Sends one e-mail through the SMTP server of `smtp_uri` (smtp://, smtps:// or smtp+starttls://) or of an `smtp` credential.",
             params_schema: with_credential(
                 json!({
@@ -241,7 +257,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "kv_get",
+            kind: NodeKind::KV_GET,
+            name: NodeKind::KV_GET.as_str(),
             summary: "Reads a plain KV value of this company: `{key, found, value}` (secret values are refused).",
             params_schema: object(json!({"key": kv_key()}), &["key"]),
             ports: Ports::Single,
@@ -250,7 +267,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "kv_set",
+            kind: NodeKind::KV_SET,
+            name: NodeKind::KV_SET.as_str(),
             summary: "Writes a plain KV value of this company (secrets are written through the API only).",
             params_schema: object(json!({"key": kv_key(), "value": {}}), &["key", "value"]),
             ports: Ports::Single,
@@ -259,7 +277,8 @@ fn specs() -> Vec<NodeSpec> {
             secret_params: &[],
         },
         NodeSpec {
-            name: "respond",
+            kind: NodeKind::RESPOND,
+            name: NodeKind::RESPOND.as_str(),
             summary: "Shapes the reply of a synchronous webhook: `status`, `headers`, `body`.",
             params_schema: object(
                 json!({
@@ -283,12 +302,12 @@ fn headers_schema() -> Value {
 
 static CATALOG: LazyLock<Vec<NodeSpec>> = LazyLock::new(specs);
 
-static VALIDATORS: LazyLock<HashMap<&'static str, jsonschema::Validator>> = LazyLock::new(|| {
+static VALIDATORS: LazyLock<HashMap<NodeKind, jsonschema::Validator>> = LazyLock::new(|| {
     CATALOG
         .iter()
         .map(|spec| {
             let validator = jsonschema::validator_for(&spec.params_schema).expect("node schemas are valid JSON Schema");
-            (spec.name, validator)
+            (spec.kind, validator)
         })
         .collect()
 });
@@ -297,13 +316,14 @@ pub fn all() -> &'static [NodeSpec] {
     &CATALOG
 }
 
+/// The spec of the kind a definition's `"type"` names, if this build has it.
 pub fn spec(name: &str) -> Option<&'static NodeSpec> {
-    CATALOG.iter().find(|s| s.name == name)
+    CATALOG.iter().find(|s| s.kind == name)
 }
 
 /// Every way `params` breaks the node's schema: (path inside params, message).
-pub fn check_params(name: &str, params: &Value) -> Vec<(String, String)> {
-    let Some(validator) = VALIDATORS.get(name) else {
+pub fn check_params(kind: NodeKind, params: &Value) -> Vec<(String, String)> {
+    let Some(validator) = VALIDATORS.get(&kind) else {
         return vec![];
     };
     let params = secret_refs_as_text(params);
@@ -377,12 +397,25 @@ mod tests {
     }
 
     #[test]
+    fn the_catalog_lists_exactly_the_built_in_kinds_in_their_order() {
+        let kinds: Vec<NodeKind> = CATALOG.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, NodeKind::BUILT_IN);
+        for s in CATALOG.iter() {
+            assert_eq!(s.name, s.kind.as_str());
+            assert_eq!(spec(s.kind.as_str()).map(|found| found.kind), Some(s.kind));
+        }
+    }
+
+    #[test]
     fn templates_pass_where_a_typed_value_is_expected() {
-        assert!(check_params("delay", &json!({"ms": "{{ $input.wait }}"})).is_empty());
-        assert!(check_params("delay", &json!({"ms": 10})).is_empty());
-        let errors = check_params("delay", &json!({"ms": "soon"}));
+        assert!(check_params(NodeKind::DELAY, &json!({"ms": "{{ $input.wait }}"})).is_empty());
+        assert!(check_params(NodeKind::DELAY, &json!({"ms": 10})).is_empty());
+        let errors = check_params(NodeKind::DELAY, &json!({"ms": "soon"}));
         assert_eq!(errors[0].0, "ms");
-        let errors = check_params("http_request", &json!({"method": "GET", "url": "http://x", "bogus": 1}));
+        let errors = check_params(
+            NodeKind::HTTP_REQUEST,
+            &json!({"method": "GET", "url": "http://x", "bogus": 1}),
+        );
         assert_eq!(errors.len(), 1, "{errors:?}");
     }
 }

@@ -4,11 +4,13 @@
 
 pub mod catalog;
 pub mod definition;
+pub mod kind;
 pub mod reach;
 pub mod template;
 pub mod validate;
 
 pub use catalog::NodeSpec;
+pub use kind::NodeKind;
 
 /// Loop bodies and sub-flows nest at most this deep in a run (a run's own
 /// nodes are at depth 0). Validation refuses a definition whose loops alone

@@ -7,6 +7,7 @@
 use serde_json::Value;
 
 use super::catalog;
+use super::kind::NodeKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -70,7 +71,7 @@ fn walk(def: &Value, at: &str, refs: &mut Vec<Reference>, misuse: &mut Vec<Misus
                 name: id.to_string(),
             });
         }
-        if kind == "sub_flow"
+        if kind == NodeKind::SUB_FLOW
             && let Some(id) = params["flow_id"].as_str()
         {
             refs.push(Reference {
@@ -80,11 +81,11 @@ fn walk(def: &Value, at: &str, refs: &mut Vec<Reference>, misuse: &mut Vec<Misus
             });
         }
         let allowed = catalog::spec(kind).map_or(&[][..], |s| s.secret_params);
-        if kind == "loop" {
+        if kind == NodeKind::LOOP {
             walk(&params["flow"], &format!("{here}.flow"), refs, misuse);
         }
         for (name, value) in params.as_object().into_iter().flatten() {
-            if kind == "loop" && name == "flow" {
+            if kind == NodeKind::LOOP && name == "flow" {
                 continue;
             }
             let at = format!("{here}.{name}");
@@ -152,8 +153,8 @@ fn secret_paths_in(v: &Value, pointer: &str, at: &str, out: &mut Vec<(String, St
 /// JSON pointers of the definition's own `{"$secret": key}` objects, in the
 /// params where `kind` may send them. Evaluated params are never searched, so
 /// data (a webhook body, a KV value) can never name a secret.
-pub fn secret_paths(kind: &str, params: &Value) -> Vec<(String, String)> {
-    let allowed = catalog::spec(kind).map_or(&[][..], |s| s.secret_params);
+pub fn secret_paths(kind: NodeKind, params: &Value) -> Vec<(String, String)> {
+    let allowed = catalog::spec(kind.as_str()).map_or(&[][..], |s| s.secret_params);
     let mut out = Vec::new();
     for name in allowed {
         if let Some(value) = params.get(*name) {
@@ -242,12 +243,12 @@ mod tests {
         let params = json!({"url": "https://x", "headers": {"a/b": {"$secret": "k1"}}, "body": [1, {"$secret": "k2"}],
                             "query": {"q": "{{ $input.q }}"}});
         assert_eq!(
-            secret_paths("http_request", &params),
+            secret_paths(NodeKind::HTTP_REQUEST, &params),
             vec![
                 ("/headers/a~1b".to_string(), "k1".to_string()),
                 ("/body/1".to_string(), "k2".to_string())
             ]
         );
-        assert!(secret_paths("set", &json!({"values": {"x": {"$secret": "k"}}})).is_empty());
+        assert!(secret_paths(NodeKind::SET, &json!({"values": {"x": {"$secret": "k"}}})).is_empty());
     }
 }

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::catalog::{self, NodeSpec, switch_port};
 use super::definition::{FlowDefinition, Node, RetryPolicy};
+use super::kind::NodeKind;
 use super::template::CompiledParams;
 use crate::script::{self, ScriptKind};
 
@@ -86,7 +87,7 @@ fn validate_at(raw: &Value, root: &str, depth: usize) -> Result<FlowDefinition, 
             continue;
         };
         specs.insert(node.id.as_str(), spec);
-        let schema_errors = catalog::check_params(spec.name, &node.params);
+        let schema_errors = catalog::check_params(spec.kind, &node.params);
         if !schema_errors.is_empty() {
             for (path, message) in schema_errors {
                 let field = if path.is_empty() {
@@ -215,8 +216,8 @@ fn check_policy(node: &Node, at: &str, errors: &mut Vec<FieldError>) {
 fn check_node(spec: &NodeSpec, node: &Node, at: &str, depth: usize, errors: &mut Vec<FieldError>) {
     let id = Some(node.id.as_str());
     let params = &node.params;
-    match spec.name {
-        "switch" => {
+    match spec.kind {
+        NodeKind::SWITCH => {
             let cases = params["cases"].as_array().map(Vec::as_slice).unwrap_or_default();
             let labels: HashSet<String> = cases.iter().map(switch_port).collect();
             if labels.len() != cases.len() || labels.contains("default") {
@@ -227,7 +228,7 @@ fn check_node(spec: &NodeSpec, node: &Node, at: &str, depth: usize, errors: &mut
                 ));
             }
         }
-        "code" => {
+        NodeKind::CODE => {
             if let Some(code) = params["code"].as_str()
                 && let Err(e) = script::check_syntax(ScriptKind::Code, code)
             {
@@ -235,7 +236,7 @@ fn check_node(spec: &NodeSpec, node: &Node, at: &str, depth: usize, errors: &mut
                 errors.push(FieldError::new(format!("{at}.params.code"), id, format!("{e}{line}")));
             }
         }
-        "loop" => {
+        NodeKind::LOOP => {
             if depth + 1 > super::MAX_DEPTH as usize {
                 errors.push(FieldError::new(
                     format!("{at}.params.flow"),

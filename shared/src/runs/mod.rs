@@ -3,8 +3,12 @@
 //! alike. The message is encoded once, here, in Rust ([`Envelope`]); the
 //! outbox holds exactly what is published.
 
+pub mod delivery;
+pub mod outcomes;
 pub mod query;
+pub mod steps;
 pub mod trim;
+pub mod waiting;
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -13,9 +17,6 @@ use crate::db::{StoreError, Tx};
 use crate::queue::{Envelope, INLINE_INPUT_MAX, RunFlowV1};
 use crate::run::Trigger;
 
-pub mod delivery;
-pub mod outcomes;
-pub mod steps;
 
 /// A run to create from its flow's latest deployed version.
 #[derive(Debug)]

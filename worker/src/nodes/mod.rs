@@ -18,6 +18,7 @@ use crate::flow_cache::{CompiledFlow, FlowCache};
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::vault::Credential;
 use floq_shared::crypto::Keyring;
+use floq_shared::flow::NodeKind;
 
 mod branch;
 mod code;
@@ -185,27 +186,27 @@ pub trait Node: Send + Sync {
     fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult>;
 }
 
-static REGISTRY: LazyLock<HashMap<&'static str, &'static dyn Node>> = LazyLock::new(|| {
-    let nodes: [(&str, &'static dyn Node); 14] = [
-        ("set", &set::Set),
-        ("if", &branch::If),
-        ("switch", &branch::Switch),
-        ("merge", &merge::Merge),
-        ("delay", &delay::Delay),
-        ("code", &code::Code),
-        ("loop", &loop_items::Loop),
-        ("http_request", &http_request::HttpRequest),
-        ("sub_flow", &sub_flow::SubFlow),
-        ("postgres", &postgres::Postgres),
-        ("smtp_send", &smtp_send::SmtpSend),
-        ("respond", &respond::Respond),
-        ("kv_get", &kv::KvGet),
-        ("kv_set", &kv::KvSet),
+static REGISTRY: LazyLock<HashMap<NodeKind, &'static dyn Node>> = LazyLock::new(|| {
+    let nodes: [(NodeKind, &'static dyn Node); 14] = [
+        (NodeKind::SET, &set::Set),
+        (NodeKind::IF, &branch::If),
+        (NodeKind::SWITCH, &branch::Switch),
+        (NodeKind::MERGE, &merge::Merge),
+        (NodeKind::DELAY, &delay::Delay),
+        (NodeKind::CODE, &code::Code),
+        (NodeKind::LOOP, &loop_items::Loop),
+        (NodeKind::HTTP_REQUEST, &http_request::HttpRequest),
+        (NodeKind::SUB_FLOW, &sub_flow::SubFlow),
+        (NodeKind::POSTGRES, &postgres::Postgres),
+        (NodeKind::SMTP_SEND, &smtp_send::SmtpSend),
+        (NodeKind::RESPOND, &respond::Respond),
+        (NodeKind::KV_GET, &kv::KvGet),
+        (NodeKind::KV_SET, &kv::KvSet),
     ];
     nodes.into_iter().collect()
 });
 
-pub fn registry() -> &'static HashMap<&'static str, &'static dyn Node> {
+pub fn registry() -> &'static HashMap<NodeKind, &'static dyn Node> {
     &REGISTRY
 }
 
@@ -283,8 +284,8 @@ mod tests {
 
     #[test]
     fn the_registry_implements_exactly_the_catalog() {
-        let mut catalog: Vec<&str> = floq_shared::flow::catalog::all().iter().map(|s| s.name).collect();
-        let mut implemented: Vec<&str> = registry().keys().copied().collect();
+        let mut catalog: Vec<NodeKind> = floq_shared::flow::catalog::all().iter().map(|s| s.kind).collect();
+        let mut implemented: Vec<NodeKind> = registry().keys().copied().collect();
         catalog.sort();
         implemented.sort();
         assert_eq!(catalog, implemented);

@@ -11,6 +11,8 @@ use uuid::Uuid;
 
 use super::{MAX_DEPTH, Node, NodeCtx, NodeError, NodeOutput, NodeResult, lacks_access};
 use floq_shared::db;
+use floq_shared::flows::{self, Runnable};
+use floq_shared::ids::UserId;
 
 pub struct SubFlow;
 
@@ -33,25 +35,19 @@ impl Node for SubFlow {
             let unavailable = |_| NodeError::new("sub_flow_unavailable", "the sub-flow could not be loaded");
             // Under the run's company: another company's flow id is simply not found.
             // The caller's deployer must still be allowed to run it (grants can be revoked after deploy).
-            let found: Option<(i32, bool)> = async {
+            let found = async {
                 let mut tx = db::tenant_tx(&ctx.env.pool, company_id).await?;
-                let found = sqlx::query_as(
-                    "SELECT latest_version, COALESCE(floq_may_use($2, 'flow', id, group_id), false) FROM flows
-                      WHERE id = $1 AND deleted_at IS NULL AND latest_version IS NOT NULL",
-                )
-                .bind(flow_id)
-                .bind(ctx.run.deployed_by)
-                .fetch_optional(&mut *tx)
-                .await?;
-                tx.commit().await?;
+                let deployer = ctx.run.deployed_by.map(UserId);
+                let found = flows::runnable(&mut tx, company_id.into(), flow_id.into(), deployer).await?;
+                db::commit(tx).await?;
                 Ok::<_, StoreError>(found)
             }
             .await
             .map_err(|e| unavailable(e.to_string()))?;
             let version = match found {
                 None => return Err(NodeError::new("sub_flow_not_found", "no deployed flow with this id")),
-                Some((_, false)) => return Err(lacks_access(&format!("flow {flow_id}"))),
-                Some((version, true)) => version,
+                Some(Runnable { permitted: false, .. }) => return Err(lacks_access(&format!("flow {flow_id}"))),
+                Some(Runnable { latest_version, .. }) => latest_version,
             };
             let flow = ctx
                 .env
