@@ -107,13 +107,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-// TRANSITIONAL: removed once every statement lives in a store module.
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::from(e).into()
-    }
-}
-
 /// A batch writer's error, shared by every request of the part that failed.
 impl From<Arc<StoreError>> for ApiError {
     fn from(e: Arc<StoreError>) -> Self {

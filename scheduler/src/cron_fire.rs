@@ -19,8 +19,8 @@ use floq_shared::db;
 use floq_shared::ids::RunId;
 use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::run::Trigger;
-use floq_shared::runs;
 use floq_shared::schedules::{self, Advance, Due, FireKey, Misfire};
+use floq_shared::{outbox, runs};
 
 pub use floq_shared::schedules::FIRE_RECORD_KEEP;
 
@@ -169,13 +169,9 @@ async fn fire(pool: &db::Pool, publisher: &Publisher, due: &Due) -> anyhow::Resu
         // On failure the rows stay in the outbox and the sweep publishes them.
         if publisher.publish(&messages).await.is_ok() {
             let ids: Vec<i64> = envelopes.iter().map(|(id, _)| *id).collect();
-            // The outbox belongs to `runs`; this statement stays until that store deletes published rows.
             let mut tx = db::tenant_tx(pool, company_id).await?;
-            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            outbox::delete_published(&mut tx, company_id.into(), &ids).await?;
+            db::commit(tx).await?;
         }
     }
     Ok(fired)

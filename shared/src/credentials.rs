@@ -249,3 +249,21 @@ pub async fn reseal(
         .await?;
     Ok(())
 }
+
+/// Whether `user` may use the credential in a flow (`execute` on it, or
+/// admin): `None` when the company holds no such credential.
+pub async fn may_use(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    id: CredentialId,
+    user: UserId,
+) -> Result<Option<bool>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT floq_may_use($3, 'integration', id, NULL) FROM credentials WHERE company_id = $1 AND id = $2",
+    )
+    .bind(company_id)
+    .bind(id)
+    .bind(user)
+    .fetch_optional(&mut **tx)
+    .await?)
+}

@@ -263,6 +263,24 @@ pub async fn reseal_secret(
     Ok(())
 }
 
+/// Whether `user` may use the secret value under `key` in a flow
+/// (`execute` on it, or admin): `None` when the company holds no secret there.
+pub async fn may_use_secret(
+    tx: &mut Tx,
+    company_id: crate::ids::CompanyId,
+    key: &str,
+    user: crate::ids::UserId,
+) -> Result<Option<bool>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT floq_may_use($3, 'secret', id, NULL) FROM kv WHERE company_id = $1 AND key = $2 AND secret IS NOT NULL",
+    )
+    .bind(company_id)
+    .bind(key)
+    .bind(user)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,11 +17,11 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
 use crate::openapi::{AnyJson, ErrorBody, page};
 use crate::state::AppState;
-use floq_shared::db;
 use floq_shared::flow;
 use floq_shared::flow::reach::{self, Target};
 use floq_shared::flows::{self, Flow};
 use floq_shared::ids::{FlowGroupId, FlowId};
+use floq_shared::{credentials, db, kv};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -111,13 +111,7 @@ async fn usable_reach(tx: &mut db::Tx, principal: &Principal, def: &Value) -> Ap
         let usable: Option<bool> = match r.target {
             Target::Credential => match Uuid::parse_str(&r.name) {
                 Ok(id) => {
-                    sqlx::query_scalar(
-                        "SELECT floq_may_use($2, 'integration', id, NULL) FROM credentials WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(principal.user_id)
-                    .fetch_optional(&mut **tx)
-                    .await?
+                    credentials::may_use(tx, principal.company_id.into(), id.into(), principal.user_id.into()).await?
                 }
                 Err(_) => None,
             },
@@ -126,13 +120,7 @@ async fn usable_reach(tx: &mut db::Tx, principal: &Principal, def: &Value) -> Ap
                 Err(_) => None,
             },
             Target::Secret => {
-                sqlx::query_scalar(
-                    "SELECT floq_may_use($2, 'secret', id, NULL) FROM kv WHERE key = $1 AND secret IS NOT NULL",
-                )
-                .bind(&r.name)
-                .bind(principal.user_id)
-                .fetch_optional(&mut **tx)
-                .await?
+                kv::may_use_secret(tx, principal.company_id.into(), &r.name, principal.user_id.into()).await?
             }
         };
         if usable != Some(true) {

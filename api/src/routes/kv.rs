@@ -70,7 +70,7 @@ async fn list(State(state): State<AppState>, auth: Authorized<KvRead>, page: Pag
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let items = kv::page(&mut tx, company_id, (&page.after.0, page.after.1), page.limit).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Json(page.answer(items, |e| ByName(e.key.clone(), e.id))))
 }
 
@@ -89,7 +89,7 @@ async fn show(
     let entry = kv::find(&mut tx, &key)
         .await?
         .ok_or_else(|| ApiError::not_found("key"))?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Json(entry))
 }
 
@@ -175,7 +175,7 @@ async fn put(
         // Like a credential: its creator may use it in flows; others need a grant.
         access::grant_creator(&mut tx, &auth.principal, "secret", after.id).await?;
     }
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(Json(after))
 }
 
@@ -201,6 +201,6 @@ async fn remove(
     kv::delete(&mut tx, &key).await?;
     let entry = auth.principal.audit("kv.delete", "kv", &key);
     audit::record(&mut tx, &[entry.change(Some(&before), None::<&kv::Entry>)]).await?;
-    tx.commit().await?;
+    db::commit(tx).await?;
     Ok(StatusCode::NO_CONTENT)
 }

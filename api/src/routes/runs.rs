@@ -17,10 +17,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
 use crate::openapi::{AnyJson, ErrorBody, page};
 use crate::state::AppState;
-use floq_shared::db;
 use floq_shared::ids::{CompanyId, FlowId, RunId, UserId};
 use floq_shared::run::{RunStatus, Trigger};
 use floq_shared::runs::query;
+use floq_shared::{db, flows};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -128,12 +128,8 @@ async fn not_runnable(state: &AppState, principal: &Principal, flow_id: Uuid) ->
     let lookup = async {
         let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
         access::require_flow(&mut tx, principal, flow_id, Level::Execute).await?;
-        let exists: Option<Option<i32>> =
-            sqlx::query_scalar("SELECT latest_version FROM flows WHERE id = $1 AND deleted_at IS NULL")
-                .bind(flow_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        tx.commit().await?;
+        let exists = flows::latest_version(&mut tx, principal.company_id.into(), flow_id.into()).await?;
+        db::commit(tx).await?;
         Ok::<_, ApiError>(exists)
     };
     match lookup.await {

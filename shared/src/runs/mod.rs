@@ -17,7 +17,6 @@ use crate::db::{StoreError, Tx};
 use crate::queue::{Envelope, INLINE_INPUT_MAX, RunFlowV1};
 use crate::run::Trigger;
 
-
 /// A run to create from its flow's latest deployed version.
 #[derive(Debug)]
 pub struct NewRun<'a> {

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use floq_shared::db::Pool as PgPool;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
-use floq_shared::db::Pool as PgPool;
 use uuid::Uuid;
 
 use crate::flow_cache::{CompiledFlow, FlowCache};
