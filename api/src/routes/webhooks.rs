@@ -503,17 +503,15 @@ async fn receive(
                 .into_response(),
             run_id,
         )),
-        Err(AcceptError::NotRunnable) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_deployed",
-            "the flow behind this webhook has no deployed version",
-        )),
-        Err(e @ AcceptError::ShuttingDown) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )),
-        Err(e) => Err(ApiError::internal(e)),
+        Err(e) => Err(e
+            .into_api_error(async {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_deployed",
+                    "the flow behind this webhook has no deployed version",
+                )
+            })
+            .await),
     }
 }
 
