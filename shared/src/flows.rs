@@ -258,35 +258,6 @@ pub async fn runnable(
     }))
 }
 
-/// `user`'s grant level on a flow that is not deleted (`floq_access`, migration
-/// 0006); `None` if there is no such flow. For the API's access checks.
-pub async fn access_level(
-    tx: &mut Tx,
-    company_id: CompanyId,
-    id: FlowId,
-    user: UserId,
-) -> Result<Option<i32>, StoreError> {
-    sqlx::query_scalar(
-        "SELECT floq_access($3, 'flow', id, group_id) FROM flows WHERE company_id = $1 AND id = $2 AND deleted_at IS NULL",
-    )
-    .bind(company_id)
-    .bind(id)
-    .bind(user)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(StoreError::from)
-}
-
-/// Whether a flow exists and is not deleted.
-pub async fn exists(tx: &mut Tx, company_id: CompanyId, id: FlowId) -> Result<bool, StoreError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM flows WHERE company_id = $1 AND id = $2 AND deleted_at IS NULL)")
-        .bind(company_id)
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(StoreError::from)
-}
-
 /// A flow's latest version number: `None` if there is no such flow (or it is
 /// deleted), `Some(None)` if it was never deployed.
 pub async fn latest_version(tx: &mut Tx, company_id: CompanyId, id: FlowId) -> Result<Option<Option<i32>>, StoreError> {

@@ -10,9 +10,8 @@
 //! work on ([`needing_secret`], [`not_under_key`], as
 //! [`Duty::KeyRotation`](crate::db::Duty)) and then write them under each
 //! row's own company. This module never sees a token or a secret in the
-//! clear: it stores hashes and ciphertexts the API made. It also holds the
-//! statements on `webhook_signatures` (claims of signed calls, against
-//! replays) for `api/src/replay.rs` and the retention job to call.
+//! clear: it stores hashes and ciphertexts the API made. Claims of signed
+//! calls (against replays) are `shared::signatures`'.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -280,79 +279,6 @@ pub async fn store_secrets(
     .bind(&flow_ids)
     .bind(&ciphertexts)
     .bind(key_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected())
-}
-
-/// Claims a signed call's signature (its MAC's hash) for a webhook until
-/// `expires_at`; `false` if it was claimed before (a replay). In the webhook
-/// lookup's transaction: its policy admits a claim only for an existing
-/// webhook under that webhook's own company.
-pub async fn claim_signature(
-    tx: &mut Tx,
-    company_id: CompanyId,
-    flow_id: FlowId,
-    signature_hash: &[u8],
-    expires_at: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO webhook_signatures (flow_id, company_id, signature_hash, expires_at)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    )
-    .bind(flow_id)
-    .bind(company_id)
-    .bind(signature_hash)
-    .bind(expires_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Forgets a claim whose call started no run, so the sender's retry is not a replay.
-pub async fn release_signature(
-    tx: &mut Tx,
-    company_id: CompanyId,
-    flow_id: FlowId,
-    signature_hash: &[u8],
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM webhook_signatures WHERE company_id = $1 AND flow_id = $2 AND signature_hash = $3")
-        .bind(company_id)
-        .bind(flow_id)
-        .bind(signature_hash)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Makes a webhook's claims last `by_seconds` longer (its tolerance grew, so
-/// its old signatures verify for longer).
-pub async fn extend_signatures(
-    tx: &mut Tx,
-    company_id: CompanyId,
-    flow_id: FlowId,
-    by_seconds: i32,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE webhook_signatures SET expires_at = expires_at + make_interval(secs => $3)
-          WHERE company_id = $1 AND flow_id = $2",
-    )
-    .bind(company_id)
-    .bind(flow_id)
-    .bind(f64::from(by_seconds))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// Deletes up to `limit` claims past their window, in any company: as the
-/// retention duty, which may delete only expired claims. Returns how many went.
-pub async fn delete_expired_signatures(tx: &mut Tx, limit: i64) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "DELETE FROM webhook_signatures WHERE ctid = ANY(ARRAY(
-            SELECT ctid FROM webhook_signatures WHERE expires_at < now() LIMIT $1))",
-    )
-    .bind(limit)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
