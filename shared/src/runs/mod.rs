@@ -58,10 +58,11 @@ pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Resu
     // flow's latest) and the attempt are merged in by the database, so runs
     // and outbox rows are written in one statement, one round trip.
     let mut envelopes: Vec<Envelope> = runs.iter().map(|r| envelope(company_id, r, 0, 1)).collect();
-    let messages: Vec<Value> = envelopes
+    let messages = envelopes
         .iter()
-        .map(|e| serde_json::to_value(e).expect("envelopes always serialize"))
-        .collect();
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(StoreError::corrupt)?;
     let created: Vec<(Uuid, i32, i32, i64)> = sqlx::query_as(
         "WITH r AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[], $8::jsonb[])

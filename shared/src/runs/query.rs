@@ -106,30 +106,3 @@ pub async fn page(tx: &mut Tx, company_id: CompanyId, viewer: Viewer, filter: Fi
     .await
     .map_err(StoreError::from)
 }
-
-/// A run's output, for a reply too large to have travelled on the broker.
-pub async fn output(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<Option<Value>, StoreError> {
-    let output: Option<Option<Value>> = sqlx::query_scalar("SELECT output FROM runs WHERE company_id = $1 AND id = $2")
-        .bind(company_id)
-        .bind(run_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(output.flatten())
-}
-
-/// One step's output (a `respond` node's reply), likewise.
-pub async fn step_output(
-    tx: &mut Tx,
-    company_id: CompanyId,
-    run_id: RunId,
-    node_id: &str,
-) -> Result<Option<Value>, StoreError> {
-    let output: Option<Option<Value>> =
-        sqlx::query_scalar("SELECT output FROM run_steps WHERE company_id = $1 AND run_id = $2 AND node_id = $3")
-            .bind(company_id)
-            .bind(run_id)
-            .bind(node_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(output.flatten())
-}
