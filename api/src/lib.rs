@@ -92,6 +92,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         audit,
         keyring: Arc::new(keyring),
         trigger_limits: Arc::new(rate::TriggerLimits::new(&config)),
+        publisher: publisher.clone(),
     };
     let broker_up = {
         let publisher = publisher.clone();

@@ -8,6 +8,7 @@ use floq_shared::Config;
 use floq_shared::audit;
 use floq_shared::crypto::Keyring;
 use floq_shared::db;
+use floq_shared::queue::Publisher;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,4 +22,6 @@ pub struct AppState {
     /// the API decrypts only the last (to verify a signed call and show it once).
     pub keyring: Arc<Keyring>,
     pub trigger_limits: Arc<TriggerLimits>,
+    /// Broadcasts cancels to the workers (the control exchange); runs are published by the acceptor.
+    pub publisher: Arc<Publisher>,
 }

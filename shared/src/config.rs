@@ -76,6 +76,8 @@ pub struct Config {
     pub outbox_sweep_interval: Duration,
     pub running_mark_after: Duration,
     pub delay_max: Duration,
+    /// The longest `deadline_ms` a flow definition may set.
+    pub flow_deadline_max: Duration,
     pub http_node_max_timeout: Duration,
     pub http_node_max_response_bytes: usize,
     pub sandbox_threads: usize,
@@ -180,6 +182,7 @@ impl Config {
             outbox_sweep_interval: v.millis("FLOQ_OUTBOX_SWEEP_INTERVAL_MS", 1_000)?,
             running_mark_after: v.millis("FLOQ_RUNNING_MARK_AFTER_MS", 500)?,
             delay_max: v.millis("FLOQ_DELAY_MAX_MS", 300_000)?,
+            flow_deadline_max: v.millis("FLOQ_FLOW_DEADLINE_MAX_MS", 3_600_000)?,
             http_node_max_timeout: v.millis("FLOQ_HTTP_NODE_MAX_TIMEOUT_MS", 30_000)?,
             http_node_max_response_bytes: v.parse_in(
                 "FLOQ_HTTP_NODE_MAX_RESPONSE_BYTES",

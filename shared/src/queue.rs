@@ -56,6 +56,15 @@ impl Envelope {
     }
 }
 
+/// A message on the control exchange, to every worker.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind")]
+pub enum Control {
+    /// Stop this run: a worker holding it cancels it, every worker refuses to start it.
+    #[serde(rename = "cancel.v1")]
+    CancelV1 { run_id: Uuid },
+}
+
 /// Inputs up to this many bytes of JSON travel inside the message.
 pub const INLINE_INPUT_MAX: i32 = 8192;
 
@@ -65,6 +74,9 @@ pub struct Topology {
     pub runs: String,
     pub dead: String,
     pub dead_exchange: String,
+    /// Fanout exchange of control messages to every worker ([`Control`]):
+    /// each binds an exclusive, auto-delete queue of its own.
+    pub control: String,
 }
 
 impl Topology {
@@ -73,11 +85,22 @@ impl Topology {
             runs: format!("{prefix}.runs"),
             dead: format!("{prefix}.runs.dead"),
             dead_exchange: format!("{prefix}.dlx"),
+            control: format!("{prefix}.control"),
         }
     }
 
     /// Declares everything idempotently; every service calls it at start.
     pub async fn declare(&self, channel: &Channel, delivery_limit: u32) -> lapin::Result<()> {
+        // Not durable: control messages matter only to the workers connected now (a reconnecting worker reloads
+        // what it missed from the database).
+        channel
+            .exchange_declare(
+                self.control.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         channel
             .exchange_declare(
                 self.dead_exchange.as_str().into(),
@@ -150,6 +173,7 @@ pub const REPUBLISHED: &str = "floq.republished";
 pub struct Publisher {
     url: String,
     queue: String,
+    control: String,
     channel: Mutex<Option<(Connection, Channel)>>,
     replies: Option<Arc<Replies>>,
 }
@@ -159,6 +183,7 @@ impl Publisher {
         Self {
             url: url.to_string(),
             queue: topology.runs.clone(),
+            control: topology.control.clone(),
             channel: Mutex::new(None),
             replies: None,
         }
@@ -194,6 +219,38 @@ impl Publisher {
     /// to reply (direct reply-to), which needs [`Publisher::with_replies`].
     pub async fn publish_asking(&self, batch: &[(&Envelope, bool)]) -> Result<(), PublishError> {
         self.send(batch, false).await
+    }
+
+    /// Tells every connected worker (the control exchange), confirmed by the broker.
+    pub async fn broadcast(&self, message: &Control) -> Result<(), PublishError> {
+        self.ensure_connected().await?;
+        let mut guard = self.channel.lock().await;
+        let Some((_, channel)) = guard.as_ref() else {
+            return Err(PublishError::Broker(lapin::Error::from(
+                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+            )));
+        };
+        let body = serde_json::to_vec(message).expect("control messages always serialize");
+        let sent = async {
+            let confirm = channel
+                .basic_publish(
+                    self.control.as_str().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_content_type("application/json".into()),
+                )
+                .await?;
+            match confirm.await? {
+                Confirmation::Ack(_) => Ok(()),
+                _ => Err(PublishError::Refused(1)),
+            }
+        }
+        .await;
+        if matches!(sent, Err(PublishError::Broker(_))) {
+            *guard = None;
+        }
+        sent
     }
 
     async fn send(&self, batch: &[(&Envelope, bool)], again: bool) -> Result<(), PublishError> {

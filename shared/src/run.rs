@@ -73,6 +73,8 @@ text_enum! {
         Succeeded => "succeeded",
         Failed => "failed",
         Skipped => "skipped",
+        /// Running when its run was cancelled or passed its deadline, and interrupted.
+        Cancelled => "cancelled",
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::control::Control;
 use crate::executor::{self, Outcome, RunInput, RunStatus};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
@@ -24,7 +25,7 @@ use crate::reply::{self, PendingReply};
 use floq_shared::Config;
 use floq_shared::db::{self, Pool};
 use floq_shared::queue::{self, Envelope, RunFlowV1, Topology};
-use floq_shared::runs::delivery;
+use floq_shared::runs::{cancel, delivery};
 use floq_shared::telemetry::METRICS;
 
 pub struct Worker {
@@ -33,6 +34,7 @@ pub struct Worker {
     pub cache: Arc<FlowCache>,
     pub env: Arc<NodeEnv>,
     pub writer: OutcomeWriter,
+    pub control: Arc<Control>,
 }
 
 /// How long shutdown waits for in-flight runs before leaving them to the broker.
@@ -150,23 +152,29 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
     } else if republished {
         claimed_elsewhere(&worker.pool, &msg).await
     } else {
-        Ok(false)
+        Ok(Seen::Unfinished { started_at: None })
     };
-    match check {
-        Ok(false) => {}
-        Ok(true) => {
+    let first_started = match check {
+        Ok(Seen::Unfinished { started_at }) => started_at,
+        Ok(Seen::Finished) => {
             if let Some(to) = &reply_to {
                 reply_stored(worker, replies, to, &msg).await;
             }
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             return;
         }
+        Ok(Seen::CancelRequested) => return finish_cancelled(worker, replies, &msg, delivery, reply_to).await,
         Err(e) => {
             tracing::warn!(error = %e, "cannot check a repeated run message; returning it to the queue");
             requeue(&delivery).await;
             return;
         }
-    }
+    };
+    // An in-memory lookup, no database read: a run cancelled while queued (or one whose cancel this worker heard
+    // while it was away, reloaded on reconnect) never starts.
+    let Some(held) = worker.control.begin(msg.run_id) else {
+        return finish_cancelled(worker, replies, &msg, delivery, reply_to).await;
+    };
     if let Some(ts) = msg.run_id.get_timestamp() {
         let (secs, nanos) = ts.to_unix();
         let queued = Duration::new(secs, nanos);
@@ -205,6 +213,12 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                         depth: 0,
                         vars: None,
                         deployed_by: flow.deployed_by,
+                        cancel: held.token(),
+                        deadline: executor::deadline(
+                            flow,
+                            worker.config.flow_deadline_max,
+                            first_started.unwrap_or_else(Utc::now),
+                        ),
                     },
                     input: &input,
                 },
@@ -229,6 +243,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
             return;
         }
     };
+    drop(held);
     METRICS.run_duration.observe(
         (outcome.finished_at - outcome.started_at)
             .to_std()
@@ -241,6 +256,35 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
         let flow = flow.as_ref().ok().and_then(|f| f.as_deref());
         PendingReply::new(replies, &to, reply::from_outcome(msg.run_id, flow, &outcome)).map(Box::new)
     });
+    worker
+        .writer
+        .send(Write::Finished {
+            company_id: msg.company_id.into(),
+            run_id: msg.run_id.into(),
+            outcome: Box::new(outcome),
+            acker: delivery.acker,
+            reply,
+        })
+        .await;
+}
+
+/// A cancelled run's message: it ends `cancelled` without running (a no-op
+/// for a run the API already cancelled while queued; a run whose cancel was
+/// asked while it ran, and whose worker died, ends here), and a waiting
+/// caller hears so.
+async fn finish_cancelled(worker: &Worker, replies: &Channel, msg: &RunFlowV1, delivery: Delivery, reply_to: Option<String>) {
+    let now = Utc::now();
+    let outcome = Outcome {
+        status: RunStatus::Cancelled,
+        output: None,
+        error: Some(serde_json::json!({"code": cancel::CODE, "message": cancel::MESSAGE})),
+        steps: vec![],
+        started_at: now,
+        finished_at: now,
+        audit: vec![],
+    };
+    let reply = reply_to
+        .and_then(|to| PendingReply::new(replies, &to, reply::from_outcome(msg.run_id, None, &outcome)).map(Box::new));
     worker
         .writer
         .send(Write::Finished {
@@ -284,22 +328,40 @@ async fn requeue(delivery: &Delivery) {
     let _ = delivery.acker.nack(options).await;
 }
 
-async fn already_finished(pool: &Pool, msg: &RunFlowV1) -> Result<bool, StoreError> {
+/// What a repeated message finds of its run.
+enum Seen {
+    /// Run it; `started_at` is when it first started, if the database knows.
+    Unfinished { started_at: Option<chrono::DateTime<Utc>> },
+    Finished,
+    /// Unfinished, but a cancel was asked while it ran: it ends `cancelled`.
+    CancelRequested,
+}
+
+async fn already_finished(pool: &Pool, msg: &RunFlowV1) -> Result<Seen, StoreError> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let status = delivery::status(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
+    let found = delivery::found(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
     db::commit(tx).await?;
-    // A run that is gone (retention) is as finished as one that ended.
-    Ok(status.is_none_or(RunStatus::is_final))
+    Ok(match found {
+        // A run that is gone (retention) is as finished as one that ended.
+        None => Seen::Finished,
+        Some(f) if f.status.is_final() => Seen::Finished,
+        Some(f) if f.cancel_requested => Seen::CancelRequested,
+        Some(f) => Seen::Unfinished { started_at: f.started_at },
+    })
 }
 
 /// For a message the outbox sweep published again: claims the run (`queued`
 /// → `running`), or says another copy has it (running or finished). A crashed
 /// first copy is redelivered by the broker and runs then.
-async fn claimed_elsewhere(pool: &Pool, msg: &RunFlowV1) -> Result<bool, StoreError> {
+async fn claimed_elsewhere(pool: &Pool, msg: &RunFlowV1) -> Result<Seen, StoreError> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
     let claimed = delivery::claim(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
     db::commit(tx).await?;
-    Ok(!claimed)
+    Ok(if claimed {
+        Seen::Unfinished { started_at: None }
+    } else {
+        Seen::Finished
+    })
 }
 
 /// Takes the inline input out of the message (nothing else reads it) or loads it.

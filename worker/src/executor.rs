@@ -33,11 +33,39 @@ enum State {
     Running,
     Done,
     Skipped,
+    /// Interrupted, or ended in error, after the run was told to stop.
+    Stopped,
 }
 
 pub struct RunInput<'a> {
     pub run: RunCtx,
     pub input: &'a Value,
+}
+
+/// When a run of `flow` that first started executing at `started_at` passes
+/// its `deadline_ms` (capped by `FLOQ_FLOW_DEADLINE_MAX_MS`, which may have
+/// been lowered since the flow was saved); `None` without a deadline. A run
+/// resumed later passes its original start, so its deadline does not restart.
+pub fn deadline(flow: &CompiledFlow, max: Duration, started_at: DateTime<Utc>) -> Option<tokio::time::Instant> {
+    let limit = flow.deadline?.min(max);
+    let spent = (Utc::now() - started_at).to_std().unwrap_or_default();
+    Some(tokio::time::Instant::now() + limit.saturating_sub(spent))
+}
+
+/// The outcome of a run that stopped before its end, with the steps so far.
+fn stopped(stop: nodes::Stop, steps: Vec<Step>, audit: Vec<Entry>, started_at: DateTime<Utc>) -> Outcome {
+    Outcome {
+        status: match stop {
+            nodes::Stop::Cancelled => RunStatus::Cancelled,
+            nodes::Stop::DeadlineExceeded => RunStatus::Failed,
+        },
+        output: None,
+        error: Some(json!({"code": stop.code(), "message": stop.message()})),
+        steps,
+        started_at,
+        finished_at: Utc::now(),
+        audit,
+    }
 }
 
 /// The error message of a failed outcome, for the node that ran it (loops, sub-flows).
@@ -105,8 +133,9 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     let mut run_bytes = 0usize;
 
     loop {
-        // Start (or skip) every node whose parents are all resolved; skips can cascade.
-        let mut changed = true;
+        // Start (or skip) every node whose parents are all resolved; skips can cascade. A run told to stop starts
+        // nothing more: this is its node boundary.
+        let mut changed = ctx.stopped().is_none();
         while changed {
             changed = false;
             for i in 0..n {
@@ -193,10 +222,11 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
             }
             Ok(out)
         });
-        let status = if result.is_ok() {
-            StepStatus::Succeeded
-        } else {
-            StepStatus::Failed
+        let stop = ctx.stopped();
+        let status = match (&result, stop) {
+            (Ok(_), _) => StepStatus::Succeeded,
+            (Err(_), Some(_)) => StepStatus::Cancelled,
+            (Err(_), None) => StepStatus::Failed,
         };
         METRICS
             .node_duration
@@ -241,6 +271,19 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                 ));
                 outputs.insert(node.id.clone(), value);
             }
+            // Interrupted (or failed while the run was stopping): the others in flight still end.
+            Err(e) if stop.is_some() => {
+                state[i] = State::Stopped;
+                steps.push(step(
+                    &node.id,
+                    steps.len(),
+                    StepStatus::Cancelled,
+                    None,
+                    Some(e.to_json()),
+                    Some(started),
+                    Some(finished),
+                ));
+            }
             Err(e) => {
                 steps.push(step(
                     &node.id,
@@ -263,6 +306,12 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                 };
             }
         }
+    }
+
+    if let Some(stop) = ctx.stopped()
+        && state.iter().any(|s| matches!(s, State::Pending | State::Stopped))
+    {
+        return stopped(stop, steps, audit, started_at);
     }
 
     let sinks: Vec<&str> = (0..n)
@@ -440,22 +489,34 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
     let params_shape = audit::shape(&params);
     ctx.params = params;
     let attempts = node.retry.as_ref().map_or(1, |r| r.attempts.max(1));
+    let interruptible = nodes::interruptible(node.spec.kind);
+    let run = ctx.run.clone();
     let mut attempt = 1;
     let mut result = loop {
         let fut = node.implementation.run(ctx.clone());
-        let result = match node.timeout {
-            Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-                Err(NodeError::new(
-                    "node_timeout",
-                    format!("the node took longer than {} ms", limit.as_millis()),
-                ))
-            }),
-            None => fut.await,
+        let fut = async {
+            match node.timeout {
+                Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+                    Err(NodeError::new(
+                        "node_timeout",
+                        format!("the node took longer than {} ms", limit.as_millis()),
+                    ))
+                }),
+                None => fut.await,
+            }
+        };
+        let result = if interruptible {
+            run.unless_stopped(fut).await
+        } else {
+            fut.await
         };
         match (&result, &node.retry) {
-            (Err(e), Some(policy)) if attempt < attempts && policy.retries(e.code) => {
+            (Err(e), Some(policy)) if attempt < attempts && policy.retries(e.code) && run.stopped().is_none() => {
                 let backoff = policy.backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
-                tokio::time::sleep(Duration::from_millis(backoff.min(RetryPolicy::MAX_BACKOFF_MS))).await;
+                let wait = tokio::time::sleep(Duration::from_millis(backoff.min(RetryPolicy::MAX_BACKOFF_MS)));
+                if let Err(stop) = run.unless_stopped(async { Ok(wait.await) }).await {
+                    break Err(stop);
+                }
                 attempt += 1;
             }
             _ => break result,
@@ -567,6 +628,8 @@ mod tests {
             depth: 0,
             vars: vars.map(Arc::new),
             deployed_by: None,
+            cancel: tokio_util::sync::CancellationToken::new(),
+            deadline: None,
         }
     }
 

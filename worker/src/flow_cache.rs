@@ -44,6 +44,8 @@ pub struct CompiledFlow {
     /// secrets) must stay usable by them. `None` for versions deployed before
     /// this was recorded, which therefore reach nothing.
     pub deployed_by: Option<Uuid>,
+    /// `deadline_ms`: how long a run of this flow may take from its first start.
+    pub deadline: Option<Duration>,
 }
 
 impl CompiledFlow {
@@ -97,6 +99,7 @@ impl CompiledFlow {
             is_sink,
             reads_vars,
             deployed_by: None,
+            deadline: def.deadline_ms.map(Duration::from_millis),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! commit, and acks only after the commit.
 
 mod consumer;
+pub mod control;
 pub mod executor;
 pub mod flow_cache;
 pub mod nodes;
@@ -27,6 +28,9 @@ pub struct Running {
     pub addr: SocketAddr,
     pub handle: JoinHandle<anyhow::Result<()>>,
 }
+
+/// How long a starting worker waits for its control consumer before taking runs.
+const CONTROL_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let pool = db::connect(&config)
@@ -77,12 +81,14 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         runner: Arc::new(executor::Executor),
     });
     let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone());
+    let control = Arc::new(control::Control::default());
     let worker = Arc::new(consumer::Worker {
         pool: pool.clone(),
         config: Arc::new(config.clone()),
         cache: flows,
         env,
         writer,
+        control: control.clone(),
     });
 
     let broker_up = Arc::new(AtomicBool::new(false));
@@ -111,8 +117,20 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             }
         });
     }
+    let listener = tokio::spawn(control.clone().listen(
+        config.amqp_url.expose().to_string(),
+        topology.clone(),
+        pool.clone(),
+        stop.clone(),
+    ));
     let handle = tokio::spawn(async move {
+        // Cancels are heard (and the recent ones reloaded) before the first run is taken; a control consumer that
+        // cannot start soon does not keep the worker from working (it keeps retrying).
+        if tokio::time::timeout(CONTROL_READY_WAIT, control.ready()).await.is_err() {
+            tracing::warn!("the control consumer is not up yet; consuming runs anyway");
+        }
         consumer::consume(worker.clone(), topology, stop, broker_up).await;
+        let _ = listener.await;
         // Every run task is done: release the writer so it flushes and stops.
         drop(worker);
         let mut writer_tasks = writer_tasks;

@@ -21,7 +21,7 @@ use floq_shared::flow;
 use floq_shared::flow::reach::{self, Target};
 use floq_shared::flows::{self, Flow};
 use floq_shared::ids::{FlowGroupId, FlowId};
-use floq_shared::{credentials, db, kv};
+use floq_shared::{Config, credentials, db, kv};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -86,13 +86,16 @@ fn flow_name(raw: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
-fn definition(raw: &Value) -> ApiResult<Value> {
-    let def = flow::validate(raw).map_err(|errors| {
-        ApiError::validation(
-            "the flow definition is invalid",
-            serde_json::to_value(errors).unwrap_or_default(),
-        )
-    })?;
+fn definition(raw: &Value, config: &Config) -> ApiResult<Value> {
+    let deadline_max = u64::try_from(config.flow_deadline_max.as_millis()).unwrap_or(u64::MAX);
+    let def = flow::validate(raw)
+        .and_then(|def| flow::check_deadline(&def, deadline_max).map(|()| def))
+        .map_err(|errors| {
+            ApiError::validation(
+                "the flow definition is invalid",
+                serde_json::to_value(errors).unwrap_or_default(),
+            )
+        })?;
     Ok(serde_json::to_value(def).expect("definitions serialize"))
 }
 
@@ -153,7 +156,7 @@ async fn create(
     ValidJson(body): ValidJson<CreateFlow>,
 ) -> ApiResult<(StatusCode, Json<Flow>)> {
     let name = body.name.trim();
-    let definition = definition(&body.definition)?;
+    let definition = definition(&body.definition, &state.config)?;
     let company_id = auth.principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     if let Some(group) = body.group_id {
@@ -244,7 +247,11 @@ async fn update(
     ValidJson(body): ValidJson<UpdateFlow>,
 ) -> ApiResult<Json<Flow>> {
     let name = body.name.as_deref().map(str::trim);
-    let definition = body.definition.as_ref().map(definition).transpose()?;
+    let definition = body
+        .definition
+        .as_ref()
+        .map(|raw| definition(raw, &state.config))
+        .transpose()?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, &auth.principal, id).await?;

@@ -11,6 +11,7 @@ use validator::Validate;
 
 use crate::accept::{Accepted, RunRequest};
 use crate::access::{self, Level};
+use crate::audit;
 use crate::auth::Principal;
 use crate::authz::{Authorized, FlowExecute, RunRead};
 use crate::error::{ApiError, ApiResult};
@@ -19,7 +20,8 @@ use crate::openapi::{AnyJson, ErrorBody, page};
 use crate::state::AppState;
 use floq_shared::ids::{CompanyId, FlowId, RunId, UserId};
 use floq_shared::run::{RunStatus, Trigger};
-use floq_shared::runs::query;
+use floq_shared::queue::Control;
+use floq_shared::runs::{cancel, query};
 use floq_shared::{db, flows};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -30,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(start))
         .routes(routes!(list))
         .routes(routes!(show))
+        .routes(routes!(cancel))
 }
 
 #[derive(Deserialize, Validate, ToSchema)]
@@ -166,6 +169,8 @@ struct Run {
     queued_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    /// When a cancel was asked; a running run ends `cancelled` at its next node boundary.
+    cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 // The documented shape of `query::Step`.
@@ -173,6 +178,7 @@ struct Run {
 #[allow(dead_code)] // documentation of the served `query::Step`
 struct Step {
     node_id: String,
+    /// `succeeded`, `failed`, `skipped`, or `cancelled` (interrupted when its run was cancelled or passed its deadline).
     status: String,
     #[schema(value_type = AnyJson)]
     output: Option<Value>,
@@ -208,6 +214,54 @@ async fn show(State(state): State<AppState>, auth: Authorized<RunRead>, Id(id): 
     let steps = query::steps(&mut tx, company_id, RunId(id)).await?;
     db::commit(tx).await?;
     Ok(Json(RunWithSteps { run, steps }))
+}
+
+/// Cancels a run: a queued run ends `cancelled` at once and never starts; a
+/// running one records `cancel_requested_at` and ends `cancelled` at its next
+/// node boundary (a running `code`, `delay` or `http_request` node is
+/// interrupted). Needs what starting the flow needs.
+#[utoipa::path(post, operation_id = "runs_cancel", path = "/api/v1/runs/{run_id}/cancel", tag = "runs",
+    params(("run_id" = Uuid, Path)),
+    security(("api_key" = ["flow:execute"]), ("session" = ["flow:execute"])),
+    responses((status = 202, description = "Cancelled (was queued), or cancel requested (running)", body = Run),
+        (status = 403, description = "A grant below `execute` on the run's flow, or the role lacks `flow:execute`", body = ErrorBody),
+        (status = 404, description = "No such run visible to the caller", body = ErrorBody),
+        (status = 409, description = "The run already finished (`run_finished`)", body = ErrorBody)))]
+async fn cancel(
+    State(state): State<AppState>,
+    auth: Authorized<FlowExecute>,
+    Id(id): Id,
+) -> ApiResult<(StatusCode, Json<query::Run>)> {
+    let company_id = CompanyId(auth.principal.company_id);
+    let mut tx = db::tenant_tx(&state.pool, company_id.0).await?;
+    let run = query::find(&mut tx, company_id, RunId(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    access::require_flow(&mut tx, &auth.principal, run.flow_id.0, Level::View)
+        .await
+        .map_err(|_| ApiError::not_found("run"))?;
+    access::require_flow(&mut tx, &auth.principal, run.flow_id.0, Level::Execute).await?;
+    let Some(cancelled) = cancel::request(&mut tx, company_id, RunId(id)).await? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "run_finished",
+            format!("the run already finished ({})", run.status),
+        )
+        .with_details(json!({"run_id": id, "status": run.status})));
+    };
+    let entry = auth
+        .principal
+        .audit("run.cancel", "run", id)
+        .details(json!({"flow_id": run.flow_id, "status_before": run.status, "status": cancelled.status}));
+    audit::record(&mut tx, &[entry]).await?;
+    db::commit(tx).await?;
+    // After the commit, so a worker reloading cancels from the database finds this one too. Without the broker the
+    // cancel still holds in the database (a queued run stays cancelled, a redelivery finishes a running one
+    // cancelled), but a worker holding the run now does not hear of it.
+    if let Err(e) = state.publisher.broadcast(&Control::CancelV1 { run_id: id }).await {
+        tracing::warn!(error = %e, run.id = %id, "cannot broadcast a cancel to the workers");
+    }
+    Ok((StatusCode::ACCEPTED, Json(cancelled)))
 }
 
 #[derive(Deserialize, IntoParams)]

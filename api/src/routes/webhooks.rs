@@ -426,7 +426,7 @@ fn wait_for(state: &AppState, query: &[(String, String)], hook: &Resolved) -> Ap
         (status = 413, description = "The body is over the limit (`payload_too_large`)", body = ErrorBody),
         (status = 422, description = "The body or query holds text that cannot be stored (`invalid_text`), or a bad `wait`", body = ErrorBody),
         (status = 429, description = "Too many runs started for the flow or company (`rate_limited`); see `Retry-After`", body = ErrorBody),
-        (status = 502, description = "The run failed (`run_failed`) or its reply was refused (`reply_refused`)", body = ErrorBody)))]
+        (status = 502, description = "The run failed (`run_failed`), was cancelled (`run_cancelled`), or its reply was refused (`reply_refused`); `details` names its `status` and `error_code`", body = ErrorBody)))]
 async fn receive(
     State(state): State<AppState>,
     Path(token): Path<String>,
@@ -599,9 +599,16 @@ fn sync_reply(reply: RunReply, redirects: &RedirectOrigins) -> Response {
         Json(reply.output.unwrap_or(Value::Null)).into_response()
     } else {
         let node = reply.error.as_ref().and_then(|e| e.get("node")).cloned();
+        let code = reply.error.as_ref().and_then(|e| e.get("code")).cloned();
+        // A cancelled run answers as a failed one does, told apart by its code and status.
+        let (code_name, message) = if reply.status == RunStatus::Cancelled {
+            ("run_cancelled", "the run was cancelled")
+        } else {
+            ("run_failed", "the run failed")
+        };
         return with_run_id(
-            ApiError::new(StatusCode::BAD_GATEWAY, "run_failed", "the run failed")
-                .with_details(json!({"run_id": run_id, "node": node}))
+            ApiError::new(StatusCode::BAD_GATEWAY, code_name, message)
+                .with_details(json!({"run_id": run_id, "node": node, "status": reply.status, "error_code": code}))
                 .into_response(),
             run_id,
         );

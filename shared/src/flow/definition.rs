@@ -9,6 +9,10 @@ pub struct FlowDefinition {
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub edges: Vec<Edge>,
+    /// The run fails with `deadline_exceeded` once this many milliseconds
+    /// have passed since it started executing, interrupting whatever runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -58,6 +58,20 @@ fn validate_at(raw: &Value, root: &str, depth: usize) -> Result<FlowDefinition, 
         ));
     }
 
+    match def.deadline_ms {
+        Some(_) if depth > 0 => errors.push(FieldError::new(
+            format!("{root}.deadline_ms"),
+            None,
+            "a deadline belongs to the whole flow, not to a loop's sub-flow",
+        )),
+        Some(0) => errors.push(FieldError::new(
+            format!("{root}.deadline_ms"),
+            None,
+            "must be a positive number of milliseconds",
+        )),
+        _ => {}
+    }
+
     let mut specs: HashMap<&str, &NodeSpec> = HashMap::new();
     let mut seen = HashSet::new();
     for (i, node) in def.nodes.iter().enumerate() {
@@ -173,6 +187,20 @@ fn validate_at(raw: &Value, root: &str, depth: usize) -> Result<FlowDefinition, 
     }
 
     if errors.is_empty() { Ok(def) } else { Err(errors) }
+}
+
+/// The deployment's bound on a valid definition's `deadline_ms`
+/// (`FLOQ_FLOW_DEADLINE_MAX_MS`), apart from [`validate`] because it is
+/// configuration, not the model.
+pub fn check_deadline(def: &FlowDefinition, max_ms: u64) -> Result<(), Vec<FieldError>> {
+    match def.deadline_ms {
+        Some(ms) if ms > max_ms => Err(vec![FieldError::new(
+            "definition.deadline_ms",
+            None,
+            format!("must be at most {max_ms} ms (FLOQ_FLOW_DEADLINE_MAX_MS)"),
+        )]),
+        _ => Ok(()),
+    }
 }
 
 /// The params minus those taken literally.
@@ -317,6 +345,25 @@ mod tests {
         assert_eq!(e[1].node.as_deref(), Some("b"));
         assert_eq!(e[1].field, "definition.nodes[1].params.values");
         assert_eq!(e[2].message, "duplicate node id `b`");
+    }
+
+    #[test]
+    fn a_deadline_is_positive_bounded_and_only_on_the_flow() {
+        let def = validate(&json!({"nodes": [{"id": "a", "type": "merge"}], "deadline_ms": 5000})).unwrap();
+        assert_eq!(def.deadline_ms, Some(5000));
+        assert!(check_deadline(&def, 5000).is_ok());
+        let too_long = check_deadline(&def, 4999).unwrap_err();
+        assert_eq!(too_long[0].field, "definition.deadline_ms");
+        assert!(too_long[0].message.contains("FLOQ_FLOW_DEADLINE_MAX_MS"));
+        let e = errors(json!({"nodes": [{"id": "a", "type": "merge"}], "deadline_ms": 0}));
+        assert_eq!(e[0].field, "definition.deadline_ms");
+        let e = errors(json!({"nodes": [{"id": "a", "type": "merge"}], "deadline_ms": "soon"}));
+        assert_eq!(e[0].field, "definition");
+        let e = errors(json!({"nodes": [{"id": "l", "type": "loop", "params": {
+            "items": "{{ $input.xs }}",
+            "flow": {"nodes": [{"id": "x", "type": "merge"}], "deadline_ms": 10}
+        }}]}));
+        assert!(e.iter().any(|e| e.field.ends_with("deadline_ms")), "{e:?}");
     }
 
     /// `n` loops, each the only node of the one around it.

@@ -21,6 +21,29 @@ pub async fn status(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result
         .map_err(StoreError::from)
 }
 
+/// What a redelivered message finds of its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Found {
+    pub status: RunStatus,
+    /// A cancel was asked while it ran: the redelivery finishes it `cancelled` without running it.
+    pub cancel_requested: bool,
+    /// When it first started, if it was shown running: a deadline counts from there.
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The run's status, whether a cancel was asked and when it started; `None` once it is gone.
+pub async fn found(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<Option<Found>, StoreError> {
+    sqlx::query_as(
+        "SELECT status, cancel_requested_at IS NOT NULL AS cancel_requested, started_at
+           FROM runs WHERE id = $1 AND company_id = $2",
+    )
+    .bind(run_id)
+    .bind(company_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}
+
 /// Claims a `queued` run for this copy of its message (`queued` → `running`).
 /// Returns `false` when the run is not queued (another copy has it, or it is
 /// finished or gone).

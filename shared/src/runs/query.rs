@@ -26,6 +26,8 @@ pub struct Run {
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When a cancel was asked (`POST /api/v1/runs/{id}/cancel`); the run may still be running.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 /// One step of a run, in the order the worker recorded it.
@@ -39,8 +41,9 @@ pub struct Step {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const RUN_COLUMNS: &str =
-    "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at";
+pub(super) const RUN_COLUMNS: &str =
+    "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at, \
+     cancel_requested_at";
 
 pub async fn find(tx: &mut Tx, company_id: CompanyId, id: RunId) -> Result<Option<Run>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -12,6 +12,7 @@ use std::time::Duration;
 use floq_shared::db::Pool as PgPool;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::flow_cache::{CompiledFlow, FlowCache};
@@ -160,6 +161,76 @@ pub struct RunCtx {
     pub vars: Option<Arc<Value>>,
     /// The deployer of the version being executed (a sub-flow's own deployer inside it).
     pub deployed_by: Option<Uuid>,
+    /// Cancelled when the run is (`worker::control`); loop bodies and sub-flows share it.
+    pub cancel: CancellationToken,
+    /// When the run passes its flow's `deadline_ms` ([`crate::executor::deadline`]); shared like `cancel`.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+/// Why a run stops before its end: at the next node boundary, interrupting
+/// the `code`, `delay` and `http_request` nodes it is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Cancelled,
+    DeadlineExceeded,
+}
+
+impl Stop {
+    /// The run's (and the interrupted steps') error code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Stop::Cancelled => floq_shared::runs::cancel::CODE,
+            Stop::DeadlineExceeded => "deadline_exceeded",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Stop::Cancelled => floq_shared::runs::cancel::MESSAGE,
+            Stop::DeadlineExceeded => "the run passed its flow's deadline_ms",
+        }
+    }
+
+    pub fn error(self) -> NodeError {
+        NodeError::new(self.code(), self.message())
+    }
+}
+
+impl RunCtx {
+    /// Whether the run must stop now; cheap enough for every node boundary.
+    pub fn stopped(&self) -> Option<Stop> {
+        if self.cancel.is_cancelled() {
+            Some(Stop::Cancelled)
+        } else if self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            Some(Stop::DeadlineExceeded)
+        } else {
+            None
+        }
+    }
+
+    /// Resolves when the run must stop.
+    pub async fn stopping(&self) -> Stop {
+        let deadline = async {
+            match self.deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Stop::Cancelled,
+            () = deadline => Stop::DeadlineExceeded,
+        }
+    }
+
+    /// Runs `work` unless the run stops first; then `work` is dropped (interrupted) and the stop is its error.
+    pub async fn unless_stopped<T>(&self, work: impl Future<Output = Result<T, NodeError>>) -> Result<T, NodeError> {
+        tokio::select! {
+            biased;
+            result = work => result,
+            stop = self.stopping() => Err(stop.error()),
+        }
+    }
 }
 
 pub use floq_shared::flow::MAX_DEPTH;
@@ -205,6 +276,15 @@ static REGISTRY: LazyLock<HashMap<NodeKind, &'static dyn Node>> = LazyLock::new(
     ];
     nodes.into_iter().collect()
 });
+
+/// The nodes a stopping run interrupts (dropping their future is safe: a
+/// timer, a script the sandbox interrupts, an HTTP call that may or may not
+/// have reached its server, as with any timeout). Others run to their end,
+/// the run's next node boundary: a `postgres` or `smtp_send` in the middle
+/// of its work, or a `loop`/`sub_flow` whose own nodes stop at theirs.
+pub fn interruptible(kind: NodeKind) -> bool {
+    [NodeKind::CODE, NodeKind::DELAY, NodeKind::HTTP_REQUEST].contains(&kind)
+}
 
 pub fn registry() -> &'static HashMap<NodeKind, &'static dyn Node> {
     &REGISTRY

@@ -1,9 +1,10 @@
 //! One pool thread's JavaScript engine: a runtime, a hardened context and the compiled-script cache.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rquickjs::context::EvalOptions;
@@ -64,6 +65,8 @@ pub(super) enum Flow {
 struct Clock {
     deadline: Cell<Option<Instant>>,
     fired: Cell<bool>,
+    /// The running task's caller gave up (its run was cancelled or passed its deadline): interrupt at once.
+    abort: RefCell<Option<Arc<AtomicBool>>>,
 }
 
 impl Clock {
@@ -83,7 +86,10 @@ impl Clock {
 
     fn expired(&self) -> bool {
         match self.deadline.get() {
-            Some(deadline) if Instant::now() >= deadline => {
+            Some(deadline)
+                if Instant::now() >= deadline
+                    || self.abort.borrow().as_ref().is_some_and(|a| a.load(Ordering::Relaxed)) =>
+            {
                 self.fired.set(true);
                 true
             }
@@ -146,7 +152,21 @@ impl Engine {
     }
 
     /// Runs `jobs` in order, pushing one result per job onto `out`, against the scope in `scope_json`.
-    pub(super) fn run(&mut self, scope_json: &str, jobs: &[Job], out: &mut Vec<JobResult>) -> Flow {
+    /// `abort` set interrupts whatever runs as if its deadline had passed.
+    pub(super) fn run(
+        &mut self,
+        scope_json: &str,
+        jobs: &[Job],
+        abort: &Arc<AtomicBool>,
+        out: &mut Vec<JobResult>,
+    ) -> Flow {
+        *self.clock.abort.borrow_mut() = Some(Arc::clone(abort));
+        let flow = self.run_jobs(scope_json, jobs, out);
+        *self.clock.abort.borrow_mut() = None;
+        flow
+    }
+
+    fn run_jobs(&mut self, scope_json: &str, jobs: &[Job], out: &mut Vec<JobResult>) -> Flow {
         // Preparing the scope is bounded by the most generous deadline among the jobs that will read it.
         let Some(prepare_timeout) = jobs.iter().map(|j| j.timeout).max() else {
             return Flow::Done;

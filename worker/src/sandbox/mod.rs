@@ -110,6 +110,8 @@ struct Shared {
 struct Task {
     scope: Arc<serde_json::Value>,
     jobs: Vec<Job>,
+    /// Set once the caller stops waiting: the scripts are interrupted.
+    abort: Arc<AtomicBool>,
     started: oneshot::Sender<Arc<Worker>>,
     reply: oneshot::Sender<Vec<JobResult>>,
 }
@@ -175,12 +177,16 @@ impl Sandbox {
         });
         let (started, started_rx) = oneshot::channel();
         let (reply, reply_rx) = oneshot::channel();
+        // A caller that drops this future (its run was cancelled, passed its deadline or its node timed out) frees
+        // the thread: the interrupt handler sees the flag, as it sees a passed deadline.
+        let abort = AbortOnDrop(Arc::new(AtomicBool::new(false)));
         if self
             .inner
             .sender
             .send(Task {
                 scope,
                 jobs,
+                abort: Arc::clone(&abort.0),
                 started,
                 reply,
             })
@@ -209,6 +215,14 @@ impl Sandbox {
                     .collect()
             }
         }
+    }
+}
+
+struct AbortOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -292,7 +306,7 @@ fn thread_main(shared: &Arc<Shared>) {
         if task.started.send(Arc::clone(&worker)).is_err() {
             continue;
         }
-        let results = run_task(&mut engine, shared, &task.scope, &task.jobs);
+        let results = run_task(&mut engine, shared, &task.scope, &task.jobs, &task.abort);
         let _ = task.reply.send(results);
         if worker.replaced.load(Ordering::Acquire) {
             // Its replacement already runs: this thread leaves the pool.
@@ -302,7 +316,13 @@ fn thread_main(shared: &Arc<Shared>) {
     }
 }
 
-fn run_task(engine: &mut Option<Engine>, shared: &Shared, scope: &serde_json::Value, jobs: &[Job]) -> Vec<JobResult> {
+fn run_task(
+    engine: &mut Option<Engine>,
+    shared: &Shared,
+    scope: &serde_json::Value,
+    jobs: &[Job],
+    abort: &Arc<AtomicBool>,
+) -> Vec<JobResult> {
     let limits = &shared.limits;
     let mut out = Vec::with_capacity(jobs.len());
     let scope_json = match serde_json::to_string(scope) {
@@ -323,7 +343,7 @@ fn run_task(engine: &mut Option<Engine>, shared: &Shared, scope: &serde_json::Va
             },
         };
         let before = out.len();
-        let flow = current.run(&scope_json, &jobs[before..], &mut out);
+        let flow = current.run(&scope_json, &jobs[before..], abort, &mut out);
         if let Flow::Rebuild = flow {
             *engine = None;
         }

@@ -792,6 +792,18 @@ async fn concurrent_runs_all_succeed() {
 }
 
 #[tokio::test]
+async fn a_caller_that_stops_waiting_interrupts_its_script() {
+    let sandbox = Sandbox::new(1, Limits::default());
+    let endless = with_timeout(code("while (true) {}"), Duration::from_secs(600));
+    let given_up = tokio::time::timeout(Duration::from_millis(100), one(&sandbox, endless)).await;
+    assert!(given_up.is_err(), "the loop runs until its caller leaves");
+    // The only thread is free again long before the loop's own 600 s limit.
+    let next = tokio::time::timeout(Duration::from_secs(10), one(&sandbox, expr("$input.a + 1"))).await;
+    assert_eq!(next.expect("the abandoned script was interrupted"), Ok(json!(42)));
+    assert_eq!(sandbox.stuck_threads(), 0);
+}
+
+#[tokio::test]
 async fn each_job_gets_its_own_deadline() {
     let sandbox = Sandbox::new(1, Limits::default());
     let started = Instant::now();

@@ -1,0 +1,58 @@
+//! Cancelling runs: the API's request (a queued run ends `cancelled` at once,
+//! a running one records `cancel_requested_at` for its worker and for any
+//! redelivery of its message), and the run ids workers refuse to start.
+//! The worker's own `cancelled` outcome is [`super::outcomes`]'s.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::query::{RUN_COLUMNS, Run};
+use crate::db::{StoreError, Tx};
+use crate::ids::{CompanyId, RunId};
+
+/// The error a run cancelled before it ran holds (a worker that interrupts a
+/// run stores the same code).
+pub const CODE: &str = "cancelled";
+pub const MESSAGE: &str = "the run was cancelled";
+
+/// Cancels an unfinished run of `company_id` in the caller's tenant
+/// transaction and notes its id for workers; `None` if the run is finished
+/// (or gone). A repeated cancel keeps the first request's time.
+pub async fn request(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<Option<Run>, StoreError> {
+    let run: Option<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE runs
+            SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
+                status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+                finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
+                error = CASE WHEN status = 'queued' THEN jsonb_build_object('code', $3::text, 'message', $4::text)
+                        ELSE error END
+          WHERE company_id = $1 AND id = $2 AND status IN ('queued', 'running')
+      RETURNING {RUN_COLUMNS}"
+    )))
+    .bind(company_id)
+    .bind(run_id)
+    .bind(CODE)
+    .bind(MESSAGE)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if run.is_some() {
+        // Through a SECURITY DEFINER function: see migrations/0024.
+        sqlx::query("SELECT floq_note_cancel($1)")
+            .bind(run_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(run)
+}
+
+/// The newest run ids cancelled since `since`, at most `limit`, of every
+/// company (ids alone: nothing else of a run is readable this way). Any
+/// transaction will do; the function needs no tenant.
+pub async fn recent(tx: &mut Tx, since: DateTime<Utc>, limit: i32) -> Result<Vec<Uuid>, StoreError> {
+    sqlx::query_scalar("SELECT floq_recent_cancels($1, $2)")
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::from)
+}
