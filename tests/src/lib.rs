@@ -597,9 +597,11 @@ async fn remove_resources(db_name: &str, queue_prefix: &str) {
         for q in [&t.runs, &t.dead] {
             let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
         }
-        let _ = ch
-            .exchange_delete(t.dead_exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+        for exchange in [&t.dead_exchange, &t.control] {
+            let _ = ch
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
         let _ = conn.close(0, "test done".into()).await;
     }
     if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {

@@ -804,4 +804,106 @@ mod tests {
         assert_eq!(outcome.error.as_ref().unwrap()["code"], "vars_unavailable");
         assert!(outcome.steps.is_empty() && outcome.audit.is_empty());
     }
+
+    fn waiting(ms: u64) -> CompiledFlow {
+        flow(json!({
+            "nodes": [
+                {"id": "first", "type": "set", "params": {"values": {"x": 1}}},
+                {"id": "wait", "type": "delay", "params": {"ms": ms}},
+                {"id": "after", "type": "set", "params": {"values": {"y": 2}}}
+            ],
+            "edges": [{"from": "first", "to": "wait"}, {"from": "wait", "to": "after"}]
+        }))
+    }
+
+    async fn execute_ctx(flow: &CompiledFlow, run: RunCtx) -> Outcome {
+        execute(flow, RunInput { run, input: &json!({}) }, env(1 << 20).await).await
+    }
+
+    #[tokio::test]
+    async fn a_run_cancelled_before_it_starts_runs_nothing() {
+        let run = run_ctx(None);
+        run.cancel.cancel();
+        let outcome = execute_ctx(&waiting(10), run).await;
+        assert_eq!(outcome.status, RunStatus::Cancelled);
+        assert_eq!(outcome.error.as_ref().unwrap()["code"], "cancelled");
+        assert!(outcome.steps.is_empty() && outcome.audit.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cancel_interrupts_the_running_delay_and_starts_nothing_after_it() {
+        let run = run_ctx(None);
+        let token = run.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            token.cancel();
+        });
+        let outcome = execute_ctx(&waiting(900), run).await;
+        assert_eq!(outcome.status, RunStatus::Cancelled, "{:?}", outcome.error);
+        assert_eq!(
+            statuses(&outcome),
+            [("first", StepStatus::Succeeded), ("wait", StepStatus::Cancelled)]
+        );
+        let interrupted = outcome.steps.last().unwrap();
+        assert_eq!(interrupted.error.as_ref().unwrap()["code"], "cancelled", "interrupted, not run out");
+        assert_eq!(outcome.audit.len(), 2, "the interrupted node is audited too");
+    }
+
+    #[tokio::test]
+    async fn a_deadline_interrupts_a_code_loop_and_fails_the_run() {
+        let flow = flow(json!({
+            "deadline_ms": 100,
+            "nodes": [{"id": "spin", "type": "code", "params": {"code": "while (true) {}"}}]
+        }));
+        assert_eq!(flow.deadline, Some(Duration::from_millis(100)));
+        let mut run = run_ctx(None);
+        run.deadline = deadline(&flow, Duration::from_secs(3600), Utc::now());
+        let outcome = execute_ctx(&flow, run).await;
+        assert_eq!(outcome.status, RunStatus::Failed);
+        assert_eq!(outcome.error.as_ref().unwrap()["code"], "deadline_exceeded");
+        assert_eq!(statuses(&outcome), [("spin", StepStatus::Cancelled)]);
+        // The script's own 1 s limit would say `sandbox_timeout`: the deadline came first.
+        assert_eq!(
+            outcome.steps[0].error.as_ref().unwrap()["code"],
+            "deadline_exceeded"
+        );
+    }
+
+    #[test]
+    fn a_deadline_counts_from_the_first_start_and_is_capped() {
+        let flow = flow(json!({"deadline_ms": 60_000, "nodes": [{"id": "a", "type": "merge"}]}));
+        let now = tokio::time::Instant::now();
+        let fresh = deadline(&flow, Duration::from_secs(3600), Utc::now()).unwrap();
+        assert!(fresh >= now + Duration::from_secs(59));
+        let capped = deadline(&flow, Duration::from_secs(1), Utc::now()).unwrap();
+        assert!(capped <= tokio::time::Instant::now() + Duration::from_secs(1));
+        let resumed = deadline(&flow, Duration::from_secs(3600), Utc::now() - chrono::Duration::seconds(120)).unwrap();
+        assert!(resumed <= tokio::time::Instant::now(), "already past");
+        let none = flow_without_deadline();
+        assert_eq!(deadline(&none, Duration::from_secs(3600), Utc::now()), None);
+    }
+
+    fn flow_without_deadline() -> CompiledFlow {
+        flow(json!({"nodes": [{"id": "a", "type": "merge"}]}))
+    }
+
+    #[tokio::test]
+    async fn a_cancel_stops_a_loops_bodies_at_their_own_boundaries() {
+        let flow = flow(json!({
+            "nodes": [{"id": "each", "type": "loop", "params": {
+                "items": [1, 2, 3],
+                "concurrency": 1,
+                "flow": {"nodes": [{"id": "wait", "type": "delay", "params": {"ms": 900}}]}
+            }}]
+        }));
+        let run = run_ctx(None);
+        let token = run.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            token.cancel();
+        });
+        let outcome = execute_ctx(&flow, run).await;
+        assert_eq!(outcome.status, RunStatus::Cancelled, "{:?}", outcome.error);
+        assert_eq!(statuses(&outcome), [("each", StepStatus::Cancelled)]);
+    }
 }

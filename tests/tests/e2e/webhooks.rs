@@ -279,7 +279,10 @@ async fn a_sync_webhook_without_respond_answers_with_the_runs_output_or_its_fail
     let run_id = resp.headers()["x-floq-run-id"].to_str().unwrap().to_string();
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "run_failed");
-    assert_eq!(body["error"]["details"], json!({"run_id": run_id, "node": "boom"}));
+    assert_eq!(
+        body["error"]["details"],
+        json!({"run_id": run_id, "node": "boom", "status": "failed", "error_code": "sandbox_error"})
+    );
     assert!(
         !body.to_string().contains("card declined"),
         "the caller gets no node messages: {body}"
