@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::{self, Outcome, RunInput, RunStatus};
+use crate::executor::{self, Outcome, RunInput};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
 use crate::outcome_writer::{self, OutcomeWriter, Write};
@@ -28,6 +28,8 @@ use floq_shared::runs::delivery;
 use floq_shared::telemetry::METRICS;
 
 pub struct Worker {
+    /// This process's lease (`workers.id`), recorded on the runs it holds.
+    pub id: Uuid,
     pub pool: Pool,
     pub config: Arc<Config>,
     pub cache: Arc<FlowCache>,
@@ -136,19 +138,18 @@ async fn handle(worker: &Worker, replies: &Channel, delivery: Delivery) {
 
 async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: Delivery) {
     let reply_to = delivery.properties.reply_to().as_ref().map(|to| to.to_string());
-    // The two ways a message can arrive twice: the broker redelivers it (its
-    // worker died: the run may be unfinished and is run again), or the outbox
-    // sweep publishes it again (the first copy may be queued, running or
-    // done: this copy runs only if it can claim a run still `queued`).
-    let republished = delivery
-        .properties
-        .kind()
-        .as_ref()
-        .is_some_and(|kind| kind.as_str() == queue::REPUBLISHED);
-    let check = if delivery.redelivered {
-        already_finished(&worker.pool, &msg).await
-    } else if republished {
-        claimed_elsewhere(&worker.pool, &msg).await
+    // The ways a message can arrive twice: the broker redelivers it (its
+    // worker died: the run may be unfinished and is run again), the reaper
+    // resumes a run whose worker was lost (both take the run over unless it
+    // is final), or the outbox sweep or the reaper publishes it again, or it
+    // is old enough that the reaper may have (the first copy may be queued,
+    // running or done: this copy runs only if it can claim a run still
+    // `queued`). Fresh first deliveries pay no check.
+    let kind = delivery.properties.kind().as_ref().map(|kind| kind.as_str().to_string());
+    let check = if delivery.redelivered || kind.as_deref() == Some(queue::RESUMED) {
+        already_finished(worker, &msg).await
+    } else if kind.as_deref() == Some(queue::REPUBLISHED) || possibly_republished(worker, &msg) {
+        claimed_elsewhere(worker, &msg).await
     } else {
         Ok(false)
     };
@@ -193,31 +194,38 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                     return;
                 }
             };
-            let exec = executor::execute(
-                flow,
-                RunInput {
-                    run: RunCtx {
-                        run_id: msg.run_id,
-                        company_id: msg.company_id,
-                        flow_id: msg.flow_id,
-                        trigger: msg.trigger,
-                        attempt: msg.attempt,
-                        depth: 0,
-                        vars: None,
-                        deployed_by: flow.deployed_by,
-                    },
-                    input: &input,
-                },
-                worker.env.clone(),
-            );
+            let run = RunCtx {
+                run_id: msg.run_id,
+                company_id: msg.company_id,
+                flow_id: msg.flow_id,
+                trigger: msg.trigger,
+                attempt: msg.attempt,
+                depth: 0,
+                vars: None,
+                deployed_by: flow.deployed_by,
+            };
+            let exec = async {
+                #[cfg(feature = "fail-points")]
+                fail_point(&input);
+                executor::execute(flow, RunInput { run, input: &input }, worker.env.clone()).await
+            };
+            // A panic in a node fails its run instead of leaving the delivery unacked until the channel closes.
+            let exec = std::panic::AssertUnwindSafe(exec).catch_unwind();
             tokio::pin!(exec);
-            tokio::select! {
+            let done = tokio::select! {
                 outcome = &mut exec => outcome,
                 _ = tokio::time::sleep(worker.config.running_mark_after) => {
                     worker.writer.send(Write::Started { company_id: msg.company_id.into(), run_id: msg.run_id.into(), at: Utc::now() }).await;
                     exec.await
                 }
-            }
+            };
+            done.unwrap_or_else(|_| {
+                tracing::error!("the run panicked in the worker; failing it as {WORKER_PANICKED}");
+                Outcome::failed_early(
+                    WORKER_PANICKED,
+                    "the worker failed unexpectedly while running this run; it was stopped",
+                )
+            })
         }
         Ok(None) => Outcome::failed_early(
             "flow_version_missing",
@@ -284,20 +292,47 @@ async fn requeue(delivery: &Delivery) {
     let _ = delivery.acker.nack(options).await;
 }
 
-async fn already_finished(pool: &Pool, msg: &RunFlowV1) -> Result<bool, StoreError> {
-    let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let status = delivery::status(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
+/// For a message that may continue an unfinished run (a redelivery, a
+/// continuation): takes the run over on this worker's lease, or says it is
+/// final. A run that is gone (retention) is as finished as one that ended.
+async fn already_finished(worker: &Worker, msg: &RunFlowV1) -> Result<bool, StoreError> {
+    let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
+    let taken = delivery::take_over(&mut tx, msg.company_id.into(), msg.run_id.into(), worker.id).await?;
     db::commit(tx).await?;
-    // A run that is gone (retention) is as finished as one that ended.
-    Ok(status.is_none_or(RunStatus::is_final))
+    Ok(!taken)
+}
+
+/// Whether a first delivery is old enough that the reaper may have published
+/// a copy of it (a run queued past half of `FLOQ_REAPER_QUEUED_AFTER_MS`,
+/// read from its UUID v7 id: no database round trip).
+fn possibly_republished(worker: &Worker, msg: &RunFlowV1) -> bool {
+    let Some(ts) = msg.run_id.get_timestamp() else {
+        return false;
+    };
+    let (secs, nanos) = ts.to_unix();
+    let accepted = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+    accepted
+        .elapsed()
+        .is_ok_and(|age| age > worker.config.reaper_queued_after / 2)
+}
+
+/// The error code of a run whose execution panicked in the worker.
+pub const WORKER_PANICKED: &str = "worker_panicked";
+
+/// Test builds only: a run whose input asks for it panics, as a node with a bug would.
+#[cfg(feature = "fail-points")]
+fn fail_point(input: &serde_json::Value) {
+    if input.get("floq_fail_point").and_then(serde_json::Value::as_str) == Some("panic") {
+        panic!("fail point: a panicking node");
+    }
 }
 
 /// For a message the outbox sweep published again: claims the run (`queued`
 /// → `running`), or says another copy has it (running or finished). A crashed
 /// first copy is redelivered by the broker and runs then.
-async fn claimed_elsewhere(pool: &Pool, msg: &RunFlowV1) -> Result<bool, StoreError> {
-    let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let claimed = delivery::claim(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
+async fn claimed_elsewhere(worker: &Worker, msg: &RunFlowV1) -> Result<bool, StoreError> {
+    let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
+    let claimed = delivery::claim(&mut tx, msg.company_id.into(), msg.run_id.into(), worker.id).await?;
     db::commit(tx).await?;
     Ok(!claimed)
 }

@@ -108,6 +108,8 @@ async fn start(
         actor: auth.principal.actor(),
         idempotency_key,
         wait: false,
+        version: None,
+        retry_of: None,
     };
     match state.acceptor.accept(request).await {
         Ok(Accepted::New { run_id, version, .. }) => Ok((
@@ -124,7 +126,7 @@ async fn start(
 
 /// Tells a missing or invisible flow (`404`), one the caller may not execute
 /// (`403`) and one never deployed (`409`) apart; only on the failure path.
-async fn not_runnable(state: &AppState, principal: &Principal, flow_id: Uuid) -> ApiError {
+pub(super) async fn not_runnable(state: &AppState, principal: &Principal, flow_id: Uuid) -> ApiError {
     let lookup = async {
         let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
         access::require_flow(&mut tx, principal, flow_id, Level::Execute).await?;
@@ -166,6 +168,8 @@ struct Run {
     queued_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    /// The run this one retries (`POST /api/v1/runs/{id}/retry` or a replay).
+    retry_of: Option<Uuid>,
 }
 
 // The documented shape of `query::Step`.

@@ -6,6 +6,7 @@
 //! [`super::outcomes`]'s; nothing here writes an outcome.
 
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::db::{StoreError, Tx};
 use crate::ids::{CompanyId, RunId};
@@ -21,16 +22,33 @@ pub async fn status(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result
         .map_err(StoreError::from)
 }
 
-/// Claims a `queued` run for this copy of its message (`queued` → `running`).
-/// Returns `false` when the run is not queued (another copy has it, or it is
-/// finished or gone).
-pub async fn claim(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<bool, StoreError> {
+/// Claims a `queued` run for this copy of its message (`queued` → `running`)
+/// on `worker_id`'s lease. Returns `false` when the run is not queued
+/// (another copy has it, or it is finished or gone).
+pub async fn claim(tx: &mut Tx, company_id: CompanyId, run_id: RunId, worker_id: Uuid) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "UPDATE runs SET status = 'running', started_at = now()
+        "UPDATE runs SET status = 'running', started_at = now(), worker_id = $3
           WHERE id = $1 AND company_id = $2 AND status = 'queued'",
     )
     .bind(run_id)
     .bind(company_id)
+    .bind(worker_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Takes an unfinished run over for `worker_id` (a redelivery, or a
+/// continuation after its worker was lost): it becomes `running` on this
+/// worker's lease. Returns `false` when the run is final or gone.
+pub async fn take_over(tx: &mut Tx, company_id: CompanyId, run_id: RunId, worker_id: Uuid) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()), worker_id = $3
+          WHERE id = $1 AND company_id = $2 AND status IN ('queued', 'running')",
+    )
+    .bind(run_id)
+    .bind(company_id)
+    .bind(worker_id)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -26,6 +26,8 @@ pub struct Run {
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The run this one retries, if it is a retry or a replay.
+    pub retry_of: Option<RunId>,
 }
 
 /// One step of a run, in the order the worker recorded it.
@@ -40,7 +42,7 @@ pub struct Step {
 }
 
 const RUN_COLUMNS: &str =
-    "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at";
+    "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at, retry_of";
 
 pub async fn find(tx: &mut Tx, company_id: CompanyId, id: RunId) -> Result<Option<Run>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
