@@ -83,8 +83,9 @@ CREATE FUNCTION floq_lost_queued(p_after uuid, p_upper uuid, p_limit integer, p_
                                  OUT scanned_to uuid, OUT company_ids uuid[], OUT run_ids uuid[])
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public AS $$
 BEGIN
-    SELECT max(s.id) INTO scanned_to
-      FROM (SELECT id FROM runs WHERE id > p_after AND id <= p_upper ORDER BY id LIMIT p_limit) s;
+    SELECT s.id INTO scanned_to
+      FROM (SELECT id FROM runs WHERE id > p_after AND id <= p_upper ORDER BY id LIMIT p_limit) s
+     ORDER BY s.id DESC LIMIT 1;
     SELECT coalesce(array_agg(l.company_id), '{}'), coalesce(array_agg(l.id), '{}') INTO company_ids, run_ids
       FROM (SELECT r.company_id, r.id
               FROM runs r
