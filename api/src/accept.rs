@@ -44,7 +44,9 @@ struct Request {
     run_id: Uuid,
     input: Value,
     trigger: Trigger,
-    /// The run's `run.create` entry, appended in the same commit as the run.
+    version: Option<i32>,
+    retry_of: Option<Uuid>,
+    /// The run's `run.create` (or `run.retry`) entry, appended in the same commit as the run.
     audit: Entry,
     idempotency_key: Option<String>,
     /// The worker should send the outcome back (a synchronous webhook waits for it).
@@ -72,6 +74,10 @@ pub struct RunRequest {
     pub idempotency_key: Option<String>,
     /// Ask the worker for the outcome: `Accepted::New` then carries a waiter for it.
     pub wait: bool,
+    /// Run this deployed version rather than the latest.
+    pub version: Option<i32>,
+    /// The run this one retries: recorded as `retry_of` and audited as `run.retry`.
+    pub retry_of: Option<Uuid>,
 }
 
 pub enum Accepted {
@@ -152,14 +158,21 @@ impl Acceptor {
             actor,
             idempotency_key,
             wait,
+            version,
+            retry_of,
         } = request;
         let (reply, rx) = oneshot::channel();
         let run_id = Uuid::now_v7();
         // Registered before the run can be published, so even an instant outcome finds it.
         let waiter = self.replies.as_ref().filter(|_| wait).map(|r| r.register(run_id));
-        let audit = Entry::new(company_id, actor, "run.create")
+        let mut details = json!({"flow_id": flow_id, "trigger": trigger, "input": audit::shape(&input)});
+        if let Some(original) = retry_of {
+            details["retry_of"] = json!(original);
+        }
+        let action = if retry_of.is_some() { "run.retry" } else { "run.create" };
+        let audit = Entry::new(company_id, actor, action)
             .resource("run", run_id)
-            .details(json!({"flow_id": flow_id, "trigger": trigger, "input": audit::shape(&input)}));
+            .details(details);
         self.tx
             .send(Request {
                 company_id,
@@ -168,6 +181,8 @@ impl Acceptor {
                 run_id,
                 input,
                 trigger,
+                version,
+                retry_of,
                 audit,
                 idempotency_key,
                 wants_reply: waiter.is_some(),
@@ -302,6 +317,8 @@ async fn commit(pool: &Pool, batch: &[Request]) -> Result<Committed, StoreError>
                 trigger: r.trigger,
                 input: &r.input,
                 grantee: r.grantee,
+                version: r.version,
+                retry_of: r.retry_of,
             })
             .collect();
         let created = runs::enqueue(&mut tx, company_id, &new_runs).await?;
@@ -424,6 +441,8 @@ mod tests {
             audit: Entry::new(company_id, Actor::system("test"), "run.create"),
             idempotency_key: key.map(str::to_string),
             wants_reply: false,
+            version: None,
+            retry_of: None,
             reply,
         };
         (request, rx)

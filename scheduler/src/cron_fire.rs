@@ -115,6 +115,8 @@ async fn fire(pool: &db::Pool, publisher: &Publisher, due: &Due) -> anyhow::Resu
             trigger: Trigger::Cron,
             input: &input,
             grantee: None,
+            version: None,
+            retry_of: None,
         };
         let created = runs::enqueue(&mut tx, company_id, std::slice::from_ref(&run))
             .await?

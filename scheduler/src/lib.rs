@@ -1,10 +1,13 @@
 //! `floq-scheduler`: the only process with cross-tenant background duties.
 //! Many may run; one leads (advisory lock) and the rest stand by.
-//! Duties: cron firing, the outbox sweep, sealing the audit log, and retention.
+//! Duties: cron firing, the outbox sweep, sealing the audit log, retention
+//! and the reaper (the leader's); consuming dead letters (every instance's).
 
 pub mod cron_fire;
+pub mod dead_letters;
 mod leader;
 pub mod outbox;
+pub mod reaper;
 pub mod retention;
 
 use std::net::SocketAddr;
@@ -77,8 +80,17 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     })?;
     tracing::info!(%addr, "floq-scheduler serving health and metrics");
 
+    // Every instance consumes dead letters; failing a dead run is idempotent.
+    let dead_letters = tokio::spawn(dead_letters::consume(
+        pool.clone(),
+        config.amqp_url.expose().to_string(),
+        topology.clone(),
+        config.queue_delivery_limit,
+        shutdown.clone(),
+    ));
     let handle = tokio::spawn(async move {
         lead_or_stand_by(&config, &pool, &publisher, &shutdown).await;
+        let _ = dead_letters.await;
         METRICS.scheduler_is_leader.set(0);
         ops_shutdown.cancel();
         let _ = ops_task.await;
@@ -105,6 +117,9 @@ async fn lead_or_stand_by(config: &Config, pool: &db::Pool, publisher: &Publishe
                 retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut claims_tick = tokio::time::interval(SIGNATURE_TRIM_INTERVAL);
                 claims_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut reap_tick = tokio::time::interval(reaper::interval(config));
+                reap_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut reaper = reaper::Reaper::new(config);
                 loop {
                     let duty = tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -112,6 +127,7 @@ async fn lead_or_stand_by(config: &Config, pool: &db::Pool, publisher: &Publishe
                         _ = seal_tick.tick() => Duty::AuditSeal,
                         _ = retention_tick.tick() => Duty::Retention,
                         _ = claims_tick.tick() => Duty::SignatureTrim,
+                        _ = reap_tick.tick() => Duty::Reaper,
                         _ = cron_tick.tick() => Duty::Cron,
                     };
                     if !leadership.still_held().await {
@@ -126,6 +142,7 @@ async fn lead_or_stand_by(config: &Config, pool: &db::Pool, publisher: &Publishe
                         Duty::Retention => retention::enforce(pool).await.map(drop),
                         Duty::SignatureTrim => retention::trim_webhook_signatures(pool).await.map(drop),
                         Duty::Cron => cron_fire::fire_due(pool, publisher).await.map(drop),
+                        Duty::Reaper => reaper.tick(pool, publisher, config).await,
                     };
                     if let Err(e) = done {
                         tracing::warn!(
@@ -155,6 +172,7 @@ enum Duty {
     Retention,
     SignatureTrim,
     Cron,
+    Reaper,
 }
 
 /// Seals whatever is pending, in bounded batches.

@@ -75,6 +75,12 @@ pub struct Config {
     pub outbox_sweep_after: Duration,
     pub outbox_sweep_interval: Duration,
     pub running_mark_after: Duration,
+    /// `FLOQ_REAPER_QUEUED_AFTER_MS`: a run still `queued` this long after its message was published is republished.
+    pub reaper_queued_after: Duration,
+    /// `FLOQ_WORKER_LEASE_MS`: a worker whose heartbeat is older than this has lost its runs.
+    pub worker_lease: Duration,
+    /// `FLOQ_REPLAY_MAX`: the most runs one replay request may start.
+    pub replay_max: u32,
     pub delay_max: Duration,
     /// The longest `deadline_ms` a flow definition may set.
     pub flow_deadline_max: Duration,
@@ -181,6 +187,13 @@ impl Config {
             outbox_sweep_after: v.millis("FLOQ_OUTBOX_SWEEP_AFTER_MS", 5_000)?,
             outbox_sweep_interval: v.millis("FLOQ_OUTBOX_SWEEP_INTERVAL_MS", 1_000)?,
             running_mark_after: v.millis("FLOQ_RUNNING_MARK_AFTER_MS", 500)?,
+            reaper_queued_after: Duration::from_millis(v.parse_in(
+                "FLOQ_REAPER_QUEUED_AFTER_MS",
+                600_000,
+                1_000..=86_400_000,
+            )?),
+            worker_lease: Duration::from_millis(v.parse_in("FLOQ_WORKER_LEASE_MS", 30_000, 300..=3_600_000)?),
+            replay_max: v.parse_in("FLOQ_REPLAY_MAX", 1_000, 1..=100_000)?,
             delay_max: v.millis("FLOQ_DELAY_MAX_MS", 300_000)?,
             flow_deadline_max: v.millis("FLOQ_FLOW_DEADLINE_MAX_MS", 3_600_000)?,
             http_node_max_timeout: v.millis("FLOQ_HTTP_NODE_MAX_TIMEOUT_MS", 30_000)?,

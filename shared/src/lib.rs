@@ -41,5 +41,6 @@ pub mod signatures;
 pub mod telemetry;
 pub mod users;
 pub mod webhooks;
+pub mod workers;
 
 pub use config::{AuditSink, Config, ConfigError, Secret};

@@ -170,6 +170,11 @@ pub enum PublishError {
 /// message can arrive twice, and only those pay for a status check.
 pub const REPUBLISHED: &str = "floq.republished";
 
+/// The AMQP `type` of a run's continuation ([`Publisher::resume`]): the run
+/// may be `running` (its worker was lost, or handed it back); the worker
+/// that takes the message takes the run over unless it is final.
+pub const RESUMED: &str = "floq.resumed";
+
 pub struct Publisher {
     url: String,
     queue: String,
@@ -212,13 +217,19 @@ impl Publisher {
     /// whether the run already finished instead of running its nodes again.
     pub async fn republish(&self, batch: &[Envelope]) -> Result<(), PublishError> {
         let batch: Vec<(&Envelope, bool)> = batch.iter().map(|e| (e, false)).collect();
-        self.send(&batch, true).await
+        self.send(&batch, Some(REPUBLISHED)).await
+    }
+
+    /// Publishes continuations of runs that may be `running` (see [`RESUMED`]).
+    pub async fn resume(&self, batch: &[Envelope]) -> Result<(), PublishError> {
+        let batch: Vec<(&Envelope, bool)> = batch.iter().map(|e| (e, false)).collect();
+        self.send(&batch, Some(RESUMED)).await
     }
 
     /// As [`Publisher::publish`]; messages paired with `true` ask their worker
     /// to reply (direct reply-to), which needs [`Publisher::with_replies`].
     pub async fn publish_asking(&self, batch: &[(&Envelope, bool)]) -> Result<(), PublishError> {
-        self.send(batch, false).await
+        self.send(batch, None).await
     }
 
     /// Tells every connected worker (the control exchange), confirmed by the broker.
@@ -253,7 +264,7 @@ impl Publisher {
         sent
     }
 
-    async fn send(&self, batch: &[(&Envelope, bool)], again: bool) -> Result<(), PublishError> {
+    async fn send(&self, batch: &[(&Envelope, bool)], kind: Option<&'static str>) -> Result<(), PublishError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -264,7 +275,7 @@ impl Publisher {
                 lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
             )));
         };
-        let result = self.publish_on(channel, batch, again).await;
+        let result = self.publish_on(channel, batch, kind).await;
         if matches!(result, Err(PublishError::Broker(_))) {
             *guard = None;
         }
@@ -275,7 +286,7 @@ impl Publisher {
         &self,
         channel: &Channel,
         batch: &[(&Envelope, bool)],
-        again: bool,
+        kind: Option<&'static str>,
     ) -> Result<(), PublishError> {
         let mut confirms = Vec::with_capacity(batch.len());
         for (envelope, ask) in batch {
@@ -285,8 +296,8 @@ impl Publisher {
             if *ask && self.replies.is_some() {
                 properties = properties.with_reply_to(DIRECT_REPLY_TO.into());
             }
-            if again {
-                properties = properties.with_type(REPUBLISHED.into());
+            if let Some(kind) = kind {
+                properties = properties.with_type(kind.into());
             }
             let confirm = channel
                 .basic_publish(

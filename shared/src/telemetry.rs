@@ -42,6 +42,10 @@ pub struct Metrics {
     /// Rows a group commit isolated because PostgreSQL refused them (see `batch::isolate`).
     pub batch_rows_refused: IntCounterVec,
     pub sandbox_abandoned_threads: prometheus::IntCounter,
+    /// Messages the dead-letter consumer handled, by why they died.
+    pub dead_letters: IntCounterVec,
+    /// Lost runs the reaper acted on, by what it did.
+    pub runs_reaped: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -113,6 +117,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "floq_batch_rows_refused_total",
             "Rows a group commit isolated because the database refused what they hold, by writer",
             &["writer"],
+        ),
+        dead_letters: counter(
+            "floq_dead_letters_total",
+            "Dead-lettered run messages handled, by reason (delivery_limit_exceeded, undecodable)",
+            &["reason"],
+        ),
+        runs_reaped: counter(
+            "floq_runs_reaped_total",
+            "Lost runs the reaper acted on, by action (republished, resumed, failed)",
+            &["action"],
         ),
         audit_backlog: gauge("floq_audit_backlog", "Audit entries waiting for the batched writer"),
         audit_sealed: {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
@@ -29,6 +29,8 @@ use floq_shared::runs::{cancel, delivery};
 use floq_shared::telemetry::METRICS;
 
 pub struct Worker {
+    /// This process's lease (`workers.id`), recorded on the runs it holds.
+    pub id: Uuid,
     pub pool: Pool,
     pub config: Arc<Config>,
     pub cache: Arc<FlowCache>,
@@ -138,19 +140,22 @@ async fn handle(worker: &Worker, replies: &Channel, delivery: Delivery) {
 
 async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: Delivery) {
     let reply_to = delivery.properties.reply_to().as_ref().map(|to| to.to_string());
-    // The two ways a message can arrive twice: the broker redelivers it (its
-    // worker died: the run may be unfinished and is run again), or the outbox
-    // sweep publishes it again (the first copy may be queued, running or
-    // done: this copy runs only if it can claim a run still `queued`).
-    let republished = delivery
+    // The ways a message can arrive twice: the broker redelivers it (its
+    // worker died: the run may be unfinished and is run again), the reaper
+    // resumes a run whose worker was lost (both take the run over unless it
+    // is final), or the outbox sweep or the reaper publishes it again, or it
+    // is old enough that the reaper may have (the first copy may be queued,
+    // running or done: this copy runs only if it can claim a run still
+    // `queued`). Fresh first deliveries pay no check.
+    let kind = delivery
         .properties
         .kind()
         .as_ref()
-        .is_some_and(|kind| kind.as_str() == queue::REPUBLISHED);
-    let check = if delivery.redelivered {
-        already_finished(&worker.pool, &msg).await
-    } else if republished {
-        claimed_elsewhere(&worker.pool, &msg).await
+        .map(|kind| kind.as_str().to_string());
+    let check = if delivery.redelivered || kind.as_deref() == Some(queue::RESUMED) {
+        already_finished(worker, &msg).await
+    } else if kind.as_deref() == Some(queue::REPUBLISHED) || possibly_republished(worker, &msg) {
+        claimed_elsewhere(worker, &msg).await
     } else {
         Ok(Seen::Unfinished { started_at: None })
     };
@@ -201,37 +206,44 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                     return;
                 }
             };
-            let exec = executor::execute(
-                flow,
-                RunInput {
-                    run: RunCtx {
-                        run_id: msg.run_id,
-                        company_id: msg.company_id,
-                        flow_id: msg.flow_id,
-                        trigger: msg.trigger,
-                        attempt: msg.attempt,
-                        depth: 0,
-                        vars: None,
-                        deployed_by: flow.deployed_by,
-                        cancel: held.token(),
-                        deadline: executor::deadline(
-                            flow,
-                            worker.config.flow_deadline_max,
-                            first_started.unwrap_or_else(Utc::now),
-                        ),
-                    },
-                    input: &input,
-                },
-                worker.env.clone(),
-            );
+            let run = RunCtx {
+                run_id: msg.run_id,
+                company_id: msg.company_id,
+                flow_id: msg.flow_id,
+                trigger: msg.trigger,
+                attempt: msg.attempt,
+                depth: 0,
+                vars: None,
+                deployed_by: flow.deployed_by,
+                cancel: held.token(),
+                deadline: executor::deadline(
+                    flow,
+                    worker.config.flow_deadline_max,
+                    first_started.unwrap_or_else(Utc::now),
+                ),
+            };
+            let exec = async {
+                #[cfg(feature = "fail-points")]
+                fail_point(&input);
+                executor::execute(flow, RunInput { run, input: &input }, worker.env.clone()).await
+            };
+            // A panic in a node fails its run instead of leaving the delivery unacked until the channel closes.
+            let exec = std::panic::AssertUnwindSafe(exec).catch_unwind();
             tokio::pin!(exec);
-            tokio::select! {
+            let done = tokio::select! {
                 outcome = &mut exec => outcome,
                 _ = tokio::time::sleep(worker.config.running_mark_after) => {
                     worker.writer.send(Write::Started { company_id: msg.company_id.into(), run_id: msg.run_id.into(), at: Utc::now() }).await;
                     exec.await
                 }
-            }
+            };
+            done.unwrap_or_else(|_| {
+                tracing::error!("the run panicked in the worker; failing it as {WORKER_PANICKED}");
+                Outcome::failed_early(
+                    WORKER_PANICKED,
+                    "the worker failed unexpectedly while running this run; it was stopped",
+                )
+            })
         }
         Ok(None) => Outcome::failed_early(
             "flow_version_missing",
@@ -272,7 +284,13 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
 /// for a run the API already cancelled while queued; a run whose cancel was
 /// asked while it ran, and whose worker died, ends here), and a waiting
 /// caller hears so.
-async fn finish_cancelled(worker: &Worker, replies: &Channel, msg: &RunFlowV1, delivery: Delivery, reply_to: Option<String>) {
+async fn finish_cancelled(
+    worker: &Worker,
+    replies: &Channel,
+    msg: &RunFlowV1,
+    delivery: Delivery,
+    reply_to: Option<String>,
+) {
     let now = Utc::now();
     let outcome = Outcome {
         status: RunStatus::Cancelled,
@@ -331,31 +349,61 @@ async fn requeue(delivery: &Delivery) {
 /// What a repeated message finds of its run.
 enum Seen {
     /// Run it; `started_at` is when it first started, if the database knows.
-    Unfinished { started_at: Option<chrono::DateTime<Utc>> },
+    Unfinished {
+        started_at: Option<chrono::DateTime<Utc>>,
+    },
     Finished,
     /// Unfinished, but a cancel was asked while it ran: it ends `cancelled`.
     CancelRequested,
 }
 
-async fn already_finished(pool: &Pool, msg: &RunFlowV1) -> Result<Seen, StoreError> {
-    let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let found = delivery::found(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
+/// For a message that may continue an unfinished run (a redelivery, a
+/// continuation): takes the run over on this worker's lease, or says it is
+/// final. A run that is gone (retention) is as finished as one that ended.
+async fn already_finished(worker: &Worker, msg: &RunFlowV1) -> Result<Seen, StoreError> {
+    let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
+    let taken = delivery::take_over(&mut tx, msg.company_id.into(), msg.run_id.into(), worker.id).await?;
     db::commit(tx).await?;
-    Ok(match found {
-        // A run that is gone (retention) is as finished as one that ended.
+    Ok(match taken {
         None => Seen::Finished,
-        Some(f) if f.status.is_final() => Seen::Finished,
         Some(f) if f.cancel_requested => Seen::CancelRequested,
-        Some(f) => Seen::Unfinished { started_at: f.started_at },
+        Some(f) => Seen::Unfinished {
+            started_at: f.started_at,
+        },
     })
+}
+
+/// Whether a first delivery is old enough that the reaper may have published
+/// a copy of it (a run queued past half of `FLOQ_REAPER_QUEUED_AFTER_MS`,
+/// read from its UUID v7 id: no database round trip).
+fn possibly_republished(worker: &Worker, msg: &RunFlowV1) -> bool {
+    let Some(ts) = msg.run_id.get_timestamp() else {
+        return false;
+    };
+    let (secs, nanos) = ts.to_unix();
+    let accepted = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+    accepted
+        .elapsed()
+        .is_ok_and(|age| age > worker.config.reaper_queued_after / 2)
+}
+
+/// The error code of a run whose execution panicked in the worker.
+pub const WORKER_PANICKED: &str = "worker_panicked";
+
+/// Test builds only: a run whose input asks for it panics, as a node with a bug would.
+#[cfg(feature = "fail-points")]
+fn fail_point(input: &serde_json::Value) {
+    if input.get("floq_fail_point").and_then(serde_json::Value::as_str) == Some("panic") {
+        panic!("fail point: a panicking node");
+    }
 }
 
 /// For a message the outbox sweep published again: claims the run (`queued`
 /// → `running`), or says another copy has it (running or finished). A crashed
 /// first copy is redelivered by the broker and runs then.
-async fn claimed_elsewhere(pool: &Pool, msg: &RunFlowV1) -> Result<Seen, StoreError> {
-    let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let claimed = delivery::claim(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
+async fn claimed_elsewhere(worker: &Worker, msg: &RunFlowV1) -> Result<Seen, StoreError> {
+    let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
+    let claimed = delivery::claim(&mut tx, msg.company_id.into(), msg.run_id.into(), worker.id).await?;
     db::commit(tx).await?;
     Ok(if claimed {
         Seen::Unfinished { started_at: None }

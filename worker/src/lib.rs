@@ -6,6 +6,7 @@ mod consumer;
 pub mod control;
 pub mod executor;
 pub mod flow_cache;
+mod lease;
 pub mod nodes;
 mod outcome_writer;
 mod reply;
@@ -80,9 +81,22 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         run_output_max_bytes: config.run_output_max_bytes,
         runner: Arc::new(executor::Executor),
     });
-    let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone());
+    let worker_id = uuid::Uuid::now_v7();
+    // The lease exists before any run can carry this worker's id.
+    lease::beat(&pool, worker_id)
+        .await
+        .context("cannot register this worker's lease in PostgreSQL")?;
+    let lease_stop = CancellationToken::new();
+    let lease_task = tokio::spawn(lease::keep(
+        pool.clone(),
+        worker_id,
+        config.worker_lease,
+        lease_stop.clone(),
+    ));
+    let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone(), worker_id);
     let control = Arc::new(control::Control::default());
     let worker = Arc::new(consumer::Worker {
+        id: worker_id,
         pool: pool.clone(),
         config: Arc::new(config.clone()),
         cache: flows,
@@ -135,6 +149,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         drop(worker);
         let mut writer_tasks = writer_tasks;
         while writer_tasks.join_next().await.is_some() {}
+        // Runs still held return to the queue as the channel closed; the lease lapses with the process.
+        lease_stop.cancel();
+        let _ = lease_task.await;
         ops_shutdown.cancel();
         let _ = ops_task.await;
         pool.close().await;

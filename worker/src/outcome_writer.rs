@@ -18,6 +18,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
+use uuid::Uuid;
 
 use crate::executor::{Outcome, RunStatus};
 use crate::reply::{self, PendingReply};
@@ -63,12 +64,13 @@ pub struct OutcomeWriter {
 
 impl OutcomeWriter {
     /// The tasks finish once every writer clone is dropped and the queue is flushed.
-    pub fn start(pool: Pool) -> (Self, JoinSet<()>) {
+    /// Runs marked `running` are recorded on `worker_id`'s lease.
+    pub fn start(pool: Pool, worker_id: Uuid) -> (Self, JoinSet<()>) {
         let (tx, rx) = mpsc::channel(MAX_BATCH * WRITERS * 2);
         let rx = Arc::new(Mutex::new(rx));
         let mut tasks = JoinSet::new();
         for _ in 0..WRITERS {
-            tasks.spawn(write_loop(pool.clone(), rx.clone()));
+            tasks.spawn(write_loop(pool.clone(), rx.clone(), worker_id));
         }
         (Self { tx }, tasks)
     }
@@ -79,7 +81,7 @@ impl OutcomeWriter {
     }
 }
 
-async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
+async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Write>>>, worker_id: Uuid) {
     loop {
         let mut batch = Vec::new();
         {
@@ -88,7 +90,7 @@ async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
                 return;
             }
         }
-        let (stored, finished) = store(&pool, &mut batch).await;
+        let (stored, finished) = store(&pool, &mut batch, worker_id).await;
         // Settle every delivery of the batch at once rather than one round trip each.
         let finished = &finished;
         let settle = batch.into_iter().zip(stored).filter_map(|(write, stored)| {
@@ -129,7 +131,7 @@ async fn write_loop(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Write>>>) {
 /// batch and its run still finishes. Outages are retried a few times.
 /// Returns, per write, whether it is settled in the database (ack, else
 /// nack), and the runs this commit moved to their outcome.
-async fn store(pool: &Pool, batch: &mut [Write]) -> (Vec<bool>, HashSet<RunId>) {
+async fn store(pool: &Pool, batch: &mut [Write], worker_id: Uuid) -> (Vec<bool>, HashSet<RunId>) {
     let mut stored = vec![false; batch.len()];
     let mut finished = HashSet::new();
     let mut pending: Vec<usize> = (0..batch.len()).collect();
@@ -140,7 +142,9 @@ async fn store(pool: &Pool, batch: &mut [Write]) -> (Vec<bool>, HashSet<RunId>) 
         let mut outage = None;
         {
             let writes: Vec<&Write> = pending.iter().map(|&i| &batch[i]).collect();
-            for (range, result) in batch::isolate(&writes, |part| commit(pool, part), StoreError::is_refusal).await {
+            for (range, result) in
+                batch::isolate(&writes, |part| commit(pool, part, worker_id), StoreError::is_refusal).await
+            {
                 let indexes = pending[range.clone()].iter().copied();
                 match result {
                     Ok(ids) => {
@@ -255,7 +259,7 @@ pub fn make_storable(outcome: &mut Outcome) {
     }
 }
 
-async fn commit(pool: &Pool, batch: &[&Write]) -> Result<HashSet<RunId>, StoreError> {
+async fn commit(pool: &Pool, batch: &[&Write], worker_id: Uuid) -> Result<HashSet<RunId>, StoreError> {
     let mut by_company: BTreeMap<CompanyId, Vec<&Write>> = BTreeMap::new();
     for w in batch {
         by_company.entry(w.company_id()).or_default().push(*w);
@@ -275,7 +279,7 @@ async fn commit(pool: &Pool, batch: &[&Write]) -> Result<HashSet<RunId>, StoreEr
                 Write::Finished { run_id, outcome, .. } => finished.push((*run_id, &**outcome)),
             }
         }
-        outcomes::mark_running(&mut tx, company_id, &started).await?;
+        outcomes::mark_running(&mut tx, company_id, &started, worker_id).await?;
         done.extend(outcomes::finish(&mut tx, company_id, &finished).await?);
     }
     db::commit(tx).await?;
@@ -287,7 +291,6 @@ mod tests {
     use super::*;
     use crate::executor::Step;
     use floq_shared::audit::{Actor, Entry};
-    use uuid::Uuid;
 
     fn outcome() -> Outcome {
         let mut o = Outcome::failed_early("x", "y");

@@ -17,6 +17,7 @@ mod grants;
 mod groups;
 mod kv;
 mod node_types;
+mod retries;
 mod runs;
 mod schedules;
 mod settings;
@@ -34,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(flow_groups::router())
         .merge(flows::router())
         .merge(runs::router())
+        .merge(retries::router())
         .merge(audit::router())
         .merge(credentials::router())
         .merge(kv::router())

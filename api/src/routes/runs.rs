@@ -19,8 +19,8 @@ use crate::extract::{ApiQuery, Id, ValidJson, page_limit};
 use crate::openapi::{AnyJson, ErrorBody, page};
 use crate::state::AppState;
 use floq_shared::ids::{CompanyId, FlowId, RunId, UserId};
-use floq_shared::run::{RunStatus, Trigger};
 use floq_shared::queue::Control;
+use floq_shared::run::{RunStatus, Trigger};
 use floq_shared::runs::{cancel, query};
 use floq_shared::{db, flows};
 use utoipa::{IntoParams, ToSchema};
@@ -111,6 +111,8 @@ async fn start(
         actor: auth.principal.actor(),
         idempotency_key,
         wait: false,
+        version: None,
+        retry_of: None,
     };
     match state.acceptor.accept(request).await {
         Ok(Accepted::New { run_id, version, .. }) => Ok((
@@ -127,7 +129,7 @@ async fn start(
 
 /// Tells a missing or invisible flow (`404`), one the caller may not execute
 /// (`403`) and one never deployed (`409`) apart; only on the failure path.
-async fn not_runnable(state: &AppState, principal: &Principal, flow_id: Uuid) -> ApiError {
+pub(super) async fn not_runnable(state: &AppState, principal: &Principal, flow_id: Uuid) -> ApiError {
     let lookup = async {
         let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
         access::require_flow(&mut tx, principal, flow_id, Level::Execute).await?;
@@ -171,6 +173,8 @@ struct Run {
     finished_at: Option<DateTime<Utc>>,
     /// When a cancel was asked; a running run ends `cancelled` at its next node boundary.
     cancel_requested_at: Option<DateTime<Utc>>,
+    /// The run this one retries (`POST /api/v1/runs/{id}/retry` or a replay).
+    retry_of: Option<Uuid>,
 }
 
 // The documented shape of `query::Step`.

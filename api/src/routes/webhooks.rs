@@ -469,6 +469,8 @@ async fn receive(
         actor,
         idempotency_key,
         wait: wait.is_some(),
+        version: None,
+        retry_of: None,
     };
     let accepted_run = match signature {
         None => {

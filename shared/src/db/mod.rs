@@ -100,10 +100,14 @@ pub enum Duty {
     KeyRotation,
     /// Identity repair from the operator CLI.
     Operator,
+    /// A worker's own heartbeat row (its lease).
+    WorkerLease,
+    /// The scheduler's reaper: reads leases and finds lost runs by id only.
+    Reaper,
 }
 
 impl Duty {
-    pub const ALL: [Duty; 13] = [
+    pub const ALL: [Duty; 15] = [
         Duty::OutboxSweep,
         Duty::AuditAppend,
         Duty::AuditSeal,
@@ -117,6 +121,8 @@ impl Duty {
         Duty::Accounts,
         Duty::KeyRotation,
         Duty::Operator,
+        Duty::WorkerLease,
+        Duty::Reaper,
     ];
 
     pub fn role(self) -> &'static str {
@@ -134,6 +140,8 @@ impl Duty {
             Duty::Accounts => "floq_accounts",
             Duty::KeyRotation => "floq_key_rotation",
             Duty::Operator => "floq_operator",
+            Duty::WorkerLease => "floq_lease",
+            Duty::Reaper => "floq_reaper",
         }
     }
 }

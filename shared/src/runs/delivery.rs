@@ -6,6 +6,7 @@
 //! [`super::outcomes`]'s; nothing here writes an outcome.
 
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::db::{StoreError, Tx};
 use crate::ids::{CompanyId, RunId};
@@ -21,42 +22,51 @@ pub async fn status(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result
         .map_err(StoreError::from)
 }
 
-/// What a redelivered message finds of its run.
+/// What a repeated message finds of a run it takes over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct Found {
-    pub status: RunStatus,
     /// A cancel was asked while it ran: the redelivery finishes it `cancelled` without running it.
     pub cancel_requested: bool,
-    /// When it first started, if it was shown running: a deadline counts from there.
+    /// When it first started: a deadline counts from there.
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// The run's status, whether a cancel was asked and when it started; `None` once it is gone.
-pub async fn found(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<Option<Found>, StoreError> {
-    sqlx::query_as(
-        "SELECT status, cancel_requested_at IS NOT NULL AS cancel_requested, started_at
-           FROM runs WHERE id = $1 AND company_id = $2",
-    )
-    .bind(run_id)
-    .bind(company_id)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(StoreError::from)
-}
-
-/// Claims a `queued` run for this copy of its message (`queued` → `running`).
-/// Returns `false` when the run is not queued (another copy has it, or it is
-/// finished or gone).
-pub async fn claim(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<bool, StoreError> {
+/// Claims a `queued` run for this copy of its message (`queued` → `running`)
+/// on `worker_id`'s lease. Returns `false` when the run is not queued
+/// (another copy has it, or it is finished or gone).
+pub async fn claim(tx: &mut Tx, company_id: CompanyId, run_id: RunId, worker_id: Uuid) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "UPDATE runs SET status = 'running', started_at = now()
+        "UPDATE runs SET status = 'running', started_at = now(), worker_id = $3
           WHERE id = $1 AND company_id = $2 AND status = 'queued'",
     )
     .bind(run_id)
     .bind(company_id)
+    .bind(worker_id)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Takes an unfinished run over for `worker_id` (a redelivery, or a
+/// continuation after its worker was lost): it becomes `running` on this
+/// worker's lease. Returns `None` when the run is final or gone.
+pub async fn take_over(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    run_id: RunId,
+    worker_id: Uuid,
+) -> Result<Option<Found>, StoreError> {
+    sqlx::query_as(
+        "UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()), worker_id = $3
+          WHERE id = $1 AND company_id = $2 AND status IN ('queued', 'running')
+      RETURNING cancel_requested_at IS NOT NULL AS cancel_requested, started_at",
+    )
+    .bind(run_id)
+    .bind(company_id)
+    .bind(worker_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(StoreError::from)
 }
 
 /// The run's input; `None` once the run is gone.

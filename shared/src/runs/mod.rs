@@ -5,8 +5,10 @@
 
 pub mod cancel;
 pub mod delivery;
+pub mod lost;
 pub mod outcomes;
 pub mod query;
+pub mod retry;
 pub mod steps;
 pub mod trim;
 pub mod waiting;
@@ -28,6 +30,10 @@ pub struct NewRun<'a> {
     /// Set for callers that are not admins: the run is created only if this
     /// user holds `execute` on the flow.
     pub grantee: Option<Uuid>,
+    /// A deployed version to run instead of the latest (a retry of the same version).
+    pub version: Option<i32>,
+    /// The run this one retries (`runs.retry_of`).
+    pub retry_of: Option<Uuid>,
 }
 
 /// A run [`enqueue`] created, with the message its outbox row holds.
@@ -55,6 +61,8 @@ pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Resu
     let triggers: Vec<&str> = runs.iter().map(|r| r.trigger.as_str()).collect();
     let inputs: Vec<&Value> = runs.iter().map(|r| r.input).collect();
     let grantees: Vec<Option<Uuid>> = runs.iter().map(|r| r.grantee).collect();
+    let versions: Vec<Option<i32>> = runs.iter().map(|r| r.version).collect();
+    let retries: Vec<Option<Uuid>> = runs.iter().map(|r| r.retry_of).collect();
     // Each message is encoded here; only the version the insert picks (the
     // flow's latest) and the attempt are merged in by the database, so runs
     // and outbox rows are written in one statement, one round trip.
@@ -66,13 +74,16 @@ pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Resu
         .map_err(StoreError::corrupt)?;
     let created: Vec<(Uuid, i32, i32, i64)> = sqlx::query_as(
         "WITH r AS (
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[], $8::jsonb[])
-                 AS r(id, flow_id, trigger, input, grantee, message)),
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[], $8::jsonb[],
+                                  $9::int[], $10::uuid[])
+                 AS r(id, flow_id, trigger, input, grantee, message, version, retry_of)),
          created AS (
-             INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input)
-             SELECT r.id, f.company_id, f.id, f.latest_version, 'queued', r.trigger, r.input
+             INSERT INTO runs (id, company_id, flow_id, version, status, trigger, input, retry_of)
+             SELECT r.id, f.company_id, f.id, coalesce(r.version, f.latest_version), 'queued', r.trigger, r.input,
+                    r.retry_of
                FROM r JOIN flows f ON f.id = r.flow_id AND f.company_id = $6
                                   AND f.latest_version IS NOT NULL AND f.deleted_at IS NULL
+                                  AND (r.version IS NULL OR r.version <= f.latest_version)
               WHERE r.grantee IS NULL OR floq_access(r.grantee, 'flow', f.id, f.group_id) >= $7
              RETURNING id, version, attempt),
          sent AS (
@@ -90,6 +101,8 @@ pub async fn enqueue(tx: &mut Tx, company_id: Uuid, runs: &[NewRun<'_>]) -> Resu
     .bind(company_id)
     .bind(EXECUTE)
     .bind(&messages)
+    .bind(&versions)
+    .bind(&retries)
     .fetch_all(&mut **tx)
     .await?;
     let mut by_id: std::collections::HashMap<Uuid, Envelope> = ids.iter().copied().zip(envelopes.drain(..)).collect();
@@ -140,6 +153,8 @@ mod tests {
             trigger: Trigger::Cron,
             input,
             grantee: None,
+            version: None,
+            retry_of: None,
         };
         let company = Uuid::now_v7();
         let Envelope::RunFlowV1(m) = envelope(company, &run(&small), 3, 1);
@@ -163,6 +178,8 @@ mod tests {
             trigger: Trigger::Api,
             input: &input,
             grantee: None,
+            version: None,
+            retry_of: None,
         };
         let company = Uuid::now_v7();
         let mut message = serde_json::to_value(envelope(company, &run, 0, 1)).unwrap();

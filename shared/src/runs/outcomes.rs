@@ -12,6 +12,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use super::steps::{self, Step};
 use crate::audit::{self, Entry};
@@ -55,23 +56,53 @@ pub struct Started {
     pub at: DateTime<Utc>,
 }
 
-/// Shows still-`queued` runs of `company_id` as `running` (finished ones stay as they are).
+/// Shows still-`queued` runs of `company_id` as `running` on `worker_id`'s
+/// lease (finished ones stay as they are).
 ///
-/// `floq_mark_running` (migration 0002) takes no company: it sees only the
+/// `floq_mark_running` (migrations 0002, 0025) takes no company: it sees only the
 /// tenant the caller set, by row-level security, which must be `company_id`.
-pub async fn mark_running(tx: &mut Tx, _company_id: CompanyId, started: &[Started]) -> Result<(), StoreError> {
+pub async fn mark_running(
+    tx: &mut Tx,
+    _company_id: CompanyId,
+    started: &[Started],
+    worker_id: Uuid,
+) -> Result<(), StoreError> {
     if started.is_empty() {
         return Ok(());
     }
     let ids: Vec<RunId> = started.iter().map(|s| s.run_id).collect();
     let at: Vec<DateTime<Utc>> = started.iter().map(|s| s.at).collect();
     // Row by row through the primary key: see migrations/0002 for why not a set-based join.
-    sqlx::query("SELECT floq_mark_running($1, $2)")
+    sqlx::query("SELECT floq_mark_running($1, $2, $3)")
         .bind(&ids)
         .bind(&at)
+        .bind(worker_id)
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Fails a run that is still `running` on `worker_id`'s lease (the reaper,
+/// for a worker that was lost and a run out of attempts). Returns whether it did;
+/// a run another worker took over, or that finished, stays as it is.
+pub async fn fail_lost(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    run_id: RunId,
+    worker_id: Uuid,
+    error: &Value,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE runs SET status = 'failed', error = $4, finished_at = now()
+          WHERE id = $1 AND company_id = $2 AND worker_id = $3 AND status = 'running'",
+    )
+    .bind(run_id)
+    .bind(company_id)
+    .bind(worker_id)
+    .bind(error)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Finishes `runs` of `company_id` that are still `queued` or `running`,

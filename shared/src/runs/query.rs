@@ -28,6 +28,8 @@ pub struct Run {
     pub finished_at: Option<DateTime<Utc>>,
     /// When a cancel was asked (`POST /api/v1/runs/{id}/cancel`); the run may still be running.
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// The run this one retries, if it is a retry or a replay.
+    pub retry_of: Option<RunId>,
 }
 
 /// One step of a run, in the order the worker recorded it.
@@ -41,9 +43,8 @@ pub struct Step {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-pub(super) const RUN_COLUMNS: &str =
-    "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at, \
-     cancel_requested_at";
+pub(super) const RUN_COLUMNS: &str = "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at, \
+     cancel_requested_at, retry_of";
 
 pub async fn find(tx: &mut Tx, company_id: CompanyId, id: RunId) -> Result<Option<Run>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(

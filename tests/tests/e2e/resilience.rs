@@ -192,7 +192,12 @@ async fn a_duplicate_delivery_of_a_finished_run_changes_nothing() {
 
 #[tokio::test]
 async fn an_undecodable_message_is_dead_lettered_and_the_worker_carries_on() {
-    let app = TestApp::spawn().await;
+    // No scheduler: its dead-letter consumer would take the message (reaping.rs covers that).
+    let app = TestApp::spawn_with(Options {
+        worker: true,
+        scheduler: false,
+    })
+    .await;
     let conn = queue::connect(&floq_tests::amqp_url()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     let topology = Topology::new(&app.config.queue_prefix);
