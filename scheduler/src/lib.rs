@@ -40,7 +40,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if config.auto_migrate {
         db::migrate(&pool).await.context("applying migrations failed")?;
     }
-    let topology = Topology::new(&config.queue_prefix);
+    let topology = Topology::from_config(&config);
     let conn = queue::connect(config.amqp_url.expose())
         .await
         .context("cannot connect to RabbitMQ: check FLOQ_AMQP_URL and that the broker is up")?;

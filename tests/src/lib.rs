@@ -567,7 +567,7 @@ impl TestApp {
             service.stop().await;
         }
         self.pool.close().await;
-        remove_resources(&self.db_name, &self.config.queue_prefix).await;
+        remove_resources(&self.db_name, &floq_shared::queue::Topology::from_config(&self.config)).await;
         self.torn_down = true;
     }
 }
@@ -579,23 +579,25 @@ impl Drop for TestApp {
         if self.torn_down {
             return;
         }
-        let (db_name, prefix) = (self.db_name.clone(), self.config.queue_prefix.clone());
+        let (db_name, topology) = (
+            self.db_name.clone(),
+            floq_shared::queue::Topology::from_config(&self.config),
+        );
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(remove_resources(&db_name, &prefix));
+                rt.block_on(remove_resources(&db_name, &topology));
             }
         })
         .join();
     }
 }
 
-async fn remove_resources(db_name: &str, queue_prefix: &str) {
+async fn remove_resources(db_name: &str, t: &floq_shared::queue::Topology) {
     if let Ok(conn) = floq_shared::queue::connect(&amqp_url()).await
         && let Ok(ch) = conn.create_channel().await
     {
-        let t = floq_shared::queue::Topology::new(queue_prefix);
-        for q in [&t.runs, &t.dead] {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        for q in t.run_queues().chain([t.dead.as_str()]) {
+            let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
         }
         let _ = ch
             .exchange_delete(t.dead_exchange.as_str().into(), ExchangeDeleteOptions::default())

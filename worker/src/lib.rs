@@ -5,6 +5,7 @@
 mod consumer;
 pub mod executor;
 pub mod flow_cache;
+mod intake;
 pub mod nodes;
 mod outcome_writer;
 mod reply;
@@ -19,7 +20,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use floq_shared::queue::Topology;
+use floq_shared::queue::{Publisher, Topology};
 use floq_shared::{Config, db, ops};
 
 pub struct Running {
@@ -35,7 +36,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if config.auto_migrate {
         db::migrate(&pool).await.context("applying migrations failed")?;
     }
-    let topology = Topology::new(&config.queue_prefix);
+    let topology = Topology::from_config(&config);
     // Fail fast at start if the broker is unreachable; later outages are retried.
     floq_shared::queue::connect(config.amqp_url.expose())
         .await
@@ -111,12 +112,16 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             }
         });
     }
+    // Hands runs back at shutdown; connects when first used.
+    let publisher = Arc::new(Publisher::new(config.amqp_url.expose(), &topology));
     let handle = tokio::spawn(async move {
-        consumer::consume(worker.clone(), topology, stop, broker_up).await;
+        let connection = intake::consume(worker.clone(), topology, publisher, stop, broker_up).await;
         // Every run task is done: release the writer so it flushes and stops.
         drop(worker);
         let mut writer_tasks = writer_tasks;
         while writer_tasks.join_next().await.is_some() {}
+        // Only now: the writer's acks for runs that finished during the drain travel on it.
+        drop(connection);
         ops_shutdown.cancel();
         let _ = ops_task.await;
         pool.close().await;
