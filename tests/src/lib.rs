@@ -347,17 +347,54 @@ impl TestApp {
     /// A second API replica on the same database and broker (as behind a load
     /// balancer): its base URL and the service, to `stop()` before `teardown`.
     pub async fn start_api_replica(&self) -> (String, Service) {
+        self.start_api_replica_configured(|_| {}).await.0
+    }
+
+    /// As [`TestApp::start_api_replica`], with `tweak` applied to its
+    /// configuration (a broker it cannot reach, say); also returns the
+    /// address of its internal listener (`/metrics`, health).
+    pub async fn start_api_replica_configured(
+        &self,
+        tweak: impl FnOnce(&mut Config),
+    ) -> ((String, Service), std::net::SocketAddr) {
+        let mut config = self.config.clone();
+        tweak(&mut config);
         let shutdown = CancellationToken::new();
-        let api = floq_api::spawn(self.config.clone(), shutdown.clone())
+        let api = floq_api::spawn(config, shutdown.clone())
             .await
             .expect("api replica starts");
         (
-            format!("http://{}", api.addr),
-            Service {
-                shutdown,
-                handle: api.handle,
-            },
+            (
+                format!("http://{}", api.addr),
+                Service {
+                    shutdown,
+                    handle: api.handle,
+                },
+            ),
+            api.metrics_addr,
         )
+    }
+
+    /// Another company (with its own admin) whose runs travel on another
+    /// shard queue than the main company's, so a test of fairness between
+    /// companies does not depend on how two random ids hash.
+    pub async fn company_on_another_shard(&self) -> Bootstrapped {
+        let topology = floq_shared::queue::Topology::from_config(&self.config);
+        let ours = topology.shard_of(self.admin.company_id);
+        for n in 0..64 {
+            let company = floq_api::admin::bootstrap(
+                &self.pool,
+                &self.config,
+                &format!("Initech {n}"),
+                &format!("admin{n}@initech.test"),
+            )
+            .await
+            .expect("bootstrap");
+            if topology.shard_of(company.company_id) != ours || topology.shards.len() == 1 {
+                return company;
+            }
+        }
+        panic!("64 companies all hashed to one shard");
     }
 
     /// Stops the API and starts it again with `tweak` applied to the
