@@ -172,7 +172,10 @@ impl Acceptor {
         } = request;
         // Sampled in the background: refusing costs no I/O.
         if let Err(pressure) = self.backlog.check(company_id) {
-            METRICS.backpressure_rejections.with_label_values(&[pressure.as_str()]).inc();
+            METRICS
+                .backpressure_rejections
+                .with_label_values(&[pressure.as_str()])
+                .inc();
             return Err(AcceptError::Backlog(pressure));
         }
         let (reply, rx) = oneshot::channel();

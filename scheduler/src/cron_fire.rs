@@ -22,13 +22,13 @@ use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::backlog::Backlog;
-use floq_shared::telemetry::METRICS;
 use floq_shared::cron::CronSchedule;
 use floq_shared::db;
 use floq_shared::ids::RunId;
 use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::run::Trigger;
 use floq_shared::schedules::{self, Advance, Due, FireKey, Misfire};
+use floq_shared::telemetry::METRICS;
 use floq_shared::{outbox, runs};
 
 pub use floq_shared::schedules::FIRE_RECORD_KEEP;

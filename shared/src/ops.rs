@@ -46,11 +46,9 @@ pub fn health_router(ready: ReadyCheck) -> Router {
             async move {
                 match ready().await {
                     Readiness::Ready => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
-                    Readiness::Degraded(down) => (
-                        StatusCode::OK,
-                        Json(json!({"status": "degraded", "unreachable": down})),
-                    )
-                        .into_response(),
+                    Readiness::Degraded(down) => {
+                        (StatusCode::OK, Json(json!({"status": "degraded", "unreachable": down}))).into_response()
+                    }
                     Readiness::NotReady(what) => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         Json(json!({"status": "not_ready", "reason": what})),

@@ -102,10 +102,9 @@ impl Topology {
     /// The shard a company's runs go to: a stable hash (FNV-1a) of its id, so
     /// every replica of every release agrees.
     pub fn shard_of(&self, company_id: Uuid) -> usize {
-        let hash = company_id
-            .as_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        let hash = company_id.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
         (hash % self.shards.len() as u64) as usize
     }
 
@@ -116,7 +115,10 @@ impl Topology {
 
     /// Every queue runs arrive on: the shards, then the queue from before sharding.
     pub fn run_queues(&self) -> impl Iterator<Item = &str> {
-        self.shards.iter().map(String::as_str).chain(std::iter::once(self.runs.as_str()))
+        self.shards
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(self.runs.as_str()))
     }
 
     /// Declares everything idempotently; every service calls it at start.

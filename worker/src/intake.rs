@@ -155,7 +155,9 @@ impl Intake {
                 continue;
             }
             passed = 0;
-            let Some(queue) = self.waiting.get_mut(&company) else { continue };
+            let Some(queue) = self.waiting.get_mut(&company) else {
+                continue;
+            };
             let Some(next) = queue.pop_front() else { continue };
             if queue.is_empty() {
                 self.waiting.remove(&company);
@@ -226,10 +228,7 @@ impl Intake {
         let held: Vec<Held> = self.waiting.drain().flat_map(|(_, q)| q).collect();
         self.turns.clear();
         METRICS.worker_waiting.sub(held.len() as i64);
-        let back: Vec<(Acker, Vec<u8>)> = held
-            .into_iter()
-            .map(|h| (h.delivery.acker, h.delivery.data))
-            .collect();
+        let back: Vec<(Acker, Vec<u8>)> = held.into_iter().map(|h| (h.delivery.acker, h.delivery.data)).collect();
         hand_back(publisher, back, "waiting").await;
     }
 
@@ -382,9 +381,12 @@ async fn consume_once(
     }
     // Stop taking work at once; what is already on its way still arrives, and is handed back with the rest.
     for tag in &tags {
-        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
     }
-    while let Ok(Some((shard, Ok(delivery)))) = tokio::time::timeout(Duration::from_millis(100), deliveries.next()).await
+    while let Ok(Some((shard, Ok(delivery)))) =
+        tokio::time::timeout(Duration::from_millis(100), deliveries.next()).await
     {
         intake.hold(shard, delivery);
     }

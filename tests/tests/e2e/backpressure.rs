@@ -179,7 +179,11 @@ async fn without_its_broker_an_api_replica_is_degraded_and_still_accepts() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let resp = app.client.get(format!("{base}/readyz")).send().await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "a broker outage must not make the API unready");
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "a broker outage must not make the API unready"
+        );
         let body: Value = resp.json().await.unwrap();
         if body["status"] == "degraded" {
             assert_eq!(body, json!({"status": "degraded", "unreachable": ["rabbitmq"]}));

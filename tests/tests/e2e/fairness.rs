@@ -217,6 +217,10 @@ async fn runs_of_one_company_all_travel_on_its_shard() {
         assert!(tokio::time::Instant::now() < deadline, "runs not on their shards");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(app.queue_depth(&topology.runs).await, 0, "nothing goes to the old queue");
+    assert_eq!(
+        app.queue_depth(&topology.runs).await,
+        0,
+        "nothing goes to the old queue"
+    );
     app.teardown().await;
 }
