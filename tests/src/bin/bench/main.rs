@@ -63,6 +63,12 @@ struct Args {
     /// `--fairness`: A's quick runs sent after the delayed ones.
     #[arg(long, default_value_t = 2_000)]
     quick: usize,
+    /// Slots one company may hold in the worker (default: half the prefetch, as FLOQ_WORKER_PREFETCH alone gives).
+    #[arg(long)]
+    company_cap: Option<u16>,
+    /// Shard queues (FLOQ_QUEUE_SHARDS).
+    #[arg(long, default_value_t = 8)]
+    shards: u16,
     /// `--fairness`: B's runs, one at a time, idle and under the flood.
     #[arg(long, default_value_t = 50)]
     probes: usize,
@@ -86,8 +92,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let app = TestApp::spawn_configured(Options::default(), |c| {
         c.worker_prefetch = args.prefetch;
-        // What FLOQ_WORKER_PREFETCH alone would give.
-        c.worker_company_concurrency = args.prefetch.div_ceil(2);
+        c.worker_company_concurrency = args.company_cap.unwrap_or(args.prefetch.div_ceil(2));
+        c.queue_shards = args.shards;
         c.db_max_connections = args.db_connections;
         // Measure the run path, not the trigger rate limits.
         c.trigger_rate_per_flow = 1_000_000;
