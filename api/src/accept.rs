@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use floq_shared::audit::{self, Actor, Entry};
+use floq_shared::backlog::{self, Backlog, Pressure};
 use floq_shared::db::{Pool, StoreError};
 use floq_shared::ids::{CompanyId, FlowId, RunId};
 use floq_shared::queue::{Envelope, Publisher};
@@ -94,6 +95,8 @@ pub enum Accepted {
 #[derive(Clone)]
 pub struct Acceptor {
     tx: mpsc::Sender<Request>,
+    /// Refuses runs while the queues or the company's backlog are past their bounds.
+    backlog: Arc<Backlog>,
     /// Where waiting callers get their runs' outcomes; `None` if the publisher takes no replies.
     replies: Option<Arc<Replies>>,
 }
@@ -106,6 +109,8 @@ pub enum AcceptError {
     Database(#[source] Arc<StoreError>),
     #[error("the API is shutting down")]
     ShuttingDown,
+    #[error("too many runs are waiting")]
+    Backlog(Pressure),
 }
 
 impl AcceptError {
@@ -120,6 +125,18 @@ impl AcceptError {
             }
             // Only this request's row was refused: the acceptor isolates it from the rest of its batch.
             AcceptError::Database(e) => e.into(),
+            AcceptError::Backlog(Pressure::Full) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backlog_full",
+                "too many runs are waiting to be executed; retry later",
+            )
+            .retry_after(backlog::RETRY_AFTER_SECS),
+            AcceptError::Backlog(Pressure::CompanyFull) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "company_backlog_full",
+                "too many of this company's runs are waiting to be executed; retry later",
+            )
+            .retry_after(backlog::RETRY_AFTER_SECS),
         }
     }
 }
@@ -127,7 +144,7 @@ impl AcceptError {
 impl Acceptor {
     /// Starts the committer, publisher and outbox-cleaner tasks. They finish
     /// after every `Acceptor` clone is dropped and all accepted work is flushed.
-    pub fn start(pool: Pool, publisher: Arc<Publisher>) -> (Self, JoinSet<()>) {
+    pub fn start(pool: Pool, publisher: Arc<Publisher>, backlog: Arc<Backlog>) -> (Self, JoinSet<()>) {
         let replies = publisher.replies().cloned();
         let (tx, rx) = mpsc::channel::<Request>(MAX_BATCH * COMMITTERS * 2);
         let rx = Arc::new(Mutex::new(rx));
@@ -140,7 +157,7 @@ impl Acceptor {
         drop(publish_tx);
         tasks.spawn(publish_loop(publisher, replies.clone(), publish_rx, clean_tx));
         tasks.spawn(clean_loop(pool, clean_rx));
-        (Self { tx, replies }, tasks)
+        (Self { tx, backlog, replies }, tasks)
     }
 
     /// Synchronous calls on this replica waiting for their runs.
@@ -161,6 +178,14 @@ impl Acceptor {
             version,
             retry_of,
         } = request;
+        // Sampled in the background: refusing costs no I/O.
+        if let Err(pressure) = self.backlog.check(company_id) {
+            METRICS
+                .backpressure_rejections
+                .with_label_values(&[pressure.as_str()])
+                .inc();
+            return Err(AcceptError::Backlog(pressure));
+        }
         let (reply, rx) = oneshot::channel();
         let run_id = Uuid::now_v7();
         // Registered before the run can be published, so even an instant outcome finds it.

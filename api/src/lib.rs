@@ -61,21 +61,23 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if config.auto_migrate {
         migrate(&pool, &config, &keyring).await?;
     }
-    let topology = Topology::new(&config.queue_prefix);
-    let conn = queue::connect(config.amqp_url.expose())
-        .await
-        .context("cannot connect to RabbitMQ: check FLOQ_AMQP_URL and that the broker is up")?;
-    topology
-        .declare(&conn.create_channel().await?, config.queue_delivery_limit)
-        .await
-        .context("declaring the RabbitMQ topology failed")?;
+    let topology = Topology::from_config(&config);
+    // A broker that is down at start only degrades the API: runs wait in the
+    // outbox (up to FLOQ_BACKLOG_MAX) and the backlog sampler declares the
+    // topology once it reaches the broker.
     let publisher = Arc::new(Publisher::new(config.amqp_url.expose(), &topology).with_replies());
-    publisher
-        .ensure_connected()
-        .await
-        .context("cannot open a publishing channel on RabbitMQ")?;
+    match declare(&config, &topology, &publisher).await {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "RabbitMQ is unreachable at start (check FLOQ_AMQP_URL); accepting runs into the outbox meanwhile"
+        ),
+    }
+    let backlog = floq_shared::backlog::Backlog::new(&config);
+    let sampler_shutdown = CancellationToken::new();
+    let sampler = backlog.spawn(pool.clone(), sampler_shutdown.clone());
 
-    let (acceptor, accept_tasks) = accept::Acceptor::start(pool.clone(), publisher.clone());
+    let (acceptor, accept_tasks) = accept::Acceptor::start(pool.clone(), publisher.clone(), backlog.clone());
     let key_cache = Arc::new(key_cache::KeyCache::new(config.auth_cache_ttl));
     let listener_shutdown = CancellationToken::new();
     let key_listener = {
@@ -95,10 +97,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         publisher: publisher.clone(),
     };
     let broker_up = {
-        let publisher = publisher.clone();
-        Arc::new(move || publisher.is_connected())
+        let (publisher, backlog) = (publisher.clone(), backlog.clone());
+        Arc::new(move || backlog.broker_up() && publisher.is_connected())
     };
-    let ready = ops::db_and_broker_ready(pool.clone(), broker_up);
+    let ready = ops::db_ready_broker_optional(pool.clone(), broker_up);
     let (routes, _) = routes::router().split_for_parts();
     let app = Router::new()
         .merge(routes)
@@ -143,7 +145,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let _ = key_listener.await;
         metrics_shutdown.cancel();
         let _ = metrics_task.await;
-        drop(conn);
+        sampler_shutdown.cancel();
+        let _ = sampler.await;
         pool.close().await;
         tracing::info!("floq-api stopped");
         Ok(())
@@ -153,6 +156,23 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics_addr,
         handle,
     })
+}
+
+/// Declares the topology and opens the publishing channel.
+async fn declare(config: &Config, topology: &Topology, publisher: &Publisher) -> anyhow::Result<()> {
+    let conn = queue::connect(config.amqp_url.expose())
+        .await
+        .context("cannot connect to RabbitMQ")?;
+    topology
+        .declare(&conn.create_channel().await?, config.queue_delivery_limit)
+        .await
+        .context("declaring the RabbitMQ topology failed")?;
+    let _ = conn.close(0, "declared".into()).await;
+    publisher
+        .ensure_connected()
+        .await
+        .context("cannot open a publishing channel on RabbitMQ")?;
+    Ok(())
 }
 
 /// Everything migrating means for the API: the schema, then the one-time

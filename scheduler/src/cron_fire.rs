@@ -7,6 +7,13 @@
 //! Ticks a little late (under [`GRACE`]) are caught up one by one; beyond
 //! that the schedule's misfire policy applies: `skip` drops the missed ticks,
 //! `fire_once` fires once for all of them.
+//!
+//! While the run queues and the outbox are past `FLOQ_BACKLOG_MAX` nothing
+//! fires: due schedules stay due (counted in
+//! `floq_backpressure_rejections_total{reason="cron_deferred"}` per pass), so
+//! a short spell of backpressure delays their ticks and a long one makes
+//! them misfires, handled by each schedule's policy. With the broker down,
+//! fires go on into the outbox (its backlog counts against the bound).
 
 use chrono::{DateTime, Duration, Utc};
 use floq_shared::db::StoreError;
@@ -14,12 +21,14 @@ use serde_json::json;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
+use floq_shared::backlog::Backlog;
 use floq_shared::cron::CronSchedule;
 use floq_shared::db;
 use floq_shared::ids::RunId;
 use floq_shared::queue::{Envelope, Publisher};
 use floq_shared::run::Trigger;
 use floq_shared::schedules::{self, Advance, Due, FireKey, Misfire};
+use floq_shared::telemetry::METRICS;
 use floq_shared::{outbox, runs};
 
 pub use floq_shared::schedules::FIRE_RECORD_KEEP;
@@ -68,10 +77,18 @@ fn plan(cron: &CronSchedule, next_fire_at: DateTime<Utc>, misfire: Misfire, now:
 }
 
 /// Fires every due schedule; returns how many runs it started.
-pub async fn fire_due(pool: &db::Pool, publisher: &Publisher) -> anyhow::Result<usize> {
+pub async fn fire_due(pool: &db::Pool, publisher: &Publisher, backlog: &Backlog) -> anyhow::Result<usize> {
     let mut tx = db::duty_tx(pool, db::Duty::CronDue).await?;
     let due = schedules::due(&mut tx).await?;
     db::commit(tx).await?;
+    if !due.is_empty() && backlog.global_full() {
+        METRICS
+            .backpressure_rejections
+            .with_label_values(&["cron_deferred"])
+            .inc_by(due.len() as u64);
+        tracing::debug!(schedules = due.len(), "the backlog is full; cron fires wait");
+        return Ok(0);
+    }
     let mut fired = 0;
     for schedule in due {
         match fire(pool, publisher, &schedule).await {

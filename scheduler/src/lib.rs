@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use floq_shared::audit;
+use floq_shared::backlog::Backlog;
 use floq_shared::queue::{Publisher, Topology};
 use floq_shared::telemetry::METRICS;
 use floq_shared::{Config, db, ops, queue};
@@ -43,7 +44,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if config.auto_migrate {
         db::migrate(&pool).await.context("applying migrations failed")?;
     }
-    let topology = Topology::new(&config.queue_prefix);
+    let topology = Topology::from_config(&config);
     let conn = queue::connect(config.amqp_url.expose())
         .await
         .context("cannot connect to RabbitMQ: check FLOQ_AMQP_URL and that the broker is up")?;
@@ -58,6 +59,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("cannot open a publishing channel on RabbitMQ")?;
 
+    let backlog = floq_shared::backlog::Backlog::new(&config);
+    let sampler_shutdown = CancellationToken::new();
+    let sampler = backlog.spawn(pool.clone(), sampler_shutdown.clone());
     let broker_up = {
         let publisher = publisher.clone();
         Arc::new(move || publisher.is_connected())
@@ -89,9 +93,11 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown.clone(),
     ));
     let handle = tokio::spawn(async move {
-        lead_or_stand_by(&config, &pool, &publisher, &shutdown).await;
+        lead_or_stand_by(&config, &pool, &publisher, &backlog, &shutdown).await;
         let _ = dead_letters.await;
         METRICS.scheduler_is_leader.set(0);
+        sampler_shutdown.cancel();
+        let _ = sampler.await;
         ops_shutdown.cancel();
         let _ = ops_task.await;
         pool.close().await;
@@ -101,7 +107,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(Running { addr, handle })
 }
 
-async fn lead_or_stand_by(config: &Config, pool: &db::Pool, publisher: &Publisher, shutdown: &CancellationToken) {
+async fn lead_or_stand_by(
+    config: &Config,
+    pool: &db::Pool,
+    publisher: &Publisher,
+    backlog: &Backlog,
+    shutdown: &CancellationToken,
+) {
     while !shutdown.is_cancelled() {
         match leader::try_acquire(config).await {
             Ok(Some(mut leadership)) => {
@@ -141,7 +153,7 @@ async fn lead_or_stand_by(config: &Config, pool: &db::Pool, publisher: &Publishe
                         Duty::AuditSeal => seal_all(pool, config).await,
                         Duty::Retention => retention::enforce(pool).await.map(drop),
                         Duty::SignatureTrim => retention::trim_webhook_signatures(pool).await.map(drop),
-                        Duty::Cron => cron_fire::fire_due(pool, publisher).await.map(drop),
+                        Duty::Cron => cron_fire::fire_due(pool, publisher, backlog).await.map(drop),
                         Duty::Reaper => reaper.tick(pool, publisher, config).await,
                     };
                     if let Err(e) = done {

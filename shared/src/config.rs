@@ -72,6 +72,16 @@ pub struct Config {
     pub auto_migrate: bool,
     pub worker_prefetch: u16,
     pub queue_delivery_limit: u32,
+    /// `FLOQ_QUEUE_SHARDS`: run queues `{prefix}.runs.{n}`; a company's runs all go to one (by a hash of its id).
+    pub queue_shards: u16,
+    /// `FLOQ_WORKER_COMPANY_CONCURRENCY`: runs of one company a worker executes at once (default half the prefetch).
+    pub worker_company_concurrency: u16,
+    /// `FLOQ_BACKLOG_MAX`: queued messages plus unpublished outbox rows past which triggers answer `503`.
+    pub backlog_max: u64,
+    /// `FLOQ_COMPANY_BACKLOG_MAX`: one company's queued runs past which its triggers answer `429`.
+    pub company_backlog_max: u64,
+    /// `FLOQ_SHUTDOWN_GRACE_MS`: how long a stopping worker lets in-flight runs finish before handing them back.
+    pub shutdown_grace: Duration,
     pub outbox_sweep_after: Duration,
     pub outbox_sweep_interval: Duration,
     pub running_mark_after: Duration,
@@ -184,6 +194,14 @@ impl Config {
             auto_migrate: v.parse("FLOQ_AUTO_MIGRATE", "true")?,
             worker_prefetch: v.parse_in("FLOQ_WORKER_PREFETCH", 256, 1..=10_000)?,
             queue_delivery_limit: v.parse_in("FLOQ_QUEUE_DELIVERY_LIMIT", 5, 1..=1000)?,
+            queue_shards: v.parse_in("FLOQ_QUEUE_SHARDS", 8, 1..=256)?,
+            worker_company_concurrency: {
+                let prefetch: u16 = v.parse_in("FLOQ_WORKER_PREFETCH", 256, 1..=10_000)?;
+                v.parse_in("FLOQ_WORKER_COMPANY_CONCURRENCY", prefetch.div_ceil(2), 1..=10_000)?
+            },
+            backlog_max: v.parse_in("FLOQ_BACKLOG_MAX", 1_000_000, 1..=u64::MAX)?,
+            company_backlog_max: v.parse_in("FLOQ_COMPANY_BACKLOG_MAX", 200_000, 1..=u64::MAX)?,
+            shutdown_grace: v.millis("FLOQ_SHUTDOWN_GRACE_MS", 30_000)?,
             outbox_sweep_after: v.millis("FLOQ_OUTBOX_SWEEP_AFTER_MS", 5_000)?,
             outbox_sweep_interval: v.millis("FLOQ_OUTBOX_SWEEP_INTERVAL_MS", 1_000)?,
             running_mark_after: v.millis("FLOQ_RUNNING_MARK_AFTER_MS", 500)?,
@@ -504,6 +522,19 @@ mod tests {
         let c = Config::from_vars(base()).unwrap();
         assert_eq!(c.queue_prefix, "floq");
         assert_eq!(c.body_limit_bytes, 1 << 20);
+        assert_eq!((c.queue_shards, c.worker_company_concurrency), (8, 128));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_company_concurrency_follows_the_prefetch_unless_set() {
+        let mut vars = base();
+        vars.insert("FLOQ_WORKER_PREFETCH".into(), "51".into());
+        assert_eq!(Config::from_vars(vars.clone()).unwrap().worker_company_concurrency, 26);
+        vars.insert("FLOQ_WORKER_COMPANY_CONCURRENCY".into(), "3".into());
+        assert_eq!(Config::from_vars(vars.clone()).unwrap().worker_company_concurrency, 3);
+        vars.insert("FLOQ_QUEUE_SHARDS".into(), "0".into());
+        assert_eq!(Config::from_vars(vars).unwrap_err().var, "FLOQ_QUEUE_SHARDS");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod access;
 pub mod account_tokens;
 pub mod api_keys;
 pub mod audit;
+pub mod backlog;
 pub mod batch;
 pub mod config;
 pub mod credentials;

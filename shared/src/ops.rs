@@ -14,7 +14,19 @@ use std::sync::Arc;
 
 use crate::config::Secret;
 
-pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+/// What `/readyz` answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Serving, with a dependency down that the service can do without for a
+    /// while (the API accepts into the outbox while the broker is away). An
+    /// orchestrator keeps routing to it, so it does not pull every replica at once.
+    Degraded(Vec<&'static str>),
+    /// Not serving: names the dependency.
+    NotReady(String),
+}
+
+pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Readiness> + Send>> + Send + Sync>;
 
 /// `/healthz`, `/readyz` and `/metrics`: what the worker and scheduler serve
 /// on their internal listeners, and the API on `FLOQ_API_METRICS_ADDR`.
@@ -23,8 +35,9 @@ pub fn router(ready: ReadyCheck, metrics_token: Option<Secret>) -> Router {
 }
 
 /// `/healthz` and `/readyz`, public on every listener. `ready` answers whether
-/// this service's dependencies are reachable; its error text names the
-/// dependency (never a URL or credential).
+/// this service's dependencies are reachable, as `{"status": "ready" |
+/// "degraded" | "not_ready", ...}`: `200` unless not ready (`503`). What it
+/// names is a dependency, never a URL or credential.
 pub fn health_router(ready: ReadyCheck) -> Router {
     Router::new().route("/healthz", get(|| async { "ok" })).route(
         "/readyz",
@@ -32,8 +45,15 @@ pub fn health_router(ready: ReadyCheck) -> Router {
             let ready = ready.clone();
             async move {
                 match ready().await {
-                    Ok(()) => (StatusCode::OK, "ready".to_string()).into_response(),
-                    Err(what) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {what}")).into_response(),
+                    Readiness::Ready => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+                    Readiness::Degraded(down) => {
+                        (StatusCode::OK, Json(json!({"status": "degraded", "unreachable": down}))).into_response()
+                    }
+                    Readiness::NotReady(what) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Json(json!({"status": "not_ready", "reason": what})),
+                    )
+                        .into_response(),
                 }
             }
         }),
@@ -94,18 +114,28 @@ fn unauthorized() -> Response {
 
 /// Standard readiness: PostgreSQL answers and the broker connection is up.
 pub fn db_and_broker_ready(pool: sqlx::PgPool, broker_up: Arc<dyn Fn() -> bool + Send + Sync>) -> ReadyCheck {
+    readiness(pool, broker_up, false)
+}
+
+/// As [`db_and_broker_ready`], but a broker outage only degrades: the API
+/// keeps accepting runs into the outbox (up to `FLOQ_BACKLOG_MAX`).
+pub fn db_ready_broker_optional(pool: sqlx::PgPool, broker_up: Arc<dyn Fn() -> bool + Send + Sync>) -> ReadyCheck {
+    readiness(pool, broker_up, true)
+}
+
+fn readiness(pool: sqlx::PgPool, broker_up: Arc<dyn Fn() -> bool + Send + Sync>, broker_optional: bool) -> ReadyCheck {
     Arc::new(move || {
         let pool = pool.clone();
         let broker_up = broker_up.clone();
         Box::pin(async move {
-            sqlx::query("SELECT 1")
-                .execute(&pool)
-                .await
-                .map_err(|_| "postgresql unreachable".to_string())?;
-            if !broker_up() {
-                return Err("rabbitmq unreachable".into());
+            if sqlx::query("SELECT 1").execute(&pool).await.is_err() {
+                return Readiness::NotReady("postgresql unreachable".into());
             }
-            Ok(())
+            match (broker_up(), broker_optional) {
+                (true, _) => Readiness::Ready,
+                (false, true) => Readiness::Degraded(vec!["rabbitmq"]),
+                (false, false) => Readiness::NotReady("rabbitmq unreachable".into()),
+            }
         })
     })
 }

@@ -65,3 +65,13 @@ pub async fn pending(tx: &mut Tx) -> Result<i64, StoreError> {
         .await
         .map_err(StoreError::from)
 }
+
+/// As [`pending`], counting no further than `limit` (the backlog bound), so
+/// sampling it stays cheap however far the outbox has grown.
+pub async fn pending_up_to(tx: &mut Tx, limit: i64) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) o")
+        .bind(limit)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(StoreError::from)
+}

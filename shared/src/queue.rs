@@ -51,6 +51,12 @@ impl Envelope {
         }
     }
 
+    pub fn company_id(&self) -> Uuid {
+        match self {
+            Envelope::RunFlowV1(m) => m.company_id,
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("envelopes always serialize")
     }
@@ -69,9 +75,21 @@ pub enum Control {
 pub const INLINE_INPUT_MAX: i32 = 8192;
 
 /// Queue and exchange names for one prefix.
+///
+/// Runs travel on a fixed number of shard queues (`FLOQ_QUEUE_SHARDS`), a
+/// company's runs all on one of them, so a worker can consume the shards
+/// side by side and share its capacity between companies instead of taking
+/// one company's whole backlog first. The number of queues does not grow
+/// with the number of tenants.
 #[derive(Clone, Debug)]
 pub struct Topology {
+    /// `{prefix}.runs`, the one queue of releases before sharding. Still
+    /// declared and consumed, so messages left in it by an upgrade run;
+    /// nothing publishes to it any more. Dead letters keep its name as their
+    /// routing key, whichever shard they died on.
     pub runs: String,
+    /// `{prefix}.runs.{n}`, n from 0.
+    pub shards: Vec<String>,
     pub dead: String,
     pub dead_exchange: String,
     /// Fanout exchange of control messages to every worker ([`Control`]):
@@ -80,13 +98,40 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn new(prefix: &str) -> Self {
+    pub fn new(prefix: &str, shards: u16) -> Self {
         Self {
             runs: format!("{prefix}.runs"),
+            shards: (0..shards.max(1)).map(|n| format!("{prefix}.runs.{n}")).collect(),
             dead: format!("{prefix}.runs.dead"),
             dead_exchange: format!("{prefix}.dlx"),
             control: format!("{prefix}.control"),
         }
+    }
+
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self::new(&config.queue_prefix, config.queue_shards)
+    }
+
+    /// The shard a company's runs go to: a stable hash (FNV-1a) of its id, so
+    /// every replica of every release agrees.
+    pub fn shard_of(&self, company_id: Uuid) -> usize {
+        let hash = company_id.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (hash % self.shards.len() as u64) as usize
+    }
+
+    /// The queue a company's runs are published to.
+    pub fn queue_for(&self, company_id: Uuid) -> &str {
+        &self.shards[self.shard_of(company_id)]
+    }
+
+    /// Every queue runs arrive on: the shards, then the queue from before sharding.
+    pub fn run_queues(&self) -> impl Iterator<Item = &str> {
+        self.shards
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(self.runs.as_str()))
     }
 
     /// Declares everything idempotently; every service calls it at start.
@@ -133,10 +178,41 @@ impl Topology {
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(self.dead_exchange.as_str().into()),
         );
+        // Declared with exactly the arguments it always had: a queue's arguments cannot change.
         channel
-            .queue_declare(self.runs.as_str().into(), durable(), args)
+            .queue_declare(self.runs.as_str().into(), durable(), args.clone())
             .await?;
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(self.runs.as_str().into()),
+        );
+        for shard in &self.shards {
+            channel
+                .queue_declare(shard.as_str().into(), durable(), args.clone())
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Messages ready in the run queues (all shards and the queue from before
+    /// sharding), from a passive declare of each: cheap, and exact enough for
+    /// backpressure. Unacked messages (held by workers) are not counted.
+    pub async fn depth(&self, channel: &Channel) -> lapin::Result<u64> {
+        let mut total = 0u64;
+        for queue in self.run_queues() {
+            let q = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            total += u64::from(q.message_count());
+        }
+        Ok(total)
     }
 }
 
@@ -170,14 +246,14 @@ pub enum PublishError {
 /// message can arrive twice, and only those pay for a status check.
 pub const REPUBLISHED: &str = "floq.republished";
 
-/// The AMQP `type` of a run's continuation ([`Publisher::resume`]): the run
-/// may be `running` (its worker was lost, or handed it back); the worker
-/// that takes the message takes the run over unless it is final.
+/// The AMQP `type` of a continuation ([`Publisher::resume`]): the run may be
+/// `running` with checkpoints; its worker checks the status first and goes
+/// on from the last checkpoint unless the run is final.
 pub const RESUMED: &str = "floq.resumed";
 
 pub struct Publisher {
     url: String,
-    queue: String,
+    topology: Topology,
     control: String,
     channel: Mutex<Option<(Connection, Channel)>>,
     replies: Option<Arc<Replies>>,
@@ -187,7 +263,7 @@ impl Publisher {
     pub fn new(url: &str, topology: &Topology) -> Self {
         Self {
             url: url.to_string(),
-            queue: topology.runs.clone(),
+            topology: topology.clone(),
             control: topology.control.clone(),
             channel: Mutex::new(None),
             replies: None,
@@ -220,7 +296,10 @@ impl Publisher {
         self.send(&batch, Some(REPUBLISHED)).await
     }
 
-    /// Publishes continuations of runs that may be `running` (see [`RESUMED`]).
+    /// Publishes continuations of runs that may have started (a stopping
+    /// worker's hand-back, a lease that expired), marked [`RESUMED`]. Unlike
+    /// a nack with requeue this does not count against the queue's delivery
+    /// limit.
     pub async fn resume(&self, batch: &[Envelope]) -> Result<(), PublishError> {
         let batch: Vec<(&Envelope, bool)> = batch.iter().map(|e| (e, false)).collect();
         self.send(&batch, Some(RESUMED)).await
@@ -264,6 +343,11 @@ impl Publisher {
         sent
     }
 
+    /// The one place a run's queue is chosen: its company's shard.
+    fn route(&self, envelope: &Envelope) -> &str {
+        self.topology.queue_for(envelope.company_id())
+    }
+
     async fn send(&self, batch: &[(&Envelope, bool)], kind: Option<&'static str>) -> Result<(), PublishError> {
         if batch.is_empty() {
             return Ok(());
@@ -302,7 +386,7 @@ impl Publisher {
             let confirm = channel
                 .basic_publish(
                     "".into(),
-                    self.queue.as_str().into(),
+                    self.route(envelope).into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
@@ -371,5 +455,32 @@ impl Publisher {
             Ok(guard) => guard.as_ref().is_some_and(|(c, _)| c.status().connected()),
             Err(_) => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_company_always_maps_to_the_same_shard_and_companies_spread() {
+        let t = Topology::new("floq", 8);
+        assert_eq!(t.shards.len(), 8);
+        assert_eq!(t.shards[3], "floq.runs.3");
+        // Pinned: every replica of every release must route a company to the same queue.
+        let company = Uuid::parse_str("0190f5a4-7b2c-7d3e-8f40-123456789abc").unwrap();
+        assert_eq!(t.shard_of(company), Topology::new("other", 8).shard_of(company));
+        assert_eq!(t.queue_for(company), t.shards[t.shard_of(company)]);
+        let mut counts = [0usize; 8];
+        for _ in 0..8_000 {
+            counts[t.shard_of(Uuid::now_v7())] += 1;
+        }
+        assert!(counts.iter().all(|&n| (700..1300).contains(&n)), "{counts:?}");
+        assert_eq!(
+            t.run_queues().last(),
+            Some("floq.runs"),
+            "the queue from before sharding is still consumed"
+        );
+        assert_eq!(Topology::new("floq", 0).shards, ["floq.runs.0"]);
     }
 }

@@ -2,7 +2,7 @@
 //! the same registry at `/metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 use tracing_subscriber::EnvFilter;
@@ -33,6 +33,16 @@ pub struct Metrics {
     pub run_queue_wait: Histogram,
     pub node_duration: HistogramVec,
     pub worker_inflight: IntGauge,
+    /// Per shard queue (`legacy`: the queue from before sharding): a company's
+    /// figures are its shard's, which keeps the label set bounded.
+    pub worker_shard_inflight: IntGaugeVec,
+    pub worker_runs_started: IntCounterVec,
+    pub worker_company_at_cap: IntCounterVec,
+    pub worker_waiting: IntGauge,
+    pub worker_handed_back: IntCounterVec,
+    pub queue_jobs_waiting: IntGauge,
+    pub outbox_backlog: IntGauge,
+    pub backpressure_rejections: IntCounterVec,
     pub outbox_pending: IntGauge,
     pub scheduler_is_leader: IntGauge,
     pub audit_entries: IntCounterVec,
@@ -101,6 +111,50 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ),
         node_duration: histogram("floq_node_duration_seconds", "Node execution time", &["type", "status"]),
         worker_inflight: gauge("floq_worker_inflight_runs", "Runs a worker holds right now"),
+        worker_shard_inflight: {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "floq_worker_shard_inflight_runs",
+                    "Runs a worker executes right now, by the shard queue (of their company) they came from",
+                ),
+                &["shard"],
+            )
+            .expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        },
+        worker_runs_started: counter(
+            "floq_worker_runs_started_total",
+            "Runs a worker started, by the shard queue (of their company) they came from",
+            &["shard"],
+        ),
+        worker_company_at_cap: counter(
+            "floq_worker_company_at_cap_total",
+            "Times a worker left a slot free because the company of a waiting run held FLOQ_WORKER_COMPANY_CONCURRENCY slots, by shard",
+            &["shard"],
+        ),
+        worker_waiting: gauge(
+            "floq_worker_waiting_runs",
+            "Runs a worker received and has not started yet (waiting for a slot or their company's turn)",
+        ),
+        worker_handed_back: counter(
+            "floq_worker_handed_back_total",
+            "Runs a stopping worker handed back to the queue, by whether they had started (`running`) or not (`waiting`)",
+            &["state"],
+        ),
+        queue_jobs_waiting: gauge(
+            "floq_queue_jobs_waiting",
+            "Messages ready in the run queues (all shards), as last sampled",
+        ),
+        outbox_backlog: gauge(
+            "floq_outbox_backlog",
+            "Outbox rows not yet confirmed by the broker, as last sampled for backpressure",
+        ),
+        backpressure_rejections: counter(
+            "floq_backpressure_rejections_total",
+            "Triggers refused, and cron fires deferred, because a backlog bound was passed, by reason",
+            &["reason"],
+        ),
         outbox_pending: gauge("floq_outbox_pending", "Outbox rows not yet published"),
         scheduler_is_leader: gauge("floq_scheduler_is_leader", "1 while this scheduler leads"),
         audit_entries: counter(

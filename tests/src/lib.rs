@@ -347,17 +347,54 @@ impl TestApp {
     /// A second API replica on the same database and broker (as behind a load
     /// balancer): its base URL and the service, to `stop()` before `teardown`.
     pub async fn start_api_replica(&self) -> (String, Service) {
+        self.start_api_replica_configured(|_| {}).await.0
+    }
+
+    /// As [`TestApp::start_api_replica`], with `tweak` applied to its
+    /// configuration (a broker it cannot reach, say); also returns the
+    /// address of its internal listener (`/metrics`, health).
+    pub async fn start_api_replica_configured(
+        &self,
+        tweak: impl FnOnce(&mut Config),
+    ) -> ((String, Service), std::net::SocketAddr) {
+        let mut config = self.config.clone();
+        tweak(&mut config);
         let shutdown = CancellationToken::new();
-        let api = floq_api::spawn(self.config.clone(), shutdown.clone())
+        let api = floq_api::spawn(config, shutdown.clone())
             .await
             .expect("api replica starts");
         (
-            format!("http://{}", api.addr),
-            Service {
-                shutdown,
-                handle: api.handle,
-            },
+            (
+                format!("http://{}", api.addr),
+                Service {
+                    shutdown,
+                    handle: api.handle,
+                },
+            ),
+            api.metrics_addr,
         )
+    }
+
+    /// Another company (with its own admin) whose runs travel on another
+    /// shard queue than the main company's, so a test of fairness between
+    /// companies does not depend on how two random ids hash.
+    pub async fn company_on_another_shard(&self) -> Bootstrapped {
+        let topology = floq_shared::queue::Topology::from_config(&self.config);
+        let ours = topology.shard_of(self.admin.company_id);
+        for n in 0..64 {
+            let company = floq_api::admin::bootstrap(
+                &self.pool,
+                &self.config,
+                &format!("Initech {n}"),
+                &format!("admin{n}@initech.test"),
+            )
+            .await
+            .expect("bootstrap");
+            if topology.shard_of(company.company_id) != ours || topology.shards.len() == 1 {
+                return company;
+            }
+        }
+        panic!("64 companies all hashed to one shard");
     }
 
     /// Stops the API and starts it again with `tweak` applied to the
@@ -567,7 +604,7 @@ impl TestApp {
             service.stop().await;
         }
         self.pool.close().await;
-        remove_resources(&self.db_name, &self.config.queue_prefix).await;
+        remove_resources(&self.db_name, &floq_shared::queue::Topology::from_config(&self.config)).await;
         self.torn_down = true;
     }
 }
@@ -579,23 +616,25 @@ impl Drop for TestApp {
         if self.torn_down {
             return;
         }
-        let (db_name, prefix) = (self.db_name.clone(), self.config.queue_prefix.clone());
+        let (db_name, topology) = (
+            self.db_name.clone(),
+            floq_shared::queue::Topology::from_config(&self.config),
+        );
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(remove_resources(&db_name, &prefix));
+                rt.block_on(remove_resources(&db_name, &topology));
             }
         })
         .join();
     }
 }
 
-async fn remove_resources(db_name: &str, queue_prefix: &str) {
+async fn remove_resources(db_name: &str, t: &floq_shared::queue::Topology) {
     if let Ok(conn) = floq_shared::queue::connect(&amqp_url()).await
         && let Ok(ch) = conn.create_channel().await
     {
-        let t = floq_shared::queue::Topology::new(queue_prefix);
-        for q in [&t.runs, &t.dead] {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        for q in t.run_queues().chain([t.dead.as_str()]) {
+            let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
         }
         for exchange in [&t.dead_exchange, &t.control] {
             let _ = ch

@@ -1,19 +1,17 @@
-//! Consumes the runs queue: manual ack, bounded prefetch, one task per
-//! delivery. The database is consulted before executing only when the broker
-//! says the delivery is a redelivery.
+//! Handles each delivery of the run queues: manual ack after the outcome is
+//! committed. The database is consulted before executing only when the
+//! message may have arrived before (a redelivery, a republished or resumed
+//! copy). [`crate::intake`] consumes the queues and starts these.
 
 use floq_shared::db::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use uuid::Uuid;
 
 use crate::control::Control;
@@ -24,7 +22,7 @@ use crate::outcome_writer::{self, OutcomeWriter, Write};
 use crate::reply::{self, PendingReply};
 use floq_shared::Config;
 use floq_shared::db::{self, Pool};
-use floq_shared::queue::{self, Envelope, RunFlowV1, Topology};
+use floq_shared::queue::{self, Envelope, RunFlowV1};
 use floq_shared::runs::{cancel, delivery};
 use floq_shared::telemetry::METRICS;
 
@@ -39,89 +37,10 @@ pub struct Worker {
     pub control: Arc<Control>,
 }
 
-/// How long shutdown waits for in-flight runs before leaving them to the broker.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Consumes until `shutdown`, reconnecting after broker failures.
-pub async fn consume(
-    worker: Arc<Worker>,
-    topology: Topology,
-    shutdown: CancellationToken,
-    broker_up: Arc<std::sync::atomic::AtomicBool>,
-) {
-    let mut in_flight = JoinSet::new();
-    while !shutdown.is_cancelled() {
-        match consume_once(&worker, &topology, &shutdown, &mut in_flight, &broker_up).await {
-            Ok(()) => {}
-            Err(e) => {
-                broker_up.store(false, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(error = %e, "consuming from RabbitMQ failed; reconnecting in 1 s");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    }
-    // Stop taking work, finish what we hold; anything unfinished goes back to the queue when the channel closes.
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while in_flight.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!(
-            runs = in_flight.len(),
-            "in-flight runs did not finish in time; they return to the queue"
-        );
-        in_flight.abort_all();
-    }
-}
-
-async fn consume_once(
-    worker: &Arc<Worker>,
-    topology: &Topology,
-    shutdown: &CancellationToken,
-    in_flight: &mut JoinSet<()>,
-    broker_up: &std::sync::atomic::AtomicBool,
-) -> anyhow::Result<()> {
-    let conn = queue::connect(worker.config.amqp_url.expose()).await?;
-    let channel = conn.create_channel().await?;
-    // Replies to synchronous callers go out here, apart from the deliveries' channel.
-    let replies = conn.create_channel().await?;
-    topology.declare(&channel, worker.config.queue_delivery_limit).await?;
-    channel
-        .basic_qos(worker.config.worker_prefetch, BasicQosOptions::default())
-        .await?;
-    let tag = format!("floq-worker-{}", Uuid::new_v4());
-    let mut consumer = channel
-        .basic_consume(
-            topology.runs.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    broker_up.store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(queue = %topology.runs, prefetch = worker.config.worker_prefetch, "consuming runs");
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                // Keep the channel open while in-flight runs finish, so their acks land.
-                let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while in_flight.join_next().await.is_some() {} }).await;
-                return Ok(());
-            }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    let (worker, replies) = (worker.clone(), replies.clone());
-                    in_flight.spawn(async move { handle(&worker, &replies, delivery).await });
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => anyhow::bail!("the broker closed the consumer"),
-            },
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-        }
-    }
-}
-
-async fn handle(worker: &Worker, replies: &Channel, delivery: Delivery) {
+/// Handles one delivery of a run queue, from decoding to the outcome
+/// handed to the writer (which acks after the commit). [`crate::intake`]
+/// decides when it starts.
+pub(crate) async fn handle(worker: &Worker, replies: &Channel, delivery: Delivery) {
     METRICS.worker_inflight.inc();
     let envelope: Envelope = match serde_json::from_slice(&delivery.data) {
         Ok(e) => e,

@@ -6,6 +6,7 @@ mod consumer;
 pub mod control;
 pub mod executor;
 pub mod flow_cache;
+mod intake;
 mod lease;
 pub mod nodes;
 mod outcome_writer;
@@ -21,7 +22,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use floq_shared::queue::Topology;
+use floq_shared::queue::{Publisher, Topology};
 use floq_shared::{Config, db, ops};
 
 pub struct Running {
@@ -40,7 +41,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if config.auto_migrate {
         db::migrate(&pool).await.context("applying migrations failed")?;
     }
-    let topology = Topology::new(&config.queue_prefix);
+    let topology = Topology::from_config(&config);
     // Fail fast at start if the broker is unreachable; later outages are retried.
     floq_shared::queue::connect(config.amqp_url.expose())
         .await
@@ -137,19 +138,23 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         pool.clone(),
         stop.clone(),
     ));
+    // Hands runs back at shutdown; connects when first used.
+    let publisher = Arc::new(Publisher::new(config.amqp_url.expose(), &topology));
     let handle = tokio::spawn(async move {
         // Cancels are heard (and the recent ones reloaded) before the first run is taken; a control consumer that
         // cannot start soon does not keep the worker from working (it keeps retrying).
         if tokio::time::timeout(CONTROL_READY_WAIT, control.ready()).await.is_err() {
             tracing::warn!("the control consumer is not up yet; consuming runs anyway");
         }
-        consumer::consume(worker.clone(), topology, stop, broker_up).await;
+        let connection = intake::consume(worker.clone(), topology, publisher, stop, broker_up).await;
         let _ = listener.await;
         // Every run task is done: release the writer so it flushes and stops.
         drop(worker);
         let mut writer_tasks = writer_tasks;
         while writer_tasks.join_next().await.is_some() {}
-        // Runs still held return to the queue as the channel closed; the lease lapses with the process.
+        // Only now: the writer's acks for runs that finished during the drain travel on it.
+        drop(connection);
+        // The lease lapses with the process; runs still held were handed back or return to the queue.
         lease_stop.cancel();
         let _ = lease_task.await;
         ops_shutdown.cancel();

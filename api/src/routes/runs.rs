@@ -92,7 +92,8 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> 
         (status = 200, description = "A repeated `Idempotency-Key`", body = RunReplayed),
         (status = 403, description = "A grant below `execute`, or the role lacks `flow:execute`", body = ErrorBody),
         (status = 409, description = "The flow was never deployed (`not_deployed`)", body = ErrorBody),
-        (status = 429, description = "Too many runs started for the flow or company (`rate_limited`); see `Retry-After`", body = ErrorBody)))]
+        (status = 429, description = "Too many runs started for the flow or company (`rate_limited`), or too many of the company's runs waiting (`company_backlog_full`); see `Retry-After`", body = ErrorBody),
+        (status = 503, description = "Too many runs waiting across the deployment (`backlog_full`); see `Retry-After`", body = ErrorBody)))]
 async fn start(
     State(state): State<AppState>,
     auth: Authorized<FlowExecute>,

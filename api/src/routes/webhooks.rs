@@ -425,7 +425,8 @@ fn wait_for(state: &AppState, query: &[(String, String)], hook: &Resolved) -> Ap
         (status = 409, description = "The signature was used before (`signature_replayed`), or the flow was never deployed (`not_deployed`)", body = ErrorBody),
         (status = 413, description = "The body is over the limit (`payload_too_large`)", body = ErrorBody),
         (status = 422, description = "The body or query holds text that cannot be stored (`invalid_text`), or a bad `wait`", body = ErrorBody),
-        (status = 429, description = "Too many runs started for the flow or company (`rate_limited`); see `Retry-After`", body = ErrorBody),
+        (status = 429, description = "Too many runs started for the flow or company (`rate_limited`), or too many of the company's runs waiting (`company_backlog_full`); see `Retry-After`", body = ErrorBody),
+        (status = 503, description = "Too many runs waiting across the deployment (`backlog_full`); see `Retry-After`", body = ErrorBody),
         (status = 502, description = "The run failed (`run_failed`), was cancelled (`run_cancelled`), or its reply was refused (`reply_refused`); `details` names its `status` and `error_code`", body = ErrorBody)))]
 async fn receive(
     State(state): State<AppState>,

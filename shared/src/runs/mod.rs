@@ -3,6 +3,7 @@
 //! alike. The message is encoded once, here, in Rust ([`Envelope`]); the
 //! outbox holds exactly what is published.
 
+pub mod backlog;
 pub mod cancel;
 pub mod delivery;
 pub mod lost;

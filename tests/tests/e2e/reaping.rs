@@ -51,10 +51,15 @@ async fn all_published(app: &TestApp) {
 async fn purge_runs_queue(app: &TestApp) -> u32 {
     let conn = floq_shared::queue::connect(&floq_tests::amqp_url()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let topology = Topology::new(&app.config.queue_prefix);
-    ch.queue_purge(topology.runs.as_str().into(), QueuePurgeOptions::default())
-        .await
-        .unwrap()
+    let topology = Topology::from_config(&app.config);
+    let mut purged = 0;
+    for queue in topology.run_queues() {
+        purged += ch
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await
+            .unwrap();
+    }
+    purged
 }
 
 #[tokio::test]
@@ -78,7 +83,7 @@ async fn a_message_past_the_delivery_limit_fails_its_run_and_stays_replayable() 
         message.contains("delivered") && message.contains("FLOQ_QUEUE_DELIVERY_LIMIT"),
         "{message}"
     );
-    let topology = Topology::new(&app.config.queue_prefix);
+    let topology = Topology::from_config(&app.config);
     assert_eq!(app.queue_depth(&topology.dead).await, 0, "the dead letter was acked");
     assert!(
         metrics(&app, scheduler)
@@ -107,7 +112,7 @@ async fn an_undecodable_message_naming_a_run_fails_that_run_and_one_naming_none_
     assert_eq!(purge_runs_queue(&app).await, 1);
     let conn = floq_shared::queue::connect(&floq_tests::amqp_url()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let topology = Topology::new(&app.config.queue_prefix);
+    let topology = Topology::from_config(&app.config);
     let later = json!({"kind": "run_flow.v99", "run_id": run, "company_id": app.admin.company_id});
     for body in [
         later.to_string().into_bytes(),

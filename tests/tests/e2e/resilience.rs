@@ -162,7 +162,7 @@ async fn a_duplicate_delivery_of_a_finished_run_changes_nothing() {
     assert_eq!(first["status"], "succeeded", "{first}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
-    let publisher = Publisher::new(&floq_tests::amqp_url(), &Topology::new(&app.config.queue_prefix));
+    let publisher = Publisher::new(&floq_tests::amqp_url(), &Topology::from_config(&app.config));
     let envelope = Envelope::RunFlowV1(RunFlowV1 {
         run_id: run_id.parse().unwrap(),
         company_id: app.admin.company_id,
@@ -200,7 +200,7 @@ async fn an_undecodable_message_is_dead_lettered_and_the_worker_carries_on() {
     .await;
     let conn = queue::connect(&floq_tests::amqp_url()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let topology = Topology::new(&app.config.queue_prefix);
+    let topology = Topology::from_config(&app.config);
     ch.basic_publish(
         "".into(),
         topology.runs.as_str().into(),

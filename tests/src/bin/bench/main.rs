@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 
 use floq_tests::{Options, TestApp};
 
+mod fairness;
 mod templates;
 
 // Under the benchmark glibc malloc took ~17% of this process's CPU (perf), mimalloc ~11%.
@@ -50,6 +51,27 @@ struct Args {
     /// Measure template evaluation alone (paths, expressions, code nodes) and exit.
     #[arg(long)]
     templates: bool,
+    /// Measure fairness instead: company B's run latency while company A floods, against idle.
+    #[arg(long)]
+    fairness: bool,
+    /// `--fairness`: A's runs that wait in a `delay`.
+    #[arg(long, default_value_t = 600)]
+    flood: usize,
+    /// `--fairness`: how long each of those waits.
+    #[arg(long, default_value_t = 5_000)]
+    flood_delay_ms: u64,
+    /// `--fairness`: A's quick runs sent after the delayed ones.
+    #[arg(long, default_value_t = 2_000)]
+    quick: usize,
+    /// Slots one company may hold in the worker (default: half the prefetch, as FLOQ_WORKER_PREFETCH alone gives).
+    #[arg(long)]
+    company_cap: Option<u16>,
+    /// Shard queues (FLOQ_QUEUE_SHARDS).
+    #[arg(long, default_value_t = 8)]
+    shards: u16,
+    /// `--fairness`: B's runs, one at a time, idle and under the flood.
+    #[arg(long, default_value_t = 50)]
+    probes: usize,
 }
 
 /// An accepted run: its id, when its request was sent, and the accept latency in seconds.
@@ -70,6 +92,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let app = TestApp::spawn_configured(Options::default(), |c| {
         c.worker_prefetch = args.prefetch;
+        c.worker_company_concurrency = args.company_cap.unwrap_or(args.prefetch.div_ceil(2));
+        c.queue_shards = args.shards;
         c.db_max_connections = args.db_connections;
         // Measure the run path, not the trigger rate limits.
         c.trigger_rate_per_flow = 1_000_000;
@@ -80,6 +104,17 @@ async fn main() -> anyhow::Result<()> {
         c.egress_allow.clear();
     })
     .await;
+    if args.fairness {
+        let load = fairness::Load {
+            flood: args.flood,
+            flood_delay_ms: args.flood_delay_ms,
+            quick: args.quick,
+            probes: args.probes,
+        };
+        let result = fairness::bench(&app, load).await;
+        app.teardown().await;
+        return result;
+    }
     let definition = match args.flow.as_str() {
         "basic" => json!({
             "nodes": [
