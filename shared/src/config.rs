@@ -75,6 +75,10 @@ pub struct Config {
     pub outbox_sweep_after: Duration,
     pub outbox_sweep_interval: Duration,
     pub running_mark_after: Duration,
+    /// How long a completed step of a run past the running mark may wait to be checkpointed.
+    pub checkpoint_flush: Duration,
+    /// A top-level `delay` or retry backoff longer than this parks its run outside the prefetch window.
+    pub park_after: Duration,
     pub delay_max: Duration,
     pub http_node_max_timeout: Duration,
     pub http_node_max_response_bytes: usize,
@@ -179,6 +183,8 @@ impl Config {
             outbox_sweep_after: v.millis("FLOQ_OUTBOX_SWEEP_AFTER_MS", 5_000)?,
             outbox_sweep_interval: v.millis("FLOQ_OUTBOX_SWEEP_INTERVAL_MS", 1_000)?,
             running_mark_after: v.millis("FLOQ_RUNNING_MARK_AFTER_MS", 500)?,
+            checkpoint_flush: Duration::from_millis(v.parse_in("FLOQ_CHECKPOINT_FLUSH_MS", 1000, 10..=60_000)?),
+            park_after: v.millis("FLOQ_PARK_AFTER_MS", 5_000)?,
             delay_max: v.millis("FLOQ_DELAY_MAX_MS", 300_000)?,
             http_node_max_timeout: v.millis("FLOQ_HTTP_NODE_MAX_TIMEOUT_MS", 30_000)?,
             http_node_max_response_bytes: v.parse_in(

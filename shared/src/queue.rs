@@ -147,6 +147,14 @@ pub enum PublishError {
 /// message can arrive twice, and only those pay for a status check.
 pub const REPUBLISHED: &str = "floq.republished";
 
+/// The AMQP `type` of a continuation of a run ([`Publisher::resume`]): the
+/// run may be `running` with checkpoints. Its worker checks the run's status
+/// and, unless it is final, resumes it after its checkpointed nodes.
+pub const RESUMED: &str = "floq.resumed";
+
+/// The header of a parked run's message: when it may go on, in Unix milliseconds.
+pub const WAKE_AT_HEADER: &str = "x-floq-wake-at";
+
 pub struct Publisher {
     url: String,
     queue: String,
@@ -187,16 +195,67 @@ impl Publisher {
     /// whether the run already finished instead of running its nodes again.
     pub async fn republish(&self, batch: &[Envelope]) -> Result<(), PublishError> {
         let batch: Vec<(&Envelope, bool)> = batch.iter().map(|e| (e, false)).collect();
-        self.send(&batch, true).await
+        self.send(&batch, Some(REPUBLISHED)).await
+    }
+
+    /// Publishes continuations of runs that may have started (a parked run
+    /// whose wait is over, a run handed back or whose worker was lost): they
+    /// are marked [`RESUMED`], so a worker resumes them after their
+    /// checkpointed nodes (or acks them when the run is final).
+    pub async fn resume(&self, batch: &[Envelope]) -> Result<(), PublishError> {
+        let batch: Vec<(&Envelope, bool)> = batch.iter().map(|e| (e, false)).collect();
+        self.send(&batch, Some(RESUMED)).await
+    }
+
+    /// Publishes a parked run's message to `queue`, one of the worker's delay
+    /// queues (`crate::parking`), carrying its wake time ([`WAKE_AT_HEADER`]).
+    pub async fn park(&self, queue: &str, envelope: &Envelope, wake_at_ms: i64) -> Result<(), PublishError> {
+        self.ensure_connected().await?;
+        let mut guard = self.channel.lock().await;
+        let Some((_, channel)) = guard.as_ref() else {
+            return Err(PublishError::Broker(lapin::Error::from(
+                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+            )));
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(WAKE_AT_HEADER.into(), AMQPValue::LongLongInt(wake_at_ms));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        let published = async {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &envelope.to_bytes(),
+                    properties,
+                )
+                .await?;
+            match confirm.await? {
+                Confirmation::Ack(None) => Ok(()),
+                _ => Err(PublishError::Refused(1)),
+            }
+        }
+        .await;
+        if matches!(published, Err(PublishError::Broker(_))) {
+            *guard = None;
+        }
+        published
     }
 
     /// As [`Publisher::publish`]; messages paired with `true` ask their worker
     /// to reply (direct reply-to), which needs [`Publisher::with_replies`].
     pub async fn publish_asking(&self, batch: &[(&Envelope, bool)]) -> Result<(), PublishError> {
-        self.send(batch, false).await
+        self.send(batch, None).await
     }
 
-    async fn send(&self, batch: &[(&Envelope, bool)], again: bool) -> Result<(), PublishError> {
+    /// `kind`: the AMQP `type` of a message that may arrive twice ([`REPUBLISHED`], [`RESUMED`]).
+    async fn send(&self, batch: &[(&Envelope, bool)], kind: Option<&'static str>) -> Result<(), PublishError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -207,7 +266,7 @@ impl Publisher {
                 lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
             )));
         };
-        let result = self.publish_on(channel, batch, again).await;
+        let result = self.publish_on(channel, batch, kind).await;
         if matches!(result, Err(PublishError::Broker(_))) {
             *guard = None;
         }
@@ -218,7 +277,7 @@ impl Publisher {
         &self,
         channel: &Channel,
         batch: &[(&Envelope, bool)],
-        again: bool,
+        kind: Option<&'static str>,
     ) -> Result<(), PublishError> {
         let mut confirms = Vec::with_capacity(batch.len());
         for (envelope, ask) in batch {
@@ -228,8 +287,8 @@ impl Publisher {
             if *ask && self.replies.is_some() {
                 properties = properties.with_reply_to(DIRECT_REPLY_TO.into());
             }
-            if again {
-                properties = properties.with_type(REPUBLISHED.into());
+            if let Some(kind) = kind {
+                properties = properties.with_type(kind.into());
             }
             let confirm = channel
                 .basic_publish(

@@ -42,6 +42,11 @@ pub struct Metrics {
     /// Rows a group commit isolated because PostgreSQL refused them (see `batch::isolate`).
     pub batch_rows_refused: IntCounterVec,
     pub sandbox_abandoned_threads: prometheus::IntCounter,
+    /// Checkpoints (one run's steps since its last) committed.
+    pub checkpoints_written: prometheus::IntCounter,
+    /// Runs parked outside the prefetch window (a long delay or retry backoff), and runs resumed from checkpoints.
+    pub runs_parked: prometheus::IntCounter,
+    pub runs_resumed: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -66,6 +71,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .expect("valid metric");
         registry.register(Box::new(h.clone())).expect("unique metric");
         h
+    };
+    let plain_counter = |name: &str, help: &str| {
+        let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+        registry.register(Box::new(c.clone())).expect("unique metric");
+        c
     };
     let gauge = |name: &str, help: &str| {
         let g = IntGauge::new(name, help).expect("valid metric");
@@ -130,6 +140,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         },
+        checkpoints_written: plain_counter(
+            "floq_checkpoints_written_total",
+            "Checkpoints of runs past the running mark committed",
+        ),
+        runs_parked: plain_counter(
+            "floq_runs_parked_total",
+            "Runs parked outside the prefetch window by a long delay or retry backoff",
+        ),
+        runs_resumed: plain_counter(
+            "floq_runs_resumed_total",
+            "Runs resumed after their checkpointed nodes",
+        ),
         registry,
     }
 });

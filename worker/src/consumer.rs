@@ -1,6 +1,8 @@
 //! Consumes the runs queue: manual ack, bounded prefetch, one task per
-//! delivery. The database is consulted before executing only when the broker
-//! says the delivery is a redelivery.
+//! delivery. The database is consulted before executing only when the
+//! message may have run before: the broker redelivers it, or it is marked
+//! republished (outbox sweep) or resumed (a parked run waking, a run handed
+//! back). A redelivered or resumed run goes on after its checkpoints.
 
 use floq_shared::db::StoreError;
 use std::sync::Arc;
@@ -16,15 +18,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::{self, Outcome, RunInput, RunStatus};
+use crate::checkpoints::CheckpointWriter;
+use crate::executor::{self, Ended, Outcome, Resume, RunInput, RunStatus};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
 use crate::outcome_writer::{self, OutcomeWriter, Write};
 use crate::reply::{self, PendingReply};
 use floq_shared::Config;
 use floq_shared::db::{self, Pool};
-use floq_shared::queue::{self, Envelope, RunFlowV1, Topology};
-use floq_shared::runs::delivery;
+use floq_shared::parking::Parking;
+use floq_shared::queue::{self, Envelope, Publisher, RunFlowV1, Topology};
+use floq_shared::runs::{checkpoints, delivery};
 use floq_shared::telemetry::METRICS;
 
 pub struct Worker {
@@ -33,6 +37,20 @@ pub struct Worker {
     pub cache: Arc<FlowCache>,
     pub env: Arc<NodeEnv>,
     pub writer: OutcomeWriter,
+    pub checkpoints: CheckpointWriter,
+    /// Publishes parked runs to the delay queues.
+    pub publisher: Arc<Publisher>,
+    pub parking: Arc<Parking>,
+}
+
+/// What a message's run needs before it executes.
+enum Check {
+    /// Never ran (as far as a fresh message can tell): run it from the start.
+    Fresh,
+    /// Finished, gone, or held by another copy: ack without running a node.
+    Done,
+    /// May have run before: go on after its checkpoints.
+    Resume(Resume),
 }
 
 /// How long shutdown waits for in-flight runs before leaving them to the broker.
@@ -136,25 +154,26 @@ async fn handle(worker: &Worker, replies: &Channel, delivery: Delivery) {
 
 async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: Delivery) {
     let reply_to = delivery.properties.reply_to().as_ref().map(|to| to.to_string());
-    // The two ways a message can arrive twice: the broker redelivers it (its
-    // worker died: the run may be unfinished and is run again), or the outbox
-    // sweep publishes it again (the first copy may be queued, running or
-    // done: this copy runs only if it can claim a run still `queued`).
-    let republished = delivery
-        .properties
-        .kind()
-        .as_ref()
-        .is_some_and(|kind| kind.as_str() == queue::REPUBLISHED);
-    let check = if delivery.redelivered {
-        already_finished(&worker.pool, &msg).await
-    } else if republished {
-        claimed_elsewhere(&worker.pool, &msg).await
+    // The ways a message can arrive again: the broker redelivers it (its
+    // worker died: the run may be unfinished and goes on after its
+    // checkpoints), it is resumed (the same, asked for: a parked run waking,
+    // a run handed back), or the outbox sweep publishes it again (the first
+    // copy may be queued, running or done: this copy runs only if it can
+    // claim a run still `queued`).
+    let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+    let check = if delivery.redelivered || kind == Some(queue::RESUMED) {
+        resume_point(&worker.pool, &msg).await
+    } else if kind == Some(queue::REPUBLISHED) {
+        claimed_elsewhere(&worker.pool, &msg)
+            .await
+            .map(|elsewhere| if elsewhere { Check::Done } else { Check::Fresh })
     } else {
-        Ok(false)
+        Ok(Check::Fresh)
     };
-    match check {
-        Ok(false) => {}
-        Ok(true) => {
+    let resume = match check {
+        Ok(Check::Fresh) => None,
+        Ok(Check::Resume(resume)) => Some(resume),
+        Ok(Check::Done) => {
             if let Some(to) = &reply_to {
                 reply_stored(worker, replies, to, &msg).await;
             }
@@ -166,7 +185,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
             requeue(&delivery).await;
             return;
         }
-    }
+    };
     if let Some(ts) = msg.run_id.get_timestamp() {
         let (secs, nanos) = ts.to_unix();
         let queued = Duration::new(secs, nanos);
@@ -193,7 +212,13 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                     return;
                 }
             };
-            let exec = executor::execute(
+            let journal = worker.checkpoints.journal(msg.company_id.into(), msg.run_id.into());
+            if resume.is_some() {
+                // A run that ran before is long by now: checkpoint from its first node on.
+                METRICS.runs_resumed.inc();
+                journal.mark();
+            }
+            let exec = executor::execute_parking(
                 flow,
                 RunInput {
                     run: RunCtx {
@@ -205,17 +230,28 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                         depth: 0,
                         vars: None,
                         deployed_by: flow.deployed_by,
+                        path: "".into(),
                     },
                     input: &input,
+                    resume,
+                    journal: Some(journal.clone()),
                 },
                 worker.env.clone(),
             );
             tokio::pin!(exec);
-            tokio::select! {
-                outcome = &mut exec => outcome,
+            let ended = tokio::select! {
+                ended = &mut exec => ended,
                 _ = tokio::time::sleep(worker.config.running_mark_after) => {
+                    journal.mark();
                     worker.writer.send(Write::Started { company_id: msg.company_id.into(), run_id: msg.run_id.into(), at: Utc::now() }).await;
                     exec.await
+                }
+            };
+            match ended {
+                Ended::Finished(outcome) => outcome,
+                Ended::Parked(checkpoint) => {
+                    park(worker, &msg, &journal, checkpoint, delivery).await;
+                    return;
                 }
             }
         }
@@ -284,12 +320,62 @@ async fn requeue(delivery: &Delivery) {
     let _ = delivery.acker.nack(options).await;
 }
 
-async fn already_finished(pool: &Pool, msg: &RunFlowV1) -> Result<bool, StoreError> {
+/// For a message that may continue a run: `Done` if the run is final or
+/// gone (retention), else where it goes on (its checkpoints; none if it
+/// never got past the running mark).
+async fn resume_point(pool: &Pool, msg: &RunFlowV1) -> Result<Check, StoreError> {
     let mut tx = db::tenant_tx(pool, msg.company_id).await?;
-    let status = delivery::status(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
+    let saved = checkpoints::load(&mut tx, msg.company_id.into(), msg.run_id.into()).await?;
     db::commit(tx).await?;
-    // A run that is gone (retention) is as finished as one that ended.
-    Ok(status.is_none_or(RunStatus::is_final))
+    Ok(match saved {
+        None => Check::Done,
+        Some(saved) if RunStatus::is_final(saved.status) => Check::Done,
+        Some(saved) => Check::Resume(Resume {
+            steps: saved.steps,
+            waits: saved.waits,
+            started_at: saved.started_at,
+        }),
+    })
+}
+
+/// Parks a run on a long wait: its checkpoint (with the wait) is written,
+/// its message goes to a delay queue, and only then is this delivery acked,
+/// freeing its prefetch slot. A nack would count against the queue's
+/// delivery limit, so it is used only when the parking could not be
+/// recorded: the redelivered run then resumes from what was.
+async fn park(
+    worker: &Worker,
+    msg: &RunFlowV1,
+    journal: &crate::checkpoints::Journal,
+    checkpoint: floq_shared::runs::checkpoints::Checkpoint,
+    delivery: Delivery,
+) {
+    let Some(wake_at) = checkpoint.wait.as_ref().map(|w| w.wake_at) else {
+        requeue(&delivery).await;
+        return;
+    };
+    if !journal.flush(checkpoint).await {
+        tracing::warn!("cannot checkpoint a run to park it; returning it to the queue");
+        requeue(&delivery).await;
+        return;
+    }
+    let left = (wake_at - Utc::now()).to_std().unwrap_or_default();
+    let envelope = Envelope::RunFlowV1(msg.clone());
+    let sent = match worker.parking.queue_for(left) {
+        Some(queue) => worker.publisher.park(queue, &envelope, wake_at.timestamp_millis()).await,
+        // Already (nearly) due: straight back.
+        None => worker.publisher.resume(std::slice::from_ref(&envelope)).await,
+    };
+    match sent {
+        Ok(()) => {
+            METRICS.runs_parked.inc();
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot park a run; returning it to the queue");
+            requeue(&delivery).await;
+        }
+    }
 }
 
 /// For a message the outbox sweep published again: claims the run (`queued`

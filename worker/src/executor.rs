@@ -1,6 +1,12 @@
 //! The graph walker: runs nodes as soon as their parents are resolved
 //! (independent branches concurrently), routes branch ports, skips what a
 //! branch did not take, and stops at the first failure.
+//!
+//! A run past the running mark hands each completed step to its
+//! [`Journal`] (checkpoints); a resumed run ([`RunInput::resume`]) starts
+//! with its checkpointed steps already done and runs only the rest. A
+//! top-level `delay` or retry backoff longer than `FLOQ_PARK_AFTER_MS` parks
+//! the run ([`Ended::Parked`]) once its other running nodes are done.
 
 use floq_shared::db::{self, StoreError};
 use floq_shared::ids::CompanyId;
@@ -14,12 +20,14 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value, json};
 
+use crate::checkpoints::Journal;
 use crate::flow_cache::{CompiledFlow, CompiledNode};
 use crate::nodes::{self, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, RunCtx, output_size, too_large};
 use crate::sandbox::Job;
 use crate::vault;
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::flow::{EvalScope, RetryPolicy};
+use floq_shared::flow::{EvalScope, NodeKind, RetryPolicy};
+use floq_shared::runs::checkpoints::{Checkpoint, Wait};
 use floq_shared::script::ScriptKind;
 use floq_shared::telemetry::METRICS;
 
@@ -38,6 +46,45 @@ enum State {
 pub struct RunInput<'a> {
     pub run: RunCtx,
     pub input: &'a Value,
+    /// What an earlier execution of this run checkpointed: it goes on after that.
+    pub resume: Option<Resume>,
+    /// Where this run's checkpoints go once it is past the running mark, and
+    /// what lets it park; `None` for loop bodies and sub-flows (their node in
+    /// the run is the unit of a checkpoint).
+    pub journal: Option<Arc<Journal>>,
+}
+
+impl<'a> RunInput<'a> {
+    /// A fresh execution with no checkpoints (loop bodies, sub-flows, tests).
+    pub fn new(run: RunCtx, input: &'a Value) -> Self {
+        Self {
+            run,
+            input,
+            resume: None,
+            journal: None,
+        }
+    }
+}
+
+/// A run's checkpoints as loaded (`floq_shared::runs::checkpoints::load`).
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// Steps in `seq` order from 0 without a gap: succeeded ones are done
+    /// (outputs and ports restored), skipped ones stay skipped.
+    pub steps: Vec<Step>,
+    /// Nodes the run was parked on.
+    pub waits: Vec<Wait>,
+    /// When the run first started: the resumed outcome keeps it.
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// How an execution ended: with the run's outcome, or parked on a long wait
+/// with the checkpoint to write before its message is acked (it holds the
+/// wait and every step not yet checkpointed).
+#[derive(Debug)]
+pub enum Ended {
+    Finished(Outcome),
+    Parked(Checkpoint),
 }
 
 /// The error message of a failed outcome, for the node that ran it (loops, sub-flows).
@@ -63,7 +110,7 @@ impl nodes::Runner for Executor {
         env: Arc<NodeEnv>,
     ) -> BoxFuture<'a, nodes::Nested> {
         Box::pin(async move {
-            let outcome = execute(flow, RunInput { run, input }, env).await;
+            let outcome = execute(flow, RunInput::new(run, input), env).await;
             match outcome.status {
                 RunStatus::Succeeded => Ok(outcome.output.unwrap_or(Value::Null)),
                 _ => Err(error_message(&outcome)),
@@ -72,8 +119,16 @@ impl nodes::Runner for Executor {
     }
 }
 
+/// Runs a flow to its end (it cannot park without a journal).
 pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) -> Outcome {
-    let started_at = Utc::now();
+    match execute_parking(flow, run, env).await {
+        Ended::Finished(outcome) => outcome,
+        Ended::Parked(_) => Outcome::failed_early("parked", "a run without a journal cannot park"),
+    }
+}
+
+pub async fn execute_parking(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) -> Ended {
+    let mut started_at = Utc::now();
     let n = flow.nodes.len();
     let mut state = vec![State::Pending; n];
     let mut ports: Vec<Option<String>> = vec![None; n];
@@ -81,13 +136,30 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     let mut steps = Vec::with_capacity(n);
     let mut audit = Vec::with_capacity(n);
     let mut shapes: Vec<Value> = vec![Value::Null; n];
+    // JSON bytes of every step output so far, against `run_output_max_bytes`.
+    let mut run_bytes = 0usize;
+    let mut waits: HashMap<String, Wait> = HashMap::new();
+    if let Some(resume) = run.resume {
+        started_at = resume.started_at.unwrap_or(started_at);
+        restore(flow, resume.steps, &mut state, &mut ports, &mut outputs, &mut steps, &mut run_bytes);
+        waits = resume.waits.into_iter().map(|w| (w.node_id.clone(), w)).collect();
+    }
+    let journal = run.journal;
+    let park_after = journal.as_ref().map(|_| env.park_after);
+    // Steps and audit entries up to these are checkpointed (or were restored).
+    let (mut sent, mut audit_sent) = (steps.len(), 0);
+    // The node the run parks on once nothing else runs.
+    let mut parked: Option<Wait> = None;
     let mut run_ctx = run.run;
     if run_ctx.vars.is_none() && flow.reads_vars {
         match load_vars(&env, run_ctx.company_id.into()).await {
             Ok(vars) => run_ctx.vars = Some(Arc::new(vars)),
             Err(e) => {
                 tracing::warn!(error = %e, "reading $vars failed");
-                return Outcome::failed_early("vars_unavailable", "the KV values could not be read");
+                return Ended::Finished(Outcome::failed_early(
+                    "vars_unavailable",
+                    "the KV values could not be read",
+                ));
             }
         }
     }
@@ -101,12 +173,11 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         .cloned()
         .unwrap_or_else(|| Value::Object(Map::new()));
     let mut in_flight = FuturesUnordered::new();
-    // JSON bytes of every step output so far, against `run_output_max_bytes`.
-    let mut run_bytes = 0usize;
 
     loop {
         // Start (or skip) every node whose parents are all resolved; skips can cascade.
-        let mut changed = true;
+        // A run about to park starts nothing more.
+        let mut changed = parked.is_none();
         while changed {
             changed = false;
             for i in 0..n {
@@ -149,6 +220,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     .collect();
                 state[i] = State::Running;
                 let params = Params::prepare(node, run.input, &outputs, &vars, &run_meta);
+                let wait = waits.remove(&node.id);
                 let inputs = Value::Object(inputs);
                 shapes[i] = json!({"input": audit::shape(&inputs)});
                 let node_ctx = NodeCtx {
@@ -160,11 +232,13 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     secret_origins: Arc::default(),
                     run: ctx.clone(),
                     env: env.clone(),
+                    node_path: format!("{}{}", ctx.path, node.id).into(),
+                    wake_at: None,
                 };
                 in_flight.push(async move {
                     let started = Utc::now();
                     let clock = Instant::now();
-                    let ran = run_node(node, params, node_ctx).await;
+                    let ran = run_node(node, params, node_ctx, wait, park_after).await;
                     (i, ran, started, Utc::now(), clock.elapsed())
                 });
             }
@@ -178,7 +252,13 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
             attempts,
             params_shape,
             audit: secret_entries,
+            park,
         } = ran;
+        if let Some(wait) = park {
+            // Its secrets are opened (and audited) again when it goes on.
+            parked = Some(wait);
+            continue;
+        }
         audit.extend(secret_entries);
         let node = &flow.nodes[i];
         let result = result.and_then(|out| {
@@ -229,8 +309,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         match result {
             Ok(NodeOutput { value, port }) => {
                 state[i] = State::Done;
-                ports[i] = port;
-                steps.push(step(
+                let mut done = step(
                     &node.id,
                     steps.len(),
                     StepStatus::Succeeded,
@@ -238,8 +317,17 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     None,
                     Some(started),
                     Some(finished),
-                ));
+                );
+                done.port = port.clone();
+                ports[i] = port;
+                steps.push(done);
                 outputs.insert(node.id.clone(), value);
+                if let Some(journal) = journal.as_ref().filter(|j| j.past_mark()) {
+                    journal
+                        .record(steps[sent..].to_vec(), audit[audit_sent..].to_vec())
+                        .await;
+                    (sent, audit_sent) = (steps.len(), audit.len());
+                }
             }
             Err(e) => {
                 steps.push(step(
@@ -252,7 +340,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     Some(finished),
                 ));
                 // Nodes still in flight are dropped: the run has failed.
-                return Outcome {
+                return Ended::Finished(Outcome {
                     status: RunStatus::Failed,
                     output: None,
                     error: Some(run_error(&node.id, &e)),
@@ -260,9 +348,18 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     started_at,
                     finished_at: Utc::now(),
                     audit,
-                };
+                });
             }
         }
+    }
+
+    if let (Some(wait), Some(journal)) = (parked, &journal) {
+        return Ended::Parked(Checkpoint {
+            run_id: journal.run_id(),
+            steps: steps.split_off(sent),
+            audit: audit.split_off(audit_sent),
+            wait: Some(wait),
+        });
     }
 
     let sinks: Vec<&str> = (0..n)
@@ -277,7 +374,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                 .collect(),
         )),
     };
-    Outcome {
+    Ended::Finished(Outcome {
         status: RunStatus::Succeeded,
         output,
         error: None,
@@ -285,7 +382,52 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         started_at,
         finished_at: Utc::now(),
         audit,
+    })
+}
+
+/// Puts a resumed run's checkpointed steps back: succeeded nodes done with
+/// their outputs and ports, skipped ones skipped. A step of a node the flow
+/// does not have (never, for a pinned version) ends the restore there.
+fn restore(
+    flow: &CompiledFlow,
+    saved: Vec<Step>,
+    state: &mut [State],
+    ports: &mut [Option<String>],
+    outputs: &mut HashMap<String, Value>,
+    steps: &mut Vec<Step>,
+    run_bytes: &mut usize,
+) {
+    let index: HashMap<&str, usize> = flow.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    for s in saved {
+        let Some(&i) = index.get(s.node_id.as_str()) else {
+            break;
+        };
+        if s.seq != steps.len() as i32 || state[i] != State::Pending {
+            break;
+        }
+        match s.status {
+            StepStatus::Succeeded => {
+                let value = s.output.clone().unwrap_or(Value::Null);
+                *run_bytes += output_size(&value, usize::MAX).unwrap_or(0);
+                state[i] = State::Done;
+                ports[i] = s.port.clone();
+                outputs.insert(s.node_id.clone(), value);
+            }
+            StepStatus::Skipped => state[i] = State::Skipped,
+            // A failed step ends a run: it is never a checkpoint.
+            _ => break,
+        }
+        steps.push(s);
     }
+}
+
+/// How long until `at` (zero once it passed).
+fn until(at: DateTime<Utc>) -> Duration {
+    (at - Utc::now()).to_std().unwrap_or_default()
+}
+
+fn later(wait: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
 }
 
 /// At most this many plain KV values are read into `$vars`.
@@ -410,23 +552,55 @@ impl Params {
 
 /// One node's execution: its result, the attempts made, the shape of its
 /// evaluated params (sizes and keys, never values) and the audit entries of
-/// its secrets.
+/// its secrets; or the wait it parks its run on.
 struct NodeRun {
     result: NodeResult,
     attempts: u32,
     params_shape: Value,
     audit: Vec<Entry>,
+    park: Option<Wait>,
 }
 
 /// Evaluates the params, opens the node's secrets, runs it under its timeout
-/// and retry policy, and scrubs its secrets from what it produced.
-async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> NodeRun {
+/// and retry policy, and scrubs its secrets from what it produced. With
+/// `park_after` (a top-level node of a run that can park), a `delay` or a
+/// retry backoff longer than that parks the run instead of waiting here; a
+/// node the run was parked on (`wait`) goes on when its wait is over.
+async fn run_node(
+    node: &CompiledNode,
+    params: Params,
+    mut ctx: NodeCtx,
+    wait: Option<Wait>,
+    park_after: Option<Duration>,
+) -> NodeRun {
     let failed = |e| NodeRun {
         result: Err(e),
         attempts: 0,
         params_shape: Value::Null,
         audit: vec![],
+        park: None,
     };
+    let park = |wait: Wait| NodeRun {
+        result: Err(NodeError::new("parked", "the run parked")),
+        attempts: 0,
+        params_shape: Value::Null,
+        audit: vec![],
+        park: Some(wait),
+    };
+    let mut attempt = 1;
+    if let Some(w) = wait {
+        let left = until(w.wake_at);
+        if park_after.is_some_and(|p| left > p) {
+            return park(w);
+        }
+        attempt = w.attempt.max(1) as u32;
+        if node.spec.kind == NodeKind::DELAY {
+            ctx.wake_at = Some(w.wake_at);
+        } else {
+            // What is left of a retry backoff.
+            tokio::time::sleep(left).await;
+        }
+    }
     let mut params = match params.evaluate(node, &ctx.env).await {
         Ok(p) => p,
         Err(e) => return failed(e),
@@ -438,9 +612,22 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
     ctx.credential = opened.credential.clone();
     ctx.secret_origins = Arc::new(opened.secret_origins.clone());
     let params_shape = audit::shape(&params);
+    if let Some(p) = park_after
+        && node.spec.kind == NodeKind::DELAY
+        && ctx.wake_at.is_none()
+        && let Some(ms) = params.get("ms").and_then(Value::as_u64)
+        && Duration::from_millis(ms) > p
+        && Duration::from_millis(ms) <= ctx.env.delay_max
+    {
+        return park(Wait {
+            node_id: node.id.clone(),
+            wake_at: later(Duration::from_millis(ms)),
+            attempt: 1,
+        });
+    }
     ctx.params = params;
     let attempts = node.retry.as_ref().map_or(1, |r| r.attempts.max(1));
-    let mut attempt = 1;
+    let mut parking = None;
     let mut result = loop {
         let fut = node.implementation.run(ctx.clone());
         let result = match node.timeout {
@@ -455,7 +642,16 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
         match (&result, &node.retry) {
             (Err(e), Some(policy)) if attempt < attempts && policy.retries(e.code) => {
                 let backoff = policy.backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
-                tokio::time::sleep(Duration::from_millis(backoff.min(RetryPolicy::MAX_BACKOFF_MS))).await;
+                let backoff = Duration::from_millis(backoff.min(RetryPolicy::MAX_BACKOFF_MS));
+                if park_after.is_some_and(|p| backoff > p) {
+                    parking = Some(Wait {
+                        node_id: node.id.clone(),
+                        wake_at: later(backoff),
+                        attempt: attempt as i32 + 1,
+                    });
+                    break result;
+                }
+                tokio::time::sleep(backoff).await;
                 attempt += 1;
             }
             _ => break result,
@@ -463,6 +659,9 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
     };
     // The node's copy of the credential goes now; the vault's copy is zeroized when `opened` drops.
     drop(ctx);
+    if let Some(wait) = parking {
+        return park(wait);
+    }
     if !opened.is_empty() {
         match &mut result {
             Ok(out) => opened.scrub_value(&mut out.value),
@@ -478,6 +677,7 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
         attempts: attempt,
         params_shape,
         audit: opened.audit,
+        park: None,
     }
 }
 
@@ -502,6 +702,7 @@ fn step(
         error,
         started_at,
         finished_at,
+        port: None,
     }
 }
 
@@ -541,6 +742,7 @@ mod tests {
             sandbox: crate::sandbox::Sandbox::new(1, Default::default()),
             keyring,
             delay_max: Duration::from_secs(1),
+            park_after: Duration::from_millis(200),
             http_max_timeout: Duration::from_secs(1),
             http_max_response_bytes: 1024,
             template_timeout: Duration::from_secs(1),
@@ -567,19 +769,12 @@ mod tests {
             depth: 0,
             vars: vars.map(Arc::new),
             deployed_by: None,
+            path: "".into(),
         }
     }
 
     async fn execute_with(flow: &CompiledFlow, input: Value, vars: Option<Value>, env: Arc<NodeEnv>) -> Outcome {
-        execute(
-            flow,
-            RunInput {
-                run: run_ctx(vars),
-                input: &input,
-            },
-            env,
-        )
-        .await
+        execute(flow, RunInput::new(run_ctx(vars), &input), env).await
     }
 
     fn statuses(outcome: &Outcome) -> Vec<(&str, StepStatus)> {

@@ -2,12 +2,14 @@
 //! runs from RabbitMQ, executes them, records their outcome with group
 //! commit, and acks only after the commit.
 
+mod checkpoints;
 mod consumer;
 pub mod executor;
 pub mod flow_cache;
 pub mod nodes;
 mod outcome_writer;
 mod reply;
+mod wake;
 pub mod sandbox;
 pub mod vault;
 
@@ -67,6 +69,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         sandbox,
         keyring: Arc::new(keyring),
         delay_max: config.delay_max,
+        park_after: config.park_after,
         http_max_timeout: config.http_node_max_timeout,
         http_max_response_bytes: config.http_node_max_response_bytes,
         template_timeout: config.template_timeout,
@@ -77,12 +80,18 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         runner: Arc::new(executor::Executor),
     });
     let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone());
+    let (checkpoints, checkpoint_task) = checkpoints::CheckpointWriter::start(pool.clone(), config.checkpoint_flush);
+    let publisher = Arc::new(floq_shared::queue::Publisher::new(config.amqp_url.expose(), &topology));
+    let parking = Arc::new(floq_shared::parking::Parking::new(&config.queue_prefix, config.park_after));
     let worker = Arc::new(consumer::Worker {
         pool: pool.clone(),
         config: Arc::new(config.clone()),
         cache: flows,
         env,
         writer,
+        checkpoints,
+        publisher: publisher.clone(),
+        parking: parking.clone(),
     });
 
     let broker_up = Arc::new(AtomicBool::new(false));
@@ -111,12 +120,21 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             }
         });
     }
+    let waker = tokio::spawn(wake::consume(
+        config.amqp_url.expose().to_string(),
+        parking,
+        publisher,
+        config.park_after,
+        stop.clone(),
+    ));
     let handle = tokio::spawn(async move {
         consumer::consume(worker.clone(), topology, stop, broker_up).await;
-        // Every run task is done: release the writer so it flushes and stops.
+        let _ = waker.await;
+        // Every run task is done: release the writers so they flush and stop.
         drop(worker);
         let mut writer_tasks = writer_tasks;
         while writer_tasks.join_next().await.is_some() {}
+        let _ = checkpoint_task.await;
         ops_shutdown.cancel();
         let _ = ops_task.await;
         pool.close().await;

@@ -3,6 +3,7 @@
 //! alike. The message is encoded once, here, in Rust ([`Envelope`]); the
 //! outbox holds exactly what is published.
 
+pub mod checkpoints;
 pub mod delivery;
 pub mod outcomes;
 pub mod query;

@@ -13,8 +13,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::checkpoints;
 use super::steps::{self, Step};
-use crate::audit::{self, Entry};
+use crate::audit::Entry;
 use crate::db::{StoreError, Tx};
 use crate::ids::{CompanyId, RunId};
 use crate::run::RunStatus;
@@ -101,7 +102,11 @@ pub async fn finish(tx: &mut Tx, company_id: CompanyId, runs: &[(RunId, &Outcome
     if updated.is_empty() {
         return Ok(updated);
     }
-    // Node entries and steps only for runs this call finished; a duplicate delivery writes nothing.
+    // Steps and node entries only for runs this call finished; a duplicate
+    // delivery writes nothing, and a step a checkpoint stored keeps the entry
+    // written with it.
+    let steps: Vec<(RunId, &[Step])> = runs.iter().map(|(id, o)| (*id, o.steps.as_slice())).collect();
+    let inserted = steps::insert(tx, company_id, &steps, Some(&updated)).await?;
     let done: std::collections::HashSet<RunId> = updated.iter().copied().collect();
     // Collected first: a lazy iterator of closures held across the await would not be `Send` for every lifetime.
     let mut entries: Vec<&Entry> = Vec::new();
@@ -110,9 +115,7 @@ pub async fn finish(tx: &mut Tx, company_id: CompanyId, runs: &[(RunId, &Outcome
             entries.extend(&o.audit);
         }
     }
-    audit::append(tx, entries).await?;
-    let steps: Vec<(RunId, &[Step])> = runs.iter().map(|(id, o)| (*id, o.steps.as_slice())).collect();
-    steps::insert(tx, company_id, &steps, &updated).await?;
+    checkpoints::append_new(tx, entries, &inserted).await?;
     Ok(updated)
 }
 
