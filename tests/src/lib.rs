@@ -157,6 +157,14 @@ impl Service {
         self.handle.await.expect("service task panicked")
     }
 
+    /// As a crash: the service's main task is dropped mid-work (its in-flight
+    /// runs with it), so its broker connection closes and the deliveries it
+    /// held return to the queue, marked redelivered; nothing is drained or
+    /// acked.
+    pub fn abort(self) {
+        self.handle.abort();
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -567,7 +575,7 @@ impl TestApp {
             service.stop().await;
         }
         self.pool.close().await;
-        remove_resources(&self.db_name, &self.config.queue_prefix).await;
+        remove_resources(&self.db_name, &self.config.queue_prefix, self.config.park_after).await;
         self.torn_down = true;
     }
 }
@@ -580,21 +588,24 @@ impl Drop for TestApp {
             return;
         }
         let (db_name, prefix) = (self.db_name.clone(), self.config.queue_prefix.clone());
+        let park_after = self.config.park_after;
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(remove_resources(&db_name, &prefix));
+                rt.block_on(remove_resources(&db_name, &prefix, park_after));
             }
         })
         .join();
     }
 }
 
-async fn remove_resources(db_name: &str, queue_prefix: &str) {
+async fn remove_resources(db_name: &str, queue_prefix: &str, park_after: Duration) {
     if let Ok(conn) = floq_shared::queue::connect(&amqp_url()).await
         && let Ok(ch) = conn.create_channel().await
     {
         let t = floq_shared::queue::Topology::new(queue_prefix);
-        for q in [&t.runs, &t.dead] {
+        let parking = floq_shared::parking::Parking::new(queue_prefix, park_after);
+        let delays = parking.delays.iter().map(|(_, q)| q);
+        for q in [&t.runs, &t.dead, &parking.wake].into_iter().chain(delays) {
             let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
         }
         let _ = ch

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use floq_shared::audit::Entry;
@@ -61,6 +61,7 @@ impl CheckpointWriter {
             company_id,
             run_id,
             past_mark: AtomicBool::new(false),
+            marked: Notify::new(),
             writer: self.clone(),
         })
     }
@@ -71,6 +72,7 @@ pub struct Journal {
     company_id: CompanyId,
     run_id: RunId,
     past_mark: AtomicBool,
+    marked: Notify,
     writer: CheckpointWriter,
 }
 
@@ -78,6 +80,18 @@ impl Journal {
     /// The run outlived the running mark: from now on its completed steps are checkpointed.
     pub fn mark(&self) {
         self.past_mark.store(true, Ordering::Relaxed);
+        self.marked.notify_waiters();
+    }
+
+    /// Returns once the run is past the mark: what it completed before is checkpointed then.
+    pub async fn marked(&self) {
+        let notified = self.marked.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.past_mark() {
+            return;
+        }
+        notified.await;
     }
 
     pub fn past_mark(&self) -> bool {

@@ -244,7 +244,19 @@ pub async fn execute_parking(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<No
             }
         }
 
-        let Some((i, ran, started, finished, elapsed)) = in_flight.next().await else {
+        // Steps completed short of the mark are checkpointed when the run reaches it.
+        let next = match journal.as_ref().filter(|j| sent < steps.len() && !j.past_mark()) {
+            Some(j) => tokio::select! {
+                next = in_flight.next() => next,
+                () = j.marked() => {
+                    j.record(steps[sent..].to_vec(), audit[audit_sent..].to_vec()).await;
+                    (sent, audit_sent) = (steps.len(), audit.len());
+                    continue;
+                }
+            },
+            None => in_flight.next().await,
+        };
+        let Some((i, ran, started, finished, elapsed)) = next else {
             break;
         };
         let NodeRun {
@@ -935,5 +947,271 @@ mod tests {
         assert_eq!(outcome.status, RunStatus::Failed);
         assert_eq!(outcome.error.as_ref().unwrap()["code"], "vars_unavailable");
         assert!(outcome.steps.is_empty() && outcome.audit.is_empty());
+    }
+
+    fn done(node_id: &str, seq: i32, output: Value, port: Option<&str>) -> Step {
+        let mut s = step(node_id, seq as usize, StepStatus::Succeeded, Some(output), None, None, None);
+        s.port = port.map(str::to_string);
+        s
+    }
+
+    #[tokio::test]
+    async fn a_resumed_run_keeps_its_checkpointed_nodes_and_runs_only_the_rest() {
+        let resume = Resume {
+            steps: vec![
+                done("in", 0, json!({"ok": true, "name": "Restored"}), None),
+                done("check", 1, json!({"result": true}), Some("true")),
+            ],
+            waits: vec![],
+            started_at: Some(Utc::now() - chrono::Duration::hours(1)),
+        };
+        let started = resume.started_at;
+        let input = json!({"ok": false, "name": "Ada"});
+        let run = RunInput {
+            resume: Some(resume),
+            ..RunInput::new(run_ctx(None), &input)
+        };
+        let outcome = execute(&branching(), run, env(1 << 20).await).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+        // The checkpointed `in` and `check` are not run again: `yes` sees their outputs and port, not the input's.
+        assert_eq!(outcome.output, Some(json!({"hello": "hi Restored"})));
+        assert_eq!(outcome.started_at, started.unwrap(), "the run keeps its first start");
+        let seqs: Vec<(&str, i32, StepStatus)> = outcome
+            .steps
+            .iter()
+            .map(|s| (s.node_id.as_str(), s.seq, s.status))
+            .collect();
+        assert_eq!(seqs.len(), 5);
+        assert_eq!(&seqs[..2], [("in", 0, StepStatus::Succeeded), ("check", 1, StepStatus::Succeeded)]);
+        let mut rest: Vec<_> = seqs[2..].to_vec();
+        rest.sort_by_key(|(id, _, _)| *id);
+        assert_eq!(
+            rest.iter().map(|(id, _, st)| (*id, *st)).collect::<Vec<_>>(),
+            [("after_no", StepStatus::Skipped), ("no", StepStatus::Skipped), ("yes", StepStatus::Succeeded)]
+        );
+        assert_eq!(
+            outcome.steps.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            (0..5).collect::<Vec<_>>(),
+            "numbered on from the checkpoint"
+        );
+        let ran: Vec<&Value> = outcome.audit.iter().map(|e| &e.details["node_id"]).collect();
+        assert_eq!(ran, [&json!("yes")], "node.execute only for what ran now");
+    }
+
+    #[tokio::test]
+    async fn past_the_mark_every_completed_step_is_checkpointed_in_order_with_its_entry() {
+        let (writer, mut rx) = crate::checkpoints::CheckpointWriter::channel();
+        let ctx = run_ctx(None);
+        let journal = writer.journal(ctx.company_id.into(), ctx.run_id.into());
+        let input = json!({"ok": true, "name": "Ada"});
+        let fresh = execute(
+            &branching(),
+            RunInput {
+                journal: Some(journal.clone()),
+                ..RunInput::new(run_ctx(None), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(fresh.status, RunStatus::Succeeded);
+        assert!(rx.try_recv().is_err(), "a run short of the mark checkpoints nothing");
+
+        journal.mark();
+        let outcome = execute(
+            &branching(),
+            RunInput {
+                journal: Some(journal),
+                ..RunInput::new(ctx, &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(outcome.status, RunStatus::Succeeded);
+        drop(writer);
+        let mut steps = Vec::new();
+        let mut entries = Vec::new();
+        while let Some(cmd) = rx.recv().await {
+            let c = cmd.checkpoint();
+            assert!(c.wait.is_none());
+            steps.extend(c.steps.iter().map(|s| (s.node_id.clone(), s.seq, s.port.clone())));
+            entries.extend(c.audit.iter().map(|e| e.details["node_id"].clone()));
+        }
+        let all: Vec<_> = outcome
+            .steps
+            .iter()
+            .map(|s| (s.node_id.clone(), s.seq, s.port.clone()))
+            .collect();
+        assert!(all.starts_with(&steps) && steps.len() >= 3, "{steps:?} of {all:?}");
+        assert!(steps.contains(&("check".into(), 1, Some("true".into()))), "ports are kept");
+        assert_eq!(entries.len(), steps.iter().filter(|s| s.0 != "no" && s.0 != "after_no").count());
+    }
+
+    fn waiting() -> CompiledFlow {
+        flow(json!({
+            "nodes": [
+                {"id": "a", "type": "set", "params": {"values": {"x": 1}}},
+                {"id": "wait", "type": "delay", "params": {"ms": 900}},
+                {"id": "b", "type": "set", "params": {"values": "{{ $node.a.output.x }}"}}
+            ],
+            "edges": [{"from": "a", "to": "wait"}, {"from": "wait", "to": "b"}]
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_long_delay_parks_the_run_and_the_resumed_run_completes_it() {
+        let (writer, _rx) = crate::checkpoints::CheckpointWriter::channel();
+        let ctx = run_ctx(None);
+        let journal = writer.journal(ctx.company_id.into(), ctx.run_id.into());
+        let input = json!({});
+        let before = Utc::now();
+        let ended = execute_parking(
+            &waiting(),
+            RunInput {
+                journal: Some(journal.clone()),
+                ..RunInput::new(ctx.clone(), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        let Ended::Parked(checkpoint) = ended else {
+            panic!("a 900 ms delay past a 200 ms park_after parks: {ended:?}");
+        };
+        let wait = checkpoint.wait.clone().unwrap();
+        assert_eq!((wait.node_id.as_str(), wait.attempt), ("wait", 1));
+        assert!(wait.wake_at >= before + chrono::Duration::milliseconds(900));
+        assert_eq!(
+            checkpoint.steps.iter().map(|s| s.node_id.as_str()).collect::<Vec<_>>(),
+            ["a"],
+            "parking checkpoints what ran before, even short of the mark"
+        );
+        assert_eq!(checkpoint.audit.len(), 1);
+
+        // Woken with its wait over: the delay completes at once, `a` does not run again.
+        let resume = Resume {
+            steps: checkpoint.steps,
+            waits: vec![Wait {
+                wake_at: Utc::now() - chrono::Duration::milliseconds(1),
+                ..wait.clone()
+            }],
+            started_at: None,
+        };
+        let clock = Instant::now();
+        let outcome = execute(
+            &waiting(),
+            RunInput {
+                resume: Some(resume),
+                journal: Some(journal.clone()),
+                ..RunInput::new(ctx.clone(), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+        assert!(clock.elapsed() < Duration::from_millis(900), "the wait is not served twice");
+        assert_eq!(outcome.output, Some(json!(1)));
+        assert_eq!(outcome.steps[1].output, Some(json!({"waited_ms": 900})));
+        assert_eq!(
+            outcome.audit.iter().map(|e| e.details["node_id"].clone()).collect::<Vec<_>>(),
+            [json!("wait"), json!("b")]
+        );
+
+        // Woken early (a resume before its time): it parks again on the same wake time.
+        let early = Resume {
+            steps: vec![done("a", 0, json!({"x": 1}), None)],
+            waits: vec![Wait {
+                wake_at: Utc::now() + chrono::Duration::seconds(5),
+                ..wait
+            }],
+            started_at: None,
+        };
+        let again = execute_parking(
+            &waiting(),
+            RunInput {
+                resume: Some(early),
+                journal: Some(journal),
+                ..RunInput::new(ctx, &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        let Ended::Parked(again) = again else {
+            panic!("parks again: {again:?}");
+        };
+        assert!(again.steps.is_empty(), "nothing new to checkpoint");
+        assert!(again.wait.unwrap().wake_at > Utc::now() + chrono::Duration::seconds(4));
+    }
+
+    #[tokio::test]
+    async fn without_a_journal_a_long_delay_just_waits() {
+        let outcome = execute_with(&waiting(), json!({}), None, env(1 << 20).await).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    }
+
+    #[tokio::test]
+    async fn a_long_retry_backoff_parks_with_the_next_attempt() {
+        let flow = flow(json!({
+            "nodes": [{"id": "bad", "type": "switch", "params": {"value": 1, "cases": "nope"},
+                       "retry": {"attempts": 3, "backoff_ms": 1000}}]
+        }));
+        let (writer, _rx) = crate::checkpoints::CheckpointWriter::channel();
+        let ctx = run_ctx(None);
+        let journal = writer.journal(ctx.company_id.into(), ctx.run_id.into());
+        let input = json!({});
+        let ended = execute_parking(
+            &flow,
+            RunInput {
+                journal: Some(journal.clone()),
+                ..RunInput::new(ctx.clone(), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        let Ended::Parked(checkpoint) = ended else {
+            panic!("a 1 s backoff past a 200 ms park_after parks: {ended:?}");
+        };
+        let wait = checkpoint.wait.unwrap();
+        assert_eq!((wait.node_id.as_str(), wait.attempt), ("bad", 2));
+        // Resumed at attempt 2 with its backoff over: the next backoff (2 s) parks again at attempt 3.
+        let resume = Resume {
+            waits: vec![Wait {
+                wake_at: Utc::now(),
+                ..wait
+            }],
+            ..Resume::default()
+        };
+        let ended = execute_parking(
+            &flow,
+            RunInput {
+                resume: Some(resume),
+                journal: Some(journal.clone()),
+                ..RunInput::new(ctx.clone(), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        let Ended::Parked(checkpoint) = ended else {
+            panic!("parks again: {ended:?}");
+        };
+        let wait = checkpoint.wait.unwrap();
+        assert_eq!(wait.attempt, 3);
+        let resume = Resume {
+            waits: vec![Wait {
+                wake_at: Utc::now(),
+                ..wait
+            }],
+            ..Resume::default()
+        };
+        let outcome = execute(
+            &flow,
+            RunInput {
+                resume: Some(resume),
+                journal: Some(journal),
+                ..RunInput::new(ctx, &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(outcome.status, RunStatus::Failed, "the last attempt fails the run");
+        assert_eq!(outcome.audit.last().unwrap().details["attempts"], 3);
     }
 }

@@ -5,6 +5,7 @@ mod accounts;
 mod admin_cli;
 mod audit;
 mod audit_filters;
+mod checkpoints;
 mod db_errors;
 mod duties;
 mod egress;
