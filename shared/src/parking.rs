@@ -73,7 +73,10 @@ impl Parking {
                 "x-dead-letter-routing-key".into(),
                 AMQPValue::LongString(self.wake.as_str().into()),
             );
-            args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
             args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
             channel.queue_declare(queue.as_str().into(), durable, args).await?;
         }

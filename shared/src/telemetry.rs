@@ -148,10 +148,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "floq_runs_parked_total",
             "Runs parked outside the prefetch window by a long delay or retry backoff",
         ),
-        runs_resumed: plain_counter(
-            "floq_runs_resumed_total",
-            "Runs resumed after their checkpointed nodes",
-        ),
+        runs_resumed: plain_counter("floq_runs_resumed_total", "Runs resumed after their checkpointed nodes"),
         registry,
     }
 });

@@ -20,13 +20,13 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use floq_shared::audit::Entry;
+use floq_shared::batch;
 use floq_shared::db::{self, Pool, StoreError};
 use floq_shared::ids::{CompanyId, RunId};
 use floq_shared::retry::{self, Policy};
 use floq_shared::runs::checkpoints::{self, Checkpoint};
 use floq_shared::runs::outcomes::{self, Started};
 use floq_shared::runs::steps::Step;
-use floq_shared::batch;
 use floq_shared::telemetry::METRICS;
 
 const MAX_BATCH: usize = 1000;
@@ -156,7 +156,9 @@ async fn write_loop(pool: Pool, mut rx: mpsc::Receiver<Cmd>, flush: Duration) {
             }
         }
         let stored = store(&pool, &batch).await;
-        METRICS.checkpoints_written.inc_by(stored.iter().filter(|s| **s).count() as u64);
+        METRICS
+            .checkpoints_written
+            .inc_by(stored.iter().filter(|s| **s).count() as u64);
         for (cmd, stored) in batch.into_iter().zip(stored) {
             if let Some(tx) = cmd.stored {
                 let _ = tx.send(stored);

@@ -362,7 +362,12 @@ async fn park(
     let left = (wake_at - Utc::now()).to_std().unwrap_or_default();
     let envelope = Envelope::RunFlowV1(msg.clone());
     let sent = match worker.parking.queue_for(left) {
-        Some(queue) => worker.publisher.park(queue, &envelope, wake_at.timestamp_millis()).await,
+        Some(queue) => {
+            worker
+                .publisher
+                .park(queue, &envelope, wake_at.timestamp_millis())
+                .await
+        }
         // Already (nearly) due: straight back.
         None => worker.publisher.resume(std::slice::from_ref(&envelope)).await,
     };

@@ -141,7 +141,15 @@ pub async fn execute_parking(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<No
     let mut waits: HashMap<String, Wait> = HashMap::new();
     if let Some(resume) = run.resume {
         started_at = resume.started_at.unwrap_or(started_at);
-        restore(flow, resume.steps, &mut state, &mut ports, &mut outputs, &mut steps, &mut run_bytes);
+        restore(
+            flow,
+            resume.steps,
+            &mut state,
+            &mut ports,
+            &mut outputs,
+            &mut steps,
+            &mut run_bytes,
+        );
         waits = resume.waits.into_iter().map(|w| (w.node_id.clone(), w)).collect();
     }
     let journal = run.journal;
@@ -950,7 +958,15 @@ mod tests {
     }
 
     fn done(node_id: &str, seq: i32, output: Value, port: Option<&str>) -> Step {
-        let mut s = step(node_id, seq as usize, StepStatus::Succeeded, Some(output), None, None, None);
+        let mut s = step(
+            node_id,
+            seq as usize,
+            StepStatus::Succeeded,
+            Some(output),
+            None,
+            None,
+            None,
+        );
         s.port = port.map(str::to_string);
         s
     }
@@ -982,12 +998,19 @@ mod tests {
             .map(|s| (s.node_id.as_str(), s.seq, s.status))
             .collect();
         assert_eq!(seqs.len(), 5);
-        assert_eq!(&seqs[..2], [("in", 0, StepStatus::Succeeded), ("check", 1, StepStatus::Succeeded)]);
+        assert_eq!(
+            &seqs[..2],
+            [("in", 0, StepStatus::Succeeded), ("check", 1, StepStatus::Succeeded)]
+        );
         let mut rest: Vec<_> = seqs[2..].to_vec();
         rest.sort_by_key(|(id, _, _)| *id);
         assert_eq!(
             rest.iter().map(|(id, _, st)| (*id, *st)).collect::<Vec<_>>(),
-            [("after_no", StepStatus::Skipped), ("no", StepStatus::Skipped), ("yes", StepStatus::Succeeded)]
+            [
+                ("after_no", StepStatus::Skipped),
+                ("no", StepStatus::Skipped),
+                ("yes", StepStatus::Succeeded)
+            ]
         );
         assert_eq!(
             outcome.steps.iter().map(|s| s.seq).collect::<Vec<_>>(),
@@ -1042,8 +1065,14 @@ mod tests {
             .map(|s| (s.node_id.clone(), s.seq, s.port.clone()))
             .collect();
         assert!(all.starts_with(&steps) && steps.len() >= 3, "{steps:?} of {all:?}");
-        assert!(steps.contains(&("check".into(), 1, Some("true".into()))), "ports are kept");
-        assert_eq!(entries.len(), steps.iter().filter(|s| s.0 != "no" && s.0 != "after_no").count());
+        assert!(
+            steps.contains(&("check".into(), 1, Some("true".into()))),
+            "ports are kept"
+        );
+        assert_eq!(
+            entries.len(),
+            steps.iter().filter(|s| s.0 != "no" && s.0 != "after_no").count()
+        );
     }
 
     fn waiting() -> CompiledFlow {
@@ -1107,11 +1136,18 @@ mod tests {
         )
         .await;
         assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
-        assert!(clock.elapsed() < Duration::from_millis(900), "the wait is not served twice");
+        assert!(
+            clock.elapsed() < Duration::from_millis(900),
+            "the wait is not served twice"
+        );
         assert_eq!(outcome.output, Some(json!(1)));
         assert_eq!(outcome.steps[1].output, Some(json!({"waited_ms": 900})));
         assert_eq!(
-            outcome.audit.iter().map(|e| e.details["node_id"].clone()).collect::<Vec<_>>(),
+            outcome
+                .audit
+                .iter()
+                .map(|e| e.details["node_id"].clone())
+                .collect::<Vec<_>>(),
             [json!("wait"), json!("b")]
         );
 
@@ -1213,5 +1249,44 @@ mod tests {
         .await;
         assert_eq!(outcome.status, RunStatus::Failed, "the last attempt fails the run");
         assert_eq!(outcome.audit.last().unwrap().details["attempts"], 3);
+    }
+
+    #[tokio::test]
+    async fn steps_completed_short_of_the_mark_are_checkpointed_when_the_run_reaches_it() {
+        let flow = flow(json!({
+            "nodes": [
+                {"id": "a", "type": "set", "params": {"values": {"x": 1}}},
+                {"id": "wait", "type": "delay", "params": {"ms": 150}}
+            ],
+            "edges": [{"from": "a", "to": "wait"}]
+        }));
+        let (writer, mut rx) = crate::checkpoints::CheckpointWriter::channel();
+        let ctx = run_ctx(None);
+        let journal = writer.journal(ctx.company_id.into(), ctx.run_id.into());
+        let marker = journal.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            marker.mark();
+        });
+        let input = json!({});
+        let run = RunInput {
+            journal: Some(journal),
+            ..RunInput::new(ctx, &input)
+        };
+        let outcome = execute(&flow, run, env(1 << 20).await).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded);
+        let first = rx.recv().await.unwrap();
+        let at_mark: Vec<&str> = first.checkpoint().steps.iter().map(|s| s.node_id.as_str()).collect();
+        assert_eq!(at_mark, ["a"], "written at the mark, not when the delay ends");
+        let then: Vec<String> = rx
+            .recv()
+            .await
+            .unwrap()
+            .checkpoint()
+            .steps
+            .iter()
+            .map(|s| s.node_id.clone())
+            .collect();
+        assert_eq!(then, ["wait"]);
     }
 }

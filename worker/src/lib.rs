@@ -9,9 +9,9 @@ pub mod flow_cache;
 pub mod nodes;
 mod outcome_writer;
 mod reply;
-mod wake;
 pub mod sandbox;
 pub mod vault;
+mod wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -82,7 +82,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone());
     let (checkpoints, checkpoint_task) = checkpoints::CheckpointWriter::start(pool.clone(), config.checkpoint_flush);
     let publisher = Arc::new(floq_shared::queue::Publisher::new(config.amqp_url.expose(), &topology));
-    let parking = Arc::new(floq_shared::parking::Parking::new(&config.queue_prefix, config.park_after));
+    let parking = Arc::new(floq_shared::parking::Parking::new(
+        &config.queue_prefix,
+        config.park_after,
+    ));
     let worker = Arc::new(consumer::Worker {
         pool: pool.clone(),
         config: Arc::new(config.clone()),

@@ -133,19 +133,14 @@ pub async fn load(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<O
         }));
     }
     let mut steps = steps::of_run(tx, company_id, run_id).await?;
-    let contiguous = steps
-        .iter()
-        .enumerate()
-        .take_while(|(i, s)| s.seq == *i as i32)
-        .count();
+    let contiguous = steps.iter().enumerate().take_while(|(i, s)| s.seq == *i as i32).count();
     steps.truncate(contiguous);
-    let waits: Vec<(String, DateTime<Utc>, i32)> = sqlx::query_as(
-        "SELECT node_id, wake_at, attempt FROM run_waits WHERE company_id = $1 AND run_id = $2",
-    )
-    .bind(company_id)
-    .bind(run_id)
-    .fetch_all(&mut **tx)
-    .await?;
+    let waits: Vec<(String, DateTime<Utc>, i32)> =
+        sqlx::query_as("SELECT node_id, wake_at, attempt FROM run_waits WHERE company_id = $1 AND run_id = $2")
+            .bind(company_id)
+            .bind(run_id)
+            .fetch_all(&mut **tx)
+            .await?;
     Ok(Some(Saved {
         status,
         started_at,

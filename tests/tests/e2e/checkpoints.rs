@@ -75,7 +75,13 @@ fn seqs(run: &Value) -> Vec<(String, i64, String)> {
         .unwrap()
         .iter()
         .enumerate()
-        .map(|(i, s)| (s["node_id"].as_str().unwrap().to_string(), i as i64, s["status"].as_str().unwrap().to_string()))
+        .map(|(i, s)| {
+            (
+                s["node_id"].as_str().unwrap().to_string(),
+                i as i64,
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -144,7 +150,8 @@ async fn a_run_whose_worker_dies_after_a_checkpoint_resumes_and_repeats_no_check
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(
         seqs(&run).into_iter().map(|(n, _, s)| (n, s)).collect::<Vec<_>>(),
-        [("first", "succeeded"), ("wait", "succeeded"), ("second", "succeeded")].map(|(a, b)| (a.to_string(), b.to_string()))
+        [("first", "succeeded"), ("wait", "succeeded"), ("second", "succeeded")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
     );
     assert_eq!(stored_seqs(&app, &run_id).await, [0, 1, 2]);
     let calls = calls.lock().unwrap().clone();
@@ -160,7 +167,11 @@ async fn a_run_whose_worker_dies_after_a_checkpoint_resumes_and_repeats_no_check
             .await
             .unwrap();
     assert_eq!(finished_started, started, "the resumed run keeps its first start");
-    assert_eq!(node_entries(&app, &run_id).await, ["first", "second", "wait"], "one entry per node");
+    assert_eq!(
+        node_entries(&app, &run_id).await,
+        ["first", "second", "wait"],
+        "one entry per node"
+    );
     app.teardown().await;
 }
 
@@ -241,7 +252,10 @@ async fn a_parked_delay_frees_its_prefetch_slot_and_completes_later_without_repe
     let other = app.wait_run(&app.start_run(&quick, json!({})).await).await;
     assert_eq!(other["status"], "succeeded");
     let (_, first) = app.get(&format!("/api/v1/runs/{parked}"), &app.admin.api_key).await;
-    assert_eq!(first["status"], "running", "still parked when the other run finished: {first}");
+    assert_eq!(
+        first["status"], "running",
+        "still parked when the other run finished: {first}"
+    );
 
     let run = app.wait_run(&parked).await;
     assert_eq!(run["status"], "succeeded", "{run}");
@@ -254,7 +268,10 @@ async fn a_parked_delay_frees_its_prefetch_slot_and_completes_later_without_repe
         HashMap::from([(format!("{parked}:first"), 1), (format!("{parked}:second"), 1)])
     );
     // Parking acked the message rather than returning it: nothing was dead-lettered.
-    assert_eq!(app.queue_depth(&format!("{}.runs.dead", app.config.queue_prefix)).await, 0);
+    assert_eq!(
+        app.queue_depth(&format!("{}.runs.dead", app.config.queue_prefix)).await,
+        0
+    );
     app.teardown().await;
 }
 
@@ -284,11 +301,18 @@ async fn a_sub_flow_runs_the_version_deployed_when_its_run_was_accepted() {
         .await;
     assert_eq!(status, reqwest::StatusCode::OK);
     let (status, deployed) = app.post(&format!("/api/v1/flows/{sub}/deploy"), key, json!({})).await;
-    assert_eq!((status, deployed["version"].clone()), (reqwest::StatusCode::CREATED, json!(2)));
+    assert_eq!(
+        (status, deployed["version"].clone()),
+        (reqwest::StatusCode::CREATED, json!(2))
+    );
     let after = app.start_run(&main, json!({})).await;
 
     let before = app.wait_run(&before).await;
-    assert_eq!(before["output"], json!({"v": 1}), "pinned to the version of its accept time: {before}");
+    assert_eq!(
+        before["output"],
+        json!({"v": 1}),
+        "pinned to the version of its accept time: {before}"
+    );
     assert_eq!(app.wait_run(&after).await["output"], json!({"v": 2}));
     app.teardown().await;
 }

@@ -44,7 +44,14 @@ impl Node for SubFlow {
             let found = async {
                 let mut tx = db::tenant_tx(&ctx.env.pool, company_id).await?;
                 let deployer = ctx.run.deployed_by.map(UserId);
-                let found = flows::runnable(&mut tx, company_id.into(), flow_id.into(), deployer, accepted_at(ctx.run.run_id)).await?;
+                let found = flows::runnable(
+                    &mut tx,
+                    company_id.into(),
+                    flow_id.into(),
+                    deployer,
+                    accepted_at(ctx.run.run_id),
+                )
+                .await?;
                 db::commit(tx).await?;
                 Ok::<_, StoreError>(found)
             }
