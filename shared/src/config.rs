@@ -91,6 +91,10 @@ pub struct Config {
     pub worker_lease: Duration,
     /// `FLOQ_REPLAY_MAX`: the most runs one replay request may start.
     pub replay_max: u32,
+    /// How long a completed step of a run past the running mark may wait to be checkpointed.
+    pub checkpoint_flush: Duration,
+    /// A top-level `delay` or retry backoff longer than this parks its run outside the prefetch window.
+    pub park_after: Duration,
     pub delay_max: Duration,
     /// The longest `deadline_ms` a flow definition may set.
     pub flow_deadline_max: Duration,
@@ -212,6 +216,8 @@ impl Config {
             )?),
             worker_lease: Duration::from_millis(v.parse_in("FLOQ_WORKER_LEASE_MS", 30_000, 300..=3_600_000)?),
             replay_max: v.parse_in("FLOQ_REPLAY_MAX", 1_000, 1..=100_000)?,
+            checkpoint_flush: Duration::from_millis(v.parse_in("FLOQ_CHECKPOINT_FLUSH_MS", 1000, 10..=60_000)?),
+            park_after: v.millis("FLOQ_PARK_AFTER_MS", 5_000)?,
             delay_max: v.millis("FLOQ_DELAY_MAX_MS", 300_000)?,
             flow_deadline_max: v.millis("FLOQ_FLOW_DEADLINE_MAX_MS", 3_600_000)?,
             http_node_max_timeout: v.millis("FLOQ_HTTP_NODE_MAX_TIMEOUT_MS", 30_000)?,

@@ -230,32 +230,39 @@ pub async fn may_run(tx: &mut Tx, company_id: CompanyId, id: FlowId, user: UserI
 /// A deployed flow a running flow wants to call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Runnable {
-    pub latest_version: i32,
+    /// The version a run accepted at `as_of` calls ([`runnable`]).
+    pub version: i32,
     /// Whether the caller's deployer may run it (grants can be revoked after deploy).
     pub permitted: bool,
 }
 
-/// A flow's latest version, if it is deployed and not deleted, and whether
-/// `deployer` may run it (never, for a version with no recorded deployer).
+/// A flow a run accepted at `as_of` calls, if it is deployed and not
+/// deleted, and whether `deployer` may run it (never, for a version with no
+/// recorded deployer). The version is pinned by the run's accept time, so
+/// every execution of one run (a resumed one too) calls the same: the latest
+/// version deployed at or before `as_of`, or the first version when the flow
+/// was first deployed after it.
 pub async fn runnable(
     tx: &mut Tx,
     company_id: CompanyId,
     id: FlowId,
     deployer: Option<UserId>,
+    as_of: DateTime<Utc>,
 ) -> Result<Option<Runnable>, StoreError> {
     let row: Option<(i32, bool)> = sqlx::query_as(
-        "SELECT latest_version, COALESCE(floq_may_use($3, 'flow', id, group_id), false) FROM flows
-          WHERE company_id = $1 AND id = $2 AND deleted_at IS NULL AND latest_version IS NOT NULL",
+        "SELECT COALESCE((SELECT max(v.version) FROM flow_versions v WHERE v.flow_id = f.id AND v.created_at <= $4),
+                         (SELECT min(v.version) FROM flow_versions v WHERE v.flow_id = f.id)),
+                COALESCE(floq_may_use($3, 'flow', f.id, f.group_id), false)
+           FROM flows f
+          WHERE f.company_id = $1 AND f.id = $2 AND f.deleted_at IS NULL AND f.latest_version IS NOT NULL",
     )
     .bind(company_id)
     .bind(id)
     .bind(deployer)
+    .bind(as_of)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(|(latest_version, permitted)| Runnable {
-        latest_version,
-        permitted,
-    }))
+    Ok(row.map(|(version, permitted)| Runnable { version, permitted }))
 }
 
 /// A flow's latest version number: `None` if there is no such flow (or it is

@@ -27,6 +27,7 @@ pub mod login_attempts;
 pub mod mail;
 pub mod ops;
 pub mod outbox;
+pub mod parking;
 pub mod pgtext;
 pub mod queue;
 pub mod replies;

@@ -246,10 +246,13 @@ pub enum PublishError {
 /// message can arrive twice, and only those pay for a status check.
 pub const REPUBLISHED: &str = "floq.republished";
 
-/// The AMQP `type` of a continuation ([`Publisher::resume`]): the run may be
-/// `running` with checkpoints; its worker checks the status first and goes
-/// on from the last checkpoint unless the run is final.
+/// The AMQP `type` of a continuation of a run ([`Publisher::resume`]): the
+/// run may be `running` with checkpoints. Its worker checks the run's status
+/// and, unless it is final, resumes it after its checkpointed nodes.
 pub const RESUMED: &str = "floq.resumed";
+
+/// The header of a parked run's message: when it may go on, in Unix milliseconds.
+pub const WAKE_AT_HEADER: &str = "x-floq-wake-at";
 
 pub struct Publisher {
     url: String,
@@ -305,6 +308,47 @@ impl Publisher {
         self.send(&batch, Some(RESUMED)).await
     }
 
+    /// Publishes a parked run's message to `queue`, one of the worker's delay
+    /// queues (`crate::parking`), carrying its wake time ([`WAKE_AT_HEADER`]).
+    pub async fn park(&self, queue: &str, envelope: &Envelope, wake_at_ms: i64) -> Result<(), PublishError> {
+        self.ensure_connected().await?;
+        let mut guard = self.channel.lock().await;
+        let Some((_, channel)) = guard.as_ref() else {
+            return Err(PublishError::Broker(lapin::Error::from(
+                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+            )));
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(WAKE_AT_HEADER.into(), AMQPValue::LongLongInt(wake_at_ms));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        let published = async {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &envelope.to_bytes(),
+                    properties,
+                )
+                .await?;
+            match confirm.await? {
+                Confirmation::Ack(None) => Ok(()),
+                _ => Err(PublishError::Refused(1)),
+            }
+        }
+        .await;
+        if matches!(published, Err(PublishError::Broker(_))) {
+            *guard = None;
+        }
+        published
+    }
+
     /// As [`Publisher::publish`]; messages paired with `true` ask their worker
     /// to reply (direct reply-to), which needs [`Publisher::with_replies`].
     pub async fn publish_asking(&self, batch: &[(&Envelope, bool)]) -> Result<(), PublishError> {
@@ -348,6 +392,7 @@ impl Publisher {
         self.topology.queue_for(envelope.company_id())
     }
 
+    /// `kind`: the AMQP `type` of a message that may arrive twice ([`REPUBLISHED`], [`RESUMED`]).
     async fn send(&self, batch: &[(&Envelope, bool)], kind: Option<&'static str>) -> Result<(), PublishError> {
         if batch.is_empty() {
             return Ok(());

@@ -56,6 +56,11 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Lost runs the reaper acted on, by what it did.
     pub runs_reaped: IntCounterVec,
+    /// Checkpoints (one run's steps since its last) committed.
+    pub checkpoints_written: prometheus::IntCounter,
+    /// Runs parked outside the prefetch window (a long delay or retry backoff), and runs resumed from checkpoints.
+    pub runs_parked: prometheus::IntCounter,
+    pub runs_resumed: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -80,6 +85,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .expect("valid metric");
         registry.register(Box::new(h.clone())).expect("unique metric");
         h
+    };
+    let plain_counter = |name: &str, help: &str| {
+        let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+        registry.register(Box::new(c.clone())).expect("unique metric");
+        c
     };
     let gauge = |name: &str, help: &str| {
         let g = IntGauge::new(name, help).expect("valid metric");
@@ -198,6 +208,15 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         },
+        checkpoints_written: plain_counter(
+            "floq_checkpoints_written_total",
+            "Checkpoints of runs past the running mark committed",
+        ),
+        runs_parked: plain_counter(
+            "floq_runs_parked_total",
+            "Runs parked outside the prefetch window by a long delay or retry backoff",
+        ),
+        runs_resumed: plain_counter("floq_runs_resumed_total", "Runs resumed after their checkpointed nodes"),
         registry,
     }
 });

@@ -157,6 +157,14 @@ impl Service {
         self.handle.await.expect("service task panicked")
     }
 
+    /// As a crash: the service's main task is dropped mid-work (its in-flight
+    /// runs with it), so its broker connection closes and the deliveries it
+    /// held return to the queue, marked redelivered; nothing is drained or
+    /// acked.
+    pub fn abort(self) {
+        self.handle.abort();
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -596,6 +604,11 @@ impl TestApp {
     }
 
     /// Stops every service, deletes the queues and drops the database.
+    /// The parking queues of this app's prefix (removed with it).
+    fn parking(&self) -> floq_shared::parking::Parking {
+        floq_shared::parking::Parking::new(&self.config.queue_prefix, self.config.park_after)
+    }
+
     pub async fn teardown(mut self) {
         for service in [self.api.take(), self.worker.take(), self.scheduler.take()]
             .into_iter()
@@ -604,7 +617,12 @@ impl TestApp {
             service.stop().await;
         }
         self.pool.close().await;
-        remove_resources(&self.db_name, &floq_shared::queue::Topology::from_config(&self.config)).await;
+        remove_resources(
+            &self.db_name,
+            &floq_shared::queue::Topology::from_config(&self.config),
+            &self.parking(),
+        )
+        .await;
         self.torn_down = true;
     }
 }
@@ -616,24 +634,26 @@ impl Drop for TestApp {
         if self.torn_down {
             return;
         }
-        let (db_name, topology) = (
+        let (db_name, topology, parking) = (
             self.db_name.clone(),
             floq_shared::queue::Topology::from_config(&self.config),
+            self.parking(),
         );
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(remove_resources(&db_name, &topology));
+                rt.block_on(remove_resources(&db_name, &topology, &parking));
             }
         })
         .join();
     }
 }
 
-async fn remove_resources(db_name: &str, t: &floq_shared::queue::Topology) {
+async fn remove_resources(db_name: &str, t: &floq_shared::queue::Topology, parking: &floq_shared::parking::Parking) {
     if let Ok(conn) = floq_shared::queue::connect(&amqp_url()).await
         && let Ok(ch) = conn.create_channel().await
     {
-        for q in t.run_queues().chain([t.dead.as_str()]) {
+        let parked = std::iter::once(parking.wake.as_str()).chain(parking.delays.iter().map(|(_, q)| q.as_str()));
+        for q in t.run_queues().chain([t.dead.as_str()]).chain(parked) {
             let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
         }
         for exchange in [&t.dead_exchange, &t.control] {

@@ -1,7 +1,10 @@
 //! Handles each delivery of the run queues: manual ack after the outcome is
 //! committed. The database is consulted before executing only when the
-//! message may have arrived before (a redelivery, a republished or resumed
-//! copy). [`crate::intake`] consumes the queues and starts these.
+//! message may have run before: the broker redelivers it, or it is marked
+//! republished (outbox sweep, reaper) or resumed (a parked run waking, a run
+//! handed back or whose worker was lost). A redelivered or resumed run goes
+//! on after its checkpoints. [`crate::intake`] consumes the queues and
+//! starts these.
 
 use floq_shared::db::StoreError;
 use std::sync::Arc;
@@ -14,16 +17,18 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use uuid::Uuid;
 
+use crate::checkpoints::CheckpointWriter;
 use crate::control::Control;
-use crate::executor::{self, Outcome, RunInput, RunStatus};
+use crate::executor::{self, Ended, Outcome, Resume, RunInput, RunStatus};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
 use crate::outcome_writer::{self, OutcomeWriter, Write};
 use crate::reply::{self, PendingReply};
 use floq_shared::Config;
 use floq_shared::db::{self, Pool};
-use floq_shared::queue::{self, Envelope, RunFlowV1};
-use floq_shared::runs::{cancel, delivery};
+use floq_shared::parking::Parking;
+use floq_shared::queue::{self, Envelope, Publisher, RunFlowV1};
+use floq_shared::runs::{cancel, checkpoints, delivery};
 use floq_shared::telemetry::METRICS;
 
 pub struct Worker {
@@ -35,6 +40,22 @@ pub struct Worker {
     pub env: Arc<NodeEnv>,
     pub writer: OutcomeWriter,
     pub control: Arc<Control>,
+    pub checkpoints: CheckpointWriter,
+    /// Publishes parked runs to the delay queues.
+    pub publisher: Arc<Publisher>,
+    pub parking: Arc<Parking>,
+}
+
+/// What a message's run needs before it executes.
+enum Check {
+    /// Never ran (as far as a fresh message can tell): run it from the start.
+    Fresh,
+    /// Finished, gone, or held by another copy: ack without running a node.
+    Done,
+    /// May have run before: go on after its checkpoints.
+    Resume(Resume),
+    /// Unfinished, but a cancel was asked while it ran: it ends `cancelled`.
+    CancelRequested,
 }
 
 /// Handles one delivery of a run queue, from decoding to the outcome
@@ -59,35 +80,33 @@ pub(crate) async fn handle(worker: &Worker, replies: &Channel, delivery: Deliver
 
 async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: Delivery) {
     let reply_to = delivery.properties.reply_to().as_ref().map(|to| to.to_string());
-    // The ways a message can arrive twice: the broker redelivers it (its
-    // worker died: the run may be unfinished and is run again), the reaper
-    // resumes a run whose worker was lost (both take the run over unless it
-    // is final), or the outbox sweep or the reaper publishes it again, or it
-    // is old enough that the reaper may have (the first copy may be queued,
-    // running or done: this copy runs only if it can claim a run still
-    // `queued`). Fresh first deliveries pay no check.
-    let kind = delivery
-        .properties
-        .kind()
-        .as_ref()
-        .map(|kind| kind.as_str().to_string());
+    // The ways a message can arrive again: the broker redelivers it (its
+    // worker died: the run may be unfinished and goes on after its
+    // checkpoints), it is resumed (the same, asked for: a parked run waking,
+    // a run handed back, a run whose worker's lease expired: these take the
+    // run over unless it is final), or the outbox sweep or the reaper
+    // publishes it again, or it is old enough that the reaper may have (the
+    // first copy may be queued, running or done: this copy runs only if it
+    // can claim a run still `queued`). Fresh first deliveries pay no check.
+    let kind = delivery.properties.kind().as_ref().map(|k| k.as_str().to_string());
     let check = if delivery.redelivered || kind.as_deref() == Some(queue::RESUMED) {
-        already_finished(worker, &msg).await
+        resume_point(worker, &msg).await
     } else if kind.as_deref() == Some(queue::REPUBLISHED) || possibly_republished(worker, &msg) {
         claimed_elsewhere(worker, &msg).await
     } else {
-        Ok(Seen::Unfinished { started_at: None })
+        Ok(Check::Fresh)
     };
-    let first_started = match check {
-        Ok(Seen::Unfinished { started_at }) => started_at,
-        Ok(Seen::Finished) => {
+    let resume = match check {
+        Ok(Check::Fresh) => None,
+        Ok(Check::Resume(resume)) => Some(resume),
+        Ok(Check::Done) => {
             if let Some(to) = &reply_to {
                 reply_stored(worker, replies, to, &msg).await;
             }
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             return;
         }
-        Ok(Seen::CancelRequested) => return finish_cancelled(worker, replies, &msg, delivery, reply_to).await,
+        Ok(Check::CancelRequested) => return finish_cancelled(worker, replies, &msg, delivery, reply_to).await,
         Err(e) => {
             tracing::warn!(error = %e, "cannot check a repeated run message; returning it to the queue");
             requeue(&delivery).await;
@@ -125,6 +144,13 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                     return;
                 }
             };
+            let journal = worker.checkpoints.journal(msg.company_id.into(), msg.run_id.into());
+            if resume.is_some() {
+                // A run that ran before is long by now: checkpoint from its first node on.
+                METRICS.runs_resumed.inc();
+                journal.mark();
+            }
+            let first_started = resume.as_ref().and_then(|r| r.started_at);
             let run = RunCtx {
                 run_id: msg.run_id,
                 company_id: msg.company_id,
@@ -134,6 +160,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                 depth: 0,
                 vars: None,
                 deployed_by: flow.deployed_by,
+                path: "".into(),
                 cancel: held.token(),
                 deadline: executor::deadline(
                     flow,
@@ -144,25 +171,39 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
             let exec = async {
                 #[cfg(feature = "fail-points")]
                 fail_point(&input);
-                executor::execute(flow, RunInput { run, input: &input }, worker.env.clone()).await
+                let run = RunInput {
+                    run,
+                    input: &input,
+                    resume,
+                    journal: Some(journal.clone()),
+                };
+                executor::execute_parking(flow, run, worker.env.clone()).await
             };
             // A panic in a node fails its run instead of leaving the delivery unacked until the channel closes.
             let exec = std::panic::AssertUnwindSafe(exec).catch_unwind();
             tokio::pin!(exec);
-            let done = tokio::select! {
-                outcome = &mut exec => outcome,
+            let ended = tokio::select! {
+                ended = &mut exec => ended,
                 _ = tokio::time::sleep(worker.config.running_mark_after) => {
+                    journal.mark();
                     worker.writer.send(Write::Started { company_id: msg.company_id.into(), run_id: msg.run_id.into(), at: Utc::now() }).await;
                     exec.await
                 }
             };
-            done.unwrap_or_else(|_| {
-                tracing::error!("the run panicked in the worker; failing it as {WORKER_PANICKED}");
-                Outcome::failed_early(
-                    WORKER_PANICKED,
-                    "the worker failed unexpectedly while running this run; it was stopped",
-                )
-            })
+            match ended {
+                Ok(Ended::Finished(outcome)) => outcome,
+                Ok(Ended::Parked(checkpoint)) => {
+                    park(worker, &msg, &journal, checkpoint, delivery).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::error!("the run panicked in the worker; failing it as {WORKER_PANICKED}");
+                    Outcome::failed_early(
+                        WORKER_PANICKED,
+                        "the worker failed unexpectedly while running this run; it was stopped",
+                    )
+                }
+            }
         }
         Ok(None) => Outcome::failed_early(
             "flow_version_missing",
@@ -265,31 +306,77 @@ async fn requeue(delivery: &Delivery) {
     let _ = delivery.acker.nack(options).await;
 }
 
-/// What a repeated message finds of its run.
-enum Seen {
-    /// Run it; `started_at` is when it first started, if the database knows.
-    Unfinished {
-        started_at: Option<chrono::DateTime<Utc>>,
-    },
-    Finished,
-    /// Unfinished, but a cancel was asked while it ran: it ends `cancelled`.
-    CancelRequested,
+/// For a message that may continue a run (a redelivery, a continuation):
+/// takes the run over on this worker's lease and says where it goes on (its
+/// checkpoints; none if it never got past the running mark), or `Done` if it
+/// is final or gone (retention).
+async fn resume_point(worker: &Worker, msg: &RunFlowV1) -> Result<Check, StoreError> {
+    let (company_id, run_id) = (msg.company_id.into(), msg.run_id.into());
+    let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
+    let Some(taken) = delivery::take_over(&mut tx, company_id, run_id, worker.id).await? else {
+        db::commit(tx).await?;
+        return Ok(Check::Done);
+    };
+    if taken.cancel_requested {
+        db::commit(tx).await?;
+        return Ok(Check::CancelRequested);
+    }
+    let saved = checkpoints::load(&mut tx, company_id, run_id).await?;
+    db::commit(tx).await?;
+    Ok(match saved {
+        None => Check::Done,
+        Some(saved) if RunStatus::is_final(saved.status) => Check::Done,
+        Some(saved) => Check::Resume(Resume {
+            steps: saved.steps,
+            waits: saved.waits,
+            started_at: saved.started_at.or(taken.started_at),
+        }),
+    })
 }
 
-/// For a message that may continue an unfinished run (a redelivery, a
-/// continuation): takes the run over on this worker's lease, or says it is
-/// final. A run that is gone (retention) is as finished as one that ended.
-async fn already_finished(worker: &Worker, msg: &RunFlowV1) -> Result<Seen, StoreError> {
-    let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
-    let taken = delivery::take_over(&mut tx, msg.company_id.into(), msg.run_id.into(), worker.id).await?;
-    db::commit(tx).await?;
-    Ok(match taken {
-        None => Seen::Finished,
-        Some(f) if f.cancel_requested => Seen::CancelRequested,
-        Some(f) => Seen::Unfinished {
-            started_at: f.started_at,
-        },
-    })
+/// Parks a run on a long wait: its checkpoint (with the wait) is written,
+/// its message goes to a delay queue, and only then is this delivery acked,
+/// freeing its prefetch slot. A nack would count against the queue's
+/// delivery limit, so it is used only when the parking could not be
+/// recorded: the redelivered run then resumes from what was.
+async fn park(
+    worker: &Worker,
+    msg: &RunFlowV1,
+    journal: &crate::checkpoints::Journal,
+    checkpoint: floq_shared::runs::checkpoints::Checkpoint,
+    delivery: Delivery,
+) {
+    let Some(wake_at) = checkpoint.wait.as_ref().map(|w| w.wake_at) else {
+        requeue(&delivery).await;
+        return;
+    };
+    if !journal.flush(checkpoint).await {
+        tracing::warn!("cannot checkpoint a run to park it; returning it to the queue");
+        requeue(&delivery).await;
+        return;
+    }
+    let left = (wake_at - Utc::now()).to_std().unwrap_or_default();
+    let envelope = Envelope::RunFlowV1(msg.clone());
+    let sent = match worker.parking.queue_for(left) {
+        Some(queue) => {
+            worker
+                .publisher
+                .park(queue, &envelope, wake_at.timestamp_millis())
+                .await
+        }
+        // Already (nearly) due: straight back.
+        None => worker.publisher.resume(std::slice::from_ref(&envelope)).await,
+    };
+    match sent {
+        Ok(()) => {
+            METRICS.runs_parked.inc();
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot park a run; returning it to the queue");
+            requeue(&delivery).await;
+        }
+    }
 }
 
 /// Whether a first delivery is old enough that the reaper may have published
@@ -320,15 +407,11 @@ fn fail_point(input: &serde_json::Value) {
 /// For a message the outbox sweep published again: claims the run (`queued`
 /// → `running`), or says another copy has it (running or finished). A crashed
 /// first copy is redelivered by the broker and runs then.
-async fn claimed_elsewhere(worker: &Worker, msg: &RunFlowV1) -> Result<Seen, StoreError> {
+async fn claimed_elsewhere(worker: &Worker, msg: &RunFlowV1) -> Result<Check, StoreError> {
     let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
     let claimed = delivery::claim(&mut tx, msg.company_id.into(), msg.run_id.into(), worker.id).await?;
     db::commit(tx).await?;
-    Ok(if claimed {
-        Seen::Unfinished { started_at: None }
-    } else {
-        Seen::Finished
-    })
+    Ok(if claimed { Check::Fresh } else { Check::Done })
 }
 
 /// Takes the inline input out of the message (nothing else reads it) or loads it.

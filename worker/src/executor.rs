@@ -1,6 +1,12 @@
 //! The graph walker: runs nodes as soon as their parents are resolved
 //! (independent branches concurrently), routes branch ports, skips what a
 //! branch did not take, and stops at the first failure.
+//!
+//! A run past the running mark hands each completed step to its
+//! [`Journal`] (checkpoints); a resumed run ([`RunInput::resume`]) starts
+//! with its checkpointed steps already done and runs only the rest. A
+//! top-level `delay` or retry backoff longer than `FLOQ_PARK_AFTER_MS` parks
+//! the run ([`Ended::Parked`]) once its other running nodes are done.
 
 use floq_shared::db::{self, StoreError};
 use floq_shared::ids::CompanyId;
@@ -14,12 +20,14 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value, json};
 
+use crate::checkpoints::Journal;
 use crate::flow_cache::{CompiledFlow, CompiledNode};
 use crate::nodes::{self, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, RunCtx, output_size, too_large};
 use crate::sandbox::Job;
 use crate::vault;
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::flow::{EvalScope, RetryPolicy};
+use floq_shared::flow::{EvalScope, NodeKind, RetryPolicy};
+use floq_shared::runs::checkpoints::{Checkpoint, Wait};
 use floq_shared::script::ScriptKind;
 use floq_shared::telemetry::METRICS;
 
@@ -40,6 +48,45 @@ enum State {
 pub struct RunInput<'a> {
     pub run: RunCtx,
     pub input: &'a Value,
+    /// What an earlier execution of this run checkpointed: it goes on after that.
+    pub resume: Option<Resume>,
+    /// Where this run's checkpoints go once it is past the running mark, and
+    /// what lets it park; `None` for loop bodies and sub-flows (their node in
+    /// the run is the unit of a checkpoint).
+    pub journal: Option<Arc<Journal>>,
+}
+
+impl<'a> RunInput<'a> {
+    /// A fresh execution with no checkpoints (loop bodies, sub-flows, tests).
+    pub fn new(run: RunCtx, input: &'a Value) -> Self {
+        Self {
+            run,
+            input,
+            resume: None,
+            journal: None,
+        }
+    }
+}
+
+/// A run's checkpoints as loaded (`floq_shared::runs::checkpoints::load`).
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// Steps in `seq` order from 0 without a gap: succeeded ones are done
+    /// (outputs and ports restored), skipped ones stay skipped.
+    pub steps: Vec<Step>,
+    /// Nodes the run was parked on.
+    pub waits: Vec<Wait>,
+    /// When the run first started: the resumed outcome keeps it.
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// How an execution ended: with the run's outcome, or parked on a long wait
+/// with the checkpoint to write before its message is acked (it holds the
+/// wait and every step not yet checkpointed).
+#[derive(Debug)]
+pub enum Ended {
+    Finished(Outcome),
+    Parked(Checkpoint),
 }
 
 /// When a run of `flow` that first started executing at `started_at` passes
@@ -91,7 +138,7 @@ impl nodes::Runner for Executor {
         env: Arc<NodeEnv>,
     ) -> BoxFuture<'a, nodes::Nested> {
         Box::pin(async move {
-            let outcome = execute(flow, RunInput { run, input }, env).await;
+            let outcome = execute(flow, RunInput::new(run, input), env).await;
             match outcome.status {
                 RunStatus::Succeeded => Ok(outcome.output.unwrap_or(Value::Null)),
                 _ => Err(error_message(&outcome)),
@@ -100,8 +147,16 @@ impl nodes::Runner for Executor {
     }
 }
 
+/// Runs a flow to its end (it cannot park without a journal).
 pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) -> Outcome {
-    let started_at = Utc::now();
+    match execute_parking(flow, run, env).await {
+        Ended::Finished(outcome) => outcome,
+        Ended::Parked(_) => Outcome::failed_early("parked", "a run without a journal cannot park"),
+    }
+}
+
+pub async fn execute_parking(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) -> Ended {
+    let mut started_at = Utc::now();
     let n = flow.nodes.len();
     let mut state = vec![State::Pending; n];
     let mut ports: Vec<Option<String>> = vec![None; n];
@@ -109,13 +164,38 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     let mut steps = Vec::with_capacity(n);
     let mut audit = Vec::with_capacity(n);
     let mut shapes: Vec<Value> = vec![Value::Null; n];
+    // JSON bytes of every step output so far, against `run_output_max_bytes`.
+    let mut run_bytes = 0usize;
+    let mut waits: HashMap<String, Wait> = HashMap::new();
+    if let Some(resume) = run.resume {
+        started_at = resume.started_at.unwrap_or(started_at);
+        restore(
+            flow,
+            resume.steps,
+            &mut state,
+            &mut ports,
+            &mut outputs,
+            &mut steps,
+            &mut run_bytes,
+        );
+        waits = resume.waits.into_iter().map(|w| (w.node_id.clone(), w)).collect();
+    }
+    let journal = run.journal;
+    let park_after = journal.as_ref().map(|_| env.park_after);
+    // Steps and audit entries up to these are checkpointed (or were restored).
+    let (mut sent, mut audit_sent) = (steps.len(), 0);
+    // The node the run parks on once nothing else runs.
+    let mut parked: Option<Wait> = None;
     let mut run_ctx = run.run;
     if run_ctx.vars.is_none() && flow.reads_vars {
         match load_vars(&env, run_ctx.company_id.into()).await {
             Ok(vars) => run_ctx.vars = Some(Arc::new(vars)),
             Err(e) => {
                 tracing::warn!(error = %e, "reading $vars failed");
-                return Outcome::failed_early("vars_unavailable", "the KV values could not be read");
+                return Ended::Finished(Outcome::failed_early(
+                    "vars_unavailable",
+                    "the KV values could not be read",
+                ));
             }
         }
     }
@@ -129,13 +209,11 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         .cloned()
         .unwrap_or_else(|| Value::Object(Map::new()));
     let mut in_flight = FuturesUnordered::new();
-    // JSON bytes of every step output so far, against `run_output_max_bytes`.
-    let mut run_bytes = 0usize;
 
     loop {
-        // Start (or skip) every node whose parents are all resolved; skips can cascade. A run told to stop starts
-        // nothing more: this is its node boundary.
-        let mut changed = ctx.stopped().is_none();
+        // Start (or skip) every node whose parents are all resolved; skips can cascade. A run told to stop, or about
+        // to park, starts nothing more: this is its node boundary.
+        let mut changed = parked.is_none() && ctx.stopped().is_none();
         while changed {
             changed = false;
             for i in 0..n {
@@ -178,6 +256,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     .collect();
                 state[i] = State::Running;
                 let params = Params::prepare(node, run.input, &outputs, &vars, &run_meta);
+                let wait = waits.remove(&node.id);
                 let inputs = Value::Object(inputs);
                 shapes[i] = json!({"input": audit::shape(&inputs)});
                 let node_ctx = NodeCtx {
@@ -189,17 +268,31 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     secret_origins: Arc::default(),
                     run: ctx.clone(),
                     env: env.clone(),
+                    node_path: format!("{}{}", ctx.path, node.id).into(),
+                    wake_at: None,
                 };
                 in_flight.push(async move {
                     let started = Utc::now();
                     let clock = Instant::now();
-                    let ran = run_node(node, params, node_ctx).await;
+                    let ran = run_node(node, params, node_ctx, wait, park_after).await;
                     (i, ran, started, Utc::now(), clock.elapsed())
                 });
             }
         }
 
-        let Some((i, ran, started, finished, elapsed)) = in_flight.next().await else {
+        // Steps completed short of the mark are checkpointed when the run reaches it.
+        let next = match journal.as_ref().filter(|j| sent < steps.len() && !j.past_mark()) {
+            Some(j) => tokio::select! {
+                next = in_flight.next() => next,
+                () = j.marked() => {
+                    j.record(steps[sent..].to_vec(), audit[audit_sent..].to_vec()).await;
+                    (sent, audit_sent) = (steps.len(), audit.len());
+                    continue;
+                }
+            },
+            None => in_flight.next().await,
+        };
+        let Some((i, ran, started, finished, elapsed)) = next else {
             break;
         };
         let NodeRun {
@@ -207,7 +300,13 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
             attempts,
             params_shape,
             audit: secret_entries,
+            park,
         } = ran;
+        if let Some(wait) = park {
+            // Its secrets are opened (and audited) again when it goes on.
+            parked = Some(wait);
+            continue;
+        }
         audit.extend(secret_entries);
         let node = &flow.nodes[i];
         let result = result.and_then(|out| {
@@ -259,8 +358,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         match result {
             Ok(NodeOutput { value, port }) => {
                 state[i] = State::Done;
-                ports[i] = port;
-                steps.push(step(
+                let mut done = step(
                     &node.id,
                     steps.len(),
                     StepStatus::Succeeded,
@@ -268,8 +366,17 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     None,
                     Some(started),
                     Some(finished),
-                ));
+                );
+                done.port = port.clone();
+                ports[i] = port;
+                steps.push(done);
                 outputs.insert(node.id.clone(), value);
+                if let Some(journal) = journal.as_ref().filter(|j| j.past_mark()) {
+                    journal
+                        .record(steps[sent..].to_vec(), audit[audit_sent..].to_vec())
+                        .await;
+                    (sent, audit_sent) = (steps.len(), audit.len());
+                }
             }
             // Interrupted (or failed while the run was stopping): the others in flight still end.
             Err(e) if stop.is_some() => {
@@ -295,7 +402,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     Some(finished),
                 ));
                 // Nodes still in flight are dropped: the run has failed.
-                return Outcome {
+                return Ended::Finished(Outcome {
                     status: RunStatus::Failed,
                     output: None,
                     error: Some(run_error(&node.id, &e)),
@@ -303,7 +410,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                     started_at,
                     finished_at: Utc::now(),
                     audit,
-                };
+                });
             }
         }
     }
@@ -311,7 +418,15 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
     if let Some(stop) = ctx.stopped()
         && state.iter().any(|s| matches!(s, State::Pending | State::Stopped))
     {
-        return stopped(stop, steps, audit, started_at);
+        return Ended::Finished(stopped(stop, steps, audit, started_at));
+    }
+    if let (Some(wait), Some(journal)) = (parked, &journal) {
+        return Ended::Parked(Checkpoint {
+            run_id: journal.run_id(),
+            steps: steps.split_off(sent),
+            audit: audit.split_off(audit_sent),
+            wait: Some(wait),
+        });
     }
 
     let sinks: Vec<&str> = (0..n)
@@ -326,7 +441,7 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
                 .collect(),
         )),
     };
-    Outcome {
+    Ended::Finished(Outcome {
         status: RunStatus::Succeeded,
         output,
         error: None,
@@ -334,7 +449,52 @@ pub async fn execute(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<NodeEnv>) 
         started_at,
         finished_at: Utc::now(),
         audit,
+    })
+}
+
+/// Puts a resumed run's checkpointed steps back: succeeded nodes done with
+/// their outputs and ports, skipped ones skipped. A step of a node the flow
+/// does not have (never, for a pinned version) ends the restore there.
+fn restore(
+    flow: &CompiledFlow,
+    saved: Vec<Step>,
+    state: &mut [State],
+    ports: &mut [Option<String>],
+    outputs: &mut HashMap<String, Value>,
+    steps: &mut Vec<Step>,
+    run_bytes: &mut usize,
+) {
+    let index: HashMap<&str, usize> = flow.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    for s in saved {
+        let Some(&i) = index.get(s.node_id.as_str()) else {
+            break;
+        };
+        if s.seq != steps.len() as i32 || state[i] != State::Pending {
+            break;
+        }
+        match s.status {
+            StepStatus::Succeeded => {
+                let value = s.output.clone().unwrap_or(Value::Null);
+                *run_bytes += output_size(&value, usize::MAX).unwrap_or(0);
+                state[i] = State::Done;
+                ports[i] = s.port.clone();
+                outputs.insert(s.node_id.clone(), value);
+            }
+            StepStatus::Skipped => state[i] = State::Skipped,
+            // A failed step ends a run: it is never a checkpoint.
+            _ => break,
+        }
+        steps.push(s);
     }
+}
+
+/// How long until `at` (zero once it passed).
+fn until(at: DateTime<Utc>) -> Duration {
+    (at - Utc::now()).to_std().unwrap_or_default()
+}
+
+fn later(wait: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
 }
 
 /// At most this many plain KV values are read into `$vars`.
@@ -459,23 +619,55 @@ impl Params {
 
 /// One node's execution: its result, the attempts made, the shape of its
 /// evaluated params (sizes and keys, never values) and the audit entries of
-/// its secrets.
+/// its secrets; or the wait it parks its run on.
 struct NodeRun {
     result: NodeResult,
     attempts: u32,
     params_shape: Value,
     audit: Vec<Entry>,
+    park: Option<Wait>,
 }
 
 /// Evaluates the params, opens the node's secrets, runs it under its timeout
-/// and retry policy, and scrubs its secrets from what it produced.
-async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> NodeRun {
+/// and retry policy, and scrubs its secrets from what it produced. With
+/// `park_after` (a top-level node of a run that can park), a `delay` or a
+/// retry backoff longer than that parks the run instead of waiting here; a
+/// node the run was parked on (`wait`) goes on when its wait is over.
+async fn run_node(
+    node: &CompiledNode,
+    params: Params,
+    mut ctx: NodeCtx,
+    wait: Option<Wait>,
+    park_after: Option<Duration>,
+) -> NodeRun {
     let failed = |e| NodeRun {
         result: Err(e),
         attempts: 0,
         params_shape: Value::Null,
         audit: vec![],
+        park: None,
     };
+    let park = |wait: Wait| NodeRun {
+        result: Err(NodeError::new("parked", "the run parked")),
+        attempts: 0,
+        params_shape: Value::Null,
+        audit: vec![],
+        park: Some(wait),
+    };
+    let mut attempt = 1;
+    if let Some(w) = wait {
+        let left = until(w.wake_at);
+        if park_after.is_some_and(|p| left > p) {
+            return park(w);
+        }
+        attempt = w.attempt.max(1) as u32;
+        if node.spec.kind == NodeKind::DELAY {
+            ctx.wake_at = Some(w.wake_at);
+        } else {
+            // What is left of a retry backoff.
+            tokio::time::sleep(left).await;
+        }
+    }
     let mut params = match params.evaluate(node, &ctx.env).await {
         Ok(p) => p,
         Err(e) => return failed(e),
@@ -487,11 +679,24 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
     ctx.credential = opened.credential.clone();
     ctx.secret_origins = Arc::new(opened.secret_origins.clone());
     let params_shape = audit::shape(&params);
+    if let Some(p) = park_after
+        && node.spec.kind == NodeKind::DELAY
+        && ctx.wake_at.is_none()
+        && let Some(ms) = params.get("ms").and_then(Value::as_u64)
+        && Duration::from_millis(ms) > p
+        && Duration::from_millis(ms) <= ctx.env.delay_max
+    {
+        return park(Wait {
+            node_id: node.id.clone(),
+            wake_at: later(Duration::from_millis(ms)),
+            attempt: 1,
+        });
+    }
     ctx.params = params;
     let attempts = node.retry.as_ref().map_or(1, |r| r.attempts.max(1));
     let interruptible = nodes::interruptible(node.spec.kind);
     let run = ctx.run.clone();
-    let mut attempt = 1;
+    let mut parking = None;
     let mut result = loop {
         let fut = node.implementation.run(ctx.clone());
         let fut = async {
@@ -513,8 +718,19 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
         match (&result, &node.retry) {
             (Err(e), Some(policy)) if attempt < attempts && policy.retries(e.code) && run.stopped().is_none() => {
                 let backoff = policy.backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
-                let wait = tokio::time::sleep(Duration::from_millis(backoff.min(RetryPolicy::MAX_BACKOFF_MS)));
-                if let Err(stop) = run.unless_stopped(async { Ok(wait.await) }).await {
+                let backoff = Duration::from_millis(backoff.min(RetryPolicy::MAX_BACKOFF_MS));
+                if park_after.is_some_and(|p| backoff > p) {
+                    parking = Some(Wait {
+                        node_id: node.id.clone(),
+                        wake_at: later(backoff),
+                        attempt: attempt as i32 + 1,
+                    });
+                    break result;
+                }
+                if let Err(stop) = run
+                    .unless_stopped(async { Ok(tokio::time::sleep(backoff).await) })
+                    .await
+                {
                     break Err(stop);
                 }
                 attempt += 1;
@@ -524,6 +740,9 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
     };
     // The node's copy of the credential goes now; the vault's copy is zeroized when `opened` drops.
     drop(ctx);
+    if let Some(wait) = parking {
+        return park(wait);
+    }
     if !opened.is_empty() {
         match &mut result {
             Ok(out) => opened.scrub_value(&mut out.value),
@@ -539,6 +758,7 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
         attempts: attempt,
         params_shape,
         audit: opened.audit,
+        park: None,
     }
 }
 
@@ -563,6 +783,7 @@ fn step(
         error,
         started_at,
         finished_at,
+        port: None,
     }
 }
 
@@ -602,6 +823,7 @@ mod tests {
             sandbox: crate::sandbox::Sandbox::new(1, Default::default()),
             keyring,
             delay_max: Duration::from_secs(1),
+            park_after: Duration::from_millis(200),
             http_max_timeout: Duration::from_secs(1),
             http_max_response_bytes: 1024,
             template_timeout: Duration::from_secs(1),
@@ -630,19 +852,12 @@ mod tests {
             deployed_by: None,
             cancel: tokio_util::sync::CancellationToken::new(),
             deadline: None,
+            path: "".into(),
         }
     }
 
     async fn execute_with(flow: &CompiledFlow, input: Value, vars: Option<Value>, env: Arc<NodeEnv>) -> Outcome {
-        execute(
-            flow,
-            RunInput {
-                run: run_ctx(vars),
-                input: &input,
-            },
-            env,
-        )
-        .await
+        execute(flow, RunInput::new(run_ctx(vars), &input), env).await
     }
 
     fn statuses(outcome: &Outcome) -> Vec<(&str, StepStatus)> {
@@ -805,7 +1020,7 @@ mod tests {
         assert!(outcome.steps.is_empty() && outcome.audit.is_empty());
     }
 
-    fn waiting(ms: u64) -> CompiledFlow {
+    fn waiting_ms(ms: u64) -> CompiledFlow {
         flow(json!({
             "nodes": [
                 {"id": "first", "type": "set", "params": {"values": {"x": 1}}},
@@ -817,14 +1032,14 @@ mod tests {
     }
 
     async fn execute_ctx(flow: &CompiledFlow, run: RunCtx) -> Outcome {
-        execute(flow, RunInput { run, input: &json!({}) }, env(1 << 20).await).await
+        execute(flow, RunInput::new(run, &json!({})), env(1 << 20).await).await
     }
 
     #[tokio::test]
     async fn a_run_cancelled_before_it_starts_runs_nothing() {
         let run = run_ctx(None);
         run.cancel.cancel();
-        let outcome = execute_ctx(&waiting(10), run).await;
+        let outcome = execute_ctx(&waiting_ms(10), run).await;
         assert_eq!(outcome.status, RunStatus::Cancelled);
         assert_eq!(outcome.error.as_ref().unwrap()["code"], "cancelled");
         assert!(outcome.steps.is_empty() && outcome.audit.is_empty());
@@ -838,7 +1053,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             token.cancel();
         });
-        let outcome = execute_ctx(&waiting(900), run).await;
+        let outcome = execute_ctx(&waiting_ms(900), run).await;
         assert_eq!(outcome.status, RunStatus::Cancelled, "{:?}", outcome.error);
         assert_eq!(
             statuses(&outcome),
@@ -911,5 +1126,338 @@ mod tests {
         let outcome = execute_ctx(&flow, run).await;
         assert_eq!(outcome.status, RunStatus::Cancelled, "{:?}", outcome.error);
         assert_eq!(statuses(&outcome), [("each", StepStatus::Cancelled)]);
+    }
+
+    fn done(node_id: &str, seq: i32, output: Value, port: Option<&str>) -> Step {
+        let mut s = step(
+            node_id,
+            seq as usize,
+            StepStatus::Succeeded,
+            Some(output),
+            None,
+            None,
+            None,
+        );
+        s.port = port.map(str::to_string);
+        s
+    }
+
+    #[tokio::test]
+    async fn a_resumed_run_keeps_its_checkpointed_nodes_and_runs_only_the_rest() {
+        let resume = Resume {
+            steps: vec![
+                done("in", 0, json!({"ok": true, "name": "Restored"}), None),
+                done("check", 1, json!({"result": true}), Some("true")),
+            ],
+            waits: vec![],
+            started_at: Some(Utc::now() - chrono::Duration::hours(1)),
+        };
+        let started = resume.started_at;
+        let input = json!({"ok": false, "name": "Ada"});
+        let run = RunInput {
+            resume: Some(resume),
+            ..RunInput::new(run_ctx(None), &input)
+        };
+        let outcome = execute(&branching(), run, env(1 << 20).await).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+        // The checkpointed `in` and `check` are not run again: `yes` sees their outputs and port, not the input's.
+        assert_eq!(outcome.output, Some(json!({"hello": "hi Restored"})));
+        assert_eq!(outcome.started_at, started.unwrap(), "the run keeps its first start");
+        let seqs: Vec<(&str, i32, StepStatus)> = outcome
+            .steps
+            .iter()
+            .map(|s| (s.node_id.as_str(), s.seq, s.status))
+            .collect();
+        assert_eq!(seqs.len(), 5);
+        assert_eq!(
+            &seqs[..2],
+            [("in", 0, StepStatus::Succeeded), ("check", 1, StepStatus::Succeeded)]
+        );
+        let mut rest: Vec<_> = seqs[2..].to_vec();
+        rest.sort_by_key(|(id, _, _)| *id);
+        assert_eq!(
+            rest.iter().map(|(id, _, st)| (*id, *st)).collect::<Vec<_>>(),
+            [
+                ("after_no", StepStatus::Skipped),
+                ("no", StepStatus::Skipped),
+                ("yes", StepStatus::Succeeded)
+            ]
+        );
+        assert_eq!(
+            outcome.steps.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            (0..5).collect::<Vec<_>>(),
+            "numbered on from the checkpoint"
+        );
+        let ran: Vec<&Value> = outcome.audit.iter().map(|e| &e.details["node_id"]).collect();
+        assert_eq!(ran, [&json!("yes")], "node.execute only for what ran now");
+    }
+
+    #[tokio::test]
+    async fn past_the_mark_every_completed_step_is_checkpointed_in_order_with_its_entry() {
+        let (writer, mut rx) = crate::checkpoints::CheckpointWriter::channel();
+        let ctx = run_ctx(None);
+        let journal = writer.journal(ctx.company_id.into(), ctx.run_id.into());
+        let input = json!({"ok": true, "name": "Ada"});
+        let fresh = execute(
+            &branching(),
+            RunInput {
+                journal: Some(journal.clone()),
+                ..RunInput::new(run_ctx(None), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(fresh.status, RunStatus::Succeeded);
+        assert!(rx.try_recv().is_err(), "a run short of the mark checkpoints nothing");
+
+        journal.mark();
+        let outcome = execute(
+            &branching(),
+            RunInput {
+                journal: Some(journal),
+                ..RunInput::new(ctx, &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(outcome.status, RunStatus::Succeeded);
+        drop(writer);
+        let mut steps = Vec::new();
+        let mut entries = Vec::new();
+        while let Some(cmd) = rx.recv().await {
+            let c = cmd.checkpoint();
+            assert!(c.wait.is_none());
+            steps.extend(c.steps.iter().map(|s| (s.node_id.clone(), s.seq, s.port.clone())));
+            entries.extend(c.audit.iter().map(|e| e.details["node_id"].clone()));
+        }
+        let all: Vec<_> = outcome
+            .steps
+            .iter()
+            .map(|s| (s.node_id.clone(), s.seq, s.port.clone()))
+            .collect();
+        assert!(all.starts_with(&steps) && steps.len() >= 3, "{steps:?} of {all:?}");
+        assert!(
+            steps.contains(&("check".into(), 1, Some("true".into()))),
+            "ports are kept"
+        );
+        assert_eq!(
+            entries.len(),
+            steps.iter().filter(|s| s.0 != "no" && s.0 != "after_no").count()
+        );
+    }
+
+    fn waiting() -> CompiledFlow {
+        flow(json!({
+            "nodes": [
+                {"id": "a", "type": "set", "params": {"values": {"x": 1}}},
+                {"id": "wait", "type": "delay", "params": {"ms": 900}},
+                {"id": "b", "type": "set", "params": {"values": "{{ $node.a.output.x }}"}}
+            ],
+            "edges": [{"from": "a", "to": "wait"}, {"from": "wait", "to": "b"}]
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_long_delay_parks_the_run_and_the_resumed_run_completes_it() {
+        let (writer, _rx) = crate::checkpoints::CheckpointWriter::channel();
+        let ctx = run_ctx(None);
+        let journal = writer.journal(ctx.company_id.into(), ctx.run_id.into());
+        let input = json!({});
+        let before = Utc::now();
+        let ended = execute_parking(
+            &waiting(),
+            RunInput {
+                journal: Some(journal.clone()),
+                ..RunInput::new(ctx.clone(), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        let Ended::Parked(checkpoint) = ended else {
+            panic!("a 900 ms delay past a 200 ms park_after parks: {ended:?}");
+        };
+        let wait = checkpoint.wait.clone().unwrap();
+        assert_eq!((wait.node_id.as_str(), wait.attempt), ("wait", 1));
+        assert!(wait.wake_at >= before + chrono::Duration::milliseconds(900));
+        assert_eq!(
+            checkpoint.steps.iter().map(|s| s.node_id.as_str()).collect::<Vec<_>>(),
+            ["a"],
+            "parking checkpoints what ran before, even short of the mark"
+        );
+        assert_eq!(checkpoint.audit.len(), 1);
+
+        // Woken with its wait over: the delay completes at once, `a` does not run again.
+        let resume = Resume {
+            steps: checkpoint.steps,
+            waits: vec![Wait {
+                wake_at: Utc::now() - chrono::Duration::milliseconds(1),
+                ..wait.clone()
+            }],
+            started_at: None,
+        };
+        let clock = Instant::now();
+        let outcome = execute(
+            &waiting(),
+            RunInput {
+                resume: Some(resume),
+                journal: Some(journal.clone()),
+                ..RunInput::new(ctx.clone(), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+        assert!(
+            clock.elapsed() < Duration::from_millis(900),
+            "the wait is not served twice"
+        );
+        assert_eq!(outcome.output, Some(json!(1)));
+        assert_eq!(outcome.steps[1].output, Some(json!({"waited_ms": 900})));
+        assert_eq!(
+            outcome
+                .audit
+                .iter()
+                .map(|e| e.details["node_id"].clone())
+                .collect::<Vec<_>>(),
+            [json!("wait"), json!("b")]
+        );
+
+        // Woken early (a resume before its time): it parks again on the same wake time.
+        let early = Resume {
+            steps: vec![done("a", 0, json!({"x": 1}), None)],
+            waits: vec![Wait {
+                wake_at: Utc::now() + chrono::Duration::seconds(5),
+                ..wait
+            }],
+            started_at: None,
+        };
+        let again = execute_parking(
+            &waiting(),
+            RunInput {
+                resume: Some(early),
+                journal: Some(journal),
+                ..RunInput::new(ctx, &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        let Ended::Parked(again) = again else {
+            panic!("parks again: {again:?}");
+        };
+        assert!(again.steps.is_empty(), "nothing new to checkpoint");
+        assert!(again.wait.unwrap().wake_at > Utc::now() + chrono::Duration::seconds(4));
+    }
+
+    #[tokio::test]
+    async fn without_a_journal_a_long_delay_just_waits() {
+        let outcome = execute_with(&waiting(), json!({}), None, env(1 << 20).await).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded, "{:?}", outcome.error);
+    }
+
+    #[tokio::test]
+    async fn a_long_retry_backoff_parks_with_the_next_attempt() {
+        let flow = flow(json!({
+            "nodes": [{"id": "bad", "type": "switch", "params": {"value": 1, "cases": "nope"},
+                       "retry": {"attempts": 3, "backoff_ms": 1000}}]
+        }));
+        let (writer, _rx) = crate::checkpoints::CheckpointWriter::channel();
+        let ctx = run_ctx(None);
+        let journal = writer.journal(ctx.company_id.into(), ctx.run_id.into());
+        let input = json!({});
+        let ended = execute_parking(
+            &flow,
+            RunInput {
+                journal: Some(journal.clone()),
+                ..RunInput::new(ctx.clone(), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        let Ended::Parked(checkpoint) = ended else {
+            panic!("a 1 s backoff past a 200 ms park_after parks: {ended:?}");
+        };
+        let wait = checkpoint.wait.unwrap();
+        assert_eq!((wait.node_id.as_str(), wait.attempt), ("bad", 2));
+        // Resumed at attempt 2 with its backoff over: the next backoff (2 s) parks again at attempt 3.
+        let resume = Resume {
+            waits: vec![Wait {
+                wake_at: Utc::now(),
+                ..wait
+            }],
+            ..Resume::default()
+        };
+        let ended = execute_parking(
+            &flow,
+            RunInput {
+                resume: Some(resume),
+                journal: Some(journal.clone()),
+                ..RunInput::new(ctx.clone(), &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        let Ended::Parked(checkpoint) = ended else {
+            panic!("parks again: {ended:?}");
+        };
+        let wait = checkpoint.wait.unwrap();
+        assert_eq!(wait.attempt, 3);
+        let resume = Resume {
+            waits: vec![Wait {
+                wake_at: Utc::now(),
+                ..wait
+            }],
+            ..Resume::default()
+        };
+        let outcome = execute(
+            &flow,
+            RunInput {
+                resume: Some(resume),
+                journal: Some(journal),
+                ..RunInput::new(ctx, &input)
+            },
+            env(1 << 20).await,
+        )
+        .await;
+        assert_eq!(outcome.status, RunStatus::Failed, "the last attempt fails the run");
+        assert_eq!(outcome.audit.last().unwrap().details["attempts"], 3);
+    }
+
+    #[tokio::test]
+    async fn steps_completed_short_of_the_mark_are_checkpointed_when_the_run_reaches_it() {
+        let flow = flow(json!({
+            "nodes": [
+                {"id": "a", "type": "set", "params": {"values": {"x": 1}}},
+                {"id": "wait", "type": "delay", "params": {"ms": 150}}
+            ],
+            "edges": [{"from": "a", "to": "wait"}]
+        }));
+        let (writer, mut rx) = crate::checkpoints::CheckpointWriter::channel();
+        let ctx = run_ctx(None);
+        let journal = writer.journal(ctx.company_id.into(), ctx.run_id.into());
+        let marker = journal.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            marker.mark();
+        });
+        let input = json!({});
+        let run = RunInput {
+            journal: Some(journal),
+            ..RunInput::new(ctx, &input)
+        };
+        let outcome = execute(&flow, run, env(1 << 20).await).await;
+        assert_eq!(outcome.status, RunStatus::Succeeded);
+        let first = rx.recv().await.unwrap();
+        let at_mark: Vec<&str> = first.checkpoint().steps.iter().map(|s| s.node_id.as_str()).collect();
+        assert_eq!(at_mark, ["a"], "written at the mark, not when the delay ends");
+        let then: Vec<String> = rx
+            .recv()
+            .await
+            .unwrap()
+            .checkpoint()
+            .steps
+            .iter()
+            .map(|s| s.node_id.clone())
+            .collect();
+        assert_eq!(then, ["wait"]);
     }
 }

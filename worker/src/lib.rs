@@ -2,6 +2,7 @@
 //! runs from RabbitMQ, executes them, records their outcome with group
 //! commit, and acks only after the commit.
 
+mod checkpoints;
 mod consumer;
 pub mod control;
 pub mod executor;
@@ -13,6 +14,7 @@ mod outcome_writer;
 mod reply;
 pub mod sandbox;
 pub mod vault;
+mod wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,6 +75,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         sandbox,
         keyring: Arc::new(keyring),
         delay_max: config.delay_max,
+        park_after: config.park_after,
         http_max_timeout: config.http_node_max_timeout,
         http_max_response_bytes: config.http_node_max_response_bytes,
         template_timeout: config.template_timeout,
@@ -95,6 +98,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         lease_stop.clone(),
     ));
     let (writer, writer_tasks) = outcome_writer::OutcomeWriter::start(pool.clone(), worker_id);
+    let (checkpoints, checkpoint_task) = checkpoints::CheckpointWriter::start(pool.clone(), config.checkpoint_flush);
+    // One publisher for continuations: parked runs waking, and the hand-back at shutdown; connects when first used.
+    let publisher = Arc::new(Publisher::new(config.amqp_url.expose(), &topology));
+    let parking = Arc::new(floq_shared::parking::Parking::new(
+        &config.queue_prefix,
+        config.park_after,
+    ));
     let control = Arc::new(control::Control::default());
     let worker = Arc::new(consumer::Worker {
         id: worker_id,
@@ -104,6 +114,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         env,
         writer,
         control: control.clone(),
+        checkpoints,
+        publisher: publisher.clone(),
+        parking: parking.clone(),
     });
 
     let broker_up = Arc::new(AtomicBool::new(false));
@@ -138,8 +151,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         pool.clone(),
         stop.clone(),
     ));
-    // Hands runs back at shutdown; connects when first used.
-    let publisher = Arc::new(Publisher::new(config.amqp_url.expose(), &topology));
+    let waker = tokio::spawn(wake::consume(
+        config.amqp_url.expose().to_string(),
+        parking,
+        publisher.clone(),
+        config.park_after,
+        stop.clone(),
+    ));
     let handle = tokio::spawn(async move {
         // Cancels are heard (and the recent ones reloaded) before the first run is taken; a control consumer that
         // cannot start soon does not keep the worker from working (it keeps retrying).
@@ -148,10 +166,12 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
         let connection = intake::consume(worker.clone(), topology, publisher, stop, broker_up).await;
         let _ = listener.await;
+        let _ = waker.await;
         // Every run task is done: release the writer so it flushes and stops.
         drop(worker);
         let mut writer_tasks = writer_tasks;
         while writer_tasks.join_next().await.is_some() {}
+        let _ = checkpoint_task.await;
         // Only now: the writer's acks for runs that finished during the drain travel on it.
         drop(connection);
         // The lease lapses with the process; runs still held were handed back or return to the queue.

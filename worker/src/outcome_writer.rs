@@ -305,6 +305,7 @@ mod tests {
             error: None,
             started_at: None,
             finished_at: None,
+            port: None,
         });
         o.audit
             .push(Entry::new(Uuid::nil(), Actor::system("test"), "node.execute"));

@@ -188,6 +188,8 @@ fn specs() -> Vec<NodeSpec> {
                     "response": {"enum": ["auto", "json", "text", "binary"]},
                     "timeout_ms": ms(3_600_000),
                     "max_redirects": {"type": "integer", "minimum": 0, "maximum": 10},
+                    // The header that carries the node's idempotency key (never a template: the key is the point).
+                    "idempotency_header": {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"},
                     "credential_id": credential()
                 }),
                 &["method", "url"],
@@ -200,7 +202,7 @@ fn specs() -> Vec<NodeSpec> {
         NodeSpec {
             kind: NodeKind::SUB_FLOW,
             name: NodeKind::SUB_FLOW.as_str(),
-            summary: "Runs the latest deployed version of another flow of this company with `input` and outputs its output.",
+            summary: "Runs another flow of this company (the version deployed when the run was accepted) with `input` and outputs its output.",
             params_schema: object(
                 json!({
                     // Never a template: which flows a flow may run is checked against grants.

@@ -5,6 +5,7 @@
 
 pub mod backlog;
 pub mod cancel;
+pub mod checkpoints;
 pub mod delivery;
 pub mod lost;
 pub mod outcomes;

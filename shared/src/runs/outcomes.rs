@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::checkpoints;
 use super::steps::{self, Step};
-use crate::audit::{self, Entry};
+use crate::audit::Entry;
 use crate::db::{StoreError, Tx};
 use crate::ids::{CompanyId, RunId};
 use crate::run::RunStatus;
@@ -105,6 +106,25 @@ pub async fn fail_lost(
     Ok(done.rows_affected() == 1)
 }
 
+/// Shows parked runs of `company_id` as `running` on no worker's lease: a
+/// parked run waits in a delay queue, not on a worker, so the reaper must not
+/// take it for lost when the worker that parked it goes away (it wakes by its
+/// message). Finished runs stay as they are.
+pub async fn parked(tx: &mut Tx, company_id: CompanyId, runs: &[RunId]) -> Result<(), StoreError> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()), worker_id = NULL
+          WHERE id = ANY($1) AND company_id = $2 AND status IN ('queued', 'running')",
+    )
+    .bind(runs)
+    .bind(company_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Finishes `runs` of `company_id` that are still `queued` or `running`,
 /// writing the steps and audit entries of exactly those. Returns the runs
 /// this call finished. Like [`mark_running`], `floq_finish_runs` sees only
@@ -132,7 +152,11 @@ pub async fn finish(tx: &mut Tx, company_id: CompanyId, runs: &[(RunId, &Outcome
     if updated.is_empty() {
         return Ok(updated);
     }
-    // Node entries and steps only for runs this call finished; a duplicate delivery writes nothing.
+    // Steps and node entries only for runs this call finished; a duplicate
+    // delivery writes nothing, and a step a checkpoint stored keeps the entry
+    // written with it.
+    let steps: Vec<(RunId, &[Step])> = runs.iter().map(|(id, o)| (*id, o.steps.as_slice())).collect();
+    let inserted = steps::insert(tx, company_id, &steps, Some(&updated)).await?;
     let done: std::collections::HashSet<RunId> = updated.iter().copied().collect();
     // Collected first: a lazy iterator of closures held across the await would not be `Send` for every lifetime.
     let mut entries: Vec<&Entry> = Vec::new();
@@ -141,9 +165,7 @@ pub async fn finish(tx: &mut Tx, company_id: CompanyId, runs: &[(RunId, &Outcome
             entries.extend(&o.audit);
         }
     }
-    audit::append(tx, entries).await?;
-    let steps: Vec<(RunId, &[Step])> = runs.iter().map(|(id, o)| (*id, o.steps.as_slice())).collect();
-    steps::insert(tx, company_id, &steps, &updated).await?;
+    checkpoints::append_new(tx, entries, &inserted).await?;
     Ok(updated)
 }
 

@@ -1,8 +1,10 @@
 //! A run's steps, the one home of the worker's statements on `run_steps`:
 //! writing the steps of runs a commit just finished, and reading back the
-//! step a synchronous caller is answered with. Steps are written only with
-//! their run's outcome ([`super::outcomes::finish`]), never on their own, so
-//! a run that is not finished has none and a duplicate delivery adds none.
+//! step a synchronous caller is answered with. Steps are written with their
+//! run's outcome ([`super::outcomes::finish`]), and earlier only as the
+//! checkpoints of a run past the running mark ([`super::checkpoints`]); a
+//! step already there is kept, so a duplicate delivery or a resumed run adds
+//! none twice.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -12,7 +14,7 @@ use crate::ids::{CompanyId, RunId};
 use crate::run::StepStatus;
 
 /// How one node of a run ended, as the executor records it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Step {
     pub node_id: String,
     pub seq: i32,
@@ -21,6 +23,8 @@ pub struct Step {
     pub error: Option<Value>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The port a branch node took: a resumed run routes by it again.
+    pub port: Option<String>,
 }
 
 /// Steps as columns, borrowed (outputs can be large).
@@ -34,16 +38,19 @@ struct Columns<'a> {
     errors: Vec<Option<&'a Value>>,
     started: Vec<Option<DateTime<Utc>>>,
     finished: Vec<Option<DateTime<Utc>>>,
+    ports: Vec<Option<&'a str>>,
 }
 
-/// Writes the steps of `runs` for those in `finished` only (the runs this
-/// transaction moved to their outcome); a step already there is kept.
+/// Writes the steps of `runs`, of those in `only` when given (the runs this
+/// transaction moved to their outcome); a step already there (a checkpoint)
+/// is kept. Returns the `(run, node)` of the rows it inserted: the steps
+/// whose audit entries are still to be written.
 pub(super) async fn insert(
     tx: &mut Tx,
     company_id: CompanyId,
     runs: &[(RunId, &[Step])],
-    finished: &[RunId],
-) -> Result<(), StoreError> {
+    only: Option<&[RunId]>,
+) -> Result<Vec<(RunId, String)>, StoreError> {
     let mut c = Columns::default();
     for (run_id, steps) in runs {
         for s in *steps {
@@ -55,19 +62,21 @@ pub(super) async fn insert(
             c.errors.push(s.error.as_ref());
             c.started.push(s.started_at);
             c.finished.push(s.finished_at);
+            c.ports.push(s.port.as_deref());
         }
     }
-    if c.runs.is_empty() || finished.is_empty() {
-        return Ok(());
+    if c.runs.is_empty() || only.is_some_and(<[RunId]>::is_empty) {
+        return Ok(Vec::new());
     }
-    sqlx::query(
-        "INSERT INTO run_steps (run_id, company_id, node_id, seq, status, output, error, started_at, finished_at)
-         SELECT s.run_id, $1, s.node_id, s.seq, s.status, s.output, s.error, s.started_at, s.finished_at
+    sqlx::query_as(
+        "INSERT INTO run_steps (run_id, company_id, node_id, seq, status, output, error, started_at, finished_at, port)
+         SELECT s.run_id, $1, s.node_id, s.seq, s.status, s.output, s.error, s.started_at, s.finished_at, s.port
            FROM unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[],
-                       $8::timestamptz[], $9::timestamptz[])
-                AS s(run_id, node_id, seq, status, output, error, started_at, finished_at)
-           JOIN unnest($10::uuid[]) AS done(id) ON done.id = s.run_id
-         ON CONFLICT (run_id, node_id) DO NOTHING",
+                       $8::timestamptz[], $9::timestamptz[], $11::text[])
+                AS s(run_id, node_id, seq, status, output, error, started_at, finished_at, port)
+          WHERE $10::uuid[] IS NULL OR s.run_id = ANY($10)
+         ON CONFLICT (run_id, node_id) DO NOTHING
+         RETURNING run_id, node_id",
     )
     .bind(company_id)
     .bind(&c.runs)
@@ -78,10 +87,51 @@ pub(super) async fn insert(
     .bind(&c.errors)
     .bind(&c.started)
     .bind(&c.finished)
-    .bind(finished)
-    .execute(&mut **tx)
+    .bind(only)
+    .bind(&c.ports)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}
+
+/// A run's steps as stored, in `seq` order (what its checkpoints hold).
+pub(super) async fn of_run(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<Vec<Step>, StoreError> {
+    let rows: Vec<StepRow> = sqlx::query_as(
+        "SELECT node_id, seq, status, output, error, started_at, finished_at, port
+           FROM run_steps WHERE company_id = $1 AND run_id = $2 ORDER BY seq",
+    )
+    .bind(company_id)
+    .bind(run_id)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    Ok(rows.into_iter().map(StepRow::into_step).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    node_id: String,
+    seq: i32,
+    status: StepStatus,
+    output: Option<Value>,
+    error: Option<Value>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    port: Option<String>,
+}
+
+impl StepRow {
+    fn into_step(self) -> Step {
+        Step {
+            node_id: self.node_id,
+            seq: self.seq,
+            status: self.status,
+            output: self.output,
+            error: self.error,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            port: self.port,
+        }
+    }
 }
 
 /// The first step (by `seq`) of one of `node_ids` that succeeded.

@@ -47,6 +47,11 @@ pub async fn delete_finished(
             .bind(&ids)
             .execute(&mut **tx)
             .await?;
+        sqlx::query("DELETE FROM run_waits WHERE company_id = $1 AND run_id = ANY($2)")
+            .bind(company_id)
+            .bind(&ids)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(ids)
 }

@@ -7,6 +7,7 @@ mod audit;
 mod audit_filters;
 mod backpressure;
 mod cancel;
+mod checkpoints;
 mod db_errors;
 mod duties;
 mod egress;

@@ -1,4 +1,7 @@
-//! `delay`: waits `ms` milliseconds, bounded by `FLOQ_DELAY_MAX_MS`.
+//! `delay`: waits `ms` milliseconds, bounded by `FLOQ_DELAY_MAX_MS`. A
+//! top-level delay longer than `FLOQ_PARK_AFTER_MS` never gets here with its
+//! whole wait: the executor parks its run outside the prefetch window and the
+//! resumed run's delay waits only what is left (`NodeCtx::wake_at`).
 
 use std::time::Duration;
 
@@ -24,6 +27,11 @@ impl Node for Delay {
                     format!("`ms` may be at most {}", ctx.env.delay_max.as_millis()),
                 ));
             }
+            // A parked run's delay resumes with the time it was to end.
+            let wait = match ctx.wake_at {
+                Some(at) => (at - chrono::Utc::now()).to_std().unwrap_or_default().min(wait),
+                None => wait,
+            };
             tokio::time::sleep(wait).await;
             Ok(NodeOutput::value(json!({"waited_ms": ms})))
         }

@@ -79,6 +79,15 @@ async fn call(ctx: &NodeCtx) -> NodeResult {
         .and_then(Value::as_u64)
         .unwrap_or(DEFAULT_REDIRECTS);
     let mode = params.get("response").and_then(Value::as_str).unwrap_or("auto");
+    let idempotency_header = match params.get("idempotency_header") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => Some(
+            reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| NodeError::invalid("`idempotency_header` must be an HTTP header name"))?,
+        ),
+        Some(_) => return Err(NodeError::invalid("`idempotency_header` must be an HTTP header name")),
+    };
+    let key = ctx.idempotency_key();
 
     if let Some(query) = params.get("query").and_then(Value::as_object) {
         let mut pairs = url.query_pairs_mut();
@@ -108,6 +117,9 @@ async fn call(ctx: &NodeCtx) -> NodeResult {
             for (name, value) in headers {
                 request = request.header(name.as_str(), text(value));
             }
+        }
+        if let Some(name) = &idempotency_header {
+            request = request.header(name, key.as_str());
         }
         request = match &body {
             None => request,

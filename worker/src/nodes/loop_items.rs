@@ -59,6 +59,7 @@ impl Node for Loop {
                     async move {
                         let mut run = (*ctx.run).clone();
                         run.depth += 1;
+                        run.path = ctx.nested_path(Some(i));
                         match ctx.env.runner.run(&body, run, &item, ctx.env.clone()).await {
                             Ok(output) => {
                                 let size = output_size(&output, limit)?;

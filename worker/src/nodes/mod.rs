@@ -135,6 +135,8 @@ pub struct NodeEnv {
     pub sandbox: Sandbox,
     pub keyring: Arc<Keyring>,
     pub delay_max: Duration,
+    /// A top-level `delay` or retry backoff longer than this parks its run (`FLOQ_PARK_AFTER_MS`).
+    pub park_after: Duration,
     pub http_max_timeout: Duration,
     pub http_max_response_bytes: usize,
     pub template_timeout: Duration,
@@ -165,6 +167,11 @@ pub struct RunCtx {
     pub cancel: CancellationToken,
     /// When the run passes its flow's `deadline_ms` ([`crate::executor::deadline`]); shared like `cancel`.
     pub deadline: Option<tokio::time::Instant>,
+    /// Where this (nested) flow sits in its run: `""` for the run's own
+    /// nodes, `"{loop}[{i}]/"` inside a loop's item `i`, `"{sub}/"` inside a
+    /// sub-flow (nested as deep as they nest). Part of every node's
+    /// [`NodeCtx::idempotency_key`].
+    pub path: Arc<str>,
 }
 
 /// Why a run stops before its end: at the next node boundary, interrupting
@@ -251,6 +258,11 @@ pub struct NodeCtx {
     pub secret_origins: Arc<Vec<(String, Vec<String>)>>,
     pub run: Arc<RunCtx>,
     pub env: Arc<NodeEnv>,
+    /// The node's path in its run: [`RunCtx::path`] then its id.
+    pub node_path: Arc<str>,
+    /// For a `delay` its run was parked on: when the wait ends (it was
+    /// checkpointed when the run parked, so a resumed run waits only the rest).
+    pub wake_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub trait Node: Send + Sync {
@@ -313,6 +325,24 @@ pub fn lacks_access(what: &str) -> NodeError {
 }
 
 impl NodeCtx {
+    /// The same for every attempt and every execution of this node in this
+    /// run (a resumed or redelivered run included), and distinct for every
+    /// node, loop item and sub-flow: `"{run_id}:{path}"`, e.g.
+    /// `"…:fetch"`, `"…:each[3]/fetch"`, `"…:sub/fetch"`. A remote API can
+    /// deduplicate by it the call that may repeat (docs/architecture.md).
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.run.run_id, self.node_path)
+    }
+
+    /// The [`RunCtx::path`] of a flow nested under this node (a sub-flow);
+    /// a loop's item `i` is under `"{node_path}[{i}]/"`.
+    pub fn nested_path(&self, item: Option<usize>) -> Arc<str> {
+        match item {
+            Some(i) => format!("{}[{i}]/", self.node_path).into(),
+            None => format!("{}/", self.node_path).into(),
+        }
+    }
+
     /// Refuses to open a connection to `origin` when a secret this node holds may
     /// not go there. `with_credential`: the node's credential travels on this
     /// connection too (an HTTP redirect to another origin drops it).

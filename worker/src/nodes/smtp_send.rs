@@ -33,7 +33,8 @@ impl Node for SmtpSend {
                 (None, None) => return Err(NodeError::invalid("`smtp_uri` or `credential_id` is required")),
             };
             ctx.check_destination(&origin::of_uri(&uri).unwrap_or_default(), true)?;
-            send(&ctx.params, &ctx.env.egress, zeroize::Zeroizing::new(uri)).await
+            let message_id = message_id(&ctx.idempotency_key(), &ctx.params);
+            send(&ctx.params, &ctx.env.egress, zeroize::Zeroizing::new(uri), message_id).await
         }
         .boxed()
     }
@@ -48,7 +49,21 @@ fn mailbox(raw: &str, what: &str) -> Result<Mailbox, NodeError> {
         .map_err(|_| NodeError::invalid(format!("`{what}` is not an e-mail address: {raw}")))
 }
 
-async fn send(params: &Value, egress: &Policy, uri: zeroize::Zeroizing<String>) -> NodeResult {
+/// A `Message-ID` that is the same each time this node sends in this run
+/// (its idempotency key, hashed: the key holds node ids, which an address
+/// may not), so receiving systems can drop a repeated send as a duplicate.
+/// The domain is the sender's.
+fn message_id(key: &str, params: &Value) -> String {
+    use sha2::Digest;
+    let digest = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..16]);
+    let domain = field(params, "from")
+        .and_then(|f| f.parse::<Mailbox>().ok())
+        .map(|m| m.email.domain().to_string())
+        .unwrap_or_else(|| "floq.invalid".into());
+    format!("<{digest}.floq@{domain}>")
+}
+
+async fn send(params: &Value, egress: &Policy, uri: zeroize::Zeroizing<String>, message_id: String) -> NodeResult {
     let timeout = millis(params, "timeout_ms", DEFAULT_TIMEOUT, MAX_TIMEOUT)?;
     let from = mailbox(field(params, "from").unwrap_or_default(), "from")?;
     let to: Vec<Mailbox> = match params.get("to") {
@@ -60,6 +75,7 @@ async fn send(params: &Value, egress: &Policy, uri: zeroize::Zeroizing<String>) 
         _ => return Err(NodeError::invalid("`to` must be an address or a list of addresses")),
     };
     let mut message = Message::builder()
+        .message_id(Some(message_id))
         .from(from)
         .subject(field(params, "subject").unwrap_or_default());
     for rcpt in &to {
@@ -98,5 +114,19 @@ fn smtp_reason(e: &lettre::transport::smtp::Error) -> String {
         "timed out".into()
     } else {
         "could not talk to the SMTP server".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_id_is_stable_per_key_and_in_the_senders_domain() {
+        let params = json!({"from": "ops@example.com"});
+        let a = message_id("r:send", &params);
+        assert_eq!(a, message_id("r:send", &params));
+        assert_ne!(a, message_id("r:each[1]/send", &params));
+        assert!(a.starts_with('<') && a.ends_with(".floq@example.com>"), "{a}");
     }
 }
