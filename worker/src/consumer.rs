@@ -272,7 +272,13 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
 /// for a run the API already cancelled while queued; a run whose cancel was
 /// asked while it ran, and whose worker died, ends here), and a waiting
 /// caller hears so.
-async fn finish_cancelled(worker: &Worker, replies: &Channel, msg: &RunFlowV1, delivery: Delivery, reply_to: Option<String>) {
+async fn finish_cancelled(
+    worker: &Worker,
+    replies: &Channel,
+    msg: &RunFlowV1,
+    delivery: Delivery,
+    reply_to: Option<String>,
+) {
     let now = Utc::now();
     let outcome = Outcome {
         status: RunStatus::Cancelled,
@@ -331,7 +337,9 @@ async fn requeue(delivery: &Delivery) {
 /// What a repeated message finds of its run.
 enum Seen {
     /// Run it; `started_at` is when it first started, if the database knows.
-    Unfinished { started_at: Option<chrono::DateTime<Utc>> },
+    Unfinished {
+        started_at: Option<chrono::DateTime<Utc>>,
+    },
     Finished,
     /// Unfinished, but a cancel was asked while it ran: it ends `cancelled`.
     CancelRequested,
@@ -346,7 +354,9 @@ async fn already_finished(pool: &Pool, msg: &RunFlowV1) -> Result<Seen, StoreErr
         None => Seen::Finished,
         Some(f) if f.status.is_final() => Seen::Finished,
         Some(f) if f.cancel_requested => Seen::CancelRequested,
-        Some(f) => Seen::Unfinished { started_at: f.started_at },
+        Some(f) => Seen::Unfinished {
+            started_at: f.started_at,
+        },
     })
 }
 

@@ -134,7 +134,13 @@ impl Control {
     }
 
     /// Listens on the control exchange until `shutdown`, reconnecting after broker failures.
-    pub async fn listen(self: Arc<Self>, amqp_url: String, topology: Topology, pool: Pool, shutdown: CancellationToken) {
+    pub async fn listen(
+        self: Arc<Self>,
+        amqp_url: String,
+        topology: Topology,
+        pool: Pool,
+        shutdown: CancellationToken,
+    ) {
         while !shutdown.is_cancelled() {
             let result = tokio::select! {
                 r = self.listen_once(&amqp_url, &topology, &pool) => r,

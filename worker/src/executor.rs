@@ -514,7 +514,11 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
             (Err(e), Some(policy)) if attempt < attempts && policy.retries(e.code) && run.stopped().is_none() => {
                 let backoff = policy.backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
                 let wait = tokio::time::sleep(Duration::from_millis(backoff.min(RetryPolicy::MAX_BACKOFF_MS)));
-                if let Err(stop) = run.unless_stopped(async { Ok(wait.await) }).await {
+                let waited = async {
+                    wait.await;
+                    Ok(())
+                };
+                if let Err(stop) = run.unless_stopped(waited).await {
                     break Err(stop);
                 }
                 attempt += 1;
@@ -845,7 +849,11 @@ mod tests {
             [("first", StepStatus::Succeeded), ("wait", StepStatus::Cancelled)]
         );
         let interrupted = outcome.steps.last().unwrap();
-        assert_eq!(interrupted.error.as_ref().unwrap()["code"], "cancelled", "interrupted, not run out");
+        assert_eq!(
+            interrupted.error.as_ref().unwrap()["code"],
+            "cancelled",
+            "interrupted, not run out"
+        );
         assert_eq!(outcome.audit.len(), 2, "the interrupted node is audited too");
     }
 
@@ -863,10 +871,7 @@ mod tests {
         assert_eq!(outcome.error.as_ref().unwrap()["code"], "deadline_exceeded");
         assert_eq!(statuses(&outcome), [("spin", StepStatus::Cancelled)]);
         // The script's own 1 s limit would say `sandbox_timeout`: the deadline came first.
-        assert_eq!(
-            outcome.steps[0].error.as_ref().unwrap()["code"],
-            "deadline_exceeded"
-        );
+        assert_eq!(outcome.steps[0].error.as_ref().unwrap()["code"], "deadline_exceeded");
     }
 
     #[test]
@@ -877,7 +882,12 @@ mod tests {
         assert!(fresh >= now + Duration::from_secs(59));
         let capped = deadline(&flow, Duration::from_secs(1), Utc::now()).unwrap();
         assert!(capped <= tokio::time::Instant::now() + Duration::from_secs(1));
-        let resumed = deadline(&flow, Duration::from_secs(3600), Utc::now() - chrono::Duration::seconds(120)).unwrap();
+        let resumed = deadline(
+            &flow,
+            Duration::from_secs(3600),
+            Utc::now() - chrono::Duration::seconds(120),
+        )
+        .unwrap();
         assert!(resumed <= tokio::time::Instant::now(), "already past");
         let none = flow_without_deadline();
         assert_eq!(deadline(&none, Duration::from_secs(3600), Utc::now()), None);

@@ -101,7 +101,9 @@ async fn a_queued_run_is_cancelled_at_once_and_never_starts_even_on_a_worker_tha
     .await;
     let (url, calls) = counting_server().await;
     let flow = app
-        .deployed_flow(json!({"nodes": [{"id": "call", "type": "http_request", "params": {"method": "GET", "url": url}}]}))
+        .deployed_flow(
+            json!({"nodes": [{"id": "call", "type": "http_request", "params": {"method": "GET", "url": url}}]}),
+        )
         .await;
     let run = app.start_run(&flow, json!({})).await;
 
@@ -109,7 +111,10 @@ async fn a_queued_run_is_cancelled_at_once_and_never_starts_even_on_a_worker_tha
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["status"], "cancelled");
     assert_eq!(body["error"]["code"], "cancelled");
-    assert!(body["cancel_requested_at"].is_string() && body["finished_at"].is_string(), "{body}");
+    assert!(
+        body["cancel_requested_at"].is_string() && body["finished_at"].is_string(),
+        "{body}"
+    );
 
     let (status, again) = cancel(&app, &app.admin.api_key, &run).await;
     assert_eq!(status, StatusCode::CONFLICT, "{again}");
@@ -223,7 +228,11 @@ async fn a_run_waiting_on_an_http_call_that_never_answers_is_interrupted() {
     let done = app.wait_run(&run).await;
     assert_eq!(done["status"], "cancelled", "{done}");
     assert_eq!(statuses(&done), [("call".to_string(), "cancelled".to_string())]);
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the call was made once, then abandoned");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the call was made once, then abandoned"
+    );
     app.teardown().await;
 }
 
@@ -310,7 +319,10 @@ async fn only_who_may_run_the_flow_cancels_and_another_company_sees_nothing() {
 async fn a_run_past_its_deadline_fails_interrupting_a_delay_or_a_code_loop() {
     let app = TestApp::spawn().await;
     for (name, node) in [
-        ("delay", json!({"id": "slow", "type": "delay", "params": {"ms": 120000}})),
+        (
+            "delay",
+            json!({"id": "slow", "type": "delay", "params": {"ms": 120000}}),
+        ),
         (
             "code",
             json!({"id": "slow", "type": "code", "params": {"code": "while (true) {}", "timeout_ms": 60000}}),
@@ -351,7 +363,10 @@ async fn a_deadline_is_validated_against_the_configured_maximum() {
         |c| c.flow_deadline_max = Duration::from_secs(10),
     )
     .await;
-    for (deadline, field) in [(json!(10_001), "definition.deadline_ms"), (json!(0), "definition.deadline_ms")] {
+    for (deadline, field) in [
+        (json!(10_001), "definition.deadline_ms"),
+        (json!(0), "definition.deadline_ms"),
+    ] {
         let (status, body) = app
             .post(
                 "/api/v1/flows",
