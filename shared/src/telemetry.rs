@@ -42,6 +42,9 @@ pub struct Metrics {
     /// Rows a group commit isolated because PostgreSQL refused them (see `batch::isolate`).
     pub batch_rows_refused: IntCounterVec,
     pub sandbox_abandoned_threads: prometheus::IntCounter,
+    /// Cancels by `event`: `queued` and `running` (what the API found), `refused` (a worker refused a
+    /// delivery of a cancelled run), `stopped` (a worker stopped a run it held).
+    pub run_cancels: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -130,6 +133,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
         },
+        run_cancels: counter(
+            "floq_run_cancels_total",
+            "Run cancels: asked of queued or running runs (API), refused deliveries and stopped runs (worker)",
+            &["event"],
+        ),
         registry,
     }
 });
