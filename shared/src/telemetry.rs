@@ -61,6 +61,9 @@ pub struct Metrics {
     /// Runs parked outside the prefetch window (a long delay or retry backoff), and runs resumed from checkpoints.
     pub runs_parked: prometheus::IntCounter,
     pub runs_resumed: prometheus::IntCounter,
+    /// Cancels by `event`: `queued` and `running` (what the API found), `refused` (a worker refused a
+    /// delivery of a cancelled run), `stopped` (a worker stopped a run it held).
+    pub run_cancels: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -217,6 +220,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Runs parked outside the prefetch window by a long delay or retry backoff",
         ),
         runs_resumed: plain_counter("floq_runs_resumed_total", "Runs resumed after their checkpointed nodes"),
+        run_cancels: counter(
+            "floq_run_cancels_total",
+            "Run cancels: asked of queued or running runs (API), refused deliveries and stopped runs (worker)",
+            &["event"],
+        ),
         registry,
     }
 });

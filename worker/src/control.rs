@@ -22,6 +22,7 @@ use uuid::Uuid;
 use floq_shared::db::{self, Pool};
 use floq_shared::queue::{self, Control as Message, Topology};
 use floq_shared::runs::cancel;
+use floq_shared::telemetry::METRICS;
 
 /// How long a cancelled run id is refused. A run message waiting in the
 /// queue longer than this after its cancel would run (its outcome would still
@@ -98,6 +99,7 @@ impl Control {
     pub fn begin(self: &Arc<Self>, run_id: Uuid) -> Option<Held> {
         let mut inner = self.lock();
         if inner.recent.contains(&run_id) {
+            METRICS.run_cancels.with_label_values(&["refused"]).inc();
             return None;
         }
         let (token, count) = inner
@@ -117,8 +119,11 @@ impl Control {
     pub fn cancel(&self, run_id: Uuid) {
         let mut inner = self.lock();
         inner.note(run_id, Instant::now());
-        if let Some((token, _)) = inner.held.get(&run_id) {
+        if let Some((token, _)) = inner.held.get(&run_id)
+            && !token.is_cancelled()
+        {
             tracing::info!(run.id = %run_id, "cancelling a run this worker holds");
+            METRICS.run_cancels.with_label_values(&["stopped"]).inc();
             token.cancel();
         }
     }

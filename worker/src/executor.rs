@@ -727,10 +727,11 @@ async fn run_node(
                     });
                     break result;
                 }
-                if let Err(stop) = run
-                    .unless_stopped(async { Ok(tokio::time::sleep(backoff).await) })
-                    .await
-                {
+                let waited = async {
+                    tokio::time::sleep(backoff).await;
+                    Ok(())
+                };
+                if let Err(stop) = run.unless_stopped(waited).await {
                     break Err(stop);
                 }
                 attempt += 1;

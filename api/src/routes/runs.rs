@@ -260,6 +260,10 @@ async fn cancel(
         .details(json!({"flow_id": run.flow_id, "status_before": run.status, "status": cancelled.status}));
     audit::record(&mut tx, &[entry]).await?;
     db::commit(tx).await?;
+    floq_shared::telemetry::METRICS
+        .run_cancels
+        .with_label_values(&[run.status.as_str()])
+        .inc();
     // After the commit, so a worker reloading cancels from the database finds this one too. Without the broker the
     // cancel still holds in the database (a queued run stays cancelled, a redelivery finishes a running one
     // cancelled), but a worker holding the run now does not hear of it.

@@ -388,3 +388,69 @@ async fn a_deadline_is_validated_against_the_configured_maximum() {
     assert_eq!(body["definition"]["deadline_ms"], 10_000);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_redelivered_message_of_a_run_whose_cancel_was_asked_finishes_it_cancelled_without_running() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions};
+    let mut app = TestApp::spawn_with(Options {
+        worker: false,
+        scheduler: false,
+    })
+    .await;
+    let (url, calls) = counting_server().await;
+    let flow = app
+        .deployed_flow(
+            json!({"nodes": [{"id": "call", "type": "http_request", "params": {"method": "GET", "url": url}}]}),
+        )
+        .await;
+    let run = app.start_run(&flow, json!({})).await;
+    // As if a worker had shown it running, then died after the cancel was asked (its broadcast reached no one).
+    let marked = sqlx::query(
+        "UPDATE runs SET status = 'running', started_at = now(), cancel_requested_at = now() WHERE id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(&run).unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(marked.rows_affected(), 1);
+    // The broker hands the message back marked redelivered, as after a worker's death.
+    let conn = floq_shared::queue::connect(&floq_tests::amqp_url()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let company = app.admin.company_id;
+    let queue = floq_shared::queue::Topology::from_config(&app.config)
+        .queue_for(company)
+        .to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let message = loop {
+        if let Some(m) = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run's message never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    message
+        .delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let _ = conn.close(0, "done".into()).await;
+
+    app.start_worker().await;
+    let done = app.wait_run(&run).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(done["error"]["code"], "cancelled");
+    assert_eq!(done["steps"], json!([]));
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the redelivery did not run the flow");
+    app.teardown().await;
+}
