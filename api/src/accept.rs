@@ -438,6 +438,8 @@ mod tests {
             run_id,
             input,
             trigger: Trigger::Api,
+            version: None,
+            retry_of: None,
             audit: Entry::new(company_id, Actor::system("test"), "run.create"),
             idempotency_key: key.map(str::to_string),
             wants_reply: false,

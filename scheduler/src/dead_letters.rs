@@ -60,7 +60,12 @@ fn classify(body: &[u8]) -> Dead {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         return Dead::Unreadable;
     };
-    let id = |key: &str| value.get(key).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok());
+    let id = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+    };
     match (id("company_id"), id("run_id")) {
         (Some(company_id), Some(run_id)) => Dead::Undecodable { company_id, run_id },
         _ => Dead::Unreadable,
@@ -121,7 +126,10 @@ async fn handle(pool: &Pool, delivery_limit: u32, delivery: &Delivery) -> Result
                 "a dead-lettered run message: its run failed (unless it had finished)");
         }
         Dead::Unreadable => {
-            tracing::error!(bytes = delivery.data.len(), "a dead-lettered message names no run; dropping it");
+            tracing::error!(
+                bytes = delivery.data.len(),
+                "a dead-lettered message names no run; dropping it"
+            );
         }
     }
     METRICS.dead_letters.with_label_values(&[dead.reason()]).inc();
@@ -129,7 +137,13 @@ async fn handle(pool: &Pool, delivery_limit: u32, delivery: &Delivery) -> Result
 }
 
 /// Consumes the dead-letter queue until `shutdown`, reconnecting after broker failures.
-pub async fn consume(pool: Pool, amqp_url: String, topology: Topology, delivery_limit: u32, shutdown: CancellationToken) {
+pub async fn consume(
+    pool: Pool,
+    amqp_url: String,
+    topology: Topology,
+    delivery_limit: u32,
+    shutdown: CancellationToken,
+) {
     while !shutdown.is_cancelled() {
         if let Err(e) = consume_once(&pool, &amqp_url, &topology, delivery_limit, &shutdown).await {
             tracing::warn!(error = %e, "consuming dead letters failed; reconnecting in 1 s");
@@ -219,6 +233,11 @@ mod tests {
         assert_eq!(classify(br#"{"kind":"run_flow.v9"}"#), Dead::Unreadable);
         assert_eq!(classify(b"\xff not json"), Dead::Unreadable);
         let limit = failure(&Dead::OverLimit { company_id, run_id }, Some(6), 5);
-        assert!(limit.error.unwrap()["message"].as_str().unwrap().contains("delivered 6 times"));
+        assert!(
+            limit.error.unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .contains("delivered 6 times")
+        );
     }
 }

@@ -100,7 +100,11 @@ impl Reaper {
                     "failed"
                 }
             };
-            audit::append(&mut tx, &[entry(run.company_id, run.run_id, action, Some(run.worker_id))]).await?;
+            audit::append(
+                &mut tx,
+                &[entry(run.company_id, run.run_id, action, Some(run.worker_id))],
+            )
+            .await?;
             db::commit(tx).await?;
             METRICS.runs_reaped.with_label_values(&[action]).inc();
             tracing::warn!(run.id = %run.run_id, company.id = %run.company_id, worker.id = %run.worker_id, action,

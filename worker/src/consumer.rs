@@ -145,7 +145,11 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
     // is old enough that the reaper may have (the first copy may be queued,
     // running or done: this copy runs only if it can claim a run still
     // `queued`). Fresh first deliveries pay no check.
-    let kind = delivery.properties.kind().as_ref().map(|kind| kind.as_str().to_string());
+    let kind = delivery
+        .properties
+        .kind()
+        .as_ref()
+        .map(|kind| kind.as_str().to_string());
     let check = if delivery.redelivered || kind.as_deref() == Some(queue::RESUMED) {
         already_finished(worker, &msg).await
     } else if kind.as_deref() == Some(queue::REPUBLISHED) || possibly_republished(worker, &msg) {

@@ -142,7 +142,9 @@ async fn store(pool: &Pool, batch: &mut [Write], worker_id: Uuid) -> (Vec<bool>,
         let mut outage = None;
         {
             let writes: Vec<&Write> = pending.iter().map(|&i| &batch[i]).collect();
-            for (range, result) in batch::isolate(&writes, |part| commit(pool, part, worker_id), StoreError::is_refusal).await {
+            for (range, result) in
+                batch::isolate(&writes, |part| commit(pool, part, worker_id), StoreError::is_refusal).await
+            {
                 let indexes = pending[range.clone()].iter().copied();
                 match result {
                     Ok(ids) => {

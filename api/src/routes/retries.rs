@@ -31,9 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(retry_run))
-        .routes(routes!(replay))
+    OpenApiRouter::new().routes(routes!(retry_run)).routes(routes!(replay))
 }
 
 /// Which deployed version a new run pins.
@@ -136,9 +134,7 @@ async fn retry_run(
             format!("the run is {}; only a finished run can be retried", original.status),
         ));
     }
-    state
-        .trigger_limits
-        .check(principal.company_id, original.flow_id.0)?;
+    state.trigger_limits.check(principal.company_id, original.flow_id.0)?;
     let request = RunRequest {
         company_id: company_id.0,
         grantee: (!principal.is_admin()).then_some(principal.user_id),
@@ -152,7 +148,9 @@ async fn retry_run(
         retry_of: Some(run_id),
     };
     match state.acceptor.accept(request).await {
-        Ok(Accepted::New { run_id: new, version, .. }) => Ok((
+        Ok(Accepted::New {
+            run_id: new, version, ..
+        }) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({"run_id": new, "version": version, "status": RunStatus::Queued, "retry_of": run_id})),
         )),
@@ -253,7 +251,10 @@ async fn replay(
     let max = i64::from(state.config.replay_max);
     let limit = body.limit.unwrap_or(REPLAY_DEFAULT_LIMIT.min(max));
     if !(1..=max).contains(&limit) {
-        return Err(bad_field("limit", &format!("must be between 1 and {max} (FLOQ_REPLAY_MAX)")));
+        return Err(bad_field(
+            "limit",
+            &format!("must be between 1 and {max} (FLOQ_REPLAY_MAX)"),
+        ));
     }
     if let Some(code) = &body.error_code
         && !(1..=100).contains(&code.len())
@@ -349,7 +350,10 @@ mod tests {
         let ApiError::Client { status, details, .. } = version_choice(Some("newest")).unwrap_err() else {
             panic!("a client error");
         };
-        assert_eq!((status, details[0]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("version")));
+        assert_eq!(
+            (status, details[0]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("version"))
+        );
     }
 
     #[test]

@@ -41,8 +41,7 @@ pub struct Step {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const RUN_COLUMNS: &str =
-    "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at, retry_of";
+const RUN_COLUMNS: &str = "id, flow_id, version, status, trigger, input, output, error, attempt, queued_at, started_at, finished_at, retry_of";
 
 pub async fn find(tx: &mut Tx, company_id: CompanyId, id: RunId) -> Result<Option<Run>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -70,18 +70,16 @@ pub async fn replayable(
     let matched = if (originals.len() as i64) < limit {
         originals.len() as i64
     } else {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) {MATCHES}"
-        )))
-        .bind(company_id)
-        .bind(filter.flow_id)
-        .bind(filter.error_code.as_deref())
-        .bind(filter.from)
-        .bind(filter.to)
-        .bind(filter.grantee)
-        .bind(EXECUTE)
-        .fetch_one(&mut **tx)
-        .await?
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {MATCHES}")))
+            .bind(company_id)
+            .bind(filter.flow_id)
+            .bind(filter.error_code.as_deref())
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(filter.grantee)
+            .bind(EXECUTE)
+            .fetch_one(&mut **tx)
+            .await?
     };
     Ok((originals, matched))
 }

@@ -74,7 +74,10 @@ async fn a_message_past_the_delivery_limit_fails_its_run_and_stays_replayable() 
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["error"]["code"], "delivery_limit_exceeded", "{run}");
     let message = run["error"]["message"].as_str().unwrap();
-    assert!(message.contains("delivered") && message.contains("FLOQ_QUEUE_DELIVERY_LIMIT"), "{message}");
+    assert!(
+        message.contains("delivered") && message.contains("FLOQ_QUEUE_DELIVERY_LIMIT"),
+        "{message}"
+    );
     let topology = Topology::new(&app.config.queue_prefix);
     assert_eq!(app.queue_depth(&topology.dead).await, 0, "the dead letter was acked");
     assert!(
@@ -106,7 +109,11 @@ async fn an_undecodable_message_naming_a_run_fails_that_run_and_one_naming_none_
     let ch = conn.create_channel().await.unwrap();
     let topology = Topology::new(&app.config.queue_prefix);
     let later = json!({"kind": "run_flow.v99", "run_id": run, "company_id": app.admin.company_id});
-    for body in [later.to_string().into_bytes(), b"{\"kind\": \"run_flow.v99\"}".to_vec(), b"\xff".to_vec()] {
+    for body in [
+        later.to_string().into_bytes(),
+        b"{\"kind\": \"run_flow.v99\"}".to_vec(),
+        b"\xff".to_vec(),
+    ] {
         ch.basic_publish(
             "".into(),
             topology.runs.as_str().into(),
@@ -149,7 +156,10 @@ async fn the_reaper_republishes_a_queued_run_whose_message_was_lost() {
     assert_eq!(purge_runs_queue(&app).await, 1, "the run's message was lost");
     app.start_worker().await;
     let done = app.wait_run(&run).await;
-    assert_eq!((done["status"].as_str(), done["output"].clone()), (Some("succeeded"), json!({"n": 3})));
+    assert_eq!(
+        (done["status"].as_str(), done["output"].clone()),
+        (Some("succeeded"), json!({"n": 3}))
+    );
     assert!(
         metrics(&app, scheduler)
             .await
@@ -187,18 +197,23 @@ async fn a_running_run_whose_worker_lease_expired_is_resumed_or_failed_worker_lo
         .await
         .unwrap();
     for (run, attempt) in [(&resumed, 1), (&exhausted, 3)] {
-        sqlx::query("UPDATE runs SET status = 'running', started_at = now(), worker_id = $2, attempt = $3 WHERE id = $1::uuid")
-            .bind(run)
-            .bind(dead_worker)
-            .bind(attempt)
-            .execute(&app.pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "UPDATE runs SET status = 'running', started_at = now(), worker_id = $2, attempt = $3 WHERE id = $1::uuid",
+        )
+        .bind(run)
+        .bind(dead_worker)
+        .bind(attempt)
+        .execute(&app.pool)
+        .await
+        .unwrap();
     }
     let worker = app.start_worker().await;
     let scheduler = app.start_scheduler().await;
     let done = app.wait_run(&resumed).await;
-    assert_eq!((done["status"].as_str(), done["output"].clone()), (Some("succeeded"), json!({"n": 4})));
+    assert_eq!(
+        (done["status"].as_str(), done["output"].clone()),
+        (Some("succeeded"), json!({"n": 4}))
+    );
     assert_eq!(done["attempt"], 2);
     let lost = app.wait_run(&exhausted).await;
     assert_eq!(lost["status"], "failed");
@@ -208,10 +223,11 @@ async fn a_running_run_whose_worker_lease_expired_is_resumed_or_failed_worker_lo
     assert!(text.contains("floq_runs_reaped_total{action=\"failed\"}"));
 
     // The live worker's lease is renewed, and a long run carries its id.
-    let (beats,): (i64,) = sqlx::query_as("SELECT count(*) FROM workers WHERE heartbeat_at > now() - interval '5 seconds'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let (beats,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM workers WHERE heartbeat_at > now() - interval '5 seconds'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(beats, 1);
     let _ = worker;
     app.teardown().await;
@@ -240,7 +256,10 @@ async fn a_long_run_records_its_worker_and_is_not_reaped_while_the_lease_is_rene
             assert_eq!(status, "running");
             break worker;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the run never showed its worker");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never showed its worker"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let (known,): (i64,) = sqlx::query_as("SELECT count(*) FROM workers WHERE id = $1")
@@ -250,7 +269,11 @@ async fn a_long_run_records_its_worker_and_is_not_reaped_while_the_lease_is_rene
         .unwrap();
     assert_eq!(known, 1);
     let done = app.wait_run(&run).await;
-    assert_eq!((done["status"].as_str(), done["attempt"].as_i64()), (Some("succeeded"), Some(1)), "{done}");
+    assert_eq!(
+        (done["status"].as_str(), done["attempt"].as_i64()),
+        (Some("succeeded"), Some(1)),
+        "{done}"
+    );
     app.teardown().await;
 }
 

@@ -55,14 +55,24 @@ async fn a_finished_run_is_retried_on_its_own_version_or_the_latest() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let same: Value = resp.json().await.unwrap();
-    assert_eq!((same["version"].as_i64(), same["retry_of"].as_str()), (Some(1), Some(id)));
+    assert_eq!(
+        (same["version"].as_i64(), same["retry_of"].as_str()),
+        (Some(1), Some(id))
+    );
     let same = app.wait_run(same["run_id"].as_str().unwrap()).await;
     assert_eq!(same["output"], json!({"v": 1, "n": 7}), "{same}");
-    assert_eq!((same["retry_of"].as_str(), same["input"].clone()), (Some(id), json!({"n": 7})));
+    assert_eq!(
+        (same["retry_of"].as_str(), same["input"].clone()),
+        (Some(id), json!({"n": 7}))
+    );
     assert_eq!(same["trigger"], first["trigger"]);
 
     let (status, latest) = app
-        .post(&format!("/api/v1/runs/{id}/retry"), &app.admin.api_key, json!({"version": "latest"}))
+        .post(
+            &format!("/api/v1/runs/{id}/retry"),
+            &app.admin.api_key,
+            json!({"version": "latest"}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{latest}");
     assert_eq!(latest["version"], 2);
@@ -71,7 +81,11 @@ async fn a_finished_run_is_retried_on_its_own_version_or_the_latest() {
 
     // A retry of a retry links to the run it retries.
     let (status, again) = app
-        .post(&format!("/api/v1/runs/{}/retry", latest["id"].as_str().unwrap()), &app.admin.api_key, json!({}))
+        .post(
+            &format!("/api/v1/runs/{}/retry", latest["id"].as_str().unwrap()),
+            &app.admin.api_key,
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{again}");
     assert_eq!(again["retry_of"], latest["id"]);
@@ -82,7 +96,11 @@ async fn a_finished_run_is_retried_on_its_own_version_or_the_latest() {
     assert_eq!(retries[0]["retry_of"].as_str(), Some(id));
 
     let (status, body) = app
-        .post(&format!("/api/v1/runs/{id}/retry"), &app.admin.api_key, json!({"version": "newest"}))
+        .post(
+            &format!("/api/v1/runs/{id}/retry"),
+            &app.admin.api_key,
+            json!({"version": "newest"}),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_error(
@@ -121,7 +139,13 @@ async fn an_unfinished_run_cannot_be_retried_and_others_get_404_or_403() {
         .post("/api/v1/runs/replay", &other.api_key, json!({"flow_id": flow}))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, body) = app.post(&format!("/api/v1/runs/{}/retry", Uuid::now_v7()), &app.admin.api_key, json!({})).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/runs/{}/retry", Uuid::now_v7()),
+            &app.admin.api_key,
+            json!({}),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     let viewer = app.member(&["viewer"]).await;
@@ -187,7 +211,10 @@ async fn replay_restarts_matching_failed_runs_once_bounded_and_audited() {
     dry["dry_run"] = json!(true);
     let (status, answer) = app.post("/api/v1/runs/replay", &key, dry).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!((answer["matched"].as_i64(), answer["truncated"].as_bool()), (Some(3), Some(true)));
+    assert_eq!(
+        (answer["matched"].as_i64(), answer["truncated"].as_bool()),
+        (Some(3), Some(true))
+    );
     assert_eq!(originals(&answer), [jan[0].to_string(), jan[1].to_string()]);
     assert_eq!(answer["replayed"][0]["run_id"], Value::Null);
     let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM runs WHERE retry_of IS NOT NULL")
@@ -198,7 +225,10 @@ async fn replay_restarts_matching_failed_runs_once_bounded_and_audited() {
 
     let (status, answer) = app.post("/api/v1/runs/replay", &key, filter.clone()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!((answer["matched"].as_i64(), answer["truncated"].as_bool()), (Some(3), Some(true)));
+    assert_eq!(
+        (answer["matched"].as_i64(), answer["truncated"].as_bool()),
+        (Some(3), Some(true))
+    );
     assert_eq!(originals(&answer), [jan[0].to_string(), jan[1].to_string()]);
     for (i, replayed) in answer["replayed"].as_array().unwrap().iter().enumerate() {
         let run = app.wait_run(replayed["run_id"].as_str().unwrap()).await;
@@ -210,11 +240,17 @@ async fn replay_restarts_matching_failed_runs_once_bounded_and_audited() {
     // The same filter again: the replayed runs are not replayed twice.
     let (status, answer) = app.post("/api/v1/runs/replay", &key, filter.clone()).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!((answer["matched"].as_i64(), answer["truncated"].as_bool()), (Some(1), Some(false)));
+    assert_eq!(
+        (answer["matched"].as_i64(), answer["truncated"].as_bool()),
+        (Some(1), Some(false))
+    );
     assert_eq!(originals(&answer), [jan[2].to_string()]);
     let (status, answer) = app.post("/api/v1/runs/replay", &key, filter).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!((answer["matched"].as_i64(), answer["replayed"].as_array().map(Vec::len)), (Some(0), Some(0)));
+    assert_eq!(
+        (answer["matched"].as_i64(), answer["replayed"].as_array().map(Vec::len)),
+        (Some(0), Some(0))
+    );
 
     let audited = audit_actions(&app, "run.replay").await;
     assert_eq!(audited.len(), 3, "{audited:?}");
@@ -225,11 +261,16 @@ async fn replay_restarts_matching_failed_runs_once_bounded_and_audited() {
 
     // A flow executor replays only the flows it may execute.
     let executor = app.member(&["flow_executor"]).await;
-    let (status, answer) = app.post("/api/v1/runs/replay", &executor.api_key, json!({"dry_run": true})).await;
+    let (status, answer) = app
+        .post("/api/v1/runs/replay", &executor.api_key, json!({"dry_run": true}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["matched"], 0, "{answer}");
-    app.grant("user", executor.user_id, "flow", &other_flow, "execute").await;
-    let (status, answer) = app.post("/api/v1/runs/replay", &executor.api_key, json!({"dry_run": true})).await;
+    app.grant("user", executor.user_id, "flow", &other_flow, "execute")
+        .await;
+    let (status, answer) = app
+        .post("/api/v1/runs/replay", &executor.api_key, json!({"dry_run": true}))
+        .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["matched"], 1, "{answer}");
     app.teardown().await;
@@ -247,15 +288,31 @@ async fn bad_replay_filters_get_a_422_naming_the_field() {
     .await;
     let key = app.admin.api_key.clone();
     for (body, field, message) in [
-        (json!({"from": "yesterday"}), "from", "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"),
-        (json!({"to": "2026-13-01T00:00:00Z"}), "to", "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"),
+        (
+            json!({"from": "yesterday"}),
+            "from",
+            "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z",
+        ),
+        (
+            json!({"to": "2026-13-01T00:00:00Z"}),
+            "to",
+            "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z",
+        ),
         (
             json!({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}),
             "from",
             "must not be after `to`",
         ),
-        (json!({"limit": 0}), "limit", "must be between 1 and 50 (FLOQ_REPLAY_MAX)"),
-        (json!({"limit": 51}), "limit", "must be between 1 and 50 (FLOQ_REPLAY_MAX)"),
+        (
+            json!({"limit": 0}),
+            "limit",
+            "must be between 1 and 50 (FLOQ_REPLAY_MAX)",
+        ),
+        (
+            json!({"limit": 51}),
+            "limit",
+            "must be between 1 and 50 (FLOQ_REPLAY_MAX)",
+        ),
         (json!({"flow_id": "nope"}), "flow_id", "must be a flow id (UUID)"),
         (json!({"version": "v1"}), "version", "must be `same` or `latest`"),
         (json!({"error_code": ""}), "error_code", "must be 1 to 100 characters"),
