@@ -242,6 +242,16 @@ async fn a_running_run_whose_worker_lease_expired_is_resumed_or_failed_worker_lo
             .await
             .unwrap();
     assert_eq!(beats, 1);
+    // Leases are nobody's tenant data: a tenant transaction cannot read them.
+    let mut tx = floq_shared::db::tenant_tx(&app.pool, app.admin.company_id)
+        .await
+        .unwrap();
+    let err = sqlx::query("SELECT 1 FROM workers LIMIT 1")
+        .execute(&mut *tx)
+        .await
+        .expect_err("floq_app reads workers");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    drop(tx);
     app.teardown().await;
 }
 
