@@ -185,15 +185,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Rows a group commit isolated because the database refused what they hold, by writer",
             &["writer"],
         ),
-        dead_letters: counter(
-            "floq_dead_letters_total",
-            "Dead-lettered run messages handled, by reason (delivery_limit_exceeded, undecodable)",
-            &["reason"],
+        dead_letters: with_zeros(
+            counter(
+                "floq_dead_letters_total",
+                "Dead-lettered run messages handled, by reason (delivery_limit_exceeded, undecodable)",
+                &["reason"],
+            ),
+            &["delivery_limit_exceeded", "undecodable"],
         ),
-        runs_reaped: counter(
-            "floq_runs_reaped_total",
-            "Lost runs the reaper acted on, by action (republished, resumed, failed)",
-            &["action"],
+        runs_reaped: with_zeros(
+            counter(
+                "floq_runs_reaped_total",
+                "Lost runs the reaper acted on, by action (republished, resumed, failed)",
+                &["action"],
+            ),
+            &["republished", "resumed", "failed"],
         ),
         audit_backlog: gauge("floq_audit_backlog", "Audit entries waiting for the batched writer"),
         audit_sealed: {
@@ -228,6 +234,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         registry,
     }
 });
+
+/// Shows each of a counter's label values from the start (at 0), so alerts on rare events see a series.
+fn with_zeros(counter: IntCounterVec, values: &[&str]) -> IntCounterVec {
+    for value in values {
+        counter.with_label_values(&[*value]);
+    }
+    counter
+}
 
 pub fn render_metrics() -> String {
     let mut buf = Vec::new();

@@ -101,7 +101,8 @@ struct RetryQueued {
         (status = 403, description = "A grant below `execute` on the run's flow, or the role lacks `flow:execute`", body = ErrorBody),
         (status = 404, description = "No such run visible to the caller", body = ErrorBody),
         (status = 409, description = "The run is still queued or running (`run_not_finished`), or its flow has no deployed version (`not_deployed`)", body = ErrorBody),
-        (status = 422, description = "A bad `version`", body = ErrorBody)))]
+        (status = 422, description = "A bad `version`", body = ErrorBody),
+        (status = 429, description = "Too many runs started for the flow or company (`rate_limited`); see `Retry-After`", body = ErrorBody)))]
 async fn retry_run(
     State(state): State<AppState>,
     auth: Authorized<FlowExecute>,
