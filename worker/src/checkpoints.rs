@@ -19,7 +19,6 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use floq_shared::audit::Entry;
-use floq_shared::batch;
 use floq_shared::db::{self, Pool, StoreError};
 use floq_shared::ids::{CompanyId, RunId};
 use floq_shared::retry::{self, Policy};
@@ -27,6 +26,7 @@ use floq_shared::runs::checkpoints::{self, Checkpoint};
 use floq_shared::runs::outcomes;
 use floq_shared::runs::steps::Step;
 use floq_shared::telemetry::METRICS;
+use floq_shared::{batch, pgtext};
 
 const MAX_BATCH: usize = 1000;
 
@@ -102,7 +102,8 @@ impl Journal {
     }
 
     /// Queues steps for the next flush.
-    pub async fn record(&self, steps: Vec<Step>, audit: Vec<Entry>) {
+    pub async fn record(&self, mut steps: Vec<Step>, audit: Vec<Entry>) {
+        storable(&mut steps);
         let checkpoint = Checkpoint {
             run_id: self.run_id,
             steps,
@@ -119,7 +120,8 @@ impl Journal {
     }
 
     /// Writes `checkpoint` now; `true` once it is committed.
-    pub async fn flush(&self, checkpoint: Checkpoint) -> bool {
+    pub async fn flush(&self, mut checkpoint: Checkpoint) -> bool {
+        storable(&mut checkpoint.steps);
         let (tx, rx) = oneshot::channel();
         let cmd = Cmd {
             company_id: self.company_id,
@@ -130,6 +132,18 @@ impl Journal {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+}
+
+/// Steps are stored by the rule of what flows produce (`pgtext::replace_nul`,
+/// as `outcome_writer::make_storable` applies to a finished run's), so a
+/// checkpoint holds what the finish would have.
+fn storable(steps: &mut [Step]) {
+    for value in steps
+        .iter_mut()
+        .flat_map(|s| s.output.iter_mut().chain(s.error.iter_mut()))
+    {
+        pgtext::replace_nul(value);
     }
 }
 

@@ -13,6 +13,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use super::steps::{self, Step};
 use crate::audit::{self, Entry};
@@ -48,7 +49,13 @@ pub async fn write(tx: &mut Tx, company_id: CompanyId, checkpoints: &[&Checkpoin
     }
     let runs: Vec<(RunId, &[Step])> = checkpoints.iter().map(|c| (c.run_id, c.steps.as_slice())).collect();
     let inserted = steps::insert(tx, company_id, &runs, None).await?;
-    append_new(tx, checkpoints.iter().flat_map(|c| &c.audit), &inserted).await?;
+    let offered: usize = runs.iter().map(|(_, s)| s.len()).sum();
+    // Collected first: a lazy iterator of closures held across the await would not be `Send` for every lifetime.
+    let mut entries: Vec<&Entry> = Vec::new();
+    for c in checkpoints {
+        entries.extend(&c.audit);
+    }
+    append_new(tx, entries, &inserted, inserted.len() == offered).await?;
     let waits: Vec<(RunId, &Wait)> = checkpoints
         .iter()
         .filter_map(|c| c.wait.as_ref().map(|w| (c.run_id, w)))
@@ -79,21 +86,28 @@ pub async fn write(tx: &mut Tx, company_id: CompanyId, checkpoints: &[&Checkpoin
 /// Appends the entries that belong to a step `inserted` just now (by the
 /// entry's `details.run_id` and `details.node_id`), and every entry that
 /// names no node: an entry of a step stored earlier was written with it.
-pub(super) async fn append_new<'a>(
+/// `all_new`: every step offered was inserted (the usual finish), so every
+/// entry is appended without looking.
+pub(super) async fn append_new(
     tx: &mut Tx,
-    entries: impl IntoIterator<Item = &'a Entry>,
+    entries: Vec<&Entry>,
     inserted: &[(RunId, String)],
+    all_new: bool,
 ) -> Result<(), StoreError> {
-    let inserted: HashSet<(String, &str)> = inserted
+    if all_new {
+        return audit::append(tx, entries).await;
+    }
+    let inserted: HashSet<(Uuid, &str)> = inserted
         .iter()
-        .map(|(run, node)| (run.as_uuid().to_string(), node.as_str()))
+        .map(|(run, node)| (run.as_uuid(), node.as_str()))
         .collect();
     let fresh: Vec<&Entry> = entries
         .into_iter()
         .filter(|e| {
-            let (run, node) = (e.details.get("run_id"), e.details.get("node_id"));
-            match (run.and_then(|r| r.as_str()), node.and_then(|n| n.as_str())) {
-                (Some(run), Some(node)) => inserted.contains(&(run.to_string(), node)),
+            let run = e.details.get("run_id").and_then(|r| r.as_str());
+            let node = e.details.get("node_id").and_then(|n| n.as_str());
+            match (run.and_then(|r| Uuid::parse_str(r).ok()), node) {
+                (Some(run), Some(node)) => inserted.contains(&(run, node)),
                 _ => true,
             }
         })

@@ -165,7 +165,12 @@ pub async fn finish(tx: &mut Tx, company_id: CompanyId, runs: &[(RunId, &Outcome
             entries.extend(&o.audit);
         }
     }
-    checkpoints::append_new(tx, entries, &inserted).await?;
+    let offered: usize = runs
+        .iter()
+        .filter(|(id, _)| done.contains(id))
+        .map(|(_, o)| o.steps.len())
+        .sum();
+    checkpoints::append_new(tx, entries, &inserted, inserted.len() == offered).await?;
     Ok(updated)
 }
 
