@@ -176,6 +176,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                     input: &input,
                     resume,
                     journal: Some(journal.clone()),
+                    may_park: reply_to.is_none(),
                 };
                 executor::execute_parking(flow, run, worker.env.clone()).await
             };

@@ -54,6 +54,10 @@ pub struct RunInput<'a> {
     /// what lets it park; `None` for loop bodies and sub-flows (their node in
     /// the run is the unit of a checkpoint).
     pub journal: Option<Arc<Journal>>,
+    /// Whether a long wait may park the run (not while a synchronous caller
+    /// waits for its reply: the reply goes to the worker that holds the
+    /// delivery).
+    pub may_park: bool,
 }
 
 impl<'a> RunInput<'a> {
@@ -64,6 +68,7 @@ impl<'a> RunInput<'a> {
             input,
             resume: None,
             journal: None,
+            may_park: true,
         }
     }
 }
@@ -181,7 +186,7 @@ pub async fn execute_parking(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<No
         waits = resume.waits.into_iter().map(|w| (w.node_id.clone(), w)).collect();
     }
     let journal = run.journal;
-    let park_after = journal.as_ref().map(|_| env.park_after);
+    let park_after = journal.as_ref().filter(|_| run.may_park).map(|_| env.park_after);
     // Steps and audit entries up to these are checkpointed (or were restored).
     let (mut sent, mut audit_sent) = (steps.len(), 0);
     // The node the run parks on once nothing else runs.
@@ -657,7 +662,7 @@ async fn run_node(
     let mut attempt = 1;
     if let Some(w) = wait {
         let left = until(w.wake_at);
-        if park_after.is_some_and(|p| left > p) {
+        if parks(park_after, &ctx.run, left) {
             return park(w);
         }
         attempt = w.attempt.max(1) as u32;
@@ -665,7 +670,13 @@ async fn run_node(
             ctx.wake_at = Some(w.wake_at);
         } else {
             // What is left of a retry backoff.
-            tokio::time::sleep(left).await;
+            let waited = async {
+                tokio::time::sleep(left).await;
+                Ok(())
+            };
+            if let Err(e) = ctx.run.unless_stopped(waited).await {
+                return failed(e);
+            }
         }
     }
     let mut params = match params.evaluate(node, &ctx.env).await {
@@ -679,11 +690,10 @@ async fn run_node(
     ctx.credential = opened.credential.clone();
     ctx.secret_origins = Arc::new(opened.secret_origins.clone());
     let params_shape = audit::shape(&params);
-    if let Some(p) = park_after
-        && node.spec.kind == NodeKind::DELAY
+    if node.spec.kind == NodeKind::DELAY
         && ctx.wake_at.is_none()
         && let Some(ms) = params.get("ms").and_then(Value::as_u64)
-        && Duration::from_millis(ms) > p
+        && parks(park_after, &ctx.run, Duration::from_millis(ms))
         && Duration::from_millis(ms) <= ctx.env.delay_max
     {
         return park(Wait {
@@ -719,7 +729,7 @@ async fn run_node(
             (Err(e), Some(policy)) if attempt < attempts && policy.retries(e.code) && run.stopped().is_none() => {
                 let backoff = policy.backoff_ms.saturating_mul(1 << (attempt - 1).min(16));
                 let backoff = Duration::from_millis(backoff.min(RetryPolicy::MAX_BACKOFF_MS));
-                if park_after.is_some_and(|p| backoff > p) {
+                if parks(park_after, &run, backoff) {
                     parking = Some(Wait {
                         node_id: node.id.clone(),
                         wake_at: later(backoff),
@@ -761,6 +771,13 @@ async fn run_node(
         audit: opened.audit,
         park: None,
     }
+}
+
+/// Whether a wait this long parks its run (`park_after`: it may park at
+/// all). Never past the run's deadline: parked, it could not be interrupted
+/// when the deadline comes, so it waits in place where it can be.
+fn parks(park_after: Option<Duration>, run: &RunCtx, wait: Duration) -> bool {
+    park_after.is_some_and(|p| wait > p) && run.deadline.is_none_or(|d| tokio::time::Instant::now() + wait < d)
 }
 
 fn run_error(node_id: &str, e: &NodeError) -> Value {

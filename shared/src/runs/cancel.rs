@@ -19,14 +19,24 @@ pub const MESSAGE: &str = "the run was cancelled";
 /// transaction and notes its id for workers; `None` if the run is finished
 /// (or gone). A repeated cancel keeps the first request's time.
 pub async fn request(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Result<Option<Run>, StoreError> {
+    // A parked run (waiting in a delay queue, held by no worker) is cancelled at once like a queued one: no worker
+    // would hear the broadcast, and its wake message finds it final.
     let run: Option<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE runs
             SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
-                status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
-                finished_at = CASE WHEN status = 'queued' THEN now() ELSE finished_at END,
-                error = CASE WHEN status = 'queued' THEN jsonb_build_object('code', $3::text, 'message', $4::text)
+                status = CASE WHEN target.now THEN 'cancelled' ELSE status END,
+                finished_at = CASE WHEN target.now THEN now() ELSE finished_at END,
+                error = CASE WHEN target.now THEN jsonb_build_object('code', $3::text, 'message', $4::text)
                         ELSE error END
-          WHERE company_id = $1 AND id = $2 AND status IN ('queued', 'running')
+           FROM (SELECT r.id AS run,
+                        r.status = 'queued'
+                        OR (r.worker_id IS NULL AND EXISTS (
+                              SELECT 1 FROM run_waits w
+                               WHERE w.run_id = r.id AND w.company_id = r.company_id AND w.wake_at > now())) AS now
+                   FROM runs r
+                  WHERE r.company_id = $1 AND r.id = $2 AND r.status IN ('queued', 'running')
+                    FOR UPDATE) AS target
+          WHERE runs.id = target.run AND runs.company_id = $1
       RETURNING {RUN_COLUMNS}"
     )))
     .bind(company_id)
