@@ -96,9 +96,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         trigger_limits: Arc::new(rate::TriggerLimits::new(&config)),
         publisher: publisher.clone(),
     };
+    // The sampler reaches the broker every 500 ms; the publisher connects only when it publishes.
     let broker_up = {
-        let (publisher, backlog) = (publisher.clone(), backlog.clone());
-        Arc::new(move || backlog.broker_up() && publisher.is_connected())
+        let backlog = backlog.clone();
+        Arc::new(move || backlog.broker_up())
     };
     let ready = ops::db_ready_broker_optional(pool.clone(), broker_up);
     let (routes, _) = routes::router().split_for_parts();

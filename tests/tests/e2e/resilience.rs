@@ -267,6 +267,10 @@ async fn every_service_serves_health_readiness_and_metrics() {
             "floq_worker_inflight_runs",
             "floq_outbox_pending",
             "floq_scheduler_is_leader",
+            "floq_queue_jobs_waiting",
+            "floq_outbox_backlog",
+            "floq_worker_waiting_runs",
+            "floq_worker_runs_started_total",
         ] {
             assert!(metrics.contains(name), "{base} lacks {name}");
         }
