@@ -149,19 +149,23 @@ async fn a_queued_run_is_cancelled_at_once_and_never_starts_even_on_a_worker_tha
     app.teardown().await;
 }
 
+fn first_then_wait(ms: u64) -> Value {
+    json!({
+        "nodes": [
+            {"id": "first", "type": "set", "params": {"values": {"ok": true}}},
+            {"id": "wait", "type": "delay", "params": {"ms": ms}},
+            {"id": "after", "type": "set", "params": {"values": {"x": 1}}}
+        ],
+        "edges": [{"from": "first", "to": "wait"}, {"from": "wait", "to": "after"}]
+    })
+}
+
 #[tokio::test]
 async fn a_running_delay_is_interrupted_and_the_steps_show_what_completed() {
     let app = TestApp::spawn().await;
-    let flow = app
-        .deployed_flow(json!({
-            "nodes": [
-                {"id": "first", "type": "set", "params": {"values": {"ok": true}}},
-                {"id": "wait", "type": "delay", "params": {"ms": 120000}},
-                {"id": "after", "type": "set", "params": {"values": {"x": 1}}}
-            ],
-            "edges": [{"from": "first", "to": "wait"}, {"from": "wait", "to": "after"}]
-        }))
-        .await;
+    // Shorter than FLOQ_PARK_AFTER_MS: the delay waits in the worker that holds the run.
+    assert!(app.config.park_after > Duration::from_millis(4_000));
+    let flow = app.deployed_flow(first_then_wait(4_000)).await;
     let run = app.start_run(&flow, json!({})).await;
     wait_running(&app, &run).await;
     let (status, body) = cancel(&app, &app.admin.api_key, &run).await;
@@ -181,6 +185,45 @@ async fn a_running_delay_is_interrupted_and_the_steps_show_what_completed() {
         "nothing runs after the interrupted node"
     );
     assert_eq!(step(&done, "wait")["error"]["code"], "cancelled");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_run_parked_on_a_long_delay_is_cancelled_at_once_and_never_wakes() {
+    let app = TestApp::spawn().await;
+    let flow = app.deployed_flow(first_then_wait(120_000)).await;
+    let run = app.start_run(&flow, json!({})).await;
+    // Parked: its checkpoint holds `first`, and no worker holds the run.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, seen) = app.get(&format!("/api/v1/runs/{run}"), &app.admin.api_key).await;
+        let parked = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM runs r JOIN run_waits w ON w.run_id = r.id
+                             WHERE r.id = $1 AND r.worker_id IS NULL)",
+        )
+        .bind(uuid::Uuid::parse_str(&run).unwrap())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if parked {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never parked: {seen}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (status, body) = cancel(&app, &app.admin.api_key, &run).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        body["status"], "cancelled",
+        "nobody holds a parked run: it ends now: {body}"
+    );
+    assert_eq!(body["error"]["code"], "cancelled");
+    let (_, done) = app.get(&format!("/api/v1/runs/{run}"), &app.admin.api_key).await;
+    assert_eq!(
+        statuses(&done),
+        [("first".to_string(), "succeeded".to_string())],
+        "what ran before it parked stays visible"
+    );
     app.teardown().await;
 }
 
