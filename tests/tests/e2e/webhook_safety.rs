@@ -404,8 +404,17 @@ async fn a_metrics_token_guards_every_services_metrics_and_never_health() {
         assert_eq!(resp.status(), StatusCode::OK, "{url}");
         assert!(resp.text().await.unwrap().contains("floq_"), "{url}");
         for path in ["/healthz", "/readyz"] {
-            let resp = app.client.get(format!("{base}{path}")).send().await.unwrap();
-            assert_eq!(resp.status(), StatusCode::OK, "{base}{path} needs no token");
+            // A service just started may not be ready yet (its consumers connecting): asked again, it needs no token.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+            loop {
+                let resp = app.client.get(format!("{base}{path}")).send().await.unwrap();
+                if resp.status() == StatusCode::OK {
+                    break;
+                }
+                assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{base}{path} needs no token");
+                assert!(tokio::time::Instant::now() < deadline, "{base}{path} never ready");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
         }
     }
     let resp = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
