@@ -441,6 +441,11 @@ async fn run_node(node: &CompiledNode, params: Params, mut ctx: NodeCtx) -> Node
     ctx.params = params;
     let attempts = node.retry.as_ref().map_or(1, |r| r.attempts.max(1));
     let mut attempt = 1;
+    // The fault tests' node that always panics: any node whose id starts with `panic`.
+    #[cfg(feature = "failpoints")]
+    if node.id.starts_with("panic") && floq_shared::failpoint::fires("node.panic") {
+        panic!("fail point node.panic: node {}", node.id);
+    }
     let mut result = loop {
         let fut = node.implementation.run(ctx.clone());
         let result = match node.timeout {
