@@ -22,6 +22,7 @@ async fn crash_before_publish(runs: usize, crash_at_batch: u32) {
     let flow = stack.deployed_flow(call_then_wait(&server, 100, false)).await;
     let (streaming, _) = stream(&stack, &flow, runs, 4, Duration::from_millis(10));
 
+    let t0 = tokio::time::Instant::now();
     let api = stack.api.as_mut().expect("api");
     let status = api
         .exited_within(Duration::from_secs(120))
@@ -35,13 +36,14 @@ async fn crash_before_publish(runs: usize, crash_at_batch: u32) {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .expect("the fail point's line in the API log");
-    println!("the API aborted at publish batch {crash_at_batch} with {unpublished} committed runs unpublished");
+    println!("[{:?}] the API aborted at publish batch {crash_at_batch} with {unpublished} committed runs unpublished", t0.elapsed());
     assert!(unpublished >= 1);
     // A new API on the same address takes the rest of the stream.
     stack.api = Some(stack.spawn(Kind::Api, &[]).await);
 
+    println!("[{:?}] a new API is up", t0.elapsed());
     let streamed = streaming.await.expect("stream");
-    println!("{}", streamed.summary());
+    println!("[{:?}] {}", t0.elapsed(), streamed.summary());
     streamed.assert_refusals_structured(true);
     let acc = accounting::settle(
         &stack.pool,

@@ -92,7 +92,7 @@ async fn broker_outages(runs: usize, pace: Duration, outages: &[Outage]) {
 #[tokio::test]
 async fn a_rabbitmq_restart_during_a_stream_loses_no_run() {
     let _serial = serial().await;
-    broker_outages(120, Duration::from_millis(60), &[Outage::Stop]).await;
+    broker_outages(120, Duration::from_millis(60), &[Outage::Kill]).await;
 }
 
 #[tokio::test]

@@ -132,7 +132,11 @@ pub fn stream(stack: &Stack, flow: &str, n: usize, lanes: usize, pace: Duration)
                                 _ => out.refused.push((Some(status), body)),
                             }
                         }
-                        Err(e) => out.refused.push((None, Value::String(e.to_string()))),
+                        Err(e) => {
+                            out.refused.push((None, Value::String(e.to_string())));
+                            // The API is down (a crash, a restart): keep the stream going across it.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                     done.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(pace).await;
