@@ -118,11 +118,10 @@ pub async fn settle(pool: &PgPool, accepted: &[Uuid], counter: &Counter, rule: &
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let rows: Vec<(Uuid, String, Option<String>)> =
-        sqlx::query_as("SELECT id, status, error->>'code' FROM runs")
-            .fetch_all(pool)
-            .await
-            .expect("reading runs");
+    let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as("SELECT id, status, error->>'code' FROM runs")
+        .fetch_all(pool)
+        .await
+        .expect("reading runs");
     let mut acc = Accounting {
         accepted: accepted.len(),
         runs_in_db: rows.len(),
@@ -173,7 +172,10 @@ pub async fn settle(pool: &PgPool, accepted: &[Uuid], counter: &Counter, rule: &
     acc.repeats_against_rule = against.len();
     println!("{}", acc.line());
     if !against.is_empty() {
-        println!("repeated against the rule ({rule:?}): {:?}", against.iter().take(10).collect::<Vec<_>>());
+        println!(
+            "repeated against the rule ({rule:?}): {:?}",
+            against.iter().take(10).collect::<Vec<_>>()
+        );
     }
     acc
 }

@@ -40,7 +40,11 @@ impl Drop for CountingServer {
     }
 }
 
-async fn hit(State(counter): State<Counter>, Query(query): Query<HashMap<String, String>>, headers: HeaderMap) -> &'static str {
+async fn hit(
+    State(counter): State<Counter>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> &'static str {
     let call = Call {
         run: query.get("run").cloned(),
         key: headers

@@ -153,7 +153,9 @@ impl PrivatePostgres {
     /// A clean, fast shutdown (`pg_ctl stop -m fast`): clients are disconnected.
     pub fn stop(&self) {
         let mut ctl = self.command("pg_ctl");
-        ctl.arg("-D").arg(&self.data).args(["-w", "-t", "60", "-m", "fast", "stop"]);
+        ctl.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "60", "-m", "fast", "stop"]);
         run_logged(ctl, &self.root.join("pg_ctl-stop.log"));
     }
 

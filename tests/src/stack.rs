@@ -51,7 +51,9 @@ impl Stack {
     /// `admin@acme.test`), then api, worker and scheduler.
     pub async fn start(options: StackOptions) -> Self {
         let pg = PrivatePostgres::start();
-        let mut admin_conn = PgConnection::connect(&pg.url("postgres")).await.expect("private PostgreSQL");
+        let mut admin_conn = PgConnection::connect(&pg.url("postgres"))
+            .await
+            .expect("private PostgreSQL");
         sqlx::query("CREATE DATABASE floq")
             .execute(&mut admin_conn)
             .await

@@ -36,7 +36,10 @@ async fn crash_before_publish(runs: usize, crash_at_batch: u32) {
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())
         .expect("the fail point's line in the API log");
-    println!("[{:?}] the API aborted at publish batch {crash_at_batch} with {unpublished} committed runs unpublished", t0.elapsed());
+    println!(
+        "[{:?}] the API aborted at publish batch {crash_at_batch} with {unpublished} committed runs unpublished",
+        t0.elapsed()
+    );
     assert!(unpublished >= 1);
     // A new API on the same address takes the rest of the stream.
     stack.api = Some(stack.spawn(Kind::Api, &[]).await);

@@ -66,7 +66,9 @@ async fn a_run_cancelled_in_each_phase_ends_cancelled_and_its_node_is_interrupte
 
     // Running a delay, a code loop, waiting on HTTP: each is interrupted where it is.
     let delay = stack
-        .deployed_flow(single(json!({"id": "wait", "type": "delay", "params": {"ms": 120_000}})))
+        .deployed_flow(single(
+            json!({"id": "wait", "type": "delay", "params": {"ms": 120_000}}),
+        ))
         .await;
     let code = stack
         .deployed_flow(single(json!({"id": "spin", "type": "code",
@@ -91,7 +93,10 @@ async fn a_run_cancelled_in_each_phase_ends_cancelled_and_its_node_is_interrupte
         let (status, body) = cancel(&stack, run).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         assert!(body["cancel_requested_at"].is_string(), "{body}");
-        let done = wait_until(&stack, run, "ended", |r| r["status"] != "running" && r["status"] != "queued").await;
+        let done = wait_until(&stack, run, "ended", |r| {
+            r["status"] != "running" && r["status"] != "queued"
+        })
+        .await;
         assert_eq!(done["status"], "cancelled", "{done}");
         let step = done["steps"]
             .as_array()
@@ -100,7 +105,11 @@ async fn a_run_cancelled_in_each_phase_ends_cancelled_and_its_node_is_interrupte
             .unwrap_or(Value::Null);
         assert_eq!(step["status"], "cancelled", "{node} is shown cancelled: {done}");
         assert!(
-            !done["steps"].as_array().unwrap().iter().any(|s| s["node_id"] == "after" && s["status"] == "succeeded"),
+            !done["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["node_id"] == "after" && s["status"] == "succeeded"),
             "nothing ran after the cancel: {done}"
         );
     }
@@ -113,8 +122,18 @@ async fn a_run_cancelled_in_each_phase_ends_cancelled_and_its_node_is_interrupte
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "run_finished", "{body}");
 
-    let acc = accounting::settle(&stack.pool, &accepted, &server.counter, &Rule::Never, Duration::from_secs(60)).await;
+    let acc = accounting::settle(
+        &stack.pool,
+        &accepted,
+        &server.counter,
+        &Rule::Never,
+        Duration::from_secs(60),
+    )
+    .await;
     acc.assert_exact();
     assert_eq!((acc.cancelled, acc.succeeded), (4, 1), "{}", acc.line());
-    assert!(server.counter.for_run(&queued.to_string()).is_empty(), "the cancelled queued run never called");
+    assert!(
+        server.counter.for_run(&queued.to_string()).is_empty(),
+        "the cancelled queued run never called"
+    );
 }

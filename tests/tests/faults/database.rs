@@ -63,7 +63,10 @@ async fn database_outages(runs: usize, pace: Duration, outages: &[Outage]) {
         .iter()
         .any(|o| matches!(o, Outage::Stop(d) | Outage::Kill(d) if *d >= PAST_ACQUIRE_TIMEOUT))
     {
-        assert!(!streamed.refused.is_empty(), "no request was answered 503 during the outage");
+        assert!(
+            !streamed.refused.is_empty(),
+            "no request was answered 503 during the outage"
+        );
     }
     let acc = accounting::settle(
         &stack.pool,

@@ -100,7 +100,13 @@ impl Streamed {
 /// Starts `n` runs of `flow`, `lanes` requests at a time, each lane pausing
 /// `pace` between its requests (so the stream spans the fault). Returns the
 /// task and a count of requests answered so far.
-pub fn stream(stack: &Stack, flow: &str, n: usize, lanes: usize, pace: Duration) -> (JoinHandle<Streamed>, Arc<AtomicUsize>) {
+pub fn stream(
+    stack: &Stack,
+    flow: &str,
+    n: usize,
+    lanes: usize,
+    pace: Duration,
+) -> (JoinHandle<Streamed>, Arc<AtomicUsize>) {
     let done = Arc::new(AtomicUsize::new(0));
     let url = format!("{}/api/v1/flows/{flow}/runs", stack.base);
     let (client, key) = (stack.client.clone(), stack.admin.api_key.clone());
@@ -109,7 +115,8 @@ pub fn stream(stack: &Stack, flow: &str, n: usize, lanes: usize, pace: Duration)
     let handle = tokio::spawn(async move {
         let mut tasks = Vec::new();
         for _ in 0..lanes {
-            let (client, key, url, next, done) = (client.clone(), key.clone(), url.clone(), next.clone(), counted.clone());
+            let (client, key, url, next, done) =
+                (client.clone(), key.clone(), url.clone(), next.clone(), counted.clone());
             tasks.push(tokio::spawn(async move {
                 let mut out = Streamed::default();
                 loop {
@@ -158,7 +165,10 @@ pub fn stream(stack: &Stack, flow: &str, n: usize, lanes: usize, pace: Duration)
 pub async fn wait_count(counter: &AtomicUsize, n: usize, bound: Duration) {
     let deadline = tokio::time::Instant::now() + bound;
     while counter.load(Ordering::SeqCst) < n {
-        assert!(tokio::time::Instant::now() < deadline, "stream stalled before {n} requests");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream stalled before {n} requests"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -67,7 +67,10 @@ async fn poison_during_a_stream(runs: usize, rounds: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let dead = queue_depth(&stack, &topology.dead).await as usize;
-    println!("poison: published={} dead_lettered_and_waiting={dead}", rounds * POISON.len());
+    println!(
+        "poison: published={} dead_lettered_and_waiting={dead}",
+        rounds * POISON.len()
+    );
     // Dead-lettered, or already taken off the dead-letter queue by its consumer (H2): never left behind.
     assert!(
         dead == rounds * POISON.len() || dead == 0,
@@ -116,7 +119,14 @@ async fn a_node_that_always_panics_fails_its_runs_and_nothing_else() {
     let streamed = streaming.await.expect("stream");
     let mut accepted = streamed.accepted.clone();
     accepted.extend(&panicking);
-    let acc = accounting::settle(&stack.pool, &accepted, &server.counter, &Rule::Never, Duration::from_secs(120)).await;
+    let acc = accounting::settle(
+        &stack.pool,
+        &accepted,
+        &server.counter,
+        &Rule::Never,
+        Duration::from_secs(120),
+    )
+    .await;
     acc.assert_exact();
     assert_eq!((acc.succeeded, acc.failed), (100, 10), "{}", acc.line());
     assert_eq!(acc.failure_codes.get("worker_panicked"), Some(&10), "{}", acc.line());

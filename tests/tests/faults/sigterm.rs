@@ -32,9 +32,7 @@ async fn sigterm_mid_stream(plan: Plan) {
     })
     .await;
     let server = CountingServer::start().await;
-    let flow = stack
-        .deployed_flow(call_then_wait(&server, plan.wait_ms, false))
-        .await;
+    let flow = stack.deployed_flow(call_then_wait(&server, plan.wait_ms, false)).await;
     let (streaming, _) = stream(&stack, &flow, plan.runs, 4, Duration::ZERO);
     // Terminated while it holds runs past their call and inside their wait.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -45,10 +43,13 @@ async fn sigterm_mid_stream(plan: Plan) {
     let mut worker = stack.worker.take().expect("worker");
     let finished_before = stack.finished_runs().await;
     worker.sigterm();
-    let status = worker
-        .exited_within(plan.exit_bound)
-        .await
-        .unwrap_or_else(|| panic!("the worker did not exit within {:?}:\n{}", plan.exit_bound, worker.log_tail()));
+    let status = worker.exited_within(plan.exit_bound).await.unwrap_or_else(|| {
+        panic!(
+            "the worker did not exit within {:?}:\n{}",
+            plan.exit_bound,
+            worker.log_tail()
+        )
+    });
     assert!(status.success(), "a clean exit ({status}):\n{}", worker.log_tail());
     let finished_after = stack.finished_runs().await;
     println!("sigterm: runs finished before={finished_before} when the worker had exited={finished_after}");
