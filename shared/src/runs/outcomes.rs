@@ -104,14 +104,20 @@ pub async fn finish(tx: &mut Tx, company_id: CompanyId, runs: &[(RunId, &Outcome
     // Node entries and steps only for runs this call finished; a duplicate delivery writes nothing.
     let done: std::collections::HashSet<RunId> = updated.iter().copied().collect();
     // Collected first: a lazy iterator of closures held across the await would not be `Send` for every lifetime.
+    // A run executed twice (a redelivery while the first copy still ran) can
+    // bring both outcomes into one batch: only the first, which
+    // floq_finish_runs applied (row by row, in order), writes its entries and steps.
+    let mut first: std::collections::HashSet<RunId> = std::collections::HashSet::new();
+    let applied: Vec<&(RunId, &Outcome)> = runs
+        .iter()
+        .filter(|(id, _)| done.contains(id) && first.insert(*id))
+        .collect();
     let mut entries: Vec<&Entry> = Vec::new();
-    for (id, o) in runs {
-        if done.contains(id) {
-            entries.extend(&o.audit);
-        }
+    for (_, o) in &applied {
+        entries.extend(&o.audit);
     }
     audit::append(tx, entries).await?;
-    let steps: Vec<(RunId, &[Step])> = runs.iter().map(|(id, o)| (*id, o.steps.as_slice())).collect();
+    let steps: Vec<(RunId, &[Step])> = applied.iter().map(|(id, o)| (*id, o.steps.as_slice())).collect();
     steps::insert(tx, company_id, &steps, &updated).await?;
     Ok(updated)
 }
