@@ -95,8 +95,11 @@ async fn a_rabbitmq_restart_during_a_stream_loses_no_run() {
     broker_outages(120, Duration::from_millis(60), &[Outage::Kill]).await;
 }
 
+/// Slow (1 000 runs). When first tried: none lost, none recorded twice, but
+/// one run called twice with both calls after the outage: the same redelivered
+/// copy as under a freeze (below).
 #[tokio::test]
-#[ignore = "slow: a stop and a kill -9 of the broker, 1 000 runs (deploy/local/test.sh --slow)"]
+#[ignore = "slow, and needs worker leases: a redelivered copy must not rerun a run its live worker holds (issue 15, H2)"]
 async fn rabbitmq_stopped_and_killed_during_a_stream_loses_no_run() {
     let _serial = serial().await;
     broker_outages(1000, Duration::from_millis(40), &[Outage::Stop, Outage::Kill]).await;
