@@ -394,6 +394,15 @@ async fn publish_loop(
     let mut batches = Vec::new();
     while rx.recv_many(&mut batches, 64).await > 0 {
         let items: Vec<Publish> = batches.drain(..).flatten().collect();
+        // The fault tests' crash between commit and publish: these runs are committed and answered, not yet sent.
+        #[cfg(feature = "failpoints")]
+        if floq_shared::failpoint::fires("accept.before_publish") {
+            eprintln!(
+                "floq-api: fail point accept.before_publish: aborting with {} runs unpublished",
+                items.len()
+            );
+            std::process::abort();
+        }
         let envelopes: Vec<(&Envelope, bool)> = items.iter().map(|p| (&p.envelope, p.wants_reply)).collect();
         match publisher.publish_asking(&envelopes).await {
             Ok(()) => {

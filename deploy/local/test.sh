@@ -7,7 +7,10 @@
 # --slow also runs the tests marked #[ignore] (the heavy ones: benchmarks,
 # long fault streams, the schemathesis fuzzing driven by the API's OpenAPI
 # document, for which it installs schemathesis from PyPI into a venv,
-# FLOQ_SCHEMATHESIS_VENV, default /var/tmp/floq-schemathesis); CI runs without it.
+# FLOQ_SCHEMATHESIS_VENV, default /var/tmp/floq-schemathesis) and fuzzes each
+# cargo-fuzz target 5 minutes instead of 15 s; CI runs without it. The fault
+# tests (tests/tests/faults/) start private PostgreSQL and RabbitMQ servers of
+# their own; their short versions run in CI, their full streams with --slow.
 #
 # Environment (each only defaulted when unset):
 #   CARGO_TARGET_DIR        /var/tmp/floq-target (persistent, outside the clone,
@@ -98,10 +101,38 @@ remove_leftovers() {
   fi
 }
 
+# remove_private_servers [RUN_ID]: the fault tests' private PostgreSQL and RabbitMQ
+# (tests/src/private.rs, under $TMPDIR/floq-fault-<run>-*) go when their test ends,
+# even on a panic; a test process killed outright leaves them running. Stop and
+# remove those of run RUN_ID, or of any run older than STALE_AFTER.
+remove_private_servers() {
+  local run=${1:-} now dir born pid pg_ctl
+  now=$(date +%s)
+  pg_ctl=$(ls -d /usr/lib/postgresql/*/bin/pg_ctl 2>/dev/null | sort -V | tail -n 1 || true)
+  for dir in "${TMPDIR:-/tmp}"/floq-fault-*; do
+    [[ -d $dir && ${dir##*/} =~ ^floq-fault-([0-9]+)_([0-9a-f]{4})- ]] || continue
+    born=${BASH_REMATCH[1]}
+    [[ ${BASH_REMATCH[1]}_${BASH_REMATCH[2]} == "$run" ]] || ((now - born > STALE_AFTER)) || continue
+    if [[ -f $dir/data/postmaster.pid && -n $pg_ctl ]]; then
+      if ((EUID == 0)); then
+        runuser -u postgres -- "$pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+      else
+        "$pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+      fi
+    fi
+    if [[ -f $dir/rabbit.pid ]] && pid=$(<"$dir/rabbit.pid") && [[ $pid =~ ^[0-9]+$ ]]; then
+      kill -CONT "$pid" 2>/dev/null || true
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -rf "$dir"
+  done
+}
+
 step "leftovers of earlier test runs (older than $((STALE_AFTER / 3600)) h, unused)"
 remove_leftovers "$STALE_AFTER"
-# Whatever happens below, this run's own databases and queues go at the end.
-trap 'remove_leftovers "$STALE_AFTER" "$FLOQ_TEST_RUN_ID"' EXIT
+remove_private_servers
+# Whatever happens below, this run's own databases, queues and private servers go at the end.
+trap 'remove_leftovers "$STALE_AFTER" "$FLOQ_TEST_RUN_ID"; remove_private_servers "$FLOQ_TEST_RUN_ID"' EXIT
 
 if [[ ! -d $CARGO_TARGET_DIR/debug/deps ]]; then
   step "note: a first build of the tests takes 20-40 minutes on two cores (target dir: $CARGO_TARGET_DIR)"
@@ -130,6 +161,16 @@ if ((slow)); then
 else
   step "cargo test --workspace --locked $*"
   cargo test --workspace --locked "$@" || die "tests failed"
+fi
+
+# The fuzz targets of the flow-definition and template parsers (fuzz/, cargo-fuzz):
+# a short run in CI, a longer one with --slow. FLOQ_FUZZ_SECONDS overrides the
+# time per target; FLOQ_FUZZ_SECONDS=0 skips it. The first build of fuzz/ (its own
+# target dir, FLOQ_FUZZ_TARGET_DIR) takes several minutes; later ones are incremental.
+fuzz_seconds=${FLOQ_FUZZ_SECONDS:-$((slow ? 300 : 15))}
+if ((fuzz_seconds > 0)); then
+  step "fuzz/run.sh $fuzz_seconds (cargo-fuzz: flow definitions, templates)"
+  "$ROOT/fuzz/run.sh" "$fuzz_seconds" || die "fuzzing found a crash (see above; the input is in fuzz/artifacts/)"
 fi
 
 step "all checks passed"

@@ -15,6 +15,8 @@ pub mod crypto;
 pub mod db;
 pub mod egress;
 pub mod email;
+#[cfg(feature = "failpoints")]
+pub mod failpoint;
 pub mod flow;
 pub mod flow_groups;
 pub mod flows;

@@ -223,8 +223,18 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
+/// Heartbeat interval asked for when the URL names none (`?heartbeat=N`
+/// overrides it). Without one lapin follows the broker's default of 60 s, so
+/// a half-open connection (a broker host that vanished, a dropped NAT entry)
+/// would hold a service's runs for minutes before anything noticed.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+
 pub async fn connect(url: &str) -> lapin::Result<Connection> {
-    Connection::connect(url, ConnectionProperties::default()).await
+    let mut uri: lapin::uri::AMQPUri = url
+        .parse()
+        .map_err(|e: String| lapin::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+    Connection::connect_uri(uri, ConnectionProperties::default()).await
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,9 +13,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod accounting;
+pub mod counting;
 pub mod forward;
 pub mod openapi;
+pub mod private;
+pub mod process;
 pub mod smtp_sink;
+pub mod stack;
 
 pub use floq_api::admin::Bootstrapped;
 use floq_shared::Config;
@@ -649,7 +654,19 @@ impl Drop for TestApp {
 }
 
 async fn remove_resources(db_name: &str, t: &floq_shared::queue::Topology, parking: &floq_shared::parking::Parking) {
-    if let Ok(conn) = floq_shared::queue::connect(&amqp_url()).await
+    remove_queues(&amqp_url(), t, parking).await;
+    if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
+/// Deletes the queues and exchanges of `t` and its parking queues on the broker at `url`.
+pub async fn remove_queues(url: &str, t: &floq_shared::queue::Topology, parking: &floq_shared::parking::Parking) {
+    if let Ok(conn) = floq_shared::queue::connect(url).await
         && let Ok(ch) = conn.create_channel().await
     {
         let parked = std::iter::once(parking.wake.as_str()).chain(parking.delays.iter().map(|(_, q)| q.as_str()));
@@ -662,12 +679,5 @@ async fn remove_resources(db_name: &str, t: &floq_shared::queue::Topology, parki
                 .await;
         }
         let _ = conn.close(0, "test done".into()).await;
-    }
-    if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await;
     }
 }

@@ -169,7 +169,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
                 ),
             };
             let exec = async {
-                #[cfg(feature = "fail-points")]
+                #[cfg(feature = "failpoints")]
                 fail_point(&input);
                 let run = RunInput {
                     run,
@@ -398,7 +398,7 @@ fn possibly_republished(worker: &Worker, msg: &RunFlowV1) -> bool {
 pub const WORKER_PANICKED: &str = "worker_panicked";
 
 /// Test builds only: a run whose input asks for it panics, as a node with a bug would.
-#[cfg(feature = "fail-points")]
+#[cfg(feature = "failpoints")]
 fn fail_point(input: &serde_json::Value) {
     if input.get("floq_fail_point").and_then(serde_json::Value::as_str) == Some("panic") {
         panic!("fail point: a panicking node");

@@ -707,6 +707,11 @@ async fn run_node(
     let interruptible = nodes::interruptible(node.spec.kind);
     let run = ctx.run.clone();
     let mut parking = None;
+    // The fault tests' node that always panics: any node whose id starts with `panic`.
+    #[cfg(feature = "failpoints")]
+    if node.id.starts_with("panic") && floq_shared::failpoint::fires("node.panic") {
+        panic!("fail point node.panic: node {}", node.id);
+    }
     let mut result = loop {
         let fut = node.implementation.run(ctx.clone());
         let fut = async {

@@ -154,22 +154,24 @@ pub async fn finish(tx: &mut Tx, company_id: CompanyId, runs: &[(RunId, &Outcome
     }
     // Steps and node entries only for runs this call finished; a duplicate
     // delivery writes nothing, and a step a checkpoint stored keeps the entry
-    // written with it.
-    let steps: Vec<(RunId, &[Step])> = runs.iter().map(|(id, o)| (*id, o.steps.as_slice())).collect();
-    let inserted = steps::insert(tx, company_id, &steps, Some(&updated)).await?;
+    // written with it. A run executed twice (a redelivery while the first
+    // copy still ran) can bring both outcomes into one batch: only the first,
+    // which floq_finish_runs applied (row by row, in order), writes its
+    // entries and steps.
     let done: std::collections::HashSet<RunId> = updated.iter().copied().collect();
+    let mut first: std::collections::HashSet<RunId> = std::collections::HashSet::new();
+    let applied: Vec<&(RunId, &Outcome)> = runs
+        .iter()
+        .filter(|(id, _)| done.contains(id) && first.insert(*id))
+        .collect();
+    let steps: Vec<(RunId, &[Step])> = applied.iter().map(|(id, o)| (*id, o.steps.as_slice())).collect();
+    let inserted = steps::insert(tx, company_id, &steps, Some(&updated)).await?;
     // Collected first: a lazy iterator of closures held across the await would not be `Send` for every lifetime.
     let mut entries: Vec<&Entry> = Vec::new();
-    for (id, o) in runs {
-        if done.contains(id) {
-            entries.extend(&o.audit);
-        }
+    for (_, o) in &applied {
+        entries.extend(&o.audit);
     }
-    let offered: usize = runs
-        .iter()
-        .filter(|(id, _)| done.contains(id))
-        .map(|(_, o)| o.steps.len())
-        .sum();
+    let offered: usize = applied.iter().map(|(_, o)| o.steps.len()).sum();
     checkpoints::append_new(tx, entries, &inserted, inserted.len() == offered).await?;
     Ok(updated)
 }

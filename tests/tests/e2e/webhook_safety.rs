@@ -411,7 +411,11 @@ async fn a_metrics_token_guards_every_services_metrics_and_never_health() {
                 if resp.status() == StatusCode::OK {
                     break;
                 }
-                assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{base}{path} needs no token");
+                assert_eq!(
+                    resp.status(),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "{base}{path} needs no token"
+                );
                 assert!(tokio::time::Instant::now() < deadline, "{base}{path} never ready");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
