@@ -313,8 +313,13 @@ async fn requeue(delivery: &Delivery) {
 /// is final or gone (retention).
 async fn resume_point(worker: &Worker, msg: &RunFlowV1) -> Result<Check, StoreError> {
     let (company_id, run_id) = (msg.company_id.into(), msg.run_id.into());
+    // This worker still runs it (its channel to the broker died and came back): one copy is enough.
+    if worker.control.holds(msg.run_id) {
+        return Ok(Check::Done);
+    }
     let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
-    let Some(taken) = delivery::take_over(&mut tx, company_id, run_id, worker.id).await? else {
+    let lease = worker.config.worker_lease;
+    let Some(taken) = delivery::take_over(&mut tx, company_id, run_id, worker.id, lease).await? else {
         db::commit(tx).await?;
         return Ok(Check::Done);
     };

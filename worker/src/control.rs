@@ -115,6 +115,11 @@ impl Control {
         })
     }
 
+    /// Whether this worker is running `run_id` now.
+    pub fn holds(&self, run_id: Uuid) -> bool {
+        self.lock().held.contains_key(&run_id)
+    }
+
     /// A run was cancelled: stop it if held here, refuse it from now on.
     pub fn cancel(&self, run_id: Uuid) {
         let mut inner = self.lock();

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::query::{RUN_COLUMNS, Run};
 use crate::db::{StoreError, Tx};
 use crate::ids::{CompanyId, RunId};
+use crate::run::RunStatus;
 
 /// The error a run cancelled before it ran holds (a worker that interrupts a
 /// run stores the same code).
@@ -45,6 +46,16 @@ pub async fn request(tx: &mut Tx, company_id: CompanyId, run_id: RunId) -> Resul
     .bind(MESSAGE)
     .fetch_optional(&mut **tx)
     .await?;
+    if let Some(cancelled) = run.as_ref().filter(|r| r.status == RunStatus::Cancelled) {
+        // Only a parked run has waits ahead of it; a queued one ran nothing.
+        super::steps::cancel_waits(
+            tx,
+            company_id,
+            run_id,
+            cancelled.error.as_ref().unwrap_or(&serde_json::Value::Null),
+        )
+        .await?;
+    }
     if run.is_some() {
         // Through a SECURITY DEFINER function: see migrations/0024.
         sqlx::query("SELECT floq_note_cancel($1)")

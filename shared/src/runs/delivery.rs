@@ -49,21 +49,28 @@ pub async fn claim(tx: &mut Tx, company_id: CompanyId, run_id: RunId, worker_id:
 
 /// Takes an unfinished run over for `worker_id` (a redelivery, or a
 /// continuation after its worker was lost): it becomes `running` on this
-/// worker's lease. Returns `None` when the run is final or gone.
+/// worker's lease. Returns `None` when the run is final or gone, or held by
+/// another worker whose lease is current (younger than `lease`): a broker
+/// that lost that worker's channel hands its messages out again while the
+/// run goes on there, and it must not run twice.
 pub async fn take_over(
     tx: &mut Tx,
     company_id: CompanyId,
     run_id: RunId,
     worker_id: Uuid,
+    lease: std::time::Duration,
 ) -> Result<Option<Found>, StoreError> {
     sqlx::query_as(
         "UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()), worker_id = $3
           WHERE id = $1 AND company_id = $2 AND status IN ('queued', 'running')
+            AND (worker_id IS NULL OR worker_id = $3
+                 OR NOT floq_lease_alive(worker_id, make_interval(secs => $4)))
       RETURNING cancel_requested_at IS NOT NULL AS cancel_requested, started_at",
     )
     .bind(run_id)
     .bind(company_id)
     .bind(worker_id)
+    .bind(lease.as_secs_f64())
     .fetch_optional(&mut **tx)
     .await
     .map_err(StoreError::from)

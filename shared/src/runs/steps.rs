@@ -160,3 +160,25 @@ pub async fn first_succeeded(
     .await
     .map_err(StoreError::from)
 }
+
+/// Records the nodes a parked run of `company_id` was waiting on (their wake
+/// time still ahead) as `cancelled` steps with `error`, numbered after its
+/// checkpointed steps: a parked run that is cancelled shows where it stopped.
+pub async fn cancel_waits(tx: &mut Tx, company_id: CompanyId, run_id: RunId, error: &Value) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO run_steps (run_id, company_id, node_id, seq, status, error, finished_at)
+         SELECT w.run_id, w.company_id, w.node_id,
+                coalesce((SELECT max(s.seq) + 1 FROM run_steps s WHERE s.run_id = w.run_id), 0)
+                    + (row_number() OVER (ORDER BY w.node_id))::int - 1,
+                'cancelled', $3, now()
+           FROM run_waits w
+          WHERE w.run_id = $2 AND w.company_id = $1 AND w.wake_at > now()
+         ON CONFLICT (run_id, node_id) DO NOTHING",
+    )
+    .bind(company_id)
+    .bind(run_id)
+    .bind(error)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

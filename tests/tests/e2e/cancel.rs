@@ -221,9 +221,13 @@ async fn a_run_parked_on_a_long_delay_is_cancelled_at_once_and_never_wakes() {
     let (_, done) = app.get(&format!("/api/v1/runs/{run}"), &app.admin.api_key).await;
     assert_eq!(
         statuses(&done),
-        [("first".to_string(), "succeeded".to_string())],
-        "what ran before it parked stays visible"
+        [
+            ("first".to_string(), "succeeded".to_string()),
+            ("wait".to_string(), "cancelled".to_string())
+        ],
+        "what ran before it parked stays visible, and the wait shows where it stopped"
     );
+    assert_eq!(step(&done, "wait")["error"]["code"], "cancelled");
     app.teardown().await;
 }
 

@@ -99,7 +99,7 @@ async fn a_rabbitmq_restart_during_a_stream_loses_no_run() {
 /// one run called twice with both calls after the outage: the same redelivered
 /// copy as under a freeze (below).
 #[tokio::test]
-#[ignore = "slow, and needs worker leases: a redelivered copy must not rerun a run its live worker holds (issue 15, H2)"]
+#[ignore = "slow: a stop and a kill -9 of RabbitMQ, 1 000 runs (deploy/local/test.sh --slow)"]
 async fn rabbitmq_stopped_and_killed_during_a_stream_loses_no_run() {
     let _serial = serial().await;
     broker_outages(1000, Duration::from_millis(40), &[Outage::Stop, Outage::Kill]).await;
@@ -111,7 +111,7 @@ async fn rabbitmq_stopped_and_killed_during_a_stream_loses_no_run() {
 /// (40 of 1 000 called twice when first tried, none lost, none recorded twice):
 /// a repeat with no worker dying, which the lease of H2 is there to prevent.
 #[tokio::test]
-#[ignore = "needs worker leases: a redelivered copy must not rerun a run its live worker holds (issue 15, H2)"]
+#[ignore = "slow: a frozen RabbitMQ, 1 000 runs (deploy/local/test.sh --slow)"]
 async fn rabbitmq_frozen_during_a_stream_repeats_nothing() {
     let _serial = serial().await;
     broker_outages(1000, Duration::from_millis(40), &[Outage::Freeze]).await;

@@ -44,7 +44,6 @@ fn single(node: Value) -> Value {
 }
 
 #[tokio::test]
-#[ignore = "needs cancel (issue 15, H1)"]
 async fn a_run_cancelled_in_each_phase_ends_cancelled_and_its_node_is_interrupted() {
     let _serial = serial().await;
     let mut stack = stack(StackOptions::default()).await;

@@ -96,7 +96,6 @@ async fn poison_messages_during_2000_runs() {
 /// A panic in a node fails its run with `worker_panicked` (H2); the worker
 /// stays up and every other run of the stream succeeds.
 #[tokio::test]
-#[ignore = "needs worker_panicked panic handling (issue 15, H2)"]
 async fn a_node_that_always_panics_fails_its_runs_and_nothing_else() {
     let _serial = serial().await;
     let mut stack = stack(StackOptions::default()).await;

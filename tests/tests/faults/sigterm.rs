@@ -87,7 +87,6 @@ async fn a_sigterm_worker_finishes_what_it_holds_and_nothing_runs_twice() {
 /// Runs far longer than the grace period: the worker exits within it,
 /// handing them back checkpointed; the next worker resumes them after their call.
 #[tokio::test]
-#[ignore = "needs FLOQ_SHUTDOWN_GRACE_MS hand-back (issue 15, H4) and checkpoints (H3)"]
 async fn a_sigterm_worker_hands_long_runs_back_within_its_grace_period() {
     let _serial = serial().await;
     sigterm_mid_stream(Plan {

@@ -99,7 +99,6 @@ async fn kill_9_of_the_worker_three_times_during_2000_runs() {
 /// the call repeats only when the kill came within the running mark plus
 /// one checkpoint flush of it; and each call carries its stable key.
 #[tokio::test]
-#[ignore = "needs checkpoints and idempotency_header (issue 15, H3)"]
 async fn kill_9_of_the_worker_repeats_a_call_only_before_its_checkpoint() {
     let _serial = serial().await;
     let (acc, _) = kill_three_times(Plan {
