@@ -158,7 +158,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.park_after,
         stop.clone(),
     ));
+    // The lease lapses with this task, also when it is dropped unfinished (as a crashed process's would).
+    let lease_held = lease_stop.clone().drop_guard();
     let handle = tokio::spawn(async move {
+        let _lease_held = lease_held;
         // Cancels are heard (and the recent ones reloaded) before the first run is taken; a control consumer that
         // cannot start soon does not keep the worker from working (it keeps retrying).
         if tokio::time::timeout(CONTROL_READY_WAIT, control.ready()).await.is_err() {

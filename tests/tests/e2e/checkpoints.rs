@@ -123,8 +123,11 @@ async fn a_run_whose_worker_dies_after_a_checkpoint_resumes_and_repeats_no_check
     let mut app = TestApp::spawn_configured(Options::default(), |c| {
         c.running_mark_after = Duration::from_millis(100);
         c.checkpoint_flush = Duration::from_millis(50);
+        // The dead worker's lease lapses soon, so the redelivered copy (or the reaper) takes the run over.
+        c.worker_lease = Duration::from_millis(1000);
     })
     .await;
+    app.start_scheduler().await;
     let (base, calls) = counting_server().await;
     let flow = app.deployed_flow(call_wait_call(&base, 2500)).await;
     let run_id = app.start_run(&flow, json!({})).await;
