@@ -23,6 +23,17 @@ pub async fn beat(tx: &mut Tx, worker_id: Uuid, hostname: &str) -> Result<(), St
     Ok(())
 }
 
+/// Gives a stopping worker's lease up at once (the worker's lease duty): the
+/// runs it handed back are taken over by the next worker without waiting for
+/// the lease to lapse.
+pub async fn release(tx: &mut Tx, worker_id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("UPDATE workers SET heartbeat_at = '-infinity' WHERE id = $1")
+        .bind(worker_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Forgets workers silent for longer than `after` (the reaper duty); their
 /// runs were reaped within a lease, long before.
 pub async fn forget_dead(tx: &mut Tx, after: Duration) -> Result<u64, StoreError> {

@@ -22,6 +22,13 @@ pub async fn beat(pool: &Pool, worker_id: Uuid) -> Result<(), StoreError> {
     db::commit(tx).await
 }
 
+/// Gives the lease up: this worker holds no run any more (a clean stop).
+pub async fn release(pool: &Pool, worker_id: Uuid) -> Result<(), StoreError> {
+    let mut tx = db::duty_tx(pool, Duty::WorkerLease).await?;
+    workers::release(&mut tx, worker_id).await?;
+    db::commit(tx).await
+}
+
 /// Renews the lease until `stop`.
 pub async fn keep(pool: Pool, worker_id: Uuid, lease: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(lease / 3);

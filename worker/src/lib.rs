@@ -180,6 +180,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         // The lease lapses with the process; runs still held were handed back or return to the queue.
         lease_stop.cancel();
         let _ = lease_task.await;
+        // Whatever it held was finished or handed back: the next worker need not wait for the lease to lapse.
+        if let Err(e) = lease::release(&pool, worker_id).await {
+            tracing::warn!(error = %e, "cannot give this worker's lease up; its handed-back runs wait for it to lapse");
+        }
         ops_shutdown.cancel();
         let _ = ops_task.await;
         pool.close().await;
