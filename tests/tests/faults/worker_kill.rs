@@ -47,10 +47,11 @@ async fn kill_three_times(plan: Plan) -> (floq_tests::accounting::Accounting, Ve
     streamed.assert_refusals_structured(false);
     assert_eq!(streamed.accepted.len(), plan.runs, "every request was accepted");
     let rule = if plan.keyed {
-        // Running mark (500 ms) + checkpoint flush (about 1 s) + slack for a loaded machine.
+        // Running mark (500 ms) + checkpoint flush (about 1 s) + its commit, which on a loaded two-core machine
+        // (CI builds beside it) was seen to take past 3 s once in 300 runs.
         Rule::Checkpointed {
             deaths: kills.clone(),
-            window: Duration::from_millis(3000),
+            window: Duration::from_millis(5000),
         }
     } else {
         Rule::InFlightAt(kills.clone())
