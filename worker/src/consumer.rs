@@ -414,10 +414,24 @@ fn fail_point(input: &serde_json::Value) {
 /// → `running`), or says another copy has it (running or finished). A crashed
 /// first copy is redelivered by the broker and runs then.
 async fn claimed_elsewhere(worker: &Worker, msg: &RunFlowV1) -> Result<Check, StoreError> {
+    let (company_id, run_id) = (msg.company_id.into(), msg.run_id.into());
     let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
-    let claimed = delivery::claim(&mut tx, msg.company_id.into(), msg.run_id.into(), worker.id).await?;
+    if !delivery::claim(&mut tx, company_id, run_id, worker.id).await? {
+        db::commit(tx).await?;
+        return Ok(Check::Done);
+    }
+    // A run the reaper put back in the queue may have run before: it goes on after its checkpoints, never from
+    // its first node again.
+    let saved = checkpoints::load(&mut tx, company_id, run_id).await?;
     db::commit(tx).await?;
-    Ok(if claimed { Check::Fresh } else { Check::Done })
+    Ok(match saved {
+        Some(saved) if !saved.steps.is_empty() || !saved.waits.is_empty() => Check::Resume(Resume {
+            steps: saved.steps,
+            waits: saved.waits,
+            started_at: saved.started_at,
+        }),
+        _ => Check::Fresh,
+    })
 }
 
 /// Takes the inline input out of the message (nothing else reads it) or loads it.
