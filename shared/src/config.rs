@@ -214,7 +214,7 @@ impl Config {
                 600_000,
                 1_000..=86_400_000,
             )?),
-            worker_lease: Duration::from_millis(v.parse_in("FLOQ_WORKER_LEASE_MS", 10_000, 300..=3_600_000)?),
+            worker_lease: Duration::from_millis(v.parse_in("FLOQ_WORKER_LEASE_MS", 30_000, 300..=3_600_000)?),
             replay_max: v.parse_in("FLOQ_REPLAY_MAX", 1_000, 1..=100_000)?,
             checkpoint_flush: Duration::from_millis(v.parse_in("FLOQ_CHECKPOINT_FLUSH_MS", 1000, 10..=60_000)?),
             park_after: v.millis("FLOQ_PARK_AFTER_MS", 5_000)?,
