@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use lapin::{Channel, Connection};
@@ -97,8 +97,16 @@ impl Backlog {
             return Err(Pressure::Full);
         }
         if self.company_could_be_over(company_id) {
-            self.suspects.lock().expect("not poisoned").insert(company_id);
-            if self.over.read().expect("not poisoned").contains(&company_id) {
+            self.suspects
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(company_id);
+            if self
+                .over
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&company_id)
+            {
                 return Err(Pressure::CompanyFull);
             }
         }
@@ -208,9 +216,15 @@ impl Backlog {
 
     /// Counts the suspects, and those already over (to release them), in the database.
     async fn count_companies(&self, pool: &Pool) {
-        let mut todo: Vec<Uuid> = self.over.read().expect("not poisoned").iter().copied().collect();
+        let mut todo: Vec<Uuid> = self
+            .over
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
         {
-            let mut suspects = self.suspects.lock().expect("not poisoned");
+            let mut suspects = self.suspects.lock().unwrap_or_else(PoisonError::into_inner);
             let room = COUNTS_PER_SAMPLE.saturating_sub(todo.len());
             let picked: Vec<Uuid> = suspects.iter().copied().take(room).collect();
             for c in &picked {
@@ -241,12 +255,17 @@ impl Backlog {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, company.id = %company, "cannot count a company's backlog");
-                    if self.over.read().expect("not poisoned").contains(&company) {
+                    if self
+                        .over
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .contains(&company)
+                    {
                         over.insert(company);
                     }
                 }
             }
         }
-        *self.over.write().expect("not poisoned") = over;
+        *self.over.write().unwrap_or_else(PoisonError::into_inner) = over;
     }
 }
