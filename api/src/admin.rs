@@ -291,3 +291,44 @@ async fn companies_of(pool: &PgPool, user_id: Uuid) -> Result<Vec<(Uuid, String)
     companies.sort();
     Ok(companies)
 }
+
+/// `floq-api admin verify-domain`: the operator vouches that the company
+/// controls `domain` (instead of its DNS TXT record). The company must
+/// already claim it on one of its SSO connections; a domain another company
+/// verified stays theirs. Returns the connection it verified the domain for.
+pub async fn verify_domain(pool: &PgPool, company: &str, domain: &str) -> anyhow::Result<Uuid> {
+    let company_id: Uuid = company
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--company must be a company id (a UUID)"))?;
+    let domain = crate::domains::parse(domain).map_err(|e| anyhow::anyhow!("--domain {e}"))?;
+    anyhow::ensure!(
+        !crate::domains::is_webmail(&domain),
+        "{domain} is a public webmail domain and cannot be claimed for single sign-on"
+    );
+    let mut tx = db::tenant_tx(pool, company_id).await?;
+    let Some((connection_id, _, verified)) = floq_shared::sso::claim(&mut tx, CompanyId(company_id), &domain).await?
+    else {
+        anyhow::bail!(
+            "company {company_id} has no SSO connection claiming {domain}: add it to a connection's email_domains first"
+        );
+    };
+    if verified {
+        return Ok(connection_id);
+    }
+    if let Err(e) =
+        floq_shared::sso::mark_verified(&mut tx, CompanyId(company_id), &domain, floq_shared::sso::VerifiedBy::Operator).await
+    {
+        anyhow::ensure!(
+            !matches!(e.fault(), db::Fault::Conflict { .. }),
+            "{domain} is already verified by another company; it belongs to one connection only"
+        );
+        return Err(e.into());
+    }
+    let entry = Entry::new(company_id, Actor::system(OPERATOR), "sso.domain_verify")
+        .resource("sso_connection", connection_id)
+        .details(json!({"domain": domain, "by": "operator"}));
+    audit::record(&mut tx, &[entry]).await?;
+    db::commit(tx).await?;
+    Ok(connection_id)
+}

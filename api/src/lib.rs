@@ -10,10 +10,12 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod domains;
 pub mod error;
 pub mod extract;
 pub mod key_cache;
 pub mod middleware;
+pub mod oidc;
 pub mod openapi;
 pub mod password;
 pub mod rate;
@@ -95,6 +97,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         keyring: Arc::new(keyring),
         trigger_limits: Arc::new(rate::TriggerLimits::new(&config)),
         publisher: publisher.clone(),
+        oidc: Arc::new(oidc::Oidc::new(&config)),
     };
     // The sampler reaches the broker every 500 ms; the publisher connects only when it publishes.
     let broker_up = {

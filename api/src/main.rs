@@ -66,6 +66,14 @@ enum AdminCommand {
         #[arg(long)]
         email: String,
     },
+    /// Mark an e-mail domain a company's SSO connection claims as verified (instead of its DNS TXT record).
+    VerifyDomain {
+        /// The company's id.
+        #[arg(long, value_name = "ID")]
+        company: String,
+        #[arg(long)]
+        domain: String,
+    },
     /// Print a fresh FLOQ_ENC_KEY_SECRET and FLOQ_ENC_KEY_SALT (needs no configuration).
     GenKeys,
     /// Re-encrypt every secret under the primary key (resumable; safe while serving).
@@ -168,6 +176,14 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
                 email.trim(),
                 done.sessions_revoked
             );
+            Ok(())
+        }
+        Command::Admin {
+            command: AdminCommand::VerifyDomain { company, domain },
+        } => {
+            let pool = db::connect(&config).await?;
+            let connection = floq_api::admin::verify_domain(&pool, &company, &domain).await?;
+            eprintln!("{} verified for SSO connection {connection}", domain.trim());
             Ok(())
         }
         Command::Admin {

@@ -24,4 +24,6 @@ pub struct AppState {
     pub trigger_limits: Arc<TriggerLimits>,
     /// Broadcasts cancels to the workers (the control exchange); runs are published by the acceptor.
     pub publisher: Arc<Publisher>,
+    /// The OpenID Connect client of single sign-on (discovery and key sets cached).
+    pub oidc: Arc<crate::oidc::Oidc>,
 }

@@ -126,6 +126,16 @@ pub struct Config {
     pub audit_min_entries: u64,
     /// `FLOQ_EGRESS_ALLOW`: restricted addresses (loopback, private, …) flows may still reach.
     pub egress_allow: Vec<crate::egress::Allow>,
+    /// `FLOQ_SSO_EGRESS_ALLOW`: restricted addresses the API's OpenID Connect calls (discovery,
+    /// JWKS, token) may reach; separate from `FLOQ_EGRESS_ALLOW` so an internal identity
+    /// provider is not opened to flows.
+    pub sso_egress_allow: Vec<crate::egress::Allow>,
+    /// `FLOQ_SSO_DNS_SERVER`: the resolver (`ip:port`) domain verification asks for TXT
+    /// records; unset: the system's resolvers.
+    pub sso_dns_server: Option<SocketAddr>,
+    /// `FLOQ_SSO_ENTRA_AUTHORITY`: where the `entra` preset finds Microsoft Entra ID
+    /// (default `https://login.microsoftonline.com`; a national cloud's authority, or a test's).
+    pub sso_entra_authority: String,
     pub log_filter: String,
     pub log_json: bool,
 }
@@ -255,6 +265,22 @@ impl Config {
                     problem,
                 },
             )?,
+            sso_egress_allow: crate::egress::parse_allow_list(v.get("FLOQ_SSO_EGRESS_ALLOW").unwrap_or(""))
+                .map_err(|problem| ConfigError {
+                    var: "FLOQ_SSO_EGRESS_ALLOW",
+                    problem,
+                })?,
+            sso_dns_server: match v.get("FLOQ_SSO_DNS_SERVER").map(str::trim).filter(|s| !s.is_empty()) {
+                None => None,
+                Some(raw) => Some(raw.parse().map_err(|_| ConfigError {
+                    var: "FLOQ_SSO_DNS_SERVER",
+                    problem: format!("must be an address with a port (`127.0.0.1:53`), got `{raw}`"),
+                })?),
+            },
+            sso_entra_authority: v
+                .string("FLOQ_SSO_ENTRA_AUTHORITY", "https://login.microsoftonline.com")
+                .trim_end_matches('/')
+                .to_string(),
             log_filter: v.string("FLOQ_LOG", "info"),
             log_json: match v.string("FLOQ_LOG_FORMAT", "json").as_str() {
                 "json" => true,

@@ -42,6 +42,7 @@ pub mod script;
 pub mod secrets;
 pub mod sessions;
 pub mod signatures;
+pub mod sso;
 pub mod telemetry;
 pub mod users;
 pub mod webhooks;

@@ -211,6 +211,16 @@ pub fn credential_binding(company_id: Uuid, id: &str) -> Binding<'_> {
     }
 }
 
+/// A single sign-on connection's client secret (`sso_connections.client_secret`).
+pub fn sso_binding(company_id: Uuid, id: &str) -> Binding<'_> {
+    Binding {
+        company_id,
+        table: "sso_connections",
+        column: "client_secret",
+        row_id: id,
+    }
+}
+
 pub fn kv_binding(company_id: Uuid, key: &str) -> Binding<'_> {
     Binding {
         company_id,

@@ -50,24 +50,35 @@ pub struct Live {
     pub roles: Vec<Role>,
 }
 
+/// 32 random bytes as hex: a session's (or a sign-in state's) token.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Opens a session; `method` says how the identity proved itself (a linked
+/// SSO sign-in ends the password sessions, and only those).
 pub async fn create(
     pool: &PgPool,
     user_id: Uuid,
     company_id: Uuid,
     expires_at: DateTime<Utc>,
+    method: crate::sso::Method,
 ) -> Result<(Uuid, String), StoreError> {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let token = hex::encode(bytes);
+    let token = random_token();
     let id = Uuid::now_v7();
     // A duty of its own, which may only open a session for this identity in one of its companies.
     let mut tx = db::lookup_tx(pool, db::Duty::SessionIssue, db::Lookup::Id(user_id)).await?;
-    sqlx::query("INSERT INTO sessions (id, token_hash, user_id, company_id, expires_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(token_hash(&token))
-        .bind(user_id)
-        .bind(company_id)
-        .bind(expires_at)
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, user_id, company_id, expires_at, method) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(token_hash(&token))
+    .bind(user_id)
+    .bind(company_id)
+    .bind(expires_at)
+    .bind(method)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -150,6 +161,17 @@ pub async fn revoke_all_of(tx: &mut db::Tx, user_id: UserId) -> Result<u64, Stor
         .execute(&mut **tx)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// How the session was opened.
+pub async fn method_of(pool: &PgPool, session_id: Uuid) -> Result<Option<crate::sso::Method>, StoreError> {
+    let mut tx = db::lookup_tx(pool, db::Duty::SessionLookup, db::Lookup::Id(session_id)).await?;
+    let method = sqlx::query_scalar("SELECT method FROM sessions WHERE id = $1")
+        .bind(session_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(method)
 }
 
 /// Moves a session to another company; false if the user is not a member there.

@@ -122,6 +122,7 @@ fn invalid_credentials() -> ApiError {
 #[utoipa::path(post, operation_id = "auth_login", path = "/api/v1/auth/login", tag = "auth", request_body = Login,
     responses((status = 200, description = "Signed in; `Set-Cookie: floq_session=…`", body = SignedIn),
         (status = 401, description = "Wrong e-mail or password (`invalid_credentials`)", body = ErrorBody),
+        (status = 403, description = "The password was right, but every company of the account requires single sign-on (`sso_required`)", body = ErrorBody),
         (status = 429, description = "Too many failed sign-ins from this client (`too_many_attempts`); see `Retry-After`", body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
@@ -159,7 +160,7 @@ async fn login(
     };
     // Always one hash, whether or not the account exists.
     let valid = password::verify(body.password, hash).await;
-    let (Some(user_id), Some(&company_id), true) = (user_id, companies.first(), valid) else {
+    let (Some(user_id), Some(_), true) = (user_id, companies.first(), valid) else {
         throttle::record_failure(&state.pool, &keys).await?;
         floq_shared::telemetry::METRICS.login_failures.inc();
         // Each company the account belongs to sees attempts on it; the platform sees the rest.
@@ -177,8 +178,16 @@ async fn login(
         return Err(invalid_credentials());
     };
     throttle::clear(&state.pool, &keys).await?;
+    // Companies that require single sign-on take no password (but from their break-glass admin).
+    let barred = password_barred(&state, user_id).await?;
+    let Some(&company_id) = companies.iter().find(|c| !barred.contains(c)) else {
+        for company_id in barred {
+            state.audit.record(attempt(company_id, Some(user_id), "sso_required")).await;
+        }
+        return Err(sso_required());
+    };
     let ttl = state.config.session_ttl;
-    let (session_id, token) = session::create(&state.pool, user_id, company_id, Utc::now() + ttl).await?;
+    let (session_id, token) = session::create(&state.pool, user_id, company_id, Utc::now() + ttl, floq_shared::sso::Method::Password).await?;
     let mut actor = request.actor();
     actor.kind = audit::ActorType::User;
     actor.id = Some(user_id);
@@ -195,6 +204,22 @@ async fn login(
             .expect("cookie is ASCII"),
     );
     Ok(response)
+}
+
+fn sso_required() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "sso_required",
+        "your company requires single sign-on: sign in through your company's identity provider",
+    )
+}
+
+/// The identity's companies where a password opens no session (they require SSO).
+async fn password_barred(state: &AppState, user_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+    let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Id(user_id)).await?;
+    let barred = floq_shared::sso::password_barred(&mut tx, UserId(user_id)).await?;
+    db::commit(tx).await?;
+    Ok(barred.into_iter().map(CompanyId::as_uuid).collect())
 }
 
 /// The identity with this address, as the sign-in duty.
@@ -270,6 +295,7 @@ struct SwitchCompany {
     security(("api_key" = []), ("session" = [])),
     responses((status = 200, description = "Switched", body = SwitchedCompany),
         (status = 400, description = "The credential is an API key, not a session (`not_a_session`)", body = ErrorBody),
+        (status = 403, description = "The company requires single sign-on and this session was opened with a password (`sso_required`)", body = ErrorBody),
         (status = 404, description = "The caller is no member of that company", body = ErrorBody)))]
 async fn switch_company(
     State(state): State<AppState>,
@@ -283,6 +309,12 @@ async fn switch_company(
             "an API key belongs to one company; only a browser session can switch",
         ));
     };
+    // A password session does not reach a company that requires single sign-on.
+    if session::method_of(&state.pool, session_id).await? == Some(floq_shared::sso::Method::Password)
+        && password_barred(&state, principal.user_id).await?.contains(&body.company_id)
+    {
+        return Err(sso_required());
+    }
     if !session::switch_company(&state.pool, session_id, principal.user_id, body.company_id).await? {
         return Err(ApiError::not_found("company"));
     }

@@ -21,6 +21,8 @@ mod retries;
 mod runs;
 mod schedules;
 mod settings;
+mod sso;
+mod sso_login;
 mod users;
 mod webhooks;
 
@@ -41,6 +43,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(kv::router())
         .merge(node_types::router())
         .merge(settings::router())
+        .merge(sso::router())
+        .merge(sso_login::router())
         .merge(schedules::router())
         .merge(webhooks::router())
 }

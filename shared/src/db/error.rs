@@ -126,6 +126,8 @@ fn unique_field(constraint: &str) -> Option<&'static str> {
         "users_email_key" => "email",
         "groups_company_id_name_key" | "flow_groups_company_id_name_key" | "credentials_company_id_name_key" => "name",
         "kv_pkey" => "key",
+        "sso_domains_verified_key" | "sso_domains_company_id_domain_key" => "email_domains",
+        "sso_connections_company_id_name_key" => "name",
         "memberships_pkey" | "group_members_pkey" => "user_id",
         "idempotency_keys_pkey" => "Idempotency-Key",
         c if c.starts_with("grants_company_id_subject_type") => "grant",

@@ -104,10 +104,13 @@ pub enum Duty {
     WorkerLease,
     /// The scheduler's reaper: reads leases and finds lost runs by id only.
     Reaper,
+    /// Single sign-on (anonymous): a connection by id, a verified domain, a
+    /// state by its hash, an identity by its subject's hash: keyed.
+    Sso,
 }
 
 impl Duty {
-    pub const ALL: [Duty; 15] = [
+    pub const ALL: [Duty; 16] = [
         Duty::OutboxSweep,
         Duty::AuditAppend,
         Duty::AuditSeal,
@@ -123,6 +126,7 @@ impl Duty {
         Duty::Operator,
         Duty::WorkerLease,
         Duty::Reaper,
+        Duty::Sso,
     ];
 
     pub fn role(self) -> &'static str {
@@ -142,6 +146,7 @@ impl Duty {
             Duty::Operator => "floq_operator",
             Duty::WorkerLease => "floq_lease",
             Duty::Reaper => "floq_reaper",
+            Duty::Sso => "floq_sso",
         }
     }
 }
@@ -153,6 +158,8 @@ pub enum Lookup<'a> {
     Hash(&'a [u8]),
     Id(Uuid),
     Email(&'a str),
+    /// An e-mail domain (lower case).
+    Domain(&'a str),
 }
 
 /// Opens a transaction as the duty's role (see [`Duty`]).
@@ -182,7 +189,7 @@ pub async fn lookup_tx(pool: &PgPool, duty: Duty, key: Lookup<'_>) -> Result<Tx,
             )))
             .await
             .map_err(StoreError::from),
-        Lookup::Email(_) => {
+        Lookup::Email(_) | Lookup::Domain(_) => {
             let mut tx = duty_tx(pool, duty).await?;
             set_lookup(&mut tx, key).await?;
             Ok(tx)
@@ -198,6 +205,7 @@ pub async fn set_lookup(tx: &mut Tx, key: Lookup<'_>) -> Result<(), StoreError> 
         Lookup::Id(id) => id.to_string(),
         // Policies compare lower(email) with lower(floq_lookup()).
         Lookup::Email(email) => email.trim().to_string(),
+        Lookup::Domain(domain) => domain.trim().to_ascii_lowercase(),
     };
     sqlx::query("SELECT set_config('floq.lookup', $1, true)")
         .bind(value)
@@ -211,6 +219,15 @@ pub async fn set_lookup(tx: &mut Tx, key: Lookup<'_>) -> Result<(), StoreError> 
 pub async fn become_tenant(tx: &mut Tx, company_id: Uuid) -> Result<(), StoreError> {
     sqlx::query("SET LOCAL ROLE floq_app").execute(&mut **tx).await?;
     set_tenant(tx, company_id).await
+}
+
+/// Switches a tenant (or duty) transaction to a keyed duty looking up `key`
+/// (single sign-on binds the identity it just created as `floq_sso`).
+pub async fn become_duty(tx: &mut Tx, duty: Duty, key: Lookup<'_>) -> Result<(), StoreError> {
+    sqlx::query(AssertSqlSafe(format!("SET LOCAL ROLE {}", duty.role())))
+        .execute(&mut **tx)
+        .await?;
+    set_lookup(tx, key).await
 }
 
 /// Commits a transaction opened here.

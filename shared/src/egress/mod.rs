@@ -180,6 +180,16 @@ impl Policy {
     /// Builds the policy from the configuration. Platform host names are
     /// resolved now (blocking, once at start) and compared by name at every check.
     pub fn from_config(config: &crate::Config) -> Self {
+        Self::with_allow(config, config.egress_allow.clone())
+    }
+
+    /// The policy of the API's single sign-on calls: the same platform
+    /// endpoints stay shut, restricted addresses open only by `FLOQ_SSO_EGRESS_ALLOW`.
+    pub fn for_sso(config: &crate::Config) -> Self {
+        Self::with_allow(config, config.sso_egress_allow.clone())
+    }
+
+    fn with_allow(config: &crate::Config, allow: Vec<Allow>) -> Self {
         let mut platform = Vec::new();
         if let Some((host, port)) = url_host_port(config.database_url.expose(), 5432) {
             platform.push(endpoint(host, port));
@@ -205,7 +215,7 @@ impl Policy {
             .map(|ifs| ifs.into_iter().map(|i| canonical(i.ip())).collect())
             .unwrap_or_default();
         Self {
-            allow: Arc::new(config.egress_allow.clone()),
+            allow: Arc::new(allow),
             platform: Arc::new(platform),
             own: Arc::new(own),
         }

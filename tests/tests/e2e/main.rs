@@ -29,6 +29,7 @@ mod retries;
 mod runs;
 mod schedules;
 mod secrets;
+mod sso;
 mod tenancy;
 mod trimming;
 mod vocabulary;
