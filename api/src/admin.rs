@@ -316,8 +316,13 @@ pub async fn verify_domain(pool: &PgPool, company: &str, domain: &str) -> anyhow
     if verified {
         return Ok(connection_id);
     }
-    if let Err(e) =
-        floq_shared::sso::mark_verified(&mut tx, CompanyId(company_id), &domain, floq_shared::sso::VerifiedBy::Operator).await
+    if let Err(e) = floq_shared::sso::mark_verified(
+        &mut tx,
+        CompanyId(company_id),
+        &domain,
+        floq_shared::sso::VerifiedBy::Operator,
+    )
+    .await
     {
         anyhow::ensure!(
             !matches!(e.fault(), db::Fault::Conflict { .. }),

@@ -89,7 +89,10 @@ pub fn parse(raw: &str) -> Result<String, String> {
     if d.len() < 3 || d.len() > 253 || !d.contains('.') || !d.split('.').all(label_ok) {
         return Err("must be a domain name such as `example.com`".into());
     }
-    if d.rsplit('.').next().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+    if d.rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err("must be a domain name, not an address".into());
     }
     Ok(d)
@@ -181,10 +184,28 @@ mod tests {
 
     #[test]
     fn webmail_domains_and_their_country_forms_are_public() {
-        for d in ["gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com", "proton.me", "gmx.de", "gmx.net", "yahoo.co.uk", "mail.yahoo.com", "hotmail.fr"] {
+        for d in [
+            "gmail.com",
+            "outlook.com",
+            "hotmail.com",
+            "yahoo.com",
+            "icloud.com",
+            "proton.me",
+            "gmx.de",
+            "gmx.net",
+            "yahoo.co.uk",
+            "mail.yahoo.com",
+            "hotmail.fr",
+        ] {
             assert!(is_webmail(d), "{d}");
         }
-        for d in ["acme.test", "example.com", "gmxcorp.com", "outlookconsulting.com", "yahoo-fans.example.org"] {
+        for d in [
+            "acme.test",
+            "example.com",
+            "gmxcorp.com",
+            "outlookconsulting.com",
+            "yahoo-fans.example.org",
+        ] {
             assert!(!is_webmail(d), "{d}");
         }
     }

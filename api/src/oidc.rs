@@ -198,7 +198,9 @@ impl Oidc {
             .await
             .map_err(|_| Refusal::new("provider_unreachable", format!("{url}: timed out")))?
             .map_err(|e| match e {
-                egress::SendError::Egress(e) => Refusal::new("egress_denied", format!("{url}: {e} (FLOQ_SSO_EGRESS_ALLOW)")),
+                egress::SendError::Egress(e) => {
+                    Refusal::new("egress_denied", format!("{url}: {e} (FLOQ_SSO_EGRESS_ALLOW)"))
+                }
                 egress::SendError::Http(e) => Refusal::new("provider_unreachable", format!("{url}: {e}")),
             })?;
         let status = response.status();
@@ -210,7 +212,10 @@ impl Oidc {
             .map_err(|e| Refusal::new("provider_unreachable", format!("{url}: {e}")))?
         {
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(Refusal::new("provider_answer_invalid", format!("{url}: answer too large")));
+                return Err(Refusal::new(
+                    "provider_answer_invalid",
+                    format!("{url}: answer too large"),
+                ));
             }
             body.extend_from_slice(&chunk);
         }
@@ -237,21 +242,21 @@ impl Oidc {
             let tenant = conn.tenant.as_deref().unwrap_or("organizations");
             return Ok(Arc::new(entra_endpoints(&self.entra_authority, tenant)));
         }
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            conn.issuer.trim_end_matches('/')
-        );
+        let url = format!("{}/.well-known/openid-configuration", conn.issuer.trim_end_matches('/'));
         if let Some(hit) = self.cached(&self.discovery, &url) {
             return Ok(hit);
         }
         let body = self.get(&url).await?;
-        let found: Endpoints =
-            serde_json::from_slice(&body).map_err(|e| Refusal::new("discovery_invalid", format!("{url}: not a discovery document: {e}")))?;
+        let found: Endpoints = serde_json::from_slice(&body)
+            .map_err(|e| Refusal::new("discovery_invalid", format!("{url}: not a discovery document: {e}")))?;
         if found.issuer.trim_end_matches('/') != conn.issuer.trim_end_matches('/') {
-            return Err(Refusal::new("discovery_issuer_mismatch", format!(
-                "discovery names issuer `{}`, the connection `{}`",
-                found.issuer, conn.issuer
-            )));
+            return Err(Refusal::new(
+                "discovery_issuer_mismatch",
+                format!(
+                    "discovery names issuer `{}`, the connection `{}`",
+                    found.issuer, conn.issuer
+                ),
+            ));
         }
         let found = Arc::new(found);
         lock(&self.discovery).insert(
@@ -277,8 +282,8 @@ impl Oidc {
             return Ok(hit);
         }
         let body = self.get(jwks_uri).await?;
-        let set: Value =
-            serde_json::from_slice(&body).map_err(|e| Refusal::new("jwks_invalid", format!("{jwks_uri}: not a key set: {e}")))?;
+        let set: Value = serde_json::from_slice(&body)
+            .map_err(|e| Refusal::new("jwks_invalid", format!("{jwks_uri}: not a key set: {e}")))?;
         // A key of a type we do not know must not hide the others.
         let keys: Vec<Jwk> = set["keys"]
             .as_array()
@@ -341,8 +346,8 @@ impl Oidc {
             .build()
             .map_err(|e| Refusal::new("token_request_invalid", format!("token request: {e}")))?;
         let body = self.send(request).await?;
-        let answer: Value =
-            serde_json::from_slice(&body).map_err(|e| Refusal::new("token_answer_invalid", format!("token endpoint: not JSON: {e}")))?;
+        let answer: Value = serde_json::from_slice(&body)
+            .map_err(|e| Refusal::new("token_answer_invalid", format!("token endpoint: not JSON: {e}")))?;
         answer["id_token"]
             .as_str()
             .map(str::to_string)
@@ -357,7 +362,8 @@ impl Oidc {
         id_token: &str,
         nonce: &str,
     ) -> Result<Verified, Refusal> {
-        let header = jsonwebtoken::decode_header(id_token).map_err(|e| Refusal::new("token_malformed", format!("id_token header: {e}")))?;
+        let header = jsonwebtoken::decode_header(id_token)
+            .map_err(|e| Refusal::new("token_malformed", format!("id_token header: {e}")))?;
         let allowed = [
             Algorithm::RS256,
             Algorithm::RS384,
@@ -366,7 +372,10 @@ impl Oidc {
             Algorithm::ES256,
         ];
         if !allowed.contains(&header.alg) {
-            return Err(Refusal::new("algorithm_refused", format!("id_token: algorithm {:?} refused", header.alg)));
+            return Err(Refusal::new(
+                "algorithm_refused",
+                format!("id_token: algorithm {:?} refused", header.alg),
+            ));
         }
         let kid = header.kid.clone().unwrap_or_default();
         let pick = |keys: &[Jwk]| -> Option<Jwk> {
@@ -379,8 +388,14 @@ impl Oidc {
             // Rotation: the provider signs with a key published after we fetched.
             key = pick(&self.keys(&endpoints.jwks_uri, true).await?);
         }
-        let key = key.ok_or_else(|| Refusal::new("unknown_signing_key", format!("id_token: no key `{kid}` in the provider's key set")))?;
-        let key = DecodingKey::from_jwk(&key).map_err(|e| Refusal::new("signing_key_invalid", format!("id_token key: {e}")))?;
+        let key = key.ok_or_else(|| {
+            Refusal::new(
+                "unknown_signing_key",
+                format!("id_token: no key `{kid}` in the provider's key set"),
+            )
+        })?;
+        let key = DecodingKey::from_jwk(&key)
+            .map_err(|e| Refusal::new("signing_key_invalid", format!("id_token key: {e}")))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECS;
         validation.set_audience(&[conn.client_id.as_str()]);
@@ -402,23 +417,34 @@ impl Oidc {
         let expected_issuer = match (&claims.tid, endpoints.issuer.contains("{tenantid}")) {
             (Some(tid), true) => {
                 if !conn.allowed_tenants.iter().any(|t| t.eq_ignore_ascii_case(tid)) {
-                    return Err(Refusal::new("tenant_not_allowed", format!("id_token: tenant `{tid}` is not an allowed tenant")));
+                    return Err(Refusal::new(
+                        "tenant_not_allowed",
+                        format!("id_token: tenant `{tid}` is not an allowed tenant"),
+                    ));
                 }
                 endpoints.issuer.replace("{tenantid}", tid)
             }
-            (None, true) => return Err(Refusal::new("tenant_missing", "id_token: no tid for a multi-tenant connection")),
+            (None, true) => {
+                return Err(Refusal::new(
+                    "tenant_missing",
+                    "id_token: no tid for a multi-tenant connection",
+                ));
+            }
             (_, false) => endpoints.issuer.clone(),
         };
         if claims.iss.trim_end_matches('/') != expected_issuer.trim_end_matches('/') {
-            return Err(Refusal::new("issuer_mismatch", format!(
-                "id_token: issuer `{}`, expected `{expected_issuer}`",
-                claims.iss
-            )));
+            return Err(Refusal::new(
+                "issuer_mismatch",
+                format!("id_token: issuer `{}`, expected `{expected_issuer}`", claims.iss),
+            ));
         }
         let audiences = claims.aud.values();
         match &claims.azp {
             Some(azp) if azp != &conn.client_id => {
-                return Err(Refusal::new("azp_mismatch", format!("id_token: azp `{azp}` is not this client")));
+                return Err(Refusal::new(
+                    "azp_mismatch",
+                    format!("id_token: azp `{azp}` is not this client"),
+                ));
             }
             None if audiences.len() > 1 => {
                 return Err(Refusal::new("azp_missing", "id_token: several audiences and no azp"));
@@ -496,7 +522,10 @@ mod tests {
             "https://login.microsoftonline.com/{tenantid}/v2.0"
         );
         let e = entra_endpoints(ENTRA_AUTHORITY, "common");
-        assert_eq!(e.jwks_uri, "https://login.microsoftonline.com/common/discovery/v2.0/keys");
+        assert_eq!(
+            e.jwks_uri,
+            "https://login.microsoftonline.com/common/discovery/v2.0/keys"
+        );
     }
 
     #[test]

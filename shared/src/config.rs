@@ -265,11 +265,12 @@ impl Config {
                     problem,
                 },
             )?,
-            sso_egress_allow: crate::egress::parse_allow_list(v.get("FLOQ_SSO_EGRESS_ALLOW").unwrap_or(""))
-                .map_err(|problem| ConfigError {
+            sso_egress_allow: crate::egress::parse_allow_list(v.get("FLOQ_SSO_EGRESS_ALLOW").unwrap_or("")).map_err(
+                |problem| ConfigError {
                     var: "FLOQ_SSO_EGRESS_ALLOW",
                     problem,
-                })?,
+                },
+            )?,
             sso_dns_server: match v.get("FLOQ_SSO_DNS_SERVER").map(str::trim).filter(|s| !s.is_empty()) {
                 None => None,
                 Some(raw) => Some(raw.parse().map_err(|_| ConfigError {

@@ -132,7 +132,11 @@ pub struct SealedSecret {
     pub key_id: String,
 }
 
-async fn with_domains(tx: &mut Tx, company_id: CompanyId, rows: Vec<ConnectionRow>) -> Result<Vec<Connection>, StoreError> {
+async fn with_domains(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    rows: Vec<ConnectionRow>,
+) -> Result<Vec<Connection>, StoreError> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let domains: Vec<DomainRow> = sqlx::query_as(
         "SELECT connection_id, domain, verify_token, verified_by FROM sso_domains
@@ -189,7 +193,12 @@ pub async fn find(tx: &mut Tx, company_id: CompanyId, id: Uuid) -> Result<Option
 }
 
 /// Whether another connection of the company has this name.
-pub async fn name_taken(tx: &mut Tx, company_id: CompanyId, name: &str, except: Option<Uuid>) -> Result<bool, StoreError> {
+pub async fn name_taken(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    name: &str,
+    except: Option<Uuid>,
+) -> Result<bool, StoreError> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM sso_connections WHERE company_id = $1 AND name = $2 AND id IS DISTINCT FROM $3)",
     )
@@ -305,7 +314,11 @@ pub async fn domain_taken(tx: &mut Tx, domain: &str) -> Result<bool, StoreError>
 }
 
 /// The company's claim on a domain: its connection and verification token.
-pub async fn claim(tx: &mut Tx, company_id: CompanyId, domain: &str) -> Result<Option<(Uuid, String, bool)>, StoreError> {
+pub async fn claim(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    domain: &str,
+) -> Result<Option<(Uuid, String, bool)>, StoreError> {
     sqlx::query_as(
         "SELECT connection_id, verify_token, verified_at IS NOT NULL FROM sso_domains WHERE company_id = $1 AND domain = $2",
     )
@@ -318,7 +331,12 @@ pub async fn claim(tx: &mut Tx, company_id: CompanyId, domain: &str) -> Result<O
 
 /// Marks the company's claim on `domain` verified. A conflict if another
 /// company verified it first (the platform-wide unique index).
-pub async fn mark_verified(tx: &mut Tx, company_id: CompanyId, domain: &str, by: VerifiedBy) -> Result<bool, StoreError> {
+pub async fn mark_verified(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    domain: &str,
+    by: VerifiedBy,
+) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "UPDATE sso_domains SET verified_at = now(), verified_by = $3
           WHERE company_id = $1 AND domain = $2 AND verified_at IS NULL",
@@ -528,7 +546,12 @@ pub async fn insert_identity(tx: &mut Tx, n: NewIdentity<'_>) -> Result<bool, St
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn touch_identity(tx: &mut Tx, subject_hash: &[u8], email: &str, connection_id: Uuid) -> Result<(), StoreError> {
+pub async fn touch_identity(
+    tx: &mut Tx,
+    subject_hash: &[u8],
+    email: &str,
+    connection_id: Uuid,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE sso_identities SET email = $2, connection_id = $3, last_login_at = now() WHERE subject_hash = $1",
     )

@@ -177,9 +177,12 @@ async fn authorize_tenant(
 async fn authorize(State(idp): State<Idp>, Query(q): Query<HashMap<String, String>>) -> Response {
     let mut i = idp.lock();
     i.authorize_params.push(q.clone());
-    let (Some(redirect_uri), Some(state), Some(nonce), Some(challenge)) =
-        (q.get("redirect_uri"), q.get("state"), q.get("nonce"), q.get("code_challenge"))
-    else {
+    let (Some(redirect_uri), Some(state), Some(nonce), Some(challenge)) = (
+        q.get("redirect_uri"),
+        q.get("state"),
+        q.get("nonce"),
+        q.get("code_challenge"),
+    ) else {
         return (StatusCode::BAD_REQUEST, "missing parameters").into_response();
     };
     if q.get("code_challenge_method").map(String::as_str) != Some("S256")
@@ -214,7 +217,13 @@ async fn token_tenant(
 }
 
 async fn token(State(idp): State<Idp>, headers: HeaderMap, Form(f): Form<HashMap<String, String>>) -> Response {
-    let refuse = |what: &str| (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant", "error_description": what}))).into_response();
+    let refuse = |what: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant", "error_description": what})),
+        )
+            .into_response()
+    };
     // client_secret_basic or client_secret_post.
     let basic = headers
         .get("authorization")
@@ -270,6 +279,7 @@ async fn token(State(idp): State<Idp>, headers: HeaderMap, Form(f): Form<HashMap
     let der = base64::engine::general_purpose::STANDARD.decode(&key.der).expect("der");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some(key.kid.clone());
-    let id_token = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_der(&der)).expect("sign");
+    let id_token =
+        jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_der(&der)).expect("sign");
     Json(json!({"access_token": "at", "token_type": "Bearer", "expires_in": 600, "id_token": id_token})).into_response()
 }

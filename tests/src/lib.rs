@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 pub mod accounting;
 pub mod counting;
+pub mod dns;
 pub mod forward;
 pub mod idp;
 pub mod openapi;

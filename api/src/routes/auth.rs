@@ -182,12 +182,22 @@ async fn login(
     let barred = password_barred(&state, user_id).await?;
     let Some(&company_id) = companies.iter().find(|c| !barred.contains(c)) else {
         for company_id in barred {
-            state.audit.record(attempt(company_id, Some(user_id), "sso_required")).await;
+            state
+                .audit
+                .record(attempt(company_id, Some(user_id), "sso_required"))
+                .await;
         }
         return Err(sso_required());
     };
     let ttl = state.config.session_ttl;
-    let (session_id, token) = session::create(&state.pool, user_id, company_id, Utc::now() + ttl, floq_shared::sso::Method::Password).await?;
+    let (session_id, token) = session::create(
+        &state.pool,
+        user_id,
+        company_id,
+        Utc::now() + ttl,
+        floq_shared::sso::Method::Password,
+    )
+    .await?;
     let mut actor = request.actor();
     actor.kind = audit::ActorType::User;
     actor.id = Some(user_id);
@@ -311,7 +321,9 @@ async fn switch_company(
     };
     // A password session does not reach a company that requires single sign-on.
     if session::method_of(&state.pool, session_id).await? == Some(floq_shared::sso::Method::Password)
-        && password_barred(&state, principal.user_id).await?.contains(&body.company_id)
+        && password_barred(&state, principal.user_id)
+            .await?
+            .contains(&body.company_id)
     {
         return Err(sso_required());
     }

@@ -196,7 +196,10 @@ fn resolve(state: &AppState, body: &ConnectionBody) -> ApiResult<Resolved> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
             {
-                return Err(field_error("tenant", "a tenant id, a tenant domain, `organizations` or `common`"));
+                return Err(field_error(
+                    "tenant",
+                    "a tenant id, a tenant domain, `organizations` or `common`",
+                ));
             }
             let multi = oidc::ENTRA_MULTI_TENANT.contains(&tenant.as_str());
             if multi && allowed_tenants.is_empty() {
@@ -272,9 +275,10 @@ async fn check_domains(tx: &mut db::Tx, company_id: CompanyId, id: Uuid, domains
 fn seal(state: &AppState, company_id: Uuid, id: Uuid, secret: &str) -> SealedSecret {
     let id_text = id.to_string();
     SealedSecret {
-        data: state
-            .keyring
-            .encrypt(secret.as_bytes(), floq_shared::secrets::sso_binding(company_id, &id_text)),
+        data: state.keyring.encrypt(
+            secret.as_bytes(),
+            floq_shared::secrets::sso_binding(company_id, &id_text),
+        ),
         key_id: state.keyring.primary_id(),
     }
 }
@@ -293,7 +297,9 @@ async fn fetch(tx: &mut db::Tx, company_id: Uuid, id: Uuid) -> ApiResult<Connect
 fn conflict(e: floq_shared::db::StoreError) -> ApiError {
     match e.fault() {
         Fault::Conflict { field: Some("name") } => name_taken(),
-        Fault::Conflict { field: Some("email_domains") } => ApiError::new(
+        Fault::Conflict {
+            field: Some("email_domains"),
+        } => ApiError::new(
             StatusCode::CONFLICT,
             "domain_taken",
             "a domain belongs to another single sign-on connection",
@@ -316,7 +322,11 @@ async fn list(State(state): State<AppState>, auth: Authorized<SettingsManage>) -
     params(("connection_id" = Uuid, Path)),
     security(("api_key" = ["settings:manage"]), ("session" = ["settings:manage"])),
     responses((status = 200, description = "The connection", body = ConnectionDoc)))]
-async fn show(State(state): State<AppState>, auth: Authorized<SettingsManage>, Id(id): Id) -> ApiResult<Json<Connection>> {
+async fn show(
+    State(state): State<AppState>,
+    auth: Authorized<SettingsManage>,
+    Id(id): Id,
+) -> ApiResult<Json<Connection>> {
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     let found = fetch(&mut tx, auth.principal.company_id, id).await?;
     db::commit(tx).await?;

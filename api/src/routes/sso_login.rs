@@ -116,7 +116,10 @@ pub fn safe_return_to(raw: Option<&str>) -> ApiResult<String> {
 }
 
 fn callback_url(state: &AppState) -> String {
-    format!("{}/api/v1/auth/sso/callback", state.config.public_url.trim_end_matches('/'))
+    format!(
+        "{}/api/v1/auth/sso/callback",
+        state.config.public_url.trim_end_matches('/')
+    )
 }
 
 /// The throttling bucket of single sign-on: per client address.
@@ -292,6 +295,15 @@ async fn link(
     principal: Principal,
     extract::Id(connection_id): extract::Id,
 ) -> ApiResult<Response> {
+    // Another company's connection is not found, whatever the credential.
+    let mut tx = db::lookup_tx(&state.pool, Duty::Sso, Lookup::Id(connection_id)).await?;
+    let ours = sso::connection(&mut tx, connection_id)
+        .await?
+        .is_some_and(|c| c.company_id.as_uuid() == principal.company_id);
+    db::commit(tx).await?;
+    if !ours {
+        return Err(ApiError::not_found("connection"));
+    }
     if !matches!(principal.credential, Credential::Session(_)) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -375,7 +387,7 @@ fn rejected(company: &SignInConnection, stage: &str, r: Refusal) -> Stop {
 /// The provider sends the browser back here: finishes the sign-in.
 #[utoipa::path(get, operation_id = "auth_sso_callback", path = "/api/v1/auth/sso/callback", tag = "auth",
     params(CallbackQuery),
-    responses((status = 200, description = "Signed in: `Set-Cookie: floq_session=…`, and an HTML page that moves on to `return_to`", content_type = "text/html"),
+    responses((status = 200, description = "Signed in: `Set-Cookie: floq_session=…`, and an HTML page that moves on to `return_to`", content_type = "text/html", body = crate::openapi::RawBody),
         (status = 401, description = "The sign-in did not complete (`sso_failed`); the reason is in the audit log", body = ErrorBody),
         (status = 429, description = "Too many failed sign-ins from this client (`too_many_attempts`)", body = ErrorBody),
         (status = 502, description = "The provider could not be reached (`sso_unavailable`)", body = ErrorBody)))]
@@ -392,9 +404,13 @@ async fn callback(
         Err(Stop::Refused(f)) => {
             throttle::record_failure(&state.pool, &client_bucket(&request)).await?;
             floq_shared::telemetry::METRICS.login_failures.inc();
-            let mut entry = Entry::new(f.company_id.unwrap_or(audit::PLATFORM), request.actor(), "auth.sso.login")
-                .outcome(Outcome::Failure)
-                .details(json!({"reason": f.reason, "detail": f.detail}));
+            let mut entry = Entry::new(
+                f.company_id.unwrap_or(audit::PLATFORM),
+                request.actor(),
+                "auth.sso.login",
+            )
+            .outcome(Outcome::Failure)
+            .details(json!({"reason": f.reason, "detail": f.detail}));
             if let Some(id) = f.connection_id {
                 entry = entry.resource("sso_connection", id);
             }
@@ -418,17 +434,14 @@ async fn finish(
         return Err(failed(None, "missing_state"));
     };
     let state_hash = token_hash(state_token);
-    let mut tx = db::lookup_tx(&state.pool, Duty::Sso, Lookup::Hash(&state_hash))
-        .await?;
+    let mut tx = db::lookup_tx(&state.pool, Duty::Sso, Lookup::Hash(&state_hash)).await?;
     let Some(flight) = sso::take_state(&mut tx, &state_hash).await? else {
         db::commit(tx).await?;
         return Err(failed(None, "unknown_state"));
     };
-    db::set_lookup(&mut tx, Lookup::Id(flight.connection_id))
-        .await?;
+    db::set_lookup(&mut tx, Lookup::Id(flight.connection_id)).await?;
     let conn = sso::connection(&mut tx, flight.connection_id).await?;
-    let domains = sso::verified_domains(&mut tx, flight.connection_id)
-        .await?;
+    let domains = sso::verified_domains(&mut tx, flight.connection_id).await?;
     // The state is spent whatever follows.
     db::commit(tx).await?;
     let Some(conn) = conn else {
@@ -471,7 +484,14 @@ async fn finish(
         .map_err(|r| rejected(&conn, "discovery", r))?;
     let id_token = state
         .oidc
-        .exchange(&conn, &endpoints, secret, code, &callback_url(state), &flight.pkce_verifier)
+        .exchange(
+            &conn,
+            &endpoints,
+            secret,
+            code,
+            &callback_url(state),
+            &flight.pkce_verifier,
+        )
         .await
         .map_err(|r| rejected(&conn, "token exchange", r))?;
     let verified = state
@@ -483,8 +503,14 @@ async fn finish(
 
     let company_id = conn.company_id.as_uuid();
     let ttl = state.config.session_ttl;
-    let (session_id, token) = session::create(&state.pool, user_id.as_uuid(), company_id, Utc::now() + ttl, Method::Sso)
-        .await?;
+    let (session_id, token) = session::create(
+        &state.pool,
+        user_id.as_uuid(),
+        company_id,
+        Utc::now() + ttl,
+        Method::Sso,
+    )
+    .await?;
     let mut actor = request.actor();
     actor.kind = audit::ActorType::User;
     actor.id = Some(user_id.as_uuid());
@@ -545,8 +571,7 @@ async fn resolve(
     let domain_verified = email
         .rsplit_once('@')
         .is_some_and(|(_, d)| domains.iter().any(|ours| ours.eq_ignore_ascii_case(d)));
-    let mut tx = db::lookup_tx(&state.pool, Duty::Sso, Lookup::Hash(&subject_hash))
-        .await?;
+    let mut tx = db::lookup_tx(&state.pool, Duty::Sso, Lookup::Hash(&subject_hash)).await?;
     let bound = sso::identity(&mut tx, &subject_hash).await?;
     let audit_entry = |action: &str, user: UserId, details: Value| {
         let mut actor = request.actor();
@@ -580,14 +605,17 @@ async fn resolve(
             }
         }
         db::commit(tx).await?;
-        let entry = audit_entry("auth.sso.link", link_user, json!({"connection_id": conn.id, "explicit": true}));
+        let entry = audit_entry(
+            "auth.sso.link",
+            link_user,
+            json!({"connection_id": conn.id, "explicit": true}),
+        );
         state.audit.record(entry).await;
         return ensure_member(state, conn, link_user, true).await;
     }
 
     if let Some((user, _)) = bound {
-        sso::touch_identity(&mut tx, &subject_hash, &email, conn.id)
-            .await?;
+        sso::touch_identity(&mut tx, &subject_hash, &email, conn.id).await?;
         db::commit(tx).await?;
         return ensure_member(state, conn, user, domain_verified).await;
     }
@@ -601,8 +629,7 @@ async fn resolve(
         return refuse("email_domain_not_verified_for_connection");
     }
     let address = floq_shared::email::Email::parse(&email).map_err(|_| failed(Some(conn), "email_not_ascii"))?;
-    let mut tx = db::lookup_tx(&state.pool, Duty::SignIn, Lookup::Email(address.as_str()))
-        .await?;
+    let mut tx = db::lookup_tx(&state.pool, Duty::SignIn, Lookup::Email(address.as_str())).await?;
     let existing = users::by_email(&mut tx, &address).await?;
     db::commit(tx).await?;
 
@@ -611,8 +638,7 @@ async fn resolve(
             return refuse("email_not_verified_by_provider");
         }
         let user = existing.id;
-        let mut tx = db::lookup_tx(&state.pool, Duty::Sso, Lookup::Hash(&subject_hash))
-            .await?;
+        let mut tx = db::lookup_tx(&state.pool, Duty::Sso, Lookup::Hash(&subject_hash)).await?;
         let new = sso::NewIdentity {
             subject_hash: &subject_hash,
             issuer: &v.issuer,
@@ -625,8 +651,7 @@ async fn resolve(
             db::commit(tx).await?;
             return refuse("subject_bound_concurrently");
         }
-        db::set_lookup(&mut tx, Lookup::Id(user.as_uuid()))
-            .await?;
+        db::set_lookup(&mut tx, Lookup::Id(user.as_uuid())).await?;
         let ended = sso::end_password_sessions(&mut tx, user).await?;
         db::commit(tx).await?;
         let entry = audit_entry(
@@ -654,10 +679,8 @@ async fn resolve(
         Err(e) if matches!(e.fault(), db::Fault::Conflict { .. }) => return refuse("registered_concurrently"),
         Err(e) => return Err(e.into()),
     };
-    users::add_member(&mut tx, company_id, user, &[conn.default_role])
-        .await?;
-    db::become_duty(&mut tx, Duty::Sso, Lookup::Hash(&subject_hash))
-        .await?;
+    users::add_member(&mut tx, company_id, user, &[conn.default_role]).await?;
+    db::become_duty(&mut tx, Duty::Sso, Lookup::Hash(&subject_hash)).await?;
     let new = sso::NewIdentity {
         subject_hash: &subject_hash,
         issuer: &v.issuer,

@@ -640,6 +640,15 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
         .await;
     let credential = credential["id"].as_str().unwrap().to_string();
 
+    let (_, connection) = app
+        .post(
+            "/api/v1/sso/connections",
+            admin,
+            json!({"name": "idp", "issuer": "https://idp.example.test", "client_id": "c", "client_secret": "s"}),
+        )
+        .await;
+    let connection = connection["id"].as_str().unwrap().to_string();
+
     let (schedule, invitation) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
     let fixtures = [
         ("flow_id", flow.as_str()),
@@ -653,6 +662,7 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
         ("key", "greeting"),
         ("schedule_id", schedule.as_str()),
         ("invitation_id", invitation.as_str()),
+        ("connection_id", connection.as_str()),
     ];
     // (method, path, names one of our ids) of every operation the API documents but the public ones.
     let endpoints: Vec<(Method, String, bool)> = operations(&app)
@@ -699,6 +709,10 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
             let body = match *method {
                 Method::PATCH => json!({"roles": ["viewer"]}),
                 Method::PUT if path.contains("flow-groups") => json!({"name": "renamed"}),
+                Method::PUT if path.contains("/sso/connections/") => {
+                    json!({"name": "renamed", "issuer": "https://idp.example.test", "client_id": "c"})
+                }
+                Method::POST if path.ends_with("/verify-domain") => json!({"domain": "acme.test"}),
                 Method::POST if path.ends_with("/schedules") => json!({"cron": "*/5 * * * *"}),
                 _ => json!({}),
             };

@@ -15,6 +15,11 @@ const FAILED: &str =
     "single sign-on did not complete: start again from the sign-in page; if it keeps failing, ask your administrator";
 
 async fn spawn() -> (TestApp, Idp) {
+    spawn_resolving(None).await
+}
+
+/// With domain verification asking `dns` for TXT records.
+async fn spawn_resolving(dns: Option<std::net::SocketAddr>) -> (TestApp, Idp) {
     let idp = Idp::start().await;
     let authority = idp.base.clone();
     let app = TestApp::spawn_configured(
@@ -27,6 +32,7 @@ async fn spawn() -> (TestApp, Idp) {
             c.cors_origins = vec![ORIGIN.into()];
             c.sso_egress_allow = floq_shared::egress::parse_allow_list("127.0.0.1").unwrap();
             c.sso_entra_authority = authority;
+            c.sso_dns_server = dns;
         },
     )
     .await;
@@ -76,13 +82,20 @@ struct Back {
 async fn to_provider_and_back(app: &TestApp, connection: &str, return_to: &str) -> Back {
     let b = browser();
     let resp = b
-        .get(format!("{}/api/v1/auth/sso/{connection}/start?return_to={}", app.base, enc(return_to)))
+        .get(format!(
+            "{}/api/v1/auth/sso/{connection}/start?return_to={}",
+            app.base,
+            enc(return_to)
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FOUND);
     let binding = resp.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(binding.contains("HttpOnly") && binding.contains("SameSite=Lax") && binding.contains("Secure"), "{binding}");
+    assert!(
+        binding.contains("HttpOnly") && binding.contains("SameSite=Lax") && binding.contains("Secure"),
+        "{binding}"
+    );
     let location = resp.headers()["location"].to_str().unwrap().to_string();
     let resp = b.get(&location).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{}", resp.text().await.unwrap());
@@ -155,7 +168,11 @@ async fn wait_for_audit(app: &TestApp, action: &str, pred: impl Fn(&Value) -> bo
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let seen: Vec<Value> = sso_audit(app, action).await.into_iter().map(|e| e["details"].clone()).collect();
+    let seen: Vec<Value> = sso_audit(app, action)
+        .await
+        .into_iter()
+        .map(|e| e["details"].clone())
+        .collect();
     panic!("no {action} entry matched: {seen:#?}");
 }
 
@@ -175,10 +192,7 @@ async fn a_first_sign_in_registers_the_member_and_opens_a_password_like_session(
     assert_eq!(resp.status(), StatusCode::OK);
     let found: Value = resp.json().await.unwrap();
     assert_eq!(found["connection_id"], conn.as_str());
-    assert_eq!(
-        found["start_url"],
-        format!("{PUBLIC_URL}/api/v1/auth/sso/{conn}/start")
-    );
+    assert_eq!(found["start_url"], format!("{PUBLIC_URL}/api/v1/auth/sso/{conn}/start"));
     let resp = app
         .client
         .post(format!("{}/api/v1/auth/sso/discover", app.base))
@@ -199,14 +213,19 @@ async fn a_first_sign_in_registers_the_member_and_opens_a_password_like_session(
     assert_eq!(landed.status, StatusCode::OK, "{}", landed.body);
     // A same-site navigation onwards, so the SameSite=Strict cookie goes along.
     assert!(
-        landed.body.contains(r#"http-equiv="refresh" content="0;url=/flows?tab=mine""#),
+        landed
+            .body
+            .contains(r#"http-equiv="refresh" content="0;url=/flows?tab=mine""#),
         "{}",
         landed.body
     );
     let (cookie, set_cookie) = landed.session.expect("a session");
     // The same cookie a password sign-in sets.
     let ttl = app.config.session_ttl.as_secs();
-    assert!(set_cookie.ends_with(&format!("; Path=/; Max-Age={ttl}; HttpOnly; Secure; SameSite=Strict")), "{set_cookie}");
+    assert!(
+        set_cookie.ends_with(&format!("; Path=/; Max-Age={ttl}; HttpOnly; Secure; SameSite=Strict")),
+        "{set_cookie}"
+    );
     let (status, who) = me(&app, &cookie).await;
     assert_eq!(status, StatusCode::OK, "{who}");
     assert_eq!(who["user"]["email"], "newbie@acme.test");
@@ -234,7 +253,11 @@ async fn every_broken_check_is_refused_alike_and_audited_with_its_reason() {
     let cases: Vec<(&str, Value, &str)> = vec![
         ("wrong nonce", json!({"nonce": "not-the-nonce"}), "nonce_mismatch"),
         ("wrong aud", json!({"aud": "another-client"}), "audience_mismatch"),
-        ("expired", json!({"exp": chrono::Utc::now().timestamp() - 3600}), "token_expired"),
+        (
+            "expired",
+            json!({"exp": chrono::Utc::now().timestamp() - 3600}),
+            "token_expired",
+        ),
         ("wrong issuer", json!({"iss": "https://evil.test"}), "issuer_mismatch"),
         ("foreign azp", json!({"azp": "another-client"}), "azp_mismatch"),
         ("no sub", json!({"sub": null}), "claims_invalid"),
@@ -254,7 +277,10 @@ async fn every_broken_check_is_refused_alike_and_audited_with_its_reason() {
     // A key the provider does not publish.
     idp.sign_with_unpublished();
     refused(&sign_in(&app, &conn).await);
-    wait_for_audit(&app, "auth.sso.login", |e| e["details"]["reason"] == "unknown_signing_key").await;
+    wait_for_audit(&app, "auth.sso.login", |e| {
+        e["details"]["reason"] == "unknown_signing_key"
+    })
+    .await;
     idp.rotate();
 
     // The browser binding: missing, or another browser's.
@@ -262,7 +288,10 @@ async fn every_broken_check_is_refused_alike_and_audited_with_its_reason() {
     refused(&callback(&back.callback, None).await);
     let other = to_provider_and_back(&app, &conn, "/").await;
     refused(&callback(&other.callback, Some(&back.binding)).await);
-    wait_for_audit(&app, "auth.sso.login", |e| e["details"]["reason"] == "browser_binding_mismatch").await;
+    wait_for_audit(&app, "auth.sso.login", |e| {
+        e["details"]["reason"] == "browser_binding_mismatch"
+    })
+    .await;
 
     // A state works once: the replay of a successful callback is refused.
     let back = to_provider_and_back(&app, &conn, "/").await;
@@ -283,7 +312,11 @@ async fn every_broken_check_is_refused_alike_and_audited_with_its_reason() {
     // Only paths on this site are places to come back to.
     for foreign in ["https://evil.test/", "//evil.test/x", "/\\evil.test", "evil.test"] {
         let resp = browser()
-            .get(format!("{}/api/v1/auth/sso/{conn}/start?return_to={}", app.base, enc(foreign)))
+            .get(format!(
+                "{}/api/v1/auth/sso/{conn}/start?return_to={}",
+                app.base,
+                enc(foreign)
+            ))
             .send()
             .await
             .unwrap();
@@ -334,7 +367,10 @@ async fn an_existing_identity_is_linked_only_with_a_verified_address_and_loses_i
 
     idp.next_user(json!({"sub": "sub-ada", "email": "ada@acme.test", "email_verified": false}));
     refused(&sign_in(&app, &conn).await);
-    wait_for_audit(&app, "auth.sso.login", |e| e["details"]["reason"] == "email_not_verified_by_provider").await;
+    wait_for_audit(&app, "auth.sso.login", |e| {
+        e["details"]["reason"] == "email_not_verified_by_provider"
+    })
+    .await;
     assert_eq!(me(&app, &password_session).await.0, StatusCode::OK);
 
     idp.next_user(json!({"sub": "sub-ada", "email": "ada@acme.test", "email_verified": true}));
@@ -469,12 +505,23 @@ async fn webmail_and_taken_domains_are_refused() {
                "client_secret": CLIENT_SECRET, "email_domains": domains})
     };
     let (status, answer) = app
-        .post("/api/v1/sso/connections", &app.admin.api_key, body(json!(["acme.test", "Gmail.com"])))
+        .post(
+            "/api/v1/sso/connections",
+            &app.admin.api_key,
+            body(json!(["acme.test", "Gmail.com"])),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert_eq!(answer["error"]["code"], "public_email_domain");
     assert_eq!(answer["error"]["details"][0]["field"], "email_domains[1]");
-    for webmail in ["outlook.com", "hotmail.com", "yahoo.com", "icloud.com", "proton.me", "gmx.de"] {
+    for webmail in [
+        "outlook.com",
+        "hotmail.com",
+        "yahoo.com",
+        "icloud.com",
+        "proton.me",
+        "gmx.de",
+    ] {
         let (status, _) = app
             .post("/api/v1/sso/connections", &app.admin.api_key, body(json!([webmail])))
             .await;
@@ -484,7 +531,11 @@ async fn webmail_and_taken_domains_are_refused() {
     // Acme holds acme.test verified: no other connection may claim it, here or at another company.
     connection(&app, &idp, &["acme.test"], "none").await;
     let (status, answer) = app
-        .post("/api/v1/sso/connections", &app.admin.api_key, body(json!(["acme.test"])))
+        .post(
+            "/api/v1/sso/connections",
+            &app.admin.api_key,
+            body(json!(["acme.test"])),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");
     assert_eq!(answer["error"]["code"], "domain_taken");
@@ -501,7 +552,11 @@ async fn webmail_and_taken_domains_are_refused() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     let (status, answer) = app
-        .post("/api/v1/sso/connections", &app.admin.api_key, body(json!(["globex.test"])))
+        .post(
+            "/api/v1/sso/connections",
+            &app.admin.api_key,
+            body(json!(["globex.test"])),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     floq_api::admin::verify_domain(&app.pool, &globex.company_id.to_string(), "globex.test")
@@ -531,11 +586,17 @@ async fn connections_are_admin_only_hide_their_secret_and_stay_in_their_company(
         .unwrap();
     assert!(!String::from_utf8_lossy(&stored).contains(CLIENT_SECRET));
 
-    let update = json!({"name": "renamed", "issuer": idp.issuer(), "client_id": CLIENT_ID, "email_domains": ["acme.test"]});
-    let (status, after) = app.request(Method::PUT, &path, &app.admin.api_key, Some(update.clone())).await;
+    let update =
+        json!({"name": "renamed", "issuer": idp.issuer(), "client_id": CLIENT_ID, "email_domains": ["acme.test"]});
+    let (status, after) = app
+        .request(Method::PUT, &path, &app.admin.api_key, Some(update.clone()))
+        .await;
     assert_eq!(status, StatusCode::OK, "{after}");
     assert_eq!(after["name"], "renamed");
-    assert_eq!(after["email_domains"][0]["verified"], true, "a kept domain keeps its verification");
+    assert_eq!(
+        after["email_domains"][0]["verified"], true,
+        "a kept domain keeps its verification"
+    );
     // The secret was kept: signing in still works.
     assert_eq!(sign_in(&app, &conn).await.status, StatusCode::OK);
 
@@ -554,8 +615,10 @@ async fn connections_are_admin_only_hide_their_secret_and_stay_in_their_company(
         let (status, _) = app.request(method.clone(), &p, &viewer.api_key, body).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "a viewer: {method} {p}");
     }
-    // Linking happens in a browser session; an API key is told so.
     let (status, answer) = app.request(Method::POST, &link, &globex.api_key, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    // Linking happens in a browser session; an API key is told so.
+    let (status, answer) = app.request(Method::POST, &link, &app.admin.api_key, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     for (method, p) in [
         (Method::GET, "/api/v1/sso/connections"),
@@ -590,7 +653,14 @@ async fn connections_are_admin_only_hide_their_secret_and_stay_in_their_company(
         .iter()
         .map(|e| e["action"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(changes, ["sso.connection_delete", "sso.connection_update", "sso.connection_create"]);
+    assert_eq!(
+        changes,
+        [
+            "sso.connection_delete",
+            "sso.connection_update",
+            "sso.connection_create"
+        ]
+    );
     app.teardown().await;
 }
 
@@ -633,10 +703,74 @@ async fn an_entra_multi_tenant_connection_accepts_only_its_listed_tenants() {
 
     idp.next_user(user(foreign, foreign, true));
     refused(&sign_in(&app, &conn).await);
-    wait_for_audit(&app, "auth.sso.login", |e| e["details"]["reason"] == "tenant_not_allowed").await;
+    wait_for_audit(&app, "auth.sso.login", |e| {
+        e["details"]["reason"] == "tenant_not_allowed"
+    })
+    .await;
     // The issuer must name the token's own tenant.
     idp.next_user(user(tid, foreign, true));
     refused(&sign_in(&app, &conn).await);
     wait_for_audit(&app, "auth.sso.login", |e| e["details"]["reason"] == "issuer_mismatch").await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_domain_is_verified_by_the_dns_txt_record_the_company_publishes() {
+    let dns = floq_tests::dns::DnsServer::start().await;
+    let (app, idp) = spawn_resolving(Some(dns.addr)).await;
+    let (status, created) = app
+        .post(
+            "/api/v1/sso/connections",
+            &app.admin.api_key,
+            json!({"name": "idp", "issuer": idp.issuer(), "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                   "email_domains": ["acme.test"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let claim = &created["email_domains"][0];
+    assert_eq!(claim["verified"], false);
+    assert_eq!(claim["txt_name"], "_floq-verify.acme.test");
+    let value = claim["txt_value"].as_str().unwrap().to_string();
+    assert!(value.starts_with("floq-verify="), "{value}");
+
+    // Unverified, the domain routes nothing.
+    let discover = || async {
+        app.client
+            .post(format!("{}/api/v1/auth/sso/discover", app.base))
+            .json(&json!({"email": "ada@acme.test"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(discover().await, StatusCode::NOT_FOUND);
+    idp.next_user(json!({"sub": "s", "email": "ada@acme.test", "email_verified": true}));
+    refused(&sign_in(&app, id).await);
+
+    let verify = format!("/api/v1/sso/connections/{id}/verify-domain");
+    let (status, answer) = app
+        .post(&verify, &app.admin.api_key, json!({"domain": "acme.test"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"]["code"], "domain_not_verified");
+    dns.publish("_floq-verify.acme.test", "floq-verify=someone-elses-token");
+    let (status, _) = app
+        .post(&verify, &app.admin.api_key, json!({"domain": "acme.test"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    dns.publish("_floq-verify.acme.test", &value);
+    let (status, answer) = app
+        .post(&verify, &app.admin.api_key, json!({"domain": "acme.test"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["email_domains"][0]["verified"], true);
+    assert_eq!(answer["email_domains"][0]["verified_by"], "dns");
+    assert_eq!(discover().await, StatusCode::OK);
+    assert_eq!(sign_in(&app, id).await.status, StatusCode::OK);
+    let (status, _) = app
+        .post(&verify, &app.admin.api_key, json!({"domain": "other.test"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     app.teardown().await;
 }
