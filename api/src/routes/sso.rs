@@ -151,11 +151,12 @@ impl Resolved {
 }
 
 fn resolve(state: &AppState, body: &ConnectionBody) -> ApiResult<Resolved> {
-    let preset = match body.preset.as_deref().unwrap_or("generic") {
-        p => p
-            .parse::<Preset>()
-            .map_err(|_| field_error("preset", "must be `generic` or `entra`"))?,
-    };
+    let preset = body
+        .preset
+        .as_deref()
+        .unwrap_or("generic")
+        .parse::<Preset>()
+        .map_err(|_| field_error("preset", "must be `generic` or `entra`"))?;
     let default_role = match body.default_role.as_deref() {
         None => Role::None,
         Some(r) => r
