@@ -66,8 +66,15 @@ pub struct Idp {
 
 impl Idp {
     pub async fn start() -> Self {
+        Self::start_as("127.0.0.1").await
+    }
+
+    /// Listens on 127.0.0.1 but names itself `host` in its URLs (`localhost`:
+    /// another site than `127.0.0.1` to a browser, as a real provider is).
+    pub async fn start_as(host: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let port = listener.local_addr().expect("addr").port();
+        let base = format!("http://{host}:{port}");
         let inner = Arc::new(Mutex::new(Inner {
             next: json!({"sub": "user-1", "email": "ada@acme.test", "email_verified": true}),
             tamper: json!({}),

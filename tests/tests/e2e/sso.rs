@@ -774,3 +774,65 @@ async fn a_domain_is_verified_by_the_dns_txt_record_the_company_publishes() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.teardown().await;
 }
+
+/// The redirect and cookie part in a real browser: Chromium, driven by
+/// `tests/browser/sso_login.py` (Playwright from PyPI; `deploy/local/test.sh
+/// --slow` installs it into a venv, FLOQ_PLAYWRIGHT_PYTHON names its python).
+/// The provider answers as `localhost`, floq as `127.0.0.1`, so the redirect
+/// back is cross-site as with a real provider; the browser must land on
+/// `return_to` signed in.
+#[tokio::test]
+#[ignore = "slow: drives Chromium with Playwright (deploy/local/test.sh --slow)"]
+async fn a_real_browser_signs_in_and_lands_signed_in() {
+    let python =
+        std::env::var("FLOQ_PLAYWRIGHT_PYTHON").unwrap_or_else(|_| "/var/tmp/floq-playwright/bin/python".into());
+    let idp = Idp::start_as("localhost").await;
+    // The browser must reach the callback at FLOQ_PUBLIC_URL: choose the port first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("http://127.0.0.1:{port}");
+    let authority = idp.base.clone();
+    let app = TestApp::spawn_configured(
+        Options {
+            worker: false,
+            scheduler: false,
+        },
+        {
+            let public = public.clone();
+            move |c| {
+                c.http_addr = format!("127.0.0.1:{port}").parse().unwrap();
+                c.public_url = public;
+                c.sso_egress_allow = floq_shared::egress::parse_allow_list("127.0.0.1,localhost").unwrap();
+                c.sso_entra_authority = authority;
+            }
+        },
+    )
+    .await;
+    let conn = connection(&app, &idp, &["acme.test"], "viewer").await;
+    idp.next_user(json!({"sub": "browser-sub", "email": "browser@acme.test", "email_verified": true}));
+    let start = format!("{public}/api/v1/auth/sso/{conn}/start?return_to=%2Fapi%2Fv1%2Fauth%2Fme");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/sso_login.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(&start)
+        .arg("browser@acme.test")
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python} (set FLOQ_PLAYWRIGHT_PYTHON, or run deploy/local/test.sh --slow): {e}")
+        });
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    println!("{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "the browser did not land signed in:\n{stdout}\n{stderr}"
+    );
+    wait_for_audit(&app, "auth.sso.login", |e| e["outcome"] == "success").await;
+    app.teardown().await;
+}
