@@ -8,7 +8,10 @@ which runs floq and the mock identity provider and passes:
 
 The provider answers on `localhost`, floq on `127.0.0.1`: two sites, so the
 provider's redirect back to the callback is a cross-site navigation, as with
-a real provider. The script follows the whole flow as a user would and checks
+a real provider. The provider shows a page with a "Continue" link, so the
+navigation back starts on the provider's site (a navigation the browser
+itself starts, like `page.goto`, would count as same-site all the way). The
+script follows the whole flow as a user would and checks
 that the page it lands on (`return_to` = `/api/v1/auth/me`, which answers only
 with a session) was loaded signed in: the `SameSite=Strict` session cookie
 was sent on the navigation after the callback.
@@ -34,6 +37,12 @@ def main() -> int:
         visited = []
         page.on("framenavigated", lambda f: visited.append(f.url) if f == page.main_frame else None)
         page.goto(start_url)
+        # The provider's sign-in page (on another site): the user continues from there.
+        page.wait_for_selector("#continue", timeout=15000)
+        if not page.url.startswith("http://localhost:"):
+            print(f"expected the provider's page on localhost, got {page.url}")
+            return 1
+        page.click("#continue")
         page.wait_for_url("**/api/v1/auth/me", timeout=15000)
         page.wait_for_load_state("load")
         text = page.inner_text("body")

@@ -56,6 +56,9 @@ struct Inner {
     tokens_issued: u32,
     jwks_fetches: u32,
     authorize_params: Vec<HashMap<String, String>>,
+    /// The authorize endpoint shows a page with a link back (as a provider's
+    /// sign-in page does) instead of redirecting at once.
+    interactive: bool,
 }
 
 #[derive(Clone)]
@@ -122,6 +125,13 @@ impl Idp {
         let mut i = self.lock();
         i.published = vec!["key-a".into(), "key-b".into()];
         i.signing = "key-b".into();
+    }
+
+    /// Shows a sign-in page whose "Continue" link (`#continue`) goes back to
+    /// the client: the browser then leaves the provider's site by a
+    /// navigation the provider's page starts, as after a real sign-in.
+    pub fn interactive(&self) {
+        self.lock().interactive = true;
     }
 
     /// Signs with a key the JWKS does not publish.
@@ -211,7 +221,15 @@ async fn authorize(State(idp): State<Idp>, Query(q): Query<HashMap<String, Strin
     );
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     let state = url::form_urlencoded::byte_serialize(state.as_bytes()).collect::<String>();
-    Redirect::to(&format!("{redirect_uri}{sep}code={code}&state={state}")).into_response()
+    let back = format!("{redirect_uri}{sep}code={code}&state={state}");
+    if i.interactive {
+        let page = format!(
+            "<!doctype html><html><body><h1>Mock provider</h1><a id=\"continue\" href=\"{}\">Continue</a></body></html>",
+            back.replace('&', "&amp;").replace('"', "&quot;")
+        );
+        return axum::response::Html(page).into_response();
+    }
+    Redirect::to(&back).into_response()
 }
 
 async fn token_tenant(

@@ -787,6 +787,7 @@ async fn a_real_browser_signs_in_and_lands_signed_in() {
     let python =
         std::env::var("FLOQ_PLAYWRIGHT_PYTHON").unwrap_or_else(|_| "/var/tmp/floq-playwright/bin/python".into());
     let idp = Idp::start_as("localhost").await;
+    idp.interactive();
     // The browser must reach the callback at FLOQ_PUBLIC_URL: choose the port first.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
