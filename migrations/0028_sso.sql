@@ -177,3 +177,8 @@ GRANT SELECT ON sso_settings TO floq_signin;
 CREATE POLICY retention ON sso_states FOR SELECT TO floq_retention USING (expires_at < now());
 CREATE POLICY retention_delete ON sso_states FOR DELETE TO floq_retention USING (expires_at < now());
 GRANT SELECT, DELETE ON sso_states TO floq_retention;
+
+-- Key rotation (operator CLI) re-encrypts connections' client secrets too.
+CREATE POLICY rotate ON sso_connections TO floq_key_rotation USING (true) WITH CHECK (true);
+GRANT SELECT (id, company_id, client_secret, key_id) ON sso_connections TO floq_key_rotation;
+GRANT UPDATE (client_secret, key_id) ON sso_connections TO floq_key_rotation;

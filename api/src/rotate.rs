@@ -1,5 +1,5 @@
 //! `floq-api admin rotate-keys`: re-encrypts every credential, secret KV
-//! value and webhook signing secret ([`crate::webhook_secret::rekey`]) still
+//! value, single sign-on client secret and webhook signing secret ([`crate::webhook_secret::rekey`]) still
 //! sealed by an older key under the primary one, in small
 //! batches, each its own transaction with its rows locked. The system keeps
 //! serving meanwhile (new writes already use the primary key); a stopped
@@ -19,6 +19,7 @@ pub struct Rotated {
     pub credentials: u64,
     pub kv_secrets: u64,
     pub webhook_secrets: u64,
+    pub sso_secrets: u64,
     /// Values no configured key can open (left as they are, and listed).
     pub undecryptable: Vec<String>,
 }
@@ -31,6 +32,7 @@ pub async fn rotate(pool: &db::Pool, keyring: &Keyring, batch: i64) -> anyhow::R
     out.credentials = rotate_credentials(pool, keyring, batch, &mut out.undecryptable).await?;
     out.kv_secrets = rotate_kv(pool, keyring, batch, &mut out.undecryptable).await?;
     out.webhook_secrets = crate::webhook_secret::rekey(pool, keyring, batch, &mut out.undecryptable).await?;
+    out.sso_secrets = rotate_sso(pool, keyring, batch, &mut out.undecryptable).await?;
     Ok(out)
 }
 
@@ -96,6 +98,38 @@ async fn rotate_kv(
             let resealed = keyring.encrypt(&plaintext, binding);
             kv::reseal_secret(&mut tx, row.company_id, &row.key, &resealed, &keyring.primary_id()).await?;
             audit::append(&mut tx, &[rekeyed(row.company_id, "kv", &row.key, keyring)]).await?;
+            moved += 1;
+        }
+        db::commit(tx).await?;
+    }
+    Ok(moved)
+}
+
+async fn rotate_sso(
+    pool: &db::Pool,
+    keyring: &Keyring,
+    batch: i64,
+    undecryptable: &mut Vec<String>,
+) -> anyhow::Result<u64> {
+    let mut skipped = Vec::new();
+    let mut moved = 0;
+    loop {
+        let mut tx = db::duty_tx(pool, db::Duty::KeyRotation).await?;
+        let rows = floq_shared::sso::stale_secrets(&mut tx, &keyring.primary_id(), &skipped, batch).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows {
+            let id = row.id.to_string();
+            let binding = secrets::sso_binding(row.company_id.as_uuid(), &id);
+            let Ok(plaintext) = keyring.decrypt(&row.client_secret, binding) else {
+                undecryptable.push(format!("sso_connections:{id}"));
+                skipped.push(row.id);
+                continue;
+            };
+            let resealed = keyring.encrypt(&plaintext, binding);
+            floq_shared::sso::reseal_secret(&mut tx, row.id, &resealed, &keyring.primary_id()).await?;
+            audit::append(&mut tx, &[rekeyed(row.company_id, "sso_connection", &id, keyring)]).await?;
             moved += 1;
         }
         db::commit(tx).await?;

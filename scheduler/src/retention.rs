@@ -39,6 +39,8 @@ pub struct Trimmed {
     pub sessions: u64,
     pub login_attempts: u64,
     pub schedule_fires: u64,
+    /// Single sign-on states past their expiry (never finished, or spent).
+    pub sso_states: u64,
 }
 
 /// When a batched delete has nothing left.
@@ -92,13 +94,14 @@ where
     .await
 }
 
-/// Expired sessions, forgiven sign-in buckets and old cron fire records:
+/// Expired sessions, forgiven sign-in buckets, old cron fire records and SSO states:
 /// tables that grow with use and whose rows stop mattering on their own clock.
 pub async fn trim_dead_rows(pool: &db::Pool) -> anyhow::Result<Trimmed> {
     let trimmed = Trimmed {
         sessions: in_batches(pool, |tx, n| Box::pin(sessions::delete_expired(tx, n))).await?,
         login_attempts: in_batches(pool, |tx, n| Box::pin(login_attempts::delete_forgiven(tx, n))).await?,
         schedule_fires: in_batches(pool, |tx, n| Box::pin(cron_fire::delete_old_fires(tx, n))).await?,
+        sso_states: in_batches(pool, |tx, n| Box::pin(floq_shared::sso::delete_expired_states(tx, n))).await?,
     };
     if trimmed != Trimmed::default() {
         tracing::info!(?trimmed, "retention trimmed dead rows");

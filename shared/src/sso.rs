@@ -574,6 +574,44 @@ pub async fn end_password_sessions(tx: &mut Tx, user_id: UserId) -> Result<u64, 
     Ok(done.rows_affected())
 }
 
+/// A connection whose client secret an older key sealed (key rotation's duty).
+#[derive(sqlx::FromRow)]
+pub struct StaleSecret {
+    pub id: Uuid,
+    pub company_id: CompanyId,
+    pub client_secret: Vec<u8>,
+}
+
+/// Up to `limit` connections not sealed by `primary_key_id`, locked, skipping `skipped`.
+pub async fn stale_secrets(
+    tx: &mut Tx,
+    primary_key_id: &str,
+    skipped: &[Uuid],
+    limit: i64,
+) -> Result<Vec<StaleSecret>, StoreError> {
+    sqlx::query_as(
+        "SELECT id, company_id, client_secret FROM sso_connections
+          WHERE key_id <> $1 AND NOT (id = ANY($2)) ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(primary_key_id)
+    .bind(skipped)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}
+
+/// Key rotation: stores a connection's client secret sealed anew by `key_id`.
+pub async fn reseal_secret(tx: &mut Tx, id: Uuid, sealed: &[u8], key_id: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE sso_connections SET client_secret = $2, key_id = $3 WHERE id = $1")
+        .bind(id)
+        .bind(sealed)
+        .bind(key_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Deletes up to `limit` states past their expiry (the retention duty).
 pub async fn delete_expired_states(tx: &mut Tx, limit: i64) -> Result<u64, StoreError> {
     let done = sqlx::query(

@@ -308,6 +308,14 @@ async fn every_broken_check_is_refused_alike_and_audited_with_its_reason() {
         .unwrap();
     refused(&callback(&back.callback, Some(&back.binding)).await);
     wait_for_audit(&app, "auth.sso.login", |e| e["details"]["reason"] == "state_expired").await;
+    // Retention trims states past their expiry.
+    let trimmed = floq_scheduler::retention::trim_dead_rows(&app.pool).await.unwrap();
+    assert!(trimmed.sso_states >= 1, "{trimmed:?}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sso_states WHERE expires_at < now()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 
     // Only paths on this site are places to come back to.
     for foreign in ["https://evil.test/", "//evil.test/x", "/\\evil.test", "evil.test"] {
@@ -835,5 +843,32 @@ async fn a_real_browser_signs_in_and_lands_signed_in() {
         "the browser did not land signed in:\n{stdout}\n{stderr}"
     );
     wait_for_audit(&app, "auth.sso.login", |e| e["outcome"] == "success").await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn rotate_keys_reseals_client_secrets_and_sign_in_goes_on() {
+    let (mut app, idp) = spawn().await;
+    let conn = connection(&app, &idp, &["acme.test"], "none").await;
+    let old = app.config.enc_key.clone();
+    let (secret, salt) = floq_shared::crypto::generate();
+    app.restart_api(|c| {
+        c.enc_key = (
+            floq_shared::Secret::new(secret.clone()),
+            floq_shared::Secret::new(salt.clone()),
+        );
+        c.enc_old_keys = vec![old];
+    })
+    .await;
+    let keyring = floq_shared::crypto::Keyring::from_config(&app.config).unwrap();
+    let rotated = floq_api::rotate::rotate(&app.pool, &keyring, 10).await.unwrap();
+    assert_eq!(rotated.sso_secrets, 1, "{rotated:?}");
+    assert!(rotated.undecryptable.is_empty(), "{rotated:?}");
+    let again = floq_api::rotate::rotate(&app.pool, &keyring, 10).await.unwrap();
+    assert_eq!(again.sso_secrets, 0);
+    // With the old key gone, the code exchange still opens the secret.
+    app.restart_api(|c| c.enc_old_keys.clear()).await;
+    let landed = sign_in(&app, &conn).await;
+    assert_eq!(landed.status, StatusCode::OK, "{}", landed.body);
     app.teardown().await;
 }

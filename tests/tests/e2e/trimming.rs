@@ -103,6 +103,7 @@ async fn retention_trims_dead_sessions_sign_in_buckets_and_fire_records_and_keep
             sessions: 2,
             login_attempts: 2,
             schedule_fires: 2,
+            sso_states: 0,
         }
     );
 
