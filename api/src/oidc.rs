@@ -514,8 +514,8 @@ mod tests {
     #[test]
     fn entra_issuers_name_the_tenant_or_the_template() {
         assert_eq!(
-            entra_issuer(ENTRA_AUTHORITY, "contoso.onmicrosoft.com"),
-            "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0"
+            entra_issuer(ENTRA_AUTHORITY, "72f988bf-86f1-41af-91ab-2d7cd011db47"),
+            "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
         );
         assert_eq!(
             entra_issuer(ENTRA_AUTHORITY, "organizations"),

@@ -92,7 +92,7 @@ struct ConnectionBody {
     #[schema(max_length = 500)]
     #[serde(default)]
     issuer: Option<String>,
-    /// entra: the tenant id or domain, or `organizations` / `common` (multi-tenant, with `allowed_tenants`).
+    /// entra: the Directory (tenant) ID, or `organizations` / `common` (multi-tenant, with `allowed_tenants`).
     #[validate(length(min = 1, max = 200))]
     #[schema(min_length = 1, max_length = 200)]
     #[serde(default)]
@@ -193,16 +193,14 @@ fn resolve(state: &AppState, body: &ConnectionBody) -> ApiResult<Resolved> {
                 .as_deref()
                 .map(|t| t.trim().to_ascii_lowercase())
                 .ok_or_else(|| field_error("tenant", "an `entra` connection needs its tenant"))?;
-            if !tenant
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            {
+            let multi = oidc::ENTRA_MULTI_TENANT.contains(&tenant.as_str());
+            // Tokens name the tenant by id (`iss`), never by a domain: a domain here could never match.
+            if !multi && Uuid::parse_str(&tenant).is_err() {
                 return Err(field_error(
                     "tenant",
-                    "a tenant id, a tenant domain, `organizations` or `common`",
+                    "the Directory (tenant) ID (a GUID), or `organizations` / `common` with `allowed_tenants`",
                 ));
             }
-            let multi = oidc::ENTRA_MULTI_TENANT.contains(&tenant.as_str());
             if multi && allowed_tenants.is_empty() {
                 return Err(field_error(
                     "allowed_tenants",

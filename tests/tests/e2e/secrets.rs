@@ -154,6 +154,17 @@ async fn no_endpoint_ever_returns_secret_material() {
     let run = app.start_run(&flow, json!({})).await;
     app.wait_run(&run).await;
     let (user, key) = (app.admin.user_id.to_string(), app.admin.key_id.to_string());
+    let (status, connection) = app
+        .post(
+            "/api/v1/sso/connections",
+            &admin,
+            json!({"name": "idp", "issuer": "https://idp.example.test", "client_id": "c",
+                   "client_secret": "sso_TopSecretClientValue", "email_domains": ["acme.test"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{connection}");
+    assert!(!connection.to_string().contains("sso_TopSecretClientValue"));
+    let connection = connection["id"].as_str().unwrap().to_string();
     let fixtures = [
         ("flow_id", flow.as_str()),
         ("run_id", run.as_str()),
@@ -161,6 +172,7 @@ async fn no_endpoint_ever_returns_secret_material() {
         ("key", "webhook-secret"),
         ("user_id", user.as_str()),
         ("api_key_id", key.as_str()),
+        ("connection_id", connection.as_str()),
     ];
     let mut checked = 0;
     for op in operations(&app).await {
@@ -182,7 +194,7 @@ async fn no_endpoint_ever_returns_secret_material() {
             .await
             .unwrap();
         let text = resp.text().await.unwrap();
-        for secret in [TOKEN, "whsec_TopSecretValue77"] {
+        for secret in [TOKEN, "whsec_TopSecretValue77", "sso_TopSecretClientValue"] {
             assert!(!text.contains(secret), "GET {path} returned a secret: {text}");
         }
         checked += 1;

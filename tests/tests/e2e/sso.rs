@@ -699,6 +699,17 @@ async fn an_entra_multi_tenant_connection_accepts_only_its_listed_tenants() {
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // Tokens name a tenant by id: a tenant domain could never match their issuer.
+    let (status, body) = app
+        .post(
+            "/api/v1/sso/connections",
+            &app.admin.api_key,
+            json!({"name": "entra3", "preset": "entra", "tenant": "contoso.onmicrosoft.com", "client_id": CLIENT_ID,
+                   "client_secret": CLIENT_SECRET}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["details"][0]["field"], "tenant");
 
     let user = |tenant: &str, iss_tenant: &str, edov: bool| {
         json!({"sub": "entra-sub", "email": "eve@acme.test", "xms_edov": edov, "tid": tenant,
