@@ -18,7 +18,7 @@ use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use uuid::Uuid;
 
 use crate::checkpoints::CheckpointWriter;
-use crate::control::Control;
+use crate::control::{AlreadyHeld, Control};
 use crate::executor::{self, Ended, Outcome, Resume, RunInput, RunStatus};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
@@ -89,9 +89,23 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
     // first copy may be queued, running or done: this copy runs only if it
     // can claim a run still `queued`). Fresh first deliveries pay no check.
     let kind = delivery.properties.kind().as_ref().map(|k| k.as_str().to_string());
-    let check = if delivery.redelivered || kind.as_deref() == Some(queue::RESUMED) {
+    let resumes = delivery.redelivered || kind.as_deref() == Some(queue::RESUMED);
+    let claims = !resumes && (kind.as_deref() == Some(queue::REPUBLISHED) || possibly_republished(worker, &msg));
+    // A repeated copy takes hold here before it looks at the database, so two copies of one run on this worker
+    // (a redelivery and the outbox sweep's copy, say) cannot both pass the check: one copy is enough.
+    let mut early = None;
+    if resumes || claims {
+        match worker.control.begin_only(msg.run_id) {
+            Ok(held) => early = Some(held),
+            Err(AlreadyHeld) => {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                return;
+            }
+        }
+    }
+    let check = if resumes {
         resume_point(worker, &msg).await
-    } else if kind.as_deref() == Some(queue::REPUBLISHED) || possibly_republished(worker, &msg) {
+    } else if claims {
         claimed_elsewhere(worker, &msg).await
     } else {
         Ok(Check::Fresh)
@@ -115,7 +129,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
     };
     // An in-memory lookup, no database read: a run cancelled while queued (or one whose cancel this worker heard
     // while it was away, reloaded on reconnect) never starts.
-    let Some(held) = worker.control.begin(msg.run_id) else {
+    let Some(held) = early.unwrap_or_else(|| worker.control.begin(msg.run_id)) else {
         return finish_cancelled(worker, replies, &msg, delivery, reply_to).await;
     };
     if let Some(ts) = msg.run_id.get_timestamp() {
@@ -313,10 +327,6 @@ async fn requeue(delivery: &Delivery) {
 /// is final or gone (retention).
 async fn resume_point(worker: &Worker, msg: &RunFlowV1) -> Result<Check, StoreError> {
     let (company_id, run_id) = (msg.company_id.into(), msg.run_id.into());
-    // This worker still runs it (its channel to the broker died and came back): one copy is enough.
-    if worker.control.holds(msg.run_id) {
-        return Ok(Check::Done);
-    }
     let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
     let lease = worker.config.worker_lease;
     let Some(taken) = delivery::take_over(&mut tx, company_id, run_id, worker.id, lease).await? else {

@@ -62,6 +62,10 @@ impl Inner {
     }
 }
 
+/// This worker already runs the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyHeld;
+
 /// A run this worker holds; dropping it forgets the run's token.
 pub struct Held {
     control: Arc<Control>,
@@ -98,6 +102,23 @@ impl Control {
     /// or is found here.
     pub fn begin(self: &Arc<Self>, run_id: Uuid) -> Option<Held> {
         let mut inner = self.lock();
+        self.hold(&mut inner, run_id)
+    }
+
+    /// Takes hold of a run for a repeated message, only if this worker does
+    /// not hold it already: `Err(AlreadyHeld)` then (one copy running here is
+    /// enough), `Ok(None)` if it was cancelled. Taken before the database
+    /// check, under one lock, so two copies arriving together cannot both
+    /// pass it.
+    pub fn begin_only(self: &Arc<Self>, run_id: Uuid) -> Result<Option<Held>, AlreadyHeld> {
+        let mut inner = self.lock();
+        if inner.held.contains_key(&run_id) {
+            return Err(AlreadyHeld);
+        }
+        Ok(self.hold(&mut inner, run_id))
+    }
+
+    fn hold(self: &Arc<Self>, inner: &mut Inner, run_id: Uuid) -> Option<Held> {
         if inner.recent.contains(&run_id) {
             METRICS.run_cancels.with_label_values(&["refused"]).inc();
             return None;
@@ -107,17 +128,11 @@ impl Control {
             .entry(run_id)
             .or_insert_with(|| (CancellationToken::new(), 0));
         *count += 1;
-        let token = token.clone();
         Some(Held {
             control: self.clone(),
             run_id,
-            token,
+            token: token.clone(),
         })
-    }
-
-    /// Whether this worker is running `run_id` now.
-    pub fn holds(&self, run_id: Uuid) -> bool {
-        self.lock().held.contains_key(&run_id)
     }
 
     /// A run was cancelled: stop it if held here, refuse it from now on.
@@ -260,6 +275,19 @@ mod tests {
         assert!(control.lock().held.is_empty(), "finished runs leave no token behind");
         let other = control.begin(Uuid::now_v7()).unwrap();
         assert!(!other.token().is_cancelled());
+    }
+
+    #[test]
+    fn a_repeated_copy_of_a_run_held_here_does_not_take_hold_again() {
+        let control = Arc::new(Control::default());
+        let run = Uuid::now_v7();
+        let first = control.begin_only(run).unwrap().unwrap();
+        assert_eq!(control.begin_only(run).err(), Some(AlreadyHeld));
+        drop(first);
+        let again = control.begin_only(run).unwrap().unwrap();
+        control.cancel(run);
+        drop(again);
+        assert!(control.begin_only(run).unwrap().is_none(), "cancelled");
     }
 
     #[test]

