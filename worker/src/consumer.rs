@@ -91,18 +91,15 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
     let kind = delivery.properties.kind().as_ref().map(|k| k.as_str().to_string());
     let resumes = delivery.redelivered || kind.as_deref() == Some(queue::RESUMED);
     let claims = !resumes && (kind.as_deref() == Some(queue::REPUBLISHED) || possibly_republished(worker, &msg));
-    // A repeated copy takes hold here before it looks at the database, so two copies of one run on this worker
-    // (a redelivery and the outbox sweep's copy, say) cannot both pass the check: one copy is enough.
-    let mut early = None;
-    if resumes || claims {
-        match worker.control.begin_only(msg.run_id) {
-            Ok(held) => early = Some(held),
-            Err(AlreadyHeld) => {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                return;
-            }
+    // Every copy takes hold here before it looks at the database (an in-memory lookup), so two copies of one run
+    // on this worker (the original and the outbox sweep's copy, say) cannot both pass: one copy is enough.
+    let held = match worker.control.begin(msg.run_id) {
+        Ok(held) => held,
+        Err(AlreadyHeld) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            return;
         }
-    }
+    };
     let check = if resumes {
         resume_point(worker, &msg).await
     } else if claims {
@@ -129,7 +126,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
     };
     // An in-memory lookup, no database read: a run cancelled while queued (or one whose cancel this worker heard
     // while it was away, reloaded on reconnect) never starts.
-    let Some(held) = early.unwrap_or_else(|| worker.control.begin(msg.run_id)) else {
+    let Some(held) = held else {
         return finish_cancelled(worker, replies, &msg, delivery, reply_to).await;
     };
     if let Some(ts) = msg.run_id.get_timestamp() {
@@ -395,18 +392,22 @@ async fn park(
     }
 }
 
-/// Whether a first delivery is old enough that the reaper may have published
-/// a copy of it (a run queued past half of `FLOQ_REAPER_QUEUED_AFTER_MS`,
-/// read from its UUID v7 id: no database round trip).
+/// Whether a first delivery is old enough that another copy of it may
+/// exist: the outbox sweep publishes one for a run whose outbox row outlived
+/// `FLOQ_OUTBOX_SWEEP_AFTER_MS` (its publish was not confirmed, or the row's
+/// delete failed: a broker or database outage right after the accept, and
+/// the original may still arrive), the reaper one past
+/// `FLOQ_REAPER_QUEUED_AFTER_MS`. Past half the shorter of the two this
+/// copy claims the run too, so only one of them runs it. Read from the UUID
+/// v7 run id: no database round trip for a message that did not wait.
 fn possibly_republished(worker: &Worker, msg: &RunFlowV1) -> bool {
     let Some(ts) = msg.run_id.get_timestamp() else {
         return false;
     };
     let (secs, nanos) = ts.to_unix();
     let accepted = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
-    accepted
-        .elapsed()
-        .is_ok_and(|age| age > worker.config.reaper_queued_after / 2)
+    let bound = worker.config.outbox_sweep_after.min(worker.config.reaper_queued_after) / 2;
+    accepted.elapsed().is_ok_and(|age| age > bound)
 }
 
 /// The error code of a run whose execution panicked in the worker.

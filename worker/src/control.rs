@@ -40,8 +40,8 @@ pub struct Control {
 
 #[derive(Default)]
 struct Inner {
-    /// The runs this worker executes now, by id (a run held twice, by two deliveries, shares one token).
-    held: HashMap<Uuid, (CancellationToken, usize)>,
+    /// The runs this worker executes now, by id.
+    held: HashMap<Uuid, CancellationToken>,
     recent: HashSet<Uuid>,
     /// `recent` in the order noted, for expiry and the bound.
     order: VecDeque<(Instant, Uuid)>,
@@ -82,13 +82,7 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let mut inner = self.control.lock();
-        if let Some((_, count)) = inner.held.get_mut(&self.run_id) {
-            *count -= 1;
-            if *count == 0 {
-                inner.held.remove(&self.run_id);
-            }
-        }
+        self.control.lock().held.remove(&self.run_id);
     }
 }
 
@@ -97,49 +91,35 @@ impl Control {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes hold of a run about to start; `None` if it was cancelled. Under
-    /// the same lock as [`Control::cancel`], so a cancel either finds the token
-    /// or is found here.
-    pub fn begin(self: &Arc<Self>, run_id: Uuid) -> Option<Held> {
-        let mut inner = self.lock();
-        self.hold(&mut inner, run_id)
-    }
-
-    /// Takes hold of a run for a repeated message, only if this worker does
-    /// not hold it already: `Err(AlreadyHeld)` then (one copy running here is
-    /// enough), `Ok(None)` if it was cancelled. Taken before the database
-    /// check, under one lock, so two copies arriving together cannot both
-    /// pass it.
-    pub fn begin_only(self: &Arc<Self>, run_id: Uuid) -> Result<Option<Held>, AlreadyHeld> {
+    /// Takes hold of a run about to start: `Ok(None)` if it was cancelled,
+    /// `Err(AlreadyHeld)` if a copy of it already runs here (one is enough).
+    /// Taken before any database check, under the same lock as
+    /// [`Control::cancel`], so a cancel either finds the token or is found
+    /// here, and two copies arriving together (a redelivery and the outbox
+    /// sweep's copy, say) cannot both pass.
+    pub fn begin(self: &Arc<Self>, run_id: Uuid) -> Result<Option<Held>, AlreadyHeld> {
         let mut inner = self.lock();
         if inner.held.contains_key(&run_id) {
             return Err(AlreadyHeld);
         }
-        Ok(self.hold(&mut inner, run_id))
-    }
-
-    fn hold(self: &Arc<Self>, inner: &mut Inner, run_id: Uuid) -> Option<Held> {
         if inner.recent.contains(&run_id) {
             METRICS.run_cancels.with_label_values(&["refused"]).inc();
-            return None;
+            return Ok(None);
         }
-        let (token, count) = inner
-            .held
-            .entry(run_id)
-            .or_insert_with(|| (CancellationToken::new(), 0));
-        *count += 1;
-        Some(Held {
+        let token = CancellationToken::new();
+        inner.held.insert(run_id, token.clone());
+        Ok(Some(Held {
             control: self.clone(),
             run_id,
-            token: token.clone(),
-        })
+            token,
+        }))
     }
 
     /// A run was cancelled: stop it if held here, refuse it from now on.
     pub fn cancel(&self, run_id: Uuid) {
         let mut inner = self.lock();
         inner.note(run_id, Instant::now());
-        if let Some((token, _)) = inner.held.get(&run_id)
+        if let Some(token) = inner.held.get(&run_id)
             && !token.is_cancelled()
         {
             tracing::info!(run.id = %run_id, "cancelling a run this worker holds");
@@ -264,30 +244,30 @@ mod tests {
     fn a_cancel_stops_the_held_run_and_refuses_it_later() {
         let control = Arc::new(Control::default());
         let run = Uuid::now_v7();
-        let held = control.begin(run).unwrap();
+        let held = control.begin(run).unwrap().unwrap();
         let token = held.token();
-        let again = control.begin(run).unwrap();
         assert!(!token.is_cancelled());
         control.cancel(run);
-        assert!(token.is_cancelled() && again.token().is_cancelled());
-        assert!(control.begin(run).is_none(), "a cancelled run never starts again here");
-        drop((held, again));
+        assert!(token.is_cancelled());
+        drop(held);
+        assert!(
+            control.begin(run).unwrap().is_none(),
+            "a cancelled run never starts again here"
+        );
         assert!(control.lock().held.is_empty(), "finished runs leave no token behind");
-        let other = control.begin(Uuid::now_v7()).unwrap();
+        let other = control.begin(Uuid::now_v7()).unwrap().unwrap();
         assert!(!other.token().is_cancelled());
     }
 
     #[test]
-    fn a_repeated_copy_of_a_run_held_here_does_not_take_hold_again() {
+    fn a_second_copy_of_a_run_held_here_does_not_take_hold() {
         let control = Arc::new(Control::default());
         let run = Uuid::now_v7();
-        let first = control.begin_only(run).unwrap().unwrap();
-        assert_eq!(control.begin_only(run).err(), Some(AlreadyHeld));
+        let first = control.begin(run).unwrap().unwrap();
+        assert_eq!(control.begin(run).err(), Some(AlreadyHeld));
         drop(first);
-        let again = control.begin_only(run).unwrap().unwrap();
-        control.cancel(run);
-        drop(again);
-        assert!(control.begin_only(run).unwrap().is_none(), "cancelled");
+        let again = control.begin(run).unwrap();
+        assert!(again.is_some(), "taken again once the first copy is done");
     }
 
     #[test]
