@@ -63,3 +63,9 @@ $$;
 -- kept beside its sealed data so the API can build an authorization URL
 -- without opening the client secret.
 ALTER TABLE credentials ADD COLUMN oauth_client jsonb;
+
+-- Key rotation re-encrypts link tokens as it does credentials: it reads and
+-- rewrites the sealed columns, nothing else.
+CREATE POLICY rotate ON oauth_links TO floq_key_rotation USING (true) WITH CHECK (true);
+GRANT SELECT (credential_id, company_id, access_token, refresh_token, key_id) ON oauth_links TO floq_key_rotation;
+GRANT UPDATE (access_token, refresh_token, key_id) ON oauth_links TO floq_key_rotation;

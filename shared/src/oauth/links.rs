@@ -220,3 +220,58 @@ pub async fn release(tx: &mut Tx, company_id: CompanyId, id: CredentialId, holde
     .await?;
     Ok(())
 }
+
+/// A link whose tokens are still sealed by a key other than the primary one.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Stale {
+    pub credential_id: CredentialId,
+    pub company_id: CompanyId,
+    pub access_token: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+}
+
+/// Key rotation: up to `limit` links of any company not sealed by
+/// `primary_key_id` (leaving out `skipped`, which no key opens), locked for
+/// resealing; rows another rotation (or a refresh storing its result) holds are passed over.
+pub async fn stale(
+    tx: &mut Tx,
+    primary_key_id: &str,
+    skipped: &[CredentialId],
+    limit: i64,
+) -> Result<Vec<Stale>, StoreError> {
+    sqlx::query_as(
+        "SELECT credential_id, company_id, access_token, refresh_token FROM oauth_links
+          WHERE key_id <> $1 AND NOT (credential_id = ANY($2))
+          ORDER BY credential_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(primary_key_id)
+    .bind(skipped)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}
+
+/// Key rotation: stores a link's tokens sealed anew by `key_id` (the same
+/// tokens: the generation does not move, so a refresh in flight still stores its result).
+pub async fn reseal(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    id: CredentialId,
+    access_token: &[u8],
+    refresh_token: Option<&[u8]>,
+    key_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE oauth_links SET access_token = $3, refresh_token = $4, key_id = $5
+          WHERE company_id = $1 AND credential_id = $2",
+    )
+    .bind(company_id)
+    .bind(id)
+    .bind(access_token)
+    .bind(refresh_token)
+    .bind(key_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -484,3 +484,97 @@ async fn the_bearer_goes_only_to_the_providers_api_origins() {
     assert_eq!(failed_step(&run).0, "credential_not_connected");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn key_rotation_reseals_link_tokens_and_a_stale_refresh_stores_nothing() {
+    use floq_shared::crypto::{Key, Keyring, generate};
+    use floq_shared::ids::{CompanyId, CredentialId};
+    use floq_shared::oauth::{self, links};
+    let server = OAuthServer::start().await;
+    let app = app_with(&server, false).await;
+    let id = oauth_credential(&app).await;
+    connected(&app, &id).await;
+    let (access, refresh) = (server.current_access().unwrap(), server.current_refresh().unwrap());
+
+    // A stale writer (a refresh whose lease lapsed, or from an older generation) changes nothing.
+    let (company, credential) = (CompanyId(app.admin.company_id), CredentialId(id.parse().unwrap()));
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let sealed = || links::SealedTokens {
+        access_token: b"not-stored".to_vec(),
+        refresh_token: None,
+        key_id: "x".into(),
+        expires_at: None,
+        scopes: vec![],
+    };
+    let mut tx = floq_shared::db::tenant_tx(&app.pool, app.admin.company_id)
+        .await
+        .unwrap();
+    let generation = links::find(&mut tx, company, credential)
+        .await
+        .unwrap()
+        .unwrap()
+        .generation;
+    assert!(
+        links::take_lease(&mut tx, company, credential, a, generation, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !links::take_lease(&mut tx, company, credential, b, generation, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        links::store_refreshed(&mut tx, company, credential, b, generation, sealed())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        links::store_refreshed(&mut tx, company, credential, a, generation - 1, sealed())
+            .await
+            .unwrap(),
+        None
+    );
+    links::release(&mut tx, company, credential, a).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let primary = Key::derive(app.config.enc_key.0.expose(), app.config.enc_key.1.expose()).unwrap();
+    let next = generate();
+    let next_key = || Key::derive(&next.0, &next.1).unwrap();
+    let keyring = Keyring::new(next_key(), vec![primary]);
+    let rotated = floq_api::rotate::rotate(&app.pool, &keyring, 5).await.unwrap();
+    assert_eq!(rotated.oauth_links, 1);
+    assert!(rotated.undecryptable.is_empty());
+    let (sealed_access, sealed_refresh, key_id): (Vec<u8>, Vec<u8>, String) =
+        sqlx::query_as("SELECT access_token, refresh_token, key_id FROM oauth_links WHERE credential_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let new_only = Keyring::new(next_key(), vec![]);
+    assert_eq!(key_id, new_only.primary_id());
+    let company_id = app.admin.company_id;
+    let opened = new_only
+        .decrypt(&sealed_access, oauth::access_token_binding(company_id, &id))
+        .unwrap();
+    assert_eq!(opened.as_slice(), access.as_bytes());
+    let opened = new_only
+        .decrypt(&sealed_refresh, oauth::refresh_token_binding(company_id, &id))
+        .unwrap();
+    assert_eq!(opened.as_slice(), refresh.as_bytes());
+    assert!(
+        new_only
+            .decrypt(&sealed_access, oauth::refresh_token_binding(company_id, &id))
+            .is_err(),
+        "bound to its column"
+    );
+    assert_eq!(
+        floq_api::rotate::rotate(&app.pool, &keyring, 5)
+            .await
+            .unwrap()
+            .oauth_links,
+        0
+    );
+    app.teardown().await;
+}
