@@ -39,6 +39,9 @@ CREATE TABLE oauth_states (
     company_id     uuid NOT NULL REFERENCES companies (id) ON DELETE CASCADE,
     credential_id  uuid NOT NULL REFERENCES credentials (id) ON DELETE CASCADE,
     user_id        uuid NOT NULL,
+    -- SHA-256 of the `floq_oauth_browser` cookie of the browser that asked:
+    -- the callback is finished only in that browser.
+    browser_hash   bytea NOT NULL,
     code_verifier  bytea,
     return_to      text,
     expires_at     timestamptz NOT NULL,

@@ -259,50 +259,83 @@ pub fn on_base(location: &str, base: &str) -> String {
     format!("{base}{}{query}", url.path())
 }
 
-/// A whole connect as a browser makes it: `authorize` (as the holder of
+/// A browser for the connect flow: follows no redirect by itself and keeps
+/// the `floq_oauth_browser` cookie `authorize` sets (the callback checks it).
+#[derive(Clone)]
+pub struct Browser {
+    client: reqwest::Client,
+    cookie: Arc<Mutex<Option<String>>>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            cookie: Arc::default(),
+        }
+    }
+}
+
+impl Browser {
+    /// `POST …/oauth/authorize` as the holder of `key`; keeps the cookie it sets.
+    pub async fn authorize(&self, base: &str, key: &str, credential_id: &str, body: Value) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .post(format!("{base}/api/v1/credentials/{credential_id}/oauth/authorize"))
+            .bearer_auth(key)
+            .json(&body);
+        if let Some(c) = self.cookie.lock().expect("cookie").clone() {
+            req = req.header(header::COOKIE, c);
+        }
+        let resp = req.send().await.expect("authorize");
+        if let Some(set) = resp.headers().get(header::SET_COOKIE).and_then(|v| v.to_str().ok()) {
+            let pair = set.split(';').next().unwrap_or_default().to_string();
+            *self.cookie.lock().expect("cookie") = Some(pair);
+        }
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The provider's consent: its redirect back, as a URL on `base`, not yet followed.
+    pub async fn consent(&self, authorize_url: &str, base: &str) -> String {
+        let resp = self.client.get(authorize_url).send().await.expect("provider");
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        on_base(
+            resp.headers()[header::LOCATION.as_str()].to_str().expect("location"),
+            base,
+        )
+    }
+
+    /// The callback as this browser reaches it: status, `Location`, JSON body.
+    pub async fn callback(&self, url: &str) -> (StatusCode, Option<String>, Value) {
+        let mut req = self.client.get(url);
+        if let Some(c) = self.cookie.lock().expect("cookie").clone() {
+            req = req.header(header::COOKIE, c);
+        }
+        let resp = req.send().await.expect("callback");
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get(header::LOCATION.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, location, body)
+    }
+}
+
+/// A whole connect as one browser makes it: `authorize` (as the holder of
 /// `key`), the provider's consent (redirecting back with a code), then the
 /// callback. Returns the callback's status, `Location` and JSON body.
 pub async fn connect(base: &str, key: &str, credential_id: &str, body: Value) -> (StatusCode, Option<String>, Value) {
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let resp = browser
-        .post(format!("{base}/api/v1/credentials/{credential_id}/oauth/authorize"))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .expect("authorize");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let started: Value = resp.json().await.expect("authorize body");
-    let at_provider = browser
-        .get(started["authorize_url"].as_str().expect("authorize_url"))
-        .send()
-        .await
-        .expect("provider");
-    assert_eq!(
-        at_provider.status(),
-        StatusCode::FOUND,
-        "{:?}",
-        at_provider.text().await
-    );
-    let back = at_provider.headers()[header::LOCATION.as_str()]
-        .to_str()
-        .expect("location")
-        .to_string();
-    callback(&browser, &on_base(&back, base)).await
-}
-
-/// The callback as the browser reaches it.
-pub async fn callback(browser: &reqwest::Client, url: &str) -> (StatusCode, Option<String>, Value) {
-    let resp = browser.get(url).send().await.expect("callback");
-    let status = resp.status();
-    let location = resp
-        .headers()
-        .get(header::LOCATION.as_str())
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = resp.json().await.unwrap_or(Value::Null);
-    (status, location, body)
+    let browser = Browser::default();
+    let (status, started) = browser.authorize(base, key, credential_id, body).await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    let back = browser
+        .consent(started["authorize_url"].as_str().expect("authorize_url"), base)
+        .await;
+    browser.callback(&back).await
 }

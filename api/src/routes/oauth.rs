@@ -7,14 +7,18 @@
 //! reached by the browser coming back from the provider, cross-site, so the
 //! `SameSite=Strict` session cookie is not sent: the single-use `state`
 //! (256 random bits, stored as a hash, bound to the user, company and
-//! credential that asked, ten minutes) is what authenticates it. Tokens are
-//! encrypted here as received and never opened by the API again.
+//! credential that asked, ten minutes) is what authenticates it, together
+//! with a `SameSite=Lax` cookie set by `authorize` that binds it to the
+//! browser that asked (so a connect started by someone else cannot be
+//! finished in a victim's browser with the victim's account at the
+//! provider). Tokens are encrypted here as received and never opened by the
+//! API again.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -127,15 +131,16 @@ fn not_oauth2() -> ApiError {
 #[utoipa::path(post, operation_id = "credentials_oauth_authorize", path = "/api/v1/credentials/{credential_id}/oauth/authorize",
     tag = "credentials", params(("credential_id" = Uuid, Path)), request_body = AuthorizeBody,
     security(("api_key" = ["integration:manage"]), ("session" = ["integration:manage"])),
-    responses((status = 200, description = "Where to send the browser", body = Authorization),
+    responses((status = 200, description = "Where to send the browser; sets the `floq_oauth_browser` cookie the callback checks", body = Authorization),
         (status = 403, description = "A grant below `edit`, or the role lacks `integration:manage`", body = ErrorBody),
         (status = 422, description = "Not an `oauth2` credential (`not_oauth2`), or `return_to` is not a path of this site", body = ErrorBody)))]
 async fn authorize(
     State(state): State<AppState>,
     auth: Authorized<IntegrationManage>,
     Id(id): Id,
+    headers: HeaderMap,
     ValidJson(body): ValidJson<AuthorizeBody>,
-) -> ApiResult<Json<Authorization>> {
+) -> ApiResult<([(header::HeaderName, HeaderValue); 1], Json<Authorization>)> {
     if let Some(r) = &body.return_to
         && !(oauth::relative_return_to(r)
             && crate::redirects::RedirectOrigins::default()
@@ -164,6 +169,11 @@ async fn authorize(
             "the credential's provider is no longer registered (FLOQ_OAUTH_PROVIDERS_FILE)",
         )
     })?;
+    // One binding per browser, reused by its concurrent connects.
+    let browser = browser_cookie(&headers)
+        .filter(|v| oauth::browser_binding_ok(v))
+        .unwrap_or_else(oauth::new_browser_binding);
+    let browser_hash = oauth::state_hash(&browser);
     let state_value = Zeroizing::new(oauth::new_state(company_id));
     let hash = oauth::state_hash(&state_value);
     let (verifier, challenge) = oauth::pkce_pair();
@@ -200,6 +210,7 @@ async fn authorize(
         hash: &hash,
         credential_id: CredentialId(id),
         user_id: UserId(auth.principal.user_id),
+        browser_hash: &browser_hash,
         code_verifier: sealed_verifier,
         return_to: body.return_to.as_deref(),
         ttl: oauth::STATE_TTL,
@@ -211,10 +222,33 @@ async fn authorize(
         .details(json!({"provider": provider.id}));
     audit::record(&mut tx, &[entry]).await?;
     db::commit(tx).await?;
-    Ok(Json(Authorization {
-        authorize_url: url.to_string(),
-        expires_at: Utc::now() + oauth::STATE_TTL,
-    }))
+    // Lax: sent on the provider's top-level redirect back; only to the callback.
+    let cookie = format!(
+        "{}={browser}; Path=/api/v1/oauth/callback; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
+        oauth::BROWSER_COOKIE,
+        oauth::STATE_TTL.as_secs()
+    );
+    Ok((
+        [(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&cookie).map_err(ApiError::internal)?,
+        )],
+        Json(Authorization {
+            authorize_url: url.to_string(),
+            expires_at: Utc::now() + oauth::STATE_TTL,
+        }),
+    ))
+}
+
+fn browser_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == oauth::BROWSER_COOKIE)
+        .map(|(_, value)| value.to_string())
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -265,11 +299,12 @@ fn user_entry(company_id: Uuid, user_id: Uuid, meta: &RequestMeta, action: &str,
     responses((status = 200, description = "Connected (no `return_to` was given)", body = Connected),
         (status = 303, description = "Connected: on to the request's `return_to` (the body says the same as a 200)", body = Connected,
             headers(("Location" = String, description = "The `return_to` of the request: a path on this site"))),
-        (status = 400, description = "The state is unknown, spent or expired (`oauth_state_invalid`), or the provider refused (`oauth_denied`)", body = ErrorBody),
+        (status = 400, description = "The state is unknown, spent or expired (`oauth_state_invalid`), this is not the browser that started the connect (`oauth_browser_mismatch`), or the provider refused (`oauth_denied`)", body = ErrorBody),
         (status = 502, description = "The provider refused the code or could not be reached (`oauth_exchange_failed`)", body = ErrorBody)))]
 async fn callback(
     State(state): State<AppState>,
     Extension(meta): Extension<Arc<RequestMeta>>,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<CallbackQuery>,
 ) -> ApiResult<Response> {
     let raw_state = q.state.as_deref().ok_or_else(bad_state)?;
@@ -288,6 +323,16 @@ async fn callback(
             .outcome(Outcome::Failure)
             .details(json!({"reason": reason}))
     };
+    let same_browser = browser_cookie(&headers).is_some_and(|b| oauth::state_hash(&b) == spent.browser_hash);
+    if !same_browser {
+        audit::record(&mut tx, &[fail("browser_mismatch")]).await?;
+        db::commit(tx).await?;
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "oauth_browser_mismatch",
+            "finish connecting in the browser that started it: start connecting again there",
+        ));
+    }
     if let Some(error) = &q.error {
         let reason = if error.len() <= 64 && error.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             error.as_str()

@@ -47,6 +47,22 @@ pub fn state_company(state: &str) -> Option<Uuid> {
     Uuid::parse_str(company).ok()
 }
 
+/// The cookie that binds a connect to the browser that started it.
+pub const BROWSER_COOKIE: &str = "floq_oauth_browser";
+
+/// A fresh browser-binding value (256 random bits).
+pub fn new_browser_binding() -> String {
+    random_text(32)
+}
+
+/// Whether a cookie value is shaped like one [`new_browser_binding`] makes.
+pub fn browser_binding_ok(value: &str) -> bool {
+    value.len() == 43
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 pub fn state_hash(state: &str) -> Vec<u8> {
     Sha256::digest(state.as_bytes()).to_vec()
 }

@@ -11,6 +11,8 @@ pub struct NewState<'a> {
     pub hash: &'a [u8],
     pub credential_id: CredentialId,
     pub user_id: UserId,
+    /// The SHA-256 of the asking browser's binding cookie.
+    pub browser_hash: &'a [u8],
     /// The PKCE verifier, sealed by the caller.
     pub code_verifier: Option<Vec<u8>>,
     pub return_to: Option<&'a str>,
@@ -24,8 +26,9 @@ pub async fn create(tx: &mut Tx, company_id: CompanyId, new: NewState<'_>) -> Re
         .execute(&mut **tx)
         .await?;
     sqlx::query(
-        "INSERT INTO oauth_states (state_hash, company_id, credential_id, user_id, code_verifier, return_to, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))",
+        "INSERT INTO oauth_states (state_hash, company_id, credential_id, user_id, code_verifier, return_to, expires_at,
+                                   browser_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)",
     )
     .bind(new.hash)
     .bind(company_id)
@@ -34,6 +37,7 @@ pub async fn create(tx: &mut Tx, company_id: CompanyId, new: NewState<'_>) -> Re
     .bind(new.code_verifier)
     .bind(new.return_to)
     .bind(new.ttl.as_secs_f64())
+    .bind(new.browser_hash)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -43,6 +47,7 @@ pub async fn create(tx: &mut Tx, company_id: CompanyId, new: NewState<'_>) -> Re
 pub struct State {
     pub credential_id: CredentialId,
     pub user_id: UserId,
+    pub browser_hash: Vec<u8>,
     pub code_verifier: Option<Vec<u8>>,
     pub return_to: Option<String>,
     /// Whether it was spent before its expiry.
@@ -54,7 +59,7 @@ pub struct State {
 pub async fn take(tx: &mut Tx, company_id: CompanyId, hash: &[u8]) -> Result<Option<State>, StoreError> {
     sqlx::query_as(
         "DELETE FROM oauth_states WHERE company_id = $1 AND state_hash = $2
-         RETURNING credential_id, user_id, code_verifier, return_to, expires_at > now() AS live",
+         RETURNING credential_id, user_id, browser_hash, code_verifier, return_to, expires_at > now() AS live",
     )
     .bind(company_id)
     .bind(hash)

@@ -171,33 +171,14 @@ async fn replayed_expired_forged_and_foreign_states_are_refused() {
     let app = app_with(&server, false).await;
     let admin = app.admin.api_key.clone();
     let id = oauth_credential(&app).await;
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = oauth_server::Browser::default();
     let authorize = |body: Value| {
-        let (base, admin, id) = (app.base.clone(), admin.clone(), id.clone());
-        let browser = browser.clone();
-        async move {
-            let resp = browser
-                .post(format!("{base}/api/v1/credentials/{id}/oauth/authorize"))
-                .bearer_auth(&admin)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status();
-            (status, resp.json::<Value>().await.unwrap())
-        }
+        let (browser, base, admin, id) = (browser.clone(), app.base.clone(), admin.clone(), id.clone());
+        async move { browser.authorize(&base, &admin, &id, body).await }
     };
-    // The provider's redirect back, not yet followed.
     let back = |url: String| {
         let (browser, base) = (browser.clone(), app.base.clone());
-        async move {
-            let resp = browser.get(url).send().await.unwrap();
-            assert_eq!(resp.status(), StatusCode::FOUND);
-            oauth_server::on_base(resp.headers()["location"].to_str().unwrap(), &base)
-        }
+        async move { browser.consent(&url, &base).await }
     };
 
     let (status, started) = authorize(json!({})).await;
@@ -211,17 +192,36 @@ async fn replayed_expired_forged_and_foreign_states_are_refused() {
     );
     assert_eq!(q["scope"], "read write");
     let callback = back(started["authorize_url"].as_str().unwrap().to_string()).await;
-    let (status, _, body) = oauth_server::callback(&browser, &callback).await;
+    let (status, _, body) = browser.callback(&callback).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["oauth"]["connected"], true);
     // Single use.
-    let (status, _, body) = oauth_server::callback(&browser, &callback).await;
+    let (status, _, body) = browser.callback(&callback).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error(
         &body,
         "oauth_state_invalid",
         "this connect request is unknown, used already or expired: start connecting again",
         Value::Null,
+    );
+
+    // Finished in another browser (no binding cookie, or another one): refused, and spent.
+    let (_, started) = authorize(json!({})).await;
+    let callback = back(started["authorize_url"].as_str().unwrap().to_string()).await;
+    let elsewhere = oauth_server::Browser::default();
+    let (status, _, body) = elsewhere.callback(&callback).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "oauth_browser_mismatch", "{body}");
+    let (status, _, body) = browser.callback(&callback).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("oauth_state_invalid"))
+    );
+    let failures = audited(&app, "credential.oauth_connect").await;
+    assert!(
+        failures
+            .iter()
+            .any(|(o, d)| o == "failure" && d["reason"] == "browser_mismatch")
     );
 
     // Expired before the browser came back.
@@ -231,7 +231,7 @@ async fn replayed_expired_forged_and_foreign_states_are_refused() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let (status, _, body) = oauth_server::callback(&browser, &callback).await;
+    let (status, _, body) = browser.callback(&callback).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("oauth_state_invalid"))
@@ -253,12 +253,12 @@ async fn replayed_expired_forged_and_foreign_states_are_refused() {
         ),
         format!("{}/api/v1/oauth/callback?code=x", app.base),
     ] {
-        let (status, _, body) = oauth_server::callback(&browser, &url).await;
+        let (status, _, body) = browser.callback(&url).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
         assert_eq!(body["error"]["code"], "oauth_state_invalid");
     }
     // The real one still works after the forgeries (it was not spent by them).
-    let (status, _, _) = oauth_server::callback(&browser, &callback).await;
+    let (status, _, _) = browser.callback(&callback).await;
     assert_eq!(status, StatusCode::OK);
 
     // The user refused at the provider: audited, nothing stored.
@@ -271,7 +271,7 @@ async fn replayed_expired_forged_and_foreign_states_are_refused() {
         .1
         .into_owned();
     let denied = format!("{}/api/v1/oauth/callback?error=access_denied&state={state}", app.base);
-    let (status, _, body) = oauth_server::callback(&browser, &denied).await;
+    let (status, _, body) = browser.callback(&denied).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "oauth_denied");
     let failures = audited(&app, "credential.oauth_connect").await;
