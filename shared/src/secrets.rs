@@ -359,6 +359,41 @@ mod tests {
     }
 
     #[test]
+    fn oauth2_credentials_name_a_provider_and_a_client_but_carry_no_token_or_endpoint() {
+        let ok = json!({"provider": "github", "client_id": "Iv1.abc", "client_secret": "s3cr3t-s3cr3t",
+                        "scopes": ["repo", "read:user"]});
+        assert!(check("oauth2", &ok).is_empty());
+        assert_eq!(hint("oauth2", &ok), "github client Iv1.abc");
+        assert_eq!(
+            check("oauth2", &json!({"provider": "github", "client_id": "x"}))[0].0,
+            "data"
+        );
+        let mut short = ok.clone();
+        short["client_secret"] = json!("short");
+        assert_eq!(
+            check("oauth2", &short),
+            vec![("data.client_secret".to_string(), too_short())]
+        );
+        for extra in ["access_token", "refresh_token", "token_url"] {
+            let mut bad = ok.clone();
+            bad[extra] = json!("https://evil.example/token");
+            assert_eq!(check("oauth2", &bad)[0].0, "data", "{extra}");
+        }
+        let mut spaced = ok.clone();
+        spaced["scopes"] = json!(["a b"]);
+        assert!(!check("oauth2", &spaced).is_empty());
+        let values = scrub_values(
+            "oauth2",
+            &[
+                ("provider", "github"),
+                ("client_id", "Iv1.abc"),
+                ("client_secret", "s3cr3t-s3cr3t"),
+            ],
+        );
+        assert_eq!(values, vec!["s3cr3t-s3cr3t".to_string()]);
+    }
+
+    #[test]
     fn hints_never_reveal_the_secret() {
         assert_eq!(
             hint("http_bearer", &json!({"token": "sk_live_abcdefghijkl1234"})),
