@@ -578,3 +578,37 @@ async fn key_rotation_reseals_link_tokens_and_a_stale_refresh_stores_nothing() {
     );
     app.teardown().await;
 }
+
+/// With nothing in `FLOQ_EGRESS_ALLOW`, the registered provider's token
+/// endpoint on 127.0.0.1 is still reachable for token calls (the operator
+/// registered it), while flows still cannot reach that address.
+#[tokio::test]
+async fn a_registered_token_endpoint_is_trusted_for_token_calls_only() {
+    let server = OAuthServer::start().await;
+    let providers =
+        floq_shared::oauth::providers::parse(&json!([server.provider("mock", "post")]).to_string()).unwrap();
+    let app = TestApp::spawn_configured(
+        Options {
+            worker: true,
+            scheduler: false,
+        },
+        move |c| {
+            c.oauth_providers = providers;
+            c.egress_allow = vec![];
+        },
+    )
+    .await;
+    let id = oauth_credential(&app).await;
+    let connected = connected(&app, &id).await;
+    assert_eq!(
+        connected["oauth"]["connected"], true,
+        "the API's code exchange reached the provider"
+    );
+    expire(&app, &id).await;
+    // The worker's refresh reaches the token endpoint too; the flow's own call does not reach 127.0.0.1.
+    let run = app.run_flow(call(&server, &id), json!({})).await;
+    let (code, message) = failed_step(&run);
+    assert_eq!(code, "egress_denied", "{message}");
+    assert_eq!(server.refreshes(), 1);
+    app.teardown().await;
+}
