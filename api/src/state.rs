@@ -24,4 +24,14 @@ pub struct AppState {
     pub trigger_limits: Arc<TriggerLimits>,
     /// Broadcasts cancels to the workers (the control exchange); runs are published by the acceptor.
     pub publisher: Arc<Publisher>,
+    /// OAuth2 integration links: the provider registry and the token client the callback uses.
+    pub oauth: Arc<OAuth>,
+}
+
+/// What the connect flow needs: the registry, and a client whose calls go
+/// through the egress policy (each provider's token endpoint trusted).
+pub struct OAuth {
+    pub registry: floq_shared::oauth::Registry,
+    pub http: reqwest::Client,
+    pub egress: floq_shared::egress::Policy,
 }

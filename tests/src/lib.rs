@@ -16,6 +16,7 @@ use uuid::Uuid;
 pub mod accounting;
 pub mod counting;
 pub mod forward;
+pub mod oauth_server;
 pub mod openapi;
 pub mod private;
 pub mod process;
