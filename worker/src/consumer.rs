@@ -392,22 +392,25 @@ async fn park(
     }
 }
 
-/// Whether a first delivery is old enough that another copy of it may
-/// exist: the outbox sweep publishes one for a run whose outbox row outlived
+/// Whether another copy of a first delivery may exist: the reaper publishes
+/// one for a run still `queued` past `FLOQ_REAPER_QUEUED_AFTER_MS`, the
+/// outbox sweep one for a run whose outbox row outlived
 /// `FLOQ_OUTBOX_SWEEP_AFTER_MS` (its publish was not confirmed, or the row's
-/// delete failed: a broker or database outage right after the accept, and
-/// the original may still arrive), the reaper one past
-/// `FLOQ_REAPER_QUEUED_AFTER_MS`. Past half the shorter of the two this
-/// copy claims the run too, so only one of them runs it. Read from the UUID
-/// v7 run id: no database round trip for a message that did not wait.
+/// delete failed, while the original may still arrive). Such a copy claims
+/// the run first. Read from the UUID v7 run id and the sweeps this worker
+/// heard of (`swept.v1`): no database round trip for a message that did not
+/// wait, nor for one accepted after the last sweep.
 fn possibly_republished(worker: &Worker, msg: &RunFlowV1) -> bool {
     let Some(ts) = msg.run_id.get_timestamp() else {
         return false;
     };
     let (secs, nanos) = ts.to_unix();
     let accepted = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
-    let bound = worker.config.outbox_sweep_after.min(worker.config.reaper_queued_after) / 2;
-    accepted.elapsed().is_ok_and(|age| age > bound)
+    let Ok(age) = accepted.elapsed() else {
+        return false;
+    };
+    age > worker.config.reaper_queued_after / 2
+        || (age > worker.config.outbox_sweep_after / 2 && worker.control.may_be_swept(accepted))
 }
 
 /// The error code of a run whose execution panicked in the worker.

@@ -43,6 +43,10 @@ struct Inner {
     /// The runs this worker executes now, by id.
     held: HashMap<Uuid, CancellationToken>,
     recent: HashSet<Uuid>,
+    /// Runs accepted up to this instant may have a copy from the outbox sweep
+    /// (the latest `swept.v1`, or this consumer's last (re)connect, when a
+    /// broadcast may have been missed).
+    swept_before: Option<std::time::SystemTime>,
     /// `recent` in the order noted, for expiry and the bound.
     order: VecDeque<(Instant, Uuid)>,
 }
@@ -128,6 +132,17 @@ impl Control {
         }
     }
 
+    /// Runs accepted up to `before` may have a copy from the outbox sweep.
+    pub fn swept(&self, before: std::time::SystemTime) {
+        let mut inner = self.lock();
+        inner.swept_before = inner.swept_before.max(Some(before));
+    }
+
+    /// Whether a run accepted at `accepted` may have a copy from the outbox sweep.
+    pub fn may_be_swept(&self, accepted: std::time::SystemTime) -> bool {
+        self.lock().swept_before.is_some_and(|before| accepted <= before)
+    }
+
     /// Whether `run_id` is refused.
     pub fn is_cancelled(&self, run_id: Uuid) -> bool {
         self.lock().recent.contains(&run_id)
@@ -206,7 +221,9 @@ impl Control {
                 FieldTable::default(),
             )
             .await?;
-        // Bound first, reloaded second: a cancel between the two is in both, none falls between.
+        // Bound first, reloaded second: a cancel between the two is in both, none falls between. A sweep
+        // announced while this consumer was away is not reloaded: every run accepted until now counts as swept.
+        self.swept(std::time::SystemTime::now());
         self.reload(pool).await?;
         self.ready.cancel();
         tracing::info!(exchange = %topology.control, "listening for cancels");
@@ -214,6 +231,10 @@ impl Control {
             let delivery = delivery?;
             match serde_json::from_slice::<Message>(&delivery.data) {
                 Ok(Message::CancelV1 { run_id }) => self.cancel(run_id),
+                Ok(Message::SweptV1 { before_ms }) => {
+                    let before = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(before_ms).unwrap_or(0));
+                    self.swept(before);
+                }
                 Err(e) => tracing::warn!(error = %e, "ignoring an undecodable control message"),
             }
         }
@@ -268,6 +289,20 @@ mod tests {
         drop(first);
         let again = control.begin(run).unwrap();
         assert!(again.is_some(), "taken again once the first copy is done");
+    }
+
+    #[test]
+    fn only_runs_accepted_before_the_last_sweep_may_have_a_copy() {
+        let control = Control::default();
+        let t = std::time::SystemTime::now();
+        assert!(!control.may_be_swept(t), "no sweep heard of: nothing to claim");
+        control.swept(t);
+        control.swept(t - Duration::from_secs(60));
+        assert!(control.may_be_swept(t - Duration::from_secs(1)) && control.may_be_swept(t));
+        assert!(
+            !control.may_be_swept(t + Duration::from_millis(1)),
+            "accepted after the sweep"
+        );
     }
 
     #[test]
