@@ -98,6 +98,11 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         trigger_limits: Arc::new(rate::TriggerLimits::new(&config)),
         publisher: publisher.clone(),
         oidc: Arc::new(oidc::Oidc::new(&config)),
+        oauth: Arc::new(state::OAuth {
+            registry: floq_shared::oauth::Registry::new(&config.oauth_providers),
+            http: floq_shared::egress::http_client("floq-api").context("building the HTTP client failed")?,
+            egress: floq_shared::egress::Policy::from_config(&config),
+        }),
     };
     // The sampler reaches the broker every 500 ms; the publisher connects only when it publishes.
     let broker_up = {

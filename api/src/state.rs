@@ -26,4 +26,14 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// The OpenID Connect client of single sign-on (discovery and key sets cached).
     pub oidc: Arc<crate::oidc::Oidc>,
+    /// OAuth2 integration links: the provider registry and the token client the callback uses.
+    pub oauth: Arc<OAuth>,
+}
+
+/// What the connect flow needs: the registry, and a client whose calls go
+/// through the egress policy (each provider's token endpoint trusted).
+pub struct OAuth {
+    pub registry: floq_shared::oauth::Registry,
+    pub http: reqwest::Client,
+    pub egress: floq_shared::egress::Policy,
 }

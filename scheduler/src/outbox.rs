@@ -1,6 +1,8 @@
 //! The outbox sweep: publishes runs whose outbox rows are still there a few
 //! seconds after acceptance (the API died between commit and publish, or
-//! the broker refused), then deletes them. Runs as the outbox-sweep duty
+//! the broker refused), then deletes them. Each batch is announced to the
+//! workers first (`Control::SweptV1`), because the original of a swept run
+//! may still be on its way. Runs as the outbox-sweep duty
 //! (`floq_outbox`), whose only reach into tenant data is the outbox.
 
 use std::time::Duration;
@@ -11,7 +13,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use floq_shared::audit::{self, Actor, Entry};
-use floq_shared::queue::{Envelope, Publisher};
+use floq_shared::queue::{Control, Envelope, Publisher};
 use floq_shared::telemetry::METRICS;
 use floq_shared::{db, outbox};
 
@@ -43,6 +45,10 @@ pub async fn sweep(pool: &db::Pool, publisher: &Publisher, after: Duration) -> a
             break;
         }
         let (ids, envelopes): (Vec<i64>, Vec<Envelope>) = rows.into_iter().map(|r| (r.id, r.envelope)).unzip();
+        // Workers hear first that originals of these runs may still arrive (an unconfirmed publish, a failed
+        // delete): such a first delivery then claims its run, so it and the copy never both run it.
+        let before_ms = chrono::Utc::now().timestamp_millis();
+        publisher.broadcast(&Control::SweptV1 { before_ms }).await?;
         publisher.republish(&envelopes).await?;
         outbox::delete_swept(&mut tx, &ids).await?;
         audit::append(&mut tx, &entries(&envelopes)).await?;

@@ -13,6 +13,14 @@
 //!   that bound, so the original, if it was only slow, and the copy never
 //!   both run).
 //!
+//! A heartbeat is only evidence of death if the workers could have written
+//! one: after a database outage every heartbeat is old, although the workers
+//! are alive and beat again within a third of a lease. So the reaper judges
+//! leases only once it has itself watched the database without a gap for a
+//! whole lease (a new leadership, or a tick that failed or came late, starts
+//! that watch again), and a run of a live worker is never handed on because
+//! the database, not the worker, was away.
+//!
 //! Runs are found across companies by id only (the reaper duty, through the
 //! functions of migration 0025) and sent on in their own tenant transaction,
 //! each moved only from the state it was found in; the message is published
@@ -20,7 +28,7 @@
 //! the next tick.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use serde_json::json;
@@ -53,6 +61,7 @@ pub fn interval(config: &Config) -> Duration {
 /// over queued runs has come (a run id; ids are UUID v7, so time-ordered).
 pub struct Reaper {
     scanned_to: Uuid,
+    watch: Watch,
 }
 
 impl Reaper {
@@ -60,11 +69,22 @@ impl Reaper {
     pub fn new(config: &Config) -> Self {
         Self {
             scanned_to: v7_bound(SystemTime::now() - config.reaper_queued_after * 2, false),
+            watch: Watch::new(Instant::now(), config.worker_lease, interval(config)),
         }
     }
 
     pub async fn tick(&mut self, pool: &Pool, publisher: &Publisher, config: &Config) -> anyhow::Result<()> {
-        self.running(pool, publisher, config).await?;
+        let result = self.tick_once(pool, publisher, config).await;
+        self.watch.ticked(Instant::now(), result.is_ok());
+        result
+    }
+
+    async fn tick_once(&mut self, pool: &Pool, publisher: &Publisher, config: &Config) -> anyhow::Result<()> {
+        if self.watch.may_judge_leases(Instant::now()) {
+            self.running(pool, publisher, config).await?;
+        } else {
+            tracing::debug!("not judging worker leases until the reaper has watched the database for a whole lease");
+        }
         self.queued(pool, publisher, config).await?;
         let mut tx = db::duty_tx(pool, Duty::Reaper).await?;
         workers::forget_dead(&mut tx, FORGET_WORKERS_AFTER).await?;
@@ -73,9 +93,15 @@ impl Reaper {
     }
 
     async fn running(&mut self, pool: &Pool, publisher: &Publisher, config: &Config) -> anyhow::Result<()> {
+        let asked = Instant::now();
         let mut tx = db::duty_tx(pool, Duty::Reaper).await?;
         let found = lost::running(&mut tx, config.worker_lease, RUNNING_BATCH).await?;
         db::commit(tx).await?;
+        if asked.elapsed() > self.watch.gap {
+            // The database hung while answering (frozen, overloaded): the heartbeats it judged are not evidence.
+            self.watch.restart(Instant::now());
+            return Ok(());
+        }
         let max_attempts = i32::try_from(config.queue_delivery_limit).unwrap_or(i32::MAX);
         for run in found {
             let (company_id, run_id) = (CompanyId(run.company_id), RunId(run.run_id));
@@ -162,6 +188,48 @@ impl Reaper {
     }
 }
 
+/// Since when the reaper has watched the database without a gap: leases
+/// are judged only after one whole lease of watching.
+#[derive(Debug)]
+struct Watch {
+    since: Instant,
+    last_ok: Instant,
+    lease: Duration,
+    /// A gap longer than this between good ticks means the database (or this
+    /// process) was away: the watch starts again.
+    gap: Duration,
+}
+
+impl Watch {
+    fn new(now: Instant, lease: Duration, interval: Duration) -> Self {
+        Self {
+            since: now,
+            last_ok: now,
+            lease,
+            gap: interval * 2 + Duration::from_secs(1),
+        }
+    }
+
+    fn restart(&mut self, now: Instant) {
+        self.since = now;
+    }
+
+    fn ticked(&mut self, now: Instant, ok: bool) {
+        if !ok {
+            self.restart(now);
+            return;
+        }
+        if now.duration_since(self.last_ok) > self.gap {
+            self.since = now;
+        }
+        self.last_ok = now;
+    }
+
+    fn may_judge_leases(&self, now: Instant) -> bool {
+        now.duration_since(self.since) >= self.lease && now.duration_since(self.last_ok) <= self.gap
+    }
+}
+
 fn entry(company_id: Uuid, run_id: Uuid, action: &str, worker_id: Option<Uuid>) -> Entry {
     Entry::new(company_id, Actor::system("scheduler"), "job.reaper")
         .resource("run", run_id)
@@ -180,6 +248,37 @@ fn v7_bound(at: SystemTime, highest: bool) -> Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leases_are_judged_only_after_a_whole_lease_of_watching_without_a_gap() {
+        let s = Duration::from_secs;
+        let t0 = Instant::now();
+        let mut watch = Watch::new(t0, s(30), s(10));
+        assert!(!watch.may_judge_leases(t0 + s(5)), "a new leader waits");
+        for t in [10, 20, 30] {
+            watch.ticked(t0 + s(t), true);
+        }
+        assert!(watch.may_judge_leases(t0 + s(30)));
+        // The database was away for 60 s: the ticks failed, then came back.
+        watch.ticked(t0 + s(40), false);
+        assert!(!watch.may_judge_leases(t0 + s(50)));
+        watch.ticked(t0 + s(100), true);
+        assert!(
+            !watch.may_judge_leases(t0 + s(110)),
+            "every heartbeat is old after an outage"
+        );
+        for t in [110, 120, 130] {
+            watch.ticked(t0 + s(t), true);
+        }
+        assert!(watch.may_judge_leases(t0 + s(130)));
+        // A tick that hung (a frozen database) counts as a gap too.
+        watch.ticked(t0 + s(200), true);
+        assert!(!watch.may_judge_leases(t0 + s(200)));
+        for t in [210, 220, 230] {
+            watch.ticked(t0 + s(t), true);
+        }
+        assert!(watch.may_judge_leases(t0 + s(230)));
+    }
 
     #[test]
     fn bounds_enclose_every_run_id_of_their_millisecond() {

@@ -136,6 +136,9 @@ pub struct Config {
     /// `FLOQ_SSO_ENTRA_AUTHORITY`: where the `entra` preset finds Microsoft Entra ID
     /// (default `https://login.microsoftonline.com`; a national cloud's authority, or a test's).
     pub sso_entra_authority: String,
+    /// `FLOQ_OAUTH_PROVIDERS_FILE`: the operator's OAuth2 providers (a JSON
+    /// array, see docs/secrets.md), checked at start; added to the built-ins.
+    pub oauth_providers: Vec<crate::oauth::Provider>,
     pub log_filter: String,
     pub log_json: bool,
 }
@@ -282,6 +285,13 @@ impl Config {
                 .string("FLOQ_SSO_ENTRA_AUTHORITY", "https://login.microsoftonline.com")
                 .trim_end_matches('/')
                 .to_string(),
+            oauth_providers: match v.get("FLOQ_OAUTH_PROVIDERS_FILE") {
+                None => vec![],
+                Some(path) => crate::oauth::providers::load_file(path).map_err(|problem| ConfigError {
+                    var: "FLOQ_OAUTH_PROVIDERS_FILE",
+                    problem,
+                })?,
+            },
             log_filter: v.string("FLOQ_LOG", "info"),
             log_json: match v.string("FLOQ_LOG_FORMAT", "json").as_str() {
                 "json" => true,
@@ -641,6 +651,37 @@ mod tests {
         let e = Config::from_vars(vars).unwrap_err();
         assert_eq!(e.var, "FLOQ_EGRESS_ALLOW");
         assert!(e.problem.contains("http://nope"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_oauth_provider_file_names_the_variable_and_the_entry() {
+        let dir = std::env::temp_dir().join(format!("floq-oauth-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("providers.json");
+        std::fs::write(
+            &file,
+            r#"[{"id": "Bad Id", "name": "x", "authorize_url": "https://a.example/a",
+                                   "token_url": "https://a.example/t", "api_origins": ["https://a.example"]}]"#,
+        )
+        .unwrap();
+        let mut vars = base();
+        vars.insert("FLOQ_OAUTH_PROVIDERS_FILE".into(), file.display().to_string());
+        let e = Config::from_vars(vars.clone()).unwrap_err();
+        assert_eq!(e.var, "FLOQ_OAUTH_PROVIDERS_FILE");
+        assert!(e.problem.contains("[0].id"), "{e}");
+        std::fs::write(
+            &file,
+            r#"[{"id": "acme", "name": "Acme", "authorize_url": "https://a.example/a",
+                                   "token_url": "https://a.example/t", "api_origins": ["https://a.example"]}]"#,
+        )
+        .unwrap();
+        assert_eq!(Config::from_vars(vars.clone()).unwrap().oauth_providers[0].id, "acme");
+        vars.insert(
+            "FLOQ_OAUTH_PROVIDERS_FILE".into(),
+            dir.join("missing.json").display().to_string(),
+        );
+        assert!(Config::from_vars(vars).unwrap_err().problem.contains("cannot read"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

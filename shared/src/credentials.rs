@@ -27,6 +27,23 @@ pub struct Credential {
     pub allowed_origins: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// An `oauth2` credential's link (filled by [`with_links`]); never a token.
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<crate::oauth::links::Status>,
+}
+
+/// Fills in the link status of the `oauth2` credentials among `items`.
+pub async fn with_links(tx: &mut Tx, company_id: CompanyId, items: &mut [Credential]) -> Result<(), StoreError> {
+    let ids: Vec<CredentialId> = items.iter().filter(|c| c.kind == "oauth2").map(|c| c.id).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut found = crate::oauth::links::statuses(tx, company_id, &ids).await?;
+    for c in items.iter_mut().filter(|c| c.kind == "oauth2") {
+        c.oauth = Some(found.remove(&c.id).unwrap_or_default());
+    }
+    Ok(())
 }
 
 const COLUMNS: &str = "id, name, type, fields, hint, allowed_origins, created_at, updated_at";
@@ -85,6 +102,8 @@ pub struct NewCredential<'a> {
     pub sealed: Sealed,
     pub created_by: UserId,
     pub allowed_origins: Vec<String>,
+    /// An `oauth2` credential's public part ([`OAuthClient`]).
+    pub oauth_client: Option<serde_json::Value>,
 }
 
 /// Stores a credential; `None` when the company has one by that name.
@@ -94,8 +113,9 @@ pub async fn create(
     new: NewCredential<'_>,
 ) -> Result<Option<Credential>, StoreError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO credentials (id, company_id, name, type, data, key_id, fields, hint, created_by, allowed_origins)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+        "INSERT INTO credentials (id, company_id, name, type, data, key_id, fields, hint, created_by, allowed_origins,
+                                  oauth_client)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
     )))
     .bind(new.id)
     .bind(company_id)
@@ -107,6 +127,7 @@ pub async fn create(
     .bind(new.sealed.hint)
     .bind(new.created_by)
     .bind(new.allowed_origins)
+    .bind(new.oauth_client)
     .fetch_optional(&mut **tx)
     .await
     .map_err(StoreError::from)
@@ -128,6 +149,8 @@ pub struct Change<'a> {
     pub name: Option<&'a str>,
     pub sealed: Option<Sealed>,
     pub allowed_origins: Option<Vec<String>>,
+    /// Replaces the public part with the data (`sealed`), when that changes.
+    pub oauth_client: Option<serde_json::Value>,
 }
 
 /// Applies a change, answering the credential as it is now; `None` if the
@@ -146,7 +169,8 @@ pub async fn update(
         "UPDATE credentials SET name = COALESCE($3, name), data = COALESCE($4, data),
                 key_id = CASE WHEN $4 IS NULL THEN key_id ELSE $5 END,
                 fields = COALESCE($6, fields), hint = COALESCE($7, hint),
-                allowed_origins = COALESCE($8, allowed_origins), updated_at = now()
+                allowed_origins = COALESCE($8, allowed_origins),
+                oauth_client = CASE WHEN $4 IS NULL THEN oauth_client ELSE $9 END, updated_at = now()
           WHERE company_id = $1 AND id = $2 RETURNING {COLUMNS}"
     )))
     .bind(company_id)
@@ -157,6 +181,7 @@ pub async fn update(
     .bind(fields)
     .bind(hint)
     .bind(change.allowed_origins)
+    .bind(change.oauth_client)
     .fetch_optional(&mut **tx)
     .await
     .map_err(StoreError::from)
@@ -169,6 +194,58 @@ pub async fn delete(tx: &mut Tx, company_id: CompanyId, id: CredentialId) -> Res
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// The public part of an `oauth2` credential.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct OAuthClient {
+    pub provider: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+impl OAuthClient {
+    /// The public part of `oauth2` credential data (the rest stays sealed).
+    pub fn of_data(data: &serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "provider": data.get("provider"),
+            "client_id": data.get("client_id"),
+            "scopes": data.get("scopes").cloned().unwrap_or_else(|| serde_json::json!([])),
+        })
+    }
+}
+
+/// The public part of a company's `oauth2` credential and its owner's
+/// allowed origins; `None` if there is no such credential of that type.
+pub async fn oauth_client(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    id: CredentialId,
+) -> Result<Option<(OAuthClient, Vec<String>)>, StoreError> {
+    let row: Option<(Option<serde_json::Value>, Vec<String>)> = sqlx::query_as(
+        "SELECT oauth_client, allowed_origins FROM credentials WHERE company_id = $1 AND id = $2 AND type = 'oauth2'",
+    )
+    .bind(company_id)
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.and_then(|(client, origins)| {
+        client
+            .and_then(|c| serde_json::from_value::<OAuthClient>(c).ok())
+            .map(|c| (c, origins))
+    }))
+}
+
+/// The sealed data of a company's `oauth2` credential: for the connect
+/// callback's code exchange, the one API path that opens it.
+pub async fn oauth_sealed(tx: &mut Tx, company_id: CompanyId, id: CredentialId) -> Result<Option<Vec<u8>>, StoreError> {
+    sqlx::query_scalar("SELECT data FROM credentials WHERE company_id = $1 AND id = $2 AND type = 'oauth2'")
+        .bind(company_id)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::from)
 }
 
 /// A credential as a run's node may open it.

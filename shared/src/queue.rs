@@ -69,6 +69,11 @@ pub enum Control {
     /// Stop this run: a worker holding it cancels it, every worker refuses to start it.
     #[serde(rename = "cancel.v1")]
     CancelV1 { run_id: Uuid },
+    /// The outbox sweep is about to publish copies of runs accepted up to
+    /// `before_ms` (Unix milliseconds) whose original message may still
+    /// arrive: a first delivery of such a run that waited claims it.
+    #[serde(rename = "swept.v1")]
+    SweptV1 { before_ms: i64 },
 }
 
 /// Inputs up to this many bytes of JSON travel inside the message.

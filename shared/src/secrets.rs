@@ -37,9 +37,16 @@ fn schema(t: &str) -> Value {
             json!({"uri": {"type": "string", "pattern": "^smtps?(\\+starttls)?://"}}),
             &["uri"],
         ),
+        // Tokens are not written by anyone: the connect flow stores them apart (crate::oauth::links).
         _ => (
-            json!({"client_id": text, "client_secret": text, "access_token": text, "refresh_token": text}),
-            &[],
+            json!({
+                "provider": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},
+                "client_id": text,
+                "client_secret": text,
+                "scopes": {"type": "array", "maxItems": 100,
+                           "items": {"type": "string", "pattern": "^[^\\s]{1,500}$"}},
+            }),
+            &["provider", "client_id", "client_secret"],
         ),
     };
     json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
@@ -111,7 +118,7 @@ fn short_secrets(credential_type: &str, data: &Value) -> Vec<(String, String)> {
 
 /// Names (a header's, a query parameter's, a username) are not secret.
 fn is_public_field(name: &str) -> bool {
-    matches!(name, "name" | "username" | "client_id")
+    matches!(name, "name" | "username" | "client_id" | "provider")
 }
 
 /// The password of `scheme://user:password@host/...`, percent-decoded, if it has one.
@@ -182,7 +189,7 @@ pub fn hint(credential_type: &str, data: &Value) -> String {
         "http_header" => format!("header {}", field("name")),
         "api_key_query" => format!("query parameter {}", field("name")),
         "postgres" | "smtp" => without_password(field("uri")),
-        _ => "oauth2".to_string(),
+        _ => format!("{} client {}", field("provider"), field("client_id")),
     }
 }
 
@@ -359,6 +366,41 @@ mod tests {
             !format!("{errors:?}").contains("s3cr3t"),
             "messages never echo values: {errors:?}"
         );
+    }
+
+    #[test]
+    fn oauth2_credentials_name_a_provider_and_a_client_but_carry_no_token_or_endpoint() {
+        let ok = json!({"provider": "github", "client_id": "Iv1.abc", "client_secret": "s3cr3t-s3cr3t",
+                        "scopes": ["repo", "read:user"]});
+        assert!(check("oauth2", &ok).is_empty());
+        assert_eq!(hint("oauth2", &ok), "github client Iv1.abc");
+        assert_eq!(
+            check("oauth2", &json!({"provider": "github", "client_id": "x"}))[0].0,
+            "data"
+        );
+        let mut short = ok.clone();
+        short["client_secret"] = json!("short");
+        assert_eq!(
+            check("oauth2", &short),
+            vec![("data.client_secret".to_string(), too_short())]
+        );
+        for extra in ["access_token", "refresh_token", "token_url"] {
+            let mut bad = ok.clone();
+            bad[extra] = json!("https://evil.example/token");
+            assert_eq!(check("oauth2", &bad)[0].0, "data", "{extra}");
+        }
+        let mut spaced = ok.clone();
+        spaced["scopes"] = json!(["a b"]);
+        assert!(!check("oauth2", &spaced).is_empty());
+        let values = scrub_values(
+            "oauth2",
+            &[
+                ("provider", "github"),
+                ("client_id", "Iv1.abc"),
+                ("client_secret", "s3cr3t-s3cr3t"),
+            ],
+        );
+        assert_eq!(values, vec!["s3cr3t-s3cr3t".to_string()]);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub audit_backlog: IntGauge,
     pub audit_sealed: prometheus::IntCounter,
     pub secret_decryptions: IntCounterVec,
+    /// OAuth2 access-token refreshes a worker made, by outcome (`refreshed`, `invalid_grant`, `failed`, `stale`).
+    pub oauth_refreshes: IntCounterVec,
     /// Rows a group commit isolated because PostgreSQL refused them (see `batch::isolate`).
     pub batch_rows_refused: IntCounterVec,
     pub sandbox_abandoned_threads: prometheus::IntCounter,
@@ -179,6 +181,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "floq_secret_decryptions_total",
             "Credentials and secret KV values decrypted for a node",
             &["kind"],
+        ),
+        oauth_refreshes: counter(
+            "floq_oauth_refreshes_total",
+            "OAuth2 access-token refreshes this worker made at a provider, by outcome",
+            &["outcome"],
         ),
         batch_rows_refused: counter(
             "floq_batch_rows_refused_total",

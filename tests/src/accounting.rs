@@ -176,8 +176,67 @@ pub async fn settle(pool: &PgPool, accepted: &[Uuid], counter: &Counter, rule: &
             "repeated against the rule ({rule:?}): {:?}",
             against.iter().take(10).collect::<Vec<_>>()
         );
+        for run in against.iter().take(5) {
+            explain(pool, &calls, rule, run).await;
+        }
     }
     acc
+}
+
+type At = chrono::DateTime<chrono::Utc>;
+
+/// Prints what the database recorded of a run that repeated a call against
+/// the rule, on one time line with its calls and the deaths (wall clock,
+/// seconds relative to the run's first call): what a defect report needs.
+async fn explain(pool: &PgPool, calls: &[Call], rule: &Rule, run: &str) {
+    let (now_i, now_w) = (Instant::now(), chrono::Utc::now());
+    let wall = |at: Instant| now_w - chrono::Duration::from_std(now_i.duration_since(at)).unwrap_or_default();
+    let mine: Vec<&Call> = calls.iter().filter(|c| c.run.as_deref() == Some(run)).collect();
+    let Some(first) = mine.first().map(|c| wall(c.at)) else {
+        return;
+    };
+    let rel = |t: chrono::DateTime<chrono::Utc>| (t - first).num_milliseconds() as f64 / 1000.0;
+    let mut line: Vec<(f64, String)> = mine
+        .iter()
+        .map(|c| (rel(wall(c.at)), format!("call key={:?}", c.key)))
+        .collect();
+    if let Rule::InFlightAt(deaths) | Rule::Checkpointed { deaths, .. } = rule {
+        line.extend(deaths.iter().map(|d| (rel(wall(*d)), "fault".to_string())));
+    }
+    let id = Uuid::parse_str(run).unwrap_or_default();
+    let entries: Vec<(At, String, serde_json::Value)> =
+        sqlx::query_as("SELECT at, action, details FROM audit_log WHERE resource_id = $1 ORDER BY id")
+            .bind(run)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    line.extend(
+        entries
+            .into_iter()
+            .map(|(at, action, d)| (rel(at), format!("audit {action} {d}"))),
+    );
+    let steps: Vec<(String, i32, Option<At>)> =
+        sqlx::query_as("SELECT node_id, seq, finished_at FROM run_steps WHERE run_id = $1")
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    line.extend(
+        steps
+            .into_iter()
+            .filter_map(|(node, seq, at)| at.map(|at| (rel(at), format!("step {node} seq={seq} finished")))),
+    );
+    let row: Option<(i32, Option<At>, Option<At>)> =
+        sqlx::query_as("SELECT attempt, started_at, finished_at FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .unwrap_or_default();
+    line.sort_by(|a, b| a.0.total_cmp(&b.0));
+    println!("run {run}: attempt/started/finished {row:?}");
+    for (t, what) in line {
+        println!("  {t:>8.3}s {what}");
+    }
 }
 
 /// How many runs called more than once, and which of them the rule does not allow.

@@ -18,6 +18,7 @@ pub mod counting;
 pub mod dns;
 pub mod forward;
 pub mod idp;
+pub mod oauth_server;
 pub mod openapi;
 pub mod private;
 pub mod process;

@@ -18,7 +18,7 @@ use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use uuid::Uuid;
 
 use crate::checkpoints::CheckpointWriter;
-use crate::control::Control;
+use crate::control::{AlreadyHeld, Control};
 use crate::executor::{self, Ended, Outcome, Resume, RunInput, RunStatus};
 use crate::flow_cache::FlowCache;
 use crate::nodes::{NodeEnv, RunCtx};
@@ -89,9 +89,20 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
     // first copy may be queued, running or done: this copy runs only if it
     // can claim a run still `queued`). Fresh first deliveries pay no check.
     let kind = delivery.properties.kind().as_ref().map(|k| k.as_str().to_string());
-    let check = if delivery.redelivered || kind.as_deref() == Some(queue::RESUMED) {
+    let resumes = delivery.redelivered || kind.as_deref() == Some(queue::RESUMED);
+    let claims = !resumes && (kind.as_deref() == Some(queue::REPUBLISHED) || possibly_republished(worker, &msg));
+    // Every copy takes hold here before it looks at the database (an in-memory lookup), so two copies of one run
+    // on this worker (the original and the outbox sweep's copy, say) cannot both pass: one copy is enough.
+    let held = match worker.control.begin(msg.run_id) {
+        Ok(held) => held,
+        Err(AlreadyHeld) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            return;
+        }
+    };
+    let check = if resumes {
         resume_point(worker, &msg).await
-    } else if kind.as_deref() == Some(queue::REPUBLISHED) || possibly_republished(worker, &msg) {
+    } else if claims {
         claimed_elsewhere(worker, &msg).await
     } else {
         Ok(Check::Fresh)
@@ -115,7 +126,7 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
     };
     // An in-memory lookup, no database read: a run cancelled while queued (or one whose cancel this worker heard
     // while it was away, reloaded on reconnect) never starts.
-    let Some(held) = worker.control.begin(msg.run_id) else {
+    let Some(held) = held else {
         return finish_cancelled(worker, replies, &msg, delivery, reply_to).await;
     };
     if let Some(ts) = msg.run_id.get_timestamp() {
@@ -313,10 +324,6 @@ async fn requeue(delivery: &Delivery) {
 /// is final or gone (retention).
 async fn resume_point(worker: &Worker, msg: &RunFlowV1) -> Result<Check, StoreError> {
     let (company_id, run_id) = (msg.company_id.into(), msg.run_id.into());
-    // This worker still runs it (its channel to the broker died and came back): one copy is enough.
-    if worker.control.holds(msg.run_id) {
-        return Ok(Check::Done);
-    }
     let mut tx = db::tenant_tx(&worker.pool, msg.company_id).await?;
     let lease = worker.config.worker_lease;
     let Some(taken) = delivery::take_over(&mut tx, company_id, run_id, worker.id, lease).await? else {
@@ -385,18 +392,25 @@ async fn park(
     }
 }
 
-/// Whether a first delivery is old enough that the reaper may have published
-/// a copy of it (a run queued past half of `FLOQ_REAPER_QUEUED_AFTER_MS`,
-/// read from its UUID v7 id: no database round trip).
+/// Whether another copy of a first delivery may exist: the reaper publishes
+/// one for a run still `queued` past `FLOQ_REAPER_QUEUED_AFTER_MS`, the
+/// outbox sweep one for a run whose outbox row outlived
+/// `FLOQ_OUTBOX_SWEEP_AFTER_MS` (its publish was not confirmed, or the row's
+/// delete failed, while the original may still arrive). Such a copy claims
+/// the run first. Read from the UUID v7 run id and the sweeps this worker
+/// heard of (`swept.v1`): no database round trip for a message that did not
+/// wait, nor for one accepted after the last sweep.
 fn possibly_republished(worker: &Worker, msg: &RunFlowV1) -> bool {
     let Some(ts) = msg.run_id.get_timestamp() else {
         return false;
     };
     let (secs, nanos) = ts.to_unix();
     let accepted = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
-    accepted
-        .elapsed()
-        .is_ok_and(|age| age > worker.config.reaper_queued_after / 2)
+    let Ok(age) = accepted.elapsed() else {
+        return false;
+    };
+    age > worker.config.reaper_queued_after / 2
+        || (age > worker.config.outbox_sweep_after / 2 && worker.control.may_be_swept(accepted))
 }
 
 /// The error code of a run whose execution panicked in the worker.

@@ -40,9 +40,13 @@ pub struct Control {
 
 #[derive(Default)]
 struct Inner {
-    /// The runs this worker executes now, by id (a run held twice, by two deliveries, shares one token).
-    held: HashMap<Uuid, (CancellationToken, usize)>,
+    /// The runs this worker executes now, by id.
+    held: HashMap<Uuid, CancellationToken>,
     recent: HashSet<Uuid>,
+    /// Runs accepted up to this instant may have a copy from the outbox sweep
+    /// (the latest `swept.v1`, or this consumer's last (re)connect, when a
+    /// broadcast may have been missed).
+    swept_before: Option<std::time::SystemTime>,
     /// `recent` in the order noted, for expiry and the bound.
     order: VecDeque<(Instant, Uuid)>,
 }
@@ -62,6 +66,10 @@ impl Inner {
     }
 }
 
+/// This worker already runs the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyHeld;
+
 /// A run this worker holds; dropping it forgets the run's token.
 pub struct Held {
     control: Arc<Control>,
@@ -78,13 +86,7 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let mut inner = self.control.lock();
-        if let Some((_, count)) = inner.held.get_mut(&self.run_id) {
-            *count -= 1;
-            if *count == 0 {
-                inner.held.remove(&self.run_id);
-            }
-        }
+        self.control.lock().held.remove(&self.run_id);
     }
 }
 
@@ -93,44 +95,52 @@ impl Control {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes hold of a run about to start; `None` if it was cancelled. Under
-    /// the same lock as [`Control::cancel`], so a cancel either finds the token
-    /// or is found here.
-    pub fn begin(self: &Arc<Self>, run_id: Uuid) -> Option<Held> {
+    /// Takes hold of a run about to start: `Ok(None)` if it was cancelled,
+    /// `Err(AlreadyHeld)` if a copy of it already runs here (one is enough).
+    /// Taken before any database check, under the same lock as
+    /// [`Control::cancel`], so a cancel either finds the token or is found
+    /// here, and two copies arriving together (a redelivery and the outbox
+    /// sweep's copy, say) cannot both pass.
+    pub fn begin(self: &Arc<Self>, run_id: Uuid) -> Result<Option<Held>, AlreadyHeld> {
         let mut inner = self.lock();
+        if inner.held.contains_key(&run_id) {
+            return Err(AlreadyHeld);
+        }
         if inner.recent.contains(&run_id) {
             METRICS.run_cancels.with_label_values(&["refused"]).inc();
-            return None;
+            return Ok(None);
         }
-        let (token, count) = inner
-            .held
-            .entry(run_id)
-            .or_insert_with(|| (CancellationToken::new(), 0));
-        *count += 1;
-        let token = token.clone();
-        Some(Held {
+        let token = CancellationToken::new();
+        inner.held.insert(run_id, token.clone());
+        Ok(Some(Held {
             control: self.clone(),
             run_id,
             token,
-        })
-    }
-
-    /// Whether this worker is running `run_id` now.
-    pub fn holds(&self, run_id: Uuid) -> bool {
-        self.lock().held.contains_key(&run_id)
+        }))
     }
 
     /// A run was cancelled: stop it if held here, refuse it from now on.
     pub fn cancel(&self, run_id: Uuid) {
         let mut inner = self.lock();
         inner.note(run_id, Instant::now());
-        if let Some((token, _)) = inner.held.get(&run_id)
+        if let Some(token) = inner.held.get(&run_id)
             && !token.is_cancelled()
         {
             tracing::info!(run.id = %run_id, "cancelling a run this worker holds");
             METRICS.run_cancels.with_label_values(&["stopped"]).inc();
             token.cancel();
         }
+    }
+
+    /// Runs accepted up to `before` may have a copy from the outbox sweep.
+    pub fn swept(&self, before: std::time::SystemTime) {
+        let mut inner = self.lock();
+        inner.swept_before = inner.swept_before.max(Some(before));
+    }
+
+    /// Whether a run accepted at `accepted` may have a copy from the outbox sweep.
+    pub fn may_be_swept(&self, accepted: std::time::SystemTime) -> bool {
+        self.lock().swept_before.is_some_and(|before| accepted <= before)
     }
 
     /// Whether `run_id` is refused.
@@ -211,7 +221,9 @@ impl Control {
                 FieldTable::default(),
             )
             .await?;
-        // Bound first, reloaded second: a cancel between the two is in both, none falls between.
+        // Bound first, reloaded second: a cancel between the two is in both, none falls between. A sweep
+        // announced while this consumer was away is not reloaded: every run accepted until now counts as swept.
+        self.swept(std::time::SystemTime::now());
         self.reload(pool).await?;
         self.ready.cancel();
         tracing::info!(exchange = %topology.control, "listening for cancels");
@@ -219,6 +231,10 @@ impl Control {
             let delivery = delivery?;
             match serde_json::from_slice::<Message>(&delivery.data) {
                 Ok(Message::CancelV1 { run_id }) => self.cancel(run_id),
+                Ok(Message::SweptV1 { before_ms }) => {
+                    let before = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(before_ms).unwrap_or(0));
+                    self.swept(before);
+                }
                 Err(e) => tracing::warn!(error = %e, "ignoring an undecodable control message"),
             }
         }
@@ -249,17 +265,44 @@ mod tests {
     fn a_cancel_stops_the_held_run_and_refuses_it_later() {
         let control = Arc::new(Control::default());
         let run = Uuid::now_v7();
-        let held = control.begin(run).unwrap();
+        let held = control.begin(run).unwrap().unwrap();
         let token = held.token();
-        let again = control.begin(run).unwrap();
         assert!(!token.is_cancelled());
         control.cancel(run);
-        assert!(token.is_cancelled() && again.token().is_cancelled());
-        assert!(control.begin(run).is_none(), "a cancelled run never starts again here");
-        drop((held, again));
+        assert!(token.is_cancelled());
+        drop(held);
+        assert!(
+            control.begin(run).unwrap().is_none(),
+            "a cancelled run never starts again here"
+        );
         assert!(control.lock().held.is_empty(), "finished runs leave no token behind");
-        let other = control.begin(Uuid::now_v7()).unwrap();
+        let other = control.begin(Uuid::now_v7()).unwrap().unwrap();
         assert!(!other.token().is_cancelled());
+    }
+
+    #[test]
+    fn a_second_copy_of_a_run_held_here_does_not_take_hold() {
+        let control = Arc::new(Control::default());
+        let run = Uuid::now_v7();
+        let first = control.begin(run).unwrap().unwrap();
+        assert_eq!(control.begin(run).err(), Some(AlreadyHeld));
+        drop(first);
+        let again = control.begin(run).unwrap();
+        assert!(again.is_some(), "taken again once the first copy is done");
+    }
+
+    #[test]
+    fn only_runs_accepted_before_the_last_sweep_may_have_a_copy() {
+        let control = Control::default();
+        let t = std::time::SystemTime::now();
+        assert!(!control.may_be_swept(t), "no sweep heard of: nothing to claim");
+        control.swept(t);
+        control.swept(t - Duration::from_secs(60));
+        assert!(control.may_be_swept(t - Duration::from_secs(1)) && control.may_be_swept(t));
+        assert!(
+            !control.may_be_swept(t + Duration::from_millis(1)),
+            "accepted after the sweep"
+        );
     }
 
     #[test]

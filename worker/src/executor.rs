@@ -855,6 +855,10 @@ mod tests {
             step_output_max_bytes,
             run_output_max_bytes: 1 << 20,
             runner: Arc::new(Executor),
+            oauth: Arc::new(crate::oauth::Tokens::new(
+                floq_shared::oauth::Registry::new(&[]),
+                Uuid::now_v7(),
+            )),
         })
     }
 

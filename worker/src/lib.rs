@@ -10,6 +10,7 @@ pub mod flow_cache;
 mod intake;
 mod lease;
 pub mod nodes;
+mod oauth;
 mod outcome_writer;
 mod reply;
 pub mod sandbox;
@@ -67,7 +68,12 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         // Argon2id key derivation is deliberately slow: keep it off the async workers.
         tokio::task::spawn_blocking(move || floq_shared::crypto::Keyring::from_config(&config)).await??
     };
+    let worker_id = uuid::Uuid::now_v7();
     let env = Arc::new(nodes::NodeEnv {
+        oauth: Arc::new(oauth::Tokens::new(
+            floq_shared::oauth::Registry::new(&config.oauth_providers),
+            worker_id,
+        )),
         http,
         egress,
         pool: pool.clone(),
@@ -85,7 +91,6 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         run_output_max_bytes: config.run_output_max_bytes,
         runner: Arc::new(executor::Executor),
     });
-    let worker_id = uuid::Uuid::now_v7();
     // The lease exists before any run can carry this worker's id.
     lease::beat(&pool, worker_id)
         .await

@@ -22,14 +22,43 @@ use floq_shared::{credentials, db, kv, secrets};
 pub struct Credential {
     pub id: Uuid,
     pub kind: String,
-    /// Where it may be sent; empty: anywhere the egress policy allows.
+    /// Where it may be sent; empty: anywhere the egress policy allows. For an
+    /// `oauth2` credential, its provider's `api_origins` (see [`floq_shared::oauth::token_origins`]).
     pub allowed_origins: Vec<String>,
     fields: HashMap<String, Zeroizing<String>>,
+    /// An `oauth2` credential's provider and the link generation its `access_token` came from.
+    oauth: Option<(floq_shared::oauth::Provider, i64)>,
+    /// Secrets this node obtained after it started (a token refreshed after a `401`), scrubbed like the rest.
+    late: std::sync::Mutex<Vec<Zeroizing<String>>>,
 }
 
 impl Credential {
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields.get(name).map(|v| v.as_str())
+    }
+
+    /// A new access token after the API refused this one (`401`): one refresh
+    /// unless another caller already made one since.
+    pub async fn refreshed(&self, env: &NodeEnv, run: &RunCtx, node_id: &str) -> Result<Zeroizing<String>, NodeError> {
+        let Some((provider, generation)) = &self.oauth else {
+            return Err(NodeError::invalid("only an oauth2 credential can be refreshed"));
+        };
+        let client = crate::oauth::Client {
+            provider,
+            id: self.field("client_id").unwrap_or_default(),
+            secret: self.field("client_secret").unwrap_or_default(),
+        };
+        let asker = crate::oauth::Asker {
+            run,
+            node: node_id,
+            credential: self.id,
+        };
+        let access = env.oauth.access(env, &asker, &client, Some(*generation)).await?;
+        self.late
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(access.token.clone());
+        Ok(access.token)
     }
 }
 
@@ -59,6 +88,7 @@ pub async fn open(
     env: &NodeEnv,
 ) -> Result<Opened, NodeError> {
     let mut opened = Opened::default();
+    let mut pending: Option<Credential> = None;
     let credential_id = params.get("credential_id").and_then(Value::as_str).map(str::to_string);
     let mut refs: Vec<String> = secret_paths.iter().map(|(_, key)| key.clone()).collect();
     refs.sort();
@@ -96,20 +126,30 @@ pub async fn open(
             .keyring
             .decrypt(&sealed, secrets::credential_binding(run.company_id, &raw))
             .map_err(|_| unavailable("the credential"))?;
-        let fields: HashMap<String, String> =
+        // String fields are the secrets; an `oauth2` credential's `scopes` (an array) is not.
+        let fields: HashMap<String, Value> =
             serde_json::from_slice(&plaintext).map_err(|_| unavailable("the credential"))?;
+        let fields: HashMap<String, String> = fields
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect();
         let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         opened
             .scrub
             .extend(secrets::scrub_values(&kind, &pairs).into_iter().map(Zeroizing::new));
         METRICS.secret_decryptions.with_label_values(&["credential"]).inc();
         opened.audit.push(entry("credential.decrypt", "credential", &raw));
-        opened.credential = Some(std::sync::Arc::new(Credential {
+        pending = Some(Credential {
             id,
             kind,
             allowed_origins,
             fields: fields.into_iter().map(|(k, v)| (k, Zeroizing::new(v))).collect(),
-        }));
+            oauth: None,
+            late: Default::default(),
+        });
     }
     let mut values = HashMap::new();
     for key in refs {
@@ -138,6 +178,14 @@ pub async fn open(
         values.insert(key, text);
     }
     let _ = db::commit(tx).await;
+    if let Some(mut credential) = pending {
+        if credential.kind == "oauth2" {
+            // After the commit above: a refresh holds no transaction while it calls the provider.
+            let token = oauth_token(&mut credential, node_id, run, env).await?;
+            opened.scrub.push(token);
+        }
+        opened.credential = Some(std::sync::Arc::new(credential));
+    }
     for (pointer, key) in secret_paths {
         if let (Some(slot), Some(text)) = (params.pointer_mut(pointer), values.get(key))
             && secret_ref(slot) == Some(key.as_str())
@@ -147,6 +195,43 @@ pub async fn open(
     }
     opened.scrub.retain(|s| s.len() >= 4);
     Ok(opened)
+}
+
+/// Puts a usable access token into an `oauth2` credential (refreshing it if
+/// needed) and narrows where it may go to its provider's `api_origins`.
+async fn oauth_token(
+    credential: &mut Credential,
+    node_id: &str,
+    run: &RunCtx,
+    env: &NodeEnv,
+) -> Result<Zeroizing<String>, NodeError> {
+    let invalid = |what: &str| NodeError::new("credential_invalid", format!("the oauth2 credential {what}"));
+    let provider_id = credential
+        .field("provider")
+        .ok_or_else(|| invalid("names no provider"))?;
+    let provider = env
+        .oauth
+        .registry
+        .get(provider_id)
+        .ok_or_else(|| invalid("names a provider that is not registered"))?
+        .clone();
+    let access = {
+        let client = crate::oauth::Client {
+            provider: &provider,
+            id: credential.field("client_id").unwrap_or_default(),
+            secret: credential.field("client_secret").unwrap_or_default(),
+        };
+        let asker = crate::oauth::Asker {
+            run,
+            node: node_id,
+            credential: credential.id,
+        };
+        env.oauth.access(env, &asker, &client, None).await?
+    };
+    credential.allowed_origins = floq_shared::oauth::token_origins(&provider, &credential.allowed_origins);
+    credential.fields.insert("access_token".into(), access.token.clone());
+    credential.oauth = Some((provider, access.generation));
+    Ok(access.token)
 }
 
 impl Opened {
@@ -167,9 +252,15 @@ impl Opened {
     /// Every form of every secret, longest first across all of them: a longer form (or a longer secret holding a
     /// shorter one) is masked whole before anything inside it.
     fn needles(&self) -> Vec<Zeroizing<String>> {
+        let late: Vec<Zeroizing<String>> = self
+            .credential
+            .as_ref()
+            .map(|c| c.late.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+            .unwrap_or_default();
         let mut needles: Vec<Zeroizing<String>> = self
             .scrub
             .iter()
+            .chain(late.iter())
             .flat_map(|s| secrets::encoded_forms(s))
             .map(Zeroizing::new)
             .collect();

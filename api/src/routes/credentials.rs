@@ -48,6 +48,8 @@ struct CredentialDoc {
     allowed_origins: Vec<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// `oauth2` credentials only: the link's state; never a token.
+    oauth: Option<crate::routes::oauth::LinkStatusDoc>,
 }
 
 #[derive(Deserialize, Validate, ToSchema)]
@@ -77,8 +79,19 @@ struct UpdateCredential {
     allowed_origins: Option<Vec<String>>,
 }
 
-fn checked(kind: &str, data: &Value) -> ApiResult<()> {
-    let errors = secrets::check(kind, data);
+fn checked(state: &AppState, kind: &str, data: &Value) -> ApiResult<()> {
+    let mut errors = secrets::check(kind, data);
+    // Only a registered provider: the credential names it and can carry no endpoint of its own.
+    if kind == "oauth2"
+        && errors.is_empty()
+        && let Some(provider) = data.get("provider").and_then(Value::as_str)
+        && state.oauth.registry.get(provider).is_none()
+    {
+        errors.push((
+            "data.provider".into(),
+            "is not a registered OAuth provider (GET /api/v1/oauth/providers)".into(),
+        ));
+    }
     if errors.is_empty() {
         return Ok(());
     }
@@ -137,15 +150,18 @@ async fn list(
         admin: auth.principal.is_admin(),
     };
     let after = (page.after.0.as_str(), CredentialId(page.after.1));
-    let items = credentials::page(&mut tx, CompanyId(company_id), viewer, after, page.limit).await?;
+    let mut items = credentials::page(&mut tx, CompanyId(company_id), viewer, after, page.limit).await?;
+    credentials::with_links(&mut tx, CompanyId(company_id), &mut items).await?;
     db::commit(tx).await?;
     Ok(Json(page.answer(items, |c| ByName(c.name.clone(), c.id.as_uuid()))))
 }
 
-async fn fetch(tx: &mut db::Tx, company_id: Uuid, id: Uuid) -> ApiResult<Credential> {
-    credentials::find(tx, CompanyId(company_id), CredentialId(id))
+pub(crate) async fn fetch(tx: &mut db::Tx, company_id: Uuid, id: Uuid) -> ApiResult<Credential> {
+    let mut found = credentials::find(tx, CompanyId(company_id), CredentialId(id))
         .await?
-        .ok_or_else(|| ApiError::not_found("credential"))
+        .ok_or_else(|| ApiError::not_found("credential"))?;
+    credentials::with_links(tx, CompanyId(company_id), std::slice::from_mut(&mut found)).await?;
+    Ok(found)
 }
 
 #[utoipa::path(get, operation_id = "credentials_show", path = "/api/v1/credentials/{credential_id}", tag = "credentials", params(("credential_id" = Uuid, Path)),
@@ -173,7 +189,7 @@ async fn create(
     auth: Authorized<IntegrationManage>,
     ValidJson(body): ValidJson<CreateCredential>,
 ) -> ApiResult<(StatusCode, Json<Credential>)> {
-    checked(&body.kind, &body.data)?;
+    checked(&state, &body.kind, &body.data)?;
     let allowed_origins = origins(&body.allowed_origins)?;
     let company_id = auth.principal.company_id;
     let id = Uuid::now_v7();
@@ -195,10 +211,12 @@ async fn create(
         },
         created_by: UserId(auth.principal.user_id),
         allowed_origins,
+        oauth_client: (body.kind == "oauth2").then(|| credentials::OAuthClient::of_data(&body.data)),
     };
-    let credential = credentials::create(&mut tx, CompanyId(company_id), new)
+    let mut credential = credentials::create(&mut tx, CompanyId(company_id), new)
         .await?
         .ok_or_else(name_taken)?;
+    credentials::with_links(&mut tx, CompanyId(company_id), std::slice::from_mut(&mut credential)).await?;
     let entry = auth.principal.audit("credential.create", "credential", id);
     audit::record(&mut tx, &[entry.change(None::<&Credential>, Some(&credential))]).await?;
     access::grant_creator(&mut tx, &auth.principal, "integration", id).await?;
@@ -225,7 +243,7 @@ async fn update(
     let before = fetch(&mut tx, company_id, id).await?;
     let sealed = match &body.data {
         Some(data) => {
-            checked(&before.kind, data)?;
+            checked(&state, &before.kind, data)?;
             let plaintext = zeroize::Zeroizing::new(serde_json::to_vec(data).map_err(ApiError::internal)?);
             let id_text = id.to_string();
             let sealed = state
@@ -246,14 +264,21 @@ async fn update(
     {
         return Err(name_taken());
     }
+    let oauth_client = body
+        .data
+        .as_ref()
+        .filter(|_| before.kind == "oauth2")
+        .map(credentials::OAuthClient::of_data);
     let change = Change {
         name,
         sealed,
         allowed_origins,
+        oauth_client,
     };
-    let after = credentials::update(&mut tx, CompanyId(company_id), CredentialId(id), change)
+    let mut after = credentials::update(&mut tx, CompanyId(company_id), CredentialId(id), change)
         .await?
         .ok_or_else(|| ApiError::not_found("credential"))?;
+    credentials::with_links(&mut tx, CompanyId(company_id), std::slice::from_mut(&mut after)).await?;
     let mut entry = auth.principal.audit("credential.update", "credential", id);
     entry = entry.change(Some(&before), Some(&after));
     entry.details["data_replaced"] = body.data.is_some().into();

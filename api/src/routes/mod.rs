@@ -17,6 +17,7 @@ mod grants;
 mod groups;
 mod kv;
 mod node_types;
+pub(crate) mod oauth;
 mod retries;
 mod runs;
 mod schedules;
@@ -41,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(audit::router())
         .merge(credentials::router())
         .merge(kv::router())
+        .merge(oauth::router())
         .merge(node_types::router())
         .merge(settings::router())
         .merge(sso::router())

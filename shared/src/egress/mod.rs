@@ -221,6 +221,34 @@ impl Policy {
         }
     }
 
+    /// This policy with `url`'s host and port opened too (the platform's own
+    /// endpoints stay shut): for calls to an endpoint the operator registered
+    /// (an OAuth provider's token URL), which a tenant cannot choose.
+    pub fn trusting(&self, url: &url::Url) -> Policy {
+        let mut allow = (*self.allow).clone();
+        let port = url.port_or_known_default();
+        match url.host() {
+            Some(url::Host::Domain(d)) => allow.push(Allow::Host {
+                name: d.to_ascii_lowercase(),
+                port,
+            }),
+            Some(url::Host::Ipv4(ip)) => allow.push(Allow::Net {
+                net: IpNet::from(IpAddr::V4(ip)),
+                port,
+            }),
+            Some(url::Host::Ipv6(ip)) => allow.push(Allow::Net {
+                net: IpNet::from(IpAddr::V6(ip)),
+                port,
+            }),
+            None => {}
+        }
+        Policy {
+            allow: Arc::new(allow),
+            platform: self.platform.clone(),
+            own: self.own.clone(),
+        }
+    }
+
     /// Whether connecting to `addr` (reached through host `name`, if by name) is allowed.
     pub fn permits(&self, name: Option<&str>, addr: SocketAddr) -> bool {
         let ip = canonical(addr.ip());
@@ -496,6 +524,20 @@ mod tests {
         );
         assert!(p.permits(None, addr("10.0.0.6:5432")));
         assert!(!p.permits(None, addr("[64:ff9b:1::a9fe:a9fe]:80")));
+    }
+
+    #[test]
+    fn a_trusted_endpoint_opens_its_host_and_port_but_never_the_platform() {
+        let p = policy("", &[("127.0.0.1", 5432)]);
+        let t = p.trusting(&url::Url::parse("http://127.0.0.1:9100/token").unwrap());
+        assert!(t.permits(None, addr("127.0.0.1:9100")));
+        assert!(!t.permits(None, addr("127.0.0.1:9101")));
+        assert!(
+            !p.permits(None, addr("127.0.0.1:9100")),
+            "the original policy is unchanged"
+        );
+        let t = p.trusting(&url::Url::parse("http://127.0.0.1:5432/token").unwrap());
+        assert!(!t.permits(None, addr("127.0.0.1:5432")));
     }
 
     #[test]

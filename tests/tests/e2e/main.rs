@@ -17,6 +17,7 @@ mod grants;
 mod identity;
 mod limits;
 mod nodes;
+mod oauth;
 mod openapi;
 mod paging;
 mod poison;

@@ -16,6 +16,7 @@ use crate::{call_then_wait, serial, stack, stream, wait_count};
 /// Longer than the pools' acquire timeout (10 s): a request waits that long
 /// for a connection, then gets its `503`. Shorter outages only delay requests.
 const PAST_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(13);
+const WORKER_LEASE_MS: u64 = 5_000;
 
 #[derive(Clone, Copy, Debug)]
 enum Outage {
@@ -42,12 +43,18 @@ async fn outage(stack: &Stack, kind: Outage) -> (Instant, Instant) {
 
 async fn database_outages(runs: usize, pace: Duration, outages: &[Outage]) {
     let mut stack = stack(StackOptions {
-        vars: vec![("FLOQ_WORKER_PREFETCH", "20".into())],
+        vars: vec![
+            ("FLOQ_WORKER_PREFETCH", "20".into()),
+            // Shorter than the outages: every heartbeat is old when the database comes back, and the reaper must
+            // still not take a live worker's runs.
+            ("FLOQ_WORKER_LEASE_MS", WORKER_LEASE_MS.to_string()),
+        ],
         ..Default::default()
     })
     .await;
     let server = CountingServer::start().await;
-    let flow = stack.deployed_flow(call_then_wait(&server, 200, false)).await;
+    // Past the running mark: when the database goes away, the worker holds runs that carry its id.
+    let flow = stack.deployed_flow(call_then_wait(&server, 1500, false)).await;
     let (streaming, sent) = stream(&stack, &flow, runs, 2, pace);
     let mut deaths = Vec::new();
     for (i, kind) in outages.iter().enumerate() {
@@ -80,6 +87,13 @@ async fn database_outages(runs: usize, pace: Duration, outages: &[Outage]) {
     acc.assert_exact();
     assert_eq!(acc.succeeded, acc.accepted, "{}", acc.line());
     crate::assert_no_partial_outcomes(&stack, 3).await;
+    let reaped: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'job.reaper' AND details->>'action' IN ('resumed', 'failed')",
+    )
+    .fetch_one(&stack.pool)
+    .await
+    .expect("reading audit");
+    assert_eq!(reaped, 0, "the reaper handed on runs of a live worker after the outage");
     // Every run the database holds, answered 202 or not, is final (settle counts the others in `unfinished`).
     for service in [&mut stack.api, &mut stack.worker, &mut stack.scheduler] {
         let service = service.as_mut().expect("running");

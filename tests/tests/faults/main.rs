@@ -13,6 +13,7 @@ mod api_crash;
 mod broker;
 mod cancel;
 mod database;
+mod oauth_refresh;
 mod poison;
 mod sigterm;
 mod worker_kill;

@@ -44,10 +44,19 @@ fn credential_field<'a>(credential: &'a Credential, name: &str) -> Result<&'a st
 /// Applies a credential to one request (an `api_key_query` one goes into
 /// `url`). Only ever to the origin the node named: a redirect elsewhere
 /// never carries it.
-fn authorize(request: RequestBuilder, credential: &Credential) -> Result<RequestBuilder, NodeError> {
+/// `token`: an `oauth2` credential's access token refreshed after a `401`.
+fn authorize(
+    request: RequestBuilder,
+    credential: &Credential,
+    token: Option<&str>,
+) -> Result<RequestBuilder, NodeError> {
     let field = |name| credential_field(credential, name);
     Ok(match credential.kind.as_str() {
         "http_bearer" => request.bearer_auth(field("token")?),
+        "oauth2" => request.bearer_auth(match token {
+            Some(t) => t,
+            None => field("access_token")?,
+        }),
         "http_basic" => request.basic_auth(field("username")?, Some(field("password")?)),
         "http_header" => request.header(field("name")?, field("value")?),
         "api_key_query" => request,
@@ -95,10 +104,14 @@ async fn call(ctx: &NodeCtx) -> NodeResult {
             pairs.append_pair(k, &text(v));
         }
     }
+    let first = (method.clone(), url.clone());
     let mut body = params.get("body").cloned().filter(|b| !b.is_null());
+    let first_body = body.clone();
     let deadline = tokio::time::Instant::now() + timeout;
     let origin = url.origin();
     let mut redirects = 0;
+    // An `oauth2` credential's token the API refused once (401) is refreshed, and the call made once more.
+    let mut refreshed: Option<zeroize::Zeroizing<String>> = None;
     let mut response = loop {
         let credential = credential.filter(|_| url.origin() == origin);
         // Secrets in params go to every hop; the credential only to the first origin.
@@ -111,7 +124,7 @@ async fn call(ctx: &NodeCtx) -> NodeResult {
         }
         let mut request = env.http.request(method.clone(), target);
         if let Some(c) = credential {
-            request = authorize(request, c)?;
+            request = authorize(request, c, refreshed.as_deref().map(String::as_str))?;
         }
         if let Some(headers) = params.get("headers").and_then(Value::as_object) {
             for (name, value) in headers {
@@ -136,6 +149,16 @@ async fn call(ctx: &NodeCtx) -> NodeResult {
                 SendError::Http(e) => transport_error(&e),
             })?;
         let status = response.status();
+        if status == StatusCode::UNAUTHORIZED
+            && refreshed.is_none()
+            && let Some(c) = credential.filter(|c| c.kind == "oauth2")
+        {
+            refreshed = Some(c.refreshed(env, &ctx.run, &ctx.node_path).await?);
+            (method, url) = first.clone();
+            body = first_body.clone();
+            redirects = 0;
+            continue;
+        }
         let location = response
             .headers()
             .get(reqwest::header::LOCATION)

@@ -147,6 +147,8 @@ pub struct NodeEnv {
     pub run_output_max_bytes: usize,
     /// Runs loop bodies and sub-flows.
     pub runner: Arc<dyn Runner>,
+    /// Access tokens of `oauth2` credentials, refreshed just in time.
+    pub oauth: Arc<crate::oauth::Tokens>,
 }
 
 /// The run a node executes in.
