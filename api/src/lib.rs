@@ -13,6 +13,7 @@ pub mod authz;
 pub mod error;
 pub mod extract;
 pub mod key_cache;
+pub mod mcp;
 pub mod middleware;
 pub mod openapi;
 pub mod password;
@@ -94,6 +95,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         audit,
         keyring: Arc::new(keyring),
         trigger_limits: Arc::new(rate::TriggerLimits::new(&config)),
+        mcp_limits: Arc::new(rate::McpLimits::new(&config)),
         publisher: publisher.clone(),
     };
     // The sampler reaches the broker every 500 ms; the publisher connects only when it publishes.

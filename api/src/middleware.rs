@@ -48,6 +48,11 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 6] = [
     (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains"),
 ];
 
+/// Marks a JSON-RPC answer (`/mcp`): MCP clients read its error statuses'
+/// JSON-RPC bodies, so no error envelope replaces them.
+#[derive(Clone, Copy, Debug)]
+pub struct JsonRpcReply;
+
 const FLOW_REPLY_CSP: &str = "default-src 'none'; frame-ancestors 'none'; form-action 'none'; sandbox";
 
 /// CORS from the `FLOQ_CORS_ORIGINS` allow-list, with credentials; never `*`.
@@ -103,7 +108,8 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
 
     let status = response.status();
     let flow_shaped = response.extensions().get::<FlowReply>().is_some();
-    if (status.is_client_error() || status.is_server_error()) && !flow_shaped {
+    let json_rpc = response.extensions().get::<JsonRpcReply>().is_some();
+    if (status.is_client_error() || status.is_server_error()) && !flow_shaped && !json_rpc {
         response = with_error_body(response, &request_id, &method, &route);
     }
     let headers = response.headers_mut();

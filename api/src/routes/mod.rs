@@ -16,6 +16,8 @@ mod flows;
 mod grants;
 mod groups;
 mod kv;
+mod mcp;
+mod mcp_tools;
 mod node_types;
 mod retries;
 mod runs;
@@ -43,4 +45,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(settings::router())
         .merge(schedules::router())
         .merge(webhooks::router())
+        .merge(mcp_tools::router())
+        .merge(mcp::router())
 }

@@ -126,6 +126,7 @@ fn unique_field(constraint: &str) -> Option<&'static str> {
         "users_email_key" => "email",
         "groups_company_id_name_key" | "flow_groups_company_id_name_key" | "credentials_company_id_name_key" => "name",
         "kv_pkey" => "key",
+        "flow_mcp_tools_company_id_tool_name_key" => "tool_name",
         "memberships_pkey" | "group_members_pkey" => "user_id",
         "idempotency_keys_pkey" => "Idempotency-Key",
         c if c.starts_with("grants_company_id_subject_type") => "grant",
