@@ -1,8 +1,9 @@
 //! The Model Context Protocol's wire, as `POST /mcp` speaks it (docs/mcp.md):
 //! JSON-RPC 2.0 messages, the protocol revisions floq answers, and the
 //! checks every message passes before a method runs. Hand-written over serde
-//! rather than `rmcp`, because no SDK release carries the stateless
-//! 2026-07-28 revision beside the handshake-based ones.
+//! rather than `rmcp`: floq's tools are per-tenant rows and its auth, limits
+//! and run path come first, so an SDK would carry little but the envelope
+//! (docs/mcp.md says more).
 //!
 //! Two eras on one endpoint, with no state kept between requests:
 //! * **modern** (2026-07-28): each request names its revision and the

@@ -467,6 +467,62 @@ async fn a_handshake_client_negotiates_then_names_its_revision_on_every_request(
     assert_eq!(a.body["error"]["data"]["errors"][0]["field"], "cursor");
     let a = legacy(&app, &key, "2025-06-18", 13, "initialize", json!({})).await;
     assert_eq!(a.body["error"]["code"], -32602);
+
+    // A `respond` node shapes what the tool answers; before 2026-07-28 structured content is an object.
+    let shaped = app
+        .deployed_flow(json!({"nodes": [
+            {"id": "r", "type": "respond", "params": {"status": 200, "body": "hello {{ $input.who }}"}}]}))
+        .await;
+    opt_in(&app, &app.admin.api_key, &shaped, "greet", json!({"type": "object"})).await;
+    let old = legacy(
+        &app,
+        &key,
+        "2025-06-18",
+        14,
+        "tools/call",
+        json!({"name": "greet", "arguments": {"who": "Ada"}}),
+    )
+    .await;
+    let result = &old.body["result"];
+    assert_eq!(result["structuredContent"], json!({"result": "hello Ada"}), "{result}");
+    assert_eq!(result["content"][0]["text"], "hello Ada");
+    let new = modern(
+        &app,
+        &key,
+        15,
+        "tools/call",
+        json!({"name": "greet", "arguments": {"who": "Ada"}}),
+    )
+    .await;
+    assert_eq!(new.body["result"]["structuredContent"], "hello Ada", "{}", new.body);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn mcp_requests_are_rate_limited_per_key() {
+    let app = TestApp::spawn_configured(
+        Options {
+            worker: false,
+            scheduler: false,
+        },
+        |c| {
+            c.mcp_rate_per_key = 1;
+            c.mcp_burst_per_key = 2;
+        },
+    )
+    .await;
+    let key = mcp_key(&app, &app.admin.api_key).await;
+    let other = mcp_key(&app, &app.admin.api_key).await;
+    for _ in 0..2 {
+        let a = modern(&app, &key, 1, "server/discover", json!({})).await;
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    let limited = modern(&app, &key, 1, "server/discover", json!({})).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.body["error"]["code"], "rate_limited");
+    assert!(limited.headers.contains_key("retry-after"));
+    let fresh = modern(&app, &other, 1, "server/discover", json!({})).await;
+    assert_eq!(fresh.status, StatusCode::OK, "another key has its own bucket");
     app.teardown().await;
 }
 
