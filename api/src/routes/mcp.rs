@@ -406,13 +406,88 @@ async fn call(
             .into());
         }
     };
+    let called = run_tool(state, principal, revision, name, arguments).await;
+    let (outcome, flow_id, run_id) = match &called {
+        Ok(call) => (call.outcome, Some(call.flow_id), Some(call.run_id)),
+        Err(refusal) => (refusal.outcome, refusal.flow_id, None),
+    };
+    if let Some(outcome) = outcome {
+        METRICS.mcp_tool_calls.with_label_values(&[outcome]).inc();
+        let audited = match outcome {
+            "succeeded" | "pending" => Outcome::Success,
+            "refused" => Outcome::Denied,
+            _ => Outcome::Failure,
+        };
+        let entry = match run_id {
+            Some(run_id) => principal.audit("mcp.tool_call", "run", run_id),
+            None => principal.audit("mcp.tool_call", "mcp_tool", name),
+        };
+        let details = json!({"tool": name, "flow_id": flow_id, "run_id": run_id, "outcome": outcome});
+        state.audit.record(entry.outcome(audited).details(details)).await;
+    }
+    match called {
+        Ok(call) => Ok(call.result),
+        Err(refusal) => Err(refusal.failure),
+    }
+}
+
+/// A tool call that started a run.
+struct Called {
+    outcome: Option<&'static str>,
+    flow_id: Uuid,
+    run_id: Uuid,
+    result: Value,
+}
+
+/// A tool call refused before a run started (`outcome` for metrics and audit;
+/// none for an outage or a limit, which the request's own entry records).
+struct Refused {
+    outcome: Option<&'static str>,
+    flow_id: Option<Uuid>,
+    failure: Failure,
+}
+
+impl Refused {
+    fn new(outcome: &'static str, flow_id: Option<Uuid>, failure: impl Into<Failure>) -> Self {
+        Self {
+            outcome: Some(outcome),
+            flow_id,
+            failure: failure.into(),
+        }
+    }
+}
+
+/// An outage or a limit: the request's own audit entry and status say so.
+macro_rules! refused_by {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Refused {
+            fn from(e: $t) -> Self {
+                Self {
+                    outcome: None,
+                    flow_id: None,
+                    failure: e.into(),
+                }
+            }
+        }
+    )*};
+}
+
+refused_by!(RpcError, ApiError, db::StoreError);
+
+async fn run_tool(
+    state: &AppState,
+    principal: &Principal,
+    revision: Revision,
+    name: &str,
+    arguments: Value,
+) -> Result<Called, Refused> {
     let company_id = principal.company_id;
-    let unknown = || {
-        METRICS.mcp_tool_calls.with_label_values(&["refused"]).inc();
-        RpcError::invalid_params(
+    let unknown = |flow_id: Option<Uuid>| {
+        let e = RpcError::invalid_params(
             format!("unknown tool `{name}`"),
             vec![("name".into(), "no tool of this name is available to this key".into())],
-        )
+        );
+        Refused::new("refused", flow_id, e)
     };
     // A role that may not execute flows sees no tools; another company's are never found (RLS).
     let tool = if may_execute(principal) {
@@ -423,19 +498,18 @@ async fn call(
     } else {
         None
     };
-    let tool = tool.ok_or_else(unknown)?;
+    let tool = tool.ok_or_else(|| unknown(None))?;
     let flow_id = tool.flow_id.as_uuid();
     let errors = mcp::argument_errors(&tool.input_schema, &arguments).map_err(|e| {
         tracing::error!(%flow_id, error = %e, "a stored MCP input schema does not compile");
         RpcError::internal()
     })?;
     if !errors.is_empty() {
-        METRICS.mcp_tool_calls.with_label_values(&["invalid_arguments"]).inc();
-        return Err(RpcError::invalid_params(
+        let e = RpcError::invalid_params(
             format!("the arguments do not match the input schema of `{name}`"),
             errors,
-        )
-        .into());
+        );
+        return Err(Refused::new("invalid_arguments", Some(flow_id), e));
     }
     state.trigger_limits.check(company_id, flow_id)?;
     let deadline = state.config.mcp_call_timeout;
@@ -457,8 +531,19 @@ async fn call(
         Ok(Accepted::New { run_id, reply, .. }) => (run_id, reply),
         Ok(Accepted::Existing { run_id }) => (run_id, None),
         // Undeployed or its grant revoked since the lookup.
-        Err(AcceptError::NotRunnable) => return Err(unknown().into()),
-        Err(e) => return Err(e.into_api_error(async { ApiError::not_found("tool") }).await.into()),
+        Err(AcceptError::NotRunnable) => return Err(unknown(Some(flow_id))),
+        Err(e) => {
+            let e = e.into_api_error(async { ApiError::not_found("tool") }).await;
+            // Text a run's input cannot hold (U+0000) is the arguments' fault.
+            if matches!(&e, ApiError::Client { status, .. } if *status == StatusCode::UNPROCESSABLE_ENTITY) {
+                let e = RpcError::invalid_params(
+                    "the arguments hold text that cannot be stored",
+                    vec![("arguments".into(), "must not contain U+0000".into())],
+                );
+                return Err(Refused::new("invalid_arguments", Some(flow_id), e));
+            }
+            return Err(e.into());
+        }
     };
     let reply = match waiter {
         Some(mut waiter) => tokio::time::timeout(deadline, waiter.recv()).await.ok().flatten(),
@@ -469,17 +554,12 @@ async fn call(
         other => other,
     };
     let (outcome, result) = tool_result(revision, run_id, reply, deadline);
-    METRICS.mcp_tool_calls.with_label_values(&[outcome]).inc();
-    let audited = match outcome {
-        "succeeded" | "pending" => Outcome::Success,
-        _ => Outcome::Failure,
-    };
-    let entry = principal
-        .audit("mcp.tool_call", "run", run_id)
-        .outcome(audited)
-        .details(json!({"tool": name, "flow_id": flow_id, "run_id": run_id, "outcome": outcome}));
-    state.audit.record(entry).await;
-    Ok(result)
+    Ok(Called {
+        outcome: Some(outcome),
+        flow_id,
+        run_id,
+        result,
+    })
 }
 
 /// A run's outcome as a `CallToolResult`, and its label for metrics and audit.

@@ -250,17 +250,51 @@ async fn a_stateless_client_discovers_lists_and_calls_flows_as_tools() {
         .map(|e| e["field"].as_str().unwrap())
         .collect();
     assert_eq!(fields, ["arguments.city"]);
+    // Text a run's input cannot hold is the arguments' fault too (one more invalid_arguments call).
+    let nul = modern(
+        &app,
+        &key,
+        9,
+        "tools/call",
+        json!({"name": "weather", "arguments": {"city": "a\u{0}b"}}),
+    )
+    .await;
+    assert_eq!(nul.body["error"]["code"], -32602, "{}", nul.body);
+    assert_eq!(nul.body["error"]["data"]["errors"][0]["field"], "arguments");
     let unknown = modern(&app, &key, 8, "tools/call", json!({"name": "nope"})).await;
     assert_eq!(unknown.body["error"]["code"], -32602);
     assert_eq!(unknown.body["error"]["data"]["errors"][0]["field"], "name");
 
     // Every call is audited with its tool, run and outcome.
-    let entries = tool_calls(&app, 3).await;
-    let of = |tool: &str| entries.iter().find(|e| e["details"]["tool"] == tool).unwrap().clone();
-    assert_eq!(of("weather")["details"]["outcome"], "succeeded");
-    assert_eq!(of("weather")["details"]["run_id"], run_id.as_str());
-    assert_eq!(of("broken")["outcome"], "failure");
-    assert_eq!(of("slow")["details"]["outcome"], "pending");
+    // Every call is audited with its tool, run and outcome; refused ones too.
+    let entries = tool_calls(&app, 6).await;
+    let of = |outcome: &str| {
+        entries
+            .iter()
+            .find(|e| e["details"]["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {outcome} entry: {entries:?}"))
+            .clone()
+    };
+    let succeeded = of("succeeded");
+    assert_eq!(succeeded["details"]["tool"], "weather");
+    assert_eq!(succeeded["details"]["run_id"], run_id.as_str());
+    assert_eq!(succeeded["outcome"], "success");
+    assert_eq!(
+        (
+            of("failed")["details"]["tool"].as_str(),
+            of("failed")["outcome"].as_str()
+        ),
+        (Some("broken"), Some("failure"))
+    );
+    assert_eq!(of("pending")["details"]["tool"], "slow");
+    assert_eq!(of("invalid_arguments")["details"]["run_id"], Value::Null);
+    assert_eq!(
+        (
+            of("refused")["details"]["tool"].as_str(),
+            of("refused")["outcome"].as_str()
+        ),
+        (Some("nope"), Some("denied"))
+    );
 
     let metrics = app
         .client
