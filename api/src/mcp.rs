@@ -15,6 +15,9 @@
 //! This module decides nothing about tools or callers; it never touches the
 //! database (the route does: `routes/mcp.rs`).
 
+mod result;
+pub use result::tool_result;
+
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use serde_json::{Map, Value, json};

@@ -16,7 +16,6 @@
 //! answered with its id, and carries on.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -41,8 +40,7 @@ use crate::state::AppState;
 use floq_shared::audit::Outcome;
 use floq_shared::db;
 use floq_shared::mcp_tools::{self, Tool};
-use floq_shared::replies::RunReply;
-use floq_shared::run::{RunStatus, Trigger};
+use floq_shared::run::Trigger;
 use floq_shared::telemetry::METRICS;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -553,78 +551,11 @@ async fn run_tool(
         Some(r) if r.oversized => Some(super::webhooks::stored_reply(state, company_id, r).await?),
         other => other,
     };
-    let (outcome, result) = tool_result(revision, run_id, reply, deadline);
+    let (outcome, result) = mcp::tool_result(revision, run_id, reply, deadline);
     Ok(Called {
         outcome: Some(outcome),
         flow_id,
         run_id,
         result,
     })
-}
-
-/// A run's outcome as a `CallToolResult`, and its label for metrics and audit.
-fn tool_result(revision: Revision, run_id: Uuid, reply: Option<RunReply>, deadline: Duration) -> (&'static str, Value) {
-    let mut result = Map::new();
-    let (outcome, status, structured, text, is_error) = match reply {
-        None => {
-            let text = format!(
-                "the run {run_id} did not finish within {} s; it carries on: look it up with GET /api/v1/runs/{run_id}",
-                deadline.as_secs()
-            );
-            let structured = json!({"run_id": run_id, "status": "pending"});
-            ("pending", "pending".to_string(), structured, text, false)
-        }
-        Some(reply) if reply.status == RunStatus::Succeeded => {
-            let value = match reply.respond {
-                Some(mut respond) => respond.get_mut("body").map(Value::take).unwrap_or(Value::Null),
-                None => reply.output.unwrap_or(Value::Null),
-            };
-            let text = match &value {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            ("succeeded", reply.status.to_string(), value, text, false)
-        }
-        Some(reply) => {
-            let error = reply.error.unwrap_or(Value::Null);
-            let field = |k: &str| error.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-            let text = format!(
-                "the run {run_id} {}{}: {} {}",
-                reply.status,
-                match field("node") {
-                    n if n.is_empty() => String::new(),
-                    n => format!(" at node `{n}`"),
-                },
-                field("code"),
-                field("message")
-            );
-            let outcome = if reply.status == RunStatus::Cancelled {
-                "cancelled"
-            } else {
-                "failed"
-            };
-            let structured = json!({"run_id": run_id, "status": reply.status, "error": error});
-            (
-                outcome,
-                reply.status.to_string(),
-                structured,
-                text.trim_end().to_string(),
-                true,
-            )
-        }
-    };
-    // Before 2026-07-28, structured content had to be an object.
-    let structured = match structured {
-        Value::Object(_) => structured,
-        other if !revision.is_modern() => json!({"result": other}),
-        other => other,
-    };
-    result.insert("content".into(), json!([{"type": "text", "text": text}]));
-    result.insert("structuredContent".into(), structured);
-    result.insert("isError".into(), is_error.into());
-    result.insert(
-        "_meta".into(),
-        json!({mcp::META_RUN_ID: run_id, mcp::META_RUN_STATUS: status}),
-    );
-    (outcome, mcp::result(revision, result))
 }

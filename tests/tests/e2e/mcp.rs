@@ -802,3 +802,46 @@ async fn editors_opt_flows_in_as_tools_within_their_company_and_role() {
     assert_eq!(actions, ["mcp_tool.disable", "mcp_tool.update", "mcp_tool.enable"]);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn any_api_replica_answers_requests_after_a_handshake_made_on_another() {
+    let app = spawn().await;
+    let key = mcp_key(&app, &app.admin.api_key).await;
+    tools(&app).await;
+    let (replica, service) = app.start_api_replica().await;
+    let at = |base: &str, version: &str, id: i64, method: &str, params: Value| {
+        let req = app
+            .client
+            .post(format!("{base}/mcp"))
+            .bearer_auth(&key)
+            .header("mcp-protocol-version", version)
+            .json(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    // Negotiated on one replica, used on the other: there is no session to find.
+    let init = at(
+        &app.base,
+        "2025-06-18",
+        1,
+        "initialize",
+        json!({"protocolVersion": "2025-06-18"}),
+    )
+    .await;
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
+    let list = at(&replica, "2025-06-18", 2, "tools/list", json!({})).await;
+    let cursor = list["result"]["nextCursor"].clone();
+    let rest = at(&app.base, "2025-06-18", 3, "tools/list", json!({"cursor": cursor})).await;
+    assert_eq!(names(&rest), ["weather"]);
+    // A call's reply reaches the replica that waits for it.
+    let call = at(
+        &replica,
+        "2025-06-18",
+        4,
+        "tools/call",
+        json!({"name": "weather", "arguments": {"city": "Kyiv"}}),
+    )
+    .await;
+    assert_eq!(call["result"]["structuredContent"]["city"], "Kyiv", "{call}");
+    service.stop().await;
+    app.teardown().await;
+}
