@@ -48,8 +48,8 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 6] = [
     (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains"),
 ];
 
-/// Marks a JSON-RPC answer (`/mcp`): MCP clients read its error statuses'
-/// JSON-RPC bodies, so no error envelope replaces them.
+/// Marks a JSON-RPC answer (`/mcp`): MCP clients read the JSON-RPC body of
+/// its error statuses, so no error envelope replaces it.
 #[derive(Clone, Copy, Debug)]
 pub struct JsonRpcReply;
 
@@ -75,6 +75,10 @@ pub fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
             header::HeaderName::from_static("x-api-key"),
+            // What browser-based MCP clients send to `/mcp` (docs/mcp.md).
+            header::HeaderName::from_static("mcp-protocol-version"),
+            header::HeaderName::from_static("mcp-method"),
+            header::HeaderName::from_static("mcp-name"),
         ])
         .max_age(std::time::Duration::from_secs(600))
 }

@@ -608,6 +608,27 @@ async fn only_mcp_keys_reach_the_endpoint_and_only_tools_the_caller_may_run_show
     assert_eq!(evil.body["error"]["code"], "origin_not_allowed");
     let good = post_raw(&app, Some(&key), &[v, ("origin", ALLOWED_ORIGIN)], list(2)).await;
     assert_eq!(good.status, StatusCode::OK, "{}", good.body);
+    let preflight = app
+        .client
+        .request(Method::OPTIONS, format!("{}/mcp", app.base))
+        .header("origin", ALLOWED_ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,mcp-protocol-version,mcp-method,mcp-name",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        allowed.contains("mcp-method") && allowed.contains("mcp-name"),
+        "{allowed}"
+    );
     let get = app
         .client
         .get(format!("{}/mcp", app.base))
