@@ -813,6 +813,13 @@ async fn editors_opt_flows_in_as_tools_within_their_company_and_role() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = app.request(Method::DELETE, &path, admin, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Deleting a flow frees its tool's name.
+    opt_in(&app, admin, &other, "kept", json!({"type": "object"})).await;
+    let (status, _) = app
+        .request(Method::DELETE, &format!("/api/v1/flows/{other}"), admin, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    opt_in(&app, admin, &flow, "kept", json!({"type": "object"})).await;
     let (_, audit) = app.get("/api/v1/audit?action=mcp_tool.*", admin).await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
@@ -820,7 +827,16 @@ async fn editors_opt_flows_in_as_tools_within_their_company_and_role() {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["mcp_tool.disable", "mcp_tool.update", "mcp_tool.enable"]);
+    assert_eq!(
+        actions,
+        [
+            "mcp_tool.enable",
+            "mcp_tool.enable",
+            "mcp_tool.disable",
+            "mcp_tool.update",
+            "mcp_tool.enable"
+        ]
+    );
     app.teardown().await;
 }
 
