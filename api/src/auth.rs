@@ -186,38 +186,52 @@ async fn from_session(parts: &Parts, state: &AppState, request: Arc<RequestMeta>
 }
 
 async fn from_api_key(state: &AppState, token: &str, request: Arc<RequestMeta>) -> Result<Principal, ApiError> {
+    key_principal(state, token, request, "api").await
+}
+
+/// The caller an API key names, if it is live and carries `scope` (`api` for
+/// this REST API, `mcp` for `/mcp`). A key that is live but lacks the scope
+/// is a `403`: it authenticates, it just reaches nothing here.
+pub async fn key_principal(
+    state: &AppState,
+    token: &str,
+    request: Arc<RequestMeta>,
+    scope: &'static str,
+) -> Result<Principal, ApiError> {
     let claims = state.keys.verify(token.trim()).ok_or_else(ApiError::unauthorized)?;
-    // A key without the `api` scope (e.g. MCP-only) reaches nothing here.
-    if !claims.scopes.iter().any(|s| s == "api") {
-        return Err(ApiError::unauthorized());
-    }
-    if let Some(hit) = state.key_cache.get(claims.kid)
-        && hit.user_id == claims.sub
-        && hit.company_id == claims.cid
-    {
-        return Ok(Principal {
-            user_id: claims.sub,
-            company_id: claims.cid,
-            credential: Credential::ApiKey(claims.kid),
-            roles: hit.roles,
-            request,
-        });
-    }
-    let generation = state.key_cache.generation();
-    let mut tx = db::tenant_tx(&state.pool, claims.cid).await?;
-    // The key must exist, be live, and its owner must still be a member:
-    // a key's authority is its owner's current roles, never more.
-    let roles = api_keys::authority(&mut tx, CompanyId(claims.cid), ApiKeyId(claims.kid), UserId(claims.sub)).await?;
-    db::commit(tx).await?;
-    let roles = roles.ok_or_else(ApiError::unauthorized)?;
-    state
-        .key_cache
-        .put(generation, claims.kid, claims.sub, claims.cid, roles.clone());
-    Ok(Principal {
+    let roles = match state.key_cache.get(claims.kid) {
+        Some(hit) if hit.user_id == claims.sub && hit.company_id == claims.cid => hit.roles,
+        _ => {
+            let generation = state.key_cache.generation();
+            let mut tx = db::tenant_tx(&state.pool, claims.cid).await?;
+            // The key must exist, be live, and its owner must still be a member:
+            // a key's authority is its owner's current roles, never more.
+            let roles =
+                api_keys::authority(&mut tx, CompanyId(claims.cid), ApiKeyId(claims.kid), UserId(claims.sub)).await?;
+            db::commit(tx).await?;
+            let roles = roles.ok_or_else(ApiError::unauthorized)?;
+            state
+                .key_cache
+                .put(generation, claims.kid, claims.sub, claims.cid, roles.clone());
+            roles
+        }
+    };
+    let principal = Principal {
         user_id: claims.sub,
         company_id: claims.cid,
         credential: Credential::ApiKey(claims.kid),
         roles,
         request,
-    })
+    };
+    if !claims.scopes.iter().any(|s| s == scope) {
+        principal.request.authenticated(&principal);
+        let capability = format!("scope:{scope}");
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "scope_missing",
+            format!("this API key does not carry the `{scope}` scope"),
+        )
+        .denied(&capability, None));
+    }
+    Ok(principal)
 }

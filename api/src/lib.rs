@@ -14,6 +14,7 @@ pub mod domains;
 pub mod error;
 pub mod extract;
 pub mod key_cache;
+pub mod mcp;
 pub mod middleware;
 pub mod oidc;
 pub mod openapi;
@@ -96,6 +97,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         audit,
         keyring: Arc::new(keyring),
         trigger_limits: Arc::new(rate::TriggerLimits::new(&config)),
+        mcp_limits: Arc::new(rate::McpLimits::new(&config)),
         publisher: publisher.clone(),
         oidc: Arc::new(oidc::Oidc::new(&config)),
         oauth: Arc::new(state::OAuth {

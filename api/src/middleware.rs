@@ -48,6 +48,11 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 6] = [
     (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains"),
 ];
 
+/// Marks a JSON-RPC answer (`/mcp`): MCP clients read the JSON-RPC body of
+/// its error statuses, so no error envelope replaces it.
+#[derive(Clone, Copy, Debug)]
+pub struct JsonRpcReply;
+
 const FLOW_REPLY_CSP: &str = "default-src 'none'; frame-ancestors 'none'; form-action 'none'; sandbox";
 
 /// CORS from the `FLOQ_CORS_ORIGINS` allow-list, with credentials; never `*`.
@@ -70,6 +75,10 @@ pub fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
             header::HeaderName::from_static("x-api-key"),
+            // What browser-based MCP clients send to `/mcp` (docs/mcp.md).
+            header::HeaderName::from_static("mcp-protocol-version"),
+            header::HeaderName::from_static("mcp-method"),
+            header::HeaderName::from_static("mcp-name"),
         ])
         .max_age(std::time::Duration::from_secs(600))
 }
@@ -103,7 +112,8 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
 
     let status = response.status();
     let flow_shaped = response.extensions().get::<FlowReply>().is_some();
-    if (status.is_client_error() || status.is_server_error()) && !flow_shaped {
+    let json_rpc = response.extensions().get::<JsonRpcReply>().is_some();
+    if (status.is_client_error() || status.is_server_error()) && !flow_shaped && !json_rpc {
         response = with_error_body(response, &request_id, &method, &route);
     }
     let headers = response.headers_mut();

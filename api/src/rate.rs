@@ -58,3 +58,44 @@ impl TriggerLimits {
         Ok(())
     }
 }
+
+/// MCP request limits: token buckets per API key and per company, checked
+/// before a message is read (every JSON-RPC request counts, not only tool
+/// calls, which also take from the trigger buckets). Per API replica, as above.
+pub struct McpLimits {
+    per_key: DefaultKeyedRateLimiter<Uuid>,
+    per_company: DefaultKeyedRateLimiter<Uuid>,
+    checks: AtomicU64,
+}
+
+impl McpLimits {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            per_key: RateLimiter::keyed(quota(config.mcp_rate_per_key, config.mcp_burst_per_key)),
+            per_company: RateLimiter::keyed(quota(config.mcp_rate_per_company, config.mcp_burst_per_company)),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    pub fn check(&self, company_id: Uuid, key_id: Uuid) -> Result<(), ApiError> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 10_000 == 9_999 {
+            self.per_key.retain_recent();
+            self.per_company.retain_recent();
+        }
+        for (limiter, key, what) in [
+            (&self.per_company, company_id, "this company"),
+            (&self.per_key, key_id, "this API key"),
+        ] {
+            if let Err(not_until) = limiter.check_key(&key) {
+                let wait = not_until.wait_time_from(limiter.clock().now()).as_secs().max(1);
+                return Err(ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("too many MCP requests for {what}; retry in {wait} s"),
+                )
+                .retry_after(wait));
+            }
+        }
+        Ok(())
+    }
+}

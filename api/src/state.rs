@@ -3,7 +3,7 @@ use std::sync::Arc;
 use crate::accept::Acceptor;
 use crate::auth::Keys;
 use crate::key_cache::KeyCache;
-use crate::rate::TriggerLimits;
+use crate::rate::{McpLimits, TriggerLimits};
 use floq_shared::Config;
 use floq_shared::audit;
 use floq_shared::crypto::Keyring;
@@ -22,6 +22,8 @@ pub struct AppState {
     /// the API decrypts only the last (to verify a signed call and show it once).
     pub keyring: Arc<Keyring>,
     pub trigger_limits: Arc<TriggerLimits>,
+    /// Requests to `/mcp`, per API key and per company.
+    pub mcp_limits: Arc<McpLimits>,
     /// Broadcasts cancels to the workers (the control exchange); runs are published by the acceptor.
     pub publisher: Arc<Publisher>,
     /// The OpenID Connect client of single sign-on (discovery and key sets cached).

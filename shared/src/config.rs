@@ -122,6 +122,15 @@ pub struct Config {
     pub webhook_max_wait: Duration,
     /// Synchronous webhook calls one API replica holds at once; past it calls answer `202` at once.
     pub webhook_max_waiting: usize,
+    /// `FLOQ_MCP_CALL_TIMEOUT_SECONDS`: how long an MCP `tools/call` waits for its run before answering its id.
+    pub mcp_call_timeout: Duration,
+    /// MCP requests per second (and bursts) per API key and per company, per API replica.
+    pub mcp_rate_per_key: u32,
+    pub mcp_burst_per_key: u32,
+    pub mcp_rate_per_company: u32,
+    pub mcp_burst_per_company: u32,
+    /// `FLOQ_MCP_PAGE_SIZE`: tools per `tools/list` page.
+    pub mcp_page_size: u32,
     pub audit_min_age_days: u32,
     pub audit_min_entries: u64,
     /// `FLOQ_EGRESS_ALLOW`: restricted addresses (loopback, private, …) flows may still reach.
@@ -260,6 +269,12 @@ impl Config {
             trigger_burst_per_company: v.parse_in("FLOQ_TRIGGER_BURST_PER_COMPANY", 40_000, 1..=10_000_000)?,
             webhook_max_wait: Duration::from_secs(v.parse_in("FLOQ_WEBHOOK_MAX_WAIT_SECONDS", 30, 1..=3_600)?),
             webhook_max_waiting: v.parse_in("FLOQ_WEBHOOK_MAX_WAITING", 10_000, 0..=1_000_000)?,
+            mcp_call_timeout: Duration::from_secs(v.parse_in("FLOQ_MCP_CALL_TIMEOUT_SECONDS", 30, 1..=3_600)?),
+            mcp_rate_per_key: v.parse_in("FLOQ_MCP_RATE_PER_KEY", 50, 1..=1_000_000)?,
+            mcp_burst_per_key: v.parse_in("FLOQ_MCP_BURST_PER_KEY", 100, 1..=10_000_000)?,
+            mcp_rate_per_company: v.parse_in("FLOQ_MCP_RATE_PER_COMPANY", 500, 1..=1_000_000)?,
+            mcp_burst_per_company: v.parse_in("FLOQ_MCP_BURST_PER_COMPANY", 1_000, 1..=10_000_000)?,
+            mcp_page_size: v.parse_in("FLOQ_MCP_PAGE_SIZE", 100, 1..=1_000)?,
             audit_min_age_days: v.parse_in("FLOQ_AUDIT_MIN_AGE_DAYS", 30, 1..=36_500)?,
             audit_min_entries: v.parse_in("FLOQ_AUDIT_MIN_ENTRIES", 10_000, 1..=u64::MAX)?,
             egress_allow: crate::egress::parse_allow_list(v.get("FLOQ_EGRESS_ALLOW").unwrap_or("")).map_err(

@@ -27,6 +27,7 @@ pub mod kv;
 pub mod leader;
 pub mod login_attempts;
 pub mod mail;
+pub mod mcp_tools;
 pub mod oauth;
 pub mod ops;
 pub mod outbox;

@@ -84,6 +84,8 @@ text_enum! {
         Api => "api",
         Webhook => "webhook",
         Cron => "cron",
+        /// An MCP client's `tools/call` (docs/mcp.md).
+        Mcp => "mcp",
     }
 }
 

@@ -66,6 +66,10 @@ pub struct Metrics {
     /// Cancels by `event`: `queued` and `running` (what the API found), `refused` (a worker refused a
     /// delivery of a cancelled run), `stopped` (a worker stopped a run it held).
     pub run_cancels: IntCounterVec,
+    /// MCP JSON-RPC requests by `method` (a known one, else `other`) and `outcome`
+    /// (`ok`, or the JSON-RPC error's name); and tool calls by how their run ended.
+    pub mcp_requests: IntCounterVec,
+    pub mcp_tool_calls: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -237,6 +241,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "floq_run_cancels_total",
             "Run cancels: asked of queued or running runs (API), refused deliveries and stopped runs (worker)",
             &["event"],
+        ),
+        mcp_requests: counter(
+            "floq_mcp_requests_total",
+            "MCP JSON-RPC requests, by method and outcome",
+            &["method", "outcome"],
+        ),
+        mcp_tool_calls: counter(
+            "floq_mcp_tool_calls_total",
+            "MCP tool calls, by outcome (succeeded, failed, cancelled, pending, invalid_arguments, refused)",
+            &["outcome"],
         ),
         registry,
     }

@@ -21,6 +21,9 @@ pub enum Guard {
     Authenticated,
     /// A role holding this capability (`flow:edit`).
     Capability(String),
+    /// An API key carrying this scope, whatever the role (`mcp`: the MCP
+    /// endpoint, documented with the API-key scheme alone).
+    KeyScope(String),
 }
 
 #[derive(Clone, Debug)]
@@ -139,6 +142,15 @@ fn guard(method: &str, template: &str, spec: &Value) -> Guard {
         scopes = Some(these);
     }
     schemes.sort();
+    if schemes == [BEARER] {
+        let scopes = scopes.unwrap_or_default();
+        assert_eq!(
+            scopes,
+            ["mcp"],
+            "{method} {template}: only the MCP endpoint takes an API key alone"
+        );
+        return Guard::KeyScope(scopes[0].clone());
+    }
     assert_eq!(
         schemes,
         [BEARER, SESSION],

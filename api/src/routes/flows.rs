@@ -284,6 +284,8 @@ async fn remove(State(state): State<AppState>, auth: Authorized<FlowEdit>, Id(id
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
     let before = fetch(&mut tx, &auth.principal, id).await?;
     flows::delete(&mut tx, auth.principal.company_id.into(), id.into()).await?;
+    // A deleted flow is no MCP tool, and its tool's name is free again.
+    floq_shared::mcp_tools::delete(&mut tx, auth.principal.company_id.into(), id.into()).await?;
     let entry = auth.principal.audit("flow.delete", "flow", id);
     audit::record(&mut tx, &[entry.change(Some(&before), None::<&Flow>)]).await?;
     db::commit(tx).await?;

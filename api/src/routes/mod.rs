@@ -16,6 +16,8 @@ mod flows;
 mod grants;
 mod groups;
 mod kv;
+mod mcp;
+mod mcp_tools;
 mod node_types;
 pub(crate) mod oauth;
 mod retries;
@@ -49,4 +51,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(sso_login::router())
         .merge(schedules::router())
         .merge(webhooks::router())
+        .merge(mcp_tools::router())
+        .merge(mcp::router())
 }

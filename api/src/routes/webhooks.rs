@@ -659,7 +659,7 @@ fn respond_reply(mut respond: Value, redirects: &RedirectOrigins) -> Result<Resp
 
 /// A reply too large to travel on the broker: read, once, the one part the
 /// answer is made of (the `respond` node's reply, else the run's output).
-async fn stored_reply(state: &AppState, company_id: Uuid, mut reply: RunReply) -> ApiResult<RunReply> {
+pub(super) async fn stored_reply(state: &AppState, company_id: Uuid, mut reply: RunReply) -> ApiResult<RunReply> {
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let (company, run) = (company_id.into(), reply.run_id.into());
     if let Some(node) = &reply.respond_node {

@@ -128,6 +128,7 @@ fn unique_field(constraint: &str) -> Option<&'static str> {
         "kv_pkey" => "key",
         "sso_domains_verified_key" | "sso_domains_company_id_domain_key" => "email_domains",
         "sso_connections_company_id_name_key" => "name",
+        "flow_mcp_tools_company_id_tool_name_key" => "tool_name",
         "memberships_pkey" | "group_members_pkey" => "user_id",
         "idempotency_keys_pkey" => "Idempotency-Key",
         c if c.starts_with("grants_company_id_subject_type") => "grant",

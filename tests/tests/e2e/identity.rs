@@ -373,9 +373,10 @@ async fn api_keys_are_shown_once_listed_without_tokens_and_revoked_at_once() {
             json!({"name": "agent", "scopes": ["mcp"]}),
         )
         .await;
+    // A live key without the `api` scope authenticates but reaches nothing here.
     assert_eq!(
         app.get("/api/v1/flows", mcp["token"].as_str().unwrap()).await.0,
-        StatusCode::UNAUTHORIZED
+        StatusCode::FORBIDDEN
     );
 
     let (status, body) = app
@@ -713,6 +714,9 @@ async fn every_endpoint_refuses_missing_revoked_expired_and_foreign_credentials(
                     json!({"name": "renamed", "issuer": "https://idp.example.test", "client_id": "c"})
                 }
                 Method::POST if path.ends_with("/verify-domain") => json!({"domain": "acme.test"}),
+                Method::PUT if path.ends_with("/mcp") => {
+                    json!({"tool_name": "t", "description": "d", "input_schema": {"type": "object"}})
+                }
                 Method::POST if path.ends_with("/schedules") => json!({"cron": "*/5 * * * *"}),
                 _ => json!({}),
             };
@@ -800,7 +804,8 @@ async fn every_role_without_the_capability_gets_403_on_every_guarded_endpoint() 
         app.grant("user", caller.user_id, "flow", &flow, "edit").await;
         for op in &ops {
             let (expect_403, path) = match &op.guard {
-                Guard::Public => continue,
+                // Reached by a key's scope, not a role: tests/tests/e2e/mcp.rs.
+                Guard::Public | Guard::KeyScope(_) => continue,
                 Guard::Authenticated => (false, op.path(&unknown)),
                 Guard::Capability(cap) if may(role, cap) => (false, op.path(&unknown)),
                 Guard::Capability(_) => (true, op.path(&granted_flow)),

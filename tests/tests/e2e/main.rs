@@ -16,6 +16,7 @@ mod flows;
 mod grants;
 mod identity;
 mod limits;
+mod mcp;
 mod nodes;
 mod oauth;
 mod openapi;
