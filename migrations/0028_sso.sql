@@ -98,7 +98,7 @@ $$;
 -- Whether another company holds this domain verified: the one fact a company
 -- may learn about another's domains, so that it is told the domain is taken.
 CREATE FUNCTION floq_sso_domain_taken(p_domain text) RETURNS boolean
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
     SELECT EXISTS (SELECT 1 FROM sso_domains
                     WHERE domain = lower(p_domain) AND verified_at IS NOT NULL
                       AND company_id IS DISTINCT FROM floq_current_company())
@@ -146,6 +146,10 @@ ALTER TABLE sso_identities FORCE ROW LEVEL SECURITY;
 
 -- How a session was opened: a linked sign-in ends the password sessions.
 ALTER TABLE sessions ADD COLUMN method text NOT NULL DEFAULT 'password' CHECK (method IN ('password', 'sso'));
+-- The company whose connection opened an SSO session: only that company's
+-- requirement of single sign-on does it meet (a session opened through another
+-- company's provider must not switch into a company that requires its own).
+ALTER TABLE sessions ADD COLUMN sso_company_id uuid;
 
 -- The sign-in duty (anonymous): the connection and its verified domains, the
 -- state it holds, the identity it looked up, and the password sessions of

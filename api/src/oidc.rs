@@ -220,8 +220,23 @@ impl Oidc {
             body.extend_from_slice(&chunk);
         }
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-            return Err(Refusal::new("provider_refused", format!("{url}: {status} {text}")));
+            // Only an OAuth error (`error`, `error_description`) goes into the tenant's audit entry, never a body
+            // as such: an address the operator opened for one identity provider may answer something else.
+            let oauth_error = serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| {
+                let error = v.get("error")?.as_str()?.chars().take(100).collect::<String>();
+                let description: String = v
+                    .get("error_description")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect();
+                Some(format!(" {error}: {description}"))
+            });
+            return Err(Refusal::new(
+                "provider_refused",
+                format!("{url}: {status}{}", oauth_error.unwrap_or_default()),
+            ));
         }
         Ok(body)
     }
@@ -257,6 +272,15 @@ impl Oidc {
                     found.issuer, conn.issuer
                 ),
             ));
+        }
+        // What the issuer's document points at must be as safe as the issuer: no cleartext secret, no open redirect.
+        for (what, endpoint) in [
+            ("authorization_endpoint", &found.authorization_endpoint),
+            ("token_endpoint", &found.token_endpoint),
+            ("jwks_uri", &found.jwks_uri),
+        ] {
+            let ok = check_url(endpoint, true);
+            ok.map_err(|m| Refusal::new("discovery_invalid", format!("{url}: {what} {m}")))?;
         }
         let found = Arc::new(found);
         lock(&self.discovery).insert(
@@ -505,6 +529,28 @@ pub fn authorize_url(
         .append_pair("code_challenge_method", "S256")
         .append_pair("response_mode", "query");
     Ok(url.into())
+}
+
+/// An issuer is an `https` URL without query or fragment (`http` only on loopback, for development).
+pub fn check_issuer(raw: &str) -> Result<(), String> {
+    check_url(raw, false)
+}
+
+/// `https` (`http` only on loopback), no credentials; an endpoint may carry a query, an issuer not.
+fn check_url(raw: &str, query_allowed: bool) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|_| "must be a URL".to_string())?;
+    let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+        || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+        || url.host_str() == Some("localhost");
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return Err("must be an https URL".into()),
+    }
+    if (!query_allowed && url.query().is_some()) || url.fragment().is_some() || !url.username().is_empty() {
+        return Err("must not carry a query, a fragment or credentials".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

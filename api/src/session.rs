@@ -5,7 +5,7 @@
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
 
-pub use floq_shared::sessions::{Live, Lookup, create, lookup, method_of, revoke, switch_company, token_hash};
+pub use floq_shared::sessions::{Live, Lookup, create, lookup, opened_by, revoke, switch_company, token_hash};
 
 pub const COOKIE_NAME: &str = "floq_session";
 

@@ -71,7 +71,8 @@ pub async fn create(
     // A duty of its own, which may only open a session for this identity in one of its companies.
     let mut tx = db::lookup_tx(pool, db::Duty::SessionIssue, db::Lookup::Id(user_id)).await?;
     sqlx::query(
-        "INSERT INTO sessions (id, token_hash, user_id, company_id, expires_at, method) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO sessions (id, token_hash, user_id, company_id, expires_at, method, sso_company_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(id)
     .bind(token_hash(&token))
@@ -79,8 +80,10 @@ pub async fn create(
     .bind(company_id)
     .bind(expires_at)
     .bind(method)
-        .execute(&mut *tx)
-        .await?;
+    // An SSO session starts in the company whose connection opened it.
+    .bind((method == crate::sso::Method::Sso).then_some(company_id))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok((id, token))
 }
@@ -163,15 +166,18 @@ pub async fn revoke_all_of(tx: &mut db::Tx, user_id: UserId) -> Result<u64, Stor
     Ok(done.rows_affected())
 }
 
-/// How the session was opened.
-pub async fn method_of(pool: &PgPool, session_id: Uuid) -> Result<Option<crate::sso::Method>, StoreError> {
+/// How a session was opened, and for an SSO session the company whose connection opened it.
+pub async fn opened_by(
+    pool: &PgPool,
+    session_id: Uuid,
+) -> Result<Option<(crate::sso::Method, Option<Uuid>)>, StoreError> {
     let mut tx = db::lookup_tx(pool, db::Duty::SessionLookup, db::Lookup::Id(session_id)).await?;
-    let method = sqlx::query_scalar("SELECT method FROM sessions WHERE id = $1")
+    let opened = sqlx::query_as("SELECT method, sso_company_id FROM sessions WHERE id = $1")
         .bind(session_id)
         .fetch_optional(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(method)
+    Ok(opened)
 }
 
 /// Moves a session to another company; false if the user is not a member there.

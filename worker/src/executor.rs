@@ -1097,11 +1097,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_deadline_interrupts_a_code_loop_and_fails_the_run() {
+        // Long enough for the node to start on a loaded machine (at 100 ms CI once saw the deadline pass first),
+        // short of the script's own 1 s limit.
         let flow = flow(json!({
-            "deadline_ms": 100,
+            "deadline_ms": 500,
             "nodes": [{"id": "spin", "type": "code", "params": {"code": "while (true) {}"}}]
         }));
-        assert_eq!(flow.deadline, Some(Duration::from_millis(100)));
+        assert_eq!(flow.deadline, Some(Duration::from_millis(500)));
         let mut run = run_ctx(None);
         run.deadline = deadline(&flow, Duration::from_secs(3600), Utc::now());
         let outcome = execute_ctx(&flow, run).await;

@@ -215,6 +215,14 @@ async fn oauth_token(
         .get(provider_id)
         .ok_or_else(|| invalid("names a provider that is not registered"))?
         .clone();
+    // Checked before any refresh: an empty list means "anywhere" to the nodes, and a token goes only where its
+    // provider (or, for a provider without fixed API origins, the credential) says.
+    let origins = floq_shared::oauth::token_origins(&provider, &credential.allowed_origins);
+    if origins.is_empty() {
+        return Err(invalid(
+            "may not send its token anywhere: its allowed_origins name none of the provider's API origins              (or, for a provider without fixed API origins such as Salesforce, name none at all)",
+        ));
+    }
     let access = {
         let client = crate::oauth::Client {
             provider: &provider,
@@ -228,7 +236,7 @@ async fn oauth_token(
         };
         env.oauth.access(env, &asker, &client, None).await?
     };
-    credential.allowed_origins = floq_shared::oauth::token_origins(&provider, &credential.allowed_origins);
+    credential.allowed_origins = origins;
     credential.fields.insert("access_token".into(), access.token.clone());
     credential.oauth = Some((provider, access.generation));
     Ok(access.token)

@@ -305,7 +305,7 @@ struct SwitchCompany {
     security(("api_key" = []), ("session" = [])),
     responses((status = 200, description = "Switched", body = SwitchedCompany),
         (status = 400, description = "The credential is an API key, not a session (`not_a_session`)", body = ErrorBody),
-        (status = 403, description = "The company requires single sign-on and this session was opened with a password (`sso_required`)", body = ErrorBody),
+        (status = 403, description = "The company requires single sign-on and this session was not opened by its own connection (`sso_required`)", body = ErrorBody),
         (status = 404, description = "The caller is no member of that company", body = ErrorBody)))]
 async fn switch_company(
     State(state): State<AppState>,
@@ -319,11 +319,13 @@ async fn switch_company(
             "an API key belongs to one company; only a browser session can switch",
         ));
     };
-    // A password session does not reach a company that requires single sign-on.
-    if session::method_of(&state.pool, session_id).await? == Some(floq_shared::sso::Method::Password)
-        && password_barred(&state, principal.user_id)
-            .await?
-            .contains(&body.company_id)
+    // A company that requires single sign-on is reached only by a session its own connection opened: not by a
+    // password session, nor by one opened through another company's provider.
+    if password_barred(&state, principal.user_id)
+        .await?
+        .contains(&body.company_id)
+        && session::opened_by(&state.pool, session_id).await?
+            != Some((floq_shared::sso::Method::Sso, Some(body.company_id)))
     {
         return Err(sso_required());
     }

@@ -181,7 +181,7 @@ fn resolve(state: &AppState, body: &ConnectionBody) -> ApiResult<Resolved> {
                 .as_deref()
                 .map(str::trim)
                 .ok_or_else(|| field_error("issuer", "a generic connection needs its issuer"))?;
-            check_issuer(issuer).map_err(|m| field_error("issuer", m))?;
+            crate::oidc::check_issuer(issuer).map_err(|m| field_error("issuer", m))?;
             if body.tenant.is_some() || !allowed_tenants.is_empty() {
                 return Err(field_error("tenant", "only an `entra` connection has a tenant"));
             }
@@ -227,23 +227,6 @@ fn resolve(state: &AppState, body: &ConnectionBody) -> ApiResult<Resolved> {
         default_role,
         domains,
     })
-}
-
-/// An issuer is an `https` URL without query or fragment (`http` only on loopback, for development).
-fn check_issuer(raw: &str) -> Result<(), String> {
-    let url = url::Url::parse(raw).map_err(|_| "must be a URL".to_string())?;
-    let loopback = matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
-        || matches!(url.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
-        || url.host_str() == Some("localhost");
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback => {}
-        _ => return Err("must be an https URL".into()),
-    }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err("must not carry a query, a fragment or credentials".into());
-    }
-    Ok(())
 }
 
 fn taken(field: String, domain: &str) -> ApiError {

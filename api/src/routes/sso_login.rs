@@ -115,10 +115,15 @@ pub fn safe_return_to(raw: Option<&str>) -> ApiResult<String> {
     }
 }
 
-fn callback_url(state: &AppState) -> String {
+/// The redirect URI of one connection: the callback, naming the connection.
+/// One URI per connection, because every connection of every company shares
+/// the callback route: a code the provider of one sends back to another's
+/// redirect URI (an identity-provider mix-up a tenant stages with a provider
+/// of its own) is refused before it is exchanged anywhere.
+pub fn callback_url(public_url: &str, connection_id: Uuid) -> String {
     format!(
-        "{}/api/v1/auth/sso/callback",
-        state.config.public_url.trim_end_matches('/')
+        "{}/api/v1/auth/sso/callback?connection_id={connection_id}",
+        public_url.trim_end_matches('/')
     )
 }
 
@@ -242,7 +247,7 @@ async fn begin(
     let url = oidc::authorize_url(
         &endpoints,
         &conn.client_id,
-        &callback_url(state),
+        &callback_url(&state.config.public_url, conn.id),
         &state_token,
         &nonce,
         &challenge,
@@ -255,14 +260,29 @@ async fn begin(
 #[utoipa::path(get, operation_id = "auth_sso_start", path = "/api/v1/auth/sso/{connection_id}/start", tag = "auth",
     params(("connection_id" = Uuid, Path), StartQuery),
     responses((status = 302, description = "To the provider's authorization endpoint; `Set-Cookie: floq_sso=…` binds the sign-in to this browser"),
+        (status = 403, description = "Another site started this navigation (`Sec-Fetch-Site: cross-site`: `sso_start_cross_site`)", body = ErrorBody),
         (status = 429, description = "Too many failed sign-ins from this client (`too_many_attempts`)", body = ErrorBody),
         (status = 502, description = "The provider could not be reached (`sso_unavailable`)", body = ErrorBody)))]
 async fn start(
     State(state): State<AppState>,
     Extension(request): Extension<Arc<RequestMeta>>,
+    headers: axum::http::HeaderMap,
     extract::Id(connection_id): extract::Id,
     ApiQuery(query): ApiQuery<StartQuery>,
 ) -> ApiResult<Response> {
+    // Login CSRF: another site must not start a sign-in in this browser (its provider would sign the victim in as
+    // the attacker). A browser says where a navigation came from; one opened from floq's page, typed, or a
+    // bookmark is same-origin, same-site or none, and a client that is not a browser sends no header.
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site")
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "sso_start_cross_site",
+            "start signing in from floq's own sign-in page",
+        ));
+    }
     throttled(&state, &request).await?;
     let return_to = safe_return_to(query.return_to.as_deref())?;
     let (url, browser) = begin(&state, connection_id, &return_to, None, None).await?;
@@ -343,6 +363,8 @@ struct CallbackQuery {
     session_state: Option<String>,
     #[allow(dead_code)]
     iss: Option<String>,
+    /// The connection whose redirect URI the provider sent the browser to.
+    connection_id: Option<Uuid>,
 }
 
 /// Why a callback stopped: refused (audited, the user told nothing), or an outage or a bug.
@@ -447,6 +469,10 @@ async fn finish(
     let Some(conn) = conn else {
         return Err(failed(None, "connection_deleted"));
     };
+    if query.connection_id != Some(conn.id) {
+        // A code for another connection's redirect URI: never exchanged here.
+        return Err(failed(Some(&conn), "redirect_uri_mismatch"));
+    }
     if flight.replayed {
         return Err(failed(Some(&conn), "state_replayed"));
     }
@@ -489,7 +515,7 @@ async fn finish(
             &endpoints,
             secret,
             code,
-            &callback_url(state),
+            &callback_url(&state.config.public_url, conn.id),
             &flight.pkce_verifier,
         )
         .await

@@ -478,6 +478,32 @@ async fn the_bearer_goes_only_to_the_providers_api_origins() {
         "nothing left for another origin"
     );
 
+    // Allowed origins that name none of the provider's: the token may go nowhere (not "anywhere"), and the node
+    // fails before anything is sent.
+    let resp = app
+        .client
+        .put(format!("{}/api/v1/credentials/{id}", app.base))
+        .bearer_auth(&app.admin.api_key)
+        .json(&json!({"allowed_origins": [elsewhere.clone()]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
+    let run = app
+        .run_flow(
+            json!({"nodes": [{"id": "call", "type": "http_request",
+                              "params": {"method": "GET", "url": format!("{elsewhere}/collect"), "credential_id": id}}]}),
+            json!({}),
+        )
+        .await;
+    let (code, message) = failed_step(&run);
+    assert_eq!(code, "credential_invalid", "{message}");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the token went nowhere"
+    );
+
     // An oauth2 credential not yet connected fails its node plainly.
     let fresh = oauth_credential(&app).await;
     let run = app.run_flow(call(&server, &fresh), json!({})).await;

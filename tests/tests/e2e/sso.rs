@@ -205,7 +205,10 @@ async fn a_first_sign_in_registers_the_member_and_opens_a_password_like_session(
     let back = to_provider_and_back(&app, &conn, "/flows?tab=mine").await;
     let asked = idp.last_authorize();
     assert_eq!(asked["code_challenge_method"], "S256");
-    assert_eq!(asked["redirect_uri"], format!("{PUBLIC_URL}/api/v1/auth/sso/callback"));
+    assert_eq!(
+        asked["redirect_uri"],
+        format!("{PUBLIC_URL}/api/v1/auth/sso/callback?connection_id={conn}")
+    );
     assert!(asked["scope"].split(' ').any(|s| s == "openid"));
     assert!(asked["nonce"].len() >= 32 && asked["state"].len() >= 32);
 
@@ -290,6 +293,34 @@ async fn every_broken_check_is_refused_alike_and_audited_with_its_reason() {
     refused(&callback(&other.callback, Some(&back.binding)).await);
     wait_for_audit(&app, "auth.sso.login", |e| {
         e["details"]["reason"] == "browser_binding_mismatch"
+    })
+    .await;
+
+    // Login CSRF: a sign-in another site starts in this browser is refused before anything is stored.
+    let resp = app
+        .client
+        .get(format!("{}/api/v1/auth/sso/{conn}/start?return_to=/", app.base))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "sso_start_cross_site", "{body}");
+
+    // An identity-provider mix-up: a code sent back to another connection's redirect URI with this
+    // connection's state (another tenant's provider relayed the browser) is refused before any exchange.
+    let back = to_provider_and_back(&app, &conn, "/").await;
+    let exchanges = idp.tokens_issued();
+    let foreign = back.callback.replace(
+        &format!("connection_id={conn}"),
+        &format!("connection_id={}", uuid::Uuid::now_v7()),
+    );
+    assert_ne!(foreign, back.callback);
+    refused(&callback(&foreign, Some(&back.binding)).await);
+    assert_eq!(idp.tokens_issued(), exchanges, "the code was never exchanged");
+    wait_for_audit(&app, "auth.sso.login", |e| {
+        e["details"]["reason"] == "redirect_uri_mismatch"
     })
     .await;
 
