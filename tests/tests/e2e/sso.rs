@@ -533,6 +533,51 @@ async fn requiring_sso_refuses_passwords_but_the_break_glass_admins() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], "sso_required");
+
+    // Nor can a session Globex's own connection opened: only Acme's connection meets Acme's requirement.
+    let (status, body) = app
+        .post(
+            "/api/v1/sso/connections",
+            &globex.api_key,
+            json!({"name": "globex-idp", "issuer": idp.issuer(), "client_id": CLIENT_ID,
+                   "client_secret": CLIENT_SECRET, "email_domains": ["globex.test"], "default_role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let globex_conn = body["id"].as_str().unwrap().to_string();
+    floq_api::admin::verify_domain(&app.pool, &globex.company_id.to_string(), "globex.test")
+        .await
+        .unwrap();
+    idp.next_user(json!({"sub": "sub-gus", "email": "gus@globex.test", "email_verified": true}));
+    let landed = sign_in(&app, &globex_conn).await;
+    assert_eq!(landed.status, StatusCode::OK, "{}", landed.body);
+    let gus: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = 'gus@globex.test'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let mut tx = floq_shared::db::tenant_tx(&app.pool, app.admin.company_id)
+        .await
+        .unwrap();
+    floq_shared::users::add_member(
+        &mut tx,
+        floq_shared::ids::CompanyId(app.admin.company_id),
+        floq_shared::ids::UserId(gus),
+        &[floq_shared::access::Role::Viewer],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let (status, body) = with_cookie(
+        &app,
+        Method::POST,
+        "/api/v1/auth/switch-company",
+        &landed.session.as_ref().unwrap().0,
+        Some(ORIGIN),
+        Some(json!({"company_id": app.admin.company_id})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "sso_required");
     app.teardown().await;
 }
 
