@@ -99,7 +99,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         trigger_limits: Arc::new(rate::TriggerLimits::new(&config)),
         mcp_limits: Arc::new(rate::McpLimits::new(&config)),
         publisher: publisher.clone(),
-        oidc: Arc::new(oidc::Oidc::new(&config)),
+        oidc: Arc::new(oidc::Oidc::new(&config).context("building the single sign-on HTTP client failed")?),
         oauth: Arc::new(state::OAuth {
             registry: floq_shared::oauth::Registry::new(&config.oauth_providers),
             http: floq_shared::egress::http_client("floq-api").context("building the HTTP client failed")?,

@@ -178,14 +178,14 @@ pub struct Oidc {
 }
 
 impl Oidc {
-    pub fn new(config: &Config) -> Self {
-        Self {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
             policy: Policy::for_sso(config),
-            client: egress::http_client("floq-sso").expect("the HTTP client builds"),
+            client: egress::http_client("floq-sso")?,
             entra_authority: config.sso_entra_authority.clone(),
             discovery: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     pub fn entra_authority(&self) -> &str {
