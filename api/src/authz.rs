@@ -8,6 +8,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 pub use floq_shared::access::Role;
 
+use axum::http::StatusCode;
+use floq_shared::plugin::{Access, Verdict};
+use serde_json::json;
+
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -97,11 +101,78 @@ impl<C: Cap> FromRequestParts<AppState> for Authorized<C> {
             );
             return Err(ApiError::forbidden(C::CAP.name()));
         }
+        plugins_authorize(state, &principal, C::CAP.name(), &parts.method, parts.uri.path()).await?;
         Ok(Self {
             principal,
             _cap: PhantomData,
         })
     }
+}
+
+/// A signed-in caller acting on their own account (`/auth/me`, their API
+/// keys): no role needed, but the plugins' `on_authorize` still applies,
+/// with the capability `account`.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        plugins_authorize(state, &principal, "account", &parts.method, parts.uri.path()).await?;
+        Ok(Self(principal))
+    }
+}
+
+/// The plugins' `on_authorize` hooks, after floq's own check allowed the
+/// request: every one runs (once per request), any deny wins, and a hook
+/// that errors is a deny. A deny is a `403` naming the plugin, audited as
+/// `authz.denied` like a role's.
+pub async fn plugins_authorize(
+    state: &AppState,
+    principal: &Principal,
+    capability: &str,
+    method: &axum::http::Method,
+    path: &str,
+) -> Result<(), ApiError> {
+    if state.plugins.is_empty() || !principal.request.first_authorization() {
+        return Ok(());
+    }
+    let access = Access {
+        user_id: principal.user_id,
+        company_id: principal.company_id,
+        roles: &principal.roles,
+        capability,
+        method,
+        path,
+        client_ip: principal.request.client_ip,
+    };
+    for plugin in state.plugins.iter() {
+        let reason = match plugin.on_authorize(&access).await {
+            Ok(Verdict::Allow) => continue,
+            Ok(Verdict::Deny(reason)) => reason,
+            Err(e) => {
+                tracing::warn!(plugin = plugin.name(), error = %e, "on_authorize failed: denying");
+                "the access check could not decide".to_string()
+            }
+        };
+        tracing::info!(
+            user.id = %principal.user_id,
+            company.id = %principal.company_id,
+            capability,
+            plugin = plugin.name(),
+            reason,
+            "denied by a plugin"
+        );
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "plugin_denied",
+            format!("refused by the `{}` policy: {reason}", plugin.name()),
+        )
+        .with_details(json!({"plugin": plugin.name(), "capability": capability}))
+        .denied(capability, None));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

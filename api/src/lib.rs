@@ -40,6 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use floq_shared::crypto::Keyring;
+use floq_shared::plugin::{Available, Plugins};
 use floq_shared::queue::{Publisher, Topology};
 use floq_shared::{Config, db, ops, queue};
 
@@ -53,6 +54,18 @@ pub struct Running {
 /// Boots the API and returns once it listens; the handle finishes after
 /// `shutdown` fires and in-flight requests and accepted runs are flushed.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    spawn_with_plugins(config, shutdown, Available::none()).await
+}
+
+/// As [`spawn`], with the plugins `FLOQ_PLUGINS` enables out of `available`
+/// (docs/plugins.md): a plugin that cannot be built or misses a table stops
+/// the start before the API listens.
+pub async fn spawn_with_plugins(
+    config: Config,
+    shutdown: CancellationToken,
+    available: Available,
+) -> anyhow::Result<Running> {
+    let plugins = Plugins::load(&config, &available)?;
     let pool = db::connect(&config)
         .await
         .context("cannot connect to PostgreSQL: check FLOQ_DATABASE_URL and that the server is up")?;
@@ -64,6 +77,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if config.auto_migrate {
         migrate(&pool, &config, &keyring).await?;
     }
+    plugins.check_tables(&pool).await?;
     let topology = Topology::from_config(&config);
     // A broker that is down at start only degrades the API: runs wait in the
     // outbox (up to FLOQ_BACKLOG_MAX) and the backlog sampler declares the
@@ -105,6 +119,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             http: floq_shared::egress::http_client("floq-api").context("building the HTTP client failed")?,
             egress: floq_shared::egress::Policy::from_config(&config),
         }),
+        plugins,
     };
     // The sampler reaches the broker every 500 ms; the publisher connects only when it publishes.
     let broker_up = {
@@ -216,5 +231,10 @@ pub fn document() -> utoipa::openapi::OpenApi {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    spawn(config, shutdown).await?.handle.await?
+    run_with_plugins(config, shutdown, Available::none()).await
+}
+
+/// As [`run`], with plugins: how a binary of its own adds them (docs/plugins.md).
+pub async fn run_with_plugins(config: Config, shutdown: CancellationToken, available: Available) -> anyhow::Result<()> {
+    spawn_with_plugins(config, shutdown, available).await?.handle.await?
 }

@@ -102,6 +102,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Plugins are built once here too, so a bad plugin setting is a configuration error for every command.
+    if let Err(e) = floq_shared::plugin::Plugins::load(&config, &floq_plugins::bundled()) {
+        eprintln!("floq-api: configuration error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     telemetry::init_tracing(&config);
     match execute(cli.command.unwrap_or(Command::Serve), config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -117,7 +122,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Serve => {
             let shutdown = CancellationToken::new();
             tokio::spawn(floq_shared::ops::shutdown_on_signal(shutdown.clone()));
-            floq_api::run(config, shutdown).await
+            floq_api::run_with_plugins(config, shutdown, floq_plugins::bundled()).await
         }
         Command::Migrate => {
             let pool = db::connect(&config).await?;

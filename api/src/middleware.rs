@@ -15,11 +15,12 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::error::{Denial, ErrorBody};
+use crate::error::{ApiError, Denial, ErrorBody};
 use crate::request::RequestMeta;
 use crate::state::AppState;
 use crate::throttle;
 use floq_shared::audit::{Entry, Outcome};
+use floq_shared::plugin::{OnRequest, RequestInfo};
 use floq_shared::telemetry::METRICS;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -108,7 +109,10 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
 
-    let mut response = next.run(req).await;
+    let mut response = match on_request(&state, &mut req, &request_id, client_ip).await {
+        Some(answer) => answer,
+        None => next.run(req).await,
+    };
 
     let status = response.status();
     let flow_shaped = response.extensions().get::<FlowReply>().is_some();
@@ -165,6 +169,21 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
 
 /// One entry per request, and one more when a permission check refused it.
 /// Recording waits only when the audit writer is behind.
+/// The plugins' `on_request` hooks in `FLOQ_PLUGINS` order; the first that answers wins.
+async fn on_request(state: &AppState, req: &mut Request, request_id: &str, client_ip: IpAddr) -> Option<Response> {
+    let info = RequestInfo { request_id, client_ip };
+    for plugin in state.plugins.iter() {
+        match plugin.on_request(req, &info).await {
+            OnRequest::Continue => {}
+            OnRequest::Answer(response) => return Some(response),
+            OnRequest::Refuse { status, code, message } => {
+                return Some(ApiError::new(status, code, message).into_response());
+            }
+        }
+    }
+    None
+}
+
 async fn audit_request(
     state: &AppState,
     meta: &RequestMeta,

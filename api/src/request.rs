@@ -18,6 +18,8 @@ pub struct RequestMeta {
     pub request_id: String,
     pub client_ip: IpAddr,
     caller: OnceLock<Caller>,
+    /// Set when the plugins' `on_authorize` ran, so it runs once per request.
+    authorized: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -33,7 +35,13 @@ impl RequestMeta {
             request_id,
             client_ip,
             caller: OnceLock::new(),
+            authorized: Default::default(),
         })
+    }
+
+    /// True the first time it is asked in this request.
+    pub fn first_authorization(&self) -> bool {
+        !self.authorized.swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Called once authentication succeeds, so the request's own entry names the caller.

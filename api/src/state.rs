@@ -30,6 +30,8 @@ pub struct AppState {
     pub oidc: Arc<crate::oidc::Oidc>,
     /// OAuth2 integration links: the provider registry and the token client the callback uses.
     pub oauth: Arc<OAuth>,
+    /// The enabled plugins (`FLOQ_PLUGINS`): their hooks and node types.
+    pub plugins: floq_shared::plugin::Plugins,
 }
 
 /// What the connect flow needs: the registry, and a client whose calls go

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use floq_shared::audit;
 use floq_shared::backlog::Backlog;
+use floq_shared::plugin::{Available, Plugins};
 use floq_shared::queue::{Publisher, Topology};
 use floq_shared::telemetry::METRICS;
 use floq_shared::{Config, db, ops, queue};
@@ -38,12 +39,25 @@ const SIGNATURE_TRIM_INTERVAL: Duration = Duration::from_secs(60);
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    spawn_with_plugins(config, shutdown, Available::none()).await
+}
+
+/// As [`spawn`], with the plugins `FLOQ_PLUGINS` enables out of `available`.
+/// The scheduler runs no plugin hook, but checks the same configuration and
+/// tables as the API and the worker, so a bad setting stops every service.
+pub async fn spawn_with_plugins(
+    config: Config,
+    shutdown: CancellationToken,
+    available: Available,
+) -> anyhow::Result<Running> {
+    let plugins = Plugins::load(&config, &available)?;
     let pool = db::connect(&config)
         .await
         .context("cannot connect to PostgreSQL: check FLOQ_DATABASE_URL and that the server is up")?;
     if config.auto_migrate {
         db::migrate(&pool).await.context("applying migrations failed")?;
     }
+    plugins.check_tables(&pool).await?;
     let topology = Topology::from_config(&config);
     let conn = queue::connect(config.amqp_url.expose())
         .await
@@ -195,5 +209,10 @@ async fn seal_all(pool: &db::Pool, config: &Config) -> anyhow::Result<()> {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    spawn(config, shutdown).await?.handle.await?
+    run_with_plugins(config, shutdown, Available::none()).await
+}
+
+/// As [`run`], with plugins: how a binary of its own adds them (docs/plugins.md).
+pub async fn run_with_plugins(config: Config, shutdown: CancellationToken, available: Available) -> anyhow::Result<()> {
+    spawn_with_plugins(config, shutdown, available).await?.handle.await?
 }

@@ -27,10 +27,15 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Plugins are built once here too, so a bad plugin setting is a configuration error for every command.
+    if let Err(e) = floq_shared::plugin::Plugins::load(&config, &floq_plugins::bundled()) {
+        eprintln!("floq-scheduler: configuration error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     telemetry::init_tracing(&config);
     let shutdown = CancellationToken::new();
     tokio::spawn(floq_shared::ops::shutdown_on_signal(shutdown.clone()));
-    match floq_scheduler::run(config, shutdown).await {
+    match floq_scheduler::run_with_plugins(config, shutdown, floq_plugins::bundled()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("floq-scheduler: {e:#}");

@@ -148,6 +148,10 @@ pub struct Config {
     /// `FLOQ_OAUTH_PROVIDERS_FILE`: the operator's OAuth2 providers (a JSON
     /// array, see docs/secrets.md), checked at start; added to the built-ins.
     pub oauth_providers: Vec<crate::oauth::Provider>,
+    /// `FLOQ_PLUGINS`: the plugins enabled, in the order their hooks run (docs/plugins.md).
+    pub plugins: Vec<String>,
+    /// `FLOQ_PLUGIN_<NAME>_<SETTING>`: each enabled plugin's own settings.
+    pub plugin_settings: crate::plugin::PluginSettings,
     pub log_filter: String,
     pub log_json: bool,
 }
@@ -193,6 +197,7 @@ impl Config {
                 problem: "must be an amqp:// or amqps:// URL".into(),
             });
         }
+        let plugins = crate::plugin::settings::enabled(v.get("FLOQ_PLUGINS"))?;
         Ok(Self {
             database_url: Secret::new(database_url),
             db_max_connections: v.parse_in("FLOQ_DB_MAX_CONNECTIONS", 16, 1..=1000)?,
@@ -307,6 +312,8 @@ impl Config {
                     problem,
                 })?,
             },
+            plugin_settings: crate::plugin::PluginSettings::from_vars(&v.0, &plugins)?,
+            plugins,
             log_filter: v.string("FLOQ_LOG", "info"),
             log_json: match v.string("FLOQ_LOG_FORMAT", "json").as_str() {
                 "json" => true,

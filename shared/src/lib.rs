@@ -33,6 +33,7 @@ pub mod ops;
 pub mod outbox;
 pub mod parking;
 pub mod pgtext;
+pub mod plugin;
 pub mod queue;
 pub mod replies;
 pub mod retention;

@@ -27,6 +27,7 @@ pub mod stack;
 
 pub use floq_api::admin::Bootstrapped;
 use floq_shared::Config;
+use floq_shared::plugin::Available;
 
 pub fn admin_database_url() -> String {
     std::env::var("FLOQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -213,7 +214,18 @@ pub struct TestApp {
     pub api: Option<Service>,
     pub worker: Option<Service>,
     pub scheduler: Option<Service>,
+    /// The plugins every service of this app is started with; `config.plugins` enables some.
+    pub available: Available,
     torn_down: bool,
+}
+
+/// Enables plugins in `config` as `FLOQ_PLUGINS` and `FLOQ_PLUGIN_*`
+/// variables would, with the same checks.
+pub fn enable_plugins(config: &mut Config, plugins: &str, settings: &[(&str, &str)]) {
+    config.plugins = floq_shared::plugin::settings::enabled(Some(plugins)).expect("plugin names");
+    let vars = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    config.plugin_settings =
+        floq_shared::plugin::PluginSettings::from_vars(&vars, &config.plugins).expect("plugin settings");
 }
 
 /// The `{code, message}` of a finished run's failed step (asserting it failed).
@@ -298,6 +310,12 @@ impl TestApp {
     }
 
     pub async fn spawn_configured(options: Options, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_plugged(options, floq_plugins::bundled(), tweak).await
+    }
+
+    /// As [`TestApp::spawn_configured`], every service offered `available`
+    /// (what `FLOQ_PLUGINS` may enable; see [`enable_plugins`]).
+    pub async fn spawn_plugged(options: Options, available: Available, tweak: impl FnOnce(&mut Config)) -> Self {
         let db_name = create_database().await.expect("creating the test database");
         let prefix = format!("t{}_{}", *RUN_ID, Uuid::new_v4().simple());
         let mut config = test_config(&db_name, &prefix);
@@ -308,7 +326,7 @@ impl TestApp {
             .await
             .expect("bootstrap");
         let api_shutdown = CancellationToken::new();
-        let api = floq_api::spawn(config.clone(), api_shutdown.clone())
+        let api = floq_api::spawn_with_plugins(config.clone(), api_shutdown.clone(), available.clone())
             .await
             .expect("api starts");
         let mut app = TestApp {
@@ -325,6 +343,7 @@ impl TestApp {
             }),
             worker: None,
             scheduler: None,
+            available,
             torn_down: false,
         };
         if options.worker {
@@ -338,7 +357,7 @@ impl TestApp {
 
     pub async fn start_worker(&mut self) -> std::net::SocketAddr {
         let shutdown = CancellationToken::new();
-        let w = floq_worker::spawn(self.config.clone(), shutdown.clone())
+        let w = floq_worker::spawn_with_plugins(self.config.clone(), shutdown.clone(), self.available.clone())
             .await
             .expect("worker starts");
         self.worker = Some(Service {
@@ -350,7 +369,7 @@ impl TestApp {
 
     pub async fn start_scheduler(&mut self) -> std::net::SocketAddr {
         let shutdown = CancellationToken::new();
-        let s = floq_scheduler::spawn(self.config.clone(), shutdown.clone())
+        let s = floq_scheduler::spawn_with_plugins(self.config.clone(), shutdown.clone(), self.available.clone())
             .await
             .expect("scheduler starts");
         self.scheduler = Some(Service {
@@ -376,7 +395,7 @@ impl TestApp {
         let mut config = self.config.clone();
         tweak(&mut config);
         let shutdown = CancellationToken::new();
-        let api = floq_api::spawn(config, shutdown.clone())
+        let api = floq_api::spawn_with_plugins(config, shutdown.clone(), self.available.clone())
             .await
             .expect("api replica starts");
         (
@@ -425,7 +444,7 @@ impl TestApp {
         let jwt_before = self.config.jwt_secret.expose().to_string();
         tweak(&mut self.config);
         let shutdown = CancellationToken::new();
-        let api = floq_api::spawn(self.config.clone(), shutdown.clone())
+        let api = floq_api::spawn_with_plugins(self.config.clone(), shutdown.clone(), self.available.clone())
             .await
             .expect("api restarts");
         self.base = format!("http://{}", api.addr);

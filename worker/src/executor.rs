@@ -24,9 +24,10 @@ use crate::checkpoints::Journal;
 use crate::flow_cache::{CompiledFlow, CompiledNode};
 use crate::nodes::{self, NodeCtx, NodeEnv, NodeError, NodeOutput, NodeResult, RunCtx, output_size, too_large};
 use crate::sandbox::Job;
-use crate::vault;
+use crate::{hooks, vault};
 use floq_shared::audit::{self, Actor, Entry};
 use floq_shared::flow::{EvalScope, NodeKind, RetryPolicy};
+use floq_shared::plugin::{Before, NodeInfo};
 use floq_shared::runs::checkpoints::{Checkpoint, Wait};
 use floq_shared::script::ScriptKind;
 use floq_shared::telemetry::METRICS;
@@ -306,7 +307,22 @@ pub async fn execute_parking(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<No
             params_shape,
             audit: secret_entries,
             park,
+            skipped,
         } = ran;
+        if let Some(reason) = skipped {
+            state[i] = State::Skipped;
+            let error = json!({"code": "skipped", "message": reason});
+            steps.push(step(
+                &flow.nodes[i].id,
+                steps.len(),
+                StepStatus::Skipped,
+                None,
+                Some(error),
+                Some(started),
+                Some(finished),
+            ));
+            continue;
+        }
         if let Some(wait) = park {
             // Its secrets are opened (and audited) again when it goes on.
             parked = Some(wait);
@@ -631,6 +647,8 @@ struct NodeRun {
     params_shape: Value,
     audit: Vec<Entry>,
     park: Option<Wait>,
+    /// A plugin's `before_node_execute` skipped it, for this reason.
+    skipped: Option<String>,
 }
 
 /// Evaluates the params, opens the node's secrets, runs it under its timeout
@@ -651,6 +669,7 @@ async fn run_node(
         params_shape: Value::Null,
         audit: vec![],
         park: None,
+        skipped: None,
     };
     let park = |wait: Wait| NodeRun {
         result: Err(NodeError::new("parked", "the run parked")),
@@ -658,6 +677,7 @@ async fn run_node(
         params_shape: Value::Null,
         audit: vec![],
         park: Some(wait),
+        skipped: None,
     };
     let mut attempt = 1;
     if let Some(w) = wait {
@@ -683,6 +703,20 @@ async fn run_node(
         Ok(p) => p,
         Err(e) => return failed(e),
     };
+    let plugins = ctx.env.plugins.clone();
+    let info = (!plugins.is_empty()).then(|| node_info(node, &ctx));
+    if let Some(info) = &info {
+        match hooks::before(&plugins, info, &mut params).await {
+            Before::Continue => {}
+            Before::Skip(reason) => {
+                return NodeRun {
+                    skipped: Some(reason),
+                    ..failed(NodeError::new("skipped", "skipped by a plugin"))
+                };
+            }
+            Before::Fail(f) => return failed(NodeError::new(f.code, f.message)),
+        }
+    }
     let opened = match vault::open(&mut params, &node.secrets, &node.id, &ctx.run, &ctx.env).await {
         Ok(o) => o,
         Err(e) => return failed(e),
@@ -769,12 +803,27 @@ async fn run_node(
             }
         }
     }
+    if let Some(info) = &info {
+        result = hooks::after(&plugins, info, result).await;
+    }
     NodeRun {
         result,
         attempts: attempt,
         params_shape,
         audit: opened.audit,
         park: None,
+        skipped: None,
+    }
+}
+
+fn node_info(node: &CompiledNode, ctx: &NodeCtx) -> NodeInfo {
+    NodeInfo {
+        company_id: ctx.run.company_id,
+        run_id: ctx.run.run_id,
+        flow_id: ctx.run.flow_id,
+        node_id: node.id.clone(),
+        node_path: ctx.node_path.clone(),
+        kind: node.spec.kind,
     }
 }
 
@@ -842,7 +891,7 @@ mod tests {
             http: floq_shared::egress::http_client("floq-test").unwrap(),
             egress: floq_shared::egress::Policy::from_config(&config),
             pool,
-            flows: Arc::default(),
+            flows: Arc::new(crate::flow_cache::FlowCache::new(nodes::Implementations::built_in())),
             sandbox: crate::sandbox::Sandbox::new(1, Default::default()),
             keyring,
             delay_max: Duration::from_secs(1),
@@ -859,12 +908,13 @@ mod tests {
                 floq_shared::oauth::Registry::new(&[]),
                 Uuid::now_v7(),
             )),
+            plugins: Default::default(),
         })
     }
 
     fn flow(def: Value) -> CompiledFlow {
         let def: FlowDefinition = serde_json::from_value(def).unwrap();
-        CompiledFlow::compile(&def).unwrap()
+        CompiledFlow::compile(&def, &nodes::Implementations::built_in()).unwrap()
     }
 
     fn run_ctx(vars: Option<Value>) -> RunCtx {

@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::nodes::{self, Node};
+use crate::nodes::{Implementations, Node};
 use floq_shared::db;
 use floq_shared::flow::reach;
 use floq_shared::flow::validate::without;
-use floq_shared::flow::{CompiledParams, FlowDefinition, NodeKind, NodeSpec, RetryPolicy, catalog};
+use floq_shared::flow::{CompiledParams, FlowDefinition, NodeKind, NodeSpec, RetryPolicy};
 use floq_shared::flows;
 use floq_shared::ids::UserId;
 
@@ -20,7 +20,7 @@ const MAX_ENTRIES: usize = 10_000;
 pub struct CompiledNode {
     pub id: String,
     pub spec: &'static NodeSpec,
-    pub implementation: &'static dyn Node,
+    pub implementation: Arc<dyn Node>,
     pub params: CompiledParams,
     /// Params taken literally (a code body, a loop's sub-flow), merged in after evaluation.
     pub raw: Vec<(String, Value)>,
@@ -49,13 +49,12 @@ pub struct CompiledFlow {
 }
 
 impl CompiledFlow {
-    pub fn compile(def: &FlowDefinition) -> anyhow::Result<Self> {
+    pub fn compile(def: &FlowDefinition, nodes_known: &Implementations) -> anyhow::Result<Self> {
         let index: HashMap<&str, usize> = def.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
         let mut nodes = Vec::with_capacity(def.nodes.len());
         for n in &def.nodes {
             let unknown = || anyhow::anyhow!("unknown node type `{}`", n.kind);
-            let spec = catalog::spec(&n.kind).ok_or_else(unknown)?;
-            let implementation = *nodes::registry().get(&spec.kind).ok_or_else(unknown)?;
+            let (spec, implementation) = nodes_known.get(&n.kind).ok_or_else(unknown)?;
             let params = CompiledParams::compile(&without(&n.params, spec.raw_params))
                 .map_err(|(at, e)| anyhow::anyhow!("node `{}` param {at}: {e}", n.id))?;
             let raw: Vec<(String, Value)> = spec
@@ -66,7 +65,7 @@ impl CompiledFlow {
             let body = match n.params.get("flow") {
                 Some(sub) if spec.kind == NodeKind::LOOP => {
                     let sub: FlowDefinition = serde_json::from_value(sub.clone())?;
-                    Some(Arc::new(CompiledFlow::compile(&sub)?))
+                    Some(Arc::new(CompiledFlow::compile(&sub, nodes_known)?))
                 }
                 _ => None,
             };
@@ -104,12 +103,19 @@ impl CompiledFlow {
     }
 }
 
-#[derive(Default)]
 pub struct FlowCache {
     entries: RwLock<HashMap<(Uuid, Uuid, i32), Arc<CompiledFlow>>>,
+    nodes: Implementations,
 }
 
 impl FlowCache {
+    pub fn new(nodes: Implementations) -> Self {
+        Self {
+            entries: RwLock::default(),
+            nodes,
+        }
+    }
+
     pub async fn get(
         &self,
         pool: &db::Pool,
@@ -127,7 +133,7 @@ impl FlowCache {
         let Some(found) = found else {
             return Ok(None);
         };
-        let mut compiled = CompiledFlow::compile(&found.definition)?;
+        let mut compiled = CompiledFlow::compile(&found.definition, &self.nodes)?;
         compiled.deployed_by = found.deployed_by.map(UserId::as_uuid);
         let compiled = Arc::new(compiled);
         let mut entries = self.entries.write().expect("cache lock");

@@ -7,6 +7,7 @@ mod consumer;
 pub mod control;
 pub mod executor;
 pub mod flow_cache;
+mod hooks;
 mod intake;
 mod lease;
 pub mod nodes;
@@ -25,6 +26,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use floq_shared::plugin::{Available, Plugins};
 use floq_shared::queue::{Publisher, Topology};
 use floq_shared::{Config, db, ops};
 
@@ -38,12 +40,25 @@ pub struct Running {
 const CONTROL_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    spawn_with_plugins(config, shutdown, Available::none()).await
+}
+
+/// As [`spawn`], with the plugins `FLOQ_PLUGINS` enables out of `available`
+/// (docs/plugins.md): their node hooks and node types. A plugin that cannot
+/// be built or misses a table stops the start before any run is taken.
+pub async fn spawn_with_plugins(
+    config: Config,
+    shutdown: CancellationToken,
+    available: Available,
+) -> anyhow::Result<Running> {
+    let plugins = Plugins::load(&config, &available)?;
     let pool = db::connect(&config)
         .await
         .context("cannot connect to PostgreSQL: check FLOQ_DATABASE_URL and that the server is up")?;
     if config.auto_migrate {
         db::migrate(&pool).await.context("applying migrations failed")?;
     }
+    plugins.check_tables(&pool).await?;
     let topology = Topology::from_config(&config);
     // Fail fast at start if the broker is unreachable; later outages are retried.
     floq_shared::queue::connect(config.amqp_url.expose())
@@ -53,7 +68,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     // Redirects are followed by the http_request node itself, which vets every hop.
     let http = floq_shared::egress::http_client("floq-worker").context("building the HTTP client failed")?;
     let egress = floq_shared::egress::Policy::from_config(&config);
-    let flows = Arc::new(flow_cache::FlowCache::default());
+    let flows = Arc::new(flow_cache::FlowCache::new(nodes::Implementations::with_plugins(
+        &plugins,
+    )));
     let sandbox = sandbox::Sandbox::new(
         config.sandbox_threads,
         sandbox::Limits {
@@ -90,6 +107,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         step_output_max_bytes: config.step_output_max_bytes,
         run_output_max_bytes: config.run_output_max_bytes,
         runner: Arc::new(executor::Executor),
+        plugins,
     });
     // The lease exists before any run can carry this worker's id.
     lease::beat(&pool, worker_id)
@@ -209,5 +227,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    spawn(config, shutdown).await?.handle.await?
+    run_with_plugins(config, shutdown, Available::none()).await
+}
+
+/// As [`run`], with plugins: how a binary of its own adds them (docs/plugins.md).
+pub async fn run_with_plugins(config: Config, shutdown: CancellationToken, available: Available) -> anyhow::Result<()> {
+    spawn_with_plugins(config, shutdown, available).await?.handle.await?
 }

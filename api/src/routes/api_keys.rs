@@ -15,6 +15,7 @@ use validator::Validate;
 
 use crate::audit;
 use crate::auth::{MAX_KEY_TTL_SECS, MIN_KEY_TTL_SECS, Principal, SCOPES, issue_key};
+use crate::authz::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Id, Page, ValidJson};
 use crate::openapi::{PageParams, page};
@@ -75,7 +76,7 @@ struct CreatedKey {
 
 async fn create(
     State(state): State<AppState>,
-    principal: Principal,
+    Caller(principal): Caller,
     ValidJson(body): ValidJson<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let ttl = body
@@ -132,7 +133,7 @@ page!(KeyPage, KeyInfo);
 #[utoipa::path(get, operation_id = "api_keys_list", path = "/api/v1/api-keys", tag = "api-keys", params(PageParams),
     security(("api_key" = []), ("session" = [])),
     responses((status = 200, description = "The caller's keys (an admin's: the company's), newest first", body = KeyPage)))]
-async fn list(State(state): State<AppState>, principal: Principal, page: Page<Uuid>) -> ApiResult<Json<Value>> {
+async fn list(State(state): State<AppState>, Caller(principal): Caller, page: Page<Uuid>) -> ApiResult<Json<Value>> {
     let company_id = principal.company_id;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     let keys = api_keys::page(
@@ -160,7 +161,7 @@ fn reach(principal: &Principal) -> Owner {
 #[utoipa::path(delete, operation_id = "api_keys_revoke", path = "/api/v1/api-keys/{api_key_id}", tag = "api-keys", params(("api_key_id" = Uuid, Path)),
     security(("api_key" = []), ("session" = [])),
     responses((status = 204, description = "Revoked")))]
-async fn revoke(State(state): State<AppState>, principal: Principal, Id(id): Id) -> ApiResult<StatusCode> {
+async fn revoke(State(state): State<AppState>, Caller(principal): Caller, Id(id): Id) -> ApiResult<StatusCode> {
     let mut tx = db::tenant_tx(&state.pool, principal.company_id).await?;
     let revoked = api_keys::revoke(
         &mut tx,

@@ -19,6 +19,7 @@ use uuid::Uuid;
 use validator::Validate;
 
 use crate::auth::{Credential, Principal};
+use crate::authz::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{self, ValidJson};
 use crate::openapi::ErrorBody;
@@ -277,7 +278,7 @@ async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResul
 #[utoipa::path(get, operation_id = "auth_me", path = "/api/v1/auth/me", tag = "auth",
     security(("api_key" = []), ("session" = [])),
     responses((status = 200, description = "The caller", body = Me)))]
-async fn me(State(state): State<AppState>, principal: Principal) -> ApiResult<Json<Value>> {
+async fn me(State(state): State<AppState>, Caller(principal): Caller) -> ApiResult<Json<Value>> {
     let user_id = UserId(principal.user_id);
     let mut tx = db::lookup_tx(&state.pool, db::Duty::SignIn, db::Lookup::Id(principal.user_id)).await?;
     let profile = users::profile(&mut tx, user_id).await?;
@@ -309,7 +310,7 @@ struct SwitchCompany {
         (status = 404, description = "The caller is no member of that company", body = ErrorBody)))]
 async fn switch_company(
     State(state): State<AppState>,
-    principal: Principal,
+    Caller(principal): Caller,
     ValidJson(body): ValidJson<SwitchCompany>,
 ) -> ApiResult<Json<Value>> {
     let Credential::Session(session_id) = principal.credential else {

@@ -21,7 +21,7 @@ use floq_shared::flow;
 use floq_shared::flow::reach::{self, Target};
 use floq_shared::flows::{self, Flow};
 use floq_shared::ids::{FlowGroupId, FlowId};
-use floq_shared::{Config, credentials, db, kv};
+use floq_shared::{credentials, db, kv};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -86,10 +86,17 @@ fn flow_name(raw: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
-fn definition(raw: &Value, config: &Config) -> ApiResult<Value> {
-    let deadline_max = u64::try_from(config.flow_deadline_max.as_millis()).unwrap_or(u64::MAX);
-    let def = flow::validate(raw)
+/// A definition checked as saved and as deployed: floq's validation with the
+/// node types this API knows (its plugins' included), the deadline cap, then
+/// the plugins' own policies for the company (`node-policy`, docs/plugins.md).
+fn definition(raw: &Value, state: &AppState, company_id: Uuid) -> ApiResult<Value> {
+    let deadline_max = u64::try_from(state.config.flow_deadline_max.as_millis()).unwrap_or(u64::MAX);
+    let def = flow::validate_in(raw, state.plugins.table())
         .and_then(|def| flow::check_deadline(&def, deadline_max).map(|()| def))
+        .and_then(|def| {
+            let refused = state.plugins.check_flow(company_id, &def);
+            if refused.is_empty() { Ok(def) } else { Err(refused) }
+        })
         .map_err(|errors| {
             ApiError::validation(
                 "the flow definition is invalid",
@@ -156,8 +163,8 @@ async fn create(
     ValidJson(body): ValidJson<CreateFlow>,
 ) -> ApiResult<(StatusCode, Json<Flow>)> {
     let name = body.name.trim();
-    let definition = definition(&body.definition, &state.config)?;
     let company_id = auth.principal.company_id;
+    let definition = definition(&body.definition, &state, company_id)?;
     let mut tx = db::tenant_tx(&state.pool, company_id).await?;
     if let Some(group) = body.group_id {
         access::require_flow_group(&mut tx, &auth.principal, group, Level::Edit).await?;
@@ -250,7 +257,7 @@ async fn update(
     let definition = body
         .definition
         .as_ref()
-        .map(|raw| definition(raw, &state.config))
+        .map(|raw| definition(raw, &state, auth.principal.company_id))
         .transpose()?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, id, Level::Edit).await?;
@@ -317,6 +324,8 @@ async fn deploy(
         .await?
         .ok_or_else(|| ApiError::not_found("flow"))?;
     let draft = fetch(&mut tx, &auth.principal, id).await?;
+    // Checked again: a policy or a node type may have changed since the draft was saved.
+    definition(&draft.definition, &state, company_id)?;
     // The version runs with what its deployer may use, so the deployer must be able to use all of it now.
     usable_reach(&mut tx, &auth.principal, &draft.definition).await?;
     let frozen = flows::NewVersion {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
@@ -137,6 +137,9 @@ async fn endpoint(
         Ok(p) => p,
         Err(e) => return challenge(e),
     };
+    if let Err(e) = crate::authz::plugins_authorize(&state, &principal, "mcp", &Method::POST, "/mcp").await {
+        return e.into_response();
+    }
     let key_id = match principal.credential {
         Credential::ApiKey(id) => id,
         Credential::Session(id) => id,

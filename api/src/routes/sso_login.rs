@@ -30,7 +30,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 use validator::Validate;
 
-use crate::auth::{Credential, Principal};
+use crate::auth::Credential;
+use crate::authz::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{self, ApiQuery, ValidJson};
 use crate::oidc::{self, Refusal, Verified};
@@ -312,7 +313,7 @@ struct LinkStarted {
         (status = 502, description = "The provider could not be reached (`sso_unavailable`)", body = ErrorBody)))]
 async fn link(
     State(state): State<AppState>,
-    principal: Principal,
+    Caller(principal): Caller,
     extract::Id(connection_id): extract::Id,
 ) -> ApiResult<Response> {
     // Another company's connection is not found, whatever the credential.

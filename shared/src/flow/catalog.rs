@@ -8,7 +8,7 @@
 //! ([`tpl`]); the value is checked again by the node once evaluated.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use jsonschema::error::ValidationErrorKind;
 use serde::Serialize;
@@ -318,15 +318,97 @@ pub fn all() -> &'static [NodeSpec] {
     &CATALOG
 }
 
-/// The spec of the kind a definition's `"type"` names, if this build has it.
+/// A node type a plugin adds: its spec and compiled schema, registered once
+/// per process (several services in one process share it) and never freed.
+struct Registered {
+    spec: NodeSpec,
+    validator: jsonschema::Validator,
+}
+
+static REGISTERED: LazyLock<Mutex<HashMap<&'static str, &'static Registered>>> = LazyLock::new(Mutex::default);
+
+/// Adds a plugin's node type to the process's node table; registering the
+/// same definition again returns the first registration. Refused: a
+/// built-in name, an invalid schema, or a name another definition took.
+pub fn register(spec: NodeSpec) -> Result<&'static NodeSpec, String> {
+    let name = spec.kind.as_str();
+    if CATALOG.iter().any(|s| s.kind == spec.kind) {
+        return Err(format!("node type `{name}` is built in"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        || name.is_empty()
+    {
+        return Err(format!("node type `{name}`: names use only a-z, 0-9 and `_`"));
+    }
+    let mut registered = REGISTERED.lock().expect("node table lock");
+    if let Some(existing) = registered.get(name) {
+        return if existing.spec.params_schema == spec.params_schema && existing.spec.summary == spec.summary {
+            Ok(&existing.spec)
+        } else {
+            Err(format!(
+                "node type `{name}` is registered twice with different definitions"
+            ))
+        };
+    }
+    let validator = jsonschema::validator_for(&spec.params_schema)
+        .map_err(|e| format!("node type `{name}`: its params schema is invalid: {e}"))?;
+    let leaked: &'static Registered = Box::leak(Box::new(Registered { spec, validator }));
+    registered.insert(name, leaked);
+    Ok(&leaked.spec)
+}
+
+/// The node types one service knows: the built-ins and the ones its enabled
+/// plugins add. Validation and the worker look kinds up here, so a type
+/// another service in the same process registered stays unknown to this one.
+#[derive(Clone, Default)]
+pub struct Table {
+    extra: Arc<[&'static NodeSpec]>,
+}
+
+impl Table {
+    pub fn built_in() -> Self {
+        Self::default()
+    }
+
+    /// The built-ins plus `extra` (already [`register`]ed).
+    pub fn with(extra: Vec<&'static NodeSpec>) -> Self {
+        Self { extra: extra.into() }
+    }
+
+    pub fn spec(&self, name: &str) -> Option<&'static NodeSpec> {
+        spec(name).or_else(|| self.extra.iter().copied().find(|s| s.kind == name))
+    }
+
+    /// Every type, built-ins first, in the order served at `GET /api/v1/node-types`.
+    pub fn all(&self) -> Vec<&'static NodeSpec> {
+        CATALOG.iter().chain(self.extra.iter().copied()).collect()
+    }
+
+    pub fn extra(&self) -> &[&'static NodeSpec] {
+        &self.extra
+    }
+}
+
+/// The spec of a built-in kind a definition's `"type"` names, or of a
+/// registered plugin type (the reach analysis needs no more; validation and
+/// execution ask a service's [`Table`]).
 pub fn spec(name: &str) -> Option<&'static NodeSpec> {
-    CATALOG.iter().find(|s| s.kind == name)
+    CATALOG
+        .iter()
+        .find(|s| s.kind == name)
+        .or_else(|| REGISTERED.lock().expect("node table lock").get(name).map(|r| &r.spec))
 }
 
 /// Every way `params` breaks the node's schema: (path inside params, message).
 pub fn check_params(kind: NodeKind, params: &Value) -> Vec<(String, String)> {
-    let Some(validator) = VALIDATORS.get(&kind) else {
-        return vec![];
+    let validator = match VALIDATORS.get(&kind) {
+        Some(v) => v,
+        None => match REGISTERED.lock().expect("node table lock").get(kind.as_str()) {
+            Some(r) => &r.validator,
+            None => return vec![],
+        },
     };
     let params = secret_refs_as_text(params);
     validator

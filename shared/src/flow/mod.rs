@@ -24,4 +24,4 @@ pub fn depth_exceeded_message() -> String {
 }
 pub use definition::{Edge, FlowDefinition, Node, RetryPolicy};
 pub use template::{Compiled, CompiledParams, EvalScope, Template, TemplateError};
-pub use validate::{FieldError, check_deadline, validate};
+pub use validate::{FieldError, check_deadline, validate, validate_in};

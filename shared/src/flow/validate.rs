@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::catalog::{self, NodeSpec, switch_port};
+use super::catalog::{self, NodeSpec, Table, switch_port};
 use super::definition::{FlowDefinition, Node, RetryPolicy};
 use super::kind::NodeKind;
 use super::template::CompiledParams;
@@ -24,7 +24,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, node: Option<&str>, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, node: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             node: node.map(str::to_string),
@@ -33,12 +33,17 @@ impl FieldError {
     }
 }
 
-/// Validates a definition as received; on success returns it typed.
+/// Validates a definition as received against the built-in node types; on success returns it typed.
 pub fn validate(raw: &Value) -> Result<FlowDefinition, Vec<FieldError>> {
-    validate_at(raw, "definition", 0)
+    validate_in(raw, &Table::built_in())
 }
 
-fn validate_at(raw: &Value, root: &str, depth: usize) -> Result<FlowDefinition, Vec<FieldError>> {
+/// As [`validate`], knowing the node types of `table` (a service's, with its plugins' types).
+pub fn validate_in(raw: &Value, table: &Table) -> Result<FlowDefinition, Vec<FieldError>> {
+    validate_at(raw, "definition", 0, table)
+}
+
+fn validate_at(raw: &Value, root: &str, depth: usize, table: &Table) -> Result<FlowDefinition, Vec<FieldError>> {
     let def: FlowDefinition =
         serde_json::from_value(raw.clone()).map_err(|e| vec![FieldError::new(root, None, e.to_string())])?;
     let mut errors = Vec::new();
@@ -92,7 +97,7 @@ fn validate_at(raw: &Value, root: &str, depth: usize) -> Result<FlowDefinition, 
             ));
         }
         check_policy(node, &at, &mut errors);
-        let Some(spec) = catalog::spec(&node.kind) else {
+        let Some(spec) = table.spec(&node.kind) else {
             errors.push(FieldError::new(
                 format!("{at}.type"),
                 id,
@@ -113,7 +118,7 @@ fn validate_at(raw: &Value, root: &str, depth: usize) -> Result<FlowDefinition, 
             }
             continue;
         }
-        check_node(spec, node, &at, depth, &mut errors);
+        check_node(spec, node, &at, depth, table, &mut errors);
         // A loop's sub-flow is its own scope: its templates are checked with it.
         let templated = without(&node.params, spec.raw_params);
         match CompiledParams::compile(&templated) {
@@ -241,7 +246,7 @@ fn check_policy(node: &Node, at: &str, errors: &mut Vec<FieldError>) {
 
 /// Rules a JSON Schema cannot say: unique switch labels, code that parses,
 /// sub-flows that validate.
-fn check_node(spec: &NodeSpec, node: &Node, at: &str, depth: usize, errors: &mut Vec<FieldError>) {
+fn check_node(spec: &NodeSpec, node: &Node, at: &str, depth: usize, table: &Table, errors: &mut Vec<FieldError>) {
     let id = Some(node.id.as_str());
     let params = &node.params;
     match spec.kind {
@@ -271,7 +276,7 @@ fn check_node(spec: &NodeSpec, node: &Node, at: &str, depth: usize, errors: &mut
                     id,
                     super::depth_exceeded_message(),
                 ));
-            } else if let Err(inner) = validate_at(&params["flow"], &format!("{at}.params.flow"), depth + 1) {
+            } else if let Err(inner) = validate_at(&params["flow"], &format!("{at}.params.flow"), depth + 1, table) {
                 errors.extend(inner);
             }
         }

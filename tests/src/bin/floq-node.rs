@@ -23,9 +23,9 @@ async fn main() -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(floq_shared::ops::shutdown_on_signal(shutdown.clone()));
     let result = match service.as_str() {
-        "api" => floq_api::run(config, shutdown).await,
-        "worker" => floq_worker::run(config, shutdown).await,
-        "scheduler" => floq_scheduler::run(config, shutdown).await,
+        "api" => floq_api::run_with_plugins(config, shutdown, floq_plugins::bundled()).await,
+        "worker" => floq_worker::run_with_plugins(config, shutdown, floq_plugins::bundled()).await,
+        "scheduler" => floq_scheduler::run_with_plugins(config, shutdown, floq_plugins::bundled()).await,
         other => {
             eprintln!("floq-node: unknown service {other:?}: expected api, worker or scheduler");
             return ExitCode::from(2);

@@ -21,6 +21,7 @@ mod nodes;
 mod oauth;
 mod openapi;
 mod paging;
+mod plugins;
 mod poison;
 mod reach;
 mod readme;

@@ -20,6 +20,9 @@ use crate::sandbox::{Sandbox, SandboxError};
 use crate::vault::Credential;
 use floq_shared::crypto::Keyring;
 use floq_shared::flow::NodeKind;
+use floq_shared::flow::NodeSpec;
+use floq_shared::flow::catalog::Table;
+use floq_shared::plugin::Plugins;
 
 mod branch;
 mod code;
@@ -28,6 +31,7 @@ mod http_request;
 mod kv;
 mod loop_items;
 mod merge;
+mod plugin;
 mod postgres;
 mod respond;
 mod set;
@@ -149,6 +153,8 @@ pub struct NodeEnv {
     pub runner: Arc<dyn Runner>,
     /// Access tokens of `oauth2` credentials, refreshed just in time.
     pub oauth: Arc<crate::oauth::Tokens>,
+    /// The enabled plugins, whose hooks run around every node.
+    pub plugins: Plugins,
 }
 
 /// The run a node executes in.
@@ -271,25 +277,60 @@ pub trait Node: Send + Sync {
     fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, NodeResult>;
 }
 
-static REGISTRY: LazyLock<HashMap<NodeKind, &'static dyn Node>> = LazyLock::new(|| {
-    let nodes: [(NodeKind, &'static dyn Node); 14] = [
-        (NodeKind::SET, &set::Set),
-        (NodeKind::IF, &branch::If),
-        (NodeKind::SWITCH, &branch::Switch),
-        (NodeKind::MERGE, &merge::Merge),
-        (NodeKind::DELAY, &delay::Delay),
-        (NodeKind::CODE, &code::Code),
-        (NodeKind::LOOP, &loop_items::Loop),
-        (NodeKind::HTTP_REQUEST, &http_request::HttpRequest),
-        (NodeKind::SUB_FLOW, &sub_flow::SubFlow),
-        (NodeKind::POSTGRES, &postgres::Postgres),
-        (NodeKind::SMTP_SEND, &smtp_send::SmtpSend),
-        (NodeKind::RESPOND, &respond::Respond),
-        (NodeKind::KV_GET, &kv::KvGet),
-        (NodeKind::KV_SET, &kv::KvSet),
+static REGISTRY: LazyLock<HashMap<NodeKind, Arc<dyn Node>>> = LazyLock::new(|| {
+    let nodes: [(NodeKind, Arc<dyn Node>); 14] = [
+        (NodeKind::SET, Arc::new(set::Set)),
+        (NodeKind::IF, Arc::new(branch::If)),
+        (NodeKind::SWITCH, Arc::new(branch::Switch)),
+        (NodeKind::MERGE, Arc::new(merge::Merge)),
+        (NodeKind::DELAY, Arc::new(delay::Delay)),
+        (NodeKind::CODE, Arc::new(code::Code)),
+        (NodeKind::LOOP, Arc::new(loop_items::Loop)),
+        (NodeKind::HTTP_REQUEST, Arc::new(http_request::HttpRequest)),
+        (NodeKind::SUB_FLOW, Arc::new(sub_flow::SubFlow)),
+        (NodeKind::POSTGRES, Arc::new(postgres::Postgres)),
+        (NodeKind::SMTP_SEND, Arc::new(smtp_send::SmtpSend)),
+        (NodeKind::RESPOND, Arc::new(respond::Respond)),
+        (NodeKind::KV_GET, Arc::new(kv::KvGet)),
+        (NodeKind::KV_SET, Arc::new(kv::KvSet)),
     ];
     nodes.into_iter().collect()
 });
+
+/// The node types one worker executes: the built-ins and those its enabled
+/// plugins add, each with its spec from the service's node table.
+#[derive(Clone)]
+pub struct Implementations {
+    table: Table,
+    plugin_nodes: Arc<HashMap<NodeKind, Arc<dyn Node>>>,
+}
+
+impl Implementations {
+    pub fn built_in() -> Self {
+        Self {
+            table: Table::built_in(),
+            plugin_nodes: Arc::default(),
+        }
+    }
+
+    pub fn with_plugins(plugins: &Plugins) -> Self {
+        let plugin_nodes = plugins
+            .node_types()
+            .map(|(kind, node)| (*kind, Arc::new(plugin::PluginNode(node.clone())) as Arc<dyn Node>))
+            .collect();
+        Self {
+            table: plugins.table().clone(),
+            plugin_nodes: Arc::new(plugin_nodes),
+        }
+    }
+
+    /// The spec and implementation of the type a definition names, if this worker has it.
+    pub fn get(&self, name: &str) -> Option<(&'static NodeSpec, Arc<dyn Node>)> {
+        let spec = self.table.spec(name)?;
+        let node = REGISTRY.get(&spec.kind).or_else(|| self.plugin_nodes.get(&spec.kind))?;
+        Some((spec, node.clone()))
+    }
+}
 
 /// The nodes a stopping run interrupts (dropping their future is safe: a
 /// timer, a script the sandbox interrupts, an HTTP call that may or may not
@@ -300,7 +341,7 @@ pub fn interruptible(kind: NodeKind) -> bool {
     [NodeKind::CODE, NodeKind::DELAY, NodeKind::HTTP_REQUEST].contains(&kind)
 }
 
-pub fn registry() -> &'static HashMap<NodeKind, &'static dyn Node> {
+pub fn registry() -> &'static HashMap<NodeKind, Arc<dyn Node>> {
     &REGISTRY
 }
 
