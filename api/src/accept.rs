@@ -52,6 +52,8 @@ struct Request {
     idempotency_key: Option<String>,
     /// The worker should send the outcome back (a synchronous webhook waits for it).
     wants_reply: bool,
+    /// The accepting span's W3C `traceparent`, when traces are exported.
+    traceparent: Option<String>,
     reply: oneshot::Sender<Result<Reply, Arc<StoreError>>>,
 }
 
@@ -188,6 +190,8 @@ impl Acceptor {
         }
         let (reply, rx) = oneshot::channel();
         let run_id = Uuid::now_v7();
+        // The accept's span: the run's trace continues from it on the worker (the envelope carries it).
+        let span = tracing::info_span!("accept", run.id = %run_id, flow.id = %flow_id, company.id = %company_id);
         // Registered before the run can be published, so even an instant outcome finds it.
         let waiter = self.replies.as_ref().filter(|_| wait).map(|r| r.register(run_id));
         let mut details = json!({"flow_id": flow_id, "trigger": trigger, "input": audit::shape(&input)});
@@ -211,6 +215,7 @@ impl Acceptor {
                 audit,
                 idempotency_key,
                 wants_reply: waiter.is_some(),
+                traceparent: span.in_scope(floq_shared::telemetry::current_traceparent),
                 reply,
             })
             .await
@@ -344,6 +349,7 @@ async fn commit(pool: &Pool, batch: &[Request]) -> Result<Committed, StoreError>
                 grantee: r.grantee,
                 version: r.version,
                 retry_of: r.retry_of,
+                traceparent: r.traceparent.clone(),
             })
             .collect();
         let created = runs::enqueue(&mut tx, company_id, &new_runs).await?;
@@ -477,6 +483,7 @@ mod tests {
             wants_reply: false,
             version: None,
             retry_of: None,
+            traceparent: None,
             reply,
         };
         (request, rx)

@@ -92,6 +92,8 @@ pub async fn spawn_with_plugins(
     }
     let backlog = floq_shared::backlog::Backlog::new(&config);
     let sampler_shutdown = CancellationToken::new();
+    let pool_watch =
+        floq_shared::telemetry::watch_pool(pool.clone(), config.db_max_connections, sampler_shutdown.clone());
     let sampler = backlog.spawn(pool.clone(), sampler_shutdown.clone());
 
     let (acceptor, accept_tasks) = accept::Acceptor::start(pool.clone(), publisher.clone(), backlog.clone());
@@ -173,6 +175,7 @@ pub async fn spawn_with_plugins(
         let _ = metrics_task.await;
         sampler_shutdown.cancel();
         let _ = sampler.await;
+        let _ = pool_watch.await;
         pool.close().await;
         tracing::info!("floq-api stopped");
         Ok(())

@@ -107,7 +107,7 @@ async fn main() -> std::process::ExitCode {
         eprintln!("floq-api: configuration error: {e}");
         return std::process::ExitCode::from(2);
     }
-    telemetry::init_tracing(&config);
+    let _tracing = telemetry::init_tracing(&config, "floq-api");
     match execute(cli.command.unwrap_or(Command::Serve), config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

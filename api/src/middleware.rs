@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::{ApiError, Denial, ErrorBody};
@@ -109,10 +110,22 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
 
-    let mut response = match on_request(&state, &mut req, &request_id, client_ip).await {
-        Some(answer) => answer,
-        None => next.run(req).await,
-    };
+    // Every log line of the request carries its id; a W3C `traceparent` from the caller is continued.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        http.method = %method,
+        http.route = %route,
+    );
+    floq_shared::telemetry::continue_trace(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    let mut response = async {
+        match on_request(&state, &mut req, &request_id, client_ip).await {
+            Some(answer) => answer,
+            None => next.run(req).await,
+        }
+    }
+    .instrument(span)
+    .await;
 
     let status = response.status();
     let flow_shaped = response.extensions().get::<FlowReply>().is_some();

@@ -134,6 +134,7 @@ async fn fire(pool: &db::Pool, publisher: &Publisher, due: &Due) -> anyhow::Resu
             grantee: None,
             version: None,
             retry_of: None,
+            traceparent: None,
         };
         let created = runs::enqueue(&mut tx, company_id, std::slice::from_ref(&run))
             .await?

@@ -81,6 +81,7 @@ pub async fn spawn_with_plugins(
         Arc::new(move || publisher.is_connected())
     };
     let ops_shutdown = CancellationToken::new();
+    let pool_watch = floq_shared::telemetry::watch_pool(pool.clone(), config.db_max_connections, ops_shutdown.clone());
     let (addr, ops_task) = ops::serve(
         config.scheduler_http_addr,
         ops::router(
@@ -114,6 +115,7 @@ pub async fn spawn_with_plugins(
         let _ = sampler.await;
         ops_shutdown.cancel();
         let _ = ops_task.await;
+        let _ = pool_watch.await;
         pool.close().await;
         tracing::info!("floq-scheduler stopped");
         Ok(())

@@ -32,7 +32,7 @@ async fn main() -> std::process::ExitCode {
         eprintln!("floq-scheduler: configuration error: {e}");
         return std::process::ExitCode::from(2);
     }
-    telemetry::init_tracing(&config);
+    let _tracing = telemetry::init_tracing(&config, "floq-scheduler");
     let shutdown = CancellationToken::new();
     tokio::spawn(floq_shared::ops::shutdown_on_signal(shutdown.clone()));
     match floq_scheduler::run_with_plugins(config, shutdown, floq_plugins::bundled()).await {

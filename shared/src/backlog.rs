@@ -65,6 +65,8 @@ pub struct Backlog {
     queued: AtomicU64,
     outbox: AtomicU64,
     broker_up: AtomicBool,
+    /// Whether the sampler ever reached the broker: a connection after that is a reconnect.
+    ever_connected: AtomicBool,
     /// Companies that triggered while their shard could hold more than their bound.
     suspects: Mutex<HashSet<Uuid>>,
     /// Companies the last count found over their bound.
@@ -86,6 +88,7 @@ impl Backlog {
             outbox: AtomicU64::new(0),
             // Until the first sample says otherwise.
             broker_up: AtomicBool::new(true),
+            ever_connected: AtomicBool::new(false),
             suspects: Mutex::default(),
             over: RwLock::default(),
         })
@@ -151,8 +154,12 @@ impl Backlog {
 
     async fn sample(&self, pool: &Pool, broker: &mut Option<(Connection, Channel)>) {
         match self.sample_queues(broker).await {
-            Ok(()) => self.broker_up.store(true, Ordering::Relaxed),
+            Ok(()) => {
+                self.broker_up.store(true, Ordering::Relaxed);
+                METRICS.broker_up.set(1);
+            }
             Err(e) => {
+                METRICS.broker_up.set(0);
                 if self.broker_up.swap(false, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "cannot sample the run queues: the broker is unreachable; accepting into the outbox");
                 }
@@ -174,8 +181,13 @@ impl Backlog {
             .as_ref()
             .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
         {
+            let reconnecting = broker.is_some() || self.ever_connected.swap(true, Ordering::Relaxed);
+            *broker = None;
             let conn = queue::connect(&self.amqp_url).await?;
             let channel = conn.create_channel().await?;
+            if reconnecting {
+                METRICS.broker_reconnects.with_label_values(&["sampler"]).inc();
+            }
             // Declared here too, so a replica that started while the broker was down finds its queues.
             self.topology.declare(&channel, self.delivery_limit).await?;
             *broker = Some((conn, channel));
@@ -183,26 +195,26 @@ impl Backlog {
         let Some((_, channel)) = broker.as_ref() else {
             return Ok(());
         };
-        let mut total = 0;
+        let (mut total, mut consumers) = (0, 0);
         for (queue, slot) in self.topology.run_queues().zip(&self.depths) {
-            let depth = u64::from(
-                channel
-                    .queue_declare(
-                        queue.into(),
-                        lapin::options::QueueDeclareOptions {
-                            passive: true,
-                            ..Default::default()
-                        },
-                        lapin::types::FieldTable::default(),
-                    )
-                    .await?
-                    .message_count(),
-            );
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await?;
+            let depth = u64::from(declared.message_count());
             slot.store(depth, Ordering::Relaxed);
             total += depth;
+            consumers += i64::from(declared.consumer_count());
         }
         self.queued.store(total, Ordering::Relaxed);
         METRICS.queue_jobs_waiting.set(total as i64);
+        METRICS.queue_consumers.set(consumers);
         Ok(())
     }
 

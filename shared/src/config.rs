@@ -154,6 +154,25 @@ pub struct Config {
     pub plugin_settings: crate::plugin::PluginSettings,
     pub log_filter: String,
     pub log_json: bool,
+    /// OpenTelemetry traces over OTLP/HTTP, off unless `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set (docs/operations.md).
+    pub otel: Option<Otel>,
+}
+
+/// The standard `OTEL_*` settings floq honours.
+#[derive(Clone, Debug)]
+pub struct Otel {
+    /// Where spans are posted: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given, or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`.
+    pub traces_endpoint: String,
+    /// `OTEL_SERVICE_NAME`; each binary's own name when unset.
+    pub service_name: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (`key=value,…`, percent-decoded): often a vendor's API key.
+    pub headers: Vec<(String, Secret)>,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (ms, default 5000): how long spans wait to be sent in a batch.
+    pub schedule_delay: Duration,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10000) for each export.
+    pub timeout: Duration,
 }
 
 impl Config {
@@ -325,6 +344,7 @@ impl Config {
                     });
                 }
             },
+            otel: otel(&v)?,
         })
     }
 
@@ -342,6 +362,70 @@ impl Config {
     pub fn describe(&self) -> String {
         format!("{self:#?}")
     }
+}
+
+fn otel(v: &Vars) -> Result<Option<Otel>, ConfigError> {
+    if v.get("OTEL_SDK_DISABLED")
+        .is_some_and(|d| d.eq_ignore_ascii_case("true"))
+    {
+        return Ok(None);
+    }
+    let traces_endpoint = match (
+        v.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        v.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ) {
+        (Some(traces), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces.to_string()),
+        (None, Some(base)) => (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("{}/v1/traces", base.trim_end_matches('/')),
+        ),
+        (None, None) => return Ok(None),
+    };
+    let (var, endpoint) = traces_endpoint;
+    match url::Url::parse(&endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+        _ => {
+            return Err(ConfigError {
+                var,
+                problem: "must be an http:// or https:// URL".into(),
+            });
+        }
+    }
+    for var in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] {
+        if let Some(protocol) = v.get(var)
+            && protocol != "http/protobuf"
+        {
+            return Err(ConfigError {
+                var,
+                problem: format!("floq exports OTLP over `http/protobuf` only, not `{protocol}`"),
+            });
+        }
+    }
+    let mut headers = Vec::new();
+    for pair in v
+        .get("OTEL_EXPORTER_OTLP_HEADERS")
+        .unwrap_or("")
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+    {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(ConfigError {
+                var: "OTEL_EXPORTER_OTLP_HEADERS",
+                problem: "must be `key=value` pairs separated by commas".into(),
+            });
+        };
+        let value = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8_lossy()
+            .into_owned();
+        headers.push((key.trim().to_string(), Secret::new(value)));
+    }
+    Ok(Some(Otel {
+        traces_endpoint: endpoint,
+        service_name: v.get("OTEL_SERVICE_NAME").map(str::to_string),
+        headers,
+        schedule_delay: Duration::from_millis(v.parse_in("OTEL_BSP_SCHEDULE_DELAY", 5000, 1..=600_000)?),
+        timeout: Duration::from_millis(v.parse_in("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, 1..=600_000)?),
+    }))
 }
 
 /// Where the scheduler also writes every sealed audit entry, one JSON line each.

@@ -6,20 +6,153 @@ use prometheus::{
 };
 use std::sync::LazyLock;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::Config;
 
-/// Installs the global tracing subscriber (JSON lines by default). Safe to call twice.
-pub fn init_tracing(config: &Config) {
+/// Keeps the trace exporter alive; dropping it sends the spans still batched.
+#[must_use = "dropping it stops exporting traces"]
+pub struct Tracing {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global tracing subscriber (JSON lines by default) and, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the OpenTelemetry layer exporting
+/// spans as `service` (or `OTEL_SERVICE_NAME`). Safe to call twice: the
+/// first subscriber stays.
+pub fn init_tracing(config: &Config, service: &str) -> Tracing {
     let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if config.log_json {
-        builder.json().flatten_event(true).with_current_span(true).try_init()
+    let logs = if config.log_json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
     };
+    let provider = config
+        .otel
+        .as_ref()
+        .and_then(|otel| match tracer_provider(otel, service) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("{service}: traces are off: the OTLP exporter could not be built: {e}");
+                None
+            }
+        });
+    // Spans of floq's own code, whatever FLOQ_LOG says: traces and logs are filtered apart.
+    let traces = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("floq"))
+            .with_filter(tracing_subscriber::filter::Targets::new().with_targets(
+                ["floq_api", "floq_worker", "floq_scheduler", "floq_shared"].map(|t| (t, tracing::Level::INFO)),
+            ))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .try_init()
+        .is_ok();
+    Tracing {
+        provider: if installed { provider } else { None },
+    }
+}
+
+fn tracer_provider(
+    otel: &crate::config::Otel,
+    service: &str,
+) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    let headers = otel
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_string()))
+        .collect();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(otel.traces_endpoint.clone())
+        .with_timeout(otel.timeout)
+        .with_headers(headers)
+        .build()?;
+    let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+        .with_scheduled_delay(otel.schedule_delay)
+        .build();
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch)
+        .build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(otel.service_name.clone().unwrap_or_else(|| service.to_string()))
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(resource)
+        .build())
+}
+
+/// A W3C `traceparent` as a propagator's carrier.
+struct Carrier(Option<String>);
+
+impl opentelemetry::propagation::Extractor for Carrier {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0.as_deref()).flatten()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+impl opentelemetry::propagation::Injector for Carrier {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
+}
+
+/// Makes `span` a child of the remote span a W3C `traceparent` names (an
+/// HTTP header, or what a run's message carries); a missing or malformed
+/// one leaves it a root.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let cx =
+        opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&Carrier(Some(traceparent.to_string())));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// The current span's W3C `traceparent`, when traces are exported.
+pub fn current_traceparent() -> Option<String> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = Carrier(None);
+    opentelemetry_sdk::propagation::TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.0
 }
 
 pub struct Metrics {
@@ -70,6 +203,81 @@ pub struct Metrics {
     /// (`ok`, or the JSON-RPC error's name); and tool calls by how their run ended.
     pub mcp_requests: IntCounterVec,
     pub mcp_tool_calls: IntCounterVec,
+    /// n8n's `workflow_execution_duration_seconds` under our prefix: runs by how they ended and what started them.
+    pub workflow_execution_duration: HistogramVec,
+    /// Runs finished per company: the first [`COMPANY_LABELS_MAX`] companies a process sees get their own
+    /// label, later ones count as `other`, so the series stay bounded.
+    pub company_runs: IntCounterVec,
+    pub queue_consumers: IntGauge,
+    pub audit_seal_lag: prometheus::Gauge,
+    pub sandbox_threads: IntGauge,
+    pub sandbox_threads_busy: IntGauge,
+    pub db_pool_connections: IntGaugeVec,
+    pub db_pool_max_connections: IntGauge,
+    pub database_up: IntGauge,
+    pub broker_up: IntGauge,
+    pub broker_reconnects: IntCounterVec,
+}
+
+/// Companies with a label of their own in `floq_company_runs_total` (per process).
+pub const COMPANY_LABELS_MAX: usize = 100;
+
+static COMPANIES_LABELLED: LazyLock<std::sync::Mutex<std::collections::HashSet<uuid::Uuid>>> =
+    LazyLock::new(Default::default);
+
+/// The `company` label of `company_id`: its id while fewer than [`COMPANY_LABELS_MAX`] have one, else `other`.
+pub fn company_label(company_id: uuid::Uuid) -> String {
+    let mut seen = COMPANIES_LABELLED.lock().expect("company labels lock");
+    if seen.contains(&company_id) || (seen.len() < COMPANY_LABELS_MAX && seen.insert(company_id)) {
+        company_id.to_string()
+    } else {
+        "other".into()
+    }
+}
+
+/// Counts one finished run: by outcome and trigger, and per company.
+pub fn run_finished(company_id: uuid::Uuid, status: &str, trigger: &str, seconds: f64) {
+    METRICS
+        .workflow_execution_duration
+        .with_label_values(&[status, trigger])
+        .observe(seconds);
+    METRICS
+        .company_runs
+        .with_label_values(&[company_label(company_id).as_str(), status])
+        .inc();
+}
+
+/// Samples a service's database pool every few seconds (`floq_db_pool_*`, `floq_database_up`) until `stop`.
+pub fn watch_pool(
+    pool: crate::db::Pool,
+    max: u32,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    METRICS.db_pool_max_connections.set(i64::from(max));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let idle = pool.num_idle() as i64;
+            let size = i64::from(pool.size());
+            METRICS.db_pool_connections.with_label_values(&["idle"]).set(idle);
+            METRICS
+                .db_pool_connections
+                .with_label_values(&["in_use"])
+                .set((size - idle).max(0));
+            let up = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            METRICS.database_up.set(i64::from(up));
+        }
+    })
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -251,6 +459,63 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "floq_mcp_tool_calls_total",
             "MCP tool calls, by outcome (succeeded, failed, cancelled, pending, invalid_arguments, refused)",
             &["outcome"],
+        ),
+        workflow_execution_duration: histogram(
+            "floq_workflow_execution_duration_seconds",
+            "Run execution time, by status and trigger (n8n's workflow_execution_duration_seconds)",
+            &["status", "trigger"],
+        ),
+        company_runs: counter(
+            "floq_company_runs_total",
+            "Runs finished per company (the first 100 a process sees; later ones as `other`), by status",
+            &["company", "status"],
+        ),
+        queue_consumers: gauge(
+            "floq_queue_consumers",
+            "Consumers on the run queues (all shards), as last sampled",
+        ),
+        audit_seal_lag: {
+            let g = prometheus::Gauge::new(
+                "floq_audit_seal_lag_seconds",
+                "Age of the oldest audit entry not yet sealed into its chain (0 when all are sealed), as of the last seal pass",
+            )
+            .expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        },
+        sandbox_threads: gauge("floq_sandbox_threads", "Sandbox threads in this worker"),
+        sandbox_threads_busy: gauge(
+            "floq_sandbox_threads_busy",
+            "Sandbox threads running a script right now",
+        ),
+        db_pool_connections: {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "floq_db_pool_connections",
+                    "Database pool connections, by state (idle, in_use)",
+                ),
+                &["state"],
+            )
+            .expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        },
+        db_pool_max_connections: gauge(
+            "floq_db_pool_max_connections",
+            "The database pool's size limit (FLOQ_DB_MAX_CONNECTIONS)",
+        ),
+        database_up: gauge(
+            "floq_database_up",
+            "1 while this service's last database probe succeeded",
+        ),
+        broker_up: gauge("floq_broker_up", "1 while this service's broker connection is up"),
+        broker_reconnects: with_zeros(
+            counter(
+                "floq_broker_reconnects_total",
+                "Broker connections re-established after one was lost, by connection (consumer, sampler)",
+                &["connection"],
+            ),
+            &["consumer", "sampler"],
         ),
         registry,
     }

@@ -320,7 +320,7 @@ impl TestApp {
         let prefix = format!("t{}_{}", *RUN_ID, Uuid::new_v4().simple());
         let mut config = test_config(&db_name, &prefix);
         tweak(&mut config);
-        floq_shared::telemetry::init_tracing(&config);
+        std::mem::forget(floq_shared::telemetry::init_tracing(&config, "floq-test"));
         let pool = PgPool::connect(config.database_url.expose()).await.expect("test pool");
         let admin = floq_api::admin::bootstrap(&pool, &config, "Acme", "admin@acme.test")
             .await

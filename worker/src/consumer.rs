@@ -73,7 +73,10 @@ pub(crate) async fn handle(worker: &Worker, replies: &Channel, delivery: Deliver
         }
     };
     let Envelope::RunFlowV1(msg) = envelope;
-    let span = tracing::info_span!("run", run.id = %msg.run_id, company.id = %msg.company_id, flow.id = %msg.flow_id);
+    let span = tracing::info_span!("run", run.id = %msg.run_id, company.id = %msg.company_id, flow.id = %msg.flow_id,
+        run.trigger = msg.trigger.as_str());
+    // The accepting API's span is the parent: one trace from the request through the queue to each node.
+    floq_shared::telemetry::continue_trace(&span, msg.traceparent.as_deref());
     let _ = tracing::Instrument::instrument(run(worker, replies, msg, delivery), span).await;
     METRICS.worker_inflight.dec();
 }
@@ -228,12 +231,12 @@ async fn run(worker: &Worker, replies: &Channel, mut msg: RunFlowV1, delivery: D
         }
     };
     drop(held);
-    METRICS.run_duration.observe(
-        (outcome.finished_at - outcome.started_at)
-            .to_std()
-            .unwrap_or_default()
-            .as_secs_f64(),
-    );
+    let seconds = (outcome.finished_at - outcome.started_at)
+        .to_std()
+        .unwrap_or_default()
+        .as_secs_f64();
+    METRICS.run_duration.observe(seconds);
+    floq_shared::telemetry::run_finished(msg.company_id, outcome.status.as_str(), msg.trigger.as_str(), seconds);
     // Before the reply is built, so the caller sees what the database will hold.
     outcome_writer::make_storable(&mut outcome);
     let reply = reply_to.and_then(|to| {

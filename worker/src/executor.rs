@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::checkpoints::Journal;
 use crate::flow_cache::{CompiledFlow, CompiledNode};
@@ -277,12 +278,17 @@ pub async fn execute_parking(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<No
                     node_path: format!("{}{}", ctx.path, node.id).into(),
                     wake_at: None,
                 };
-                in_flight.push(async move {
-                    let started = Utc::now();
-                    let clock = Instant::now();
-                    let ran = run_node(node, params, node_ctx, wait, park_after).await;
-                    (i, ran, started, Utc::now(), clock.elapsed())
-                });
+                let span = tracing::info_span!("node", node.id = %node.id, node.type = node.spec.name,
+                    node.path = %node_ctx.node_path, run.id = %ctx.run_id);
+                in_flight.push(
+                    async move {
+                        let started = Utc::now();
+                        let clock = Instant::now();
+                        let ran = run_node(node, params, node_ctx, wait, park_after).await;
+                        (i, ran, started, Utc::now(), clock.elapsed())
+                    }
+                    .instrument(span),
+                );
             }
         }
 

@@ -56,6 +56,7 @@ pub async fn consume(
             Ok(conn) => last = Some(conn),
             Err(e) => {
                 broker_up.store(false, Ordering::Relaxed);
+                METRICS.broker_up.set(0);
                 // Whatever waited here belonged to the lost channel: the broker delivers it again.
                 intake.forget_waiting();
                 tracing::error!(error = %e, "consuming from RabbitMQ failed; reconnecting in 1 s");
@@ -87,6 +88,8 @@ struct Running {
 }
 
 struct Intake {
+    /// Whether a connection consumed before: the next one is a reconnect.
+    consumed_before: bool,
     slots: usize,
     company_cap: usize,
     /// Labels for the per-shard metrics (the last is the queue from before sharding).
@@ -105,6 +108,7 @@ impl Intake {
         let mut shard_labels: Vec<String> = (0..topology.shards.len()).map(|n| n.to_string()).collect();
         shard_labels.push("legacy".into());
         Self {
+            consumed_before: false,
             slots,
             company_cap: usize::from(worker.config.worker_company_concurrency).clamp(1, slots),
             shard_labels,
@@ -351,6 +355,10 @@ async fn consume_once(
     }
     let mut deliveries = futures_util::stream::select_all(consumers);
     broker_up.store(true, Ordering::Relaxed);
+    METRICS.broker_up.set(1);
+    if std::mem::replace(&mut intake.consumed_before, true) {
+        METRICS.broker_reconnects.with_label_values(&["consumer"]).inc();
+    }
     tracing::info!(
         queues = queues.len(),
         prefetch,

@@ -148,6 +148,7 @@ pub async fn spawn_with_plugins(
         ops::db_and_broker_ready(pool.clone(), Arc::new(move || broker_up.load(Ordering::Relaxed)))
     };
     let ops_shutdown = CancellationToken::new();
+    let pool_watch = floq_shared::telemetry::watch_pool(pool.clone(), config.db_max_connections, ops_shutdown.clone());
     let (addr, ops_task) = ops::serve(
         config.worker_http_addr,
         ops::router(ready, config.metrics_token.clone()),
@@ -209,6 +210,7 @@ pub async fn spawn_with_plugins(
         }
         ops_shutdown.cancel();
         let _ = ops_task.await;
+        let _ = pool_watch.await;
         pool.close().await;
         if exhausted.is_cancelled() {
             tracing::error!(

@@ -68,6 +68,7 @@ pub async fn seal_pending(pool: &PgPool, sink: Option<&AuditSink>, limit: i64) -
         }
     }
     if rows.is_empty() && watermark == low {
+        record_lag(&mut tx, low).await?;
         return Ok(0);
     }
 
@@ -157,9 +158,22 @@ pub async fn seal_pending(pool: &PgPool, sink: Option<&AuditSink>, limit: i64) -
     {
         sink.write(&lines).await?;
     }
+    record_lag(&mut tx, watermark).await?;
     tx.commit().await?;
     METRICS.audit_sealed.inc_by(n as u64);
     Ok(n)
+}
+
+/// `floq_audit_seal_lag_seconds`: how old the oldest entry the next pass starts from is.
+async fn record_lag(tx: &mut db::Tx, watermark: i64) -> sqlx::Result<()> {
+    let lag: f64 = sqlx::query_scalar(
+        "SELECT COALESCE(extract(epoch FROM now() - min(at)), 0)::float8 FROM audit_log WHERE xact >= $1",
+    )
+    .bind(watermark)
+    .fetch_one(&mut **tx)
+    .await?;
+    METRICS.audit_seal_lag.set(lag.max(0.0));
+    Ok(())
 }
 
 /// One link of the chain; `floq_audit_verify()` computes the same in SQL.

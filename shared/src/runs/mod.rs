@@ -36,6 +36,8 @@ pub struct NewRun<'a> {
     pub version: Option<i32>,
     /// The run this one retries (`runs.retry_of`).
     pub retry_of: Option<Uuid>,
+    /// W3C `traceparent` of the span that accepted it: the worker continues the trace.
+    pub traceparent: Option<String>,
 }
 
 /// A run [`enqueue`] created, with the message its outbox row holds.
@@ -136,7 +138,7 @@ fn envelope(company_id: Uuid, run: &NewRun, version: i32, attempt: i32) -> Envel
         attempt,
         trigger: run.trigger,
         input: inline.then(|| run.input.clone()),
-        traceparent: None,
+        traceparent: run.traceparent.clone(),
     })
 }
 
@@ -157,6 +159,7 @@ mod tests {
             grantee: None,
             version: None,
             retry_of: None,
+            traceparent: None,
         };
         let company = Uuid::now_v7();
         let Envelope::RunFlowV1(m) = envelope(company, &run(&small), 3, 1);
@@ -182,6 +185,7 @@ mod tests {
             grantee: None,
             version: None,
             retry_of: None,
+            traceparent: None,
         };
         let company = Uuid::now_v7();
         let mut message = serde_json::to_value(envelope(company, &run, 0, 1)).unwrap();

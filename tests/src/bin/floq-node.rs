@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_tracing(&config);
+    let _tracing = telemetry::init_tracing(&config, &format!("floq-{service}"));
     let shutdown = CancellationToken::new();
     tokio::spawn(floq_shared::ops::shutdown_on_signal(shutdown.clone()));
     let result = match service.as_str() {

@@ -139,6 +139,7 @@ impl Sandbox {
             exhausted: CancellationToken::new(),
             engines_built: AtomicUsize::new(0),
         });
+        METRICS.sandbox_threads.add(threads as i64);
         for _ in 0..threads {
             spawn_thread(Arc::clone(&shared)).expect("cannot start sandbox threads");
         }
@@ -198,6 +199,7 @@ impl Sandbox {
         let Ok(worker) = started_rx.await else {
             return failed(count, "the sandbox thread stopped");
         };
+        let _busy = Busy::start();
         match tokio::time::timeout(budget, reply_rx).await {
             Ok(Ok(results)) => results,
             Ok(Err(_)) => failed(count, "the sandbox thread stopped"),
@@ -215,6 +217,22 @@ impl Sandbox {
                     .collect()
             }
         }
+    }
+}
+
+/// Counts a thread in `floq_sandbox_threads_busy` while a task runs on it (or is abandoned on it).
+struct Busy;
+
+impl Busy {
+    fn start() -> Self {
+        METRICS.sandbox_threads_busy.inc();
+        Self
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        METRICS.sandbox_threads_busy.dec();
     }
 }
 
