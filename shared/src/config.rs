@@ -210,10 +210,14 @@ impl Config {
             });
         }
         let amqp_url = v.string("FLOQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-        if !amqp_url.starts_with("amqp://") && !amqp_url.starts_with("amqps://") {
+        // A cluster's nodes are listed separated by commas (`queue::connect`).
+        if crate::queue::nodes(&amqp_url).next().is_none()
+            || crate::queue::nodes(&amqp_url).any(|u| !u.starts_with("amqp://") && !u.starts_with("amqps://"))
+        {
             return Err(ConfigError {
                 var: "FLOQ_AMQP_URL",
-                problem: "must be an amqp:// or amqps:// URL".into(),
+                problem: "must be an amqp:// or amqps:// URL, or several separated by commas (a cluster's nodes)"
+                    .into(),
             });
         }
         let plugins = crate::plugin::settings::enabled(v.get("FLOQ_PLUGINS"))?;

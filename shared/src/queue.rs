@@ -234,7 +234,33 @@ fn durable() -> QueueDeclareOptions {
 /// would hold a service's runs for minutes before anything noticed.
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 
-pub async fn connect(url: &str) -> lapin::Result<Connection> {
+/// Connects to the broker. `urls` may list the nodes of a cluster separated
+/// by commas (`FLOQ_AMQP_URL`): each connection starts at the next node in
+/// turn (spreading connections) and tries the others when it is down, so a
+/// service reconnects to a surviving node when its own stops.
+pub async fn connect(urls: &str) -> lapin::Result<Connection> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nodes: Vec<&str> = nodes(urls).collect();
+    if nodes.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no broker URL").into());
+    }
+    let start = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut last = None;
+    for i in 0..nodes.len() {
+        match connect_one(nodes[(start + i) % nodes.len()]).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one node was tried"))
+}
+
+/// The node URLs of a `FLOQ_AMQP_URL`.
+pub fn nodes(urls: &str) -> impl Iterator<Item = &str> {
+    urls.split(',').map(str::trim).filter(|u| !u.is_empty())
+}
+
+async fn connect_one(url: &str) -> lapin::Result<Connection> {
     let mut uri: lapin::uri::AMQPUri = url
         .parse()
         .map_err(|e: String| lapin::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;

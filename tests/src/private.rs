@@ -246,6 +246,75 @@ impl PrivateRabbit {
         rabbit
     }
 
+    /// `n` nodes of one RabbitMQ cluster (a shared Erlang cookie; the others
+    /// joined to the first before anything is declared, so quorum queues get
+    /// a member on each node).
+    pub fn start_cluster(n: usize) -> Vec<Self> {
+        let cookie = Uuid::new_v4().simple().to_string().to_uppercase();
+        let nodes: Vec<Self> = (0..n)
+            .map(|_| {
+                let root = scratch("rabbit");
+                for dir in ["mnesia", "log", "home"] {
+                    std::fs::create_dir_all(root.join(dir)).expect("rabbit directory");
+                }
+                std::fs::write(root.join("rabbitmq.conf"), "loopback_users = none\n").expect("rabbitmq.conf");
+                std::fs::write(root.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+                std::fs::write(root.join("rabbitmq-env.conf"), "").expect("rabbitmq-env.conf");
+                let cookie_file = root.join("home/.erlang.cookie");
+                std::fs::write(&cookie_file, &cookie).expect("erlang cookie");
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&cookie_file, std::fs::Permissions::from_mode(0o400)).expect("cookie mode");
+                let tag = &Uuid::new_v4().simple().to_string()[..12];
+                let node = PrivateRabbit {
+                    node: format!("floqcluster{tag}@localhost"),
+                    port: free_port(),
+                    dist_port: free_port(),
+                    root,
+                };
+                node.start_again();
+                node
+            })
+            .collect();
+        for node in &nodes[1..] {
+            for args in [
+                vec!["stop_app"],
+                vec!["join_cluster", nodes[0].node.as_str()],
+                vec!["start_app"],
+            ] {
+                let mut cmd = node.command("rabbitmqctl");
+                cmd.args(["-n", &node.node]).args(&args);
+                run_logged(cmd, &node.root.join("join.log"));
+            }
+        }
+        nodes
+    }
+
+    /// This node's Erlang name (`name@localhost`).
+    pub fn name(&self) -> &str {
+        &self.node
+    }
+
+    /// The node leading each quorum queue whose name starts with `prefix`, as the cluster reports it.
+    pub fn queue_leaders(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut cmd = self.command("rabbitmqctl");
+        cmd.args([
+            "-n",
+            &self.node,
+            "list_queues",
+            "name",
+            "leader",
+            "--formatter",
+            "json",
+            "--quiet",
+        ]);
+        let out = cmd.output().expect("rabbitmqctl list_queues");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.iter()
+            .filter_map(|r| Some((r["name"].as_str()?.to_string(), r["leader"].as_str()?.to_string())))
+            .filter(|(name, _)| name.starts_with(prefix))
+            .collect()
+    }
+
     fn command(&self, tool: &str) -> Command {
         let mut cmd = Command::new(Path::new(RABBIT_BIN).join(tool));
         let r = &self.root;

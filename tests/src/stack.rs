@@ -23,12 +23,17 @@ use floq_shared::Config;
 pub struct StackOptions {
     /// A RabbitMQ node of the test's own (about 6 s to start), for a test that stops or kills the broker.
     pub private_rabbit: bool,
+    /// A private RabbitMQ cluster of this many nodes instead (quorum queues with a member on each);
+    /// the services get every node in `FLOQ_AMQP_URL`.
+    pub rabbit_cluster: usize,
     /// Extra or overriding `FLOQ_*` variables for every service.
     pub vars: Vec<(&'static str, String)>,
 }
 
 pub struct Stack {
     pub rabbit: Option<PrivateRabbit>,
+    /// The nodes of a private cluster (`StackOptions::rabbit_cluster`).
+    pub cluster: Vec<PrivateRabbit>,
     pub amqp_url: String,
     /// Every service's `FLOQ_*` environment.
     pub vars: HashMap<String, String>,
@@ -60,7 +65,20 @@ impl Stack {
             .expect("create database");
         admin_conn.close().await.expect("close");
         let rabbit = options.private_rabbit.then(PrivateRabbit::start);
-        let amqp_url = rabbit.as_ref().map_or_else(crate::amqp_url, PrivateRabbit::amqp_url);
+        let cluster = if options.rabbit_cluster > 0 {
+            PrivateRabbit::start_cluster(options.rabbit_cluster)
+        } else {
+            vec![]
+        };
+        let amqp_url = if cluster.is_empty() {
+            rabbit.as_ref().map_or_else(crate::amqp_url, PrivateRabbit::amqp_url)
+        } else {
+            cluster
+                .iter()
+                .map(PrivateRabbit::amqp_url)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         let prefix = format!("t{}_{}", *crate::RUN_ID, Uuid::new_v4().simple());
         let api_port = free_port();
         let mut vars: HashMap<String, String> = [
@@ -107,6 +125,7 @@ impl Stack {
         let mut stack = Stack {
             pg,
             rabbit,
+            cluster,
             amqp_url,
             vars,
             config,
@@ -230,7 +249,7 @@ impl Drop for Stack {
         self.api.take();
         self.worker.take();
         self.scheduler.take();
-        if self.rabbit.is_none() {
+        if self.rabbit.is_none() && self.cluster.is_empty() {
             let url = self.amqp_url.clone();
             let topology = floq_shared::queue::Topology::from_config(&self.config);
             let parking = floq_shared::parking::Parking::new(&self.config.queue_prefix, self.config.park_after);

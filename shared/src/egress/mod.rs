@@ -194,12 +194,15 @@ impl Policy {
         if let Some((host, port)) = url_host_port(config.database_url.expose(), 5432) {
             platform.push(endpoint(host, port));
         }
-        let amqps = config.amqp_url.expose().starts_with("amqps:");
-        if let Some((host, port)) = url_host_port(config.amqp_url.expose(), if amqps { 5671 } else { 5672 }) {
-            // The broker's management API (guest/guest answers on loopback), its Erlang
-            // distribution port and epmd are the broker too.
-            for port in [port, 15672, 15671, port.saturating_add(20000), 4369] {
-                platform.push(endpoint(host.clone(), port));
+        // Every node of a cluster is the broker.
+        for node in crate::queue::nodes(config.amqp_url.expose()) {
+            let amqps = node.starts_with("amqps:");
+            if let Some((host, port)) = url_host_port(node, if amqps { 5671 } else { 5672 }) {
+                // The broker's management API (guest/guest answers on loopback), its Erlang
+                // distribution port and epmd are the broker too.
+                for port in [port, 15672, 15671, port.saturating_add(20000), 4369] {
+                    platform.push(endpoint(host.clone(), port));
+                }
             }
         }
         for addr in config.listen_addrs() {

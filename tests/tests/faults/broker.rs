@@ -50,6 +50,7 @@ async fn broker_outages(runs: usize, pace: Duration, outages: &[Outage]) {
     let mut stack = stack(StackOptions {
         private_rabbit: true,
         vars: vec![("FLOQ_WORKER_PREFETCH", "20".into())],
+        ..Default::default()
     })
     .await;
     let server = CountingServer::start().await;

@@ -12,6 +12,7 @@
 mod api_crash;
 mod broker;
 mod cancel;
+mod cluster;
 mod database;
 mod oauth_refresh;
 mod poison;
