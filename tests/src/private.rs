@@ -117,6 +117,45 @@ impl PrivatePostgres {
         pg
     }
 
+    /// A streaming replica of `primary` (`pg_basebackup -R`), started on a port of its own.
+    pub fn replica_of(primary: &PrivatePostgres) -> Self {
+        let root = scratch("pg");
+        let (data, socket) = (root.join("data"), root.join("socket"));
+        std::fs::create_dir_all(&socket).expect("socket directory");
+        if primary.as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&root)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "cannot chown {} to postgres", root.display());
+        }
+        let replica = PrivatePostgres {
+            root,
+            data,
+            socket,
+            bindir: primary.bindir.clone(),
+            as_postgres: primary.as_postgres,
+            port: free_port(),
+        };
+        let mut backup = replica.command("pg_basebackup");
+        backup
+            .arg("-D")
+            .arg(&replica.data)
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+            .args(["-U", "postgres", "-X", "stream", "-R", "-c", "fast"]);
+        run_logged(backup, &replica.root.join("basebackup.log"));
+        replica.start_again();
+        replica
+    }
+
+    /// Promotes a replica to primary (`pg_ctl promote`), waiting until it accepts writes.
+    pub fn promote(&self) {
+        let mut ctl = self.command("pg_ctl");
+        ctl.arg("-D").arg(&self.data).args(["-w", "-t", "60", "promote"]);
+        run_logged(ctl, &self.root.join("pg_ctl-promote.log"));
+    }
+
     fn command(&self, tool: &str) -> Command {
         let bin = self.bindir.join(tool);
         if self.as_postgres {

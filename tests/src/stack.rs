@@ -26,6 +26,9 @@ pub struct StackOptions {
     /// A private RabbitMQ cluster of this many nodes instead (quorum queues with a member on each);
     /// the services get every node in `FLOQ_AMQP_URL`.
     pub rabbit_cluster: usize,
+    /// A streaming replica of the database, synchronous (a commit waits for it), with the services
+    /// reaching the primary through [`Stack::db_switch`], so a test can fail over to the replica.
+    pub pg_replica: bool,
     /// Extra or overriding `FLOQ_*` variables for every service.
     pub vars: Vec<(&'static str, String)>,
 }
@@ -47,8 +50,11 @@ pub struct Stack {
     pub worker: Option<NodeProcess>,
     pub scheduler: Option<NodeProcess>,
     pub logs: PathBuf,
+    /// Where the services reach the database with `pg_replica`: the primary, until a fail-over retargets it.
+    pub db_switch: Option<crate::forward::Switch>,
     // Dropped last: the processes above go before their servers.
     pub pg: PrivatePostgres,
+    pub replica: Option<PrivatePostgres>,
 }
 
 impl Stack {
@@ -64,6 +70,28 @@ impl Stack {
             .await
             .expect("create database");
         admin_conn.close().await.expect("close");
+        let replica = options.pg_replica.then(|| PrivatePostgres::replica_of(&pg));
+        let db_switch = match &replica {
+            Some(_) => {
+                // Synchronous from now on: what the primary acknowledged, the replica has.
+                let mut conn = PgConnection::connect(&pg.url("postgres")).await.expect("primary");
+                sqlx::query("ALTER SYSTEM SET synchronous_standby_names = '*'")
+                    .execute(&mut conn)
+                    .await
+                    .expect("synchronous replication");
+                sqlx::query("SELECT pg_reload_conf()")
+                    .execute(&mut conn)
+                    .await
+                    .expect("reload");
+                conn.close().await.expect("close");
+                Some(crate::forward::switch(([127, 0, 0, 1], pg.port).into()).await)
+            }
+            None => None,
+        };
+        let database_url = match &db_switch {
+            Some(s) => format!("postgres://postgres@127.0.0.1:{}/floq", s.port),
+            None => pg.url("floq"),
+        };
         let rabbit = options.private_rabbit.then(PrivateRabbit::start);
         let cluster = if options.rabbit_cluster > 0 {
             PrivateRabbit::start_cluster(options.rabbit_cluster)
@@ -82,7 +110,7 @@ impl Stack {
         let prefix = format!("t{}_{}", *crate::RUN_ID, Uuid::new_v4().simple());
         let api_port = free_port();
         let mut vars: HashMap<String, String> = [
-            ("FLOQ_DATABASE_URL", pg.url("floq")),
+            ("FLOQ_DATABASE_URL", database_url),
             ("FLOQ_AMQP_URL", amqp_url.clone()),
             ("FLOQ_JWT_SECRET", format!("test-secret-{}", Uuid::new_v4().simple())),
             ("FLOQ_ENC_KEY_SECRET", crate::TEST_ENC_KEY.0.clone()),
@@ -124,6 +152,8 @@ impl Stack {
         std::fs::create_dir_all(&logs).expect("log directory");
         let mut stack = Stack {
             pg,
+            replica,
+            db_switch,
             rabbit,
             cluster,
             amqp_url,

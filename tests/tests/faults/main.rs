@@ -14,6 +14,7 @@ mod broker;
 mod cancel;
 mod cluster;
 mod database;
+mod failover;
 mod oauth_refresh;
 mod poison;
 mod sigterm;
