@@ -45,25 +45,65 @@ pub fn keys(email: &str, client: &IpAddr) -> [(String, f64); 2] {
 /// `X-Forwarded-For`. Without this, every client behind a proxy would share
 /// one throttling bucket. Untrusted peers cannot spoof the header.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
+    // A dual-stack listener sees IPv4 peers as `::ffff:a.b.c.d`.
+    let peer = peer.to_canonical();
+    let is_trusted = |a: &IpAddr| trusted.iter().any(|t| t.to_canonical() == *a);
+    if !is_trusted(&peer) {
         return peer;
     }
-    headers
+    let hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .find(|a| !trusted.contains(a))
-        .unwrap_or(peer)
+        .map(str::trim)
+        .collect();
+    // From the nearest hop outwards: the first untrusted address is the client. A hop that does not
+    // parse ends the walk at the last trusted one: what lies beyond it is the client's own word.
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        let Some(addr) = hop_addr(hop) else {
+            return client;
+        };
+        if !is_trusted(&addr) {
+            return addr;
+        }
+        client = addr;
+    }
+    client
+}
+
+/// A forwarded hop's address, with a port (`1.2.3.4:80`, `[::1]:80`) or without.
+fn hop_addr(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+        .map(|a: IpAddr| a.to_canonical())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_addresses_count_only_through_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "10.9.9.9, garbage, 203.0.113.5:443".parse().unwrap());
+        // The proxy arriving as an IPv4-mapped address is still the proxy.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped, &headers, &[proxy]),
+            "203.0.113.5".parse::<IpAddr>().unwrap()
+        );
+        // A hop that does not parse ends the walk: the address before it is the client's own claim.
+        headers.insert("x-forwarded-for", "10.9.9.9, garbage".parse().unwrap());
+        assert_eq!(client_ip(proxy, &headers, &[proxy]), proxy);
+        // An untrusted peer's header is ignored.
+        let stranger: IpAddr = "198.51.100.2".parse().unwrap();
+        assert_eq!(client_ip(stranger, &headers, &[proxy]), stranger);
+    }
 
     #[test]
     fn buckets_are_per_account_and_client_and_per_client() {

@@ -119,8 +119,10 @@ impl Plugin for NodePolicy {
 
     fn check_flow(&self, company_id: Uuid, definition: &FlowDefinition) -> Vec<FieldError> {
         let mut errors = Vec::new();
-        if let Ok(def) = serde_json::to_value(definition) {
-            self.walk(company_id, &def["nodes"], "definition", &mut errors);
+        match serde_json::to_value(definition) {
+            Ok(def) => self.walk(company_id, &def["nodes"], "definition", &mut errors),
+            // Fail closed: a definition the policy cannot read is not let through.
+            Err(_) => errors.push(FieldError::new("definition", None, "the node policy could not read it")),
         }
         errors
     }

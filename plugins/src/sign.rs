@@ -156,6 +156,12 @@ fn jwt(p: &Value, key: &[u8]) -> Result<String, NodeFailure> {
     let Value::Object(mut claims) = p["data"].clone() else {
         return Err(invalid("`jwt_hs256` signs claims: `data` must be an object"));
     };
+    // The token's lifetime is `expires_in`'s alone, so its cap holds.
+    if let Some(claim) = ["exp", "iat", "nbf"].into_iter().find(|c| claims.contains_key(*c)) {
+        return Err(invalid(format!(
+            "`data.{claim}` is set by the node: give `expires_in` instead"
+        )));
+    }
     if let Some(ttl) = p.get("expires_in").filter(|v| !v.is_null()) {
         let ttl = ttl
             .as_u64()
@@ -164,7 +170,7 @@ fn jwt(p: &Value, key: &[u8]) -> Result<String, NodeFailure> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        claims.entry("iat").or_insert(json!(now));
+        claims.insert("iat".into(), json!(now));
         claims.insert("exp".into(), json!(now + ttl));
     }
     jsonwebtoken::encode(

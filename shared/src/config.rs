@@ -160,7 +160,7 @@ pub struct Config {
 }
 
 /// The standard `OTEL_*` settings floq honours.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Otel {
     /// Where spans are posted: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given, or
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`.
@@ -365,6 +365,33 @@ impl Config {
     /// The effective configuration with secrets masked, one `NAME=value` per line.
     pub fn describe(&self) -> String {
         format!("{self:#?}")
+    }
+}
+
+/// `config check` shows where spans go, never credentials in the URL (user info, query).
+impl fmt::Debug for Otel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoint = url::Url::parse(&self.traces_endpoint).map_or_else(
+            |_| "***".to_string(),
+            |u| {
+                format!(
+                    "{}://{}{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or(""),
+                    u.port().map_or(String::new(), |p| format!(":{p}"))
+                ) + u.path()
+            },
+        );
+        f.debug_struct("Otel")
+            .field("traces_endpoint", &endpoint)
+            .field("service_name", &self.service_name)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            )
+            .field("schedule_delay", &self.schedule_delay)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 

@@ -97,7 +97,10 @@ fn tracer_provider(
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(otel.service_name.clone().unwrap_or_else(|| service.to_string()))
         .build();
+    // Always on, whatever a caller's `traceparent` flags say: a tenant cannot switch off the
+    // tracing of its own requests and runs (the trace id and parent are still continued).
     Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
         .with_span_processor(processor)
         .with_resource(resource)
         .build())

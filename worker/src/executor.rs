@@ -317,6 +317,21 @@ pub async fn execute_parking(flow: &CompiledFlow, run: RunInput<'_>, env: Arc<No
         } = ran;
         if let Some(reason) = skipped {
             state[i] = State::Skipped;
+            let node = &flow.nodes[i];
+            audit.push(
+                Entry::new(ctx.company_id, Actor::system("worker"), "node.execute")
+                    .resource("run", ctx.run_id)
+                    .outcome(audit::Outcome::Denied)
+                    .at(finished)
+                    .details(json!({
+                        "flow_id": ctx.flow_id,
+                        "run_id": ctx.run_id,
+                        "node_id": node.id,
+                        "node_type": node.spec.name,
+                        "status": StepStatus::Skipped,
+                        "skipped_by_plugin": reason,
+                    })),
+            );
             let error = json!({"code": "skipped", "message": reason});
             steps.push(step(
                 &flow.nodes[i].id,

@@ -95,7 +95,7 @@ fn walk(def: &Value, at: &str, refs: &mut Vec<Reference>, misuse: &mut Vec<Misus
                 if !allowed.contains(&name.as_str()) {
                     misuse.push(Misuse {
                         field,
-                        message: "a secret may only be used where a node sends it: http_request headers, query or body, postgres params",
+                        message: "a secret may only be used where a node sends it: http_request headers, query or body, postgres params, and the params a plugin node type takes secrets in (docs/plugins.md)",
                     });
                 } else if key.contains("{{") {
                     misuse.push(Misuse {

@@ -94,7 +94,19 @@ impl PluginSettings {
 
 /// A setting that might hold a credential is shown masked by `config check`.
 fn secret_looking(key: &str) -> bool {
-    ["SECRET", "KEY", "TOKEN", "PASSWORD"].iter().any(|s| key.contains(s))
+    [
+        "SECRET",
+        "KEY",
+        "TOKEN",
+        "PASSWORD",
+        "PASS",
+        "DSN",
+        "URL",
+        "CREDENTIAL",
+        "AUTH",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 impl fmt::Debug for PluginSettings {

@@ -186,7 +186,7 @@ async fn secret_values_need_a_grant_and_never_feed_a_script() {
             status,
             &body,
             &format!("definition.nodes[0].params.{field}"),
-            "a secret may only be used where a node sends it: http_request headers, query or body, postgres params",
+            "a secret may only be used where a node sends it: http_request headers, query or body, postgres params, and the params a plugin node type takes secrets in (docs/plugins.md)",
         );
     }
     // Another company has no such secret, whatever its admin tries.

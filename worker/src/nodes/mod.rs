@@ -338,7 +338,8 @@ impl Implementations {
 /// the run's next node boundary: a `postgres` or `smtp_send` in the middle
 /// of its work, or a `loop`/`sub_flow` whose own nodes stop at theirs.
 pub fn interruptible(kind: NodeKind) -> bool {
-    [NodeKind::CODE, NodeKind::DELAY, NodeKind::HTTP_REQUEST].contains(&kind)
+    // A plugin's node type is interrupted too: its `run` future must be safe to drop (docs/plugins.md).
+    [NodeKind::CODE, NodeKind::DELAY, NodeKind::HTTP_REQUEST].contains(&kind) || !NodeKind::BUILT_IN.contains(&kind)
 }
 
 pub fn registry() -> &'static HashMap<NodeKind, Arc<dyn Node>> {
