@@ -380,10 +380,13 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "floq_outbox_backlog",
             "Outbox rows not yet confirmed by the broker, as last sampled for backpressure",
         ),
-        backpressure_rejections: counter(
-            "floq_backpressure_rejections_total",
-            "Triggers refused, and cron fires deferred, because a backlog bound was passed, by reason",
-            &["reason"],
+        backpressure_rejections: with_zeros(
+            counter(
+                "floq_backpressure_rejections_total",
+                "Triggers refused, and cron fires deferred, because a backlog bound was passed, by reason",
+                &["reason"],
+            ),
+            &["backlog_full", "company_backlog_full"],
         ),
         outbox_pending: gauge("floq_outbox_pending", "Outbox rows not yet published"),
         scheduler_is_leader: gauge("floq_scheduler_is_leader", "1 while this scheduler leads"),
@@ -458,10 +461,20 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "MCP JSON-RPC requests, by method and outcome",
             &["method", "outcome"],
         ),
-        mcp_tool_calls: counter(
-            "floq_mcp_tool_calls_total",
-            "MCP tool calls, by outcome (succeeded, failed, cancelled, pending, invalid_arguments, refused)",
-            &["outcome"],
+        mcp_tool_calls: with_zeros(
+            counter(
+                "floq_mcp_tool_calls_total",
+                "MCP tool calls, by outcome (succeeded, failed, cancelled, pending, invalid_arguments, refused)",
+                &["outcome"],
+            ),
+            &[
+                "succeeded",
+                "failed",
+                "cancelled",
+                "pending",
+                "invalid_arguments",
+                "refused",
+            ],
         ),
         workflow_execution_duration: histogram(
             "floq_workflow_execution_duration_seconds",
