@@ -38,7 +38,7 @@ case $host in
 ::) host=::1 ;;
 esac
 
-if ! exec 3<>"/dev/tcp/$host/$port"; then
+if ! { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null; then
   echo "floq-healthcheck: cannot connect to $host:$port" >&2
   exit 1
 fi
