@@ -17,6 +17,9 @@
 #   --rebuild-base  debootstrap a new base instead of reusing the cached one.
 #   --keep          keep the floq image (localhost/floq:build-test) at the end.
 #
+# FLOQ_IMAGE_TEST_BIN_DIR=DIR uses the floq-api, floq-worker and floq-scheduler in
+# DIR (built on Debian 12, e.g. by an earlier CI step) instead of building them.
+#
 # The base image: `debootstrap --variant=minbase bookworm` into a temporary
 # directory, cached as a tarball in $FLOQ_IMAGE_TEST_CACHE (default
 # /var/tmp/floq-image), then `tar -C dir -c . | podman import - floq-base:bookworm`.
@@ -208,15 +211,22 @@ if ((multi_stage)); then
     --build-arg RUST_FROM=debian \
     -f deploy/docker/Dockerfile -t "$IMAGE" "$ROOT" >&2 || die "podman build failed"
 else
-  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/floq-target}
-  step "cargo build --release --locked (host; target dir $CARGO_TARGET_DIR; a first build takes 20-40 minutes)"
-  "${NICE[@]}" cargo build --release --locked -p floq-api -p floq-worker -p floq-scheduler >&2 ||
-    die "cargo build failed"
+  if [[ -n ${FLOQ_IMAGE_TEST_BIN_DIR:-} ]]; then
+    bin_dir=$FLOQ_IMAGE_TEST_BIN_DIR
+    step "binaries from $bin_dir (FLOQ_IMAGE_TEST_BIN_DIR; no build)"
+  else
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/floq-target}
+    step "cargo build --release --locked (host; target dir $CARGO_TARGET_DIR; a first build takes 20-40 minutes)"
+    "${NICE[@]}" cargo build --release --locked -p floq-api -p floq-worker -p floq-scheduler >&2 ||
+      die "cargo build failed"
+    bin_dir=$CARGO_TARGET_DIR/release
+  fi
   # The binaries link against this machine's glibc: the image's base must be as new (Debian 12 here).
   ctx=$WORK/context
   mkdir -p "$ctx/bin" "$ctx/deploy/docker"
   for bin in floq-api floq-worker floq-scheduler; do
-    install -m 0755 "$CARGO_TARGET_DIR/release/$bin" "$ctx/bin/$bin"
+    [[ -x $bin_dir/$bin ]] || die "$bin_dir/$bin is missing"
+    install -m 0755 "$bin_dir/$bin" "$ctx/bin/$bin"
   done
   install -m 0755 deploy/docker/healthcheck.sh "$ctx/deploy/docker/healthcheck.sh"
   step "podman build --target prebuilt-runtime"
