@@ -12,7 +12,9 @@
 # the real-browser single sign-on test (tests/browser/sso_login.py), for which
 # it installs Playwright from PyPI into a venv (FLOQ_PLAYWRIGHT_VENV, default
 # /var/tmp/floq-playwright) and Debian's chromium if missing; Playwright drives
-# that binary (FLOQ_CHROMIUM), it downloads no browser of its own. The fault
+# that binary (FLOQ_CHROMIUM), it downloads no browser of its own. It also builds
+# the container image and runs a flow through it (deploy/docker/build-test.sh:
+# podman and debootstrap from Debian, a release build; needs root). The fault
 # tests (tests/tests/faults/) start private PostgreSQL and RabbitMQ servers of
 # their own; their short versions run in CI, their full streams with --slow.
 #
@@ -148,6 +150,11 @@ cargo fmt --all -- --check || die "cargo fmt --check failed (unformatted code? r
 step "cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings || die "clippy failed"
 
+# The deployment artifacts (Dockerfile, compose, Kubernetes, alert rules, dashboard),
+# offline: its tools go into a venv (FLOQ_DEPLOY_VENV) on the first run.
+step "deploy/ci/validate.sh (deployment artifacts)"
+"$ROOT/deploy/ci/validate.sh" || die "the deployment artifacts failed validation (see above)"
+
 if ((slow)); then
   st_venv=${FLOQ_SCHEMATHESIS_VENV:-/var/tmp/floq-schemathesis}
   if [[ -z ${FLOQ_SCHEMATHESIS:-} && ! -x $st_venv/bin/schemathesis ]]; then
@@ -188,6 +195,13 @@ fuzz_seconds=${FLOQ_FUZZ_SECONDS:-$((slow ? 300 : 15))}
 if ((fuzz_seconds > 0)); then
   step "fuzz/run.sh $fuzz_seconds (cargo-fuzz: flow definitions, templates)"
   "$ROOT/fuzz/run.sh" "$fuzz_seconds" || die "fuzzing found a crash (see above; the input is in fuzz/artifacts/)"
+fi
+
+# The container image end to end (--slow only: a release build, podman, a flow run
+# through the image's three services against the local PostgreSQL and RabbitMQ).
+if ((slow)); then
+  step "deploy/docker/build-test.sh (the container image, end to end)"
+  "$ROOT/deploy/docker/build-test.sh" || die "the container image test failed (see above)"
 fi
 
 step "all checks passed"
