@@ -96,7 +96,8 @@ def telemetry_metrics(root):
     text = open(os.path.join(root, "shared/src/telemetry.rs")).read()
     histograms = set(re.findall(r'(?:histogram|HistogramOpts::new)\(\s*"(floq_[a-z0-9_]+)"', text))
     found = {}
-    for name in re.findall(r'"(floq_[a-z0-9_]+)"', text):
+    # A metric is registered as (name, help): other floq_ strings (crate names) are not metrics.
+    for name in re.findall(r'"(floq_[a-z0-9_]+)",\s*"[A-Z1-9]', text):
         found[name] = "histogram" if name in histograms else ("counter" if name.endswith("_total") else "gauge")
     return found
 
