@@ -30,7 +30,9 @@ fn start_prometheus(targets: &[(&str, std::net::SocketAddr)]) -> Prometheus {
     std::fs::create_dir_all(&dir).unwrap();
     let mut config = String::from("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n");
     for (job, addr) in targets {
-        config.push_str(&format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"));
+        config.push_str(&format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n"
+        ));
     }
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let port = free_port();
@@ -113,8 +115,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         missing.clear();
         for (title, expr) in &queries {
             let answer: Value = client
-                .get(format!("{}/api/v1/query", prometheus.base))
-                .query(&[("query", expr.as_str())])
+                .get(
+                    url::Url::parse_with_params(&format!("{}/api/v1/query", prometheus.base), [("query", expr)])
+                        .unwrap(),
+                )
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
