@@ -86,27 +86,7 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// Creates and starts a throw-away cluster (well under a second).
     pub fn start() -> Self {
-        let bindir = pg_bindir();
-        let root = scratch("pg");
-        let (data, socket) = (root.join("data"), root.join("socket"));
-        std::fs::create_dir_all(&socket).expect("socket directory");
-        let as_postgres = is_root();
-        if as_postgres {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&root)
-                .status()
-                .expect("chown");
-            assert!(status.success(), "cannot chown {} to postgres", root.display());
-        }
-        let pg = PrivatePostgres {
-            root,
-            data,
-            socket,
-            bindir,
-            as_postgres,
-            port: free_port(),
-        };
+        let pg = Self::unstarted(pg_bindir(), is_root());
         let mut initdb = pg.command("initdb");
         initdb
             .arg("-D")
@@ -117,12 +97,13 @@ impl PrivatePostgres {
         pg
     }
 
-    /// A streaming replica of `primary` (`pg_basebackup -R`), started on a port of its own.
-    pub fn replica_of(primary: &PrivatePostgres) -> Self {
+    /// A server's directories and port, before it has a data directory. As root, the files
+    /// belong to `postgres` (the server refuses to run as root).
+    fn unstarted(bindir: PathBuf, as_postgres: bool) -> Self {
         let root = scratch("pg");
         let (data, socket) = (root.join("data"), root.join("socket"));
         std::fs::create_dir_all(&socket).expect("socket directory");
-        if primary.as_postgres {
+        if as_postgres {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
                 .arg(&root)
@@ -130,14 +111,19 @@ impl PrivatePostgres {
                 .expect("chown");
             assert!(status.success(), "cannot chown {} to postgres", root.display());
         }
-        let replica = PrivatePostgres {
+        PrivatePostgres {
             root,
             data,
             socket,
-            bindir: primary.bindir.clone(),
-            as_postgres: primary.as_postgres,
+            bindir,
+            as_postgres,
             port: free_port(),
-        };
+        }
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`), started on a port of its own.
+    pub fn replica_of(primary: &PrivatePostgres) -> Self {
+        let replica = Self::unstarted(primary.bindir.clone(), primary.as_postgres);
         let mut backup = replica.command("pg_basebackup");
         backup
             .arg("-D")

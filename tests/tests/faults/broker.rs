@@ -79,15 +79,7 @@ async fn broker_outages(runs: usize, pace: Duration, outages: &[Outage]) {
     assert_eq!(acc.succeeded, acc.accepted, "{}", acc.line());
     crate::assert_no_partial_outcomes(&stack, 3).await;
     // They reconnected by themselves: nobody restarted them.
-    for service in [&mut stack.api, &mut stack.worker, &mut stack.scheduler] {
-        let service = service.as_mut().expect("running");
-        assert!(
-            service.has_exited().is_none(),
-            "{:?} exited:\n{}",
-            service.kind,
-            service.log_tail()
-        );
-    }
+    crate::assert_services_running(&mut stack);
 }
 
 #[tokio::test]

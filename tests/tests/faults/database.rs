@@ -95,15 +95,7 @@ async fn database_outages(runs: usize, pace: Duration, outages: &[Outage]) {
     .expect("reading audit");
     assert_eq!(reaped, 0, "the reaper handed on runs of a live worker after the outage");
     // Every run the database holds, answered 202 or not, is final (settle counts the others in `unfinished`).
-    for service in [&mut stack.api, &mut stack.worker, &mut stack.scheduler] {
-        let service = service.as_mut().expect("running");
-        assert!(
-            service.has_exited().is_none(),
-            "{:?} exited:\n{}",
-            service.kind,
-            service.log_tail()
-        );
-    }
+    crate::assert_services_running(&mut stack);
 }
 
 #[tokio::test]

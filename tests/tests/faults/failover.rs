@@ -57,15 +57,7 @@ async fn fail_over_mid_stream(runs: usize, pace: Duration) {
     println!("{}", acc.line());
     acc.assert_exact();
     assert_eq!(acc.succeeded, acc.accepted, "{}", acc.line());
-    for service in [&mut stack.api, &mut stack.worker, &mut stack.scheduler] {
-        let service = service.as_mut().expect("running");
-        assert!(
-            service.has_exited().is_none(),
-            "{:?} exited:\n{}",
-            service.kind,
-            service.log_tail()
-        );
-    }
+    crate::assert_services_running(&mut stack);
 }
 
 #[tokio::test]

@@ -164,6 +164,19 @@ pub fn stream(
     (handle, done)
 }
 
+/// The stack's api, worker and scheduler are all still up (nobody restarted them).
+pub fn assert_services_running(stack: &mut Stack) {
+    for service in [&mut stack.api, &mut stack.worker, &mut stack.scheduler] {
+        let service = service.as_mut().expect("running");
+        assert!(
+            service.has_exited().is_none(),
+            "{:?} exited:\n{}",
+            service.kind,
+            service.log_tail()
+        );
+    }
+}
+
 /// Waits (bounded) until `counter` reaches `n`.
 pub async fn wait_count(counter: &AtomicUsize, n: usize, bound: Duration) {
     let deadline = tokio::time::Instant::now() + bound;
