@@ -122,6 +122,7 @@ pub async fn spawn_with_plugins(
             egress: floq_shared::egress::Policy::from_config(&config),
         }),
         plugins,
+        public_origin: auth::public_origin(&config.public_url).into(),
     };
     // The sampler reaches the broker every 500 ms; the publisher connects only when it publishes.
     let broker_up = {
