@@ -10,6 +10,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod console;
 pub mod domains;
 pub mod error;
 pub mod extract;
@@ -133,6 +134,7 @@ pub async fn spawn_with_plugins(
     let (routes, _) = routes::router().split_for_parts();
     let app = Router::new()
         .merge(routes)
+        .merge(console::router())
         .fallback(|| async { error::ApiError::not_found("route") })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))
