@@ -240,6 +240,7 @@ fn shell(page: Page, id: Option<Uuid>) -> String {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{title} · floq</title>\
+         <link rel=\"icon\" href=\"data:,\">\
          <link rel=\"stylesheet\" href=\"/assets/console.css?v={version}\">\
          <script src=\"/assets/console.js?v={version}\" defer></script></head>\
          <body data-page=\"{key}\"{id_attr}><a class=\"skip\" href=\"#main\">Skip to content</a>{header}\

@@ -374,7 +374,7 @@
     function refreshParents(def) {
       const was = parent.value;
       parent.textContent = '';
-      parent.append(h('option', { value: '' }, '(none: a start node)'), def.nodes.map((n) => h('option', { value: n.id }, n.id)));
+      append(parent, [h('option', { value: '' }, '(none: a start node)'), def.nodes.map((n) => h('option', { value: n.id }, n.id))]);
       parent.value = def.nodes.some((n) => n.id === was) ? was : (def.nodes.length ? def.nodes[def.nodes.length - 1].id : '');
       refreshPorts(def);
     }
@@ -384,7 +384,7 @@
       const spec = node && types.find((t) => t.type === node.type);
       const ports = !spec ? [] : spec.ports === 'boolean' ? ['true', 'false']
         : spec.ports === 'cases' ? [...((node.params && node.params.cases) || []).map(String), 'default'] : [];
-      portList.append(ports.map((p) => h('option', { value: p })));
+      append(portList, ports.map((p) => h('option', { value: p })));
       port.placeholder = ports.length ? ports.join(' / ') : 'none';
     }
     const safeDef = () => { try { return current(); } catch (_) { return { nodes: [], edges: [] }; } };
