@@ -257,8 +257,14 @@ mod tests {
     fn the_public_origin_is_scheme_host_and_a_port_only_when_not_the_default() {
         assert_eq!(public_origin("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
         assert_eq!(public_origin("https://floq.example.com"), "https://floq.example.com");
-        assert_eq!(public_origin("https://floq.example.com:443/base"), "https://floq.example.com");
-        assert_eq!(public_origin("HTTPS://Floq.Example.com:8443/"), "https://floq.example.com:8443");
+        assert_eq!(
+            public_origin("https://floq.example.com:443/base"),
+            "https://floq.example.com"
+        );
+        assert_eq!(
+            public_origin("HTTPS://Floq.Example.com:8443/"),
+            "https://floq.example.com:8443"
+        );
         assert_eq!(public_origin("not a url"), "");
     }
 }

@@ -8,6 +8,7 @@ environment:
     CONSOLE_URL            the public URL (the API listens there)
     CONSOLE_ADMIN_EMAIL    an admin with CONSOLE_PASSWORD
     CONSOLE_VIEWER_EMAIL   a viewer with CONSOLE_PASSWORD
+    CONSOLE_EDITOR_EMAIL   a flow editor with only a view grant on CONSOLE_VIEWER_FLOW
     CONSOLE_VIEWER_FLOW    a deployed flow the viewer may see
     CONSOLE_VIEWER_RUN     a finished run of it
     CONSOLE_SCREENSHOTS    the directory the screenshots go to
@@ -19,7 +20,8 @@ starts a long run (a delay) and cancels it; creates a credential and checks
 its secret is in no page and no response body; verifies the audit chain;
 creates an API key (shown once). Then signs in as the viewer: no edit,
 deploy, run or create controls, and a forbidden page shows the API's own
-error message. Screenshots of the main pages at 1280 and 390 px wide.
+error message, and so does a save the flow editor's role allows but their
+grant on the flow does not. Screenshots of the main pages at 1280 and 390 px wide.
 
 Needs the `playwright` package (PyPI) and a Chromium; FLOQ_CHROMIUM names the
 browser binary (default /usr/bin/chromium, Debian's).
@@ -36,6 +38,7 @@ from playwright.sync_api import expect, sync_playwright
 BASE = os.environ["CONSOLE_URL"].rstrip("/")
 ADMIN = os.environ["CONSOLE_ADMIN_EMAIL"]
 VIEWER = os.environ["CONSOLE_VIEWER_EMAIL"]
+EDITOR = os.environ["CONSOLE_EDITOR_EMAIL"]
 PASSWORD = os.environ["CONSOLE_PASSWORD"]
 VIEWER_FLOW = os.environ["CONSOLE_VIEWER_FLOW"]
 VIEWER_RUN = os.environ["CONSOLE_VIEWER_RUN"]
@@ -265,6 +268,26 @@ def walk(page, bodies, console_errors) -> int:
         return 1
     expect(page.get_by_role("alert")).to_have_text(refusal[1])
     out = os.path.join(SHOTS, "viewer-audit-forbidden-1280.png")
+    page.screenshot(path=out, full_page=True)
+    paths.append(out)
+
+    step("a forbidden save (role allows, grant does not) shows the API's own error message")
+    page.get_by_role("button", name="Sign out", exact=True).click()
+    page.wait_for_url(BASE + "/login", timeout=T)
+    sign_in(page, EDITOR)
+    goto(page, f"/flows/{VIEWER_FLOW}")
+    save = page.get_by_role("button", name="Save", exact=True)
+    expect(save).to_be_visible()
+    save.click()
+    refusal = page.evaluate(
+        "id => fetch('/api/v1/flows/' + id, {method: 'PUT', credentials: 'same-origin',"
+        " headers: {'content-type': 'application/json'}, body: '{}'}).then(r => r.json())"
+        ".then(b => [b.error.code, b.error.message])", VIEWER_FLOW)
+    if refusal[0] != "forbidden":
+        print(f"expected the API to refuse the editor's save, got {refusal}")
+        return 1
+    expect(page.get_by_role("alert")).to_have_text(refusal[1], timeout=T)
+    out = os.path.join(SHOTS, "editor-save-forbidden-1280.png")
     page.screenshot(path=out, full_page=True)
     paths.append(out)
 

@@ -59,8 +59,14 @@ pub fn router() -> Router<AppState> {
         .route("/credentials", get(|| page(Page::Credentials, None)))
         .route("/audit", get(|| page(Page::Audit, None)))
         .route("/admin", get(|| page(Page::Admin, None)))
-        .route("/assets/console.js", get(|h: HeaderMap| async move { asset(h, SCRIPT, "text/javascript; charset=utf-8") }))
-        .route("/assets/console.css", get(|h: HeaderMap| async move { asset(h, STYLE, "text/css; charset=utf-8") }))
+        .route(
+            "/assets/console.js",
+            get(|h: HeaderMap| async move { asset(h, SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/assets/console.css",
+            get(|h: HeaderMap| async move { asset(h, STYLE, "text/css; charset=utf-8") }),
+        )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -170,11 +176,7 @@ async fn run(Path(id): Path<String>) -> Response {
 }
 
 async fn page(page: Page, id: Option<Uuid>) -> Response {
-    let mut response = (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        shell(page, id),
-    )
-        .into_response();
+    let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], shell(page, id)).into_response();
     response.extensions_mut().insert(ConsolePage);
     response
 }
@@ -204,9 +206,9 @@ fn shell(page: Page, id: Option<Uuid>) -> String {
     let key = page.key();
     let id_attr = id.map(|id| format!(" data-id=\"{id}\"")).unwrap_or_default();
     let heading = match (page, id) {
-        (Page::Run, Some(id)) => format!(
-            "Run <span class=\"mono\">{id}</span> <span id=\"run-status\" class=\"badge\">loading</span>"
-        ),
+        (Page::Run, Some(id)) => {
+            format!("Run <span class=\"mono\">{id}</span> <span id=\"run-status\" class=\"badge\">loading</span>")
+        }
         _ => escape(page.heading()),
     };
     let title = match (page, id) {
@@ -265,12 +267,24 @@ mod tests {
 
     #[test]
     fn escape_covers_markup_and_quotes() {
-        assert_eq!(escape("<a href=\"x\">'&'</a>"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
     }
 
     #[test]
     fn shells_carry_no_inline_script_or_style() {
-        for page in [Page::Login, Page::Flows, Page::Flow, Page::Runs, Page::Run, Page::Credentials, Page::Audit, Page::Admin] {
+        for page in [
+            Page::Login,
+            Page::Flows,
+            Page::Flow,
+            Page::Runs,
+            Page::Run,
+            Page::Credentials,
+            Page::Audit,
+            Page::Admin,
+        ] {
             let html = shell(page, Some(Uuid::nil()));
             assert!(!html.contains("style="), "{html}");
             assert!(!html.contains("<style"), "{html}");

@@ -37,7 +37,10 @@ fn assert_nothing_inline(path: &str, html: &str) {
     assert!(!lower.contains("<style"), "{path}: a style element\n{html}");
     for (i, _) in lower.match_indices("<script") {
         let tag_end = i + lower[i..].find('>').expect("a closed tag");
-        assert!(lower[i..tag_end].contains(" src="), "{path}: a script without src\n{html}");
+        assert!(
+            lower[i..tag_end].contains(" src="),
+            "{path}: a script without src\n{html}"
+        );
         assert!(
             lower[tag_end + 1..].starts_with("</script>"),
             "{path}: an inline script body\n{html}"
@@ -108,7 +111,10 @@ async fn every_console_page_is_html_with_its_heading_the_console_csp_and_nothing
             assert!(html.contains(heading.as_str()), "{path}: no {heading}\n{html}");
             assert!(html.contains("role=\"alert\""), "{path}: no alert region");
             assert!(html.contains("<script src=\"/assets/console.js?v="), "{path}");
-            assert!(html.contains("<link rel=\"stylesheet\" href=\"/assets/console.css?v="), "{path}");
+            assert!(
+                html.contains("<link rel=\"stylesheet\" href=\"/assets/console.css?v="),
+                "{path}"
+            );
             assert_nothing_inline(path, &html);
             for secret in secrets {
                 assert!(!html.contains(secret), "{path} shows a secret");
@@ -116,7 +122,15 @@ async fn every_console_page_is_html_with_its_heading_the_console_csp_and_nothing
         }
     }
     // The sign-in form: real labels for Email and Password, a Sign in button, and the SSO path.
-    let login_page = app.client.get(format!("{}/login", app.base)).send().await.unwrap().text().await.unwrap();
+    let login_page = app
+        .client
+        .get(format!("{}/login", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for part in [
         "<label for=\"login-email\">Email</label>",
         "<input id=\"login-email\"",
@@ -131,7 +145,12 @@ async fn every_console_page_is_html_with_its_heading_the_console_csp_and_nothing
     let resp = app.client.get(format!("{}/flows/nope", app.base)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     // The API itself keeps its strict policy.
-    let resp = app.client.get(format!("{}/api/v1/openapi.json", app.base)).send().await.unwrap();
+    let resp = app
+        .client
+        .get(format!("{}/api/v1/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         resp.headers()[CONTENT_SECURITY_POLICY],
         "default-src 'none'; frame-ancestors 'none'"
@@ -161,7 +180,15 @@ async fn the_root_sends_a_browser_to_the_flows_with_a_session_cookie_else_to_sig
 #[tokio::test]
 async fn the_two_assets_are_served_with_their_types_an_etag_and_no_cache() {
     let app = TestApp::spawn_with(no_services()).await;
-    let shell = app.client.get(format!("{}/flows", app.base)).send().await.unwrap().text().await.unwrap();
+    let shell = app
+        .client
+        .get(format!("{}/flows", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for (path, content_type, marker) in [
         ("/assets/console.js", "text/javascript; charset=utf-8", "'use strict';"),
         ("/assets/console.css", "text/css; charset=utf-8", ":root"),
@@ -203,10 +230,20 @@ async fn a_cookie_write_from_the_public_urls_origin_succeeds_and_from_any_other_
     let (_, set_cookie, _) = login(&app, "ed@acme.test", PASSWORD).await;
     let cookie = session_of(&set_cookie.unwrap());
     let flow = |name: &str| {
-        Some(json!({"name": name, "definition": {"nodes": [{"id": "a", "type": "set", "params": {"values": {}}}], "edges": []}}))
+        Some(
+            json!({"name": name, "definition": {"nodes": [{"id": "a", "type": "set", "params": {"values": {}}}], "edges": []}}),
+        )
     };
 
-    let (status, body) = with_cookie(&app, Method::POST, "/api/v1/flows", &cookie, Some(PUBLIC_URL), flow("from-console")).await;
+    let (status, body) = with_cookie(
+        &app,
+        Method::POST,
+        "/api/v1/flows",
+        &cookie,
+        Some(PUBLIC_URL),
+        flow("from-console"),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["name"], "from-console");
 
@@ -254,9 +291,15 @@ async fn a_real_browser_drives_the_console() {
     let viewer = user_with_password(&app, "viewer@acme.test", &["viewer"]).await;
     // A flow the viewer may see, with a finished run.
     let shown = app
-        .deployed_flow(json!({"nodes": [{"id": "hello", "type": "set", "params": {"values": {"hi": "there"}}}], "edges": []}))
+        .deployed_flow(
+            json!({"nodes": [{"id": "hello", "type": "set", "params": {"values": {"hi": "there"}}}], "edges": []}),
+        )
         .await;
     app.grant("user", &viewer, "flow", &shown, "view").await;
+    // A flow editor whose grant on that flow is only `view`: the console shows
+    // the editing controls the role has, and the API refuses the save.
+    let editor = user_with_password(&app, "editor@acme.test", &["flow_editor"]).await;
+    app.grant("user", &editor, "flow", &shown, "view").await;
     let shown_run = app.start_run(&shown, json!({})).await;
     app.wait_run(&shown_run).await;
 
@@ -271,6 +314,7 @@ async fn a_real_browser_drives_the_console() {
         .env("CONSOLE_URL", &public)
         .env("CONSOLE_ADMIN_EMAIL", "operator@acme.test")
         .env("CONSOLE_VIEWER_EMAIL", "viewer@acme.test")
+        .env("CONSOLE_EDITOR_EMAIL", "editor@acme.test")
         .env("CONSOLE_PASSWORD", PASSWORD)
         .env("CONSOLE_VIEWER_FLOW", &shown)
         .env("CONSOLE_VIEWER_RUN", &shown_run)
@@ -285,6 +329,9 @@ async fn a_real_browser_drives_the_console() {
         String::from_utf8_lossy(&out.stderr),
     );
     println!("{stdout}{stderr}");
-    assert!(out.status.success(), "the console walk-through failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the console walk-through failed:\n{stdout}\n{stderr}"
+    );
     app.teardown().await;
 }

@@ -686,7 +686,8 @@
   }
 
   function timelineSvg(run, steps) {
-    const t0 = new Date(run.started_at || run.queued_at).getTime();
+    const starts = steps.filter((st) => st.started_at).map((st) => new Date(st.started_at).getTime());
+    const t0 = Math.min(new Date(run.started_at || run.queued_at).getTime(), ...starts);
     const ends = steps.map((st) => new Date(st.finished_at || st.started_at || Date.now()).getTime());
     const span = Math.max(1, ...ends.map((e) => e - t0));
     const W = 600, ROW = 22, LABEL = 130;
