@@ -159,6 +159,21 @@ def walk(page, bodies, console_errors) -> int:
     expect(page.locator("svg.graph g.node.error[data-node='gold']")).to_be_visible()
     goto(page, f"/flows/{flow}")  # the draft is unchanged: the save was refused
 
+    step("webhook enabled (its URL shown once) and a schedule added and removed")
+    page.get_by_role("button", name="Enable webhook", exact=True).click()
+    expect(page.locator("#webhook-url")).to_have_value(re.compile("^" + re.escape(BASE) + "/hooks/."), timeout=T)
+    expect(page.locator("#webhook").get_by_role("button", name="Copy")).to_be_visible()
+    hook_url = page.input_value("#webhook-url")
+    page.get_by_label("Cron", exact=True).fill("0 * * * *")
+    page.get_by_role("button", name="Add schedule", exact=True).click()
+    expect(page.locator("#schedules tbody tr")).to_contain_text("0 * * * *", timeout=T)
+    page.locator("#schedules").get_by_role("button", name="Remove").click()
+    expect(page.locator("#schedules")).to_contain_text("Nothing here yet", timeout=T)
+    goto(page, f"/flows/{flow}")
+    if hook_url.rsplit("/", 1)[1] in page.content():
+        print("the webhook token is shown again")
+        return 1
+
     step("deploy, run, watch it succeed, read a node's output")
     run = deploy_and_run(page, '{"name": "Ada", "vip": true}')
     expect(page.locator("#run-status")).to_have_text("succeeded", timeout=30000)
