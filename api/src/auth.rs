@@ -1,7 +1,8 @@
 //! Authentication: an API key (`Authorization: Bearer`, an HS256 JWT naming
 //! user, company and key id, checked against `api_keys`) or a browser
 //! session cookie. Cookie-authenticated requests that change state must come
-//! from an allowed `Origin`.
+//! from an allowed `Origin`: one in `FLOQ_CORS_ORIGINS`, or the origin of
+//! `FLOQ_PUBLIC_URL` itself (where the console is served).
 
 use floq_shared::db::StoreError;
 use std::sync::Arc;
@@ -106,6 +107,16 @@ pub async fn issue_key(
 
 const X_API_KEY: &str = "x-api-key";
 
+/// The origin a browser sends for pages served at `public_url`:
+/// `scheme://host[:port]`, the port only when it is not the scheme's default.
+pub fn public_origin(public_url: &str) -> String {
+    match url::Url::parse(public_url) {
+        Ok(url) if url.origin().is_tuple() => url.origin().ascii_serialization(),
+        // The config checked the shape; an unparsable one allows no extra origin.
+        _ => String::new(),
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -172,7 +183,9 @@ async fn from_session(parts: &Parts, state: &AppState, request: Arc<RequestMeta>
     // A cookie rides along on cross-site requests; only allowed origins may change state with it.
     if !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
         let origin = parts.headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-        if !origin.is_some_and(|o| state.config.cors_origins.iter().any(|allowed| allowed == o)) {
+        let public = &*state.public_origin;
+        let allowed = |o: &str| (!public.is_empty() && o == public) || state.config.cors_origins.iter().any(|a| a == o);
+        if !origin.is_some_and(allowed) {
             principal.request.authenticated(&principal);
             return Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
@@ -234,4 +247,24 @@ pub async fn key_principal(
         .denied(&capability, None));
     }
     Ok(principal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_origin;
+
+    #[test]
+    fn the_public_origin_is_scheme_host_and_a_port_only_when_not_the_default() {
+        assert_eq!(public_origin("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(public_origin("https://floq.example.com"), "https://floq.example.com");
+        assert_eq!(
+            public_origin("https://floq.example.com:443/base"),
+            "https://floq.example.com"
+        );
+        assert_eq!(
+            public_origin("HTTPS://Floq.Example.com:8443/"),
+            "https://floq.example.com:8443"
+        );
+        assert_eq!(public_origin("not a url"), "");
+    }
 }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod console;
 pub mod domains;
 pub mod error;
 pub mod extract;
@@ -122,6 +123,7 @@ pub async fn spawn_with_plugins(
             egress: floq_shared::egress::Policy::from_config(&config),
         }),
         plugins,
+        public_origin: auth::public_origin(&config.public_url).into(),
     };
     // The sampler reaches the broker every 500 ms; the publisher connects only when it publishes.
     let broker_up = {
@@ -132,6 +134,7 @@ pub async fn spawn_with_plugins(
     let (routes, _) = routes::router().split_for_parts();
     let app = Router::new()
         .merge(routes)
+        .merge(console::router())
         .fallback(|| async { error::ApiError::not_found("route") })
         .with_state(state.clone())
         .layer(DefaultBodyLimit::max(config.body_limit_bytes))

@@ -56,6 +56,16 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 6] = [
 #[derive(Clone, Copy, Debug)]
 pub struct JsonRpcReply;
 
+/// Marks a console response (a page shell or one of its two assets,
+/// [`crate::console`]): it gets [`CONSOLE_CSP`] instead of the API's
+/// `default-src 'none'`, so the page may load its own script, style and
+/// images and call this origin, and nothing else; framing stays denied.
+#[derive(Clone, Copy, Debug)]
+pub struct ConsolePage;
+
+pub const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
 const FLOW_REPLY_CSP: &str = "default-src 'none'; frame-ancestors 'none'; form-action 'none'; sandbox";
 
 /// CORS from the `FLOQ_CORS_ORIGINS` allow-list, with credentials; never `*`.
@@ -131,6 +141,7 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
     let status = response.status();
     let flow_shaped = response.extensions().get::<FlowReply>().is_some();
     let json_rpc = response.extensions().get::<JsonRpcReply>().is_some();
+    let console = response.extensions().get::<ConsolePage>().is_some();
     if (status.is_client_error() || status.is_server_error()) && !flow_shaped && !json_rpc {
         response = with_error_body(response, &request_id, &method, &route);
     }
@@ -150,6 +161,8 @@ pub async fn envelope(State(state): State<AppState>, mut req: Request, next: Nex
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(FLOW_REPLY_CSP),
         );
+    } else if console {
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONSOLE_CSP));
     }
 
     let elapsed = started.elapsed();

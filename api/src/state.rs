@@ -32,6 +32,9 @@ pub struct AppState {
     pub oauth: Arc<OAuth>,
     /// The enabled plugins (`FLOQ_PLUGINS`): their hooks and node types.
     pub plugins: floq_shared::plugin::Plugins,
+    /// The origin (`scheme://host[:port]`) of `FLOQ_PUBLIC_URL`, computed once:
+    /// the console's own pages, so always allowed to write with a cookie.
+    pub public_origin: Arc<str>,
 }
 
 /// What the connect flow needs: the registry, and a client whose calls go

@@ -9,7 +9,8 @@
 # document, for which it installs schemathesis from PyPI into a venv,
 # FLOQ_SCHEMATHESIS_VENV, default /var/tmp/floq-schemathesis) and fuzzes each
 # cargo-fuzz target 5 minutes instead of 15 s; CI runs without it. It also runs
-# the real-browser single sign-on test (tests/browser/sso_login.py), for which
+# the real-browser tests of single sign-on and of the console
+# (tests/browser/sso_login.py, tests/browser/console.py), for which
 # it installs Playwright from PyPI into a venv (FLOQ_PLAYWRIGHT_VENV, default
 # /var/tmp/floq-playwright) and Debian's chromium if missing; Playwright drives
 # that binary (FLOQ_CHROMIUM), it downloads no browser of its own. It also builds
@@ -169,7 +170,7 @@ if ((slow)); then
   export FLOQ_SCHEMATHESIS=${FLOQ_SCHEMATHESIS:-$st_venv/bin/schemathesis}
   pw_venv=${FLOQ_PLAYWRIGHT_VENV:-/var/tmp/floq-playwright}
   if [[ -z ${FLOQ_PLAYWRIGHT_PYTHON:-} && ! -x $pw_venv/bin/playwright ]]; then
-    step "playwright (PyPI) into $pw_venv, for the browser test of single sign-on"
+    step "playwright (PyPI) into $pw_venv, for the browser tests (single sign-on, console)"
     python3 -m venv "$pw_venv" || die "cannot make a Python venv in $pw_venv (install python3-venv)"
     "$pw_venv/bin/pip" install -q 'playwright==1.65.2' || die "could not install playwright into $pw_venv"
   fi
@@ -177,7 +178,7 @@ if ((slow)); then
   export FLOQ_CHROMIUM=${FLOQ_CHROMIUM:-/usr/bin/chromium}
   if [[ ! -x $FLOQ_CHROMIUM ]]; then
     ((EUID == 0)) || die "$FLOQ_CHROMIUM is missing: install Debian's chromium (apt-get install chromium) or set FLOQ_CHROMIUM"
-    step "chromium (Debian) for the browser test of single sign-on"
+    step "chromium (Debian) for the browser tests (single sign-on, console)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium </dev/null >&2 || die "could not install chromium"
   fi
   step "cargo test --workspace --locked $* -- --include-ignored (slow)"

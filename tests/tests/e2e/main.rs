@@ -8,6 +8,7 @@ mod audit_filters;
 mod backpressure;
 mod cancel;
 mod checkpoints;
+mod console;
 mod dashboard;
 mod db_errors;
 mod duties;
