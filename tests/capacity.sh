@@ -14,17 +14,35 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tick=$(getconf CLK_TCK)
 
-# Total utime+stime (clock ticks) of every process whose command name is $1.
-cpu_of() {
-  local name=$1 total=0 pid stat rest
-  for pid in $(pgrep -x "$name" || true); do
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-    rest=${stat##*) }
-    # Fields after the command: state is 1st, utime the 12th, stime the 13th.
-    read -r -a f <<<"$rest"
-    total=$((total + f[11] + f[12]))
+# CPU ticks (utime+stime) of one process, or nothing once it is gone.
+ticks_of() {
+  local stat rest
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  rest=${stat##*) }
+  # Fields after the command: state is the 1st, utime the 12th, stime the 13th.
+  read -r -a f <<<"$rest"
+  echo $((f[11] + f[12]))
+}
+
+# Each process's ticks are sampled while the benchmark runs and counted from
+# its first sample (0 for one born meanwhile, such as a new PostgreSQL
+# backend), so processes that exit before the end still count.
+declare -A first last kind
+sample() {
+  local name pid t
+  for name in postgres beam.smp; do
+    for pid in $(pgrep -x "$name" || true); do
+      t=$(ticks_of "$pid")
+      [[ -n $t ]] || continue
+      [[ -n ${first[$pid]:-} ]] || first[$pid]=$((started ? 0 : t))
+      last[$pid]=$t
+      kind[$pid]=$name
+    done
   done
-  echo "$total"
+  if [[ -n ${bench_pid:-} ]]; then
+    t=$(ticks_of "$bench_pid")
+    [[ -z $t ]] || floq=$t
+  fi
 }
 
 machine_busy() {
@@ -38,26 +56,29 @@ if [[ -z $bench ]]; then
   bench=${CARGO_TARGET_DIR:-target}/release/floq-bench
 fi
 
-pg0=$(cpu_of postgres)
-mq0=$(cpu_of beam.smp)
+floq=0
+started=0
+sample
+started=1
 read -r busy0 idle0 < <(machine_busy)
 log=$(mktemp)
-"$bench" "$@" | tee "$log" &
+"$bench" "$@" >"$log" 2>&1 &
 bench_pid=$!
-floq=0
-# The benchmark process's own time, sampled until it exits (its /proc entry goes with it).
 while kill -0 "$bench_pid" 2>/dev/null; do
-  if stat=$(cat "/proc/$bench_pid/stat" 2>/dev/null); then
-    rest=${stat##*) }
-    read -r -a f <<<"$rest"
-    floq=$((f[11] + f[12]))
-  fi
-  sleep 0.5
+  sample
+  sleep 0.2
 done
-wait "$bench_pid"
-pg1=$(cpu_of postgres)
-mq1=$(cpu_of beam.smp)
+wait "$bench_pid" || { cat "$log"; exit 1; }
 read -r busy1 idle1 < <(machine_busy)
+cat "$log"
+pg=0 mq=0
+for pid in "${!last[@]}"; do
+  d=$((last[$pid] - first[$pid]))
+  case ${kind[$pid]} in
+    postgres) pg=$((pg + d)) ;;
+    beam.smp) mq=$((mq + d)) ;;
+  esac
+done
 
 runs=$(sed -n 's/^succeeded: *\([0-9]*\).*/\1/p' "$log" | tail -n 1)
 [[ -n $runs && $runs -gt 0 ]] || { echo "capacity.sh: cannot read the number of completed runs from the benchmark's output" >&2; exit 1; }
@@ -66,7 +87,7 @@ rm -f "$log"
 per_run() { awk -v t="$1" -v hz="$tick" -v n="$runs" 'BEGIN { printf "%.3f", t / hz * 1000 / n }'; }
 echo
 echo "capacity: runs=$runs (CPU milliseconds per completed run)"
-echo "  postgresql  $(per_run $((pg1 - pg0)))"
-echo "  rabbitmq    $(per_run $((mq1 - mq0)))"
+echo "  postgresql  $(per_run "$pg")"
+echo "  rabbitmq    $(per_run "$mq")"
 echo "  floq        $(per_run "$floq")   (api + worker + scheduler + the benchmark's client)"
 echo "  machine     $(per_run $((busy1 - busy0)))   busy, all processes; idle $(per_run $((idle1 - idle0)))"
