@@ -10,6 +10,7 @@ use crate::state::AppState;
 mod api_keys;
 mod audit;
 mod auth;
+mod credential_types;
 mod credentials;
 mod flow_groups;
 mod flows;
@@ -43,6 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(retries::router())
         .merge(audit::router())
         .merge(credentials::router())
+        .merge(credential_types::router())
         .merge(kv::router())
         .merge(oauth::router())
         .merge(node_types::router())

@@ -9,6 +9,7 @@ mod backpressure;
 mod cancel;
 mod checkpoints;
 mod console;
+mod credential_types;
 mod dashboard;
 mod db_errors;
 mod duties;
