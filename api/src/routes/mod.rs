@@ -13,6 +13,7 @@ mod auth;
 mod credential_types;
 mod credentials;
 mod flow_groups;
+mod flow_versions;
 mod flows;
 mod grants;
 mod groups;
@@ -22,6 +23,7 @@ mod mcp_tools;
 mod node_types;
 pub(crate) mod oauth;
 mod retries;
+mod run_events;
 mod runs;
 mod schedules;
 mod settings;
@@ -40,7 +42,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(grants::router())
         .merge(flow_groups::router())
         .merge(flows::router())
+        .merge(flow_versions::router())
         .merge(runs::router())
+        .merge(run_events::router())
         .merge(retries::router())
         .merge(audit::router())
         .merge(credentials::router())
