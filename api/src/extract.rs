@@ -258,6 +258,21 @@ impl Cursor for ByTime {
     }
 }
 
+/// Newest first by a number that grows with each row (a flow's versions):
+/// the cursor is the last number seen, rows continue with `n < cursor`.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct ByNumber(pub i32);
+
+impl Cursor for ByNumber {
+    const START: Self = ByNumber(i32::MAX);
+    fn encode(&self) -> String {
+        self.0.to_string()
+    }
+    fn decode(raw: &str) -> Option<Self> {
+        raw.parse().ok().filter(|n| *n > 0).map(ByNumber)
+    }
+}
+
 fn opaque(key: &impl serde::Serialize) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).unwrap_or_default())
 }

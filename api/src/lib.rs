@@ -124,6 +124,7 @@ pub async fn spawn_with_plugins(
         }),
         plugins,
         public_origin: auth::public_origin(&config.public_url).into(),
+        shutdown: shutdown.clone(),
     };
     // The sampler reaches the broker every 500 ms; the publisher connects only when it publishes.
     let broker_up = {

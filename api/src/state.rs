@@ -35,6 +35,9 @@ pub struct AppState {
     /// The origin (`scheme://host[:port]`) of `FLOQ_PUBLIC_URL`, computed once:
     /// the console's own pages, so always allowed to write with a cookie.
     pub public_origin: Arc<str>,
+    /// Fires when the API shuts down: long-lived answers (run event streams) end with it, so draining never waits
+    /// on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// What the connect flow needs: the registry, and a client whose calls go

@@ -275,3 +275,62 @@ pub async fn latest_version(tx: &mut Tx, company_id: CompanyId, id: FlowId) -> R
         .await
         .map_err(StoreError::from)
 }
+
+/// A deployed version as a listing shows it.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct VersionSummary {
+    pub version: i32,
+    pub deployed_at: DateTime<Utc>,
+    /// `None` for versions deployed before this was recorded.
+    pub deployed_by: Option<UserId>,
+}
+
+/// A deployed version with its frozen definition, as the API shows it.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct VersionDetail {
+    pub version: i32,
+    pub deployed_at: DateTime<Utc>,
+    pub deployed_by: Option<UserId>,
+    pub definition: Value,
+}
+
+/// One page of a flow's versions, newest first, below `before`: one range
+/// of the `flow_versions` primary key `(flow_id, version)`.
+pub async fn versions_page(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    flow_id: FlowId,
+    before: i32,
+    limit: i64,
+) -> Result<Vec<VersionSummary>, StoreError> {
+    sqlx::query_as(
+        "SELECT version, created_at AS deployed_at, deployed_by FROM flow_versions
+          WHERE company_id = $1 AND flow_id = $2 AND version < $3 ORDER BY version DESC LIMIT $4",
+    )
+    .bind(company_id)
+    .bind(flow_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}
+
+/// One deployed version with its definition as stored; `None` if there is no such version.
+pub async fn version_detail(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    flow_id: FlowId,
+    version: i32,
+) -> Result<Option<VersionDetail>, StoreError> {
+    sqlx::query_as(
+        "SELECT version, created_at AS deployed_at, deployed_by, definition FROM flow_versions
+          WHERE company_id = $1 AND flow_id = $2 AND version = $3",
+    )
+    .bind(company_id)
+    .bind(flow_id)
+    .bind(version)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}

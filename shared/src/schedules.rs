@@ -99,6 +99,53 @@ pub async fn page(
     .map_err(StoreError::from)
 }
 
+/// One of a flow's schedules; `None` if there is none. `for_update` locks
+/// it (a fire pass holding it is waited for) so a change's before-image is
+/// the row it changes.
+pub async fn find(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    flow_id: FlowId,
+    id: ScheduleId,
+    for_update: bool,
+) -> Result<Option<Schedule>, StoreError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM schedules WHERE company_id = $1 AND id = $2 AND flow_id = $3{lock}"
+    )))
+    .bind(company_id)
+    .bind(id)
+    .bind(flow_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}
+
+/// Pauses (`enabled = false`: [`due`] and [`lock_due`] pass it by) or
+/// resumes a schedule. Resuming sets the next tick the caller computed from
+/// now, so ticks that fell in the pause are not misfires to catch up.
+pub async fn set_enabled(
+    tx: &mut Tx,
+    company_id: CompanyId,
+    flow_id: FlowId,
+    id: ScheduleId,
+    enabled: bool,
+    next_fire_at: Option<DateTime<Utc>>,
+) -> Result<Option<Schedule>, StoreError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE schedules SET enabled = $4, next_fire_at = CASE WHEN $4 THEN $5 ELSE next_fire_at END
+          WHERE company_id = $1 AND id = $2 AND flow_id = $3 RETURNING {COLUMNS}"
+    )))
+    .bind(company_id)
+    .bind(id)
+    .bind(flow_id)
+    .bind(enabled)
+    .bind(next_fire_at)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(StoreError::from)
+}
+
 /// Deletes a flow's schedule (its fire records go with it); `None` if there was none.
 pub async fn delete(
     tx: &mut Tx,

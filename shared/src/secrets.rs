@@ -23,7 +23,37 @@ pub const CREDENTIAL_TYPES: [&str; 7] = [
 /// The prefix that makes a KV string value secret.
 pub const SECRET_PREFIX: &str = "secret:";
 
+/// The JSON Schema of a credential type's `data`, or `None` for a type floq
+/// does not know: the one rule [`check`] validates with and
+/// `GET /api/v1/credential-types` serves. Secret fields (those [`hint`]
+/// masks and the API never returns) carry `"writeOnly": true`, an annotation
+/// validation ignores.
+pub fn credential_schema(t: &str) -> Option<Value> {
+    CREDENTIAL_TYPES.contains(&t).then(|| schema(t))
+}
+
 fn schema(t: &str) -> Value {
+    let mut schema = shape(t);
+    if let Some(properties) = schema["properties"].as_object_mut() {
+        for (name, field) in properties.iter_mut() {
+            if is_secret_field(t, name) {
+                field["writeOnly"] = json!(true);
+            }
+        }
+    }
+    schema
+}
+
+/// Whether a field of a credential type's `data` is secret: a connection URI
+/// (it holds the password) and every text field that is not a name.
+fn is_secret_field(t: &str, name: &str) -> bool {
+    match t {
+        "postgres" | "smtp" => name == "uri",
+        _ => !is_public_field(name) && name != "scopes",
+    }
+}
+
+fn shape(t: &str) -> Value {
     let text = json!({"type": "string", "minLength": 1, "maxLength": 10_000});
     let (properties, required): (Value, &[&str]) = match t {
         "http_bearer" => (json!({"token": text}), &["token"]),
@@ -347,6 +377,33 @@ fn percent_encode(text: &str, keep: &dyn Fn(u8) -> bool, upper: bool, plus: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_types_schema_marks_exactly_its_secret_fields_write_only() {
+        let secret = |t: &str| -> Vec<String> {
+            let schema = credential_schema(t).unwrap();
+            let mut out: Vec<String> = schema["properties"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, f)| f["writeOnly"] == json!(true))
+                .map(|(n, _)| n.clone())
+                .collect();
+            out.sort();
+            out
+        };
+        assert_eq!(secret("http_bearer"), ["token"]);
+        assert_eq!(secret("http_basic"), ["password"]);
+        assert_eq!(secret("http_header"), ["value"]);
+        assert_eq!(secret("api_key_query"), ["value"]);
+        assert_eq!(secret("postgres"), ["uri"]);
+        assert_eq!(secret("smtp"), ["uri"]);
+        assert_eq!(secret("oauth2"), ["client_secret"]);
+        assert!(credential_schema("ftp").is_none());
+        // The served schema is the one that validates.
+        assert!(check("http_bearer", &json!({"token": "t0ken-long-enough"})).is_empty());
+        assert!(!check("http_bearer", &json!({"token": 1})).is_empty());
+    }
 
     #[test]
     fn each_type_checks_its_fields_and_names_them() {

@@ -16,8 +16,12 @@ environment:
 As an operator would: signs in with Email / Password / Sign in; builds a flow
 from the "Add node" forms and sees its graph; a validation error shown at its
 node; deploys, runs and watches the run succeed, reads a node's output;
-starts a long run (a delay) and cancels it; creates a credential and checks
-its secret is in no page and no response body; verifies the audit chain;
+pauses and resumes a schedule; deploys a second version and diffs it
+against the first and the draft; filters runs by trigger and time and sees a
+run appear and finish in the list live (the event stream, no reload);
+starts a long run (a delay) and cancels it; creates a credential from the
+form its type's schema gives and checks its secret is in no page and no
+response body; verifies the audit chain;
 creates an API key (shown once). Then signs in as the viewer: no edit,
 deploy, run or create controls, and a forbidden page shows the API's own
 error message, and so does a save the flow editor's role allows but their
@@ -167,6 +171,17 @@ def walk(page, bodies, console_errors) -> int:
     page.get_by_label("Cron", exact=True).fill("0 * * * *")
     page.get_by_role("button", name="Add schedule", exact=True).click()
     expect(page.locator("#schedules tbody tr")).to_contain_text("0 * * * *", timeout=T)
+    expect(page.locator("#schedules .schedule-state")).to_have_text("active")
+    expect(page.locator("#schedules ul.fires li")).to_have_count(5)
+
+    step("the schedule paused (no next fires) and resumed (five)")
+    page.locator("#schedules").get_by_role("button", name="Pause", exact=True).click()
+    expect(page.locator("#schedules .schedule-state")).to_have_text("paused", timeout=T)
+    expect(page.locator("#schedules ul.fires li")).to_have_count(0)
+    expect(page.locator("#notice")).to_contain_text("Schedule paused")
+    page.locator("#schedules").get_by_role("button", name="Resume", exact=True).click()
+    expect(page.locator("#schedules .schedule-state")).to_have_text("active", timeout=T)
+    expect(page.locator("#schedules ul.fires li")).to_have_count(5)
     page.locator("#schedules").get_by_role("button", name="Remove").click()
     expect(page.locator("#schedules")).to_contain_text("Nothing here yet", timeout=T)
     goto(page, f"/flows/{flow}")
@@ -186,6 +201,54 @@ def walk(page, bodies, console_errors) -> int:
     step("runs list filtered by the flow")
     goto(page, f"/runs?flow_id={flow}&status=succeeded")
     expect(page.locator(f"#run-list a[href='/runs/{run}']")).to_be_visible()
+
+    step("a second version, and the diff between the two on the flow page")
+    goto(page, f"/flows/{flow}")
+    expect(page.locator("#versions tbody tr")).to_have_count(1)
+    definition = json.loads(page.input_value("#definition"))
+    definition["nodes"][2]["params"] = {"values": {"tier": "platinum"}}
+    page.fill("#definition", json.dumps(definition))
+    page.get_by_role("button", name="Deploy", exact=True).click()
+    expect(page.locator("#notice")).to_contain_text("Deployed version 2", timeout=T)
+    expect(page.locator("#versions tbody tr")).to_have_count(2, timeout=T)
+    expect(page.locator("#diff-from")).to_have_value("1")
+    expect(page.locator("#diff-to")).to_have_value("2")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    diff = page.locator("#version-diff")
+    expect(diff).to_contain_text("From v1 to v2", timeout=T)
+    expect(diff.locator("tbody tr")).to_have_count(1)
+    expect(diff).to_contain_text("node gold: params")
+    expect(diff).to_contain_text("platinum")
+    page.select_option("#diff-from", "2")
+    page.select_option("#diff-to", "draft")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    expect(page.locator("#diff-none")).to_have_text("No difference.", timeout=T)
+
+    step("runs filtered by trigger and time; the list updates live from the event stream")
+    hooked = page.request.post(hook_url, data="{}", headers={"content-type": "application/json"})
+    if hooked.status != 202:
+        print(f"the webhook answered {hooked.status}")
+        return 1
+    hooked_run = hooked.json()["run_id"]
+    goto(page, f"/runs?flow_id={flow}")
+    page.select_option("#runs-trigger", "webhook")
+    expect(page.locator("#run-list tbody tr")).to_have_count(1, timeout=T)
+    expect(page.locator(f"#run-list a[href='/runs/{hooked_run}']")).to_be_visible()
+    page.fill("#runs-from", "2999-01-01T00:00")
+    page.dispatch_event("#runs-from", "change")
+    expect(page.locator("#run-list")).to_contain_text("Nothing here yet", timeout=T)
+    goto(page, f"/runs?flow_id={flow}")
+    expect(page.locator("#runs-live")).to_have_text("Live: updates as runs change.", timeout=T)
+    page.evaluate("window.__stayed = true")
+    started = page.evaluate(
+        "id => fetch('/api/v1/flows/' + id + '/runs', {method: 'POST', credentials: 'same-origin',"
+        " headers: {'content-type': 'application/json'}, body: '{\"input\": {\"name\": \"Live\"}}'})"
+        ".then(r => r.json()).then(b => b.run_id)", flow)
+    live_row = page.locator(f"#run-list .run-status[data-run='{started}']")
+    expect(live_row).to_have_text("succeeded", timeout=30000)
+    if not page.evaluate("window.__stayed === true"):
+        print("the runs page reloaded instead of updating in place")
+        return 1
 
     step("a long run (delay) is cancelled from its page")
     new_flow(page, "browser-slow", [("delay", "wait", {"ms": "8000"})])

@@ -10,8 +10,10 @@ use crate::state::AppState;
 mod api_keys;
 mod audit;
 mod auth;
+mod credential_types;
 mod credentials;
 mod flow_groups;
+mod flow_versions;
 mod flows;
 mod grants;
 mod groups;
@@ -21,6 +23,7 @@ mod mcp_tools;
 mod node_types;
 pub(crate) mod oauth;
 mod retries;
+mod run_events;
 mod runs;
 mod schedules;
 mod settings;
@@ -39,10 +42,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(grants::router())
         .merge(flow_groups::router())
         .merge(flows::router())
+        .merge(flow_versions::router())
         .merge(runs::router())
+        .merge(run_events::router())
         .merge(retries::router())
         .merge(audit::router())
         .merge(credentials::router())
+        .merge(credential_types::router())
         .merge(kv::router())
         .merge(oauth::router())
         .merge(node_types::router())

@@ -281,6 +281,12 @@ struct ListQuery {
     flow_id: Option<Uuid>,
     /// Only runs in this status.
     status: Option<String>,
+    /// Only runs started this way: `api`, `webhook`, `cron` or `mcp`.
+    trigger: Option<String>,
+    /// Only runs created (accepted) at or after this RFC 3339 time.
+    from: Option<String>,
+    /// Only runs created before this RFC 3339 time.
+    to: Option<String>,
     /// Rows on the page, 1 to 200; 50 when absent.
     #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
@@ -312,6 +318,19 @@ async fn list(
                 json!([{"field": "status", "message": format!("must be one of {}", e.allowed.join(", "))}]),
             )
         })?;
+    let trigger = q
+        .trigger
+        .as_deref()
+        .map(str::parse::<Trigger>)
+        .transpose()
+        .map_err(|e| bad_query("trigger", &format!("must be one of {}", e.allowed.join(", "))))?;
+    let from = time_query("from", q.from.as_deref())?;
+    let to = time_query("to", q.to.as_deref())?;
+    if let (Some(from), Some(to)) = (from, to)
+        && from > to
+    {
+        return Err(bad_query("from", "must not be after `to`"));
+    }
     let company_id = CompanyId(auth.principal.company_id);
     let viewer = query::Viewer {
         user_id: UserId(auth.principal.user_id),
@@ -320,6 +339,9 @@ async fn list(
     let filter = query::Filter {
         flow_id: q.flow_id.map(FlowId),
         status,
+        trigger,
+        from,
+        to,
         before: q.cursor.map(RunId),
         limit,
     };
@@ -330,4 +352,22 @@ async fn list(
         .then(|| runs.last().map(|r| r.id))
         .flatten();
     Ok(Json(json!({"items": runs, "next_cursor": next_cursor})))
+}
+
+fn bad_query(field: &str, message: &str) -> ApiError {
+    ApiError::validation(
+        "a query parameter is invalid",
+        json!([{"field": field, "message": message}]),
+    )
+}
+
+/// An optional RFC 3339 time from the query string; anything else is `422` naming the parameter.
+fn time_query(field: &str, value: Option<&str>) -> ApiResult<Option<DateTime<Utc>>> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| bad_query(field, "must be an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"))
+        })
+        .transpose()
 }

@@ -29,7 +29,7 @@ use utoipa_axum::routes;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
-        .routes(routes!(remove))
+        .routes(routes!(show, pause, remove))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -55,27 +55,123 @@ struct ScheduleDoc {
 struct ShownSchedule {
     #[serde(flatten)]
     schedule: ScheduleDoc,
-    /// The next three fire times.
-    upcoming: Option<Vec<DateTime<Utc>>>,
+    /// `true` while it does not fire (`enabled: false`).
+    paused: bool,
+    /// The next five fire times (UTC); empty while paused.
+    next_fires: Vec<DateTime<Utc>>,
 }
 
 page!(SchedulePage, ShownSchedule);
 
-/// A schedule as shown: its row plus the next few fire times.
+/// How many fire times a schedule shows ahead.
+const NEXT_FIRES: usize = 5;
+
+/// A schedule as shown: its row, whether it is paused and its next fire times.
 fn shown(s: &Schedule) -> Value {
     let mut out = serde_json::to_value(s).unwrap_or_default();
-    if let Ok(cron) = CronSchedule::parse(&s.cron, &s.timezone) {
-        let mut upcoming = Vec::new();
+    let mut next_fires = Vec::new();
+    if s.enabled
+        && let Ok(cron) = CronSchedule::parse(&s.cron, &s.timezone)
+    {
         let mut at = Utc::now();
-        while upcoming.len() < 3
+        while next_fires.len() < NEXT_FIRES
             && let Some(next) = cron.next_after(at)
         {
-            upcoming.push(next);
+            next_fires.push(next);
             at = next;
         }
-        out["upcoming"] = json!(upcoming);
     }
+    out["paused"] = json!(!s.enabled);
+    out["next_fires"] = json!(next_fires);
     out
+}
+
+/// The two ids of a schedule's path; anything that is not an id names no schedule.
+fn schedule_path(flow_id: &str, schedule_id: &str) -> ApiResult<(Uuid, Uuid)> {
+    match (Uuid::parse_str(flow_id), Uuid::parse_str(schedule_id)) {
+        (Ok(flow_id), Ok(schedule_id)) => Ok((flow_id, schedule_id)),
+        _ => Err(ApiError::not_found("schedule")),
+    }
+}
+
+#[utoipa::path(get, operation_id = "schedules_show", path = "/api/v1/flows/{flow_id}/schedules/{schedule_id}", tag = "schedules",
+    params(("flow_id" = Uuid, Path), ("schedule_id" = Uuid, Path)),
+    security(("api_key" = ["flow:read"]), ("session" = ["flow:read"])),
+    responses((status = 200, description = "The schedule", body = ShownSchedule),
+        (status = 404, description = "No such flow visible to the caller, or no such schedule", body = ErrorBody)))]
+async fn show(
+    State(state): State<AppState>,
+    auth: Authorized<FlowRead>,
+    Path((flow_id, schedule_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let (flow_id, schedule_id) = schedule_path(&flow_id, &schedule_id)?;
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    access::require_flow(&mut tx, &auth.principal, flow_id, Level::View).await?;
+    let schedule = schedules::find(
+        &mut tx,
+        company_id.into(),
+        flow_id.into(),
+        ScheduleId(schedule_id),
+        false,
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("schedule"))?;
+    db::commit(tx).await?;
+    Ok(Json(shown(&schedule)))
+}
+
+#[derive(Deserialize, Validate, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PauseSchedule {
+    /// `true` pauses it (it stops firing); `false` resumes it from the next tick after now: ticks that fell in the
+    /// pause are not fired, whatever its misfire policy.
+    paused: bool,
+}
+
+/// Pauses or resumes a schedule; audited `schedule.pause` / `schedule.resume`.
+#[utoipa::path(patch, operation_id = "schedules_pause", path = "/api/v1/flows/{flow_id}/schedules/{schedule_id}", tag = "schedules",
+    params(("flow_id" = Uuid, Path), ("schedule_id" = Uuid, Path)), request_body = PauseSchedule,
+    security(("api_key" = ["flow:edit"]), ("session" = ["flow:edit"])),
+    responses((status = 200, description = "The schedule as it now is", body = ShownSchedule),
+        (status = 403, description = "A grant below `edit`, or the role lacks `flow:edit`", body = ErrorBody),
+        (status = 404, description = "No such flow visible to the caller, or no such schedule", body = ErrorBody)))]
+async fn pause(
+    State(state): State<AppState>,
+    auth: Authorized<FlowEdit>,
+    Path((flow_id, schedule_id)): Path<(String, String)>,
+    ValidJson(body): ValidJson<PauseSchedule>,
+) -> ApiResult<Json<Value>> {
+    let (flow_id, schedule_id) = schedule_path(&flow_id, &schedule_id)?;
+    let company_id = auth.principal.company_id;
+    let mut tx = db::tenant_tx(&state.pool, company_id).await?;
+    access::require_flow(&mut tx, &auth.principal, flow_id, Level::Edit).await?;
+    let id = ScheduleId(schedule_id);
+    let before = schedules::find(&mut tx, company_id.into(), flow_id.into(), id, true)
+        .await?
+        .ok_or_else(|| ApiError::not_found("schedule"))?;
+    let next_fire_at = CronSchedule::parse(&before.cron, &before.timezone)
+        .ok()
+        .and_then(|cron| cron.next_after(Utc::now()));
+    let after = schedules::set_enabled(
+        &mut tx,
+        company_id.into(),
+        flow_id.into(),
+        id,
+        !body.paused,
+        next_fire_at,
+    )
+    .await?
+    .ok_or_else(|| ApiError::not_found("schedule"))?;
+    let action = if body.paused {
+        "schedule.pause"
+    } else {
+        "schedule.resume"
+    };
+    let entry = auth.principal.audit(action, "schedule", schedule_id);
+    audit::record(&mut tx, &[entry.change(Some(&before), Some(&after))]).await?;
+    db::commit(tx).await?;
+    Ok(Json(shown(&after)))
 }
 
 // Newest first by (v7) id; served by `schedules (company_id, flow_id, id)`.
@@ -202,9 +298,7 @@ async fn remove(
     auth: Authorized<FlowEdit>,
     Path((flow_id, schedule_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let (Ok(flow_id), Ok(schedule_id)) = (Uuid::parse_str(&flow_id), Uuid::parse_str(&schedule_id)) else {
-        return Err(ApiError::not_found("schedule"));
-    };
+    let (flow_id, schedule_id) = schedule_path(&flow_id, &schedule_id)?;
     let mut tx = db::tenant_tx(&state.pool, auth.principal.company_id).await?;
     access::require_flow(&mut tx, &auth.principal, flow_id, Level::Edit).await?;
     let company_id = auth.principal.company_id;

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod definition;
+pub mod diff;
 pub mod kind;
 pub mod reach;
 pub mod template;

@@ -496,7 +496,7 @@ async fn the_answers_match_their_documented_schemas() {
         Some(json!({"value": "secret:abc"})),
     )
     .await;
-    let (status, _) = call(
+    let (status, schedule) = call(
         &app,
         d,
         (Method::POST, "/api/v1/flows/{flow_id}/schedules"),
@@ -505,6 +505,16 @@ async fn the_answers_match_their_documented_schemas() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
+    let schedule = id_of(&schedule, "id");
+    let (status, _) = call(
+        &app,
+        d,
+        (Method::PATCH, "/api/v1/flows/{flow_id}/schedules/{schedule_id}"),
+        &[("flow_id", &flow), ("schedule_id", &schedule)],
+        Some(json!({"paused": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, hook) = call(
         &app,
         d,
@@ -585,11 +595,19 @@ async fn the_answers_match_their_documented_schemas() {
         ("credential_id", &credential),
         ("key", "greeting"),
         ("connection_id", &connection),
+        ("schedule_id", &schedule),
+        ("version", "1"),
     ];
     let mut read = 0;
     for op in operations_of(&doc) {
-        // The export is NDJSON, each line an entry; the document itself is any JSON.
-        if op.method != Method::GET || op.guard == Guard::Public || op.template == "/api/v1/audit/export" {
+        // The export is NDJSON, each line an entry; the event stream never ends; the document itself is any JSON;
+        // a diff needs its query (below).
+        let apart = [
+            "/api/v1/audit/export",
+            "/api/v1/runs/events",
+            "/api/v1/flows/{flow_id}/versions/diff",
+        ];
+        if op.method != Method::GET || op.guard == Guard::Public || apart.contains(&op.template.as_str()) {
             continue;
         }
         let (status, answer) = call(&app, d, (op.method.clone(), &op.template), fixtures, None).await;
@@ -597,6 +615,16 @@ async fn the_answers_match_their_documented_schemas() {
         read += 1;
     }
     assert!(read >= 20, "read only {read}");
+    let (status, answer) = app
+        .request(
+            Method::GET,
+            &format!("/api/v1/flows/{flow}/versions/diff?from=1&to=draft"),
+            &app.admin.api_key,
+            None,
+        )
+        .await;
+    assert_conforms(d, "get", "/api/v1/flows/{flow_id}/versions/diff", status, &answer);
+    assert_eq!(status, StatusCode::OK, "{answer}");
 
     // Errors, each an ErrorBody.
     let unknown = uuid::Uuid::now_v7().to_string();
@@ -663,6 +691,8 @@ async fn a_fuzzer_driven_by_the_document_finds_no_server_error_and_no_undocument
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
         ])
         .args(["--phases", "examples,coverage,fuzzing"])
+        // The run event stream answers 200 and never ends: it is a hang by design (tests/tests/e2e/run_events.rs).
+        .args(["--exclude-operation-id", "runs_events"])
         .args(["--max-examples", "25", "--workers", "1", "--seed", "1", "--no-color"])
         // A request unanswered this long is a hang (and fails the run as a network error).
         .args(["--request-timeout", "30"])

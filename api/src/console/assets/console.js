@@ -534,6 +534,7 @@
     app.append(h('p', { class: 'meta' }, version, ' · updated ', time(flow.updated_at), ' · ', link(`/runs?flow_id=${id}`, 'Runs of this flow')));
 
     const editable = can('edit');
+    const versions = versionsSection(id);
     const editor = definitionEditor(flow.definition, types, editable);
     const name = h('input', { id: 'flow-name', type: 'text', value: flow.name, readonly: !editable });
     const group = groupSelect('flow-group', groups, flow.group_id);
@@ -558,11 +559,14 @@
         const d = await api('POST', `/api/v1/flows/${id}/deploy`);
         version.textContent = `deployed v${d.version}`;
         notice(`Deployed version ${d.version}.`);
+        await versions.reload();
       });
       deployBtn.id = 'deploy-flow';
       editSection.append(h('p', { class: 'actions' }, saveBtn, deployBtn));
     }
     app.append(editSection);
+    app.append(versions.root);
+    await versions.reload().catch(showError);
 
     if (can('execute')) {
       const input = h('textarea', { id: 'run-input', rows: 4, spellcheck: 'false', class: 'mono' });
@@ -580,6 +584,59 @@
       app.append(webhookSection(id));
     }
     app.append(await schedulesSection(id, editable));
+  }
+
+  // ---- versions and their diff ------------------------------------------------
+  function versionsSection(flowId) {
+    const listBox = h('div', { id: 'versions' });
+    const from = h('select', { id: 'diff-from' });
+    const to = h('select', { id: 'diff-to' });
+    const diffBox = h('div', { id: 'version-diff', 'aria-live': 'polite' });
+    const compare = button('Compare', async () => {
+      const d = await api('GET', `/api/v1/flows/${flowId}/versions/diff${q({ from: from.value, to: to.value })}`);
+      renderDiff(diffBox, d);
+    }, 'secondary');
+    compare.id = 'diff-compare';
+    const controls = h('div', { class: 'filters' }, field('From', from), field('To', to), h('p', { class: 'actions' }, compare));
+    const root = section('Versions', listBox, controls, diffBox);
+    async function reload() {
+      const page = await api('GET', `/api/v1/flows/${flowId}/versions?limit=200`);
+      listBox.textContent = '';
+      listBox.append(table(['Version', 'Deployed', 'By'], page.items.map((v) => [
+        `v${v.version}`, time(v.deployed_at), v.deployed_by ? h('span', { class: 'mono' }, short(v.deployed_by)) : '—']), 'Versions'));
+      const options = (selected) => [h('option', { value: 'draft', selected: selected === 'draft' }, 'draft'),
+        page.items.map((v) => h('option', { value: String(v.version), selected: selected === String(v.version) }, `v${v.version}`))];
+      const items = page.items;
+      const newest = items.length ? String(items[0].version) : 'draft';
+      const older = items.length > 1 ? String(items[1].version) : newest;
+      from.textContent = '';
+      to.textContent = '';
+      append(from, options(older));
+      append(to, options(items.length > 1 ? newest : 'draft'));
+      compare.disabled = !items.length;
+    }
+    return { root, reload };
+  }
+
+  function renderDiff(box, d) {
+    box.textContent = '';
+    const value = (v) => (v === null || v === undefined ? '—' : h('code', {}, JSON.stringify(v)));
+    const label = (side) => (side === 'draft' ? 'the draft' : `v${side}`);
+    box.append(h('h3', {}, `From ${label(d.from)} to ${label(d.to)}`));
+    const empty = !d.nodes.added.length && !d.nodes.removed.length && !d.nodes.changed.length
+      && !d.edges.added.length && !d.edges.removed.length && !d.fields.length;
+    if (empty) { box.append(h('p', { class: 'muted', id: 'diff-none' }, 'No difference.')); return; }
+    const edge = (e) => `${e.from} → ${e.to}${e.port ? ` (${e.port})` : ''}`;
+    const rows = [];
+    for (const n of d.nodes.added) rows.push([h('span', { class: 'diff-add' }, 'added'), `node ${n.id}`, '—', value(n)]);
+    for (const n of d.nodes.removed) rows.push([h('span', { class: 'diff-del' }, 'removed'), `node ${n.id}`, value(n), '—']);
+    for (const n of d.nodes.changed) {
+      for (const f of n.fields) rows.push([h('span', { class: 'diff-chg' }, 'changed'), `node ${n.id}: ${f.field}`, value(f.before), value(f.after)]);
+    }
+    for (const e of d.edges.added) rows.push([h('span', { class: 'diff-add' }, 'added'), `edge ${edge(e)}`, '—', '']);
+    for (const e of d.edges.removed) rows.push([h('span', { class: 'diff-del' }, 'removed'), `edge ${edge(e)}`, '', '—']);
+    for (const f of d.fields) rows.push([h('span', { class: 'diff-chg' }, 'changed'), f.field, value(f.before), value(f.after)]);
+    box.append(table(['Change', 'What', 'Before', 'After'], rows, 'Differences'));
   }
 
   function revealBox(label, value, id) {
@@ -623,13 +680,24 @@
     const load = async () => {
       const list = await api('GET', `/api/v1/flows/${flowId}/schedules?limit=200`);
       box.textContent = '';
-      box.append(table(['Cron', 'Time zone', 'Enabled', 'Next fire', ''], list.items.map((sch) => [
-        h('code', {}, sch.cron), sch.timezone, sch.enabled ? 'yes' : 'no',
-        time(sch.upcoming && sch.upcoming[0]),
-        editable ? button('Remove', async () => {
-          await api('DELETE', `/api/v1/flows/${flowId}/schedules/${sch.id}`);
-          await load();
-        }, 'danger small') : '']), 'Schedules'));
+      box.append(table(['Cron', 'Time zone', 'State', 'Next fires (UTC)', ''], list.items.map((sch) => {
+        const fires = (sch.next_fires || []);
+        const next = fires.length ? h('ul', { class: 'fires' }, fires.map((t) => h('li', {}, h('time', { datetime: t }, t.replace('T', ' ').replace(/\.\d+/, ''))))) : '—';
+        const acts = h('span', { class: 'row-actions' });
+        if (editable) {
+          const toggle = button(sch.paused ? 'Resume' : 'Pause', async () => {
+            await api('PATCH', `/api/v1/flows/${flowId}/schedules/${sch.id}`, { paused: !sch.paused });
+            await load();
+            notice(sch.paused ? 'Schedule resumed.' : 'Schedule paused.');
+          }, 'small secondary');
+          toggle.classList.add('schedule-toggle');
+          acts.append(toggle, button('Remove', async () => {
+            await api('DELETE', `/api/v1/flows/${flowId}/schedules/${sch.id}`);
+            await load();
+          }, 'danger small'));
+        }
+        return [h('code', {}, sch.cron), sch.timezone, h('span', { class: 'schedule-state' }, sch.paused ? 'paused' : 'active'), next, acts];
+      }), 'Schedules'));
     };
     const sec = section('Schedules', box);
     try { await load(); } catch (e) { box.append(h('p', { class: 'error' }, e.message)); }
@@ -653,6 +721,19 @@
   const LIVE = ['queued', 'running'];
   const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
 
+  const TRIGGERS = ['api', 'webhook', 'cron', 'mcp'];
+
+  /** A datetime-local value (the browser's zone) as RFC 3339 UTC; '' stays ''. */
+  const isoOf = (local) => (local ? new Date(local).toISOString() : '');
+  /** RFC 3339 as a datetime-local value in the browser's zone. */
+  function localOf(iso) {
+    if (!iso) return '';
+    const d = new Date(iso);
+    if (Number.isNaN(d.getTime())) return '';
+    const pad = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  }
+
   async function runsPage(app) {
     const params = new URLSearchParams(location.search);
     const flows = (await api('GET', '/api/v1/flows?limit=200')).items;
@@ -661,28 +742,61 @@
       flows.map((f) => h('option', { value: f.id, selected: f.id === params.get('flow_id') }, f.name)));
     const statusSel = h('select', { id: 'runs-status' }, h('option', { value: '' }, 'Any status'),
       STATUSES.map((st) => h('option', { value: st, selected: st === params.get('status') }, st)));
+    const triggerSel = h('select', { id: 'runs-trigger' }, h('option', { value: '' }, 'Any trigger'),
+      TRIGGERS.map((t) => h('option', { value: t, selected: t === params.get('trigger') }, t)));
+    const fromIn = h('input', { id: 'runs-from', type: 'datetime-local', value: localOf(params.get('from')) });
+    const toIn = h('input', { id: 'runs-to', type: 'datetime-local', value: localOf(params.get('to')) });
     const listBox = h('div', { id: 'run-list', 'aria-live': 'polite' });
-    const refreshing = h('p', { class: 'muted', id: 'runs-refresh' });
-    let timer = 0;
+    const liveNote = h('p', { class: 'muted', id: 'runs-live' });
+    const shown = new Map();
+    let events = null;
+    let reloadTimer = 0;
+    const filter = () => ({ flow_id: flowSel.value, status: statusSel.value, trigger: triggerSel.value,
+      from: isoOf(fromIn.value), to: isoOf(toIn.value) });
     async function load() {
-      clearTimeout(timer);
-      const filter = { flow_id: flowSel.value, status: statusSel.value };
-      history.replaceState(null, '', `/runs${q(filter)}`);
-      const runs = await api('GET', `/api/v1/runs${q({ ...filter, limit: 100 })}`);
+      const f = filter();
+      history.replaceState(null, '', `/runs${q(f)}`);
+      const runs = await api('GET', `/api/v1/runs${q({ ...f, limit: 100 })}`);
       listBox.textContent = '';
-      listBox.append(table(['Run', 'Flow', 'Status', 'Queued', 'Duration', 'Trigger'], runs.items.map((r) => [
-        h('a', { href: `/runs/${r.id}`, class: 'mono' }, short(r.id)), flowName.get(r.flow_id) || short(r.flow_id),
-        badge(r.status), time(r.queued_at), duration(r.started_at, r.finished_at), r.trigger]), 'Runs'));
-      const live = runs.items.some((r) => LIVE.includes(r.status));
-      refreshing.textContent = live ? 'Refreshing every 2 s while runs are queued or running.' : '';
-      if (live) timer = setTimeout(() => load().catch(showError), 2000);
+      shown.clear();
+      listBox.append(table(['Run', 'Flow', 'Status', 'Queued', 'Duration', 'Trigger'], runs.items.map((r) => {
+        const status = h('span', { class: 'run-status', 'data-run': r.id }, badge(r.status));
+        shown.set(r.id, status);
+        return [h('a', { href: `/runs/${r.id}`, class: 'mono' }, short(r.id)), flowName.get(r.flow_id) || short(r.flow_id),
+          status, time(r.queued_at), duration(r.started_at, r.finished_at), r.trigger];
+      }), 'Runs'));
     }
-    const change = guard(load);
-    flowSel.addEventListener('change', change);
-    statusSel.addEventListener('change', change);
-    app.append(section('Filter', h('div', { class: 'filters' }, field('Flow', flowSel), field('Status', statusSel))),
-      section('Runs', refreshing, listBox));
+    const reloadSoon = () => {
+      if (reloadTimer) return;
+      reloadTimer = setTimeout(() => { reloadTimer = 0; load().catch(showError); }, 1000);
+    };
+    // Live: the API's event stream says which runs changed; a row's status changes at once, and the list is read
+    // again (at most once a second) for new runs and durations. EventSource reconnects by itself with Last-Event-ID.
+    function listen() {
+      if (events) events.close();
+      events = new EventSource(`/api/v1/runs/events${q({ flow_id: flowSel.value })}`);
+      events.addEventListener('open', () => { liveNote.textContent = 'Live: updates as runs change.'; });
+      events.addEventListener('error', () => { liveNote.textContent = 'Live updates interrupted; reconnecting…'; });
+      events.addEventListener('run', (ev) => {
+        let change;
+        try { change = JSON.parse(ev.data); } catch (_) { return; }
+        const cell = shown.get(change.run_id);
+        if (cell) {
+          cell.textContent = '';
+          cell.append(badge(change.status));
+        }
+        reloadSoon();
+      });
+      events.addEventListener('overflow', reloadSoon);
+    }
+    const change = guard(async () => { await load(); listen(); });
+    for (const c of [flowSel, statusSel, triggerSel, fromIn, toIn]) c.addEventListener('change', change);
+    window.addEventListener('pagehide', () => { if (events) events.close(); });
+    app.append(section('Filter', h('div', { class: 'filters' }, field('Flow', flowSel), field('Status', statusSel),
+      field('Trigger', triggerSel), field('Created from', fromIn), field('Created before', toIn))),
+    section('Runs', liveNote, listBox));
     await load();
+    listen();
   }
 
   function timelineSvg(run, steps) {
@@ -776,17 +890,6 @@
   }
 
   // ---- credentials -----------------------------------------------------------
-  const CREDENTIAL_FIELDS = {
-    http_bearer: ['token'],
-    http_basic: ['username', 'password'],
-    http_header: ['name', 'value'],
-    api_key_query: ['name', 'value'],
-    postgres: ['uri'],
-    smtp: ['uri'],
-    oauth2: ['provider', 'client_id', 'client_secret', 'scopes'],
-  };
-  const PLAIN_FIELDS = ['username', 'name', 'provider', 'client_id', 'scopes'];
-
   async function credentialsPage(app) {
     const listBox = h('div', { id: 'credential-list' });
     const manage = can('integrations');
@@ -817,21 +920,30 @@
     if (!manage) return;
     let providers = [];
     try { providers = (await api('GET', '/api/v1/oauth/providers')).items || []; } catch (_) { providers = []; }
-    const type = h('select', { id: 'credential-type' }, Object.keys(CREDENTIAL_FIELDS).map((t) => h('option', { value: t }, t)));
+    // The form of each type comes from the schema the API validates it with; `writeOnly` fields are secrets.
+    const types = (await api('GET', '/api/v1/credential-types')).items;
+    const schemaOf = new Map(types.map((t) => [t.type, t.schema]));
+    const type = h('select', { id: 'credential-type' }, types.map((t) => h('option', { value: t.type }, t.type)));
     const name = h('input', { id: 'credential-name', type: 'text', required: true, autocomplete: 'off' });
     const fields = h('div', { id: 'credential-fields' });
     const renderFields = () => {
       fields.textContent = '';
-      for (const f of CREDENTIAL_FIELDS[type.value]) {
+      const schema = schemaOf.get(type.value) || { properties: {} };
+      const required = schema.required || [];
+      for (const [f, prop] of Object.entries(schema.properties || {})) {
         let control;
         if (f === 'provider' && providers.length) {
           control = h('select', {}, providers.map((p) => h('option', { value: p.id }, p.name || p.id)));
         } else {
-          control = h('input', { type: PLAIN_FIELDS.includes(f) ? 'text' : 'password', autocomplete: PLAIN_FIELDS.includes(f) ? 'off' : 'new-password' });
+          const secret = prop.writeOnly === true;
+          control = h('input', { type: secret ? 'password' : 'text', autocomplete: secret ? 'new-password' : 'off',
+            required: required.includes(f), pattern: prop.pattern || null });
         }
         control.id = `credential-field-${f}`;
         control.dataset.field = f;
-        fields.append(field(f === 'scopes' ? 'scopes (space-separated, optional)' : f, control));
+        if (prop.type === 'array') control.dataset.list = 'true';
+        const label = prop.type === 'array' ? `${f} (space-separated)` : f;
+        fields.append(field(label, control, required.includes(f) ? null : 'optional'));
       }
     };
     type.addEventListener('change', renderFields);
@@ -846,7 +958,7 @@
       for (const c of fields.querySelectorAll('[data-field]')) {
         const v = c.value.trim();
         if (!v) continue;
-        data[c.dataset.field] = c.dataset.field === 'scopes' ? v.split(/[\s,]+/).filter(Boolean) : c.value;
+        data[c.dataset.field] = c.dataset.list ? v.split(/[\s,]+/).filter(Boolean) : c.value;
       }
       try {
         await api('POST', '/api/v1/credentials', { name: name.value.trim(), type: type.value, data });
